@@ -1,0 +1,334 @@
+//! The desired-state manifest: wire types (as written, with spans) are
+//! validated into types that cannot hold an invalid state. Every problem found
+//! is reported with file, line, column and key; a directory of `*.toml` files
+//! is merged, and a service defined twice names both files.
+
+mod validate;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image_ref::ImageRef;
+
+pub use validate::parse_env_file;
+
+/// Most files a manifest directory may hold.
+pub const MAX_FILES: usize = 256;
+/// Largest manifest file accepted.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Most services one manifest may define.
+pub const MAX_SERVICES: usize = 500;
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: u32 = 100;
+
+/// A validated manifest: services by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    pub services: BTreeMap<String, Service>,
+}
+
+/// One service, validated, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    /// The file that defines it.
+    pub file: String,
+    pub image: ImageRef,
+    pub replicas: u32,
+    /// Overrides the image's Entrypoint+Cmd when set.
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub env_file: Option<PathBuf>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub readonly_rootfs: bool,
+    pub stop_signal: Signal,
+    #[serde(with = "duration_text")]
+    pub stop_timeout: Duration,
+    pub resources: Resources,
+    pub port: Option<Port>,
+    pub health: Option<Health>,
+    pub update: Update,
+    pub restart: Restart,
+    pub volumes: Vec<Volume>,
+    pub secrets: Vec<Secret>,
+    pub pull: Pull,
+}
+
+/// A signal, by its normalized name (`SIGTERM`) and Linux number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    pub name: String,
+    pub number: i32,
+}
+
+/// Resource limits. CPU is kept in millicpus so specs compare exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    pub millicpus: Option<u32>,
+    pub pids: Option<u32>,
+}
+
+/// A published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    pub container: u16,
+    pub host: u16,
+}
+
+/// Health checking of replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub check: HealthCheck,
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    pub retries: u32,
+    #[serde(with = "duration_text")]
+    pub start_period: Duration,
+    pub on_unhealthy: OnUnhealthy,
+}
+
+/// Exactly one kind of check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheck {
+    Http { port: u16, path: String },
+    Tcp { port: u16 },
+    Exec { command: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnhealthy {
+    Restart,
+    Ignore,
+}
+
+/// How a service's replicas are replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    pub strategy: UpdateStrategy,
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+    pub rollback_on_failure: bool,
+    #[serde(with = "duration_text")]
+    pub drain: Duration,
+    #[serde(with = "duration_text")]
+    pub probation: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateStrategy {
+    StartFirst,
+    StopFirst,
+}
+
+/// What happens when a replica exits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    pub policy: RestartPolicy,
+    #[serde(with = "duration_text")]
+    pub backoff_initial: Duration,
+    #[serde(with = "duration_text")]
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A mount of a named volume, a host path or a tmpfs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Volume {
+    pub source: VolumeSource,
+    pub target: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeSource {
+    Named(String),
+    Host(String),
+    Tmpfs { size_bytes: u64 },
+}
+
+/// A host file mounted read-only at `/run/secrets/<target>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Secret {
+    pub source: String,
+    pub target: String,
+}
+
+/// When tags are (re-)resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pull {
+    pub policy: PullPolicy,
+    #[serde(with = "option_duration_text")]
+    pub check: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    IfMissing,
+    Always,
+}
+
+/// One problem found in a manifest, located in its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `service.web.resources.memory`.
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.key, self.message)
+        }
+    }
+}
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<Problem>),
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: no *.toml files found")]
+    NoFiles { path: PathBuf },
+    #[error("{path}: more than {MAX_FILES} manifest files")]
+    TooManyFiles { path: PathBuf },
+    #[error("{path}: larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+}
+
+impl ManifestError {
+    /// The located problems, when the manifest was read but is invalid.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ManifestError::Invalid(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    lines.join("\n")
+}
+
+/// Manifest source files: display name → TOML text, in a stable order.
+pub type SourceFiles = BTreeMap<String, String>;
+
+impl Manifest {
+    /// Parses and validates one or more files (name → TOML text) as one manifest.
+    pub fn from_sources(files: &SourceFiles) -> Result<Manifest, ManifestError> {
+        validate::validate_sources(files)
+    }
+
+    /// Parses and validates a single TOML text under a display name.
+    pub fn from_str_named(name: &str, text: &str) -> Result<Manifest, ManifestError> {
+        let mut files = SourceFiles::new();
+        files.insert(name.to_string(), text.to_string());
+        Self::from_sources(&files)
+    }
+}
+
+/// Reads a manifest file, or every `*.toml` file of a directory (sorted, not
+/// recursive), into source files named by their path as given.
+pub fn read_sources(path: &Path) -> Result<SourceFiles, ManifestError> {
+    let read_err = |p: &Path, source| ManifestError::Read { path: p.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(|e| read_err(path, e))?;
+    let mut files = SourceFiles::new();
+    let mut paths = Vec::new();
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| read_err(path, e))? {
+            let entry = entry.map_err(|e| read_err(path, e))?;
+            let p = entry.path();
+            let is_toml = p.extension().is_some_and(|e| e == "toml");
+            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            if is_toml && !hidden && p.is_file() {
+                paths.push(p);
+            }
+        }
+        if paths.is_empty() {
+            return Err(ManifestError::NoFiles { path: path.to_path_buf() });
+        }
+        if paths.len() > MAX_FILES {
+            return Err(ManifestError::TooManyFiles { path: path.to_path_buf() });
+        }
+        paths.sort();
+    } else {
+        paths.push(path.to_path_buf());
+    }
+    for p in paths {
+        let len = std::fs::metadata(&p).map_err(|e| read_err(&p, e))?.len();
+        if len > MAX_FILE_BYTES {
+            return Err(ManifestError::TooLarge { path: p });
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| read_err(&p, e))?;
+        files.insert(p.display().to_string(), text);
+    }
+    Ok(files)
+}
+
+/// Reads and validates a manifest file or directory.
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    Manifest::from_sources(&read_sources(path)?)
+}
+
+pub(crate) mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::units::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::units::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) mod option_duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&crate::units::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => crate::units::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}

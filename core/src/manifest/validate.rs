@@ -1,0 +1,742 @@
+//! Validation: wire types → `Manifest`, collecting every problem with its
+//! location. Rules live here and nowhere else; each is table-tested below.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::wire::*;
+use super::*;
+use crate::units::{parse_duration, parse_size};
+
+const MAX_NAME_LEN: usize = 63;
+const MAX_ARGS: usize = 256;
+const MAX_ARG_BYTES: usize = 4096;
+const MAX_ENV: usize = 1000;
+const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+const MAX_MOUNTS: usize = 64;
+const MAX_PATH_BYTES: usize = 4096;
+const MIN_MEMORY: u64 = 6 << 20;
+
+/// Linux signal names and numbers accepted for `stop_signal`.
+const SIGNALS: &[(&str, i32)] = &[
+    ("SIGHUP", 1), ("SIGINT", 2), ("SIGQUIT", 3), ("SIGILL", 4), ("SIGTRAP", 5),
+    ("SIGABRT", 6), ("SIGBUS", 7), ("SIGFPE", 8), ("SIGKILL", 9), ("SIGUSR1", 10),
+    ("SIGSEGV", 11), ("SIGUSR2", 12), ("SIGPIPE", 13), ("SIGALRM", 14), ("SIGTERM", 15),
+    ("SIGSTKFLT", 16), ("SIGCHLD", 17), ("SIGCONT", 18), ("SIGSTOP", 19), ("SIGTSTP", 20),
+    ("SIGTTIN", 21), ("SIGTTOU", 22), ("SIGURG", 23), ("SIGXCPU", 24), ("SIGXFSZ", 25),
+    ("SIGVTALRM", 26), ("SIGPROF", 27), ("SIGWINCH", 28), ("SIGIO", 29), ("SIGPWR", 30),
+    ("SIGSYS", 31),
+];
+
+/// Collects problems for one file.
+struct FileCtx<'a> {
+    file: &'a str,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl FileCtx<'_> {
+    fn at(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = text[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
+/// The dotted key a serde error points at: the last table header before the
+/// span, plus the key under the span when it is one.
+fn key_at(text: &str, span: &Range<usize>) -> String {
+    let start = span.start.min(text.len());
+    let mut header = String::new();
+    for line in text[..start].lines() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
+            header = h.trim().to_string();
+        } else if let Some(h) = t.strip_prefix('[').and_then(|t| t.split(']').next()) {
+            header = h.trim().to_string();
+        }
+    }
+    let end = span.end.min(text.len()).max(start);
+    let under = text[start..end].trim();
+    let is_key = !under.is_empty()
+        && under.len() <= 64
+        && under.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (header.is_empty(), is_key) {
+        (true, true) => under.to_string(),
+        (false, true) => format!("{header}.{under}"),
+        (_, false) => header,
+    }
+}
+
+pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, ManifestError> {
+    let mut problems = Vec::new();
+    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    // Where each service and host port was first defined, for duplicate errors.
+    let mut defined_in: BTreeMap<String, String> = BTreeMap::new();
+    let mut host_ports: BTreeMap<u16, (String, String)> = BTreeMap::new();
+
+    for (file, text) in files {
+        let mut ctx = FileCtx { file, text, problems: Vec::new() };
+        match toml::from_str::<WireFile>(text) {
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let key = key_at(text, &span);
+                ctx.at(span, key, e.message().trim().to_string());
+            }
+            Ok(wire) => {
+                for (name, ws) in wire.service {
+                    let key = format!("service.{}", name.get_ref());
+                    if let Some(first) = defined_in.get(name.get_ref()) {
+                        ctx.at(
+                            name.span(),
+                            key,
+                            format!("service `{}` is defined in both {first} and {file}", name.get_ref()),
+                        );
+                        continue;
+                    }
+                    if let Some(svc) = validate_service(&mut ctx, &name, ws) {
+                        if let Some(port) = svc.port {
+                            if let Some((other, other_file)) = host_ports.get(&port.host) {
+                                let (line, column) = line_col(text, name.span().start);
+                                ctx.problems.push(Problem {
+                                    file: file.clone(),
+                                    line,
+                                    column,
+                                    key: format!("{key}.port.host"),
+                                    message: format!(
+                                        "host port {} is already published by service `{other}` ({other_file})",
+                                        port.host
+                                    ),
+                                });
+                            } else {
+                                host_ports.insert(port.host, (svc.name.clone(), file.clone()));
+                            }
+                        }
+                        defined_in.insert(svc.name.clone(), file.clone());
+                        services.insert(svc.name.clone(), svc);
+                    } else {
+                        defined_in.insert(name.get_ref().clone(), file.clone());
+                    }
+                }
+            }
+        }
+        problems.extend(ctx.problems);
+    }
+    if services.len() > MAX_SERVICES {
+        problems.push(Problem {
+            file: files.keys().next().cloned().unwrap_or_default(),
+            line: 1,
+            column: 1,
+            key: "service".into(),
+            message: format!("{} services defined; at most {MAX_SERVICES} are allowed", services.len()),
+        });
+    }
+    if problems.is_empty() {
+        Ok(Manifest { services })
+    } else {
+        Err(ManifestError::Invalid(problems))
+    }
+}
+
+fn valid_service_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && !name.ends_with('-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn valid_volume_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn valid_user(user: &str) -> bool {
+    let part_ok = |p: &str| {
+        let b = p.as_bytes();
+        !b.is_empty()
+            && b.len() <= 32
+            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    };
+    match user.split_once(':') {
+        Some((u, g)) => part_ok(u) && part_ok(g),
+        None => part_ok(user),
+    }
+}
+
+/// An absolute path with no `..`, no NUL and a sane length.
+fn check_abs_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    if path.len() > MAX_PATH_BYTES || path.contains('\0') {
+        return Err("path is too long or holds a NUL byte");
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err("path must not contain `..`");
+    }
+    Ok(())
+}
+
+fn parse_signal(text: &str) -> Option<Signal> {
+    let upper = text.trim().to_ascii_uppercase();
+    if let Ok(n) = upper.parse::<i32>() {
+        return SIGNALS.iter().find(|(_, num)| *num == n).map(|(name, number)| Signal {
+            name: (*name).to_string(),
+            number: *number,
+        });
+    }
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, number)| Signal { name: (*n).to_string(), number: *number })
+}
+
+/// Default values of a service's optional parts.
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const HEALTH_RETRIES: u32 = 3;
+    pub const DRAIN: Duration = Duration::from_secs(1);
+    pub const PROBATION: Duration = Duration::from_secs(30);
+    pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+}
+
+fn validate_service(ctx: &mut FileCtx<'_>, name: &Spanned<String>, ws: WireService) -> Option<Service> {
+    let before = ctx.problems.len();
+    let svc = name.get_ref().clone();
+    let k = |rest: &str| format!("service.{svc}.{rest}");
+    if !valid_service_name(&svc) {
+        ctx.at(
+            name.span(),
+            format!("service.{svc}"),
+            format!("service name `{svc}` is invalid: 1-{MAX_NAME_LEN} of [a-z0-9-], starting with a letter or digit"),
+        );
+    }
+
+    let image = match &ws.image {
+        None => {
+            ctx.at(name.span(), k("image"), "missing required key `image`");
+            None
+        }
+        Some(img) => match ImageRef::parse(img.get_ref()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                ctx.at(img.span(), k("image"), e.to_string());
+                None
+            }
+        },
+    };
+
+    let replicas = match &ws.replicas {
+        None => 1,
+        Some(r) => match u32::try_from(*r.get_ref()) {
+            Ok(n) if n <= MAX_REPLICAS => n,
+            _ => {
+                ctx.at(r.span(), k("replicas"), format!("must be between 0 and {MAX_REPLICAS}"));
+                0
+            }
+        },
+    };
+
+    let command = ws.command.as_ref().map(|cmd| {
+        let args = check_argv(ctx, cmd, &k("command"));
+        args.unwrap_or_default()
+    });
+
+    let mut env = BTreeMap::new();
+    if let Some(e) = &ws.env {
+        if e.get_ref().len() > MAX_ENV {
+            ctx.at(e.span(), k("env"), format!("more than {MAX_ENV} variables"));
+        }
+        for (key, value) in e.get_ref() {
+            if !valid_env_name(key.get_ref()) {
+                ctx.at(
+                    key.span(),
+                    k(&format!("env.{}", key.get_ref())),
+                    format!("`{}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)", key.get_ref()),
+                );
+            }
+            if value.get_ref().len() > MAX_ENV_VALUE_BYTES || value.get_ref().contains('\0') {
+                ctx.at(
+                    value.span(),
+                    k(&format!("env.{}", key.get_ref())),
+                    format!("value is longer than {MAX_ENV_VALUE_BYTES} bytes or holds a NUL byte"),
+                );
+            }
+            env.insert(key.get_ref().clone(), value.get_ref().clone());
+        }
+    }
+
+    let env_file = ws.env_file.as_ref().and_then(|f| match check_abs_path(f.get_ref()) {
+        Ok(()) => Some(PathBuf::from(f.get_ref())),
+        Err(msg) => {
+            ctx.at(f.span(), k("env_file"), msg);
+            None
+        }
+    });
+
+    let workdir = ws.workdir.as_ref().and_then(|w| match check_abs_path(w.get_ref()) {
+        Ok(()) => Some(w.get_ref().clone()),
+        Err(msg) => {
+            ctx.at(w.span(), k("workdir"), msg);
+            None
+        }
+    });
+
+    let user = ws.user.as_ref().and_then(|u| {
+        if valid_user(u.get_ref()) {
+            Some(u.get_ref().clone())
+        } else {
+            ctx.at(u.span(), k("user"), format!("`{}` is not `user`, `uid`, `user:group` or `uid:gid`", u.get_ref()));
+            None
+        }
+    });
+
+    let stop_signal = match &ws.stop_signal {
+        None => Signal { name: "SIGTERM".into(), number: 15 },
+        Some(s) => parse_signal(s.get_ref()).unwrap_or_else(|| {
+            ctx.at(s.span(), k("stop_signal"), format!("`{}` is not a known signal", s.get_ref()));
+            Signal { name: "SIGTERM".into(), number: 15 }
+        }),
+    };
+    let stop_timeout = duration_or(ctx, ws.stop_timeout.as_ref(), &k("stop_timeout"), defaults::STOP_TIMEOUT, Duration::ZERO, Duration::from_secs(3600));
+
+    let resources = ws.resources.as_ref().map(|r| validate_resources(ctx, r, &k("resources"))).unwrap_or_default();
+
+    let port = ws.port.as_ref().and_then(|p| {
+        let container = port_number(ctx, &p.get_ref().container, &k("port.container"));
+        let host = port_number(ctx, &p.get_ref().host, &k("port.host"));
+        Some(Port { container: container?, host: host? })
+    });
+
+    let health = ws.health.as_ref().and_then(|h| validate_health(ctx, h, &k("health")));
+    let update = validate_update(ctx, ws.update.as_ref(), &k("update"));
+    let restart = validate_restart(ctx, ws.restart.as_ref(), &k("restart"));
+    let (volumes, secrets) = validate_mounts(ctx, ws.volumes.as_ref(), ws.secrets.as_ref(), &svc);
+
+    let pull = {
+        let policy = match ws.pull.as_ref().and_then(|p| p.policy.as_ref()) {
+            None => PullPolicy::IfMissing,
+            Some(p) => match p.get_ref().as_str() {
+                "if-missing" => PullPolicy::IfMissing,
+                "always" => PullPolicy::Always,
+                other => {
+                    ctx.at(p.span(), k("pull.policy"), format!("`{other}` is not one of \"if-missing\", \"always\""));
+                    PullPolicy::IfMissing
+                }
+            },
+        };
+        let check = ws.pull.as_ref().and_then(|p| p.check.as_ref()).map(|c| {
+            duration_or(ctx, Some(c), &k("pull.check"), Duration::from_secs(60), Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600))
+        });
+        Pull { policy, check }
+    };
+
+    if ctx.problems.len() > before {
+        return None;
+    }
+    Some(Service {
+        name: svc,
+        file: ctx.file.to_string(),
+        image: image?,
+        replicas,
+        command,
+        env,
+        env_file,
+        workdir,
+        user,
+        readonly_rootfs: ws.readonly_rootfs.unwrap_or(false),
+        stop_signal,
+        stop_timeout,
+        resources,
+        port,
+        health,
+        update,
+        restart,
+        volumes,
+        secrets,
+        pull,
+    })
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn check_argv(ctx: &mut FileCtx<'_>, argv: &Spanned<Vec<Spanned<String>>>, key: &str) -> Option<Vec<String>> {
+    let items = argv.get_ref();
+    let before = ctx.problems.len();
+    if items.is_empty() {
+        ctx.at(argv.span(), key, "must hold at least the program to run");
+    }
+    if items.len() > MAX_ARGS {
+        ctx.at(argv.span(), key, format!("more than {MAX_ARGS} arguments"));
+    }
+    for arg in items {
+        if arg.get_ref().len() > MAX_ARG_BYTES || arg.get_ref().contains('\0') {
+            ctx.at(arg.span(), key, format!("an argument is longer than {MAX_ARG_BYTES} bytes or holds a NUL byte"));
+        }
+    }
+    if items.first().is_some_and(|a| a.get_ref().is_empty()) {
+        ctx.at(argv.span(), key, "the program name is empty");
+    }
+    (ctx.problems.len() == before).then(|| items.iter().map(|a| a.get_ref().clone()).collect())
+}
+
+fn port_number(ctx: &mut FileCtx<'_>, value: &Spanned<i64>, key: &str) -> Option<u16> {
+    match u16::try_from(*value.get_ref()) {
+        Ok(p) if p >= 1 => Some(p),
+        _ => {
+            ctx.at(value.span(), key, format!("port {} is outside 1-65535", value.get_ref()));
+            None
+        }
+    }
+}
+
+fn duration_or(
+    ctx: &mut FileCtx<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Duration {
+    let Some(v) = value else { return default };
+    match parse_duration(v.get_ref()) {
+        Ok(d) if d >= min && d <= max => d,
+        Ok(_) => {
+            ctx.at(
+                v.span(),
+                key,
+                format!(
+                    "{} is outside {}-{}",
+                    v.get_ref(),
+                    crate::units::format_duration(min),
+                    crate::units::format_duration(max)
+                ),
+            );
+            default
+        }
+        Err(e) => {
+            ctx.at(v.span(), key, e.to_string());
+            default
+        }
+    }
+}
+
+fn validate_resources(ctx: &mut FileCtx<'_>, r: &WireResources, key: &str) -> Resources {
+    let mut out = Resources::default();
+    if let Some(m) = &r.memory {
+        match parse_size(m.get_ref()) {
+            Ok(bytes) if (MIN_MEMORY..=(1u64 << 42)).contains(&bytes) => out.memory_bytes = Some(bytes),
+            Ok(_) => ctx.at(m.span(), format!("{key}.memory"), "must be between 6Mi and 4Ti"),
+            Err(e) => ctx.at(m.span(), format!("{key}.memory"), e.to_string()),
+        }
+    }
+    if let Some(c) = &r.cpus {
+        let cpus = *c.get_ref();
+        if cpus.is_finite() && cpus >= 0.001 && cpus <= 1024.0 {
+            out.millicpus = Some((cpus * 1000.0).round() as u32);
+        } else {
+            ctx.at(c.span(), format!("{key}.cpus"), "must be between 0.001 and 1024");
+        }
+    }
+    if let Some(p) = &r.pids {
+        match u32::try_from(*p.get_ref()) {
+            Ok(n) if (1..=4_194_304).contains(&n) => out.pids = Some(n),
+            _ => ctx.at(p.span(), format!("{key}.pids"), "must be between 1 and 4194304"),
+        }
+    }
+    out
+}
+
+fn validate_health(ctx: &mut FileCtx<'_>, h: &Spanned<WireHealth>, key: &str) -> Option<Health> {
+    let w = h.get_ref();
+    let before = ctx.problems.len();
+    let kinds = [w.http.is_some(), w.tcp.is_some(), w.exec.is_some()].iter().filter(|x| **x).count();
+    if kinds != 1 {
+        ctx.at(h.span(), key, format!("exactly one of `http`, `tcp`, `exec` is required ({kinds} given)"));
+    }
+    let mut check = None;
+    if let Some(http) = &w.http {
+        let port = port_number(ctx, &http.get_ref().port, &format!("{key}.http.port"));
+        let path = match &http.get_ref().path {
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') && p.get_ref().len() <= 2048 && !p.get_ref().chars().any(|c| c.is_whitespace() || c.is_control()) => p.get_ref().clone(),
+            Some(p) => {
+                ctx.at(p.span(), format!("{key}.http.path"), "must start with `/` and hold no spaces or control characters");
+                String::new()
+            }
+        };
+        check = port.map(|port| HealthCheck::Http { port, path });
+    }
+    if let Some(tcp) = &w.tcp {
+        check = port_number(ctx, &tcp.get_ref().port, &format!("{key}.tcp.port")).map(|port| HealthCheck::Tcp { port });
+    }
+    if let Some(exec) = &w.exec {
+        check = check_argv(ctx, exec, &format!("{key}.exec")).map(|command| HealthCheck::Exec { command });
+    }
+    let interval = duration_or(ctx, w.interval.as_ref(), &format!("{key}.interval"), defaults::HEALTH_INTERVAL, Duration::from_millis(100), Duration::from_secs(3600));
+    let timeout = duration_or(ctx, w.timeout.as_ref(), &format!("{key}.timeout"), defaults::HEALTH_TIMEOUT, Duration::from_millis(10), Duration::from_secs(600));
+    let start_period = duration_or(ctx, w.start_period.as_ref(), &format!("{key}.start_period"), Duration::ZERO, Duration::ZERO, Duration::from_secs(3600));
+    let retries = match &w.retries {
+        None => defaults::HEALTH_RETRIES,
+        Some(r) => match u32::try_from(*r.get_ref()) {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                ctx.at(r.span(), format!("{key}.retries"), "must be between 1 and 100");
+                1
+            }
+        },
+    };
+    let on_unhealthy = match &w.on_unhealthy {
+        None => OnUnhealthy::Restart,
+        Some(v) => match v.get_ref().as_str() {
+            "restart" => OnUnhealthy::Restart,
+            "ignore" => OnUnhealthy::Ignore,
+            other => {
+                ctx.at(v.span(), format!("{key}.on_unhealthy"), format!("`{other}` is not one of \"restart\", \"ignore\""));
+                OnUnhealthy::Restart
+            }
+        },
+    };
+    if ctx.problems.len() > before {
+        return None;
+    }
+    Some(Health { check: check?, interval, timeout, retries, start_period, on_unhealthy })
+}
+
+fn validate_update(ctx: &mut FileCtx<'_>, u: Option<&Spanned<WireUpdate>>, key: &str) -> Update {
+    let mut out = Update {
+        strategy: UpdateStrategy::StartFirst,
+        max_surge: 1,
+        max_unavailable: 0,
+        rollback_on_failure: true,
+        drain: defaults::DRAIN,
+        probation: defaults::PROBATION,
+    };
+    let Some(u) = u else { return out };
+    let w = u.get_ref();
+    if let Some(s) = &w.strategy {
+        match s.get_ref().as_str() {
+            "start-first" => out.strategy = UpdateStrategy::StartFirst,
+            "stop-first" => out.strategy = UpdateStrategy::StopFirst,
+            other => ctx.at(s.span(), format!("{key}.strategy"), format!("`{other}` is not one of \"start-first\", \"stop-first\"")),
+        }
+    }
+    let mut count = |v: &Option<Spanned<i64>>, field: &str, default: u32| match v {
+        None => default,
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(x) if x <= MAX_REPLICAS => x,
+            _ => {
+                ctx.at(n.span(), format!("{key}.{field}"), format!("must be between 0 and {MAX_REPLICAS}"));
+                default
+            }
+        },
+    };
+    out.max_surge = count(&w.max_surge, "max_surge", 1);
+    out.max_unavailable = count(&w.max_unavailable, "max_unavailable", 0);
+    if out.max_surge == 0 && out.max_unavailable == 0 && out.strategy == UpdateStrategy::StartFirst {
+        ctx.at(u.span(), key, "max_surge and max_unavailable cannot both be 0: a rollout could never progress");
+    }
+    if let Some(r) = w.rollback_on_failure {
+        out.rollback_on_failure = r;
+    }
+    out.drain = duration_or(ctx, w.drain.as_ref(), &format!("{key}.drain"), defaults::DRAIN, Duration::ZERO, Duration::from_secs(3600));
+    out.probation = duration_or(ctx, w.probation.as_ref(), &format!("{key}.probation"), defaults::PROBATION, Duration::ZERO, Duration::from_secs(24 * 3600));
+    out
+}
+
+fn validate_restart(ctx: &mut FileCtx<'_>, r: Option<&WireRestart>, key: &str) -> Restart {
+    let mut out = Restart {
+        policy: RestartPolicy::Always,
+        backoff_initial: defaults::BACKOFF_INITIAL,
+        backoff_max: defaults::BACKOFF_MAX,
+    };
+    let Some(r) = r else { return out };
+    if let Some(p) = &r.policy {
+        match p.get_ref().as_str() {
+            "always" => out.policy = RestartPolicy::Always,
+            "on-failure" => out.policy = RestartPolicy::OnFailure,
+            "never" => out.policy = RestartPolicy::Never,
+            other => ctx.at(p.span(), format!("{key}.policy"), format!("`{other}` is not one of \"always\", \"on-failure\", \"never\"")),
+        }
+    }
+    if let Some(b) = &r.backoff {
+        let w = b.get_ref();
+        out.backoff_initial = duration_or(ctx, w.initial.as_ref(), &format!("{key}.backoff.initial"), defaults::BACKOFF_INITIAL, Duration::from_millis(1), Duration::from_secs(3600));
+        out.backoff_max = duration_or(ctx, w.max.as_ref(), &format!("{key}.backoff.max"), defaults::BACKOFF_MAX, Duration::from_millis(1), Duration::from_secs(24 * 3600));
+        if out.backoff_initial > out.backoff_max {
+            ctx.at(b.span(), format!("{key}.backoff"), "initial must not be longer than max");
+        }
+    }
+    out
+}
+
+fn validate_mounts(
+    ctx: &mut FileCtx<'_>,
+    volumes: Option<&Spanned<Vec<Spanned<WireVolume>>>>,
+    secrets: Option<&Spanned<Vec<Spanned<WireSecret>>>>,
+    svc: &str,
+) -> (Vec<Volume>, Vec<Secret>) {
+    let mut targets: BTreeSet<String> = BTreeSet::new();
+    let mut out_vols = Vec::new();
+    let mut out_secrets = Vec::new();
+    if let Some(vols) = volumes {
+        if vols.get_ref().len() > MAX_MOUNTS {
+            ctx.at(vols.span(), format!("service.{svc}.volumes"), format!("more than {MAX_MOUNTS} volumes"));
+        }
+        for (i, v) in vols.get_ref().iter().enumerate() {
+            let key = format!("service.{svc}.volumes[{i}]");
+            let w = v.get_ref();
+            let kinds = [w.name.is_some(), w.host.is_some(), w.tmpfs.is_some()].iter().filter(|x| **x).count();
+            if kinds != 1 {
+                ctx.at(v.span(), &key, format!("exactly one of `name`, `host`, `tmpfs` is required ({kinds} given)"));
+                continue;
+            }
+            let target = w.target.get_ref();
+            if let Err(msg) = check_abs_path(target) {
+                ctx.at(w.target.span(), format!("{key}.target"), msg);
+                continue;
+            }
+            if target == "/" {
+                ctx.at(w.target.span(), format!("{key}.target"), "cannot mount over `/`");
+                continue;
+            }
+            let norm = normalize_target(target);
+            if !targets.insert(norm.clone()) {
+                ctx.at(w.target.span(), format!("{key}.target"), format!("`{norm}` is mounted twice"));
+                continue;
+            }
+            let source = if let Some(n) = &w.name {
+                if !valid_volume_name(n.get_ref()) {
+                    ctx.at(n.span(), format!("{key}.name"), format!("`{}` is not a valid volume name (1-64 of [A-Za-z0-9_.-], starting with a letter or digit)", n.get_ref()));
+                    continue;
+                }
+                VolumeSource::Named(n.get_ref().clone())
+            } else if let Some(h) = &w.host {
+                if let Err(msg) = check_abs_path(h.get_ref()) {
+                    ctx.at(h.span(), format!("{key}.host"), msg);
+                    continue;
+                }
+                VolumeSource::Host(h.get_ref().clone())
+            } else if let Some(t) = &w.tmpfs {
+                match parse_size(t.get_ref()) {
+                    Ok(size) if size > 0 && size <= 1 << 40 => VolumeSource::Tmpfs { size_bytes: size },
+                    Ok(_) => {
+                        ctx.at(t.span(), format!("{key}.tmpfs"), "size must be between 1 byte and 1Ti");
+                        continue;
+                    }
+                    Err(e) => {
+                        ctx.at(t.span(), format!("{key}.tmpfs"), e.to_string());
+                        continue;
+                    }
+                }
+            } else {
+                continue;
+            };
+            out_vols.push(Volume { source, target: norm, readonly: w.readonly.unwrap_or(false) });
+        }
+    }
+    if let Some(secs) = secrets {
+        if secs.get_ref().len() > MAX_MOUNTS {
+            ctx.at(secs.span(), format!("service.{svc}.secrets"), format!("more than {MAX_MOUNTS} secrets"));
+        }
+        for (i, s) in secs.get_ref().iter().enumerate() {
+            let key = format!("service.{svc}.secrets[{i}]");
+            let w = s.get_ref();
+            if let Err(msg) = check_abs_path(w.source.get_ref()) {
+                ctx.at(w.source.span(), format!("{key}.source"), msg);
+                continue;
+            }
+            let t = w.target.get_ref();
+            let ok = !t.is_empty()
+                && t.len() <= 64
+                && t != "."
+                && t != ".."
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !ok {
+                ctx.at(w.target.span(), format!("{key}.target"), "must be a file name of 1-64 of [A-Za-z0-9_.-]");
+                continue;
+            }
+            let full = format!("/run/secrets/{t}");
+            if !targets.insert(full.clone()) {
+                ctx.at(w.target.span(), format!("{key}.target"), format!("`{full}` is mounted twice"));
+                continue;
+            }
+            out_secrets.push(Secret { source: w.source.get_ref().clone(), target: t.clone() });
+        }
+    }
+    (out_vols, out_secrets)
+}
+
+/// `/data//x/` → `/data/x`
+fn normalize_target(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// Parses an env file (`KEY=VALUE` lines, `#` comments, blank lines) into pairs,
+/// refusing a bad line with its number.
+pub fn parse_env_file(file: &str, text: &str) -> Result<Vec<(String, String)>, Problem> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let bad = |message: &str| Problem {
+            file: file.to_string(),
+            line: i + 1,
+            column: 1,
+            key: String::new(),
+            message: message.to_string(),
+        };
+        let (key, value) = trimmed.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+        let key = key.trim_end();
+        if !valid_env_name(key) {
+            return Err(bad(&format!("`{key}` is not a valid variable name")));
+        }
+        if out.len() >= MAX_ENV {
+            return Err(bad(&format!("more than {MAX_ENV} variables")));
+        }
+        out.push((key.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
