@@ -1,0 +1,119 @@
+//! JSON types of the HTTP API (`/v1`), shared by `berthd` and `berthctl`.
+//! Every error is `{ "error": { "code", "message", "details" } }`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Problem;
+use crate::plan::ServicePlan;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_manifest`, `unauthorized`.
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        ErrorBody { error: ErrorDetail { code: code.into(), message: message.into(), details: serde_json::Value::Null } }
+    }
+
+    /// An invalid-manifest error carrying every located problem.
+    pub fn invalid_manifest(problems: &[Problem]) -> Self {
+        let message = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+        ErrorBody {
+            error: ErrorDetail {
+                code: "invalid_manifest".into(),
+                message,
+                details: serde_json::json!({ "problems": problems }),
+            },
+        }
+    }
+}
+
+/// Answer to `PUT /v1/manifest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// The revision now current (the new one, or the unchanged current one).
+    pub revision: Option<u64>,
+    /// True when the manifest equals the current revision's: nothing recorded.
+    pub unchanged: bool,
+    pub dry_run: bool,
+    pub plan: Vec<ServicePlan>,
+}
+
+/// One applied revision, as `history` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionInfo {
+    pub number: u64,
+    /// RFC 3339, UTC.
+    pub applied_at: String,
+    /// Where it came from: `api`, `file:PATH`, `url:URL`, `git:COMMIT`, `rollback:N`.
+    pub source: String,
+    /// sha256 of the manifest sources, to tell identical applies apart.
+    pub manifest_sha256: String,
+    pub services: Vec<String>,
+    /// Service → image digest it runs in this revision (filled once resolved).
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
+    /// `applied`, `rolling-out`, `complete`, `failed`, `rolled-back`.
+    pub state: String,
+}
+
+/// Answer to `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub agent: AgentStatus,
+    pub revision: Option<RevisionInfo>,
+    pub services: Vec<ServiceStatus>,
+    /// The last manifest a configured source offered that was refused, if any.
+    #[serde(default)]
+    pub source_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub version: String,
+    pub ready: bool,
+    pub draining: bool,
+    pub uptime_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    pub replicas_desired: u32,
+    pub replicas_ready: u32,
+    #[serde(default)]
+    pub restarts: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// An entry of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// e.g. `revision-applied`, `apply-refused`, `container-started`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub message: String,
+}

@@ -1,0 +1,312 @@
+//! The plan: a pure function from (desired services, observed containers) to
+//! the steps that converge them, per service. Deciding is separate from doing:
+//! `diff` and `apply --dry-run` show a plan; the reconciler executes one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::ContainerSpec;
+
+/// What one service should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredService {
+    pub name: String,
+    pub replicas: u32,
+    pub spec: ContainerSpec,
+}
+
+/// A container that exists on the host, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub service: String,
+    /// `None` when the stored spec could not be read (a newer format): such a
+    /// container is replaced.
+    pub spec: Option<ContainerSpec>,
+}
+
+/// The overall action for a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceAction {
+    Create,
+    Replace,
+    ScaleUp,
+    ScaleDown,
+    Remove,
+    Unchanged,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Start a new replica with the desired spec.
+    Start { spec_hash: String },
+    /// Replace a running container; `fields` say why.
+    Replace { container: String, fields: Vec<String> },
+    /// Stop and remove a container.
+    Remove { container: String, reason: RemoveReason },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoveReason {
+    ServiceRemoved,
+    ScaleDown,
+}
+
+/// The plan for one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub service: String,
+    pub action: ServiceAction,
+    pub current_replicas: u32,
+    pub desired_replicas: u32,
+    pub steps: Vec<Step>,
+}
+
+/// Decides, per service, what converges `observed` to `desired`. Services are
+/// in name order, containers in id order; the same input gives the same plan.
+pub fn plan(desired: &[DesiredService], observed: &[ObservedContainer]) -> Vec<ServicePlan> {
+    let mut by_service: BTreeMap<&str, Vec<&ObservedContainer>> = BTreeMap::new();
+    for c in observed {
+        by_service.entry(c.service.as_str()).or_default().push(c);
+    }
+    for list in by_service.values_mut() {
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    let desired_names: BTreeSet<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+    let mut out = Vec::new();
+    for d in desired {
+        let current = by_service.get(d.name.as_str()).cloned().unwrap_or_default();
+        out.push(plan_service(d, &current));
+    }
+    for (service, containers) in &by_service {
+        if desired_names.contains(service) {
+            continue;
+        }
+        out.push(ServicePlan {
+            service: (*service).to_string(),
+            action: ServiceAction::Remove,
+            current_replicas: containers.len() as u32,
+            desired_replicas: 0,
+            steps: containers
+                .iter()
+                .map(|c| Step::Remove { container: c.id.clone(), reason: RemoveReason::ServiceRemoved })
+                .collect(),
+        });
+    }
+    out.sort_by(|a, b| a.service.cmp(&b.service));
+    out
+}
+
+fn plan_service(d: &DesiredService, current: &[&ObservedContainer]) -> ServicePlan {
+    let hash = d.spec.short_hash();
+    let mut matching = Vec::new();
+    let mut stale = Vec::new();
+    for c in current {
+        match &c.spec {
+            Some(spec) => {
+                let fields = spec.changed_fields(&d.spec);
+                if fields.is_empty() {
+                    matching.push(*c);
+                } else {
+                    stale.push((*c, fields.iter().map(|f| f.to_string()).collect::<Vec<_>>()));
+                }
+            }
+            None => stale.push((*c, vec!["spec-version".to_string()])),
+        }
+    }
+    let want = d.replicas as usize;
+    let mut steps = Vec::new();
+    let action = if current.is_empty() {
+        steps.extend((0..want).map(|_| Step::Start { spec_hash: hash.clone() }));
+        if want == 0 { ServiceAction::Unchanged } else { ServiceAction::Create }
+    } else if !stale.is_empty() {
+        // Keep up to `want` matching replicas; every stale one is replaced
+        // while replacements are needed, and removed after that.
+        let keep = matching.len().min(want);
+        let mut needed = want - keep;
+        for (c, fields) in &stale {
+            if needed > 0 {
+                steps.push(Step::Replace { container: c.id.clone(), fields: fields.clone() });
+                needed -= 1;
+            } else {
+                steps.push(Step::Remove { container: c.id.clone(), reason: RemoveReason::ScaleDown });
+            }
+        }
+        steps.extend((0..needed).map(|_| Step::Start { spec_hash: hash.clone() }));
+        for c in matching.iter().skip(keep) {
+            steps.push(Step::Remove { container: c.id.clone(), reason: RemoveReason::ScaleDown });
+        }
+        ServiceAction::Replace
+    } else if matching.len() < want {
+        steps.extend((matching.len()..want).map(|_| Step::Start { spec_hash: hash.clone() }));
+        ServiceAction::ScaleUp
+    } else if matching.len() > want {
+        // The newest (highest id) replicas go first.
+        for c in matching.iter().skip(want).rev() {
+            steps.push(Step::Remove { container: c.id.clone(), reason: RemoveReason::ScaleDown });
+        }
+        ServiceAction::ScaleDown
+    } else {
+        ServiceAction::Unchanged
+    };
+    ServicePlan {
+        service: d.name.clone(),
+        action,
+        current_replicas: current.len() as u32,
+        desired_replicas: d.replicas,
+        steps,
+    }
+}
+
+/// Desired services of a manifest, with tags not yet resolved (what `diff` and
+/// a dry run compare when no digest is known).
+pub fn desired_from_manifest(manifest: &crate::manifest::Manifest) -> Vec<DesiredService> {
+    manifest
+        .services
+        .values()
+        .map(|s| DesiredService { name: s.name.clone(), replicas: s.replicas, spec: ContainerSpec::for_service(s, None, &[]) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn desired(text: &str) -> Vec<DesiredService> {
+        desired_from_manifest(&Manifest::from_str_named("m.toml", text).unwrap())
+    }
+
+    fn running(text: &str, service: &str, ids: &[&str]) -> Vec<ObservedContainer> {
+        let d = desired(text);
+        let spec = d.iter().find(|s| s.name == service).unwrap().spec.clone();
+        ids.iter()
+            .map(|id| ObservedContainer { id: (*id).into(), service: service.into(), spec: Some(spec.clone()) })
+            .collect()
+    }
+
+    const WEB: &str = "[service.web]\nimage = \"busybox:1\"\nreplicas = 2\n";
+
+    fn actions(plans: &[ServicePlan]) -> Vec<(&str, ServiceAction)> {
+        plans.iter().map(|p| (p.service.as_str(), p.action)).collect()
+    }
+
+    #[test]
+    fn plan_table() {
+        struct Case {
+            name: &'static str,
+            desired: &'static str,
+            observed_from: &'static str,
+            want: Vec<(&'static str, ServiceAction)>,
+            steps: Vec<&'static str>,
+        }
+        let cases = vec![
+            Case { name: "unchanged", desired: WEB, observed_from: WEB, want: vec![("web", ServiceAction::Unchanged)], steps: vec![] },
+            Case {
+                name: "image change replaces",
+                desired: "[service.web]\nimage = \"busybox:2\"\nreplicas = 2\n",
+                observed_from: WEB,
+                want: vec![("web", ServiceAction::Replace)],
+                steps: vec!["replace a [image]", "replace b [image]"],
+            },
+            Case {
+                name: "env change replaces",
+                desired: "[service.web]\nimage = \"busybox:1\"\nreplicas = 2\nenv = { A = \"1\" }\n",
+                observed_from: WEB,
+                want: vec![("web", ServiceAction::Replace)],
+                steps: vec!["replace a [env]", "replace b [env]"],
+            },
+            Case {
+                name: "replicas up scales only",
+                desired: "[service.web]\nimage = \"busybox:1\"\nreplicas = 3\n",
+                observed_from: WEB,
+                want: vec![("web", ServiceAction::ScaleUp)],
+                steps: vec!["start"],
+            },
+            Case {
+                name: "replicas down scales only",
+                desired: "[service.web]\nimage = \"busybox:1\"\nreplicas = 1\n",
+                observed_from: WEB,
+                want: vec![("web", ServiceAction::ScaleDown)],
+                steps: vec!["remove b scale-down"],
+            },
+            Case {
+                name: "service removed",
+                desired: "[service.api]\nimage = \"busybox:1\"\n",
+                observed_from: WEB,
+                want: vec![("api", ServiceAction::Create), ("web", ServiceAction::Remove)],
+                steps: vec!["start", "remove a service-removed", "remove b service-removed"],
+            },
+            Case {
+                name: "replace while scaling down",
+                desired: "[service.web]\nimage = \"busybox:2\"\nreplicas = 1\n",
+                observed_from: WEB,
+                want: vec![("web", ServiceAction::Replace)],
+                steps: vec!["replace a [image]", "remove b scale-down"],
+            },
+            Case {
+                name: "replace while scaling up",
+                desired: "[service.web]\nimage = \"busybox:2\"\nreplicas = 3\n",
+                observed_from: WEB,
+                want: vec![("web", ServiceAction::Replace)],
+                steps: vec!["replace a [image]", "replace b [image]", "start"],
+            },
+        ];
+        for case in cases {
+            let observed = running(case.observed_from, "web", &["a", "b"]);
+            let plans = plan(&desired(case.desired), &observed);
+            assert_eq!(actions(&plans), case.want, "{}", case.name);
+            let steps: Vec<String> = plans
+                .iter()
+                .flat_map(|p| p.steps.iter())
+                .map(|s| match s {
+                    Step::Start { .. } => "start".to_string(),
+                    Step::Replace { container, fields } => format!("replace {container} [{}]", fields.join(",")),
+                    Step::Remove { container, reason } => format!(
+                        "remove {container} {}",
+                        serde_json::to_value(reason).unwrap().as_str().unwrap()
+                    ),
+                })
+                .collect();
+            assert_eq!(steps, case.steps, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn new_service_is_created_with_its_replicas() {
+        let plans = plan(&desired(WEB), &[]);
+        assert_eq!(actions(&plans), vec![("web", ServiceAction::Create)]);
+        assert_eq!(plans[0].steps.len(), 2);
+        assert_eq!((plans[0].current_replicas, plans[0].desired_replicas), (0, 2));
+    }
+
+    #[test]
+    fn a_partially_replaced_service_keeps_its_new_replicas() {
+        let new = "[service.web]\nimage = \"busybox:2\"\nreplicas = 2\n";
+        let mut observed = running(WEB, "web", &["a"]);
+        observed.extend(running(new, "web", &["n"]));
+        let plans = plan(&desired(new), &observed);
+        assert_eq!(actions(&plans), vec![("web", ServiceAction::Replace)]);
+        assert_eq!(plans[0].steps, vec![Step::Replace { container: "a".into(), fields: vec!["image".into()] }]);
+    }
+
+    #[test]
+    fn unreadable_specs_are_replaced() {
+        let observed = vec![ObservedContainer { id: "a".into(), service: "web".into(), spec: None }];
+        let plans = plan(&desired("[service.web]\nimage = \"busybox:1\"\n"), &observed);
+        assert_eq!(plans[0].steps, vec![Step::Replace { container: "a".into(), fields: vec!["spec-version".into()] }]);
+    }
+
+    #[test]
+    fn plans_are_deterministic() {
+        let observed = running(WEB, "web", &["b", "a"]);
+        let d = desired("[service.web]\nimage = \"busybox:1\"\nreplicas = 1\n");
+        assert_eq!(plan(&d, &observed), plan(&d, &observed));
+        assert_eq!(plan(&d, &observed)[0].steps, vec![Step::Remove { container: "b".into(), reason: RemoveReason::ScaleDown }]);
+    }
+}

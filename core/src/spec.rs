@@ -1,0 +1,204 @@
+//! Spec identity: the versioned, canonical form of everything a container runs
+//! with. Whether a container must be replaced is decided by comparing the fields
+//! of its stored spec with the desired one, after upgrading the stored form to
+//! the current version, so a new `berthd` never replaces a container whose
+//! manifest did not change. Policies applied by the agent (replicas, health,
+//! restart, update, pull, stop_timeout) are not part of it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::image_ref::Digest;
+use crate::manifest::{Port, Secret, Service, Volume};
+
+/// The version written into every spec this build stores.
+pub const SPEC_VERSION: u32 = 1;
+
+/// Why a stored spec could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("stored spec has version {found}; this berthd understands up to {SPEC_VERSION}")]
+    FutureVersion { found: u32 },
+    #[error("stored spec is malformed: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Everything a container is created with. Field order is the canonical order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub version: u32,
+    /// `registry/repo@sha256:…` once resolved; the reference as written before.
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    /// `env_file` merged in, `env` winning.
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub readonly_rootfs: bool,
+    pub stop_signal: String,
+    pub memory_bytes: Option<u64>,
+    pub millicpus: Option<u32>,
+    pub pids: Option<u32>,
+    pub port: Option<Port>,
+    pub volumes: Vec<Volume>,
+    pub secrets: Vec<Secret>,
+}
+
+impl ContainerSpec {
+    /// The desired spec of a service. `digest` is the resolved image digest (when
+    /// known) and `env_file` the pairs read from its env file.
+    pub fn for_service(service: &Service, digest: Option<&Digest>, env_file: &[(String, String)]) -> Self {
+        let image = match (digest, &service.image.digest) {
+            (Some(d), _) | (None, Some(d)) => format!("{}@{d}", service.image.name()),
+            (None, None) => service.image.to_string(),
+        };
+        let mut env: BTreeMap<String, String> = env_file.iter().cloned().collect();
+        env.extend(service.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut volumes = service.volumes.clone();
+        volumes.sort();
+        let mut secrets = service.secrets.clone();
+        secrets.sort();
+        ContainerSpec {
+            version: SPEC_VERSION,
+            image,
+            command: service.command.clone(),
+            env,
+            workdir: service.workdir.clone(),
+            user: service.user.clone(),
+            readonly_rootfs: service.readonly_rootfs,
+            stop_signal: service.stop_signal.name.clone(),
+            memory_bytes: service.resources.memory_bytes,
+            millicpus: service.resources.millicpus,
+            pids: service.resources.pids,
+            port: service.port,
+            volumes,
+            secrets,
+        }
+    }
+
+    /// Reads a stored spec of any version this build knows, upgraded to the
+    /// current version (new fields get the value that means "as before").
+    pub fn from_stored(value: &serde_json::Value) -> Result<Self, SpecError> {
+        let found = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if found > SPEC_VERSION {
+            return Err(SpecError::FutureVersion { found });
+        }
+        // Version 1 is the current form; later versions add upgrade steps here.
+        Ok(serde_json::from_value(value.clone())?)
+    }
+
+    /// The canonical JSON text (stable field order, sorted maps).
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A short hash of the canonical form, for labels and display only;
+    /// replacement decisions use [`ContainerSpec::changed_fields`].
+    pub fn short_hash(&self) -> String {
+        hex::encode(&sha2::Sha256::digest(self.canonical_json().as_bytes())[..8])
+    }
+
+    /// The fields that differ between `self` (running) and `desired`, by name.
+    /// Empty means the container may stay.
+    pub fn changed_fields(&self, desired: &ContainerSpec) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        macro_rules! cmp {
+            ($($field:ident),*) => {$(
+                if self.$field != desired.$field { out.push(stringify!($field)); }
+            )*};
+        }
+        cmp!(image, command, env, workdir, user, readonly_rootfs, stop_signal, memory_bytes, millicpus, pids, port, volumes, secrets);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn spec(extra: &str) -> ContainerSpec {
+        let m = Manifest::from_str_named("m.toml", &format!("[service.web]\nimage = \"busybox:1\"\n{extra}")).unwrap();
+        ContainerSpec::for_service(&m.services["web"], None, &[])
+    }
+
+    #[test]
+    fn replicas_and_policies_do_not_change_identity() {
+        let base = spec("");
+        for extra in [
+            "replicas = 5",
+            "stop_timeout = \"30s\"",
+            "[service.web.health]\ntcp = { port = 80 }",
+            "[service.web.restart]\npolicy = \"never\"",
+            "[service.web.update]\nstrategy = \"stop-first\"",
+            "[service.web.pull]\ncheck = \"1m\"",
+        ] {
+            assert_eq!(base.changed_fields(&spec(extra)), Vec::<&str>::new(), "{extra}");
+            assert_eq!(base.short_hash(), spec(extra).short_hash(), "{extra}");
+        }
+    }
+
+    #[test]
+    fn what_a_container_runs_changes_identity() {
+        let base = spec("");
+        let cases = [
+            ("command = [\"/bin/sh\"]", "command"),
+            ("env = { A = \"1\" }", "env"),
+            ("workdir = \"/srv\"", "workdir"),
+            ("user = \"1000\"", "user"),
+            ("readonly_rootfs = true", "readonly_rootfs"),
+            ("stop_signal = \"SIGINT\"", "stop_signal"),
+            ("[service.web.resources]\nmemory = \"64Mi\"", "memory_bytes"),
+            ("[service.web.resources]\ncpus = 1.5", "millicpus"),
+            ("[service.web.resources]\npids = 10", "pids"),
+            ("port = { container = 80, host = 8080 }", "port"),
+            ("[[service.web.volumes]]\nname = \"v\"\ntarget = \"/v\"", "volumes"),
+            ("[[service.web.secrets]]\nsource = \"/s\"\ntarget = \"s\"", "secrets"),
+        ];
+        for (extra, field) in cases {
+            let changed = base.changed_fields(&spec(extra));
+            assert_eq!(changed, vec![field], "{extra}");
+            assert_ne!(base.short_hash(), spec(extra).short_hash());
+        }
+        let m = Manifest::from_str_named("m.toml", "[service.web]\nimage = \"busybox:2\"\n").unwrap();
+        let other = ContainerSpec::for_service(&m.services["web"], None, &[]);
+        assert_eq!(base.changed_fields(&other), vec!["image"]);
+    }
+
+    #[test]
+    fn resolved_digest_pins_the_image_and_env_wins_over_env_file() {
+        let m = Manifest::from_str_named("m.toml", "[service.web]\nimage = \"busybox:1\"\nenv = { A = \"manifest\" }\n").unwrap();
+        let d = Digest::sha256_of(b"x");
+        let s = ContainerSpec::for_service(
+            &m.services["web"],
+            Some(&d),
+            &[("A".into(), "file".into()), ("B".into(), "file".into())],
+        );
+        assert_eq!(s.image, format!("docker.io/library/busybox@{d}"));
+        assert_eq!(s.env["A"], "manifest");
+        assert_eq!(s.env["B"], "file");
+    }
+
+    #[test]
+    fn stored_specs_round_trip_and_future_versions_are_refused() {
+        let s = spec("env = { A = \"1\" }");
+        let stored: serde_json::Value = serde_json::from_str(&s.canonical_json()).unwrap();
+        assert_eq!(ContainerSpec::from_stored(&stored).unwrap(), s);
+        let mut future = stored.clone();
+        future["version"] = 99.into();
+        assert!(matches!(ContainerSpec::from_stored(&future), Err(SpecError::FutureVersion { found: 99 })));
+    }
+
+    #[test]
+    fn canonical_form_is_stable() {
+        // A change to this text means stored specs no longer compare equal:
+        // bump SPEC_VERSION and add an upgrade step instead.
+        let s = spec("");
+        assert_eq!(
+            s.canonical_json(),
+            r#"{"version":1,"image":"docker.io/library/busybox:1","command":null,"env":{},"workdir":null,"user":null,"readonly_rootfs":false,"stop_signal":"SIGTERM","memory_bytes":null,"millicpus":null,"pids":null,"port":null,"volumes":[],"secrets":[]}"#
+        );
+    }
+}
