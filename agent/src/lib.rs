@@ -2,4 +2,18 @@
 //! only parses flags and calls [`daemon::run`]. See docs/ARCHITECTURE.md for how
 //! data flows from a manifest to a running container.
 
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod state;
 pub mod sys;
+
+/// The current time as RFC 3339 UTC, e.g. `2026-11-23T16:00:00Z`.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

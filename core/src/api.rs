@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::Problem;
-use crate::plan::ServicePlan;
+use crate::plan::{ServiceChange, ServicePlan};
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,12 +25,22 @@ pub struct ErrorDetail {
 
 impl ErrorBody {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { code: code.into(), message: message.into(), details: serde_json::Value::Null } }
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                details: serde_json::Value::Null,
+            },
+        }
     }
 
     /// An invalid-manifest error carrying every located problem.
     pub fn invalid_manifest(problems: &[Problem]) -> Self {
-        let message = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+        let message = problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         ErrorBody {
             error: ErrorDetail {
                 code: "invalid_manifest".into(),
@@ -49,6 +59,10 @@ pub struct ApplyResponse {
     /// True when the manifest equals the current revision's: nothing recorded.
     pub unchanged: bool,
     pub dry_run: bool,
+    /// Per service, how the manifest differs from the current revision.
+    #[serde(default)]
+    pub changes: Vec<ServiceChange>,
+    /// Per service, the steps that converge the containers on this host.
     pub plan: Vec<ServicePlan>,
 }
 

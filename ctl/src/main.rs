@@ -1,1 +1,460 @@
-fn main(){}
+//! `berthctl`: the operator CLI. It validates manifests offline with
+//! `berth-core` and talks to `berthd`'s API over the root-only unix socket or
+//! TCP with a bearer token. It has no Linux-only dependency.
+
+mod client;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use berth_core::api::{ApplyResponse, ErrorBody, Event, RevisionInfo, StatusResponse};
+use berth_core::manifest::{self, Manifest};
+use berth_core::plan::{ChangeKind, ServiceAction, ServiceChange, ServicePlan, Step};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::Method;
+
+use crate::client::{AgentAddr, Client};
+
+#[derive(Debug, Parser)]
+#[command(name = "berthctl", version, about = "Operate a Berth agent")]
+struct Cli {
+    /// Agent API: unix:PATH or http://ADDR:PORT.
+    #[arg(
+        long,
+        env = "BERTH_AGENT",
+        default_value = "unix:/run/berth/berth.sock",
+        global = true
+    )]
+    agent: String,
+    /// Bearer token file for a TCP agent.
+    #[arg(long, env = "BERTH_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a manifest file or directory offline; errors name file, line and column.
+    Validate {
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+    },
+    /// Apply a manifest file or directory as a new revision.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+        /// Show the plan without recording anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what `apply` would do, per service and container.
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+    },
+    /// Services, replicas ready/desired and the current revision.
+    #[command(alias = "ps")]
+    Status,
+    /// Applied revisions, newest last.
+    History,
+    /// Recent events; with -f, keep following.
+    Events {
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berthctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(cli: &Cli) -> Result<Client> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(Client::new(AgentAddr::parse(&cli.agent)?, token))
+}
+
+/// The message of a JSON error body, or the raw text.
+pub(crate) fn error_text(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.error.message,
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
+fn read_manifest(path: &Path) -> Result<manifest::SourceFiles> {
+    Ok(manifest::read_sources(path)?)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Validate { path } => {
+            let files = read_manifest(path)?;
+            match Manifest::from_sources(&files) {
+                Ok(m) => {
+                    if cli.output == Output::Json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "valid": true, "services": m.services.keys().collect::<Vec<_>>() })
+                        );
+                    } else {
+                        println!(
+                            "{}: valid ({} services in {} files)",
+                            path.display(),
+                            m.services.len(),
+                            files.len()
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if cli.output == Output::Json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "valid": false, "problems": e.problems() })
+                        );
+                    } else {
+                        eprintln!("{e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Apply { path, dry_run } => apply(&cli, path, *dry_run, false).await,
+        Command::Diff { path } => apply(&cli, path, true, true).await,
+        Command::Status => {
+            let reply = client(&cli)?
+                .request(Method::GET, "/v1/status", None, Bytes::new())
+                .await?;
+            if !reply.status.is_success() {
+                bail!("{}", error_text(&reply.body));
+            }
+            if cli.output == Output::Json {
+                println!("{}", String::from_utf8_lossy(&reply.body));
+            } else {
+                let status: StatusResponse =
+                    serde_json::from_slice(&reply.body).context("decoding status")?;
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History => {
+            let reply = client(&cli)?
+                .request(Method::GET, "/v1/revisions", None, Bytes::new())
+                .await?;
+            if !reply.status.is_success() {
+                bail!("{}", error_text(&reply.body));
+            }
+            if cli.output == Output::Json {
+                println!("{}", String::from_utf8_lossy(&reply.body));
+            } else {
+                let revs: Vec<RevisionInfo> =
+                    serde_json::from_slice(&reply.body).context("decoding revisions")?;
+                print_history(&revs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events { follow } => {
+            let c = client(&cli)?;
+            let json = cli.output == Output::Json;
+            let print = |e: &Event| {
+                if json {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                } else {
+                    println!("{}", event_line(e));
+                }
+            };
+            if *follow {
+                c.stream_lines("/v1/events?follow=true", |line| {
+                    match serde_json::from_str::<Event>(line) {
+                        Ok(e) => print(&e),
+                        Err(_) => println!("{line}"),
+                    }
+                    Ok(())
+                })
+                .await?;
+            } else {
+                let reply = c
+                    .request(Method::GET, "/v1/events", None, Bytes::new())
+                    .await?;
+                if !reply.status.is_success() {
+                    bail!("{}", error_text(&reply.body));
+                }
+                let events: Vec<Event> =
+                    serde_json::from_slice(&reply.body).context("decoding events")?;
+                events.iter().for_each(print);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<ExitCode> {
+    let files = read_manifest(path)?;
+    let body = serde_json::to_vec(&files)?;
+    let query = if dry_run {
+        "/v1/manifest?dry_run=true"
+    } else {
+        "/v1/manifest"
+    };
+    let reply = client(cli)?
+        .request(
+            Method::PUT,
+            query,
+            Some("application/json"),
+            Bytes::from(body),
+        )
+        .await?;
+    if !reply.status.is_success() {
+        if cli.output == Output::Json {
+            println!("{}", String::from_utf8_lossy(&reply.body));
+        } else {
+            eprintln!("{}", error_text(&reply.body));
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    if cli.output == Output::Json {
+        println!("{}", String::from_utf8_lossy(&reply.body));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let resp: ApplyResponse =
+        serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
+    print_changes(&resp.changes);
+    println!();
+    print_plan(&resp.plan);
+    if diff {
+        // Nothing more: diff only shows the plan.
+    } else if dry_run {
+        println!("dry run: nothing recorded");
+    } else if resp.unchanged {
+        println!(
+            "unchanged: revision {} already has this manifest",
+            resp.revision.unwrap_or(0)
+        );
+    } else {
+        println!("applied as revision {}", resp.revision.unwrap_or(0));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn action_text(a: ServiceAction) -> &'static str {
+    match a {
+        ServiceAction::Create => "create",
+        ServiceAction::Replace => "replace",
+        ServiceAction::ScaleUp => "scale-up",
+        ServiceAction::ScaleDown => "scale-down",
+        ServiceAction::Remove => "remove",
+        ServiceAction::Unchanged => "unchanged",
+    }
+}
+
+fn print_plan(plan: &[ServicePlan]) {
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "ACTION".into(),
+        "REPLICAS".into(),
+        "DETAIL".into(),
+    ]];
+    for p in plan {
+        let mut details = Vec::new();
+        let starts = p
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Start { .. }))
+            .count();
+        if starts > 0 {
+            details.push(format!("start {starts}"));
+        }
+        for s in &p.steps {
+            match s {
+                Step::Replace { container, fields } => {
+                    details.push(format!("replace {container} ({})", fields.join(", ")))
+                }
+                Step::Remove { container, reason } => details.push(format!(
+                    "remove {container} ({})",
+                    serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                )),
+                Step::Start { .. } => {}
+            }
+        }
+        rows.push([
+            p.service.clone(),
+            action_text(p.action).into(),
+            format!("{} -> {}", p.current_replicas, p.desired_replicas),
+            details.join("; "),
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn print_changes(changes: &[ServiceChange]) {
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "CHANGE".into(),
+        "REPLICAS".into(),
+        "FIELDS FORCING REPLACEMENT".into(),
+    ]];
+    for c in changes {
+        let change = match c.change {
+            ChangeKind::Added => "added",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Modified => "modified",
+            ChangeKind::Scaled => "scaled",
+            ChangeKind::Unchanged => "unchanged",
+        };
+        rows.push([
+            c.service.clone(),
+            change.into(),
+            format!("{} -> {}", c.replicas_from, c.replicas_to),
+            c.fields.join(", "),
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn print_status(s: &StatusResponse) {
+    let rev = s
+        .revision
+        .as_ref()
+        .map(|r| format!("revision {} ({}, {})", r.number, r.source, r.state))
+        .unwrap_or_else(|| "no revision applied".into());
+    println!(
+        "berthd {} — {}{}{}",
+        s.agent.version,
+        rev,
+        if s.agent.ready { "" } else { " — not ready" },
+        if s.agent.draining {
+            " — DRAINING"
+        } else {
+            ""
+        }
+    );
+    if let Some(err) = &s.source_error {
+        println!("source error: {err}");
+    }
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "READY".into(),
+        "IMAGE".into(),
+        "RESTARTS".into(),
+        "LAST ERROR".into(),
+    ]];
+    for svc in &s.services {
+        let image = match &svc.digest {
+            Some(d) => format!("{} ({})", svc.image, short_digest(d)),
+            None => svc.image.clone(),
+        };
+        rows.push([
+            svc.name.clone(),
+            format!("{}/{}", svc.replicas_ready, svc.replicas_desired),
+            image,
+            svc.restarts.to_string(),
+            svc.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn short_digest(d: &str) -> String {
+    let hex = d.split_once(':').map(|(_, h)| h).unwrap_or(d);
+    hex.chars().take(12).collect()
+}
+
+fn print_history(revs: &[RevisionInfo]) {
+    let mut rows = vec![[
+        "REVISION".to_string(),
+        "APPLIED".into(),
+        "SOURCE".into(),
+        "STATE".into(),
+        "SERVICES".into(),
+    ]];
+    for r in revs {
+        let services = r
+            .services
+            .iter()
+            .map(|s| match r.digests.get(s) {
+                Some(d) => format!("{s}@{}", short_digest(d)),
+                None => s.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push([
+            r.number.to_string(),
+            r.applied_at.clone(),
+            r.source.clone(),
+            r.state.clone(),
+            services,
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn event_line(e: &Event) -> String {
+    let mut subject = String::new();
+    if let Some(s) = &e.service {
+        subject.push_str(&format!(" service={s}"));
+    }
+    if let Some(c) = &e.container {
+        subject.push_str(&format!(" container={c}"));
+    }
+    format!("{} {}{} {}", e.time, e.kind, subject, e.message)
+}
+
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}

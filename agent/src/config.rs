@@ -1,0 +1,339 @@
+//! Agent configuration: the TOML config file and the command-line flags of
+//! SPEC, merged (a flag wins over the file, the file over the default) into one
+//! validated `AgentConfig`. Every path is injected from here, so tests run the
+//! agent on temp dirs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default location of the config file.
+pub const DEFAULT_CONFIG: &str = "/etc/berth/agent.toml";
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("--api `{0}`: expected unix:PATH or tcp:ADDR:PORT")]
+    BadApi(String),
+    #[error(
+        "--api tcp:{0} needs --api-token-file: the TCP API is never served without a bearer token"
+    )]
+    TcpWithoutToken(SocketAddr),
+    #[error("cannot read token file {path}: {source}")]
+    TokenRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token file {0} is empty")]
+    TokenEmpty(PathBuf),
+    #[error("--http `{0}` is not an ADDR:PORT")]
+    BadHttp(String),
+    #[error("--subnet `{0}` is not an IPv4 CIDR like 10.89.0.0/16")]
+    BadSubnet(String),
+    #[error("{what} `{value}` is invalid: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// Where the mutating API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiListen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::str::FromStr for ApiListen {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(ConfigError::BadApi(s.into()));
+            }
+            Ok(ApiListen::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = s.strip_prefix("tcp:") {
+            addr.parse()
+                .map(ApiListen::Tcp)
+                .map_err(|_| ConfigError::BadApi(s.into()))
+        } else {
+            Err(ConfigError::BadApi(s.into()))
+        }
+    }
+}
+
+/// Values as the file or flags give them; all optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    pub state_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    pub api: Option<Vec<String>>,
+    pub api_token_file: Option<PathBuf>,
+    pub http: Option<String>,
+    pub manifests: Option<PathBuf>,
+    pub manifest_url: Option<String>,
+    pub git: Option<String>,
+    pub git_ref: Option<String>,
+    pub git_path: Option<String>,
+    pub registry_config: Option<PathBuf>,
+    pub subnet: Option<String>,
+    pub bridge: Option<String>,
+    pub cgroup_parent: Option<String>,
+}
+
+impl ConfigLayer {
+    /// Reads a config file. A missing file is fine only for the default path.
+    pub fn from_file(path: &Path, required: bool) -> Result<ConfigLayer, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(ConfigLayer::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            ConfigError::Parse {
+                path: path.into(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    /// `self` with every value `over` sets replacing it.
+    pub fn overlay(self, over: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            state_dir: over.state_dir.or(self.state_dir),
+            run_dir: over.run_dir.or(self.run_dir),
+            api: over.api.or(self.api),
+            api_token_file: over.api_token_file.or(self.api_token_file),
+            http: over.http.or(self.http),
+            manifests: over.manifests.or(self.manifests),
+            manifest_url: over.manifest_url.or(self.manifest_url),
+            git: over.git.or(self.git),
+            git_ref: over.git_ref.or(self.git_ref),
+            git_path: over.git_path.or(self.git_path),
+            registry_config: over.registry_config.or(self.registry_config),
+            subnet: over.subnet.or(self.subnet),
+            bridge: over.bridge.or(self.bridge),
+            cgroup_parent: over.cgroup_parent.or(self.cgroup_parent),
+        }
+    }
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub api: Vec<ApiListen>,
+    /// The bearer token for TCP API listeners (read from --api-token-file).
+    pub api_token: Option<String>,
+    pub http: SocketAddr,
+    pub manifests: Option<PathBuf>,
+    pub manifest_url: Option<String>,
+    pub git: Option<String>,
+    pub git_ref: String,
+    pub git_path: String,
+    pub registry_config: Option<PathBuf>,
+    pub subnet: (std::net::Ipv4Addr, u8),
+    pub bridge: String,
+    pub cgroup_parent: String,
+}
+
+impl AgentConfig {
+    /// Validates a merged layer, filling in SPEC's defaults.
+    pub fn from_layer(layer: ConfigLayer) -> Result<AgentConfig, ConfigError> {
+        let state_dir = layer.state_dir.unwrap_or_else(|| "/var/lib/berth".into());
+        let run_dir = layer.run_dir.unwrap_or_else(|| "/run/berth".into());
+        let api_texts = layer.api.unwrap_or_default();
+        let mut api = api_texts
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<ApiListen>, _>>()?;
+        if api.is_empty() {
+            api.push(ApiListen::Unix(run_dir.join("berth.sock")));
+        }
+        let api_token = match &layer.api_token_file {
+            None => None,
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::TokenRead {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(ConfigError::TokenEmpty(path.clone()));
+                }
+                Some(token)
+            }
+        };
+        if let Some(ApiListen::Tcp(addr)) = api.iter().find(|a| matches!(a, ApiListen::Tcp(_))) {
+            if api_token.is_none() {
+                return Err(ConfigError::TcpWithoutToken(*addr));
+            }
+        }
+        let http_text = layer.http.unwrap_or_else(|| "127.0.0.1:9480".into());
+        let http = http_text
+            .parse()
+            .map_err(|_| ConfigError::BadHttp(http_text.clone()))?;
+        let subnet_text = layer.subnet.unwrap_or_else(|| "10.89.0.0/16".into());
+        let subnet = parse_cidr(&subnet_text).ok_or(ConfigError::BadSubnet(subnet_text))?;
+        let bridge = layer.bridge.unwrap_or_else(|| "berth0".into());
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::Invalid {
+                what: "--bridge",
+                value: bridge,
+                why: "1-15 of [A-Za-z0-9_-]",
+            });
+        }
+        let cgroup_parent = layer.cgroup_parent.unwrap_or_else(|| "berth".into());
+        if cgroup_parent.is_empty()
+            || cgroup_parent
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(ConfigError::Invalid {
+                what: "--cgroup-parent",
+                value: cgroup_parent,
+                why: "a relative cgroup path without `..`",
+            });
+        }
+        Ok(AgentConfig {
+            state_dir,
+            run_dir,
+            api,
+            api_token,
+            http,
+            manifests: layer.manifests,
+            manifest_url: layer.manifest_url,
+            git: layer.git,
+            git_ref: layer.git_ref.unwrap_or_else(|| "main".into()),
+            git_path: layer.git_path.unwrap_or_else(|| "manifests/".into()),
+            registry_config: layer.registry_config,
+            subnet,
+            bridge,
+            cgroup_parent,
+        })
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (addr, len) = text.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    (8..=30).contains(&len).then_some((addr, len))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_spec() {
+        let c = AgentConfig::from_layer(ConfigLayer::default()).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/berth"));
+        assert_eq!(c.api, vec![ApiListen::Unix("/run/berth/berth.sock".into())]);
+        assert_eq!(c.http, "127.0.0.1:9480".parse().unwrap());
+        assert_eq!(c.bridge, "berth0");
+        assert_eq!(c.cgroup_parent, "berth");
+        assert_eq!(c.subnet, ("10.89.0.0".parse().unwrap(), 16));
+    }
+
+    #[test]
+    fn tcp_api_requires_a_token() {
+        let layer = ConfigLayer {
+            api: Some(vec!["tcp:127.0.0.1:9000".into()]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            AgentConfig::from_layer(layer),
+            Err(ConfigError::TcpWithoutToken(_))
+        ));
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_errors_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "state_dir = \"/srv/berth\"\nbridge = \"br1\"\n").unwrap();
+        let file = ConfigLayer::from_file(&path, true).unwrap();
+        let flags = ConfigLayer {
+            bridge: Some("br2".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::from_layer(file.overlay(flags)).unwrap();
+        assert_eq!(
+            (c.state_dir.to_str().unwrap(), c.bridge.as_str()),
+            ("/srv/berth", "br2")
+        );
+        std::fs::write(&path, "state_dir = \"/x\"\nbrigde = \"br1\"\n").unwrap();
+        let err = ConfigLayer::from_file(&path, true).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.toml:2:1") && err.contains("brigde"),
+            "{err}"
+        );
+        assert!(ConfigLayer::from_file(&dir.path().join("missing.toml"), false).is_ok());
+        assert!(ConfigLayer::from_file(&dir.path().join("missing.toml"), true).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for layer in [
+            ConfigLayer {
+                api: Some(vec!["http://x".into()]),
+                ..Default::default()
+            },
+            ConfigLayer {
+                http: Some("localhost".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                subnet: Some("10.0.0.0/40".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                bridge: Some("a-very-long-bridge-name".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                cgroup_parent: Some("../escape".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(AgentConfig::from_layer(layer).is_err());
+        }
+    }
+}

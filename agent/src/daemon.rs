@@ -1,0 +1,202 @@
+//! The daemon's lifecycle: take the state-dir lock, open the store, bind the
+//! listeners (root-only unix socket, token-guarded TCP, read-only HTTP), serve
+//! until SIGTERM/SIGINT, then shut down cleanly (flush state, remove socket).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::config::{AgentConfig, ApiListen};
+use crate::control::{Agent, AgentError};
+use crate::http::{api_router, read_only_router, Listener};
+use crate::state::{private_dir, StateError, Store};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("another berthd already uses state dir {0} (lock held)")]
+    Locked(PathBuf),
+    #[error("another berthd is already serving {0}")]
+    SocketInUse(PathBuf),
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Holds the exclusive lock on the state dir for the daemon's lifetime.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes `state_dir/berthd.lock` exclusively, so two agents never share state.
+pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, DaemonError> {
+    private_dir(state_dir)?;
+    let path = state_dir.join("berthd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(StateLock { _file: lock }),
+        Err(_) => Err(DaemonError::Locked(state_dir.to_path_buf())),
+    }
+}
+
+/// Binds a unix socket at `path` with mode 0600 in a 0700 directory. A stale
+/// socket file is replaced; a live one (another agent) is an error.
+pub async fn bind_unix(path: &Path) -> Result<UnixListener, DaemonError> {
+    let io = |source| DaemonError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(DaemonError::SocketInUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(|source| DaemonError::Bind {
+        what: path.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Runs the agent until a shutdown signal.
+pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
+    let _lock = lock_state_dir(&config.state_dir)?;
+    private_dir(&config.run_dir)?;
+    let (store, report) = Store::open(&config.state_dir)?;
+    if let Some(aside) = &report.moved_aside {
+        tracing::error!(moved_to = %aside.display(), rebuilt_revisions = report.rebuilt_revisions,
+            "started with a fresh state database; revisions were rebuilt from revisions/*.rev");
+    }
+    let agent = Agent::new(config.clone(), store)?;
+
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = tokio::task::JoinSet::new();
+    let mut sockets = Vec::new();
+    for api in &config.api {
+        match api {
+            ApiListen::Unix(path) => {
+                let listener = bind_unix(path).await?;
+                sockets.push(path.clone());
+                tracing::info!(socket = %path.display(), "API listening (unix, root-only)");
+                let router = api_router(agent.clone(), Listener::Unix, None);
+                let mut rx = shutdown_tx.subscribe();
+                servers.spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.recv().await;
+                        })
+                        .await
+                });
+            }
+            ApiListen::Tcp(addr) => {
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| DaemonError::Bind {
+                            what: format!("tcp:{addr}"),
+                            source,
+                        })?;
+                tracing::info!(%addr, "API listening (tcp, bearer token required)");
+                let router = api_router(agent.clone(), Listener::Tcp, config.api_token.clone());
+                let mut rx = shutdown_tx.subscribe();
+                servers.spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.recv().await;
+                        })
+                        .await
+                });
+            }
+        }
+    }
+    let http = TcpListener::bind(config.http)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            what: format!("--http {}", config.http),
+            source,
+        })?;
+    tracing::info!(addr = %config.http, "read-only HTTP listening (metrics, health, readiness)");
+    let router = read_only_router(agent.clone());
+    let mut rx = shutdown_tx.subscribe();
+    servers.spawn(async move {
+        axum::serve(http, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.recv().await;
+            })
+            .await
+    });
+
+    agent.set_ready();
+    agent.emit(
+        "agent-started",
+        None,
+        format!("berthd {} ready", env!("CARGO_PKG_VERSION")),
+    );
+    tracing::info!("berthd ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(());
+    // Followers of /v1/events keep connections open; do not wait forever.
+    let drain = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        servers.abort_all();
+    }
+    agent.store().flush()?;
+    for path in sockets {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(socket = %path.display(), error = %e, "could not remove socket");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the agent could only be killed; keep serving.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Shared agent handle type for binaries and tests.
+pub type AgentHandle = Arc<Agent>;

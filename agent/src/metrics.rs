@@ -1,0 +1,133 @@
+//! Every metric berthd exports, declared in one place. Label values are
+//! bounded (no error strings, no digests outside the info metric).
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `berth_build_info` | gauge | version | 1, labelled with the berthd version |
+//! | `berth_manifest_apply_errors_total` | counter | source | manifests refused (invalid or unstorable), by source kind: api, file, url, git |
+//! | `berth_revisions_applied_total` | counter | source | revisions recorded, by source kind |
+//! | `berth_current_revision` | gauge | | number of the current revision (0 before the first) |
+//! | `berth_http_requests_total` | counter | listener, route, code | API and read-only requests served; route is the matched route template |
+//! | `berth_events_total` | counter | kind | events emitted, by kind |
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The agent's metrics and the registry they live in.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub manifest_apply_errors: IntCounterVec,
+    pub revisions_applied: IntCounterVec,
+    pub current_revision: IntGauge,
+    pub http_requests: IntCounterVec,
+    pub events: IntCounterVec,
+}
+
+/// Source kinds used as the `source` label.
+pub const SOURCE_KINDS: &[&str] = &["api", "file", "url", "git"];
+
+impl Metrics {
+    /// Builds and registers every metric.
+    #[allow(clippy::expect_used)] // registration only fails on a duplicate name: a programming error
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let manifest_apply_errors = counter_vec(
+            "berth_manifest_apply_errors_total",
+            "Manifests refused (invalid or unstorable), by source kind.",
+            &["source"],
+        );
+        let revisions_applied = counter_vec(
+            "berth_revisions_applied_total",
+            "Revisions recorded, by source kind.",
+            &["source"],
+        );
+        let http_requests = counter_vec(
+            "berth_http_requests_total",
+            "HTTP requests served, by listener, route template and status code.",
+            &["listener", "route", "code"],
+        );
+        let events = counter_vec("berth_events_total", "Events emitted, by kind.", &["kind"]);
+        let build_info = IntGaugeVec::new(
+            Opts::new("berth_build_info", "1, labelled with the berthd version."),
+            &["version"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("register");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let current_revision = IntGauge::new(
+            "berth_current_revision",
+            "Number of the current revision (0 before the first).",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(current_revision.clone()))
+            .expect("register");
+        // Pre-create the bounded label sets so the series exist from the start.
+        for source in SOURCE_KINDS {
+            manifest_apply_errors.with_label_values(&[source]);
+            revisions_applied.with_label_values(&[source]);
+        }
+        Metrics {
+            registry,
+            build_info,
+            manifest_apply_errors,
+            revisions_applied,
+            current_revision,
+            http_requests,
+            events,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_build_info_and_bounded_series() {
+        let m = Metrics::new();
+        m.manifest_apply_errors.with_label_values(&["api"]).inc();
+        let text = m.render();
+        assert!(
+            text.contains(&format!(
+                "berth_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_manifest_apply_errors_total{source=\"api\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_manifest_apply_errors_total{source=\"git\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! A small HTTP/1.1 client for the agent API over a unix socket or TCP, built
+//! on hyper. It turns transport failures into one clear line: unreachable,
+//! not permitted, or the token refused.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// Where the agent's API is.
+#[derive(Debug, Clone)]
+pub enum AgentAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl AgentAddr {
+    pub fn parse(text: &str) -> Result<AgentAddr> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            Ok(AgentAddr::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = text.strip_prefix("http://") {
+            Ok(AgentAddr::Tcp(addr.trim_end_matches('/').to_string()))
+        } else {
+            bail!("--agent `{text}`: expected unix:PATH or http://ADDR:PORT")
+        }
+    }
+}
+
+impl std::fmt::Display for AgentAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            AgentAddr::Tcp(a) => write!(f, "http://{a}"),
+        }
+    }
+}
+
+/// A response: status and body bytes.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// The API client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: AgentAddr,
+    token: Option<String>,
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+impl Client {
+    pub fn new(addr: AgentAddr, token: Option<String>) -> Client {
+        Client { addr, token }
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>> {
+        let describe = |e: std::io::Error| -> anyhow::Error {
+            match e.kind() {
+                std::io::ErrorKind::PermissionDenied => match &self.addr {
+                    AgentAddr::Unix(p) => anyhow!(
+                        "permission denied on {}: the API socket is root-only (run as root, or use --agent http://ADDR with --token-file)",
+                        p.display()
+                    ),
+                    AgentAddr::Tcp(a) => anyhow!("permission denied connecting to {a}"),
+                },
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    anyhow!("cannot reach berthd at {}: {e} (is berthd running?)", self.addr)
+                }
+                _ => anyhow!("cannot reach berthd at {}: {e}", self.addr),
+            }
+        };
+        match &self.addr {
+            AgentAddr::Unix(path) => {
+                #[cfg(unix)]
+                {
+                    let s = tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(describe)?;
+                    Ok(Box::new(s))
+                }
+                #[cfg(not(unix))]
+                {
+                    bail!("unix sockets are not available here; use --agent http://ADDR")
+                }
+            }
+            AgentAddr::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(describe)?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+
+    /// Sends one request; `Err` only for transport failures and 401.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Reply> {
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .with_context(|| format!("talking to berthd at {}", self.addr))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let host = match &self.addr {
+            AgentAddr::Unix(_) => "berthd".to_string(),
+            AgentAddr::Tcp(a) => a.clone(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(body)).context("building request")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("berthd at {} closed the connection", self.addr))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)",
+                self.addr
+            );
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the agent's reply")?
+            .to_bytes();
+        Ok(Reply { status, body })
+    }
+
+    /// Opens a streaming GET (for `events -f`), calling `on_line` per line.
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&str) -> Result<()>,
+    ) -> Result<()> {
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", "berthd");
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::new()))?)
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            bail!("berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)", self.addr);
+        }
+        if !resp.status().is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
+            bail!("{}", crate::error_text(&body));
+        }
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("event stream interrupted")?;
+            if let Some(data) = frame.data_ref() {
+                pending.extend_from_slice(data);
+                while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=pos).collect();
+                    on_line(String::from_utf8_lossy(&line).trim_end())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
