@@ -1,1 +1,337 @@
+//! Shared fixtures for the end-to-end tests: locate the real binaries, run
+//! `berthd` on temp dirs (killed and cleaned up on drop, also when a test
+//! panics), run `berthctl`, and speak raw HTTP/1.1 to unix and TCP listeners.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the built `berthd` and `berthctl` (next to the test binary).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("BERTH_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    assert!(
+        dir.join("berthd").exists() && dir.join("berthctl").exists(),
+        "berthd/berthctl not built in {}: run `cargo build --workspace --bins` first",
+        dir.display()
+    );
+    dir
+}
+
+pub fn berthd_bin() -> PathBuf {
+    bin_dir().join("berthd")
+}
+
+pub fn berthctl_bin() -> PathBuf {
+    bin_dir().join("berthctl")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `berthd` on its own temp dirs.
+#[derive(Debug)]
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub http_port: u16,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts berthd with a unix API socket and a read-only HTTP listener.
+    pub fn start() -> Agent {
+        Self::start_with(&[])
+    }
+
+    /// Starts berthd with extra flags.
+    pub fn start_with(extra: &[&str]) -> Agent {
+        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().unwrap();
+        let mut agent = Agent {
+            dir,
+            http_port: free_port(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("berth.sock")
+    }
+
+    pub fn agent_flag(&self) -> String {
+        format!("unix:{}", self.socket().display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// (Re)starts the process on the same dirs and waits until it is ready.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berthd.log"))
+            .unwrap();
+        std::fs::write(self.dir.path().join("no-config.toml"), "").unwrap();
+        let child = Command::new(berthd_bin())
+            .arg("--config")
+            .arg(self.dir.path().join("no-config.toml"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--api")
+            .arg(self.agent_flag())
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .args(&self.extra_args)
+            .env("BERTH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berthd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("berthd exited early with {status}:\n{}", self.log());
+                }
+            }
+            if let Ok(r) = http_tcp(self.http_port, "GET", "/readyz", &[], b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "berthd not ready in 20s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9` the agent (containers and state must survive it).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("berthd did not exit within 15s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs berthctl against this agent.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        let mut full = vec!["--agent".to_string(), self.agent_flag()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        ctl(&full)
+    }
+
+    /// A raw request on the API socket.
+    pub fn api(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
+        http_unix(&self.socket(), method, path, headers, body).unwrap()
+    }
+
+    /// A raw request on the read-only listener.
+    pub fn http(&self, method: &str, path: &str) -> HttpReply {
+        http_tcp(self.http_port, method, path, &[], b"").unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What a berthctl run printed.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> CtlOutput {
+        assert_eq!(self.code, 0, "berthctl failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl From<Output> for CtlOutput {
+    fn from(o: Output) -> Self {
+        CtlOutput {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs berthctl with the given arguments (no agent flag added).
+pub fn ctl(args: &[String]) -> CtlOutput {
+    Command::new(berthctl_bin())
+        .args(args)
+        .env_remove("BERTH_AGENT")
+        .env_remove("BERTH_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run berthctl")
+        .into()
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// Sends a request and reads the whole response. The body is written from a
+/// second thread so a server that answers early (413) is still read.
+fn exchange<S: Read + Write + Send + 'static>(
+    mut stream: S,
+    writer: Option<S>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
+    let head = request_bytes(method, path, headers, body);
+    let body = body.to_vec();
+    let writer_thread = match writer {
+        Some(mut w) => Some(std::thread::spawn(move || {
+            let _ = w.write_all(&head).and_then(|_| w.write_all(&body));
+        })),
+        None => {
+            stream.write_all(&head)?;
+            stream.write_all(&body)?;
+            None
+        }
+    };
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    if let Some(t) = writer_thread {
+        let _ = t.join();
+    }
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<HttpReply> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
+    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Ok(HttpReply { status, headers, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..pos]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = pos + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// One request over a unix socket.
+pub fn http_unix(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpReply> {
+    let s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let w = s.try_clone()?;
+    exchange(s, Some(w), method, path, headers, body)
+}
+
+/// One request to 127.0.0.1:port.
+pub fn http_tcp(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpReply> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let w = s.try_clone()?;
+    exchange(s, Some(w), method, path, headers, body)
+}
+
+/// The workspace root (for `manifests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: dependencies, formatting, lints, then
+# every unit and end-to-end test (real registry, real kernel; needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "test.sh: run as root (containers, cgroups, mounts)" >&2; exit 1; fi
+bash scripts/deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-2}"
