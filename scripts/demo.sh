@@ -13,11 +13,12 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-"$BIN/berthd" --config "$WORK/none.toml" --state-dir "$WORK/state" --run-dir "$WORK/run" \
+"$BIN/berthd" --state-dir "$WORK/state" --run-dir "$WORK/run" \
   --http "127.0.0.1:$HTTP_PORT" 2>"$WORK/berthd.log" &
 AGENT_PID=$!
 export BERTH_AGENT="unix:$WORK/run/berth.sock"
 for _ in $(seq 100); do curl -fsS "127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "127.0.0.1:$HTTP_PORT/readyz" >/dev/null || { echo "demo: berthd did not become ready:" >&2; cat "$WORK/berthd.log" >&2; exit 1; }
 echo "== berthctl validate -f manifests/hello.toml"; "$BIN/berthctl" validate -f manifests/hello.toml
 echo "== berthctl diff -f manifests/hello.toml";     "$BIN/berthctl" diff -f manifests/hello.toml
 echo "== berthctl apply -f manifests/hello.toml";    "$BIN/berthctl" apply -f manifests/hello.toml
