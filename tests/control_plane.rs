@@ -28,12 +28,22 @@ fn every_example_manifest_validates() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let out = ctl(&["validate".into(), "-f".into(), path.display().to_string()]);
-            assert_eq!(out.code, 0, "{} does not validate:\n{}", path.display(), out.stderr);
+            assert_eq!(
+                out.code,
+                0,
+                "{} does not validate:\n{}",
+                path.display(),
+                out.stderr
+            );
             assert!(out.stdout.contains("valid"), "{}", out.stdout);
             count += 1;
         }
     }
-    assert!(count >= 2, "expected example manifests in {}", dir.display());
+    assert!(
+        count >= 2,
+        "expected example manifests in {}",
+        dir.display()
+    );
     let out = ctl(&["validate".into(), "-f".into(), dir.display().to_string()]);
     assert_eq!(out.code, 0, "manifests/ as a directory: {}", out.stderr);
 }
@@ -42,17 +52,39 @@ fn every_example_manifest_validates() {
 fn validate_names_file_line_column_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[service.web]\nimage = \"busybox\"\n\n[service.web.resources]\nmemroy = \"1G\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[service.web]\nimage = \"busybox\"\n\n[service.web.resources]\nmemroy = \"1G\"\n",
+    )
+    .unwrap();
     let out = ctl(&["validate".into(), "-f".into(), path.display().to_string()]);
     assert_eq!(out.code, 1);
     let want = format!("{}:5:1: service.web.resources.memroy:", path.display());
-    assert!(out.stderr.contains(&want), "wanted {want:?} in:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains(&want),
+        "wanted {want:?} in:\n{}",
+        out.stderr
+    );
 
-    std::fs::write(dir.path().join("a.toml"), "[service.web]\nimage = \"busybox\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "[service.web]\nimage = \"busybox\"\n",
+    )
+    .unwrap();
     std::fs::write(&path, "[service.web]\nimage = \"busybox:2\"\n").unwrap();
-    let out = ctl(&["validate".into(), "-f".into(), dir.path().display().to_string()]);
+    let out = ctl(&[
+        "validate".into(),
+        "-f".into(),
+        dir.path().display().to_string(),
+    ]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("a.toml") && out.stderr.contains("bad.toml") && out.stderr.contains("defined in both"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("a.toml")
+            && out.stderr.contains("bad.toml")
+            && out.stderr.contains("defined in both"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -60,7 +92,11 @@ fn apply_history_diff_and_kill9_after_ack() {
     let mut agent = Agent::start();
     let hello = workspace_root().join("manifests/hello.toml");
     let out = agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
-    assert!(out.stdout.contains("applied as revision 1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("applied as revision 1"),
+        "{}",
+        out.stdout
+    );
 
     let out = agent.ctl(&["-o", "json", "history"]).ok();
     let revs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -77,18 +113,35 @@ fn apply_history_diff_and_kill9_after_ack() {
     let v2 = dir.path().join("hello.toml");
     std::fs::write(&v2, HELLO_V2).unwrap();
     let out = agent.ctl(&["diff", "-f", v2.to_str().unwrap()]).ok();
-    let line = out.stdout.lines().find(|l| l.starts_with("hello") && l.contains("modified")).unwrap_or_else(|| panic!("{}", out.stdout));
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("hello") && l.contains("modified"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(line.contains("2 -> 3") && line.contains("env"), "{line}");
-    let out = agent.ctl(&["-o", "json", "diff", "-f", v2.to_str().unwrap()]).ok();
+    let out = agent
+        .ctl(&["-o", "json", "diff", "-f", v2.to_str().unwrap()])
+        .ok();
     let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(plan["changes"][0]["fields"], serde_json::json!(["env"]));
     assert_eq!(plan["dry_run"], true);
     let revs = agent.ctl(&["-o", "json", "history"]).ok();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&revs.stdout).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&revs.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Apply, then kill -9 right after the acknowledgement: the revision survives.
     let out = agent.ctl(&["apply", "-f", v2.to_str().unwrap()]).ok();
-    assert!(out.stdout.contains("applied as revision 2"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("applied as revision 2"),
+        "{}",
+        out.stdout
+    );
     agent.kill9();
     agent.spawn();
     let out = agent.ctl(&["history"]).ok();
@@ -96,7 +149,11 @@ fn apply_history_diff_and_kill9_after_ack() {
     assert_eq!(rows.len(), 2, "{}", out.stdout);
     assert!(rows[1].starts_with('2'), "{}", out.stdout);
     let status = agent.ctl(&["status"]).ok();
-    assert!(status.stdout.contains("revision 2") && status.stdout.contains("0/3"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("revision 2") && status.stdout.contains("0/3"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
@@ -107,7 +164,10 @@ fn metrics_pass_promtool_and_count_refusals() {
     let reply = agent.http("GET", "/metrics");
     assert_eq!(reply.status, 200);
     let text = reply.text();
-    assert!(text.contains("berth_manifest_apply_errors_total{source=\"api\"} 1"), "{text}");
+    assert!(
+        text.contains("berth_manifest_apply_errors_total{source=\"api\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("berth_build_info{version="), "{text}");
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -117,9 +177,19 @@ fn metrics_pass_promtool_and_count_refusals() {
         .spawn()
         .expect("promtool (apt package prometheus) must be installed");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool check metrics failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -131,7 +201,16 @@ fn health_and_readiness_endpoints() {
     let r = agent.http("GET", "/v1/services/nope/ready");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "not_found");
-    agent.ctl(&["apply", "-f", workspace_root().join("manifests/hello.toml").to_str().unwrap()]).ok();
+    agent
+        .ctl(&[
+            "apply",
+            "-f",
+            workspace_root()
+                .join("manifests/hello.toml")
+                .to_str()
+                .unwrap(),
+        ])
+        .ok();
     assert_eq!(agent.http("GET", "/v1/services/hello/ready").status, 503);
     // The read-only listener does not take writes.
     let r = http_tcp(agent.http_port, "PUT", "/v1/manifest", &[], b"").unwrap();
@@ -144,35 +223,79 @@ fn tcp_api_requires_the_bearer_token() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let port = free_port();
-    let agent = Agent::start_with(&["--api", &format!("tcp:127.0.0.1:{port}"), "--api-token-file", token_file.to_str().unwrap()]);
+    let agent = Agent::start_with(&[
+        "--api",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--api-token-file",
+        token_file.to_str().unwrap(),
+    ]);
     let none = http_tcp(port, "GET", "/v1/status", &[], b"").unwrap();
     assert_eq!(none.status, 401);
     assert_eq!(none.json()["error"]["code"], "unauthorized");
-    assert!(none.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
-    let wrong = http_tcp(port, "GET", "/v1/status", &[("Authorization", "Bearer s3cret-tokem")], b"").unwrap();
+    assert!(none
+        .header("www-authenticate")
+        .is_some_and(|v| v.starts_with("Bearer")));
+    let wrong = http_tcp(
+        port,
+        "GET",
+        "/v1/status",
+        &[("Authorization", "Bearer s3cret-tokem")],
+        b"",
+    )
+    .unwrap();
     assert_eq!(wrong.status, 401);
-    let good = http_tcp(port, "GET", "/v1/status", &[("Authorization", "Bearer s3cret-token")], b"").unwrap();
+    let good = http_tcp(
+        port,
+        "GET",
+        "/v1/status",
+        &[("Authorization", "Bearer s3cret-token")],
+        b"",
+    )
+    .unwrap();
     assert_eq!(good.status, 200, "{}", good.text());
     assert_eq!(good.json()["agent"]["ready"], true);
 
     // berthctl over TCP: works with the token, one clear line without it.
     let addr = format!("http://127.0.0.1:{port}");
-    let out = ctl(&["--agent".into(), addr.clone(), "--token-file".into(), token_file.display().to_string(), "status".into()]).ok();
+    let out = ctl(&[
+        "--agent".into(),
+        addr.clone(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+        "status".into(),
+    ])
+    .ok();
     assert!(out.stdout.contains("berthd"), "{}", out.stdout);
     let out = ctl(&["--agent".into(), addr, "status".into()]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("unauthorized") && out.stderr.trim().lines().count() == 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unauthorized") && out.stderr.trim().lines().count() == 1,
+        "{}",
+        out.stderr
+    );
     drop(agent);
 }
 
 #[test]
 fn the_api_socket_is_root_only() {
     let agent = Agent::start();
-    let mode = std::fs::metadata(agent.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(agent.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
-    let dir_mode = std::fs::metadata(agent.run_dir()).unwrap().permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(agent.run_dir())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(dir_mode, 0o700);
-    let state_mode = std::fs::metadata(agent.state_dir()).unwrap().permissions().mode() & 0o777;
+    let state_mode = std::fs::metadata(agent.state_dir())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(state_mode, 0o700);
     // An unprivileged user gets one clear line, not a stack of errors. The
     // temp dir must be traversable for the check to reach the socket itself.
@@ -187,16 +310,31 @@ fn the_api_socket_is_root_only() {
     std::fs::set_permissions(agent.run_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("permission denied") && stderr.contains("root-only"), "{stderr}");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("root-only"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unreachable_agent_is_one_clear_line() {
-    let out = ctl(&["--agent".into(), "unix:/nonexistent/berth.sock".into(), "status".into()]);
+    let out = ctl(&[
+        "--agent".into(),
+        "unix:/nonexistent/berth.sock".into(),
+        "status".into(),
+    ]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("cannot reach berthd") && out.stderr.contains("is berthd running"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach berthd") && out.stderr.contains("is berthd running"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    let out = ctl(&["--agent".into(), format!("http://127.0.0.1:{}", free_port()), "history".into()]);
+    let out = ctl(&[
+        "--agent".into(),
+        format!("http://127.0.0.1:{}", free_port()),
+        "history".into(),
+    ]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("cannot reach berthd"), "{}", out.stderr);
 }
@@ -204,24 +342,46 @@ fn unreachable_agent_is_one_clear_line() {
 #[test]
 fn bad_input_gets_json_4xx_and_the_agent_keeps_serving() {
     let agent = Agent::start();
-    agent.ctl(&["apply", "-f", workspace_root().join("manifests/hello.toml").to_str().unwrap()]).ok();
+    agent
+        .ctl(&[
+            "apply",
+            "-f",
+            workspace_root()
+                .join("manifests/hello.toml")
+                .to_str()
+                .unwrap(),
+        ])
+        .ok();
 
     let garbage = agent.api("PUT", "/v1/manifest", &[], b"\x00\x01 this is ] not toml");
     assert_eq!(garbage.status, 422, "{}", garbage.text());
     assert_eq!(garbage.json()["error"]["code"], "invalid_manifest");
 
-    let unknown = agent.api("PUT", "/v1/manifest", &[], b"[service.web]\nimage = \"busybox\"\nreplica = 3\n");
+    let unknown = agent.api(
+        "PUT",
+        "/v1/manifest",
+        &[],
+        b"[service.web]\nimage = \"busybox\"\nreplica = 3\n",
+    );
     assert_eq!(unknown.status, 422);
     let problem = &unknown.json()["error"]["details"]["problems"][0];
     assert_eq!(problem["key"], "service.web.replica");
-    assert_eq!((problem["line"].as_u64(), problem["column"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (problem["line"].as_u64(), problem["column"].as_u64()),
+        (Some(3), Some(1))
+    );
 
     let big = vec![b'#'; 10 << 20];
     let too_big = agent.api("PUT", "/v1/manifest", &[], &big);
     assert_eq!(too_big.status, 413, "{}", too_big.text());
     assert_eq!(too_big.json()["error"]["code"], "body_too_large");
 
-    let bad_json = agent.api("PUT", "/v1/manifest", &[("Content-Type", "application/json")], b"{not json");
+    let bad_json = agent.api(
+        "PUT",
+        "/v1/manifest",
+        &[("Content-Type", "application/json")],
+        b"{not json",
+    );
     assert_eq!(bad_json.status, 400);
     assert_eq!(bad_json.json()["error"]["code"], "bad_json");
 
@@ -238,7 +398,14 @@ fn bad_input_gets_json_4xx_and_the_agent_keeps_serving() {
     assert_eq!(revs.status, 200);
     assert_eq!(revs.json().as_array().unwrap().len(), 1);
     let events = agent.api("GET", "/v1/events", &[], b"").json();
-    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "apply-refused"), "{events}");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "apply-refused"),
+        "{events}"
+    );
 }
 
 #[test]
@@ -250,12 +417,24 @@ fn events_follow_streams_new_events() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    agent.ctl(&["apply", "-f", workspace_root().join("manifests/hello.toml").to_str().unwrap()]).ok();
+    agent
+        .ctl(&[
+            "apply",
+            "-f",
+            workspace_root()
+                .join("manifests/hello.toml")
+                .to_str()
+                .unwrap(),
+        ])
+        .ok();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -275,7 +454,11 @@ fn events_follow_streams_new_events() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(seen.iter().any(|l| l.contains("agent-started")), "{seen:?}");
-    assert!(seen.iter().any(|l| l.contains("revision-applied") && l.contains("revision 1")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("revision-applied") && l.contains("revision 1")),
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -299,7 +482,16 @@ fn sigterm_shuts_down_cleanly_and_a_second_agent_is_refused() {
 #[test]
 fn a_broken_database_is_moved_aside_and_history_rebuilt() {
     let mut agent = Agent::start();
-    agent.ctl(&["apply", "-f", workspace_root().join("manifests/hello.toml").to_str().unwrap()]).ok();
+    agent
+        .ctl(&[
+            "apply",
+            "-f",
+            workspace_root()
+                .join("manifests/hello.toml")
+                .to_str()
+                .unwrap(),
+        ])
+        .ok();
     agent.terminate();
     let db = agent.state_dir().join("db");
     std::fs::remove_dir_all(&db).unwrap();
@@ -309,6 +501,9 @@ fn a_broken_database_is_moved_aside_and_history_rebuilt() {
     let revs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(revs.as_array().unwrap().len(), 1, "{}", out.stdout);
     assert!(agent.log().contains("moving it aside"), "{}", agent.log());
-    let aside = std::fs::read_dir(agent.state_dir()).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("db.broken-"));
+    let aside = std::fs::read_dir(agent.state_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("db.broken-"));
     assert!(aside);
 }

@@ -16,7 +16,11 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
     assert!(
         dir.join("berthd").exists() && dir.join("berthctl").exists(),
         "berthd/berthctl not built in {}: run `cargo build --workspace --bins` first",
@@ -35,7 +39,11 @@ pub fn berthctl_bin() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `berthd` on its own temp dirs.
@@ -55,7 +63,10 @@ impl Agent {
 
     /// Starts berthd with extra flags.
     pub fn start_with(extra: &[&str]) -> Agent {
-        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .unwrap();
         let mut agent = Agent {
             dir,
             http_port: free_port(),
@@ -129,7 +140,11 @@ impl Agent {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "berthd not ready in 20s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "berthd not ready in 20s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -145,7 +160,11 @@ impl Agent {
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -168,7 +187,13 @@ impl Agent {
     }
 
     /// A raw request on the API socket.
-    pub fn api(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpReply {
         http_unix(&self.socket(), method, path, headers, body).unwrap()
     }
 
@@ -195,7 +220,11 @@ pub struct CtlOutput {
 impl CtlOutput {
     /// Panics with both streams unless the command succeeded.
     pub fn ok(self) -> CtlOutput {
-        assert_eq!(self.code, 0, "berthctl failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "berthctl failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -236,16 +265,23 @@ impl HttpReply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -285,26 +321,43 @@ fn exchange<S: Read + Write + Send + 'static>(
 
 fn parse_response(raw: &[u8]) -> std::io::Result<HttpReply> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
-    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status"))?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status"))?;
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let mut body = raw[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
         body = dechunk(&body);
     }
-    Ok(HttpReply { status, headers, body })
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(pos) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..pos]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..pos]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -316,7 +369,13 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// One request over a unix socket.
-pub fn http_unix(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpReply> {
+pub fn http_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
     let s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let w = s.try_clone()?;
@@ -324,7 +383,13 @@ pub fn http_unix(socket: &Path, method: &str, path: &str, headers: &[(&str, &str
 }
 
 /// One request to 127.0.0.1:port.
-pub fn http_tcp(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpReply> {
+pub fn http_tcp(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let w = s.try_clone()?;
@@ -333,5 +398,8 @@ pub fn http_tcp(port: u16, method: &str, path: &str, headers: &[(&str, &str)], b
 
 /// The workspace root (for `manifests/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
