@@ -1,0 +1,275 @@
+//! The rollout decision: a pure function from one service's intent and its
+//! observed replicas to the actions that move it one step closer, within
+//! `max_surge`/`max_unavailable`, with health gates, restart policy and
+//! backoff. Level-triggered: it never asks how the state came about.
+
+use std::time::Duration;
+
+use berth_core::manifest::{OnUnhealthy, RestartPolicy, UpdateStrategy};
+
+/// What one service should be, as the decision needs it.
+#[derive(Debug, Clone)]
+pub struct Intent {
+    pub replicas: u32,
+    pub strategy: UpdateStrategy,
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+    pub restart: RestartPolicy,
+    pub on_unhealthy: OnUnhealthy,
+    /// Backoff before starting a replacement after consecutive failures
+    /// (`None` = may start now).
+    pub restart_wait: Option<Duration>,
+}
+
+/// Where a replica is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Running, not yet ready (health not passed, or start period not over).
+    Starting,
+    /// Running and ready (healthy, or running past start_period without a check).
+    Ready,
+    /// Running but failed its health check `retries` times in a row.
+    Unhealthy,
+    /// Being drained / stopped; no longer counted.
+    Retiring,
+    /// The process ended.
+    Exited { code: i32, oom_killed: bool },
+}
+
+/// One observed replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub id: String,
+    /// Its spec equals the desired spec.
+    pub current: bool,
+    pub phase: Phase,
+}
+
+/// What to do next for the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a new replica with the desired spec.
+    Start,
+    /// Take a replica out of service: drain, stop, remove.
+    Retire { id: String, reason: RetireReason },
+    /// Remove a replica that already exited.
+    Remove { id: String },
+    /// The rollout to the desired spec failed.
+    FailRollout { reason: String },
+    /// A replica failed outside a rollout (counts toward backoff).
+    Failure { id: String, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireReason {
+    Replaced,
+    ScaleDown,
+    Unhealthy,
+    RolloutFailed,
+}
+
+/// The decision and a summary for status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// A rollout (old replicas still present) is in progress.
+    pub rolling_out: bool,
+    /// Current-spec replicas that are ready.
+    pub ready: u32,
+    /// Nothing left to do: every replica current and ready.
+    pub converged: bool,
+}
+
+fn exit_text(code: i32, oom: bool) -> String {
+    if oom {
+        "was OOM-killed".to_string()
+    } else {
+        format!("exited with code {code}")
+    }
+}
+
+/// Decides the next actions for one service.
+pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
+    let mut d = Decision::default();
+    let want = intent.replicas as usize;
+    let old_running = replicas
+        .iter()
+        .filter(|r| {
+            !r.current && matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
+        })
+        .count();
+    let rolling_out = old_running > 0;
+    let retiring_exists = replicas.iter().any(|r| r.phase == Phase::Retiring);
+    d.rolling_out = rolling_out;
+
+    // Exits and health failures first.
+    let mut failed_rollout = None;
+    // Replicas that occupy a slot and need no replacement.
+    let mut satisfied_exits = 0usize;
+    for r in replicas {
+        match r.phase {
+            Phase::Exited { code, oom_killed } => {
+                if !r.current {
+                    d.actions.push(Action::Remove { id: r.id.clone() });
+                    continue;
+                }
+                if rolling_out {
+                    failed_rollout.get_or_insert_with(|| {
+                        format!("new replica {} {}", r.id, exit_text(code, oom_killed))
+                    });
+                    d.actions.push(Action::Remove { id: r.id.clone() });
+                    continue;
+                }
+                let restart = match intent.restart {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => code != 0 || oom_killed,
+                    RestartPolicy::Never => false,
+                };
+                if restart {
+                    d.actions.push(Action::Failure {
+                        id: r.id.clone(),
+                        reason: exit_text(code, oom_killed),
+                    });
+                    d.actions.push(Action::Remove { id: r.id.clone() });
+                } else {
+                    satisfied_exits += 1;
+                }
+            }
+            Phase::Unhealthy if r.current => {
+                if rolling_out {
+                    failed_rollout.get_or_insert_with(|| {
+                        format!("new replica {} failed its health check", r.id)
+                    });
+                } else if intent.on_unhealthy == OnUnhealthy::Restart {
+                    d.actions.push(Action::Failure {
+                        id: r.id.clone(),
+                        reason: "failed its health check".into(),
+                    });
+                    d.actions.push(Action::Retire {
+                        id: r.id.clone(),
+                        reason: RetireReason::Unhealthy,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(reason) = failed_rollout {
+        // Halt: remove every new replica, keep the old ones serving.
+        for r in replicas.iter().filter(|r| r.current) {
+            match r.phase {
+                Phase::Starting | Phase::Ready | Phase::Unhealthy => {
+                    d.actions.push(Action::Retire {
+                        id: r.id.clone(),
+                        reason: RetireReason::RolloutFailed,
+                    })
+                }
+                _ => {}
+            }
+        }
+        d.actions.push(Action::FailRollout { reason });
+        return d;
+    }
+
+    let retiring_now: Vec<&str> = d
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Retire { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let alive = |r: &&Replica| {
+        matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
+            && !retiring_now.contains(&r.id.as_str())
+    };
+    let cur: Vec<&Replica> = replicas
+        .iter()
+        .filter(|r| r.current)
+        .filter(alive)
+        .collect();
+    let old: Vec<&Replica> = replicas
+        .iter()
+        .filter(|r| !r.current)
+        .filter(alive)
+        .collect();
+    let cur_ready = cur.iter().filter(|r| r.phase == Phase::Ready).count();
+    let old_ready = old.iter().filter(|r| r.phase == Phase::Ready).count();
+    let cur_count = cur.len() + satisfied_exits;
+    d.ready = cur_ready as u32;
+    let can_start = intent.restart_wait.is_none();
+    let mut retire = Vec::new();
+    let mut starts = 0usize;
+
+    if old.is_empty() {
+        // Steady state: scale to the wanted count.
+        let stop_first_wait = intent.strategy == UpdateStrategy::StopFirst && retiring_exists;
+        if cur_count < want && can_start && !stop_first_wait {
+            starts = want - cur_count;
+        } else if cur_count > want {
+            // Retire not-ready replicas first, then the newest (highest id).
+            let mut extra: Vec<&Replica> = cur.clone();
+            extra.sort_by(|a, b| {
+                (a.phase == Phase::Ready)
+                    .cmp(&(b.phase == Phase::Ready))
+                    .then(b.id.cmp(&a.id))
+            });
+            for r in extra.into_iter().take(cur_count - want) {
+                retire.push((r.id.clone(), RetireReason::ScaleDown));
+            }
+        }
+    } else {
+        let old_unready: Vec<&&Replica> = old.iter().filter(|r| r.phase != Phase::Ready).collect();
+        for r in &old_unready {
+            retire.push((r.id.clone(), RetireReason::Replaced));
+        }
+        let min_available = want.saturating_sub(intent.max_unavailable as usize);
+        match intent.strategy {
+            UpdateStrategy::StartFirst => {
+                let total = cur.len() + old_ready;
+                let room = (want + intent.max_surge as usize).saturating_sub(total);
+                starts = want.saturating_sub(cur.len()).min(room);
+                let excess = (cur_ready + old_ready).saturating_sub(min_available);
+                for r in old.iter().filter(|r| r.phase == Phase::Ready).take(excess) {
+                    retire.push((r.id.clone(), RetireReason::Replaced));
+                }
+            }
+            UpdateStrategy::StopFirst => {
+                // Old replicas go down first, a batch at a time; new ones start
+                // only once nothing of the service is still retiring (they may
+                // hold exclusive volumes).
+                let batch = (intent.max_unavailable as usize).max(1);
+                let unavailable_now = want.saturating_sub(cur_ready + old_ready);
+                let can_stop = batch.saturating_sub(unavailable_now);
+                for r in old
+                    .iter()
+                    .filter(|r| r.phase == Phase::Ready)
+                    .take(can_stop)
+                {
+                    retire.push((r.id.clone(), RetireReason::Replaced));
+                }
+                if retire.is_empty() && !retiring_exists {
+                    starts = want
+                        .saturating_sub(cur.len())
+                        .min(want.saturating_sub(cur.len() + old_ready));
+                }
+            }
+        }
+        if !can_start {
+            starts = 0;
+        }
+    }
+    d.actions.extend((0..starts).map(|_| Action::Start));
+    for (id, reason) in retire {
+        d.actions.push(Action::Retire { id, reason });
+    }
+    d.converged = !retiring_exists
+        && old.is_empty()
+        && cur_ready + satisfied_exits == want
+        && cur.len() + satisfied_exits == want
+        && d.actions.is_empty();
+    d
+}
+
+#[cfg(test)]
+mod tests;
