@@ -1,10 +1,9 @@
 //! The layer applier: one decompressed OCI layer tar stream (untrusted input)
-//! becomes one overlayfs-ready snapshot directory. It owns path safety (every
-//! operation is fd-relative below the snapshot root), entry kinds, ownership,
-//! modes, mtimes, the xattr policy, OCI→overlay whiteout conversion, size and
-//! count limits, and strict end-of-stream checks. It never writes outside `root`.
-//! Policies (devices via `mknod`, xattr allow-list, symlinked parents clamped to
-//! the root, whiteouts) are documented on [`apply_layer`].
+//! becomes one overlayfs-ready snapshot directory. It owns path safety (all
+//! operations fd-relative below the root), entry kinds, ownership, modes, mtimes,
+//! xattrs, OCI→overlay whiteouts, limits and end-of-stream checks. Policies
+//! (mknod devices, xattr allow-list, clamped symlink parents) are documented on
+//! [`apply_layer`].
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -30,6 +29,9 @@ use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, Unlin
 const MAX_HEADER_BYTES: u64 = 1 << 20;
 /// Zero padding accepted after the end-of-archive block.
 const MAX_TRAILER_BYTES: u64 = 1 << 20;
+/// Bytes of directory paths remembered for the final mtime pass (bounds memory
+/// independently of `max_entries * max_path_len`).
+const MAX_DIR_TIME_BYTES: usize = 256 << 20;
 const BLOCK: u64 = 512;
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
@@ -135,6 +137,8 @@ pub enum UnpackError {
 ///   root*, as containerd does; missing parents are created 0755 root:root; a
 ///   parent that is a dangling symlink or a non-directory is an error. The last
 ///   component is never followed (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, `O_EXCL`).
+///   A directory entry naming the root itself (`./`) sets the root's owner,
+///   mode, xattrs and mtime; any other kind of entry naming it is refused.
 /// * **Replacement** (as Docker): a later entry wins; a directory over a
 ///   directory merges; anything else first removes what is there (a directory
 ///   recursively, fd-relative, without following symlinks).
@@ -163,7 +167,8 @@ pub enum UnpackError {
 ///   mtimes; directory mtimes are set after the last entry.
 /// * **Stream**: header checksum errors, short data, extension headers over
 ///   1 MiB, a missing end-of-archive block and non-zero (or over 1 MiB of)
-///   bytes after it are errors.
+///   bytes after it are errors; one zero block ends the archive (GNU tar
+///   accepts a lone one too). PAX-encoded GNU sparse files are refused.
 pub fn apply_layer<R: Read>(
     tar_stream: R,
     root: &Path,
@@ -187,6 +192,7 @@ pub fn apply_layer<R: Read>(
         limits,
         stats: UnpackStats::default(),
         dir_times: HashMap::new(),
+        dir_time_bytes: 0,
     };
     let mut last_name = String::new();
     let mut data_end = 0u64;
@@ -319,7 +325,9 @@ struct Applier<'l> {
     limits: &'l UnpackLimits,
     stats: UnpackStats,
     /// Directory mtimes, applied after the last entry (children change them).
-    dir_times: HashMap<Vec<Vec<u8>>, TimeSpec>,
+    dir_times: HashMap<Vec<u8>, TimeSpec>,
+    /// Sum of the key lengths in `dir_times`.
+    dir_time_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,6 +482,11 @@ impl Applier<'_> {
 
     /// Opens directory `comps` (clamped to the root, symlinks followed inside it).
     fn open_dir(&self, comps: &[Vec<u8>], nofollow: bool) -> nix::Result<OwnedFd> {
+        self.open_dir_path(&join(comps), nofollow)
+    }
+
+    /// [`Self::open_dir`] for an already joined relative path.
+    fn open_dir_path(&self, rel: &[u8], nofollow: bool) -> nix::Result<OwnedFd> {
         let mut flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         if nofollow {
             flags |= OFlag::O_NOFOLLOW;
@@ -483,7 +496,7 @@ impl Applier<'_> {
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS
                 | ResolveFlag::RESOLVE_NO_XDEV,
         );
-        openat2(&self.root, OsStr::from_bytes(&join(comps)), how)
+        openat2(&self.root, OsStr::from_bytes(rel), how)
     }
 
     /// Opens directory `comps`, creating missing components 0755.
@@ -604,7 +617,17 @@ impl Applier<'_> {
         if opaque {
             set_opaque(&dir, path)?;
         }
-        self.dir_times.insert(comps.to_vec(), meta.mtime);
+        let key = join(comps);
+        let len = key.len();
+        if self.dir_times.insert(key, meta.mtime).is_none() {
+            self.dir_time_bytes += len;
+            if self.dir_time_bytes > MAX_DIR_TIME_BYTES {
+                return Err(limit(
+                    path,
+                    format!("directory paths exceed {MAX_DIR_TIME_BYTES} bytes"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -782,9 +805,9 @@ impl Applier<'_> {
     }
 
     fn finish_dir_times(&mut self) -> Result<(), UnpackError> {
-        for (comps, mtime) in std::mem::take(&mut self.dir_times) {
-            let path = lossy(&join(&comps));
-            let fd = match self.open_dir(&comps, true) {
+        for (rel, mtime) in std::mem::take(&mut self.dir_times) {
+            let path = lossy(&rel);
+            let fd = match self.open_dir_path(&rel, true) {
                 Ok(fd) => fd,
                 // Replaced by a later entry: its times are not ours to set.
                 Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
