@@ -269,7 +269,7 @@ fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 fn unpacks_a_normal_layer_with_metadata() {
     let fx = Fx::new();
     let mut t = TarW::new();
-    t.dir("./", 0o755)
+    t.dir("./", 0o751)
         .dir("etc/", 0o755)
         .file("etc/hosts", b"127.0.0.1 localhost\n", 0o644)
         .hardlink("etc/hosts.allow", "etc/hosts")
@@ -325,6 +325,11 @@ fn unpacks_a_normal_layer_with_metadata() {
     assert!(fifo.file_type().is_fifo());
     assert_eq!(fifo.mode() & 0o7777, 0o620);
     assert_eq!(fx.read("abs/norm"), b"n");
+    assert_eq!(
+        fx.lmeta(".").mode() & 0o7777,
+        0o751,
+        "`./` entry sets the root's mode"
+    );
     // mtimes: files, symlinks and directories (dirs set after their children).
     for p in [
         "etc/hosts",
@@ -469,6 +474,23 @@ fn later_entries_replace_earlier_ones() {
     assert!(fx.lmeta("e").is_file());
     assert_eq!(fx.read("e"), b"not through the link");
     assert_eq!(fx.read("a"), b"second");
+}
+
+#[test]
+fn replacing_a_directory_never_follows_symlinks_inside_it() {
+    let fx = Fx::new();
+    let victim = fx.victim.to_str().unwrap().to_owned();
+    let mut t = TarW::new();
+    t.dir("d", 0o755)
+        .symlink("d/abs", &victim)
+        .symlink("d/rel", "../../victim")
+        .symlink("d/hello", &format!("{victim}/hello"))
+        .dir("d/sub", 0o755)
+        .file("d/sub/f", b"f", 0o644)
+        .file("d", b"now a file", 0o644);
+    fx.apply(&t.finish()).unwrap();
+    assert_eq!(fx.read("d"), b"now a file");
+    fx.assert_host_untouched();
 }
 
 // ---- whiteouts ------------------------------------------------------------
