@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod http;
+pub mod image;
 pub mod launch;
 pub mod metrics;
 pub mod reconcile;
