@@ -3,3 +3,5 @@
 //! data flows from a manifest to a running container.
 
 pub mod sys;
+pub mod content;
+pub mod registry;

@@ -1,0 +1,1 @@
+//! Tests of the registry client against fake registries served in-process.
