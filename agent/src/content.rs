@@ -25,19 +25,35 @@ const FILE_MODE: u32 = 0o600;
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
     #[error("content store: {op} {}: {source}", path.display())]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("content does not match its digest: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("content {digest} has the wrong size: expected {expected} bytes, got {actual}")]
-    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     #[error("content {digest} is larger than the limit of {limit} bytes (at least {size})")]
-    TooLarge { digest: Digest, limit: u64, size: u64 },
+    TooLarge {
+        digest: Digest,
+        limit: u64,
+        size: u64,
+    },
     #[error("content {digest} is not in the store")]
     NotFound { digest: Digest },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContentError + 'a {
-    move |source| ContentError::Io { op, path: path.to_path_buf(), source }
+    move |source| ContentError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A blob present in the store.
@@ -63,6 +79,7 @@ struct Inner {
 
 /// What [`ContentStore::begin`] found.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per blob download
 pub enum Begin {
     /// The blob is already stored (possibly committed by a concurrent ingest).
     Exists,
@@ -94,7 +111,11 @@ impl ContentStore {
         let ingest = store.ingest_dir();
         for entry in fs::read_dir(&ingest).map_err(io_err("listing", &ingest))? {
             let path = entry.map_err(io_err("listing", &ingest))?.path();
-            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
             removed.map_err(io_err("removing stale ingest", &path))?;
             tracing::info!(path = %path.display(), "removed stale ingest file");
         }
@@ -116,7 +137,9 @@ impl ContentStore {
 
     /// Where the blob `digest` lives (whether or not it is present).
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        self.blobs_dir().join(digest.algorithm_name()).join(digest.hex())
+        self.blobs_dir()
+            .join(digest.algorithm_name())
+            .join(digest.hex())
     }
 
     /// True when the verified blob is present.
@@ -129,9 +152,9 @@ impl ContentStore {
         let path = self.path(digest);
         match fs::metadata(&path) {
             Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(ContentError::NotFound { digest: digest.clone() })
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ContentError::NotFound {
+                digest: digest.clone(),
+            }),
             Err(e) => Err(io_err("reading metadata of", &path)(e)),
         }
     }
@@ -141,7 +164,9 @@ impl ContentStore {
         let path = self.path(digest);
         fs::File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                ContentError::NotFound { digest: digest.clone() }
+                ContentError::NotFound {
+                    digest: digest.clone(),
+                }
             } else {
                 io_err("opening", &path)(e)
             }
@@ -153,9 +178,15 @@ impl ContentStore {
         let file = self.open_reader(digest)?;
         let path = self.path(digest);
         let mut buf = Vec::new();
-        file.take(max + 1).read_to_end(&mut buf).map_err(io_err("reading", &path))?;
+        file.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(io_err("reading", &path))?;
         if buf.len() as u64 > max {
-            return Err(ContentError::TooLarge { digest: digest.clone(), limit: max, size: buf.len() as u64 });
+            return Err(ContentError::TooLarge {
+                digest: digest.clone(),
+                limit: max,
+                size: buf.len() as u64,
+            });
         }
         Ok(buf)
     }
@@ -175,7 +206,10 @@ impl ContentStore {
         }
         let actual = hasher.finish();
         if &actual != digest {
-            return Err(ContentError::DigestMismatch { expected: digest.clone(), actual });
+            return Err(ContentError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
         }
         Ok(())
     }
@@ -199,7 +233,11 @@ impl ContentStore {
     /// Starts writing the blob `expected`. Waits while another ingest of the same
     /// digest is in flight; returns [`Begin::Exists`] when the blob is (now) present.
     /// `expected_size`, when known, is enforced while writing and at commit.
-    pub async fn begin(&self, expected: &Digest, expected_size: Option<u64>) -> Result<Begin, ContentError> {
+    pub async fn begin(
+        &self,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Begin, ContentError> {
         let guard = self.lock(expected).await;
         if self.has(expected) {
             return Ok(Begin::Exists);
@@ -264,11 +302,20 @@ impl ContentStore {
             };
             for entry in entries {
                 let entry = entry.map_err(io_err("listing", &dir))?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-                let Ok(digest) = format!("{alg}:{name}").parse::<Digest>() else { continue };
-                let meta = entry.metadata().map_err(io_err("reading metadata of", &entry.path()))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(digest) = format!("{alg}:{name}").parse::<Digest>() else {
+                    continue;
+                };
+                let meta = entry
+                    .metadata()
+                    .map_err(io_err("reading metadata of", &entry.path()))?;
                 if meta.is_file() {
-                    out.push(BlobInfo { digest, size: meta.len() });
+                    out.push(BlobInfo {
+                        digest,
+                        size: meta.len(),
+                    });
                 }
             }
         }
@@ -283,7 +330,11 @@ impl ContentStore {
 }
 
 fn make_private_dir(dir: &Path) -> Result<(), ContentError> {
-    fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(io_err("creating", dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_err("creating", dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(io_err("chmod", dir))
 }
 
@@ -326,11 +377,18 @@ impl Ingest {
         let total = self.written + buf.len() as u64;
         if let Some(limit) = self.expected_size {
             if total > limit {
-                return Err(ContentError::SizeMismatch { digest: self.expected.clone(), expected: limit, actual: total });
+                return Err(ContentError::SizeMismatch {
+                    digest: self.expected.clone(),
+                    expected: limit,
+                    actual: total,
+                });
             }
         }
         let tmp = self.tmp.clone();
-        self.file()?.write_all(buf).await.map_err(io_err("writing", &tmp))?;
+        self.file()?
+            .write_all(buf)
+            .await
+            .map_err(io_err("writing", &tmp))?;
         self.hasher.update(buf);
         self.written = total;
         Ok(())
@@ -342,7 +400,9 @@ impl Ingest {
         let file = self.file()?;
         file.flush().await.map_err(io_err("flushing", &tmp))?;
         file.set_len(0).await.map_err(io_err("truncating", &tmp))?;
-        tokio::io::AsyncSeekExt::rewind(file).await.map_err(io_err("seeking", &tmp))?;
+        tokio::io::AsyncSeekExt::rewind(file)
+            .await
+            .map_err(io_err("seeking", &tmp))?;
         self.hasher = Hasher::new(self.expected.algorithm());
         self.written = 0;
         Ok(())
@@ -370,15 +430,23 @@ impl Ingest {
         let hasher = std::mem::replace(&mut self.hasher, Hasher::new(self.expected.algorithm()));
         let actual = hasher.finish();
         if actual != self.expected {
-            return Err(ContentError::DigestMismatch { expected: self.expected.clone(), actual });
+            return Err(ContentError::DigestMismatch {
+                expected: self.expected.clone(),
+                actual,
+            });
         }
         file.sync_all().await.map_err(io_err("fsync", &tmp))?;
         drop(file);
         let dest = self.store.path(&self.expected);
-        tokio::fs::rename(&tmp, &dest).await.map_err(io_err("renaming ingest into", &dest))?;
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(io_err("renaming ingest into", &dest))?;
         if let Some(parent) = dest.parent() {
             let parent = parent.to_path_buf();
-            let synced = tokio::task::spawn_blocking(move || fs::File::open(&parent).and_then(|d| d.sync_all())).await;
+            let synced = tokio::task::spawn_blocking(move || {
+                fs::File::open(&parent).and_then(|d| d.sync_all())
+            })
+            .await;
             if let Ok(Err(e)) = synced {
                 tracing::warn!(error = %e, "fsync of blob directory failed");
             }
@@ -393,7 +461,9 @@ impl Drop for Ingest {
         match fs::remove_file(&self.tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove ingest file"),
+            Err(e) => {
+                tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove ingest file")
+            }
         }
     }
 }
@@ -426,7 +496,9 @@ impl Hasher {
             Hasher::Sha512(h) => {
                 let hex = hex::encode(h.finalize());
                 // A 128-hex-char sha512 string always parses.
-                format!("sha512:{hex}").parse().unwrap_or_else(|_| Digest::sha256_of(b""))
+                format!("sha512:{hex}")
+                    .parse()
+                    .unwrap_or_else(|_| Digest::sha256_of(b""))
             }
         }
     }
@@ -464,7 +536,9 @@ mod tests {
         let data = b"hello layer".to_vec();
         let d = Digest::sha256_of(&data);
         assert!(!store.has(&d));
-        let Begin::Ingest(mut ing) = store.begin(&d, Some(data.len() as u64)).await.unwrap() else { panic!() };
+        let Begin::Ingest(mut ing) = store.begin(&d, Some(data.len() as u64)).await.unwrap() else {
+            panic!()
+        };
         ing.write(&data[..5]).await.unwrap();
         // Not visible before commit.
         assert!(!store.has(&d));
@@ -473,18 +547,37 @@ mod tests {
         assert_eq!(path, store.path(&d));
         assert!(store.has(&d));
         assert_eq!(store.read_capped(&d, 100).unwrap(), data);
-        assert!(matches!(store.read_capped(&d, 3), Err(ContentError::TooLarge { .. })));
+        assert!(matches!(
+            store.read_capped(&d, 3),
+            Err(ContentError::TooLarge { .. })
+        ));
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let mode = fs::metadata(dir.path().join("state/blobs")).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(dir.path().join("state/blobs"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o700);
-        assert!(matches!(store.begin(&d, None).await.unwrap(), Begin::Exists));
+        assert!(matches!(
+            store.begin(&d, None).await.unwrap(),
+            Begin::Exists
+        ));
         store.verify(&d).unwrap();
-        assert_eq!(store.list().unwrap(), vec![BlobInfo { digest: d.clone(), size: data.len() as u64 }]);
+        assert_eq!(
+            store.list().unwrap(),
+            vec![BlobInfo {
+                digest: d.clone(),
+                size: data.len() as u64
+            }]
+        );
         assert_eq!(store.disk_usage().unwrap(), data.len() as u64);
         assert!(store.delete(&d).unwrap());
         assert!(!store.delete(&d).unwrap());
-        assert!(matches!(store.open_reader(&d), Err(ContentError::NotFound { .. })));
+        assert!(matches!(
+            store.open_reader(&d),
+            Err(ContentError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -492,25 +585,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentStore::open(dir.path()).unwrap();
         let d = Digest::sha256_of(b"right");
-        let Begin::Ingest(mut ing) = store.begin(&d, None).await.unwrap() else { panic!() };
+        let Begin::Ingest(mut ing) = store.begin(&d, None).await.unwrap() else {
+            panic!()
+        };
         ing.write(b"wrong").await.unwrap();
         let err = ing.commit().await.unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&d.to_string()) && msg.contains(&Digest::sha256_of(b"wrong").to_string()), "{msg}");
-        assert!(files_under(dir.path()).is_empty(), "{:?}", files_under(dir.path()));
+        assert!(
+            msg.contains(&d.to_string()) && msg.contains(&Digest::sha256_of(b"wrong").to_string()),
+            "{msg}"
+        );
+        assert!(
+            files_under(dir.path()).is_empty(),
+            "{:?}",
+            files_under(dir.path())
+        );
 
         // Short content with a known size.
-        let Begin::Ingest(mut ing) = store.begin(&d, Some(5)).await.unwrap() else { panic!() };
+        let Begin::Ingest(mut ing) = store.begin(&d, Some(5)).await.unwrap() else {
+            panic!()
+        };
         ing.write(b"rig").await.unwrap();
-        assert!(matches!(ing.commit().await, Err(ContentError::SizeMismatch { expected: 5, actual: 3, .. })));
+        assert!(matches!(
+            ing.commit().await,
+            Err(ContentError::SizeMismatch {
+                expected: 5,
+                actual: 3,
+                ..
+            })
+        ));
         // Too much content fails at write time.
-        let Begin::Ingest(mut ing) = store.begin(&d, Some(5)).await.unwrap() else { panic!() };
+        let Begin::Ingest(mut ing) = store.begin(&d, Some(5)).await.unwrap() else {
+            panic!()
+        };
         assert!(ing.write(b"righter").await.is_err());
         drop(ing);
         assert!(files_under(dir.path()).is_empty());
 
         // Reset lets a retried download start over.
-        let Begin::Ingest(mut ing) = store.begin(&d, Some(5)).await.unwrap() else { panic!() };
+        let Begin::Ingest(mut ing) = store.begin(&d, Some(5)).await.unwrap() else {
+            panic!()
+        };
         ing.write(b"rxx").await.unwrap();
         ing.reset().await.unwrap();
         ing.write(b"right").await.unwrap();
@@ -523,7 +638,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentStore::open(dir.path()).unwrap();
         let d = Digest::sha256_of(b"x");
-        let Begin::Ingest(mut ing) = store.begin(&d, None).await.unwrap() else { panic!() };
+        let Begin::Ingest(mut ing) = store.begin(&d, None).await.unwrap() else {
+            panic!()
+        };
         ing.write(b"x").await.unwrap();
         // Simulate a crash: the process dies with the temp file on disk.
         std::mem::forget(ing);
@@ -545,7 +662,9 @@ mod tests {
         for _ in 0..4 {
             let (store, d, data, writes) = (store.clone(), d.clone(), data.clone(), writes.clone());
             tasks.push(tokio::spawn(async move {
-                if let Begin::Ingest(mut ing) = store.begin(&d, Some(data.len() as u64)).await.unwrap() {
+                if let Begin::Ingest(mut ing) =
+                    store.begin(&d, Some(data.len() as u64)).await.unwrap()
+                {
                     writes.fetch_add(1, Ordering::SeqCst);
                     for chunk in data.chunks(1000) {
                         ing.write(chunk).await.unwrap();

@@ -2,6 +2,6 @@
 //! only parses flags and calls [`daemon::run`]. See docs/ARCHITECTURE.md for how
 //! data flows from a manifest to a running container.
 
-pub mod sys;
 pub mod content;
 pub mod registry;
+pub mod sys;

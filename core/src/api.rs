@@ -25,12 +25,22 @@ pub struct ErrorDetail {
 
 impl ErrorBody {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { code: code.into(), message: message.into(), details: serde_json::Value::Null } }
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                details: serde_json::Value::Null,
+            },
+        }
     }
 
     /// An invalid-manifest error carrying every located problem.
     pub fn invalid_manifest(problems: &[Problem]) -> Self {
-        let message = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+        let message = problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         ErrorBody {
             error: ErrorDetail {
                 code: "invalid_manifest".into(),

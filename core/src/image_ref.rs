@@ -22,7 +22,10 @@ pub enum ReferenceError {
     #[error("image reference is longer than {MAX_REFERENCE_LEN} characters")]
     TooLong,
     #[error("`{reference}`: repository component `{component}` is invalid (lowercase letters, digits and separators `.`, `_`, `__`, `-` only)")]
-    BadRepository { reference: String, component: String },
+    BadRepository {
+        reference: String,
+        component: String,
+    },
     #[error("`{reference}`: registry host `{host}` is invalid")]
     BadRegistry { reference: String, host: String },
     #[error("`{reference}`: tag `{tag}` is invalid (up to 128 of [A-Za-z0-9_.-], not starting with `.` or `-`)")]
@@ -60,7 +63,10 @@ pub enum DigestAlgorithm {
 impl Digest {
     /// Builds a sha256 digest from raw hash bytes.
     pub fn sha256_from_bytes(hash: &[u8]) -> Self {
-        Digest { algorithm: DigestAlgorithm::Sha256, hex: hex::encode(hash) }
+        Digest {
+            algorithm: DigestAlgorithm::Sha256,
+            hex: hex::encode(hash),
+        }
     }
 
     /// Hashes `data` with sha256.
@@ -95,16 +101,25 @@ impl Digest {
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::NoAlgorithm(s.into()))?;
+        let (alg, hex) = s
+            .split_once(':')
+            .ok_or_else(|| DigestError::NoAlgorithm(s.into()))?;
         let (algorithm, len) = match alg {
             "sha256" => (DigestAlgorithm::Sha256, 64),
             "sha512" => (DigestAlgorithm::Sha512, 128),
             _ => return Err(DigestError::UnsupportedAlgorithm(s.into())),
         };
-        if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != len
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::BadHex(s.into(), len));
         }
-        Ok(Digest { algorithm, hex: hex.into() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.into(),
+        })
     }
 }
 
@@ -153,7 +168,10 @@ impl ImageRef {
         let (name_tag, digest) = match reference.split_once('@') {
             Some((n, d)) => (
                 n,
-                Some(d.parse::<Digest>().map_err(|e| ReferenceError::BadDigest(reference.into(), e))?),
+                Some(
+                    d.parse::<Digest>()
+                        .map_err(|e| ReferenceError::BadDigest(reference.into(), e))?,
+                ),
             ),
             None => (reference, None),
         };
@@ -164,19 +182,31 @@ impl ImageRef {
         };
         if let Some(tag) = &tag {
             if !valid_tag(tag) {
-                return Err(ReferenceError::BadTag { reference: reference.into(), tag: tag.clone() });
+                return Err(ReferenceError::BadTag {
+                    reference: reference.into(),
+                    tag: tag.clone(),
+                });
             }
         }
         let (registry, path) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), rest.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
         if !valid_registry(&registry) {
-            return Err(ReferenceError::BadRegistry { reference: reference.into(), host: registry });
+            return Err(ReferenceError::BadRegistry {
+                reference: reference.into(),
+                host: registry,
+            });
         }
-        let registry = if registry == "index.docker.io" { DOCKER_HUB.to_string() } else { registry };
+        let registry = if registry == "index.docker.io" {
+            DOCKER_HUB.to_string()
+        } else {
+            registry
+        };
         let repository = if registry == DOCKER_HUB && !path.contains('/') {
             format!("library/{path}")
         } else {
@@ -190,13 +220,25 @@ impl ImageRef {
                 });
             }
         }
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".into()) } else { tag };
-        Ok(ImageRef { registry, repository, tag, digest })
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".into())
+        } else {
+            tag
+        };
+        Ok(ImageRef {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// The same image pinned to `digest` (the tag is kept for display).
     pub fn pinned(&self, digest: Digest) -> Self {
-        ImageRef { digest: Some(digest), ..self.clone() }
+        ImageRef {
+            digest: Some(digest),
+            ..self.clone()
+        }
     }
 
     /// `registry/repository`, the name without tag or digest.
@@ -257,7 +299,9 @@ fn valid_tag(tag: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
@@ -321,7 +365,9 @@ fn valid_registry(host: &str) -> bool {
                         && label.len() <= 63
                         && !label.starts_with('-')
                         && !label.ends_with('-')
-                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 })
         }
     }
@@ -355,7 +401,9 @@ mod tests {
         assert_eq!(r.digest.as_ref().map(|d| d.to_string()).as_deref(), Some(D));
         let r = ImageRef::parse(&format!("[::1]:5000/web:v1@{D}")).unwrap();
         assert!(r.registry_is_loopback());
-        assert!(!ImageRef::parse("ghcr.io/a/b").unwrap().registry_is_loopback());
+        assert!(!ImageRef::parse("ghcr.io/a/b")
+            .unwrap()
+            .registry_is_loopback());
     }
 
     #[test]
@@ -375,7 +423,10 @@ mod tests {
         ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be refused");
         }
-        assert_eq!(ImageRef::parse(&"a".repeat(300)), Err(ReferenceError::TooLong));
+        assert_eq!(
+            ImageRef::parse(&"a".repeat(300)),
+            Err(ReferenceError::TooLong)
+        );
     }
 
     #[test]
@@ -383,8 +434,17 @@ mod tests {
         let d: Digest = D.parse().unwrap();
         assert_eq!(d.to_string(), D);
         assert_eq!(Digest::sha256_of(b""), d);
-        assert!(matches!("sha256".parse::<Digest>(), Err(DigestError::NoAlgorithm(_))));
-        assert!(matches!("sha1:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm(_))));
-        assert!(matches!("sha256:xyz".parse::<Digest>(), Err(DigestError::BadHex(_, 64))));
+        assert!(matches!(
+            "sha256".parse::<Digest>(),
+            Err(DigestError::NoAlgorithm(_))
+        ));
+        assert!(matches!(
+            "sha1:abcd".parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            "sha256:xyz".parse::<Digest>(),
+            Err(DigestError::BadHex(_, 64))
+        ));
     }
 }

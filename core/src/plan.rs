@@ -45,9 +45,15 @@ pub enum Step {
     /// Start a new replica with the desired spec.
     Start { spec_hash: String },
     /// Replace a running container; `fields` say why.
-    Replace { container: String, fields: Vec<String> },
+    Replace {
+        container: String,
+        fields: Vec<String>,
+    },
     /// Stop and remove a container.
-    Remove { container: String, reason: RemoveReason },
+    Remove {
+        container: String,
+        reason: RemoveReason,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +100,10 @@ pub fn plan(desired: &[DesiredService], observed: &[ObservedContainer]) -> Vec<S
             desired_replicas: 0,
             steps: containers
                 .iter()
-                .map(|c| Step::Remove { container: c.id.clone(), reason: RemoveReason::ServiceRemoved })
+                .map(|c| Step::Remove {
+                    container: c.id.clone(),
+                    reason: RemoveReason::ServiceRemoved,
+                })
                 .collect(),
         });
     }
@@ -122,8 +131,14 @@ fn plan_service(d: &DesiredService, current: &[&ObservedContainer]) -> ServicePl
     let want = d.replicas as usize;
     let mut steps = Vec::new();
     let action = if current.is_empty() {
-        steps.extend((0..want).map(|_| Step::Start { spec_hash: hash.clone() }));
-        if want == 0 { ServiceAction::Unchanged } else { ServiceAction::Create }
+        steps.extend((0..want).map(|_| Step::Start {
+            spec_hash: hash.clone(),
+        }));
+        if want == 0 {
+            ServiceAction::Unchanged
+        } else {
+            ServiceAction::Create
+        }
     } else if !stale.is_empty() {
         // Keep up to `want` matching replicas; every stale one is replaced
         // while replacements are needed, and removed after that.
@@ -131,24 +146,40 @@ fn plan_service(d: &DesiredService, current: &[&ObservedContainer]) -> ServicePl
         let mut needed = want - keep;
         for (c, fields) in &stale {
             if needed > 0 {
-                steps.push(Step::Replace { container: c.id.clone(), fields: fields.clone() });
+                steps.push(Step::Replace {
+                    container: c.id.clone(),
+                    fields: fields.clone(),
+                });
                 needed -= 1;
             } else {
-                steps.push(Step::Remove { container: c.id.clone(), reason: RemoveReason::ScaleDown });
+                steps.push(Step::Remove {
+                    container: c.id.clone(),
+                    reason: RemoveReason::ScaleDown,
+                });
             }
         }
-        steps.extend((0..needed).map(|_| Step::Start { spec_hash: hash.clone() }));
+        steps.extend((0..needed).map(|_| Step::Start {
+            spec_hash: hash.clone(),
+        }));
         for c in matching.iter().skip(keep) {
-            steps.push(Step::Remove { container: c.id.clone(), reason: RemoveReason::ScaleDown });
+            steps.push(Step::Remove {
+                container: c.id.clone(),
+                reason: RemoveReason::ScaleDown,
+            });
         }
         ServiceAction::Replace
     } else if matching.len() < want {
-        steps.extend((matching.len()..want).map(|_| Step::Start { spec_hash: hash.clone() }));
+        steps.extend((matching.len()..want).map(|_| Step::Start {
+            spec_hash: hash.clone(),
+        }));
         ServiceAction::ScaleUp
     } else if matching.len() > want {
         // The newest (highest id) replicas go first.
         for c in matching.iter().skip(want).rev() {
-            steps.push(Step::Remove { container: c.id.clone(), reason: RemoveReason::ScaleDown });
+            steps.push(Step::Remove {
+                container: c.id.clone(),
+                reason: RemoveReason::ScaleDown,
+            });
         }
         ServiceAction::ScaleDown
     } else {
@@ -169,7 +200,11 @@ pub fn desired_from_manifest(manifest: &crate::manifest::Manifest) -> Vec<Desire
     manifest
         .services
         .values()
-        .map(|s| DesiredService { name: s.name.clone(), replicas: s.replicas, spec: ContainerSpec::for_service(s, None, &[]) })
+        .map(|s| DesiredService {
+            name: s.name.clone(),
+            replicas: s.replicas,
+            spec: ContainerSpec::for_service(s, None, &[]),
+        })
         .collect()
 }
 
@@ -186,14 +221,21 @@ mod tests {
         let d = desired(text);
         let spec = d.iter().find(|s| s.name == service).unwrap().spec.clone();
         ids.iter()
-            .map(|id| ObservedContainer { id: (*id).into(), service: service.into(), spec: Some(spec.clone()) })
+            .map(|id| ObservedContainer {
+                id: (*id).into(),
+                service: service.into(),
+                spec: Some(spec.clone()),
+            })
             .collect()
     }
 
     const WEB: &str = "[service.web]\nimage = \"busybox:1\"\nreplicas = 2\n";
 
     fn actions(plans: &[ServicePlan]) -> Vec<(&str, ServiceAction)> {
-        plans.iter().map(|p| (p.service.as_str(), p.action)).collect()
+        plans
+            .iter()
+            .map(|p| (p.service.as_str(), p.action))
+            .collect()
     }
 
     #[test]
@@ -206,7 +248,13 @@ mod tests {
             steps: Vec<&'static str>,
         }
         let cases = vec![
-            Case { name: "unchanged", desired: WEB, observed_from: WEB, want: vec![("web", ServiceAction::Unchanged)], steps: vec![] },
+            Case {
+                name: "unchanged",
+                desired: WEB,
+                observed_from: WEB,
+                want: vec![("web", ServiceAction::Unchanged)],
+                steps: vec![],
+            },
             Case {
                 name: "image change replaces",
                 desired: "[service.web]\nimage = \"busybox:2\"\nreplicas = 2\n",
@@ -216,7 +264,8 @@ mod tests {
             },
             Case {
                 name: "env change replaces",
-                desired: "[service.web]\nimage = \"busybox:1\"\nreplicas = 2\nenv = { A = \"1\" }\n",
+                desired:
+                    "[service.web]\nimage = \"busybox:1\"\nreplicas = 2\nenv = { A = \"1\" }\n",
                 observed_from: WEB,
                 want: vec![("web", ServiceAction::Replace)],
                 steps: vec!["replace a [env]", "replace b [env]"],
@@ -239,8 +288,15 @@ mod tests {
                 name: "service removed",
                 desired: "[service.api]\nimage = \"busybox:1\"\n",
                 observed_from: WEB,
-                want: vec![("api", ServiceAction::Create), ("web", ServiceAction::Remove)],
-                steps: vec!["start", "remove a service-removed", "remove b service-removed"],
+                want: vec![
+                    ("api", ServiceAction::Create),
+                    ("web", ServiceAction::Remove),
+                ],
+                steps: vec![
+                    "start",
+                    "remove a service-removed",
+                    "remove b service-removed",
+                ],
             },
             Case {
                 name: "replace while scaling down",
@@ -266,7 +322,9 @@ mod tests {
                 .flat_map(|p| p.steps.iter())
                 .map(|s| match s {
                     Step::Start { .. } => "start".to_string(),
-                    Step::Replace { container, fields } => format!("replace {container} [{}]", fields.join(",")),
+                    Step::Replace { container, fields } => {
+                        format!("replace {container} [{}]", fields.join(","))
+                    }
                     Step::Remove { container, reason } => format!(
                         "remove {container} {}",
                         serde_json::to_value(reason).unwrap().as_str().unwrap()
@@ -282,7 +340,10 @@ mod tests {
         let plans = plan(&desired(WEB), &[]);
         assert_eq!(actions(&plans), vec![("web", ServiceAction::Create)]);
         assert_eq!(plans[0].steps.len(), 2);
-        assert_eq!((plans[0].current_replicas, plans[0].desired_replicas), (0, 2));
+        assert_eq!(
+            (plans[0].current_replicas, plans[0].desired_replicas),
+            (0, 2)
+        );
     }
 
     #[test]
@@ -292,14 +353,33 @@ mod tests {
         observed.extend(running(new, "web", &["n"]));
         let plans = plan(&desired(new), &observed);
         assert_eq!(actions(&plans), vec![("web", ServiceAction::Replace)]);
-        assert_eq!(plans[0].steps, vec![Step::Replace { container: "a".into(), fields: vec!["image".into()] }]);
+        assert_eq!(
+            plans[0].steps,
+            vec![Step::Replace {
+                container: "a".into(),
+                fields: vec!["image".into()]
+            }]
+        );
     }
 
     #[test]
     fn unreadable_specs_are_replaced() {
-        let observed = vec![ObservedContainer { id: "a".into(), service: "web".into(), spec: None }];
-        let plans = plan(&desired("[service.web]\nimage = \"busybox:1\"\n"), &observed);
-        assert_eq!(plans[0].steps, vec![Step::Replace { container: "a".into(), fields: vec!["spec-version".into()] }]);
+        let observed = vec![ObservedContainer {
+            id: "a".into(),
+            service: "web".into(),
+            spec: None,
+        }];
+        let plans = plan(
+            &desired("[service.web]\nimage = \"busybox:1\"\n"),
+            &observed,
+        );
+        assert_eq!(
+            plans[0].steps,
+            vec![Step::Replace {
+                container: "a".into(),
+                fields: vec!["spec-version".into()]
+            }]
+        );
     }
 
     #[test]
@@ -307,6 +387,12 @@ mod tests {
         let observed = running(WEB, "web", &["b", "a"]);
         let d = desired("[service.web]\nimage = \"busybox:1\"\nreplicas = 1\n");
         assert_eq!(plan(&d, &observed), plan(&d, &observed));
-        assert_eq!(plan(&d, &observed)[0].steps, vec![Step::Remove { container: "b".into(), reason: RemoveReason::ScaleDown }]);
+        assert_eq!(
+            plan(&d, &observed)[0].steps,
+            vec![Step::Remove {
+                container: "b".into(),
+                reason: RemoveReason::ScaleDown
+            }]
+        );
     }
 }

@@ -49,7 +49,11 @@ pub struct ContainerSpec {
 impl ContainerSpec {
     /// The desired spec of a service. `digest` is the resolved image digest (when
     /// known) and `env_file` the pairs read from its env file.
-    pub fn for_service(service: &Service, digest: Option<&Digest>, env_file: &[(String, String)]) -> Self {
+    pub fn for_service(
+        service: &Service,
+        digest: Option<&Digest>,
+        env_file: &[(String, String)],
+    ) -> Self {
         let image = match (digest, &service.image.digest) {
             (Some(d), _) | (None, Some(d)) => format!("{}@{d}", service.image.name()),
             (None, None) => service.image.to_string(),
@@ -109,7 +113,21 @@ impl ContainerSpec {
                 if self.$field != desired.$field { out.push(stringify!($field)); }
             )*};
         }
-        cmp!(image, command, env, workdir, user, readonly_rootfs, stop_signal, memory_bytes, millicpus, pids, port, volumes, secrets);
+        cmp!(
+            image,
+            command,
+            env,
+            workdir,
+            user,
+            readonly_rootfs,
+            stop_signal,
+            memory_bytes,
+            millicpus,
+            pids,
+            port,
+            volumes,
+            secrets
+        );
         out
     }
 }
@@ -120,7 +138,11 @@ mod tests {
     use crate::manifest::Manifest;
 
     fn spec(extra: &str) -> ContainerSpec {
-        let m = Manifest::from_str_named("m.toml", &format!("[service.web]\nimage = \"busybox:1\"\n{extra}")).unwrap();
+        let m = Manifest::from_str_named(
+            "m.toml",
+            &format!("[service.web]\nimage = \"busybox:1\"\n{extra}"),
+        )
+        .unwrap();
         ContainerSpec::for_service(&m.services["web"], None, &[])
     }
 
@@ -135,7 +157,11 @@ mod tests {
             "[service.web.update]\nstrategy = \"stop-first\"",
             "[service.web.pull]\ncheck = \"1m\"",
         ] {
-            assert_eq!(base.changed_fields(&spec(extra)), Vec::<&str>::new(), "{extra}");
+            assert_eq!(
+                base.changed_fields(&spec(extra)),
+                Vec::<&str>::new(),
+                "{extra}"
+            );
             assert_eq!(base.short_hash(), spec(extra).short_hash(), "{extra}");
         }
     }
@@ -154,22 +180,33 @@ mod tests {
             ("[service.web.resources]\ncpus = 1.5", "millicpus"),
             ("[service.web.resources]\npids = 10", "pids"),
             ("port = { container = 80, host = 8080 }", "port"),
-            ("[[service.web.volumes]]\nname = \"v\"\ntarget = \"/v\"", "volumes"),
-            ("[[service.web.secrets]]\nsource = \"/s\"\ntarget = \"s\"", "secrets"),
+            (
+                "[[service.web.volumes]]\nname = \"v\"\ntarget = \"/v\"",
+                "volumes",
+            ),
+            (
+                "[[service.web.secrets]]\nsource = \"/s\"\ntarget = \"s\"",
+                "secrets",
+            ),
         ];
         for (extra, field) in cases {
             let changed = base.changed_fields(&spec(extra));
             assert_eq!(changed, vec![field], "{extra}");
             assert_ne!(base.short_hash(), spec(extra).short_hash());
         }
-        let m = Manifest::from_str_named("m.toml", "[service.web]\nimage = \"busybox:2\"\n").unwrap();
+        let m =
+            Manifest::from_str_named("m.toml", "[service.web]\nimage = \"busybox:2\"\n").unwrap();
         let other = ContainerSpec::for_service(&m.services["web"], None, &[]);
         assert_eq!(base.changed_fields(&other), vec!["image"]);
     }
 
     #[test]
     fn resolved_digest_pins_the_image_and_env_wins_over_env_file() {
-        let m = Manifest::from_str_named("m.toml", "[service.web]\nimage = \"busybox:1\"\nenv = { A = \"manifest\" }\n").unwrap();
+        let m = Manifest::from_str_named(
+            "m.toml",
+            "[service.web]\nimage = \"busybox:1\"\nenv = { A = \"manifest\" }\n",
+        )
+        .unwrap();
         let d = Digest::sha256_of(b"x");
         let s = ContainerSpec::for_service(
             &m.services["web"],
@@ -188,7 +225,10 @@ mod tests {
         assert_eq!(ContainerSpec::from_stored(&stored).unwrap(), s);
         let mut future = stored.clone();
         future["version"] = 99.into();
-        assert!(matches!(ContainerSpec::from_stored(&future), Err(SpecError::FutureVersion { found: 99 })));
+        assert!(matches!(
+            ContainerSpec::from_stored(&future),
+            Err(SpecError::FutureVersion { found: 99 })
+        ));
     }
 
     #[test]

@@ -73,7 +73,11 @@ fn scale_decimal(num: &str, factor: u128) -> Option<u128> {
     if frac_part.contains('.') || frac_part.len() > 9 {
         return None;
     }
-    let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().ok()? };
+    let int: u128 = if int_part.is_empty() {
+        0
+    } else {
+        int_part.parse().ok()?
+    };
     let mut value = int.checked_mul(factor)?;
     if !frac_part.is_empty() {
         let frac: u128 = frac_part.parse().ok()?;
@@ -117,9 +121,13 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 pub fn format_duration(d: Duration) -> String {
     let total_ms = d.as_millis();
     if total_ms == 0 {
-        return if d.is_zero() { "0s".into() } else { format!("{}ns", d.as_nanos()) };
+        return if d.is_zero() {
+            "0s".into()
+        } else {
+            format!("{}ns", d.as_nanos())
+        };
     }
-    if total_ms % 1000 != 0 {
+    if !total_ms.is_multiple_of(1000) {
         return format!("{total_ms}ms");
     }
     let mut secs = d.as_secs();
@@ -159,7 +167,17 @@ mod tests {
 
     #[test]
     fn durations_refused() {
-        for text in ["", "5", "s", "5x", "1..5s", "-1s", "5 s", "1d", "99999999999999999999h"] {
+        for text in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "1..5s",
+            "-1s",
+            "5 s",
+            "1d",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(text).is_err(), "{text} should be refused");
         }
     }

@@ -15,14 +15,20 @@ use super::config::Credentials;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
 }
 
 /// Parses the first challenge of a `WWW-Authenticate` header value. Only
 /// `Basic` and `Bearer` are understood.
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
-    let (scheme, rest) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
     let params = parse_params(rest);
     match scheme.to_ascii_lowercase().as_str() {
         "basic" => Some(Challenge::Basic),
@@ -88,7 +94,10 @@ fn parse_params(s: &str) -> HashMap<String, String> {
 /// The `Authorization` value for Basic credentials.
 pub fn basic_header(creds: &Credentials) -> String {
     let raw = format!("{}:{}", creds.username, creds.password);
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }
 
 /// A token endpoint's answer (`token` or `access_token`).
@@ -104,9 +113,15 @@ pub struct TokenResponse {
 
 impl TokenResponse {
     pub fn into_token(self) -> Option<(String, Duration)> {
-        let token = self.token.filter(|t| !t.is_empty()).or(self.access_token.filter(|t| !t.is_empty()))?;
+        let token = self
+            .token
+            .filter(|t| !t.is_empty())
+            .or(self.access_token.filter(|t| !t.is_empty()))?;
         // The distribution spec's default lifetime is 60 seconds.
-        Some((token, Duration::from_secs(self.expires_in.unwrap_or(60).max(1))))
+        Some((
+            token,
+            Duration::from_secs(self.expires_in.unwrap_or(60).max(1)),
+        ))
     }
 }
 
@@ -135,7 +150,13 @@ impl AuthCache {
 
     pub fn put(&self, host: &str, scope: &str, header: String, ttl: Option<Duration>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.insert((host.into(), scope.into()), Entry { header, expires: ttl.map(|d| Instant::now() + d) });
+        entries.insert(
+            (host.into(), scope.into()),
+            Entry {
+                header,
+                expires: ttl.map(|d| Instant::now() + d),
+            },
+        );
     }
 
     pub fn forget(&self, host: &str, scope: &str) {
@@ -163,7 +184,8 @@ mod tests {
                 scope: Some("repository:library/busybox:pull".into()),
             }
         );
-        let c = parse_challenge(r#"bearer realm=http://127.0.0.1:1/t, scope="a:b:pull,push""#).unwrap();
+        let c =
+            parse_challenge(r#"bearer realm=http://127.0.0.1:1/t, scope="a:b:pull,push""#).unwrap();
         assert_eq!(
             c,
             Challenge::Bearer {
@@ -172,7 +194,10 @@ mod tests {
                 scope: Some("a:b:pull,push".into())
             }
         );
-        assert_eq!(parse_challenge(r#"Basic realm="basic-realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="basic-realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate"), None);
     }
@@ -186,7 +211,11 @@ mod tests {
         assert_eq!(cache.get("h", "s2"), None);
         cache.forget("h", "s");
         assert_eq!(cache.get("h", "s"), None);
-        let t = TokenResponse { token: None, access_token: Some("x".into()), expires_in: None };
+        let t = TokenResponse {
+            token: None,
+            access_token: Some("x".into()),
+            expires_in: None,
+        };
         assert_eq!(t.into_token(), Some(("x".into(), Duration::from_secs(60))));
     }
 }

@@ -15,7 +15,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("registry config {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("registry config: {0}")]
     Toml(#[from] toml::de::Error),
     #[error("docker config {path}: {reason}")]
@@ -23,7 +26,11 @@ pub enum ConfigError {
     #[error("registry config: entry for `{host}`: {reason}")]
     Invalid { host: String, reason: String },
     #[error("password file {} for registry `{host}`: {source}", path.display())]
-    PasswordFile { host: String, path: PathBuf, source: std::io::Error },
+    PasswordFile {
+        host: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One `[[registry]]` entry.
@@ -61,7 +68,10 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -76,7 +86,10 @@ pub struct RegistryConfig {
 /// strips a scheme and path, and folds Docker Hub's aliases into `docker.io`.
 pub fn normalize_host(host: &str) -> String {
     let h = host.trim();
-    let h = h.strip_prefix("https://").or_else(|| h.strip_prefix("http://")).unwrap_or(h);
+    let h = h
+        .strip_prefix("https://")
+        .or_else(|| h.strip_prefix("http://"))
+        .unwrap_or(h);
     let h = h.split('/').next().unwrap_or(h).to_ascii_lowercase();
     match h.as_str() {
         "index.docker.io" | "registry-1.docker.io" | DOCKER_HUB => DOCKER_HUB.to_string(),
@@ -108,21 +121,30 @@ impl RegistryConfig {
 
     /// Reads and parses the TOML registry config at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&text)
     }
 
     /// Adds (or replaces) one entry after checking it.
     pub fn add_entry(&mut self, mut entry: RegistryEntry) -> Result<(), ConfigError> {
-        let invalid = |reason: &str| ConfigError::Invalid { host: entry.host.clone(), reason: reason.into() };
+        let invalid = |reason: &str| ConfigError::Invalid {
+            host: entry.host.clone(),
+            reason: reason.into(),
+        };
         if entry.host.is_empty() || entry.host.contains("://") || entry.host.contains('/') {
             return Err(invalid("host must be `name[:port]` without scheme or path"));
         }
         if entry.username.is_some() != entry.password_file.is_some() {
             return Err(invalid("`username` and `password_file` go together"));
         }
-        if entry.mirrors.iter().any(|m| m.is_empty() || m.contains("://")) {
+        if entry
+            .mirrors
+            .iter()
+            .any(|m| m.is_empty() || m.contains("://"))
+        {
             return Err(invalid("mirrors must be `name[:port]` without scheme"));
         }
         entry.host = normalize_host(&entry.host);
@@ -144,7 +166,10 @@ impl RegistryConfig {
             username: Option<String>,
             password: Option<String>,
         }
-        let bad = |reason: String| ConfigError::DockerConfig { path: source.into(), reason };
+        let bad = |reason: String| ConfigError::DockerConfig {
+            path: source.into(),
+            reason,
+        };
         let parsed: DockerConfig = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
         for (key, auth) in parsed.auths {
             let creds = match (auth.auth, auth.username, auth.password) {
@@ -152,11 +177,15 @@ impl RegistryConfig {
                     let raw = base64::engine::general_purpose::STANDARD
                         .decode(b64.trim())
                         .map_err(|e| bad(format!("`{key}`: auth is not base64: {e}")))?;
-                    let raw = String::from_utf8(raw).map_err(|_| bad(format!("`{key}`: auth is not UTF-8")))?;
+                    let raw = String::from_utf8(raw)
+                        .map_err(|_| bad(format!("`{key}`: auth is not UTF-8")))?;
                     let (u, p) = raw
                         .split_once(':')
                         .ok_or_else(|| bad(format!("`{key}`: auth is not `user:password`")))?;
-                    Credentials { username: u.into(), password: p.into() }
+                    Credentials {
+                        username: u.into(),
+                        password: p.into(),
+                    }
                 }
                 (_, Some(username), Some(password)) => Credentials { username, password },
                 // Entries managed by credential helpers carry no secret here.
@@ -169,8 +198,10 @@ impl RegistryConfig {
 
     /// Reads a Docker `config.json` and adds its `auths`.
     pub fn load_docker_config(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         self.add_docker_config(&text, &path.display().to_string())
     }
 
@@ -188,13 +219,18 @@ impl RegistryConfig {
         }
         let norm = normalize_host(host);
         let insecure = self.entry(&norm).is_some_and(|e| e.insecure)
-            || self.entries.iter().any(|e| e.insecure && e.mirrors.iter().any(|m| normalize_host(m) == norm));
+            || self
+                .entries
+                .iter()
+                .any(|e| e.insecure && e.mirrors.iter().any(|m| normalize_host(m) == norm));
         !insecure
     }
 
     /// Mirrors of `host`, in the order to try them.
     pub fn mirrors(&self, host: &str) -> &[String] {
-        self.entry(host).map(|e| e.mirrors.as_slice()).unwrap_or(&[])
+        self.entry(host)
+            .map(|e| e.mirrors.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Credentials for `host`: the config entry's (password file read now) first,
@@ -202,13 +238,17 @@ impl RegistryConfig {
     pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, ConfigError> {
         if let Some(entry) = self.entry(host) {
             if let (Some(username), Some(path)) = (&entry.username, &entry.password_file) {
-                let password = std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile {
-                    host: entry.host.clone(),
-                    path: path.clone(),
-                    source,
-                })?;
+                let password =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile {
+                        host: entry.host.clone(),
+                        path: path.clone(),
+                        source,
+                    })?;
                 let password = password.trim_end_matches(['\n', '\r']).to_string();
-                return Ok(Some(Credentials { username: username.clone(), password }));
+                return Ok(Some(Credentials {
+                    username: username.clone(),
+                    password,
+                }));
             }
         }
         Ok(self.docker_auths.get(&normalize_host(host)).cloned())
@@ -255,9 +295,15 @@ insecure = true
         assert!(!c.use_tls("127.0.0.1:5000"));
         assert!(!c.use_tls("localhost"));
         assert!(c.use_tls("ghcr.io"));
-        assert_eq!(c.mirrors("registry.example.com:5000"), ["mirror.internal:5000".to_string()]);
+        assert_eq!(
+            c.mirrors("registry.example.com:5000"),
+            ["mirror.internal:5000".to_string()]
+        );
         let creds = c.credentials("registry.example.com:5000").unwrap().unwrap();
-        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("deploy", "s3cret"));
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("deploy", "s3cret")
+        );
         assert!(!format!("{creds:?}").contains("s3cret"));
         assert!(c.credentials("ghcr.io").unwrap().is_none());
     }
@@ -266,11 +312,18 @@ insecure = true
     fn bad_configs_are_refused() {
         assert!(RegistryConfig::from_toml("[[registry]]\nhost = \"a\"\nbogus = 1\n").is_err());
         assert!(RegistryConfig::from_toml("[[registry]]\nhost = \"https://a\"\n").is_err());
-        assert!(RegistryConfig::from_toml("[[registry]]\nhost = \"a\"\nusername = \"u\"\n").is_err());
-        let c = RegistryConfig::from_toml("[[registry]]\nhost = \"a\"\nusername = \"u\"\npassword_file = \"/nonexistent/x\"\n")
-            .unwrap();
+        assert!(
+            RegistryConfig::from_toml("[[registry]]\nhost = \"a\"\nusername = \"u\"\n").is_err()
+        );
+        let c = RegistryConfig::from_toml(
+            "[[registry]]\nhost = \"a\"\nusername = \"u\"\npassword_file = \"/nonexistent/x\"\n",
+        )
+        .unwrap();
         let err = c.credentials("a").unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/x") && err.contains("`a`"), "{err}");
+        assert!(
+            err.contains("/nonexistent/x") && err.contains("`a`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -284,10 +337,21 @@ insecure = true
         );
         c.add_docker_config(&json, "config.json").unwrap();
         let hub = c.credentials("docker.io").unwrap().unwrap();
-        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("alice", "pw:with:colons"));
-        assert_eq!(c.credentials("127.0.0.1:5000").unwrap().unwrap().username, "bob");
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("alice", "pw:with:colons")
+        );
+        assert_eq!(
+            c.credentials("127.0.0.1:5000").unwrap().unwrap().username,
+            "bob"
+        );
         assert!(c.credentials("helper.example").unwrap().is_none());
-        assert!(c.add_docker_config(r#"{"auths": {"x": {"auth": "!!"}}}"#, "config.json").is_err());
-        assert_eq!(RegistryConfig::api_host("docker.io"), "registry-1.docker.io");
+        assert!(c
+            .add_docker_config(r#"{"auths": {"x": {"auth": "!!"}}}"#, "config.json")
+            .is_err());
+        assert_eq!(
+            RegistryConfig::api_host("docker.io"),
+            "registry-1.docker.io"
+        );
     }
 }

@@ -19,7 +19,10 @@ use berth_core::image_ref::{Digest, ImageRef};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::content::{digest_like, Begin, ContentError, ContentStore};
@@ -46,43 +49,109 @@ const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("image {image} not found: the registry has no such tag or manifest")]
-    NotFound { image: ImageRef },
+    NotFound { image: String },
     #[error("image {image}: blob {digest} not found in the registry")]
-    BlobNotFound { image: ImageRef, digest: Digest },
+    BlobNotFound { image: String, digest: Digest },
     #[error("image {image}: manifest {digest} is larger than the {limit}-byte limit")]
-    ManifestTooLarge { image: ImageRef, digest: String, limit: u64 },
+    ManifestTooLarge {
+        image: String,
+        digest: String,
+        limit: u64,
+    },
     #[error("image {image}: content does not match its digest: expected {expected}, got {actual}")]
-    DigestMismatch { image: ImageRef, expected: Digest, actual: Digest },
+    DigestMismatch {
+        image: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("image {image}: blob {digest} is truncated or oversized: expected {expected} bytes, got {actual}")]
-    SizeMismatch { image: ImageRef, digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        image: String,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     #[error("image {image}: malformed digest `{digest}` in {context}: {reason}")]
-    BadDigest { image: ImageRef, digest: String, context: String, reason: String },
+    BadDigest {
+        image: String,
+        digest: String,
+        context: String,
+        reason: String,
+    },
     #[error("image {image}: unsupported media type `{media_type}`")]
-    UnsupportedMediaType { image: ImageRef, media_type: String },
+    UnsupportedMediaType { image: String, media_type: String },
     #[error("image {image}: manifest {digest} is invalid: {reason}")]
-    InvalidManifest { image: ImageRef, digest: Digest, reason: String },
+    InvalidManifest {
+        image: String,
+        digest: Digest,
+        reason: String,
+    },
     #[error("image {image}: config {digest} is invalid: {reason}")]
-    InvalidConfig { image: ImageRef, digest: Digest, reason: String },
+    InvalidConfig {
+        image: String,
+        digest: Digest,
+        reason: String,
+    },
     #[error("image {image} has no manifest for platform {wanted} (available: {available})")]
-    NoMatchingPlatform { image: ImageRef, wanted: String, available: String },
+    NoMatchingPlatform {
+        image: String,
+        wanted: String,
+        available: String,
+    },
     #[error("unauthorized to pull {image} from registry {registry}: {reason}")]
-    Unauthorized { registry: String, image: ImageRef, reason: String },
+    Unauthorized {
+        registry: String,
+        image: String,
+        reason: String,
+    },
     #[error("registry {registry} is unreachable while pulling {image}: {source}")]
-    Unreachable { registry: String, image: ImageRef, source: reqwest::Error },
+    Unreachable {
+        registry: String,
+        image: String,
+        source: reqwest::Error,
+    },
     #[error("registry {registry} answered {status} to {what} of {image}")]
-    Status { registry: String, image: ImageRef, what: String, status: u16 },
+    Status {
+        registry: String,
+        image: String,
+        what: String,
+        status: u16,
+    },
     #[error("registry {registry} broke the protocol while pulling {image}: {reason}")]
-    Protocol { registry: String, image: ImageRef, reason: String },
+    Protocol {
+        registry: String,
+        image: String,
+        reason: String,
+    },
     #[error("token server for {registry} failed while pulling {image}: {reason}")]
-    TokenRequest { registry: String, image: ImageRef, reason: String },
+    TokenRequest {
+        registry: String,
+        image: String,
+        reason: String,
+    },
     #[error("image {image}: download of {digest} stalled (no data for {secs}s)")]
-    Stalled { image: ImageRef, digest: String, secs: u64 },
+    Stalled {
+        image: String,
+        digest: String,
+        secs: u64,
+    },
     #[error("image {image}: reading {digest} failed: {source}")]
-    Body { image: ImageRef, digest: String, source: reqwest::Error },
+    Body {
+        image: String,
+        digest: String,
+        source: reqwest::Error,
+    },
     #[error("image {image}: storing {digest}: {source}")]
-    Store { image: ImageRef, digest: Digest, source: ContentError },
+    Store {
+        image: String,
+        digest: Digest,
+        source: ContentError,
+    },
     #[error("credentials for registry {registry}: {source}")]
-    Credentials { registry: String, source: ConfigError },
+    Credentials {
+        registry: String,
+        source: ConfigError,
+    },
     #[error("building the HTTP client: {0}")]
     Client(reqwest::Error),
 }
@@ -93,7 +162,9 @@ impl RegistryError {
         match self {
             RegistryError::NotFound { .. } | RegistryError::BlobNotFound { .. } => "not_found",
             RegistryError::ManifestTooLarge { .. } => "too_large",
-            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => "verification",
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+                "verification"
+            }
             RegistryError::BadDigest { .. }
             | RegistryError::InvalidManifest { .. }
             | RegistryError::InvalidConfig { .. }
@@ -112,7 +183,9 @@ impl RegistryError {
     /// True for failures worth another attempt (network, stalls, 5xx/429).
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Unreachable { .. } | RegistryError::Stalled { .. } | RegistryError::Body { .. } => true,
+            RegistryError::Unreachable { .. }
+            | RegistryError::Stalled { .. }
+            | RegistryError::Body { .. } => true,
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -165,6 +238,7 @@ pub struct Resolved {
 
 /// A parsed top-level manifest.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived; boxing buys nothing
 pub enum Manifest {
     Image(ImageManifest),
     Index(ImageIndex),
@@ -186,9 +260,13 @@ pub fn layer_compression(media_type: &str) -> Option<LayerCompression> {
         "application/vnd.oci.image.layer.v1.tar+gzip"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(LayerCompression::Gzip),
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+            Some(LayerCompression::Gzip)
+        }
         "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(LayerCompression::Zstd),
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+            Some(LayerCompression::Zstd)
+        }
         _ => None,
     }
 }
@@ -241,12 +319,14 @@ pub struct BlobStream {
 
 impl std::fmt::Debug for BlobStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobStream").field("content_length", &self.content_length).finish_non_exhaustive()
+        f.debug_struct("BlobStream")
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
     }
 }
 
 impl BlobStream {
-    fn new(resp: reqwest::Response, image: ImageRef, what: String, stall: Duration) -> Self {
+    fn new(resp: reqwest::Response, image: String, what: String, stall: Duration) -> Self {
         let content_length = header_u64(resp.headers(), CONTENT_LENGTH.as_str());
         let body = resp.bytes_stream().boxed();
         let inner = futures_util::stream::unfold(Some(body), move |state| {
@@ -254,14 +334,31 @@ impl BlobStream {
             async move {
                 let mut body = state?;
                 match tokio::time::timeout(stall, body.next()).await {
-                    Err(_) => Some((Err(RegistryError::Stalled { image, digest: what, secs: stall.as_secs() }), None)),
+                    Err(_) => Some((
+                        Err(RegistryError::Stalled {
+                            image,
+                            digest: what,
+                            secs: stall.as_secs(),
+                        }),
+                        None,
+                    )),
                     Ok(None) => None,
-                    Ok(Some(Err(source))) => Some((Err(RegistryError::Body { image, digest: what, source }), None)),
+                    Ok(Some(Err(source))) => Some((
+                        Err(RegistryError::Body {
+                            image,
+                            digest: what,
+                            source,
+                        }),
+                        None,
+                    )),
                     Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
                 }
             }
         });
-        BlobStream { inner: Box::pin(inner), content_length }
+        BlobStream {
+            inner: Box::pin(inner),
+            content_length,
+        }
     }
 
     /// The `Content-Length` the registry announced, if any.
@@ -300,11 +397,18 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 fn bare_media_type(ct: &str) -> String {
-    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn is_manifest_type(mt: &str) -> bool {
-    matches!(mt, MEDIA_OCI_MANIFEST | MEDIA_OCI_INDEX | MEDIA_DOCKER_MANIFEST | MEDIA_DOCKER_LIST)
+    matches!(
+        mt,
+        MEDIA_OCI_MANIFEST | MEDIA_OCI_INDEX | MEDIA_DOCKER_MANIFEST | MEDIA_DOCKER_LIST
+    )
 }
 
 /// The media type of a manifest body: the header when it names a manifest type,
@@ -314,7 +418,9 @@ fn sniff_media_type(header: Option<&str>, body: &[u8]) -> String {
     if is_manifest_type(&header) {
         return header;
     }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return header };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return header;
+    };
     if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str()) {
         return mt.to_string();
     }
@@ -335,9 +441,19 @@ fn sniff_media_type(header: Option<&str>, body: &[u8]) -> String {
 
 impl Manifest {
     /// Parses a manifest or index, checking its schema and every digest it names.
-    pub fn parse(image: &ImageRef, digest: &Digest, bytes: &[u8], media_type: &str) -> Result<Self, RegistryError> {
-        let invalid = |reason: String| RegistryError::InvalidManifest { image: image.clone(), digest: digest.clone(), reason };
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    pub fn parse(
+        image: &ImageRef,
+        digest: &Digest,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Self, RegistryError> {
+        let invalid = |reason: String| RegistryError::InvalidManifest {
+            image: image.to_string(),
+            digest: digest.clone(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
         if value.get("schemaVersion").and_then(|v| v.as_u64()) != Some(2) {
             return Err(invalid("schemaVersion is not 2".into()));
         }
@@ -347,14 +463,18 @@ impl Manifest {
         }
         for key in ["layers", "manifests"] {
             if let Some(list) = value.get(key).and_then(|l| l.as_array()) {
-                descriptors.extend(list.iter().enumerate().map(|(i, d)| (format!("{key}[{i}]"), d)));
+                descriptors.extend(
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, d)| (format!("{key}[{i}]"), d)),
+                );
             }
         }
         for (place, d) in descriptors {
             let raw = d.get("digest").and_then(|x| x.as_str()).unwrap_or("");
             if let Err(e) = raw.parse::<Digest>() {
                 return Err(RegistryError::BadDigest {
-                    image: image.clone(),
+                    image: image.to_string(),
                     digest: raw.to_string(),
                     context: format!("{place} of manifest {digest}"),
                     reason: e.to_string(),
@@ -368,14 +488,17 @@ impl Manifest {
             MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST => serde_json::from_value(value)
                 .map(Manifest::Index)
                 .map_err(|e| invalid(e.to_string())),
-            other => Err(RegistryError::UnsupportedMediaType { image: image.clone(), media_type: other.into() }),
+            other => Err(RegistryError::UnsupportedMediaType {
+                image: image.to_string(),
+                media_type: other.into(),
+            }),
         }
     }
 }
 
 fn parse_digest(image: &ImageRef, raw: &str, context: &str) -> Result<Digest, RegistryError> {
     raw.parse::<Digest>().map_err(|e| RegistryError::BadDigest {
-        image: image.clone(),
+        image: image.to_string(),
         digest: raw.into(),
         context: context.into(),
         reason: e.to_string(),
@@ -384,13 +507,26 @@ fn parse_digest(image: &ImageRef, raw: &str, context: &str) -> Result<Digest, Re
 
 fn store_error(image: &ImageRef, digest: &Digest, e: ContentError) -> RegistryError {
     match e {
-        ContentError::DigestMismatch { expected, actual } => {
-            RegistryError::DigestMismatch { image: image.clone(), expected, actual }
-        }
-        ContentError::SizeMismatch { digest, expected, actual } => {
-            RegistryError::SizeMismatch { image: image.clone(), digest, expected, actual }
-        }
-        other => RegistryError::Store { image: image.clone(), digest: digest.clone(), source: other },
+        ContentError::DigestMismatch { expected, actual } => RegistryError::DigestMismatch {
+            image: image.to_string(),
+            expected,
+            actual,
+        },
+        ContentError::SizeMismatch {
+            digest,
+            expected,
+            actual,
+        } => RegistryError::SizeMismatch {
+            image: image.to_string(),
+            digest,
+            expected,
+            actual,
+        },
+        other => RegistryError::Store {
+            image: image.to_string(),
+            digest: digest.clone(),
+            source: other,
+        },
     }
 }
 
@@ -400,14 +536,24 @@ impl RegistryClient {
         Self::with_options(config, ClientOptions::default())
     }
 
-    pub fn with_options(config: RegistryConfig, options: ClientOptions) -> Result<Self, RegistryError> {
+    pub fn with_options(
+        config: RegistryConfig,
+        options: ClientOptions,
+    ) -> Result<Self, RegistryError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(options.connect_timeout)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(RegistryError::Client)?;
-        Ok(RegistryClient { inner: Arc::new(ClientInner { config, options, http, auth: AuthCache::default() }) })
+        Ok(RegistryClient {
+            inner: Arc::new(ClientInner {
+                config,
+                options,
+                http,
+                auth: AuthCache::default(),
+            }),
+        })
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -423,18 +569,31 @@ impl RegistryClient {
         let mk = |host: &str, mirror: bool| {
             let host = RegistryConfig::api_host(host);
             let scheme = if cfg.use_tls(&host) { "https" } else { "http" };
-            Endpoint { base: format!("{scheme}://{host}"), host, mirror }
+            Endpoint {
+                base: format!("{scheme}://{host}"),
+                host,
+                mirror,
+            }
         };
-        let mut eps: Vec<Endpoint> = cfg.mirrors(&image.registry).iter().map(|m| mk(m, true)).collect();
+        let mut eps: Vec<Endpoint> = cfg
+            .mirrors(&image.registry)
+            .iter()
+            .map(|m| mk(m, true))
+            .collect();
         eps.push(mk(&image.registry, false));
         eps
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
         let o = &self.inner.options;
-        let exp = o.backoff_initial.saturating_mul(1u32 << attempt.min(16)).min(o.backoff_max);
+        let exp = o
+            .backoff_initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(o.backoff_max);
         let half = exp / 2;
-        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64))
+        half + Duration::from_nanos(fastrand::u64(
+            0..=half.as_nanos().min(u64::MAX as u128) as u64,
+        ))
     }
 
     /// Sends one request, following redirects by hand: `Authorization` goes only
@@ -461,22 +620,27 @@ impl RegistryClient {
                     req = req.header(AUTHORIZATION, a);
                 }
             }
-            let resp = req.send().await.map_err(|source| RegistryError::Unreachable {
-                registry: ep.host.clone(),
-                image: image.clone(),
-                source,
-            })?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|source| RegistryError::Unreachable {
+                    registry: ep.host.clone(),
+                    image: image.to_string(),
+                    source,
+                })?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
                 return Ok(resp);
             }
-            let location = header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| RegistryError::Protocol {
-                registry: ep.host.clone(),
-                image: image.clone(),
-                reason: format!("{} redirect without Location from {url}", resp.status()),
+            let location = header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| {
+                RegistryError::Protocol {
+                    registry: ep.host.clone(),
+                    image: image.to_string(),
+                    reason: format!("{} redirect without Location from {url}", resp.status()),
+                }
             })?;
             let next = url.join(location).map_err(|e| RegistryError::Protocol {
                 registry: ep.host.clone(),
-                image: image.clone(),
+                image: image.to_string(),
                 reason: format!("bad redirect Location `{location}`: {e}"),
             })?;
             if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
@@ -487,7 +651,7 @@ impl RegistryClient {
         }
         Err(RegistryError::Protocol {
             registry: ep.host.clone(),
-            image: image.clone(),
+            image: image.to_string(),
             reason: format!("more than {} redirects", self.inner.options.max_redirects),
         })
     }
@@ -503,28 +667,47 @@ impl RegistryClient {
         path: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
-        let url = Url::parse(&format!("{}{}", ep.base, path)).map_err(|e| RegistryError::Protocol {
-            registry: ep.host.clone(),
-            image: image.clone(),
-            reason: format!("bad URL: {e}"),
-        })?;
+        let url =
+            Url::parse(&format!("{}{}", ep.base, path)).map_err(|e| RegistryError::Protocol {
+                registry: ep.host.clone(),
+                image: image.to_string(),
+                reason: format!("bad URL: {e}"),
+            })?;
         let scope = format!("repository:{}:pull", image.repository);
         let attempts = self.inner.options.attempts.max(1);
         let mut attempt = 0;
         let mut authenticated = false;
         loop {
-            let authorization = self.inner.auth.get(&ep.host, &scope).or_else(|| self.inner.auth.get(&ep.host, ""));
-            let result = self.send_once(ep, image, &method, url.clone(), accept, authorization.as_deref()).await;
+            let authorization = self
+                .inner
+                .auth
+                .get(&ep.host, &scope)
+                .or_else(|| self.inner.auth.get(&ep.host, ""));
+            let result = self
+                .send_once(
+                    ep,
+                    image,
+                    &method,
+                    url.clone(),
+                    accept,
+                    authorization.as_deref(),
+                )
+                .await;
             let retry_after = match &result {
                 Err(e) if e.is_transient() => Some(None),
-                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
+                Ok(r)
+                    if r.status() == StatusCode::TOO_MANY_REQUESTS
+                        || r.status().is_server_error() =>
+                {
                     Some(header_u64(r.headers(), RETRY_AFTER.as_str()).map(Duration::from_secs))
                 }
                 _ => None,
             };
             if let Some(hint) = retry_after {
                 if attempt + 1 < attempts {
-                    let delay = hint.map(|h| h.min(self.inner.options.backoff_max)).unwrap_or_else(|| self.backoff(attempt));
+                    let delay = hint
+                        .map(|h| h.min(self.inner.options.backoff_max))
+                        .unwrap_or_else(|| self.backoff(attempt));
                     tracing::debug!(registry = %ep.host, attempt, ?delay, "retrying registry request");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -540,11 +723,12 @@ impl RegistryClient {
                 self.inner.auth.forget(&ep.host, "");
                 return Err(RegistryError::Unauthorized {
                     registry: ep.host.clone(),
-                    image: image.clone(),
+                    image: image.to_string(),
                     reason: "the registry refused the credentials".into(),
                 });
             }
-            let challenge = header_str(resp.headers(), WWW_AUTHENTICATE.as_str()).and_then(auth::parse_challenge);
+            let challenge = header_str(resp.headers(), WWW_AUTHENTICATE.as_str())
+                .and_then(auth::parse_challenge);
             self.authenticate(ep, image, &scope, challenge).await?;
             authenticated = true;
         }
@@ -559,28 +743,38 @@ impl RegistryClient {
     ) -> Result<(), RegistryError> {
         let unauthorized = |reason: &str| RegistryError::Unauthorized {
             registry: ep.host.clone(),
-            image: image.clone(),
+            image: image.to_string(),
             reason: reason.into(),
         };
-        let creds = self
-            .inner
-            .config
-            .credentials(&ep.host)
-            .map_err(|source| RegistryError::Credentials { registry: ep.host.clone(), source })?;
+        let creds = self.inner.config.credentials(&ep.host).map_err(|source| {
+            RegistryError::Credentials {
+                registry: ep.host.clone(),
+                source,
+            }
+        })?;
         match challenge {
             None => Err(unauthorized("401 without a Basic or Bearer challenge")),
             Some(Challenge::Basic) => {
-                let creds = creds.ok_or_else(|| unauthorized("the registry requires credentials and none are configured"))?;
-                self.inner.auth.put(&ep.host, "", auth::basic_header(&creds), None);
+                let creds = creds.ok_or_else(|| {
+                    unauthorized("the registry requires credentials and none are configured")
+                })?;
+                self.inner
+                    .auth
+                    .put(&ep.host, "", auth::basic_header(&creds), None);
                 Ok(())
             }
-            Some(Challenge::Bearer { realm, service, scope: _ }) => {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: _,
+            }) => {
                 let token_err = |reason: String| RegistryError::TokenRequest {
                     registry: ep.host.clone(),
-                    image: image.clone(),
+                    image: image.to_string(),
                     reason,
                 };
-                let mut url = Url::parse(&realm).map_err(|e| token_err(format!("bad realm `{realm}`: {e}")))?;
+                let mut url = Url::parse(&realm)
+                    .map_err(|e| token_err(format!("bad realm `{realm}`: {e}")))?;
                 {
                     let mut q = url.query_pairs_mut();
                     if let Some(s) = &service {
@@ -596,7 +790,10 @@ impl RegistryClient {
                         req = req.header(AUTHORIZATION, auth::basic_header(c));
                     }
                     let transient = match req.send().await {
-                        Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
+                        Ok(r)
+                            if r.status() == StatusCode::TOO_MANY_REQUESTS
+                                || r.status().is_server_error() =>
+                        {
                             Err(token_err(format!("token server answered {}", r.status())))
                         }
                         Ok(r) => break r,
@@ -619,14 +816,19 @@ impl RegistryClient {
                     }
                     s => return Err(token_err(format!("token server answered {s}"))),
                 }
-                let body = self.read_limited(resp, image, "token response", TOKEN_LIMIT, |_| {
-                    token_err("token response is too large".into())
-                })
-                .await?;
-                let parsed: auth::TokenResponse =
-                    serde_json::from_slice(&body).map_err(|e| token_err(format!("bad token response: {e}")))?;
-                let (token, ttl) = parsed.into_token().ok_or_else(|| token_err("token response has no token".into()))?;
-                self.inner.auth.put(&ep.host, scope, format!("Bearer {token}"), Some(ttl));
+                let body = self
+                    .read_limited(resp, image, "token response", TOKEN_LIMIT, |_| {
+                        token_err("token response is too large".into())
+                    })
+                    .await?;
+                let parsed: auth::TokenResponse = serde_json::from_slice(&body)
+                    .map_err(|e| token_err(format!("bad token response: {e}")))?;
+                let (token, ttl) = parsed
+                    .into_token()
+                    .ok_or_else(|| token_err("token response has no token".into()))?;
+                self.inner
+                    .auth
+                    .put(&ep.host, scope, format!("Bearer {token}"), Some(ttl));
                 Ok(())
             }
         }
@@ -647,7 +849,7 @@ impl RegistryClient {
             }
         }
         let stall = self.inner.options.stall_timeout;
-        let mut stream = BlobStream::new(resp, image.clone(), what.to_string(), stall);
+        let mut stream = BlobStream::new(resp, image.to_string(), what.to_string(), stall);
         let mut buf = BytesMut::new();
         while let Some(chunk) = stream.next().await {
             buf.extend_from_slice(&chunk?);
@@ -658,8 +860,18 @@ impl RegistryClient {
         Ok(buf.freeze())
     }
 
-    fn status_error(ep: &Endpoint, image: &ImageRef, what: String, status: StatusCode) -> RegistryError {
-        RegistryError::Status { registry: ep.host.clone(), image: image.clone(), what, status: status.as_u16() }
+    fn status_error(
+        ep: &Endpoint,
+        image: &ImageRef,
+        what: String,
+        status: StatusCode,
+    ) -> RegistryError {
+        RegistryError::Status {
+            registry: ep.host.clone(),
+            image: image.to_string(),
+            what,
+            status: status.as_u16(),
+        }
     }
 
     /// Runs `op` against each endpoint (mirrors first); a mirror's failure falls
@@ -682,13 +894,18 @@ impl RegistryClient {
                 Err(e) => return Err(e),
             }
         }
-        Err(RegistryError::Protocol { registry: image.registry.clone(), image: image.clone(), reason: "no endpoint".into() })
+        Err(RegistryError::Protocol {
+            registry: image.registry.clone(),
+            image: image.to_string(),
+            reason: "no endpoint".into(),
+        })
     }
 
     /// Resolves a tag (or checks a pinned digest) to the manifest digest, media
     /// type and size, with a HEAD request where the registry allows it.
     pub async fn resolve(&self, image: &ImageRef) -> Result<Resolved, RegistryError> {
-        self.on_endpoints(image, |ep| async move { self.resolve_at(&ep, image).await }).await
+        self.on_endpoints(image, |ep| async move { self.resolve_at(&ep, image).await })
+            .await
     }
 
     async fn resolve_at(&self, ep: &Endpoint, image: &ImageRef) -> Result<Resolved, RegistryError> {
@@ -699,11 +916,19 @@ impl RegistryClient {
         };
         let path = format!("/v2/{}/manifests/{reference}", image.repository);
         let limit = self.inner.options.manifest_limit;
-        let too_large = |_| RegistryError::ManifestTooLarge { image: image.clone(), digest: reference.clone(), limit };
-        let head = self.send(ep, image, Method::HEAD, &path, Some(ACCEPT_MANIFESTS)).await?;
+        let too_large = |_| RegistryError::ManifestTooLarge {
+            image: image.to_string(),
+            digest: reference.clone(),
+            limit,
+        };
+        let head = self
+            .send(ep, image, Method::HEAD, &path, Some(ACCEPT_MANIFESTS))
+            .await?;
         let status = head.status();
         if status == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound { image: image.clone() });
+            return Err(RegistryError::NotFound {
+                image: image.to_string(),
+            });
         }
         if status.is_success() {
             if let Some(len) = header_u64(head.headers(), CONTENT_LENGTH.as_str()) {
@@ -715,54 +940,96 @@ impl RegistryClient {
             let digest = header_str(head.headers(), DOCKER_CONTENT_DIGEST);
             if let (Some(mt), Some(raw)) = (media_type, digest) {
                 if is_manifest_type(&mt) {
-                    let digest = parse_digest(image, raw.trim(), "the registry's Docker-Content-Digest header")?;
+                    let digest = parse_digest(
+                        image,
+                        raw.trim(),
+                        "the registry's Docker-Content-Digest header",
+                    )?;
                     if let Some(want) = &image.digest {
                         if &digest != want {
                             return Err(RegistryError::DigestMismatch {
-                                image: image.clone(),
+                                image: image.to_string(),
                                 expected: want.clone(),
                                 actual: digest,
                             });
                         }
                     }
                     let size = header_u64(head.headers(), CONTENT_LENGTH.as_str()).unwrap_or(0);
-                    return Ok(Resolved { digest, media_type: mt, size });
+                    return Ok(Resolved {
+                        digest,
+                        media_type: mt,
+                        size,
+                    });
                 }
             }
         } else if status != StatusCode::METHOD_NOT_ALLOWED && !status.is_client_error() {
-            return Err(Self::status_error(ep, image, format!("manifest HEAD {reference}"), status));
+            return Err(Self::status_error(
+                ep,
+                image,
+                format!("manifest HEAD {reference}"),
+                status,
+            ));
         }
         // The registry gave no usable digest or type on HEAD: fetch and hash.
-        let resp = self.send(ep, image, Method::GET, &path, Some(ACCEPT_MANIFESTS)).await?;
+        let resp = self
+            .send(ep, image, Method::GET, &path, Some(ACCEPT_MANIFESTS))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound { image: image.clone() });
+            return Err(RegistryError::NotFound {
+                image: image.to_string(),
+            });
         }
         if !resp.status().is_success() {
-            return Err(Self::status_error(ep, image, format!("manifest GET {reference}"), resp.status()));
+            return Err(Self::status_error(
+                ep,
+                image,
+                format!("manifest GET {reference}"),
+                resp.status(),
+            ));
         }
         let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).map(str::to_owned);
-        let body = self.read_limited(resp, image, &reference, limit, too_large).await?;
+        let body = self
+            .read_limited(resp, image, &reference, limit, too_large)
+            .await?;
         let media_type = sniff_media_type(header_type.as_deref(), &body);
         if !is_manifest_type(&media_type) {
-            return Err(RegistryError::UnsupportedMediaType { image: image.clone(), media_type });
+            return Err(RegistryError::UnsupportedMediaType {
+                image: image.to_string(),
+                media_type,
+            });
         }
         let digest = match &image.digest {
             Some(want) => {
                 let actual = digest_like(want, &body);
                 if &actual != want {
-                    return Err(RegistryError::DigestMismatch { image: image.clone(), expected: want.clone(), actual });
+                    return Err(RegistryError::DigestMismatch {
+                        image: image.to_string(),
+                        expected: want.clone(),
+                        actual,
+                    });
                 }
                 actual
             }
             None => Digest::sha256_of(&body),
         };
-        Ok(Resolved { digest, media_type, size: body.len() as u64 })
+        Ok(Resolved {
+            digest,
+            media_type,
+            size: body.len() as u64,
+        })
     }
 
     /// Fetches the manifest `digest` of `image` (at most the manifest limit),
     /// verifies the bytes against the digest, and returns them with their media type.
-    pub async fn fetch_manifest(&self, image: &ImageRef, digest: &Digest) -> Result<(Bytes, String), RegistryError> {
-        self.on_endpoints(image, |ep| async move { self.fetch_manifest_at(&ep, image, digest).await }).await
+    pub async fn fetch_manifest(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+    ) -> Result<(Bytes, String), RegistryError> {
+        self.on_endpoints(image, |ep| async move {
+            self.fetch_manifest_at(&ep, image, digest).await
+        })
+        .await
     }
 
     async fn fetch_manifest_at(
@@ -772,45 +1039,80 @@ impl RegistryClient {
         digest: &Digest,
     ) -> Result<(Bytes, String), RegistryError> {
         let path = format!("/v2/{}/manifests/{digest}", image.repository);
-        let resp = self.send(ep, image, Method::GET, &path, Some(ACCEPT_MANIFESTS)).await?;
+        let resp = self
+            .send(ep, image, Method::GET, &path, Some(ACCEPT_MANIFESTS))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound { image: image.pinned(digest.clone()) });
+            return Err(RegistryError::NotFound {
+                image: image.pinned(digest.clone()).to_string(),
+            });
         }
         if !resp.status().is_success() {
-            return Err(Self::status_error(ep, image, format!("manifest GET {digest}"), resp.status()));
+            return Err(Self::status_error(
+                ep,
+                image,
+                format!("manifest GET {digest}"),
+                resp.status(),
+            ));
         }
         let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).map(str::to_owned);
         let limit = self.inner.options.manifest_limit;
         let body = self
-            .read_limited(resp, image, &digest.to_string(), limit, |_| RegistryError::ManifestTooLarge {
-                image: image.clone(),
-                digest: digest.to_string(),
-                limit,
+            .read_limited(resp, image, &digest.to_string(), limit, |_| {
+                RegistryError::ManifestTooLarge {
+                    image: image.to_string(),
+                    digest: digest.to_string(),
+                    limit,
+                }
             })
             .await?;
         let actual = digest_like(digest, &body);
         if &actual != digest {
-            return Err(RegistryError::DigestMismatch { image: image.clone(), expected: digest.clone(), actual });
+            return Err(RegistryError::DigestMismatch {
+                image: image.to_string(),
+                expected: digest.clone(),
+                actual,
+            });
         }
         let media_type = sniff_media_type(header_type.as_deref(), &body);
         if !is_manifest_type(&media_type) {
-            return Err(RegistryError::UnsupportedMediaType { image: image.clone(), media_type });
+            return Err(RegistryError::UnsupportedMediaType {
+                image: image.to_string(),
+                media_type,
+            });
         }
         Ok((body, media_type))
     }
 
     /// Opens the blob `digest` of `image` as a byte stream (unverified; see [`BlobStream`]).
-    pub async fn fetch_blob(&self, image: &ImageRef, digest: &Digest) -> Result<BlobStream, RegistryError> {
+    pub async fn fetch_blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+    ) -> Result<BlobStream, RegistryError> {
         self.on_endpoints(image, |ep| async move {
             let path = format!("/v2/{}/blobs/{digest}", image.repository);
             let resp = self.send(&ep, image, Method::GET, &path, None).await?;
             if resp.status() == StatusCode::NOT_FOUND {
-                return Err(RegistryError::BlobNotFound { image: image.clone(), digest: digest.clone() });
+                return Err(RegistryError::BlobNotFound {
+                    image: image.to_string(),
+                    digest: digest.clone(),
+                });
             }
             if !resp.status().is_success() {
-                return Err(Self::status_error(&ep, image, format!("blob GET {digest}"), resp.status()));
+                return Err(Self::status_error(
+                    &ep,
+                    image,
+                    format!("blob GET {digest}"),
+                    resp.status(),
+                ));
             }
-            Ok(BlobStream::new(resp, image.clone(), digest.to_string(), self.inner.options.stall_timeout))
+            Ok(BlobStream::new(
+                resp,
+                image.to_string(),
+                digest.to_string(),
+                self.inner.options.stall_timeout,
+            ))
         })
         .await
     }
@@ -825,20 +1127,27 @@ impl RegistryClient {
         digest: &Digest,
         size: Option<u64>,
     ) -> Result<u64, RegistryError> {
-        let mut ingest = match store.begin(digest, size).await.map_err(|e| store_error(image, digest, e))? {
+        let mut ingest = match store
+            .begin(digest, size)
+            .await
+            .map_err(|e| store_error(image, digest, e))?
+        {
             Begin::Exists => return Ok(0),
             Begin::Ingest(i) => i,
         };
         let attempts = self.inner.options.attempts.max(1);
         let mut attempt = 0;
         loop {
-            ingest.reset().await.map_err(|e| store_error(image, digest, e))?;
+            ingest
+                .reset()
+                .await
+                .map_err(|e| store_error(image, digest, e))?;
             let result: Result<(), RegistryError> = async {
                 let mut stream = self.fetch_blob(image, digest).await?;
                 if let (Some(len), Some(want)) = (stream.content_length(), size) {
                     if len != want {
                         return Err(RegistryError::SizeMismatch {
-                            image: image.clone(),
+                            image: image.to_string(),
                             digest: digest.clone(),
                             expected: want,
                             actual: len,
@@ -846,7 +1155,10 @@ impl RegistryClient {
                     }
                 }
                 while let Some(chunk) = stream.next().await {
-                    ingest.write(&chunk?).await.map_err(|e| store_error(image, digest, e))?;
+                    ingest
+                        .write(&chunk?)
+                        .await
+                        .map_err(|e| store_error(image, digest, e))?;
                 }
                 Ok(())
             }
@@ -862,40 +1174,38 @@ impl RegistryClient {
             }
         }
         let written = ingest.written();
-        ingest.commit().await.map_err(|e| store_error(image, digest, e))?;
+        ingest
+            .commit()
+            .await
+            .map_err(|e| store_error(image, digest, e))?;
         Ok(written)
     }
 
     /// Pulls a whole image for the configured platform: resolves the reference,
     /// stores the verified manifest(s), config and layers, and checks that the
     /// config's diff_ids match the layers.
-    pub async fn pull_image(&self, store: &ContentStore, image: &ImageRef) -> Result<PulledImage, RegistryError> {
+    pub async fn pull_image(
+        &self,
+        store: &ContentStore,
+        image: &ImageRef,
+    ) -> Result<PulledImage, RegistryError> {
         let resolved = self.resolve(image).await?;
         let top = resolved.digest.clone();
         let (bytes, media_type) = self.fetch_manifest(image, &top).await?;
-        let mut fetched = 0u64;
-        let store_bytes = |d: &Digest, b: Bytes| {
-            let store = store.clone();
-            let d = d.clone();
-            async move {
-                let n = b.len() as u64;
-                let wrote = store.write_blob(&d, &b).await.map_err(|e| store_error(image, &d, e))?;
-                Ok::<u64, RegistryError>(if wrote { n } else { 0 })
-            }
-        };
-        fetched += store_bytes(&top, bytes.clone()).await?;
+        // Manifests are stored last, once everything they name is in the store.
+        let mut manifests = vec![(top.clone(), bytes.clone())];
         let (manifest_digest, manifest) = match Manifest::parse(image, &top, &bytes, &media_type)? {
             Manifest::Image(m) => (top.clone(), m),
             Manifest::Index(index) => {
                 let desc = select_platform(image, &index, &self.inner.options.platform)?;
                 let child = parse_digest(image, desc.digest().as_ref(), "index entry")?;
                 let (child_bytes, child_type) = self.fetch_manifest(image, &child).await?;
-                fetched += store_bytes(&child, child_bytes.clone()).await?;
+                manifests.push((child.clone(), child_bytes.clone()));
                 match Manifest::parse(image, &child, &child_bytes, &child_type)? {
                     Manifest::Image(m) => (child, m),
                     Manifest::Index(_) => {
                         return Err(RegistryError::InvalidManifest {
-                            image: image.clone(),
+                            image: image.to_string(),
                             digest: child,
                             reason: "an index entry points at another index".into(),
                         })
@@ -906,33 +1216,46 @@ impl RegistryClient {
         let config_desc = manifest.config();
         let config_type = config_desc.media_type().to_string();
         if config_type != MEDIA_OCI_CONFIG && config_type != MEDIA_DOCKER_CONFIG {
-            return Err(RegistryError::UnsupportedMediaType { image: image.clone(), media_type: config_type });
+            return Err(RegistryError::UnsupportedMediaType {
+                image: image.to_string(),
+                media_type: config_type,
+            });
         }
-        let config_digest = parse_digest(image, config_desc.digest().as_ref(), "config descriptor")?;
+        let config_digest =
+            parse_digest(image, config_desc.digest().as_ref(), "config descriptor")?;
         let mut layer_descs = Vec::new();
         for (i, l) in manifest.layers().iter().enumerate() {
             let mt = l.media_type().to_string();
-            let compression = layer_compression(&mt)
-                .ok_or_else(|| RegistryError::UnsupportedMediaType { image: image.clone(), media_type: mt.clone() })?;
+            let compression =
+                layer_compression(&mt).ok_or_else(|| RegistryError::UnsupportedMediaType {
+                    image: image.to_string(),
+                    media_type: mt.clone(),
+                })?;
             let digest = parse_digest(image, l.digest().as_ref(), &format!("layers[{i}]"))?;
             layer_descs.push((digest, l.size(), mt, compression));
         }
         let config_limit = self.inner.options.config_limit;
         if config_desc.size() > config_limit {
             return Err(RegistryError::InvalidConfig {
-                image: image.clone(),
+                image: image.to_string(),
                 digest: config_digest,
-                reason: format!("{} bytes is over the {config_limit}-byte limit", config_desc.size()),
+                reason: format!(
+                    "{} bytes is over the {config_limit}-byte limit",
+                    config_desc.size()
+                ),
             });
         }
-        fetched += self.pull_blob(store, image, &config_digest, Some(config_desc.size())).await?;
+        let mut fetched = self
+            .pull_blob(store, image, &config_digest, Some(config_desc.size()))
+            .await?;
         let invalid_config = |reason: String| RegistryError::InvalidConfig {
-            image: image.clone(),
+            image: image.to_string(),
             digest: config_digest.clone(),
             reason,
         };
-        let config_bytes =
-            store.read_capped(&config_digest, config_limit).map_err(|e| store_error(image, &config_digest, e))?;
+        let config_bytes = store
+            .read_capped(&config_digest, config_limit)
+            .map_err(|e| store_error(image, &config_digest, e))?;
         let config: ImageConfiguration =
             serde_json::from_slice(&config_bytes).map_err(|e| invalid_config(e.to_string()))?;
         let diff_ids = config.rootfs().diff_ids();
@@ -944,9 +1267,21 @@ impl RegistryClient {
             )));
         }
         let mut layers = Vec::with_capacity(layer_descs.len());
-        for (i, ((digest, size, media_type, compression), diff_id)) in layer_descs.into_iter().zip(diff_ids).enumerate() {
-            let diff_id = parse_digest(image, diff_id, &format!("rootfs.diff_ids[{i}] of config {config_digest}"))?;
-            layers.push(Layer { digest, diff_id, size, media_type, compression });
+        for (i, ((digest, size, media_type, compression), diff_id)) in
+            layer_descs.into_iter().zip(diff_ids).enumerate()
+        {
+            let diff_id = parse_digest(
+                image,
+                diff_id,
+                &format!("rootfs.diff_ids[{i}] of config {config_digest}"),
+            )?;
+            layers.push(Layer {
+                digest,
+                diff_id,
+                size,
+                media_type,
+                compression,
+            });
         }
         let layer_bytes: Vec<u64> = futures_util::stream::iter(layers.iter())
             .map(|l| self.pull_blob(store, image, &l.digest, Some(l.size)))
@@ -954,6 +1289,15 @@ impl RegistryClient {
             .try_collect()
             .await?;
         fetched += layer_bytes.iter().sum::<u64>();
+        for (digest, bytes) in manifests.into_iter().rev() {
+            if store
+                .write_blob(&digest, &bytes)
+                .await
+                .map_err(|e| store_error(image, &digest, e))?
+            {
+                fetched += bytes.len() as u64;
+            }
+        }
         Ok(PulledImage {
             reference: image.pinned(top.clone()),
             digest: top,

@@ -20,7 +20,11 @@ pub struct Platform {
 
 impl Platform {
     pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
-        Platform { os: os.into(), architecture: architecture.into(), variant: variant.map(Into::into) }
+        Platform {
+            os: os.into(),
+            architecture: architecture.into(),
+            variant: variant.map(Into::into),
+        }
     }
 
     /// The platform of the running host (`linux/amd64`, `linux/arm64/v8`, …).
@@ -94,7 +98,9 @@ pub fn select_platform<'a>(
 ) -> Result<&'a Descriptor, RegistryError> {
     let mut fallback = None;
     for d in index.manifests() {
-        let Some(p) = Platform::of_descriptor(d) else { continue };
+        let Some(p) = Platform::of_descriptor(d) else {
+            continue;
+        };
         match wanted.matches(&p) {
             Some(true) => return Ok(d),
             Some(false) if fallback.is_none() => fallback = Some(d),
@@ -111,9 +117,13 @@ pub fn select_platform<'a>(
             .collect();
         available.dedup();
         RegistryError::NoMatchingPlatform {
-            image: image.clone(),
+            image: image.to_string(),
             wanted: wanted.to_string(),
-            available: if available.is_empty() { "none".into() } else { available.join(", ") },
+            available: if available.is_empty() {
+                "none".into()
+            } else {
+                available.join(", ")
+            },
         }
     })
 }
@@ -141,22 +151,34 @@ mod tests {
                 })
             })
             .collect();
-        serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap()
+        serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
+            .unwrap()
     }
 
     #[test]
     fn picks_host_like_platforms() {
         let img = ImageRef::parse("127.0.0.1:5000/app:1").unwrap();
-        let idx = index(&["linux/arm/v7", "linux/arm64/v8", "linux/amd64", "unknown/unknown"]);
+        let idx = index(&[
+            "linux/arm/v7",
+            "linux/arm64/v8",
+            "linux/amd64",
+            "unknown/unknown",
+        ]);
         let d = select_platform(&img, &idx, &"linux/amd64".parse().unwrap()).unwrap();
         assert!(d.digest().to_string().ends_with("3"));
         let d = select_platform(&img, &idx, &"linux/arm64/v8".parse().unwrap()).unwrap();
         assert!(d.digest().to_string().ends_with("2"));
         let idx2 = index(&["linux/arm64"]);
         assert!(select_platform(&img, &idx2, &"linux/arm64/v8".parse().unwrap()).is_ok());
-        let err = select_platform(&img, &idx, &"linux/s390x".parse().unwrap()).unwrap_err().to_string();
+        let err = select_platform(&img, &idx, &"linux/s390x".parse().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("127.0.0.1:5000/app:1"), "{err}");
-        assert!(err.contains("linux/s390x") && err.contains("linux/arm/v7, linux/arm64/v8, linux/amd64"), "{err}");
+        assert!(
+            err.contains("linux/s390x")
+                && err.contains("linux/arm/v7, linux/arm64/v8, linux/amd64"),
+            "{err}"
+        );
         assert!(!err.contains("unknown"), "{err}");
         assert!(select_platform(&img, &idx, &"linux/arm/v6".parse().unwrap()).is_err());
         assert_eq!(Platform::host().os, "linux");

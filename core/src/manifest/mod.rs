@@ -201,9 +201,17 @@ pub struct Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.key.is_empty() {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         } else {
-            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.key, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, self.line, self.column, self.key, self.message
+            )
         }
     }
 }
@@ -214,7 +222,10 @@ pub enum ManifestError {
     #[error("{}", render_problems(.0))]
     Invalid(Vec<Problem>),
     #[error("cannot read manifest {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: no *.toml files found")]
     NoFiles { path: PathBuf },
     #[error("{path}: more than {MAX_FILES} manifest files")]
@@ -258,7 +269,10 @@ impl Manifest {
 /// Reads a manifest file, or every `*.toml` file of a directory (sorted, not
 /// recursive), into source files named by their path as given.
 pub fn read_sources(path: &Path) -> Result<SourceFiles, ManifestError> {
-    let read_err = |p: &Path, source| ManifestError::Read { path: p.to_path_buf(), source };
+    let read_err = |p: &Path, source| ManifestError::Read {
+        path: p.to_path_buf(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(|e| read_err(path, e))?;
     let mut files = SourceFiles::new();
     let mut paths = Vec::new();
@@ -267,16 +281,23 @@ pub fn read_sources(path: &Path) -> Result<SourceFiles, ManifestError> {
             let entry = entry.map_err(|e| read_err(path, e))?;
             let p = entry.path();
             let is_toml = p.extension().is_some_and(|e| e == "toml");
-            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
             if is_toml && !hidden && p.is_file() {
                 paths.push(p);
             }
         }
         if paths.is_empty() {
-            return Err(ManifestError::NoFiles { path: path.to_path_buf() });
+            return Err(ManifestError::NoFiles {
+                path: path.to_path_buf(),
+            });
         }
         if paths.len() > MAX_FILES {
-            return Err(ManifestError::TooManyFiles { path: path.to_path_buf() });
+            return Err(ManifestError::TooManyFiles {
+                path: path.to_path_buf(),
+            });
         }
         paths.sort();
     } else {
@@ -327,7 +348,9 @@ pub(crate) mod option_duration_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(d)? {
-            Some(text) => crate::units::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+            Some(text) => crate::units::parse_duration(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
             None => Ok(None),
         }
     }

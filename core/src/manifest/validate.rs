@@ -22,12 +22,36 @@ const MIN_MEMORY: u64 = 6 << 20;
 
 /// Linux signal names and numbers accepted for `stop_signal`.
 const SIGNALS: &[(&str, i32)] = &[
-    ("SIGHUP", 1), ("SIGINT", 2), ("SIGQUIT", 3), ("SIGILL", 4), ("SIGTRAP", 5),
-    ("SIGABRT", 6), ("SIGBUS", 7), ("SIGFPE", 8), ("SIGKILL", 9), ("SIGUSR1", 10),
-    ("SIGSEGV", 11), ("SIGUSR2", 12), ("SIGPIPE", 13), ("SIGALRM", 14), ("SIGTERM", 15),
-    ("SIGSTKFLT", 16), ("SIGCHLD", 17), ("SIGCONT", 18), ("SIGSTOP", 19), ("SIGTSTP", 20),
-    ("SIGTTIN", 21), ("SIGTTOU", 22), ("SIGURG", 23), ("SIGXCPU", 24), ("SIGXFSZ", 25),
-    ("SIGVTALRM", 26), ("SIGPROF", 27), ("SIGWINCH", 28), ("SIGIO", 29), ("SIGPWR", 30),
+    ("SIGHUP", 1),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGILL", 4),
+    ("SIGTRAP", 5),
+    ("SIGABRT", 6),
+    ("SIGBUS", 7),
+    ("SIGFPE", 8),
+    ("SIGKILL", 9),
+    ("SIGUSR1", 10),
+    ("SIGSEGV", 11),
+    ("SIGUSR2", 12),
+    ("SIGPIPE", 13),
+    ("SIGALRM", 14),
+    ("SIGTERM", 15),
+    ("SIGSTKFLT", 16),
+    ("SIGCHLD", 17),
+    ("SIGCONT", 18),
+    ("SIGSTOP", 19),
+    ("SIGTSTP", 20),
+    ("SIGTTIN", 21),
+    ("SIGTTOU", 22),
+    ("SIGURG", 23),
+    ("SIGXCPU", 24),
+    ("SIGXFSZ", 25),
+    ("SIGVTALRM", 26),
+    ("SIGPROF", 27),
+    ("SIGWINCH", 28),
+    ("SIGIO", 29),
+    ("SIGPWR", 30),
     ("SIGSYS", 31),
 ];
 
@@ -78,7 +102,9 @@ fn key_at(text: &str, span: &Range<usize>) -> String {
     let under = text[start..end].trim();
     let is_key = !under.is_empty()
         && under.len() <= 64
-        && under.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && under
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     match (header.is_empty(), is_key) {
         (true, true) => under.to_string(),
         (false, true) => format!("{header}.{under}"),
@@ -94,7 +120,11 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
     let mut host_ports: BTreeMap<u16, (String, String)> = BTreeMap::new();
 
     for (file, text) in files {
-        let mut ctx = FileCtx { file, text, problems: Vec::new() };
+        let mut ctx = FileCtx {
+            file,
+            text,
+            problems: Vec::new(),
+        };
         match toml::from_str::<WireFile>(text) {
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
@@ -108,7 +138,10 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
                         ctx.at(
                             name.span(),
                             key,
-                            format!("service `{}` is defined in both {first} and {file}", name.get_ref()),
+                            format!(
+                                "service `{}` is defined in both {first} and {file}",
+                                name.get_ref()
+                            ),
                         );
                         continue;
                     }
@@ -146,7 +179,10 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
             line: 1,
             column: 1,
             key: "service".into(),
-            message: format!("{} services defined; at most {MAX_SERVICES} are allowed", services.len()),
+            message: format!(
+                "{} services defined; at most {MAX_SERVICES} are allowed",
+                services.len()
+            ),
         });
     }
     if problems.is_empty() {
@@ -162,7 +198,8 @@ fn valid_service_name(name: &str) -> bool {
         && b.len() <= MAX_NAME_LEN
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
         && !name.ends_with('-')
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 fn valid_volume_name(name: &str) -> bool {
@@ -170,7 +207,8 @@ fn valid_volume_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn valid_user(user: &str) -> bool {
@@ -179,7 +217,8 @@ fn valid_user(user: &str) -> bool {
         !b.is_empty()
             && b.len() <= 32
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
     };
     match user.split_once(':') {
         Some((u, g)) => part_ok(u) && part_ok(g),
@@ -204,16 +243,26 @@ fn check_abs_path(path: &str) -> Result<(), &'static str> {
 fn parse_signal(text: &str) -> Option<Signal> {
     let upper = text.trim().to_ascii_uppercase();
     if let Ok(n) = upper.parse::<i32>() {
-        return SIGNALS.iter().find(|(_, num)| *num == n).map(|(name, number)| Signal {
-            name: (*name).to_string(),
-            number: *number,
-        });
+        return SIGNALS
+            .iter()
+            .find(|(_, num)| *num == n)
+            .map(|(name, number)| Signal {
+                name: (*name).to_string(),
+                number: *number,
+            });
     }
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     SIGNALS
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(n, number)| Signal { name: (*n).to_string(), number: *number })
+        .map(|(n, number)| Signal {
+            name: (*n).to_string(),
+            number: *number,
+        })
 }
 
 /// Default values of a service's optional parts.
@@ -230,7 +279,11 @@ pub(crate) mod defaults {
     pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 }
 
-fn validate_service(ctx: &mut FileCtx<'_>, name: &Spanned<String>, ws: WireService) -> Option<Service> {
+fn validate_service(
+    ctx: &mut FileCtx<'_>,
+    name: &Spanned<String>,
+    ws: WireService,
+) -> Option<Service> {
     let before = ctx.problems.len();
     let svc = name.get_ref().clone();
     let k = |rest: &str| format!("service.{svc}.{rest}");
@@ -261,7 +314,11 @@ fn validate_service(ctx: &mut FileCtx<'_>, name: &Spanned<String>, ws: WireServi
         Some(r) => match u32::try_from(*r.get_ref()) {
             Ok(n) if n <= MAX_REPLICAS => n,
             _ => {
-                ctx.at(r.span(), k("replicas"), format!("must be between 0 and {MAX_REPLICAS}"));
+                ctx.at(
+                    r.span(),
+                    k("replicas"),
+                    format!("must be between 0 and {MAX_REPLICAS}"),
+                );
                 0
             }
         },
@@ -282,7 +339,10 @@ fn validate_service(ctx: &mut FileCtx<'_>, name: &Spanned<String>, ws: WireServi
                 ctx.at(
                     key.span(),
                     k(&format!("env.{}", key.get_ref())),
-                    format!("`{}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)", key.get_ref()),
+                    format!(
+                        "`{}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                        key.get_ref()
+                    ),
                 );
             }
             if value.get_ref().len() > MAX_ENV_VALUE_BYTES || value.get_ref().contains('\0') {
@@ -296,49 +356,89 @@ fn validate_service(ctx: &mut FileCtx<'_>, name: &Spanned<String>, ws: WireServi
         }
     }
 
-    let env_file = ws.env_file.as_ref().and_then(|f| match check_abs_path(f.get_ref()) {
-        Ok(()) => Some(PathBuf::from(f.get_ref())),
-        Err(msg) => {
-            ctx.at(f.span(), k("env_file"), msg);
-            None
-        }
-    });
+    let env_file = ws
+        .env_file
+        .as_ref()
+        .and_then(|f| match check_abs_path(f.get_ref()) {
+            Ok(()) => Some(PathBuf::from(f.get_ref())),
+            Err(msg) => {
+                ctx.at(f.span(), k("env_file"), msg);
+                None
+            }
+        });
 
-    let workdir = ws.workdir.as_ref().and_then(|w| match check_abs_path(w.get_ref()) {
-        Ok(()) => Some(w.get_ref().clone()),
-        Err(msg) => {
-            ctx.at(w.span(), k("workdir"), msg);
-            None
-        }
-    });
+    let workdir = ws
+        .workdir
+        .as_ref()
+        .and_then(|w| match check_abs_path(w.get_ref()) {
+            Ok(()) => Some(w.get_ref().clone()),
+            Err(msg) => {
+                ctx.at(w.span(), k("workdir"), msg);
+                None
+            }
+        });
 
     let user = ws.user.as_ref().and_then(|u| {
         if valid_user(u.get_ref()) {
             Some(u.get_ref().clone())
         } else {
-            ctx.at(u.span(), k("user"), format!("`{}` is not `user`, `uid`, `user:group` or `uid:gid`", u.get_ref()));
+            ctx.at(
+                u.span(),
+                k("user"),
+                format!(
+                    "`{}` is not `user`, `uid`, `user:group` or `uid:gid`",
+                    u.get_ref()
+                ),
+            );
             None
         }
     });
 
     let stop_signal = match &ws.stop_signal {
-        None => Signal { name: "SIGTERM".into(), number: 15 },
+        None => Signal {
+            name: "SIGTERM".into(),
+            number: 15,
+        },
         Some(s) => parse_signal(s.get_ref()).unwrap_or_else(|| {
-            ctx.at(s.span(), k("stop_signal"), format!("`{}` is not a known signal", s.get_ref()));
-            Signal { name: "SIGTERM".into(), number: 15 }
+            ctx.at(
+                s.span(),
+                k("stop_signal"),
+                format!("`{}` is not a known signal", s.get_ref()),
+            );
+            Signal {
+                name: "SIGTERM".into(),
+                number: 15,
+            }
         }),
     };
-    let stop_timeout = duration_or(ctx, ws.stop_timeout.as_ref(), &k("stop_timeout"), defaults::STOP_TIMEOUT, Duration::ZERO, Duration::from_secs(3600));
+    let stop_timeout = duration_or(
+        ctx,
+        ws.stop_timeout.as_ref(),
+        &k("stop_timeout"),
+        defaults::STOP_TIMEOUT,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
 
-    let resources = ws.resources.as_ref().map(|r| validate_resources(ctx, r, &k("resources"))).unwrap_or_default();
+    let resources = ws
+        .resources
+        .as_ref()
+        .map(|r| validate_resources(ctx, r, &k("resources")))
+        .unwrap_or_default();
 
     let port = ws.port.as_ref().and_then(|p| {
         let container = port_number(ctx, &p.get_ref().container, &k("port.container"));
         let host = port_number(ctx, &p.get_ref().host, &k("port.host"));
-        Some(Port { container: container?, host: host? })
+        Some(Port {
+            container: container?,
+            host: host?,
+        })
     });
 
-    let health = ws.health.as_ref().and_then(|h| validate_health(ctx, h, &k("health")));
+    let health = ws
+        .health
+        .as_ref()
+        .and_then(|h| validate_health(ctx, h, &k("health")));
     let update = validate_update(ctx, ws.update.as_ref(), &k("update"));
     let restart = validate_restart(ctx, ws.restart.as_ref(), &k("restart"));
     let (volumes, secrets) = validate_mounts(ctx, ws.volumes.as_ref(), ws.secrets.as_ref(), &svc);
@@ -350,13 +450,24 @@ fn validate_service(ctx: &mut FileCtx<'_>, name: &Spanned<String>, ws: WireServi
                 "if-missing" => PullPolicy::IfMissing,
                 "always" => PullPolicy::Always,
                 other => {
-                    ctx.at(p.span(), k("pull.policy"), format!("`{other}` is not one of \"if-missing\", \"always\""));
+                    ctx.at(
+                        p.span(),
+                        k("pull.policy"),
+                        format!("`{other}` is not one of \"if-missing\", \"always\""),
+                    );
                     PullPolicy::IfMissing
                 }
             },
         };
         let check = ws.pull.as_ref().and_then(|p| p.check.as_ref()).map(|c| {
-            duration_or(ctx, Some(c), &k("pull.check"), Duration::from_secs(60), Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600))
+            duration_or(
+                ctx,
+                Some(c),
+                &k("pull.check"),
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 24 * 3600),
+            )
         });
         Pull { policy, check }
     };
@@ -396,7 +507,11 @@ fn valid_env_name(name: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-fn check_argv(ctx: &mut FileCtx<'_>, argv: &Spanned<Vec<Spanned<String>>>, key: &str) -> Option<Vec<String>> {
+fn check_argv(
+    ctx: &mut FileCtx<'_>,
+    argv: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+) -> Option<Vec<String>> {
     let items = argv.get_ref();
     let before = ctx.problems.len();
     if items.is_empty() {
@@ -407,7 +522,11 @@ fn check_argv(ctx: &mut FileCtx<'_>, argv: &Spanned<Vec<Spanned<String>>>, key: 
     }
     for arg in items {
         if arg.get_ref().len() > MAX_ARG_BYTES || arg.get_ref().contains('\0') {
-            ctx.at(arg.span(), key, format!("an argument is longer than {MAX_ARG_BYTES} bytes or holds a NUL byte"));
+            ctx.at(
+                arg.span(),
+                key,
+                format!("an argument is longer than {MAX_ARG_BYTES} bytes or holds a NUL byte"),
+            );
         }
     }
     if items.first().is_some_and(|a| a.get_ref().is_empty()) {
@@ -420,7 +539,11 @@ fn port_number(ctx: &mut FileCtx<'_>, value: &Spanned<i64>, key: &str) -> Option
     match u16::try_from(*value.get_ref()) {
         Ok(p) if p >= 1 => Some(p),
         _ => {
-            ctx.at(value.span(), key, format!("port {} is outside 1-65535", value.get_ref()));
+            ctx.at(
+                value.span(),
+                key,
+                format!("port {} is outside 1-65535", value.get_ref()),
+            );
             None
         }
     }
@@ -461,23 +584,37 @@ fn validate_resources(ctx: &mut FileCtx<'_>, r: &WireResources, key: &str) -> Re
     let mut out = Resources::default();
     if let Some(m) = &r.memory {
         match parse_size(m.get_ref()) {
-            Ok(bytes) if (MIN_MEMORY..=(1u64 << 42)).contains(&bytes) => out.memory_bytes = Some(bytes),
-            Ok(_) => ctx.at(m.span(), format!("{key}.memory"), "must be between 6Mi and 4Ti"),
+            Ok(bytes) if (MIN_MEMORY..=(1u64 << 42)).contains(&bytes) => {
+                out.memory_bytes = Some(bytes)
+            }
+            Ok(_) => ctx.at(
+                m.span(),
+                format!("{key}.memory"),
+                "must be between 6Mi and 4Ti",
+            ),
             Err(e) => ctx.at(m.span(), format!("{key}.memory"), e.to_string()),
         }
     }
     if let Some(c) = &r.cpus {
         let cpus = *c.get_ref();
-        if cpus.is_finite() && cpus >= 0.001 && cpus <= 1024.0 {
+        if cpus.is_finite() && (0.001..=1024.0).contains(&cpus) {
             out.millicpus = Some((cpus * 1000.0).round() as u32);
         } else {
-            ctx.at(c.span(), format!("{key}.cpus"), "must be between 0.001 and 1024");
+            ctx.at(
+                c.span(),
+                format!("{key}.cpus"),
+                "must be between 0.001 and 1024",
+            );
         }
     }
     if let Some(p) = &r.pids {
         match u32::try_from(*p.get_ref()) {
             Ok(n) if (1..=4_194_304).contains(&n) => out.pids = Some(n),
-            _ => ctx.at(p.span(), format!("{key}.pids"), "must be between 1 and 4194304"),
+            _ => ctx.at(
+                p.span(),
+                format!("{key}.pids"),
+                "must be between 1 and 4194304",
+            ),
         }
     }
     out
@@ -486,38 +623,85 @@ fn validate_resources(ctx: &mut FileCtx<'_>, r: &WireResources, key: &str) -> Re
 fn validate_health(ctx: &mut FileCtx<'_>, h: &Spanned<WireHealth>, key: &str) -> Option<Health> {
     let w = h.get_ref();
     let before = ctx.problems.len();
-    let kinds = [w.http.is_some(), w.tcp.is_some(), w.exec.is_some()].iter().filter(|x| **x).count();
+    let kinds = [w.http.is_some(), w.tcp.is_some(), w.exec.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
     if kinds != 1 {
-        ctx.at(h.span(), key, format!("exactly one of `http`, `tcp`, `exec` is required ({kinds} given)"));
+        ctx.at(
+            h.span(),
+            key,
+            format!("exactly one of `http`, `tcp`, `exec` is required ({kinds} given)"),
+        );
     }
     let mut check = None;
     if let Some(http) = &w.http {
         let port = port_number(ctx, &http.get_ref().port, &format!("{key}.http.port"));
         let path = match &http.get_ref().path {
             None => "/".to_string(),
-            Some(p) if p.get_ref().starts_with('/') && p.get_ref().len() <= 2048 && !p.get_ref().chars().any(|c| c.is_whitespace() || c.is_control()) => p.get_ref().clone(),
+            Some(p)
+                if p.get_ref().starts_with('/')
+                    && p.get_ref().len() <= 2048
+                    && !p
+                        .get_ref()
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                p.get_ref().clone()
+            }
             Some(p) => {
-                ctx.at(p.span(), format!("{key}.http.path"), "must start with `/` and hold no spaces or control characters");
+                ctx.at(
+                    p.span(),
+                    format!("{key}.http.path"),
+                    "must start with `/` and hold no spaces or control characters",
+                );
                 String::new()
             }
         };
         check = port.map(|port| HealthCheck::Http { port, path });
     }
     if let Some(tcp) = &w.tcp {
-        check = port_number(ctx, &tcp.get_ref().port, &format!("{key}.tcp.port")).map(|port| HealthCheck::Tcp { port });
+        check = port_number(ctx, &tcp.get_ref().port, &format!("{key}.tcp.port"))
+            .map(|port| HealthCheck::Tcp { port });
     }
     if let Some(exec) = &w.exec {
-        check = check_argv(ctx, exec, &format!("{key}.exec")).map(|command| HealthCheck::Exec { command });
+        check = check_argv(ctx, exec, &format!("{key}.exec"))
+            .map(|command| HealthCheck::Exec { command });
     }
-    let interval = duration_or(ctx, w.interval.as_ref(), &format!("{key}.interval"), defaults::HEALTH_INTERVAL, Duration::from_millis(100), Duration::from_secs(3600));
-    let timeout = duration_or(ctx, w.timeout.as_ref(), &format!("{key}.timeout"), defaults::HEALTH_TIMEOUT, Duration::from_millis(10), Duration::from_secs(600));
-    let start_period = duration_or(ctx, w.start_period.as_ref(), &format!("{key}.start_period"), Duration::ZERO, Duration::ZERO, Duration::from_secs(3600));
+    let interval = duration_or(
+        ctx,
+        w.interval.as_ref(),
+        &format!("{key}.interval"),
+        defaults::HEALTH_INTERVAL,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    let timeout = duration_or(
+        ctx,
+        w.timeout.as_ref(),
+        &format!("{key}.timeout"),
+        defaults::HEALTH_TIMEOUT,
+        Duration::from_millis(10),
+        Duration::from_secs(600),
+    );
+    let start_period = duration_or(
+        ctx,
+        w.start_period.as_ref(),
+        &format!("{key}.start_period"),
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
     let retries = match &w.retries {
         None => defaults::HEALTH_RETRIES,
         Some(r) => match u32::try_from(*r.get_ref()) {
             Ok(n) if (1..=100).contains(&n) => n,
             _ => {
-                ctx.at(r.span(), format!("{key}.retries"), "must be between 1 and 100");
+                ctx.at(
+                    r.span(),
+                    format!("{key}.retries"),
+                    "must be between 1 and 100",
+                );
                 1
             }
         },
@@ -528,7 +712,11 @@ fn validate_health(ctx: &mut FileCtx<'_>, h: &Spanned<WireHealth>, key: &str) ->
             "restart" => OnUnhealthy::Restart,
             "ignore" => OnUnhealthy::Ignore,
             other => {
-                ctx.at(v.span(), format!("{key}.on_unhealthy"), format!("`{other}` is not one of \"restart\", \"ignore\""));
+                ctx.at(
+                    v.span(),
+                    format!("{key}.on_unhealthy"),
+                    format!("`{other}` is not one of \"restart\", \"ignore\""),
+                );
                 OnUnhealthy::Restart
             }
         },
@@ -536,7 +724,14 @@ fn validate_health(ctx: &mut FileCtx<'_>, h: &Spanned<WireHealth>, key: &str) ->
     if ctx.problems.len() > before {
         return None;
     }
-    Some(Health { check: check?, interval, timeout, retries, start_period, on_unhealthy })
+    Some(Health {
+        check: check?,
+        interval,
+        timeout,
+        retries,
+        start_period,
+        on_unhealthy,
+    })
 }
 
 fn validate_update(ctx: &mut FileCtx<'_>, u: Option<&Spanned<WireUpdate>>, key: &str) -> Update {
@@ -554,7 +749,11 @@ fn validate_update(ctx: &mut FileCtx<'_>, u: Option<&Spanned<WireUpdate>>, key: 
         match s.get_ref().as_str() {
             "start-first" => out.strategy = UpdateStrategy::StartFirst,
             "stop-first" => out.strategy = UpdateStrategy::StopFirst,
-            other => ctx.at(s.span(), format!("{key}.strategy"), format!("`{other}` is not one of \"start-first\", \"stop-first\"")),
+            other => ctx.at(
+                s.span(),
+                format!("{key}.strategy"),
+                format!("`{other}` is not one of \"start-first\", \"stop-first\""),
+            ),
         }
     }
     let mut count = |v: &Option<Spanned<i64>>, field: &str, default: u32| match v {
@@ -562,21 +761,44 @@ fn validate_update(ctx: &mut FileCtx<'_>, u: Option<&Spanned<WireUpdate>>, key: 
         Some(n) => match u32::try_from(*n.get_ref()) {
             Ok(x) if x <= MAX_REPLICAS => x,
             _ => {
-                ctx.at(n.span(), format!("{key}.{field}"), format!("must be between 0 and {MAX_REPLICAS}"));
+                ctx.at(
+                    n.span(),
+                    format!("{key}.{field}"),
+                    format!("must be between 0 and {MAX_REPLICAS}"),
+                );
                 default
             }
         },
     };
     out.max_surge = count(&w.max_surge, "max_surge", 1);
     out.max_unavailable = count(&w.max_unavailable, "max_unavailable", 0);
-    if out.max_surge == 0 && out.max_unavailable == 0 && out.strategy == UpdateStrategy::StartFirst {
-        ctx.at(u.span(), key, "max_surge and max_unavailable cannot both be 0: a rollout could never progress");
+    if out.max_surge == 0 && out.max_unavailable == 0 && out.strategy == UpdateStrategy::StartFirst
+    {
+        ctx.at(
+            u.span(),
+            key,
+            "max_surge and max_unavailable cannot both be 0: a rollout could never progress",
+        );
     }
     if let Some(r) = w.rollback_on_failure {
         out.rollback_on_failure = r;
     }
-    out.drain = duration_or(ctx, w.drain.as_ref(), &format!("{key}.drain"), defaults::DRAIN, Duration::ZERO, Duration::from_secs(3600));
-    out.probation = duration_or(ctx, w.probation.as_ref(), &format!("{key}.probation"), defaults::PROBATION, Duration::ZERO, Duration::from_secs(24 * 3600));
+    out.drain = duration_or(
+        ctx,
+        w.drain.as_ref(),
+        &format!("{key}.drain"),
+        defaults::DRAIN,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+    out.probation = duration_or(
+        ctx,
+        w.probation.as_ref(),
+        &format!("{key}.probation"),
+        defaults::PROBATION,
+        Duration::ZERO,
+        Duration::from_secs(24 * 3600),
+    );
     out
 }
 
@@ -592,15 +814,37 @@ fn validate_restart(ctx: &mut FileCtx<'_>, r: Option<&WireRestart>, key: &str) -
             "always" => out.policy = RestartPolicy::Always,
             "on-failure" => out.policy = RestartPolicy::OnFailure,
             "never" => out.policy = RestartPolicy::Never,
-            other => ctx.at(p.span(), format!("{key}.policy"), format!("`{other}` is not one of \"always\", \"on-failure\", \"never\"")),
+            other => ctx.at(
+                p.span(),
+                format!("{key}.policy"),
+                format!("`{other}` is not one of \"always\", \"on-failure\", \"never\""),
+            ),
         }
     }
     if let Some(b) = &r.backoff {
         let w = b.get_ref();
-        out.backoff_initial = duration_or(ctx, w.initial.as_ref(), &format!("{key}.backoff.initial"), defaults::BACKOFF_INITIAL, Duration::from_millis(1), Duration::from_secs(3600));
-        out.backoff_max = duration_or(ctx, w.max.as_ref(), &format!("{key}.backoff.max"), defaults::BACKOFF_MAX, Duration::from_millis(1), Duration::from_secs(24 * 3600));
+        out.backoff_initial = duration_or(
+            ctx,
+            w.initial.as_ref(),
+            &format!("{key}.backoff.initial"),
+            defaults::BACKOFF_INITIAL,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        );
+        out.backoff_max = duration_or(
+            ctx,
+            w.max.as_ref(),
+            &format!("{key}.backoff.max"),
+            defaults::BACKOFF_MAX,
+            Duration::from_millis(1),
+            Duration::from_secs(24 * 3600),
+        );
         if out.backoff_initial > out.backoff_max {
-            ctx.at(b.span(), format!("{key}.backoff"), "initial must not be longer than max");
+            ctx.at(
+                b.span(),
+                format!("{key}.backoff"),
+                "initial must not be longer than max",
+            );
         }
     }
     out
@@ -617,14 +861,25 @@ fn validate_mounts(
     let mut out_secrets = Vec::new();
     if let Some(vols) = volumes {
         if vols.get_ref().len() > MAX_MOUNTS {
-            ctx.at(vols.span(), format!("service.{svc}.volumes"), format!("more than {MAX_MOUNTS} volumes"));
+            ctx.at(
+                vols.span(),
+                format!("service.{svc}.volumes"),
+                format!("more than {MAX_MOUNTS} volumes"),
+            );
         }
         for (i, v) in vols.get_ref().iter().enumerate() {
             let key = format!("service.{svc}.volumes[{i}]");
             let w = v.get_ref();
-            let kinds = [w.name.is_some(), w.host.is_some(), w.tmpfs.is_some()].iter().filter(|x| **x).count();
+            let kinds = [w.name.is_some(), w.host.is_some(), w.tmpfs.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count();
             if kinds != 1 {
-                ctx.at(v.span(), &key, format!("exactly one of `name`, `host`, `tmpfs` is required ({kinds} given)"));
+                ctx.at(
+                    v.span(),
+                    &key,
+                    format!("exactly one of `name`, `host`, `tmpfs` is required ({kinds} given)"),
+                );
                 continue;
             }
             let target = w.target.get_ref();
@@ -633,12 +888,20 @@ fn validate_mounts(
                 continue;
             }
             if target == "/" {
-                ctx.at(w.target.span(), format!("{key}.target"), "cannot mount over `/`");
+                ctx.at(
+                    w.target.span(),
+                    format!("{key}.target"),
+                    "cannot mount over `/`",
+                );
                 continue;
             }
             let norm = normalize_target(target);
             if !targets.insert(norm.clone()) {
-                ctx.at(w.target.span(), format!("{key}.target"), format!("`{norm}` is mounted twice"));
+                ctx.at(
+                    w.target.span(),
+                    format!("{key}.target"),
+                    format!("`{norm}` is mounted twice"),
+                );
                 continue;
             }
             let source = if let Some(n) = &w.name {
@@ -655,9 +918,15 @@ fn validate_mounts(
                 VolumeSource::Host(h.get_ref().clone())
             } else if let Some(t) = &w.tmpfs {
                 match parse_size(t.get_ref()) {
-                    Ok(size) if size > 0 && size <= 1 << 40 => VolumeSource::Tmpfs { size_bytes: size },
+                    Ok(size) if size > 0 && size <= 1 << 40 => {
+                        VolumeSource::Tmpfs { size_bytes: size }
+                    }
                     Ok(_) => {
-                        ctx.at(t.span(), format!("{key}.tmpfs"), "size must be between 1 byte and 1Ti");
+                        ctx.at(
+                            t.span(),
+                            format!("{key}.tmpfs"),
+                            "size must be between 1 byte and 1Ti",
+                        );
                         continue;
                     }
                     Err(e) => {
@@ -668,12 +937,20 @@ fn validate_mounts(
             } else {
                 continue;
             };
-            out_vols.push(Volume { source, target: norm, readonly: w.readonly.unwrap_or(false) });
+            out_vols.push(Volume {
+                source,
+                target: norm,
+                readonly: w.readonly.unwrap_or(false),
+            });
         }
     }
     if let Some(secs) = secrets {
         if secs.get_ref().len() > MAX_MOUNTS {
-            ctx.at(secs.span(), format!("service.{svc}.secrets"), format!("more than {MAX_MOUNTS} secrets"));
+            ctx.at(
+                secs.span(),
+                format!("service.{svc}.secrets"),
+                format!("more than {MAX_MOUNTS} secrets"),
+            );
         }
         for (i, s) in secs.get_ref().iter().enumerate() {
             let key = format!("service.{svc}.secrets[{i}]");
@@ -687,17 +964,29 @@ fn validate_mounts(
                 && t.len() <= 64
                 && t != "."
                 && t != ".."
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
             if !ok {
-                ctx.at(w.target.span(), format!("{key}.target"), "must be a file name of 1-64 of [A-Za-z0-9_.-]");
+                ctx.at(
+                    w.target.span(),
+                    format!("{key}.target"),
+                    "must be a file name of 1-64 of [A-Za-z0-9_.-]",
+                );
                 continue;
             }
             let full = format!("/run/secrets/{t}");
             if !targets.insert(full.clone()) {
-                ctx.at(w.target.span(), format!("{key}.target"), format!("`{full}` is mounted twice"));
+                ctx.at(
+                    w.target.span(),
+                    format!("{key}.target"),
+                    format!("`{full}` is mounted twice"),
+                );
                 continue;
             }
-            out_secrets.push(Secret { source: w.source.get_ref().clone(), target: t.clone() });
+            out_secrets.push(Secret {
+                source: w.source.get_ref().clone(),
+                target: t.clone(),
+            });
         }
     }
     (out_vols, out_secrets)
@@ -705,7 +994,10 @@ fn validate_mounts(
 
 /// `/data//x/` → `/data/x`
 fn normalize_target(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     format!("/{}", parts.join("/"))
 }
 
@@ -725,7 +1017,9 @@ pub fn parse_env_file(file: &str, text: &str) -> Result<Vec<(String, String)>, P
             key: String::new(),
             message: message.to_string(),
         };
-        let (key, value) = trimmed.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+        let (key, value) = trimmed
+            .split_once('=')
+            .ok_or_else(|| bad("expected KEY=VALUE"))?;
         let key = key.trim_end();
         if !valid_env_name(key) {
             return Err(bad(&format!("`{key}` is not a valid variable name")));
