@@ -1,5 +1,6 @@
 //! Each validation rule with a good and a bad example; bad ones must name
 //! file, line, column and key.
+#![allow(clippy::unwrap_used)]
 
 use super::*;
 
@@ -179,7 +180,7 @@ fn defaults_are_filled_in() {
 
 #[test]
 fn image_reference_and_digest_grammar() {
-    ok(&"[service.web]\nimage = \"busybox@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n".to_string());
+    ok("[service.web]\nimage = \"busybox@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n");
     bad(
         "[service.web]\nimage = \"Shop/Web\"\n",
         "service.web.image",
