@@ -129,7 +129,7 @@ pub enum RegistryError {
         image: String,
         reason: String,
     },
-    #[error("image {image}: download of {digest} stalled (no data for {secs}s)")]
+    #[error("image {image}: {digest} stalled (no data for {secs}s)")]
     Stalled {
         image: String,
         digest: String,
@@ -620,9 +620,15 @@ impl RegistryClient {
                     req = req.header(AUTHORIZATION, a);
                 }
             }
-            let resp = req
-                .send()
+            // A server that accepts but never answers counts as stalled.
+            let stall = self.inner.options.stall_timeout;
+            let resp = tokio::time::timeout(stall, req.send())
                 .await
+                .map_err(|_| RegistryError::Stalled {
+                    image: image.to_string(),
+                    digest: format!("{method} {}", url.path()),
+                    secs: stall.as_secs(),
+                })?
                 .map_err(|source| RegistryError::Unreachable {
                     registry: ep.host.clone(),
                     image: image.to_string(),

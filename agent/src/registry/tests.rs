@@ -30,6 +30,8 @@ struct Fake {
     /// Blob GETs answer 307 to this base URL.
     redirect_blobs: Mutex<Option<String>>,
     head_without_digest: bool,
+    /// Manifest requests never get an answer.
+    hang_manifests: bool,
     chunked_manifests: bool,
     blob_delay: Option<Duration>,
     fail_first: AtomicUsize,
@@ -148,6 +150,9 @@ async fn handle(
         return resp(StatusCode::NOT_FOUND, &[], Body::empty());
     };
     if let Some((_, reference)) = rest.split_once("/manifests/") {
+        if s.hang_manifests {
+            std::future::pending::<()>().await;
+        }
         let Some((body, ct)) = s.manifests.lock().unwrap().get(reference).cloned() else {
             return resp(StatusCode::NOT_FOUND, &[], Body::empty());
         };
@@ -691,6 +696,7 @@ async fn corrupt_truncated_and_stalled_blobs_fail_cleanly() {
     assert_store_clean(&store, &a.layers[0]);
 
     // A descriptor size that disagrees with the blob.
+    store.delete(&a.layers[1]).unwrap();
     srv.fake.stall.lock().unwrap().clear();
     let err = c
         .pull_blob(&store, &r, &a.layers[1], Some(999))
@@ -994,4 +1000,27 @@ async fn mirrors_are_tried_first_and_fall_back() {
         .unwrap();
     assert_eq!(pulled.media_type, MEDIA_DOCKER_MANIFEST);
     assert_eq!(mirror.fake.hit("HEAD /v2/app/manifests/v2"), 1);
+}
+
+#[tokio::test]
+async fn a_registry_that_never_answers_is_a_stall() {
+    let fake = Fake {
+        hang_manifests: true,
+        ..Fake::default()
+    };
+    add_image(&fake, "v1", "amd64", false);
+    let srv = serve(fake, false).await;
+    let started = std::time::Instant::now();
+    let err = client(RegistryConfig::new())
+        .resolve(&img(&srv.host, "app:v1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Stalled { .. }), "{err}");
+    assert!(
+        err.to_string().contains("app:v1") && err.to_string().contains("/v2/app/manifests/v1"),
+        "{err}"
+    );
+    // Three attempts of 400ms each, plus short backoffs.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(srv.fake.hit("HEAD /v2/app/manifests/v1"), 3);
 }
