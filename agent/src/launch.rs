@@ -58,7 +58,12 @@ pub fn build_process(
 ) -> Result<ProcessSpec, LaunchError> {
     let args: Vec<String> = match command {
         Some(c) => c.to_vec(),
-        None => image.entrypoint.iter().chain(image.cmd.iter()).cloned().collect(),
+        None => image
+            .entrypoint
+            .iter()
+            .chain(image.cmd.iter())
+            .cloned()
+            .collect(),
     };
     if args.is_empty() {
         return Err(LaunchError::NoCommand);
@@ -74,7 +79,9 @@ pub fn build_process(
         let (k, v) = DEFAULT_PATH.split_once('=').unwrap_or(("PATH", "/bin"));
         merged.insert(k.into(), v.into());
     }
-    merged.entry("HOSTNAME".into()).or_insert_with(|| hostname.to_string());
+    merged
+        .entry("HOSTNAME".into())
+        .or_insert_with(|| hostname.to_string());
     let user_text = user.or(image.user.as_deref()).filter(|u| !u.is_empty());
     let (uid, gid, additional_gids, home) = match user_text {
         None => (0, 0, Vec::new(), Some("/root".to_string())),
@@ -91,7 +98,10 @@ pub fn build_process(
         .unwrap_or_else(|| "/".into());
     Ok(ProcessSpec {
         args,
-        env: merged.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        env: merged
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
         cwd,
         uid,
         gid,
@@ -115,7 +125,12 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
             if f.len() < 7 {
                 return None;
             }
-            Some(PasswdEntry { name: f[0].into(), uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5].into() })
+            Some(PasswdEntry {
+                name: f[0].into(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: f[5].into(),
+            })
         })
         .collect()
 }
@@ -128,7 +143,11 @@ fn parse_group(text: &str) -> Vec<(String, u32, Vec<String>)> {
             if f.len() < 4 {
                 return None;
             }
-            let members = f[3].split(',').filter(|m| !m.is_empty()).map(str::to_string).collect();
+            let members = f[3]
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect();
             Some((f[0].to_string(), f[2].parse().ok()?, members))
         })
         .collect()
@@ -156,7 +175,11 @@ fn read_no_follow(root: &Path, rel: &str) -> Option<String> {
             return None;
         }
     }
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .ok()?;
     if !file.metadata().ok()?.is_file() {
         return None;
     }
@@ -172,18 +195,28 @@ fn resolve_user(user: &str, lowerdirs: &[PathBuf]) -> Result<ResolvedUser, Launc
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = read_from_layers(lowerdirs, "etc/passwd").map(|t| parse_passwd(&t)).unwrap_or_default();
-    let groups = read_from_layers(lowerdirs, "etc/group").map(|t| parse_group(&t)).unwrap_or_default();
+    let passwd = read_from_layers(lowerdirs, "etc/passwd")
+        .map(|t| parse_passwd(&t))
+        .unwrap_or_default();
+    let groups = read_from_layers(lowerdirs, "etc/group")
+        .map(|t| parse_group(&t))
+        .unwrap_or_default();
     let entry = match u.parse::<u32>() {
-        Ok(uid) => passwd.iter().find(|p| p.uid == uid).cloned().or(Some(PasswdEntry {
-            name: String::new(),
-            uid,
-            gid: uid,
-            home: "/".into(),
-        })),
+        Ok(uid) => passwd
+            .iter()
+            .find(|p| p.uid == uid)
+            .cloned()
+            .or(Some(PasswdEntry {
+                name: String::new(),
+                uid,
+                gid: uid,
+                home: "/".into(),
+            })),
         Err(_) => passwd.iter().find(|p| p.name == u).cloned(),
     };
-    let entry = entry.ok_or_else(|| LaunchError::UnknownUser { user: u.to_string() })?;
+    let entry = entry.ok_or_else(|| LaunchError::UnknownUser {
+        user: u.to_string(),
+    })?;
     let gid = match g {
         None => entry.gid,
         Some(g) => match g.parse::<u32>() {
@@ -192,13 +225,19 @@ fn resolve_user(user: &str, lowerdirs: &[PathBuf]) -> Result<ResolvedUser, Launc
                 .iter()
                 .find(|(name, _, _)| name == g)
                 .map(|(_, gid, _)| *gid)
-                .ok_or_else(|| LaunchError::UnknownGroup { group: g.to_string() })?,
+                .ok_or_else(|| LaunchError::UnknownGroup {
+                    group: g.to_string(),
+                })?,
         },
     };
     let mut additional: Vec<u32> = if entry.name.is_empty() {
         Vec::new()
     } else {
-        groups.iter().filter(|(_, _, members)| members.contains(&entry.name)).map(|(_, gid, _)| *gid).collect()
+        groups
+            .iter()
+            .filter(|(_, _, members)| members.contains(&entry.name))
+            .map(|(_, gid, _)| *gid)
+            .collect()
     };
     additional.retain(|x| *x != gid);
     additional.sort_unstable();
@@ -226,9 +265,21 @@ mod tests {
         let bottom = dir.path().join("bottom");
         std::fs::create_dir_all(top.join("etc")).unwrap();
         std::fs::create_dir_all(bottom.join("etc")).unwrap();
-        std::fs::write(bottom.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nold:x:5:5::/old:/bin/sh\n").unwrap();
-        std::fs::write(top.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
-        std::fs::write(top.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").unwrap();
+        std::fs::write(
+            bottom.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nold:x:5:5::/old:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            top.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            top.join("etc/group"),
+            "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+        )
+        .unwrap();
         (dir, vec![top, bottom])
     }
 
@@ -243,34 +294,85 @@ mod tests {
 
         let env = BTreeMap::from([("MODE".to_string(), "prod".to_string())]);
         let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), "true".to_string()];
-        let p = build_process(&image(), Some(&cmd), &env, Some("/srv"), Some("1000:1000"), "web-1", &[]).unwrap();
+        let p = build_process(
+            &image(),
+            Some(&cmd),
+            &env,
+            Some("/srv"),
+            Some("1000:1000"),
+            "web-1",
+            &[],
+        )
+        .unwrap();
         assert_eq!(p.args, cmd);
         assert_eq!(p.cwd, "/srv");
-        assert!(p.env.contains(&"MODE=prod".to_string()) && !p.env.contains(&"MODE=image".to_string()));
+        assert!(
+            p.env.contains(&"MODE=prod".to_string()) && !p.env.contains(&"MODE=image".to_string())
+        );
         assert_eq!((p.uid, p.gid), (1000, 1000));
     }
 
     #[test]
     fn nothing_to_run_is_an_error() {
         let empty = ImageRunConfig::default();
-        assert!(matches!(build_process(&empty, None, &BTreeMap::new(), None, None, "h", &[]), Err(LaunchError::NoCommand)));
+        assert!(matches!(
+            build_process(&empty, None, &BTreeMap::new(), None, None, "h", &[]),
+            Err(LaunchError::NoCommand)
+        ));
     }
 
     #[test]
     fn names_resolve_from_the_topmost_layer() {
         let (_d, lowers) = layers();
-        let p = build_process(&image(), None, &BTreeMap::new(), None, Some("app"), "h", &lowers).unwrap();
-        assert_eq!((p.uid, p.gid, p.additional_gids.clone()), (1000, 1000, vec![2000]));
+        let p = build_process(
+            &image(),
+            None,
+            &BTreeMap::new(),
+            None,
+            Some("app"),
+            "h",
+            &lowers,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.uid, p.gid, p.additional_gids.clone()),
+            (1000, 1000, vec![2000])
+        );
         assert!(p.env.contains(&"HOME=/home/app".to_string()));
-        let p = build_process(&image(), None, &BTreeMap::new(), None, Some("app:extra"), "h", &lowers).unwrap();
+        let p = build_process(
+            &image(),
+            None,
+            &BTreeMap::new(),
+            None,
+            Some("app:extra"),
+            "h",
+            &lowers,
+        )
+        .unwrap();
         assert_eq!(p.gid, 2000);
         // `old` exists only in a lower layer shadowed by the top passwd.
         assert!(matches!(
-            build_process(&image(), None, &BTreeMap::new(), None, Some("old"), "h", &lowers),
+            build_process(
+                &image(),
+                None,
+                &BTreeMap::new(),
+                None,
+                Some("old"),
+                "h",
+                &lowers
+            ),
             Err(LaunchError::UnknownUser { .. })
         ));
         assert!(matches!(
-            build_process(&image(), None, &BTreeMap::new(), None, Some("app:nogroup"), "h", &lowers),
+            build_process(
+                &image(),
+                None,
+                &BTreeMap::new(),
+                None,
+                Some("app:nogroup"),
+                "h",
+                &lowers
+            ),
             Err(LaunchError::UnknownGroup { .. })
         ));
     }
@@ -281,9 +383,18 @@ mod tests {
         let layer = dir.path().join("l");
         std::fs::create_dir_all(layer.join("etc")).unwrap();
         std::fs::write(dir.path().join("host-passwd"), "evil:x:0:0::/:/bin/sh\n").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("host-passwd"), layer.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host-passwd"), layer.join("etc/passwd"))
+            .unwrap();
         assert!(matches!(
-            build_process(&image(), None, &BTreeMap::new(), None, Some("evil"), "h", &[layer]),
+            build_process(
+                &image(),
+                None,
+                &BTreeMap::new(),
+                None,
+                Some("evil"),
+                "h",
+                &[layer]
+            ),
             Err(LaunchError::UnknownUser { .. })
         ));
     }

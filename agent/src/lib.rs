@@ -3,6 +3,7 @@
 //! data flows from a manifest to a running container.
 
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod events;
@@ -11,6 +12,7 @@ pub mod image;
 pub mod launch;
 pub mod metrics;
 pub mod reconcile;
+pub mod registry;
 pub mod state;
 pub mod sys;
 

@@ -284,6 +284,7 @@ pub fn desired_from_manifest(manifest: &crate::manifest::Manifest) -> Vec<Desire
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::manifest::Manifest;
 

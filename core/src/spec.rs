@@ -134,6 +134,7 @@ impl ContainerSpec {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::manifest::Manifest;
 

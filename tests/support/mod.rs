@@ -3,6 +3,8 @@
 //! panics), run `berthctl`, and speak raw HTTP/1.1 to unix and TCP listeners.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod registry;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;

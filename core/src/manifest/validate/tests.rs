@@ -1,5 +1,6 @@
 //! Each validation rule with a good and a bad example; bad ones must name
 //! file, line, column and key.
+#![allow(clippy::unwrap_used)]
 
 use super::*;
 
