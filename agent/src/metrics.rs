@@ -9,8 +9,14 @@
 //! | `berth_current_revision` | gauge | | number of the current revision (0 before the first) |
 //! | `berth_http_requests_total` | counter | listener, route, code | API and read-only requests served; route is the matched route template |
 //! | `berth_events_total` | counter | kind | events emitted, by kind |
+//! | `berth_image_pull_bytes_total` | counter | | bytes downloaded from registries by pulls |
+//! | `berth_image_pull_duration_seconds` | histogram | | duration of successful pulls |
+//! | `berth_registry_errors_total` | counter | registry, kind | registry failures by registry host and bounded kind |
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// The agent's metrics and the registry they live in.
 #[derive(Debug, Clone)]
@@ -22,6 +28,9 @@ pub struct Metrics {
     pub current_revision: IntGauge,
     pub http_requests: IntCounterVec,
     pub events: IntCounterVec,
+    pub image_pull_bytes: IntCounter,
+    pub image_pull_duration: Histogram,
+    pub registry_errors: IntCounterVec,
 }
 
 /// Source kinds used as the `source` label.
@@ -53,6 +62,32 @@ impl Metrics {
             &["listener", "route", "code"],
         );
         let events = counter_vec("berth_events_total", "Events emitted, by kind.", &["kind"]);
+        let registry_errors = counter_vec(
+            "berth_registry_errors_total",
+            "Registry failures, by registry host and kind.",
+            &["registry", "kind"],
+        );
+        let image_pull_bytes = IntCounter::new(
+            "berth_image_pull_bytes_total",
+            "Bytes downloaded from registries by pulls.",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(image_pull_bytes.clone()))
+            .expect("register");
+        let image_pull_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "berth_image_pull_duration_seconds",
+                "Duration of successful image pulls.",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            ]),
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(image_pull_duration.clone()))
+            .expect("register");
         let build_info = IntGaugeVec::new(
             Opts::new("berth_build_info", "1, labelled with the berthd version."),
             &["version"],
@@ -85,6 +120,9 @@ impl Metrics {
             current_revision,
             http_requests,
             events,
+            image_pull_bytes,
+            image_pull_duration,
+            registry_errors,
         }
     }
 

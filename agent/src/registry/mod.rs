@@ -1195,6 +1195,47 @@ impl RegistryClient {
         store: &ContentStore,
         image: &ImageRef,
     ) -> Result<PulledImage, RegistryError> {
+        let (mut pulled, manifests) = self.pull_metadata(store, image).await?;
+        let layer_bytes: Vec<u64> = futures_util::stream::iter(pulled.layers.iter())
+            .map(|l| self.pull_blob(store, image, &l.digest, Some(l.size)))
+            .buffer_unordered(self.inner.options.layer_concurrency.max(1))
+            .try_collect()
+            .await?;
+        pulled.fetched_bytes += layer_bytes.iter().sum::<u64>();
+        pulled.fetched_bytes += self.store_manifests(store, image, manifests).await?;
+        Ok(pulled)
+    }
+
+    /// Stores verified manifests (top-most last, once what they name is stored);
+    /// returns the bytes written.
+    pub async fn store_manifests(
+        &self,
+        store: &ContentStore,
+        image: &ImageRef,
+        manifests: Vec<(Digest, Bytes)>,
+    ) -> Result<u64, RegistryError> {
+        let mut written = 0;
+        for (digest, bytes) in manifests.into_iter().rev() {
+            if store
+                .write_blob(&digest, &bytes)
+                .await
+                .map_err(|e| store_error(image, &digest, e))?
+            {
+                written += bytes.len() as u64;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Everything of a pull but the layers: resolves the reference, fetches and
+    /// verifies the manifest(s) and stores the config. Returns the image (its
+    /// layers not yet fetched) and the manifests to store with
+    /// [`RegistryClient::store_manifests`] once the layers are in.
+    pub async fn pull_metadata(
+        &self,
+        store: &ContentStore,
+        image: &ImageRef,
+    ) -> Result<(PulledImage, Vec<(Digest, Bytes)>), RegistryError> {
         let resolved = self.resolve(image).await?;
         let top = resolved.digest.clone();
         let (bytes, media_type) = self.fetch_manifest(image, &top).await?;
@@ -1251,7 +1292,7 @@ impl RegistryClient {
                 ),
             });
         }
-        let mut fetched = self
+        let fetched = self
             .pull_blob(store, image, &config_digest, Some(config_desc.size()))
             .await?;
         let invalid_config = |reason: String| RegistryError::InvalidConfig {
@@ -1289,31 +1330,19 @@ impl RegistryClient {
                 compression,
             });
         }
-        let layer_bytes: Vec<u64> = futures_util::stream::iter(layers.iter())
-            .map(|l| self.pull_blob(store, image, &l.digest, Some(l.size)))
-            .buffer_unordered(self.inner.options.layer_concurrency.max(1))
-            .try_collect()
-            .await?;
-        fetched += layer_bytes.iter().sum::<u64>();
-        for (digest, bytes) in manifests.into_iter().rev() {
-            if store
-                .write_blob(&digest, &bytes)
-                .await
-                .map_err(|e| store_error(image, &digest, e))?
-            {
-                fetched += bytes.len() as u64;
-            }
-        }
-        Ok(PulledImage {
-            reference: image.pinned(top.clone()),
-            digest: top,
-            media_type,
-            manifest_digest,
-            manifest,
-            config_digest,
-            config,
-            layers,
-            fetched_bytes: fetched,
-        })
+        Ok((
+            PulledImage {
+                reference: image.pinned(top.clone()),
+                digest: top,
+                media_type,
+                manifest_digest,
+                manifest,
+                config_digest,
+                config,
+                layers,
+                fetched_bytes: fetched,
+            },
+            manifests,
+        ))
     }
 }
