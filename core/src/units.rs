@@ -119,7 +119,7 @@ pub fn format_duration(d: Duration) -> String {
     if total_ms == 0 {
         return if d.is_zero() { "0s".into() } else { format!("{}ns", d.as_nanos()) };
     }
-    if total_ms % 1000 != 0 {
+    if !total_ms.is_multiple_of(1000) {
         return format!("{total_ms}ms");
     }
     let mut secs = d.as_secs();

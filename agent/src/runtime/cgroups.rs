@@ -21,9 +21,17 @@ pub enum CgroupError {
     #[error("container {id}: no usable cgroup hierarchy under {CGROUP_ROOT}")]
     NoHierarchy { id: String },
     #[error("container {id}: controller {controller} is not available")]
-    MissingController { id: String, controller: &'static str },
+    MissingController {
+        id: String,
+        controller: &'static str,
+    },
     #[error("container {id}: {step} {path}: {source}")]
-    Io { id: String, step: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        id: String,
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("container {id}: cgroup {path} still has processes after being killed")]
     Busy { id: String, path: PathBuf },
 }
@@ -50,13 +58,17 @@ impl Hierarchy {
         let mut v1 = Vec::new();
         let mut v2_root = None;
         for line in info.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else { continue };
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
             let mount_point = pre.split(' ').nth(4).unwrap_or_default();
             let mut post = post.split(' ');
             let fstype = post.next().unwrap_or_default();
             let super_opts = post.nth(1).unwrap_or_default();
             match fstype {
-                "cgroup2" if mount_point == CGROUP_ROOT => v2_root = Some(PathBuf::from(mount_point)),
+                "cgroup2" if mount_point == CGROUP_ROOT => {
+                    v2_root = Some(PathBuf::from(mount_point))
+                }
                 "cgroup" => {
                     for opt in super_opts.split(',') {
                         if V1_CONTROLLERS.contains(&opt) {
@@ -117,14 +129,20 @@ impl Cgroup {
     /// The cgroup of container `id` under `parent` (no filesystem access).
     pub fn new(hierarchy: Hierarchy, parent: &str, id: &str) -> Self {
         let rel = Path::new(parent.trim_matches('/')).join(id);
-        Cgroup { id: id.into(), hierarchy, rel }
+        Cgroup {
+            id: id.into(),
+            hierarchy,
+            rel,
+        }
     }
 
     /// Every directory of this cgroup (deduplicated across co-mounted v1 controllers).
     pub fn paths(&self) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = match &self.hierarchy {
             Hierarchy::V2 { root } => vec![root.join(&self.rel)],
-            Hierarchy::V1 { controllers } => controllers.iter().map(|(_, m)| m.join(&self.rel)).collect(),
+            Hierarchy::V1 { controllers } => {
+                controllers.iter().map(|(_, m)| m.join(&self.rel)).collect()
+            }
         };
         out.sort();
         out.dedup();
@@ -138,13 +156,21 @@ impl Cgroup {
                 .iter()
                 .find(|(c, _)| c == controller)
                 .map(|(_, m)| m.join(&self.rel))
-                .ok_or(CgroupError::MissingController { id: self.id.clone(), controller }),
+                .ok_or(CgroupError::MissingController {
+                    id: self.id.clone(),
+                    controller,
+                }),
         }
     }
 
     fn io(&self, step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
         let (id, path) = (self.id.clone(), path.to_path_buf());
-        move |source| CgroupError::Io { id, step, path, source }
+        move |source| CgroupError::Io {
+            id,
+            step,
+            path,
+            source,
+        }
     }
 
     fn write(&self, dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
@@ -192,8 +218,16 @@ impl Cgroup {
                     }
                 }
                 if let Some(c) = limits.millicpus {
-                    self.write(&dir, "cpu.max", &format!("{} {CFS_PERIOD_US}", cfs_quota_us(c)))?;
-                    self.write(&dir, "cpu.weight", &shares_to_weight(cpu_shares(c)).to_string())?;
+                    self.write(
+                        &dir,
+                        "cpu.max",
+                        &format!("{} {CFS_PERIOD_US}", cfs_quota_us(c)),
+                    )?;
+                    self.write(
+                        &dir,
+                        "cpu.weight",
+                        &shares_to_weight(cpu_shares(c)).to_string(),
+                    )?;
                 }
                 if let Some(n) = limits.pids {
                     self.write(&dir, "pids.max", &n.to_string())?;
@@ -238,7 +272,11 @@ impl Cgroup {
             .paths()
             .iter()
             .filter_map(|p| std::fs::read_to_string(p.join("cgroup.procs")).ok())
-            .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -249,13 +287,19 @@ impl Cgroup {
     /// memory.events on v2 / memory.oom_control on v1; v1 kernels before 4.13
     /// lack the counter, then a non-zero memory.failcnt counts as one).
     pub fn oom_kills(&self) -> u64 {
-        let Ok(dir) = self.dir_for("memory") else { return 0 };
+        let Ok(dir) = self.dir_for("memory") else {
+            return 0;
+        };
         let file = match self.hierarchy {
             Hierarchy::V2 { .. } => "memory.events",
             Hierarchy::V1 { .. } => "memory.oom_control",
         };
         let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        if let Some(n) = text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok()) {
+        if let Some(n) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+        {
             return n;
         }
         match self.hierarchy {
@@ -275,7 +319,10 @@ impl Cgroup {
             Hierarchy::V2 { .. } => {
                 let dir = self.dir_for("memory")?;
                 let cpu = self.read(&dir, "cpu.stat")?;
-                let usec = cpu.lines().find_map(|l| l.strip_prefix("usage_usec ")).map(|v| v.trim().parse::<u64>().unwrap_or(0));
+                let usec = cpu
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .map(|v| v.trim().parse::<u64>().unwrap_or(0));
                 Ok(CgroupStats {
                     cpu_usage_ns: usec.unwrap_or(0) * 1000,
                     memory_bytes: num(self.read(&dir, "memory.current")?),
@@ -293,7 +340,10 @@ impl Cgroup {
     /// SIGKILLs every process in the cgroup.
     pub fn kill_all(&self) {
         for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 
@@ -308,7 +358,10 @@ impl Cgroup {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         if Instant::now() >= deadline {
-                            return Err(CgroupError::Busy { id: self.id.clone(), path: p });
+                            return Err(CgroupError::Busy {
+                                id: self.id.clone(),
+                                path: p,
+                            });
                         }
                         self.kill_all();
                         std::thread::sleep(Duration::from_millis(10));
@@ -348,8 +401,16 @@ mod tests {
             ]
         );
         let v2 = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(Hierarchy::from_mountinfo(v2), Some(Hierarchy::V2 { root: "/sys/fs/cgroup".into() }));
-        assert_eq!(Hierarchy::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+        assert_eq!(
+            Hierarchy::from_mountinfo(v2),
+            Some(Hierarchy::V2 {
+                root: "/sys/fs/cgroup".into()
+            })
+        );
+        assert_eq!(
+            Hierarchy::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
+            None
+        );
     }
 
     #[test]

@@ -22,13 +22,31 @@ pub enum ConfigError {
     #[error("container {id}: invalid config: {reason}")]
     Invalid { id: String, reason: String },
     #[error("container {id}: writing {path}: {source}")]
-    Write { id: String, path: PathBuf, source: std::io::Error },
+    Write {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("container {id}: reading {path}: {source}")]
-    Read { id: String, path: PathBuf, source: std::io::Error },
+    Read {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("container {id}: parsing {path}: {source}")]
-    Parse { id: String, path: PathBuf, source: serde_json::Error },
-    #[error("container {id}: {path} has version {found}; this build understands up to {CONFIG_VERSION}")]
-    FutureVersion { id: String, path: PathBuf, found: u32 },
+    Parse {
+        id: String,
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "container {id}: {path} has version {found}; this build understands up to {CONFIG_VERSION}"
+    )]
+    FutureVersion {
+        id: String,
+        path: PathBuf,
+        found: u32,
+    },
 }
 
 /// User and groups the workload runs as (numeric; the agent resolves names).
@@ -61,11 +79,21 @@ pub struct Mount {
 impl Mount {
     /// A named volume (or host bind) at `target`.
     pub fn bind(source: impl Into<PathBuf>, target: impl Into<PathBuf>, readonly: bool) -> Self {
-        Mount { kind: MountKind::Bind { source: source.into() }, target: target.into(), readonly }
+        Mount {
+            kind: MountKind::Bind {
+                source: source.into(),
+            },
+            target: target.into(),
+            readonly,
+        }
     }
     /// A tmpfs of at most `size_bytes` at `target`.
     pub fn tmpfs(size_bytes: Option<u64>, target: impl Into<PathBuf>) -> Self {
-        Mount { kind: MountKind::Tmpfs { size_bytes }, target: target.into(), readonly: false }
+        Mount {
+            kind: MountKind::Tmpfs { size_bytes },
+            target: target.into(),
+            readonly: false,
+        }
     }
     /// A secret file, read-only at `/run/secrets/<name>`.
     pub fn secret(source: impl Into<PathBuf>, name: &str) -> Self {
@@ -131,7 +159,12 @@ impl ContainerConfig {
 
     /// Checks what the kernel would otherwise reject with a less helpful error.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |reason: String| Err(ConfigError::Invalid { id: self.id.clone(), reason });
+        let bad = |reason: String| {
+            Err(ConfigError::Invalid {
+                id: self.id.clone(),
+                reason,
+            })
+        };
         if !valid_id(&self.id) {
             return bad("id must be 1..=128 of [A-Za-z0-9_.-] and not start with '.'".into());
         }
@@ -147,7 +180,10 @@ impl ContainerConfig {
         for l in &self.lowerdirs {
             let s = l.to_string_lossy();
             if !l.is_absolute() || s.contains([':', ',']) {
-                return bad(format!("lowerdir {} must be absolute and contain no ':' or ','", l.display()));
+                return bad(format!(
+                    "lowerdir {} must be absolute and contain no ':' or ','",
+                    l.display()
+                ));
             }
         }
         if !self.cwd.is_absolute() {
@@ -155,11 +191,17 @@ impl ContainerConfig {
         }
         for m in &self.mounts {
             if !m.target.is_absolute() {
-                return bad(format!("mount target {} must be absolute", m.target.display()));
+                return bad(format!(
+                    "mount target {} must be absolute",
+                    m.target.display()
+                ));
             }
             if let MountKind::Bind { source } = &m.kind {
                 if !source.is_absolute() {
-                    return bad(format!("mount source {} must be absolute", source.display()));
+                    return bad(format!(
+                        "mount source {} must be absolute",
+                        source.display()
+                    ));
                 }
             }
         }
@@ -180,7 +222,9 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// `config.json`: the container config plus what the monitor needs to find its cgroup.
@@ -216,7 +260,10 @@ pub struct ExitFile {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The inverse of [`now_ms`].
@@ -228,7 +275,11 @@ pub fn ms_to_time(ms: u64) -> SystemTime {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -246,17 +297,34 @@ pub fn write_json<T: Serialize>(id: &str, path: &Path, value: &T) -> Result<(), 
         path: path.into(),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(path, &bytes).map_err(|source| ConfigError::Write { id: id.into(), path: path.into(), source })
+    write_atomic(path, &bytes).map_err(|source| ConfigError::Write {
+        id: id.into(),
+        path: path.into(),
+        source,
+    })
 }
 
 /// Reads a JSON file; `Ok(None)` when it does not exist.
-pub fn read_json<T: for<'de> Deserialize<'de>>(id: &str, path: &Path) -> Result<Option<T>, ConfigError> {
+pub fn read_json<T: for<'de> Deserialize<'de>>(
+    id: &str,
+    path: &Path,
+) -> Result<Option<T>, ConfigError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| ConfigError::Parse { id: id.into(), path: path.into(), source }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| ConfigError::Parse {
+                    id: id.into(),
+                    path: path.into(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ConfigError::Read { id: id.into(), path: path.into(), source }),
+        Err(source) => Err(ConfigError::Read {
+            id: id.into(),
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -269,9 +337,17 @@ pub fn read_disk_config(id: &str, path: &Path) -> Result<DiskConfig, ConfigError
     })?;
     let found = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
     if found > CONFIG_VERSION {
-        return Err(ConfigError::FutureVersion { id: id.into(), path: path.into(), found });
+        return Err(ConfigError::FutureVersion {
+            id: id.into(),
+            path: path.into(),
+            found,
+        });
     }
-    serde_json::from_value(value).map_err(|source| ConfigError::Parse { id: id.into(), path: path.into(), source })
+    serde_json::from_value(value).map_err(|source| ConfigError::Parse {
+        id: id.into(),
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -302,10 +378,18 @@ mod tests {
     fn json_files_round_trip_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("exit.json");
-        let e = ExitFile { code: 137, signal: Some(9), oom_killed: true, finished_at_ms: 5 };
+        let e = ExitFile {
+            code: 137,
+            signal: Some(9),
+            oom_killed: true,
+            finished_at_ms: 5,
+        };
         write_json("c", &p, &e).unwrap();
         assert_eq!(read_json::<ExitFile>("c", &p).unwrap(), Some(e));
         assert!(!p.with_extension("tmp").exists());
-        assert_eq!(read_json::<ExitFile>("c", &dir.path().join("none")).unwrap(), None);
+        assert_eq!(
+            read_json::<ExitFile>("c", &dir.path().join("none")).unwrap(),
+            None
+        );
     }
 }

@@ -3,13 +3,7 @@
 //! everything lives in `<state_dir>/containers/<id>/` (config, state, exit, logs)
 //! so a fresh `Runtime` re-adopts containers after an agent restart. Each
 //! container has a small monitor process (see [`monitor`]) as parent of its PID 1.
-//!
-//! CVE-2019-5736 (`/proc/self/exe` overwrite): the monitor — and so the init it
-//! forks — is exec'd from a read-only bind mount of the agent binary that is
-//! lazily detached right after exec, so `/proc/<pid>/exe` of any process that
-//! could ever be reached from a container refers to a read-only mount (`EROFS`
-//! on open for writing); the init is also non-dumpable until it execs the
-//! workload directly.
+//! See docs/runtime.md for the design, including the CVE-2019-5736 mitigation.
 
 pub mod cgroups;
 pub mod config;
@@ -56,7 +50,12 @@ pub struct RuntimePaths {
 
 impl RuntimePaths {
     /// Paths with the monitor being `monitor_exe __monitor`.
-    pub fn new(state_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>, cgroup_parent: &str, monitor_exe: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        run_dir: impl Into<PathBuf>,
+        cgroup_parent: &str,
+        monitor_exe: impl Into<PathBuf>,
+    ) -> Self {
         RuntimePaths {
             state_dir: state_dir.into(),
             run_dir: run_dir.into(),
@@ -77,7 +76,12 @@ pub enum RuntimeError {
     #[error("container {id}: is {state}, not running")]
     NotRunning { id: String, state: String },
     #[error("container {id}: {step} {path}: {source}")]
-    Io { id: String, step: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        id: String,
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
@@ -85,19 +89,35 @@ pub enum RuntimeError {
     #[error("container {id}: no usable cgroup hierarchy (cgroup v1 controllers or cgroup2 at /sys/fs/cgroup)")]
     NoCgroups { id: String },
     #[error("container {id}: starting the monitor {exe}: {source}")]
-    SpawnMonitor { id: String, exe: PathBuf, source: std::io::Error },
+    SpawnMonitor {
+        id: String,
+        exe: PathBuf,
+        source: std::io::Error,
+    },
     #[error("container {id}: start failed at {step}: {message}")]
-    Start { id: String, step: String, message: String },
+    Start {
+        id: String,
+        step: String,
+        message: String,
+    },
     #[error("container {id}: the monitor gave no usable report: {output:?}")]
     MonitorProtocol { id: String, output: String },
     #[error("container {id}: sending signal {signal}: {source}")]
-    Signal { id: String, signal: i32, source: std::io::Error },
+    Signal {
+        id: String,
+        signal: i32,
+        source: std::io::Error,
+    },
     #[error("container {id}: still running {waited:?} after SIGKILL")]
     StopTimeout { id: String, waited: Duration },
     #[error("container {id}: its monitor died; the exit status is unknown")]
     MonitorLost { id: String },
     #[error("container {id}: {error}; undoing the create also failed: {cleanup}")]
-    CreateFailed { id: String, error: Box<RuntimeError>, cleanup: Box<RuntimeError> },
+    CreateFailed {
+        id: String,
+        error: Box<RuntimeError>,
+        cleanup: Box<RuntimeError>,
+    },
     #[error("container {id}: cleanup failed: {}", .failures.join("; "))]
     Cleanup { id: String, failures: Vec<String> },
 }
@@ -114,7 +134,12 @@ pub struct ExitInfo {
 
 impl From<ExitFile> for ExitInfo {
     fn from(e: ExitFile) -> Self {
-        ExitInfo { code: e.code, signal: e.signal, oom_killed: e.oom_killed, finished_at: config::ms_to_time(e.finished_at_ms) }
+        ExitInfo {
+            code: e.code,
+            signal: e.signal,
+            oom_killed: e.oom_killed,
+            finished_at: config::ms_to_time(e.finished_at_ms),
+        }
     }
 }
 
@@ -124,10 +149,20 @@ impl From<ExitFile> for ExitInfo {
 pub enum ContainerState {
     /// The directory exists but the workload was never (or not yet) started.
     Created,
-    Running { pid: i32, started_at: SystemTime },
-    Exited { code: i32, signal: Option<i32>, oom_killed: bool, finished_at: SystemTime },
+    Running {
+        pid: i32,
+        started_at: SystemTime,
+    },
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+        oom_killed: bool,
+        finished_at: SystemTime,
+    },
     /// The process is gone but no exit status was recorded (the monitor was killed).
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
     NotFound,
 }
 
@@ -177,6 +212,13 @@ fn alive(pid: i32, start: u64) -> bool {
 }
 
 /// The container runtime. Cheap to create; all state is on disk.
+///
+/// CVE-2019-5736 (`/proc/self/exe` overwrite): the monitor — and so the init it
+/// forks — is exec'd from a read-only bind mount of the agent binary that is
+/// lazily detached right after exec, so `/proc/<pid>/exe` of every process that
+/// could be reached from a container names a read-only mount (`EROFS` on any
+/// reopen for writing); the init is also non-dumpable until it execs the
+/// workload directly, so no agent code ever runs after exec.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     paths: RuntimePaths,
@@ -185,7 +227,10 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(paths: RuntimePaths) -> Self {
-        Runtime { paths, hierarchy: Hierarchy::detect() }
+        Runtime {
+            paths,
+            hierarchy: Hierarchy::detect(),
+        }
     }
 
     pub fn paths(&self) -> &RuntimePaths {
@@ -203,13 +248,25 @@ impl Runtime {
 
     /// The cgroup of container `id`.
     pub fn cgroup(&self, id: &str) -> Result<Cgroup, RuntimeError> {
-        let h = self.hierarchy.clone().ok_or_else(|| RuntimeError::NoCgroups { id: id.into() })?;
+        let h = self
+            .hierarchy
+            .clone()
+            .ok_or_else(|| RuntimeError::NoCgroups { id: id.into() })?;
         Ok(Cgroup::new(h, &self.paths.cgroup_parent, id))
     }
 
-    fn io(id: &str, step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    fn io(
+        id: &str,
+        step: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> RuntimeError {
         let (id, path) = (id.to_string(), path.to_path_buf());
-        move |source| RuntimeError::Io { id, step, path, source }
+        move |source| RuntimeError::Io {
+            id,
+            step,
+            path,
+            source,
+        }
     }
 
     /// Creates the container and starts its workload; returns once the
@@ -224,14 +281,20 @@ impl Runtime {
         let dir = self.container_dir(id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(RuntimeError::AlreadyExists { id: id.into() }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists { id: id.into() })
+            }
             Err(e) => return Err(Self::io(id, "creating", &dir)(e)),
         }
         match self.create_inner(cfg, &dir) {
             Ok(()) => Ok(self.info(id)?),
             Err(error) => match self.teardown(id, &dir) {
                 Ok(()) => Err(error),
-                Err(cleanup) => Err(RuntimeError::CreateFailed { id: id.into(), error: Box::new(error), cleanup: Box::new(cleanup) }),
+                Err(cleanup) => Err(RuntimeError::CreateFailed {
+                    id: id.into(),
+                    error: Box::new(error),
+                    cleanup: Box::new(cleanup),
+                }),
             },
         }
     }
@@ -245,7 +308,13 @@ impl Runtime {
         }
         let files = [
             ("hostname", format!("{}\n", cfg.name)),
-            ("hosts", format!("127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback {0}\n", cfg.name)),
+            (
+                "hosts",
+                format!(
+                    "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback {0}\n",
+                    cfg.name
+                ),
+            ),
             ("resolv.conf", resolv_conf()),
         ];
         for (name, content) in files {
@@ -260,13 +329,24 @@ impl Runtime {
         };
         config::write_json(id, &dir.join("config.json"), &disk)?;
         let cgroup = self.cgroup(id)?;
-        cgroup.create(&Limits { memory_bytes: cfg.memory_bytes, millicpus: cfg.millicpus, pids: cfg.pids })?;
+        cgroup.create(&Limits {
+            memory_bytes: cfg.memory_bytes,
+            millicpus: cfg.millicpus,
+            pids: cfg.pids,
+        })?;
 
         let report = self.spawn_monitor(id, dir)?;
         match report {
             MonitorReport { state: Some(_), .. } => Ok(()),
-            MonitorReport { error: Some(e), .. } => Err(RuntimeError::Start { id: id.into(), step: e.step, message: e.message }),
-            other => Err(RuntimeError::MonitorProtocol { id: id.into(), output: format!("{other:?}") }),
+            MonitorReport { error: Some(e), .. } => Err(RuntimeError::Start {
+                id: id.into(),
+                step: e.step,
+                message: e.message,
+            }),
+            other => Err(RuntimeError::MonitorProtocol {
+                id: id.into(),
+                output: format!("{other:?}"),
+            }),
         }
     }
 
@@ -277,16 +357,35 @@ impl Runtime {
         std::fs::write(&exe, b"").map_err(Self::io(id, "creating", &exe))?;
         let mount_err = |step: &'static str, exe: &Path| {
             let (id, exe) = (id.to_string(), exe.to_path_buf());
-            move |e: nix::Error| RuntimeError::Io { id, step, path: exe, source: e.into() }
+            move |e: nix::Error| RuntimeError::Io {
+                id,
+                step,
+                path: exe,
+                source: e.into(),
+            }
         };
-        nix::mount::mount(Some(&self.paths.monitor_exe), &exe, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(mount_err("bind-mounting the monitor executable at", &exe))?;
-        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        nix::mount::mount(
+            Some(&self.paths.monitor_exe),
+            &exe,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mount_err("bind-mounting the monitor executable at", &exe))?;
+        let ro = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
         let spawned = nix::mount::mount(None::<&str>, &exe, None::<&str>, ro, None::<&str>)
             .map_err(mount_err("remounting read-only", &exe))
             .and_then(|()| {
                 let log = dir.join("monitor.log");
-                let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(Self::io(id, "opening", &log))?;
+                let stderr = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .map_err(Self::io(id, "opening", &log))?;
                 Command::new(&exe)
                     .args(&self.paths.monitor_args)
                     .arg(dir)
@@ -295,22 +394,34 @@ impl Runtime {
                     .stdout(Stdio::piped())
                     .stderr(stderr)
                     .spawn()
-                    .map_err(|source| RuntimeError::SpawnMonitor { id: id.into(), exe: self.paths.monitor_exe.clone(), source })
+                    .map_err(|source| RuntimeError::SpawnMonitor {
+                        id: id.into(),
+                        exe: self.paths.monitor_exe.clone(),
+                        source,
+                    })
             });
         // The running monitor keeps the detached read-only mount alive as its /proc/self/exe.
-        let detached = nix::mount::umount2(&exe, MntFlags::MNT_DETACH).map_err(mount_err("detaching", &exe));
+        let detached =
+            nix::mount::umount2(&exe, MntFlags::MNT_DETACH).map_err(mount_err("detaching", &exe));
         let mut child = spawned?;
         detached?;
         std::fs::remove_file(&exe).map_err(Self::io(id, "removing", &exe))?;
 
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
-            stdout.read_to_string(&mut out).map_err(Self::io(id, "reading the monitor's report from", &self.paths.monitor_exe))?;
+            stdout.read_to_string(&mut out).map_err(Self::io(
+                id,
+                "reading the monitor's report from",
+                &self.paths.monitor_exe,
+            ))?;
         }
         let _ = child.wait();
         serde_json::from_str(out.trim()).map_err(|_| {
             let log = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
-            RuntimeError::MonitorProtocol { id: id.into(), output: format!("{out}{log}") }
+            RuntimeError::MonitorProtocol {
+                id: id.into(),
+                output: format!("{out}{log}"),
+            }
         })
     }
 
@@ -359,7 +470,11 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(out)
     }
 
@@ -369,7 +484,11 @@ impl Runtime {
         if !config::valid_id(id) || !dir.is_dir() {
             return ContainerState::NotFound;
         }
-        let exited = || config::read_json::<ExitFile>(id, &dir.join("exit.json")).ok().flatten();
+        let exited = || {
+            config::read_json::<ExitFile>(id, &dir.join("exit.json"))
+                .ok()
+                .flatten()
+        };
         if let Some(e) = exited() {
             return exit_state(e);
         }
@@ -379,7 +498,10 @@ impl Runtime {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             if alive(st.pid, st.pid_start) {
-                return ContainerState::Running { pid: st.pid, started_at: config::ms_to_time(st.started_at_ms) };
+                return ContainerState::Running {
+                    pid: st.pid,
+                    started_at: config::ms_to_time(st.started_at_ms),
+                };
             }
             if let Some(e) = exited() {
                 return exit_state(e);
@@ -387,7 +509,9 @@ impl Runtime {
             // The workload is gone; a live monitor is about to write exit.json.
             if !alive(st.monitor_pid, st.monitor_start) || Instant::now() >= deadline {
                 return exited().map(exit_state).unwrap_or(ContainerState::Unknown {
-                    reason: "the process is gone and its monitor died before recording the exit status".into(),
+                    reason:
+                        "the process is gone and its monitor died before recording the exit status"
+                            .into(),
                 });
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -396,18 +520,45 @@ impl Runtime {
 
     /// Sends `signal` (default: the config's stop signal), waits `timeout`
     /// (default: the config's), then SIGKILLs and waits for the exit status.
-    pub fn stop(&self, id: &str, signal: Option<i32>, timeout: Option<Duration>) -> Result<ExitInfo, RuntimeError> {
+    pub fn stop(
+        &self,
+        id: &str,
+        signal: Option<i32>,
+        timeout: Option<Duration>,
+    ) -> Result<ExitInfo, RuntimeError> {
         let dir = self.container_dir(id);
-        let cfg = self.info(id).and_then(|_| Ok(config::read_disk_config(id, &dir.join("config.json"))?))?;
+        let cfg = self
+            .info(id)
+            .and_then(|_| Ok(config::read_disk_config(id, &dir.join("config.json"))?))?;
         let signal = signal.unwrap_or(cfg.container.stop_signal);
         let timeout = timeout.unwrap_or(cfg.container.stop_timeout);
         match self.state(id) {
             ContainerState::Running { .. } => {}
-            ContainerState::Exited { code, signal, oom_killed, finished_at } => return Ok(ExitInfo { code, signal, oom_killed, finished_at }),
-            ContainerState::Unknown { .. } => return Err(RuntimeError::MonitorLost { id: id.into() }),
-            other => return Err(RuntimeError::NotRunning { id: id.into(), state: other.name().into() }),
+            ContainerState::Exited {
+                code,
+                signal,
+                oom_killed,
+                finished_at,
+            } => {
+                return Ok(ExitInfo {
+                    code,
+                    signal,
+                    oom_killed,
+                    finished_at,
+                })
+            }
+            ContainerState::Unknown { .. } => {
+                return Err(RuntimeError::MonitorLost { id: id.into() })
+            }
+            other => {
+                return Err(RuntimeError::NotRunning {
+                    id: id.into(),
+                    state: other.name().into(),
+                })
+            }
         }
-        let st: StateFile = config::read_json(id, &dir.join("state.json"))?.ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
+        let st: StateFile = config::read_json(id, &dir.join("state.json"))?
+            .ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
         self.signal(id, &st, signal)?;
         if let Some(r) = self.wait_exit(id, timeout) {
             return r;
@@ -418,13 +569,21 @@ impl Runtime {
             cg.kill_all();
         }
         let waited = Duration::from_secs(10);
-        self.wait_exit(id, waited).unwrap_or(Err(RuntimeError::StopTimeout { id: id.into(), waited }))
+        self.wait_exit(id, waited)
+            .unwrap_or(Err(RuntimeError::StopTimeout {
+                id: id.into(),
+                waited,
+            }))
     }
 
     /// Signals the container's PID 1 through a pidfd after checking its start
     /// time, so a recycled pid is never signalled.
     fn signal(&self, id: &str, st: &StateFile, signal: i32) -> Result<(), RuntimeError> {
-        let sig_err = |source| RuntimeError::Signal { id: id.into(), signal, source };
+        let sig_err = |source| RuntimeError::Signal {
+            id: id.into(),
+            signal,
+            source,
+        };
         let pidfd = match crate::sys::process::pidfd_open(st.pid) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
@@ -443,12 +602,29 @@ impl Runtime {
         let deadline = Instant::now() + timeout;
         loop {
             match self.state(id) {
-                ContainerState::Exited { code, signal, oom_killed, finished_at } => {
-                    return Some(Ok(ExitInfo { code, signal, oom_killed, finished_at }))
+                ContainerState::Exited {
+                    code,
+                    signal,
+                    oom_killed,
+                    finished_at,
+                } => {
+                    return Some(Ok(ExitInfo {
+                        code,
+                        signal,
+                        oom_killed,
+                        finished_at,
+                    }))
                 }
                 ContainerState::Running { .. } => {}
-                ContainerState::Unknown { .. } => return Some(Err(RuntimeError::MonitorLost { id: id.into() })),
-                other => return Some(Err(RuntimeError::NotRunning { id: id.into(), state: other.name().into() })),
+                ContainerState::Unknown { .. } => {
+                    return Some(Err(RuntimeError::MonitorLost { id: id.into() }))
+                }
+                other => {
+                    return Some(Err(RuntimeError::NotRunning {
+                        id: id.into(),
+                        state: other.name().into(),
+                    }))
+                }
             }
             if Instant::now() >= deadline {
                 return None;
@@ -506,7 +682,10 @@ impl Runtime {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(RuntimeError::Cleanup { id: id.into(), failures })
+            Err(RuntimeError::Cleanup {
+                id: id.into(),
+                failures,
+            })
         }
     }
 
@@ -518,11 +697,18 @@ impl Runtime {
         }
         let stream = |name: &str| {
             let live = dir.join("logs").join(name);
-            let mut v: Vec<PathBuf> = (1..monitor::LOG_FILES).rev().map(|n| monitor::rotated(&live, n)).filter(|p| p.exists()).collect();
+            let mut v: Vec<PathBuf> = (1..monitor::LOG_FILES)
+                .rev()
+                .map(|n| monitor::rotated(&live, n))
+                .filter(|p| p.exists())
+                .collect();
             v.push(live);
             v
         };
-        Ok(LogPaths { stdout: stream("stdout.log"), stderr: stream("stderr.log") })
+        Ok(LogPaths {
+            stdout: stream("stdout.log"),
+            stderr: stream("stderr.log"),
+        })
     }
 
     /// CPU time and memory from the container's cgroup.
@@ -535,7 +721,12 @@ impl Runtime {
 }
 
 fn exit_state(e: ExitFile) -> ContainerState {
-    ContainerState::Exited { code: e.code, signal: e.signal, oom_killed: e.oom_killed, finished_at: config::ms_to_time(e.finished_at_ms) }
+    ContainerState::Exited {
+        code: e.code,
+        signal: e.signal,
+        oom_killed: e.oom_killed,
+        finished_at: config::ms_to_time(e.finished_at_ms),
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -549,7 +740,9 @@ fn resolv_conf() -> String {
     host.lines()
         .filter(|l| {
             let mut w = l.split_whitespace();
-            !(w.next() == Some("nameserver") && w.next().is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
+            !(w.next() == Some("nameserver")
+                && w.next()
+                    .is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
         })
         .map(|l| format!("{l}\n"))
         .collect()

@@ -31,9 +31,17 @@ pub enum MonitorError {
     #[error("monitor: usage: __monitor <container-dir>")]
     Usage,
     #[error("container {id}: monitor: {step}: {source}")]
-    Io { id: String, step: &'static str, source: std::io::Error },
+    Io {
+        id: String,
+        step: &'static str,
+        source: std::io::Error,
+    },
     #[error("container {id}: monitor: {step}: {source}")]
-    Sys { id: String, step: &'static str, source: nix::Error },
+    Sys {
+        id: String,
+        step: &'static str,
+        source: nix::Error,
+    },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
@@ -59,13 +67,27 @@ pub fn monitor_main(args: &[String]) -> ! {
         std::process::exit(2)
     };
     // Survive the agent's terminal, session and signals aimed at its group.
-    let _ = sysproc::ignore_signals(&[Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT, Signal::SIGPIPE]);
+    let _ = sysproc::ignore_signals(&[
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ]);
     let _ = nix::unistd::setsid();
+    // Pin no mount of the agent's working directory.
+    let _ = nix::unistd::chdir("/");
     match sysproc::fork_single_threaded() {
         Ok(Forked::Parent(_)) => sysproc::exit_now(0),
         Ok(Forked::Child) => {}
         Err(e) => {
-            report(&MonitorReport { state: None, error: Some(InitFailure { step: "monitor fork".into(), message: e.to_string() }) });
+            report(&MonitorReport {
+                state: None,
+                error: Some(InitFailure {
+                    step: "monitor fork".into(),
+                    message: e.to_string(),
+                }),
+            });
             std::process::exit(1)
         }
     }
@@ -73,7 +95,13 @@ pub fn monitor_main(args: &[String]) -> ! {
         Ok(()) => 0,
         Err(e) => {
             // Before the report this reaches the agent; afterwards only monitor.log.
-            report(&MonitorReport { state: None, error: Some(InitFailure { step: "monitor".into(), message: e.to_string() }) });
+            report(&MonitorReport {
+                state: None,
+                error: Some(InitFailure {
+                    step: "monitor".into(),
+                    message: e.to_string(),
+                }),
+            });
             eprintln!("berth monitor: {e}");
             1
         }
@@ -90,21 +118,29 @@ fn report(r: &MonitorReport) {
 
 /// Detaches stdin/stdout from the agent's pipe (its reader sees EOF).
 fn detach_stdio() {
-    if let Ok(null) = nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()) {
+    if let Ok(null) = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
         let _ = nix::unistd::dup2_stdin(null.as_fd());
         let _ = nix::unistd::dup2_stdout(null.as_fd());
     }
 }
 
 fn run(dir: &Path) -> Result<(), MonitorError> {
-    let id_hint = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let id_hint = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let cfg = config::read_disk_config(&id_hint, &dir.join("config.json"))?;
     let id = cfg.container.id.clone();
     let sys = |step: &'static str| {
         let id = id.clone();
         move |source| MonitorError::Sys { id, step, source }
     };
-    let hierarchy = Hierarchy::detect().ok_or_else(|| MonitorError::NoCgroups { id: id.clone() })?;
+    let hierarchy =
+        Hierarchy::detect().ok_or_else(|| MonitorError::NoCgroups { id: id.clone() })?;
     let cgroup = Cgroup::new(hierarchy, &cfg.cgroup_parent, &id);
 
     let cloexec = OFlag::O_CLOEXEC;
@@ -114,10 +150,23 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
 
     Namespaces::default().enter_pid_for_children(&id)?;
-    let child = match sysproc::fork_single_threaded().map_err(|source| MonitorError::Io { id: id.clone(), step: "fork init", source })? {
+    let child = match sysproc::fork_single_threaded().map_err(|source| MonitorError::Io {
+        id: id.clone(),
+        step: "fork init",
+        source,
+    })? {
         Forked::Child => {
             drop((out_r, err_r, go_w, rep_r));
-            process::init_main(dir, &cfg, InitFds { go: go_r, report: rep_w, stdout: out_w, stderr: err_w })
+            process::init_main(
+                dir,
+                &cfg,
+                InitFds {
+                    go: go_r,
+                    report: rep_w,
+                    stdout: out_w,
+                    stderr: err_w,
+                },
+            )
         }
         Forked::Parent(child) => child,
     };
@@ -134,9 +183,15 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let failure = read_to_end(rep_r);
     if !failure.is_empty() {
         let _ = waitpid(child, None);
-        let error = serde_json::from_slice::<InitFailure>(&failure)
-            .unwrap_or_else(|_| InitFailure { step: "init".into(), message: String::from_utf8_lossy(&failure).into_owned() });
-        report(&MonitorReport { state: None, error: Some(error) });
+        let error =
+            serde_json::from_slice::<InitFailure>(&failure).unwrap_or_else(|_| InitFailure {
+                step: "init".into(),
+                message: String::from_utf8_lossy(&failure).into_owned(),
+            });
+        report(&MonitorReport {
+            state: None,
+            error: Some(error),
+        });
         detach_stdio();
         return Ok(());
     }
@@ -150,14 +205,23 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
         started_at_ms: config::now_ms(),
     };
     config::write_json(&id, &dir.join("state.json"), &state)?;
-    report(&MonitorReport { state: Some(state), error: None });
+    report(&MonitorReport {
+        state: Some(state),
+        error: None,
+    });
     detach_stdio();
     // The config is not needed while pumping logs; dropping it keeps RSS small.
     let log_max = cfg.container.log_max_bytes.max(4096);
     drop(cfg);
 
     let logs = dir.join("logs");
-    pump_logs(&[(out_r, logs.join("stdout.log")), (err_r, logs.join("stderr.log"))], log_max);
+    pump_logs(
+        &[
+            (out_r, logs.join("stdout.log")),
+            (err_r, logs.join("stderr.log")),
+        ],
+        log_max,
+    );
 
     let exit = loop {
         match waitpid(child, None) {
@@ -167,7 +231,12 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
             Err(e) => return Err(sys("waitpid")(e)),
         }
     };
-    let exit = ExitFile { code: exit.0, signal: exit.1, oom_killed: cgroup.oom_kills() > 0, finished_at_ms: config::now_ms() };
+    let exit = ExitFile {
+        code: exit.0,
+        signal: exit.1,
+        oom_killed: cgroup.oom_kills() > 0,
+        finished_at_ms: config::now_ms(),
+    };
     config::write_json(&id, &dir.join("exit.json"), &exit)?;
     Ok(())
 }
@@ -197,9 +266,21 @@ pub struct RotatingLog {
 impl RotatingLog {
     /// Opens (appends to) `path`.
     pub fn open(path: PathBuf, max: u64) -> Self {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
-        let size = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
-        RotatingLog { path, file, size, max }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok();
+        let size = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        RotatingLog {
+            path,
+            file,
+            size,
+            max,
+        }
     }
 
     /// Appends `data`, rotating first when needed. A full disk drops data
@@ -218,7 +299,11 @@ impl RotatingLog {
     fn rotate(&mut self) {
         self.file = None;
         for i in (1..LOG_FILES).rev() {
-            let from = if i == 1 { self.path.clone() } else { rotated(&self.path, i - 1) };
+            let from = if i == 1 {
+                self.path.clone()
+            } else {
+                rotated(&self.path, i - 1)
+            };
             let _ = std::fs::rename(from, rotated(&self.path, i));
         }
         *self = RotatingLog::open(self.path.clone(), self.max);
@@ -235,18 +320,28 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
 /// Copies each pipe into its log until every pipe is closed (the workload and
 /// all its processes are gone: PID 1 exiting kills the whole PID namespace).
 fn pump_logs(streams: &[(OwnedFd, PathBuf)], max: u64) {
-    let mut logs: Vec<RotatingLog> = streams.iter().map(|(_, p)| RotatingLog::open(p.clone(), max)).collect();
+    let mut logs: Vec<RotatingLog> = streams
+        .iter()
+        .map(|(_, p)| RotatingLog::open(p.clone(), max))
+        .collect();
     let mut open: Vec<bool> = vec![true; streams.len()];
     let mut buf = vec![0u8; 16 * 1024];
     while open.iter().any(|o| *o) {
         let idx: Vec<usize> = (0..streams.len()).filter(|i| open[*i]).collect();
-        let mut fds: Vec<PollFd<'_>> = idx.iter().map(|i| PollFd::new(streams[*i].0.as_fd(), PollFlags::POLLIN)).collect();
+        let mut fds: Vec<PollFd<'_>> = idx
+            .iter()
+            .map(|i| PollFd::new(streams[*i].0.as_fd(), PollFlags::POLLIN))
+            .collect();
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
             Err(_) => return,
         }
-        let ready: Vec<(usize, PollFlags)> = idx.iter().zip(&fds).map(|(i, f)| (*i, f.revents().unwrap_or(PollFlags::empty()))).collect();
+        let ready: Vec<(usize, PollFlags)> = idx
+            .iter()
+            .zip(&fds)
+            .map(|(i, f)| (*i, f.revents().unwrap_or(PollFlags::empty())))
+            .collect();
         drop(fds);
         for (i, rev) in ready {
             if rev.is_empty() {
@@ -276,7 +371,10 @@ mod tests {
         log.write(b"bbbbbbbb\n");
         log.write(b"cccccccc\n");
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "cccccccc\n");
-        assert_eq!(std::fs::read_to_string(rotated(&p, 1)).unwrap(), "bbbbbbbb\n");
+        assert_eq!(
+            std::fs::read_to_string(rotated(&p, 1)).unwrap(),
+            "bbbbbbbb\n"
+        );
         assert!(!rotated(&p, 2).exists());
         // Reopening appends.
         let mut log = RotatingLog::open(p.clone(), 100);

@@ -10,9 +10,17 @@ use nix::sched::CloneFlags;
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
     #[error("container {id}: unshare({what}): {source}")]
-    Unshare { id: String, what: String, source: nix::Error },
+    Unshare {
+        id: String,
+        what: String,
+        source: nix::Error,
+    },
     #[error("container {id}: sethostname({name}): {source}")]
-    Hostname { id: String, name: String, source: nix::Error },
+    Hostname {
+        id: String,
+        name: String,
+        source: nix::Error,
+    },
     #[error("container {id}: bringing up lo: {source}")]
     Loopback { id: String, source: std::io::Error },
     #[error("container {id}: user namespaces are not supported yet")]
@@ -42,7 +50,15 @@ pub struct Namespaces {
 
 impl Default for Namespaces {
     fn default() -> Self {
-        Namespaces { mount: true, pid: true, uts: true, ipc: true, net: true, cgroup: true, user: None }
+        Namespaces {
+            mount: true,
+            pid: true,
+            uts: true,
+            ipc: true,
+            net: true,
+            cgroup: true,
+            user: None,
+        }
     }
 }
 
@@ -71,10 +87,12 @@ impl Namespaces {
             return Err(NamespaceError::UserNamespaceUnsupported { id: id.into() });
         }
         if self.pid {
-            nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|source| NamespaceError::Unshare {
-                id: id.into(),
-                what: "CLONE_NEWPID".into(),
-                source,
+            nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|source| {
+                NamespaceError::Unshare {
+                    id: id.into(),
+                    what: "CLONE_NEWPID".into(),
+                    source,
+                }
             })?;
         }
         Ok(())
@@ -97,7 +115,10 @@ impl Namespaces {
             })?;
         }
         if self.net {
-            crate::sys::net::loopback_up().map_err(|source| NamespaceError::Loopback { id: id.into(), source })?;
+            crate::sys::net::loopback_up().map_err(|source| NamespaceError::Loopback {
+                id: id.into(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -110,7 +131,12 @@ mod tests {
     #[test]
     fn init_unshares_everything_but_pid() {
         let f = Namespaces::default().init_flags();
-        assert!(f.contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET));
+        assert!(f.contains(
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWNET
+        ));
         assert!(!f.contains(CloneFlags::CLONE_NEWPID));
         assert!(!f.contains(CloneFlags::CLONE_NEWUSER));
     }

@@ -54,13 +54,29 @@ pub enum ProcessError {
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
     #[error("container {id}: {step}: {source}")]
-    Setup { id: String, step: &'static str, source: nix::Error },
+    Setup {
+        id: String,
+        step: &'static str,
+        source: nix::Error,
+    },
     #[error("container {id}: capabilities ({step}): {source}")]
-    Capabilities { id: String, step: &'static str, source: caps::errors::CapsError },
+    Capabilities {
+        id: String,
+        step: &'static str,
+        source: caps::errors::CapsError,
+    },
     #[error("container {id}: executable {cmd:?} not found in PATH {path:?}")]
-    NotFound { id: String, cmd: String, path: String },
+    NotFound {
+        id: String,
+        cmd: String,
+        path: String,
+    },
     #[error("container {id}: exec {path}: {source}")]
-    Exec { id: String, path: PathBuf, source: nix::Error },
+    Exec {
+        id: String,
+        path: PathBuf,
+        source: nix::Error,
+    },
 }
 
 impl ProcessError {
@@ -102,7 +118,10 @@ pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let failure = InitFailure { step: err.step().into(), message: err.to_string() };
+    let failure = InitFailure {
+        step: err.step().into(),
+        message: err.to_string(),
+    };
     let bytes = serde_json::to_vec(&failure).unwrap_or_default();
     let _ = nix::unistd::write(&fds.report, &bytes);
     sysproc::exit_now(127)
@@ -131,7 +150,13 @@ pub fn rootfs_plan<'a>(dir: &Path, cfg: &'a DiskConfig) -> RootfsPlan<'a> {
 fn init(dir: &Path, cfg: &DiskConfig, fds: &InitFds) -> Result<Infallible, ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
-    let setup = |step: &'static str| move |source| ProcessError::Setup { id: id.into(), step, source };
+    let setup = |step: &'static str| {
+        move |source| ProcessError::Setup {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
     // Nothing may ptrace us or open our /proc entries while we still run agent code.
     nix::sys::prctl::set_dumpable(false).map_err(setup("set non-dumpable"))?;
 
@@ -143,8 +168,12 @@ fn init(dir: &Path, cfg: &DiskConfig, fds: &InitFds) -> Result<Infallible, Proce
     Namespaces::default().enter_in_init(id, &c.name)?;
     crate::runtime::rootfs::setup(&mut RealSys, &rootfs_plan(dir, cfg))?;
 
-    let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty())
-        .map_err(setup("open /dev/null"))?;
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(setup("open /dev/null"))?;
     nix::unistd::dup2_stdin(null.as_fd()).map_err(setup("stdin"))?;
     nix::unistd::dup2_stdout(fds.stdout.as_fd()).map_err(setup("stdout"))?;
     nix::unistd::dup2_stderr(fds.stderr.as_fd()).map_err(setup("stderr"))?;
@@ -152,18 +181,38 @@ fn init(dir: &Path, cfg: &DiskConfig, fds: &InitFds) -> Result<Infallible, Proce
     set_identity_and_caps(cfg)?;
     let exe = find_executable(cfg)?;
     nix::sys::prctl::set_no_new_privs().map_err(setup("no_new_privs"))?;
-    sysproc::reset_signals().map_err(|e| ProcessError::Setup { id: id.into(), step: "reset signals", source: io_errno(&e) })?;
+    sysproc::reset_signals().map_err(|e| ProcessError::Setup {
+        id: id.into(),
+        step: "reset signals",
+        source: io_errno(&e),
+    })?;
     // Only 0, 1 and 2 survive exec (the report pipe closes on exec, telling the monitor we made it).
-    sysproc::cloexec_from(3).map_err(|e| ProcessError::Setup { id: id.into(), step: "close fds", source: io_errno(&e) })?;
+    sysproc::cloexec_from(3).map_err(|e| ProcessError::Setup {
+        id: id.into(),
+        step: "close fds",
+        source: io_errno(&e),
+    })?;
 
-    let args: Vec<CString> = c.args.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
-    let env: Vec<CString> = c.env.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
+    let args: Vec<CString> = c
+        .args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let env: Vec<CString> = c
+        .env
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
     let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
     let source = match nix::unistd::execve(&path, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},
     };
-    Err(ProcessError::Exec { id: id.into(), path: exe, source })
+    Err(ProcessError::Exec {
+        id: id.into(),
+        path: exe,
+        source,
+    })
 }
 
 fn io_errno(e: &std::io::Error) -> nix::Error {
@@ -173,8 +222,20 @@ fn io_errno(e: &std::io::Error) -> nix::Error {
 fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
-    let capserr = |step: &'static str| move |source| ProcessError::Capabilities { id: id.into(), step, source };
-    let setup = |step: &'static str| move |source| ProcessError::Setup { id: id.into(), step, source };
+    let capserr = |step: &'static str| {
+        move |source| ProcessError::Capabilities {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
+    let setup = |step: &'static str| {
+        move |source| ProcessError::Setup {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
     let keep: CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
 
     // Bounding set first: dropping needs CAP_SETPCAP, which a non-root uid loses.
@@ -183,7 +244,12 @@ fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
             caps::drop(None, CapSet::Bounding, cap).map_err(capserr("drop bounding"))?;
         }
     }
-    let gids: Vec<nix::unistd::Gid> = c.user.additional_gids.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let gids: Vec<nix::unistd::Gid> = c
+        .user
+        .additional_gids
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
     nix::unistd::setgroups(&gids).map_err(setup("setgroups"))?;
     let gid = nix::unistd::Gid::from_raw(c.user.gid);
     nix::unistd::setresgid(gid, gid, gid).map_err(setup("setresgid"))?;
@@ -212,14 +278,25 @@ fn find_executable(cfg: &DiskConfig) -> Result<PathBuf, ProcessError> {
     if cmd.contains('/') {
         return Ok(PathBuf::from(cmd));
     }
-    let path = c.env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+    let path = c
+        .env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(cmd);
-        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() && candidate.is_file() {
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.is_file()
+        {
             return Ok(candidate);
         }
     }
-    Err(ProcessError::NotFound { id: c.id.clone(), cmd: cmd.clone(), path: path.into() })
+    Err(ProcessError::NotFound {
+        id: c.id.clone(),
+        cmd: cmd.clone(),
+        path: path.into(),
+    })
 }
 
 #[cfg(test)]

@@ -105,11 +105,26 @@ impl Sys for RealSys {
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Mount { source: Option<PathBuf>, target: PathBuf, fstype: Option<String>, flags: MsFlags, data: Option<String> },
-    Umount { target: PathBuf },
-    PivotRoot { new_root: PathBuf },
-    Chdir { path: PathBuf },
-    Symlink { target: String, link: PathBuf },
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    Umount {
+        target: PathBuf,
+    },
+    PivotRoot {
+        new_root: PathBuf,
+    },
+    Chdir {
+        path: PathBuf,
+    },
+    Symlink {
+        target: String,
+        link: PathBuf,
+    },
 }
 
 /// Records every call instead of making it. Targets given as `/proc/self/fd/N`
@@ -148,22 +163,31 @@ impl Sys for RecordingSys {
         Ok(())
     }
     fn umount(&mut self, target: &Path, _flags: MntFlags) -> nix::Result<()> {
-        self.calls.push(Call::Umount { target: real_target(target) });
+        self.calls.push(Call::Umount {
+            target: real_target(target),
+        });
         Ok(())
     }
     fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()> {
-        self.calls.push(Call::PivotRoot { new_root: new_root.to_path_buf() });
+        self.calls.push(Call::PivotRoot {
+            new_root: new_root.to_path_buf(),
+        });
         Ok(())
     }
     fn chdir(&mut self, path: &Path) -> nix::Result<()> {
-        self.calls.push(Call::Chdir { path: path.to_path_buf() });
+        self.calls.push(Call::Chdir {
+            path: path.to_path_buf(),
+        });
         Ok(())
     }
     fn resolve(&mut self, root: &Path, path: &Path, create: Create) -> nix::Result<Resolved> {
         resolve_in_root(root, path, create)
     }
     fn symlink(&mut self, target: &str, dir: &Resolved, name: &str) -> nix::Result<()> {
-        self.calls.push(Call::Symlink { target: target.into(), link: dir.real.join(name) });
+        self.calls.push(Call::Symlink {
+            target: target.into(),
+            link: dir.real.join(name),
+        });
         Ok(())
     }
 }
@@ -204,8 +228,13 @@ fn finish(fd: OwnedFd) -> nix::Result<Resolved> {
 /// components are created per `create`, one `mkdirat` at a time relative to
 /// an fd that was itself resolved in-root.
 pub fn resolve_in_root(root: &Path, path: &Path, create: Create) -> nix::Result<Resolved> {
-    let root_fd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-    let root_real = std::fs::read_link(format!("/proc/self/fd/{}", root_fd.as_raw_fd())).map_err(|_| Errno::EIO)?;
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let root_real = std::fs::read_link(format!("/proc/self/fd/{}", root_fd.as_raw_fd()))
+        .map_err(|_| Errno::EIO)?;
     let mut path = path.to_path_buf();
     // Each dangling symlink met while creating restarts the walk at its target; bound like the kernel's ELOOP.
     for _ in 0..40 {
@@ -222,10 +251,19 @@ enum Step {
     Restart(PathBuf),
 }
 
-fn resolve_once(root_fd: &OwnedFd, root_real: &Path, path: &Path, create: Create) -> nix::Result<Step> {
+fn resolve_once(
+    root_fd: &OwnedFd,
+    root_real: &Path,
+    path: &Path,
+    create: Create,
+) -> nix::Result<Step> {
     let comps = components_in_root(path);
     let rel: PathBuf = comps.iter().collect();
-    let rel = if comps.is_empty() { PathBuf::from(".") } else { rel };
+    let rel = if comps.is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    };
     match nix::fcntl::openat2(root_fd.as_fd(), &rel, how()) {
         Ok(fd) => return finish(fd).map(Step::Done),
         Err(Errno::ENOENT) if create != Create::No => {}
@@ -249,9 +287,15 @@ fn resolve_once(root_fd: &OwnedFd, root_real: &Path, path: &Path, create: Create
         // the image): continue at its target, interpreted inside the root.
         if let Ok(target) = nix::fcntl::readlinkat(cur.as_fd(), *comp) {
             let target = PathBuf::from(target);
-            let parent = std::fs::read_link(format!("/proc/self/fd/{}", cur.as_raw_fd())).map_err(|_| Errno::EIO)?;
-            let parent = Path::new("/").join(parent.strip_prefix(root_real).map_err(|_| Errno::EXDEV)?);
-            let mut next = if target.is_absolute() { target } else { parent.join(target) };
+            let parent = std::fs::read_link(format!("/proc/self/fd/{}", cur.as_raw_fd()))
+                .map_err(|_| Errno::EIO)?;
+            let parent =
+                Path::new("/").join(parent.strip_prefix(root_real).map_err(|_| Errno::EXDEV)?);
+            let mut next = if target.is_absolute() {
+                target
+            } else {
+                parent.join(target)
+            };
             next.extend(&comps[i + 1..]);
             return Ok(Step::Restart(next));
         }
@@ -261,7 +305,11 @@ fn resolve_once(root_fd: &OwnedFd, root_real: &Path, path: &Path, create: Create
             let r = nix::fcntl::openat(
                 cur.as_fd(),
                 *comp,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o644),
             );
             match r {
@@ -308,6 +356,9 @@ mod tests {
         let r = resolve_in_root(&root, Path::new("/abs/up/etc"), Create::No).unwrap();
         assert_eq!(r.real, root.join("etc"));
         assert!(!host.path().join("outside/f").exists());
-        assert_eq!(resolve_in_root(&root, Path::new("/missing"), Create::No).unwrap_err(), Errno::ENOENT);
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/missing"), Create::No).unwrap_err(),
+            Errno::ENOENT
+        );
     }
 }

@@ -8,7 +8,12 @@ use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
 /// Sets `IFF_UP` (and `IFF_RUNNING`) on interface `lo` of the current netns.
 pub fn loopback_up() -> io::Result<()> {
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: `ifreq` is a plain C struct for which all-zero bytes are valid.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {

@@ -26,7 +26,9 @@ fn thread_count() -> io::Result<usize> {
 pub fn fork_single_threaded() -> io::Result<Forked> {
     let threads = thread_count()?;
     if threads != 1 {
-        return Err(io::Error::other(format!("refusing to fork a process with {threads} threads")));
+        return Err(io::Error::other(format!(
+            "refusing to fork a process with {threads} threads"
+        )));
     }
     // SAFETY: the process is single-threaded (checked above; nothing in this
     // crate starts threads between the check and the call), so no lock can be
@@ -48,7 +50,14 @@ pub fn exit_now(code: i32) -> ! {
 /// so only fds below `first` survive `execve`.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range only changes fd flags; the arguments are plain integers.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {

@@ -468,7 +468,7 @@ fn validate_resources(ctx: &mut FileCtx<'_>, r: &WireResources, key: &str) -> Re
     }
     if let Some(c) = &r.cpus {
         let cpus = *c.get_ref();
-        if cpus.is_finite() && cpus >= 0.001 && cpus <= 1024.0 {
+        if cpus.is_finite() && (0.001..=1024.0).contains(&cpus) {
             out.millicpus = Some((cpus * 1000.0).round() as u32);
         } else {
             ctx.at(c.span(), format!("{key}.cpus"), "must be between 0.001 and 1024");
