@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -816,4 +816,70 @@ fn measurements_start_latency_and_monitor_memory() {
         "monitor private memory {private} KiB exceeds 1.5 MiB"
     );
     c.remove();
+}
+
+#[test]
+fn logs_rotate_and_mounts_stay_in_the_container() {
+    let env = Env::new();
+    let mut cfg = env.config(
+        "logs",
+        "for i in 1 2 3 4 5 6; do head -c 3000 /dev/zero | tr '\\0' x; echo; done; echo err >&2; echo ready; sleep 100",
+    );
+    cfg.log_max_bytes = 8192;
+    let c = env.start(&cfg);
+    c.wait_output("ready");
+    // Nothing the container mounted is visible in the host's mount namespace.
+    let dir = env.rt.container_dir(&c.id);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(dir.to_str().unwrap()),
+        "container mounts leaked to the host"
+    );
+    let logs = env.rt.logs(&c.id).unwrap();
+    assert_eq!(logs.stdout.len(), 2, "{logs:?}");
+    assert!(logs.stdout[0].ends_with("stdout.log.1") && logs.stdout[1].ends_with("stdout.log"));
+    let sizes: Vec<u64> = logs
+        .stdout
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert!(sizes.iter().all(|s| *s <= 8192), "{sizes:?}");
+    assert_eq!(std::fs::read_to_string(&logs.stderr[0]).unwrap(), "err\n");
+    let stats = env.rt.stats(&c.id).unwrap();
+    assert!(
+        stats.memory_bytes > 0 && stats.cpu_usage_ns > 0 && stats.pids >= 1,
+        "{stats:?}"
+    );
+    c.remove();
+}
+
+#[test]
+fn cgroup_v2_layer_works_on_the_unified_mount() {
+    use berth_agent::runtime::cgroups::{Cgroup, Hierarchy, Limits};
+    let root = PathBuf::from("/sys/fs/cgroup/unified");
+    let is_v2 = nix::sys::statfs::statfs(&root)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    let hierarchy = if is_v2 {
+        Hierarchy::V2 { root }
+    } else if let Some(h @ Hierarchy::V2 { .. }) = Hierarchy::detect() {
+        h
+    } else {
+        eprintln!("no cgroup2 mount; skipping");
+        return;
+    };
+    let id = unique("v2");
+    let cg = Cgroup::new(hierarchy, CGROUP_PARENT, &id);
+    // On a hybrid host the unified hierarchy has no controllers: no limits here.
+    cg.create(&Limits::default()).unwrap();
+    let mut child = std::process::Command::new("/bin/sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    cg.add_pid(child.id() as i32).unwrap();
+    assert_eq!(cg.pids(), vec![child.id() as i32]);
+    cg.remove(Duration::from_secs(5)).unwrap();
+    assert!(child.wait().unwrap().signal().is_some());
+    for p in cg.paths() {
+        assert!(!p.exists());
+    }
 }
