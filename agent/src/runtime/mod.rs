@@ -760,3 +760,48 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     out.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_failed_undo_reports_both_errors() {
+        let e = RuntimeError::CreateFailed {
+            id: "c1".into(),
+            error: Box::new(RuntimeError::Start {
+                id: "c1".into(),
+                step: "rootfs".into(),
+                message: "boom".into(),
+            }),
+            cleanup: Box::new(RuntimeError::Cleanup {
+                id: "c1".into(),
+                failures: vec!["removing /x: busy".into()],
+            }),
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("rootfs") && s.contains("boom") && s.contains("removing /x: busy"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn proc_start_reads_live_processes_only() {
+        let me = std::process::id() as i32;
+        assert!(proc_start(me).is_some());
+        assert!(alive(me, proc_start(me).unwrap()));
+        assert!(
+            !alive(me, proc_start(me).unwrap() + 1),
+            "a different start time is another process"
+        );
+        assert_eq!(proc_start(i32::MAX), None);
+    }
+
+    #[test]
+    fn resolv_conf_drops_loopback_nameservers() {
+        let s = resolv_conf();
+        assert!(!s.lines().any(|l| l.starts_with("nameserver 127.")));
+    }
+}
