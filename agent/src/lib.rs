@@ -13,6 +13,7 @@ pub mod launch;
 pub mod metrics;
 pub mod reconcile;
 pub mod registry;
+pub mod runtime;
 pub mod state;
 pub mod sys;
 

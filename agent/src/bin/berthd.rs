@@ -48,6 +48,12 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // Hidden: the per-container monitor (see berth_agent::runtime::monitor).
+    // It must run before anything else: no logging, no async runtime.
+    if args.get(1).map(String::as_str) == Some(berth_agent::runtime::MONITOR_SUBCOMMAND) {
+        berth_agent::runtime::monitor_main(&args[2..]);
+    }
     let flags = Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -2,3 +2,6 @@
 //! that nix does not cover. Each block carries a `// SAFETY:` comment; callers
 //! elsewhere in the crate stay safe Rust.
 #![allow(unsafe_code)]
+
+pub mod net;
+pub mod process;

@@ -1,0 +1,384 @@
+//! The per-container monitor: `berthd __monitor <container-dir>` re-executed by
+//! the runtime. It double-forks (setsid, the first child exits) so it is
+//! reparented away from berthd and outlives it, forks the container's init
+//! into a new PID namespace, reports the start result on its stdout, then runs a
+//! single-threaded poll loop copying the workload's stdout/stderr into
+//! size-rotated logs and finally records `exit.json` (code, signal, OOM).
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use serde::{Deserialize, Serialize};
+
+use super::cgroups::{Cgroup, Hierarchy};
+use super::config::{self, ExitFile, StateFile};
+use super::namespaces::Namespaces;
+use super::process::{self, InitFailure, InitFds};
+use crate::sys::process::{self as sysproc, Forked};
+
+/// Number of log files kept per stream (the live one plus `.1`).
+pub const LOG_FILES: u32 = 2;
+
+/// A monitor step that failed (reported to the agent, or to monitor.log).
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("monitor: usage: __monitor <container-dir>")]
+    Usage,
+    #[error("container {id}: monitor: {step}: {source}")]
+    Io {
+        id: String,
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("container {id}: monitor: {step}: {source}")]
+    Sys {
+        id: String,
+        step: &'static str,
+        source: nix::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroups::CgroupError),
+    #[error(transparent)]
+    Namespace(#[from] super::namespaces::NamespaceError),
+    #[error("container {id}: no usable cgroup hierarchy")]
+    NoCgroups { id: String },
+}
+
+/// What the monitor writes to its stdout (read by [`super::Runtime::create_and_start`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorReport {
+    pub state: Option<StateFile>,
+    pub error: Option<InitFailure>,
+}
+
+/// Entry point of the hidden `__monitor` subcommand: `args` are the arguments
+/// after it (the container directory). Never returns.
+pub fn monitor_main(args: &[String]) -> ! {
+    let [dir] = args else {
+        eprintln!("{}", MonitorError::Usage);
+        std::process::exit(2)
+    };
+    // Survive the agent's terminal, session and signals aimed at its group.
+    let _ = sysproc::ignore_signals(&[
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ]);
+    let _ = nix::unistd::setsid();
+    // Pin no mount of the agent's working directory.
+    let _ = nix::unistd::chdir("/");
+    match sysproc::fork_single_threaded() {
+        Ok(Forked::Parent(_)) => sysproc::exit_now(0),
+        Ok(Forked::Child) => {}
+        Err(e) => {
+            report(&MonitorReport {
+                state: None,
+                error: Some(InitFailure {
+                    step: "monitor fork".into(),
+                    message: e.to_string(),
+                }),
+            });
+            std::process::exit(1)
+        }
+    }
+    let code = match run(Path::new(dir)) {
+        Ok(()) => 0,
+        Err(e) => {
+            // Before the report this reaches the agent; afterwards only monitor.log.
+            report(&MonitorReport {
+                state: None,
+                error: Some(InitFailure {
+                    step: "monitor".into(),
+                    message: e.to_string(),
+                }),
+            });
+            eprintln!("berth monitor: {e}");
+            1
+        }
+    };
+    sysproc::exit_now(code)
+}
+
+fn report(r: &MonitorReport) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, r);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Detaches stdin/stdout from the agent's pipe (its reader sees EOF).
+fn detach_stdio() {
+    if let Ok(null) = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        let _ = nix::unistd::dup2_stdin(null.as_fd());
+        let _ = nix::unistd::dup2_stdout(null.as_fd());
+    }
+}
+
+fn run(dir: &Path) -> Result<(), MonitorError> {
+    let id_hint = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cfg = config::read_disk_config(&id_hint, &dir.join("config.json"))?;
+    let id = cfg.container.id.clone();
+    let sys = |step: &'static str| {
+        let id = id.clone();
+        move |source| MonitorError::Sys { id, step, source }
+    };
+    let hierarchy =
+        Hierarchy::detect().ok_or_else(|| MonitorError::NoCgroups { id: id.clone() })?;
+    let cgroup = Cgroup::new(hierarchy, &cfg.cgroup_parent, &id);
+
+    let cloexec = OFlag::O_CLOEXEC;
+    let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
+    let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
+    let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
+
+    Namespaces::default().enter_pid_for_children(&id)?;
+    let child = match sysproc::fork_single_threaded().map_err(|source| MonitorError::Io {
+        id: id.clone(),
+        step: "fork init",
+        source,
+    })? {
+        Forked::Child => {
+            drop((out_r, err_r, go_w, rep_r));
+            process::init_main(
+                dir,
+                &cfg,
+                InitFds {
+                    go: go_r,
+                    report: rep_w,
+                    stdout: out_w,
+                    stderr: err_w,
+                },
+            )
+        }
+        Forked::Parent(child) => child,
+    };
+    drop((out_w, err_w, go_r, rep_w));
+
+    if let Err(e) = cgroup.add_pid(child.as_raw()) {
+        drop(go_w); // the init sees EOF and exits
+        let _ = waitpid(child, None);
+        return Err(e.into());
+    }
+    nix::unistd::write(&go_w, b"g").map_err(sys("release init"))?;
+    drop(go_w);
+
+    let failure = read_to_end(rep_r);
+    if !failure.is_empty() {
+        let _ = waitpid(child, None);
+        let error =
+            serde_json::from_slice::<InitFailure>(&failure).unwrap_or_else(|_| InitFailure {
+                step: "init".into(),
+                message: String::from_utf8_lossy(&failure).into_owned(),
+            });
+        report(&MonitorReport {
+            state: None,
+            error: Some(error),
+        });
+        detach_stdio();
+        return Ok(());
+    }
+
+    let me = nix::unistd::getpid().as_raw();
+    let state = StateFile {
+        pid: child.as_raw(),
+        pid_start: super::proc_start(child.as_raw()).unwrap_or(0),
+        monitor_pid: me,
+        monitor_start: super::proc_start(me).unwrap_or(0),
+        started_at_ms: config::now_ms(),
+    };
+    config::write_json(&id, &dir.join("state.json"), &state)?;
+    report(&MonitorReport {
+        state: Some(state),
+        error: None,
+    });
+    detach_stdio();
+    // The config is not needed while pumping logs; dropping it keeps RSS small.
+    let log_max = cfg.container.log_max_bytes.max(4096);
+    drop(cfg);
+
+    let logs = dir.join("logs");
+    pump_logs(
+        &[
+            (out_r, logs.join("stdout.log")),
+            (err_r, logs.join("stderr.log")),
+        ],
+        log_max,
+    );
+
+    let exit = loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => break (code, None),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break (128 + sig as i32, Some(sig as i32)),
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(sys("waitpid")(e)),
+        }
+    };
+    let exit = ExitFile {
+        code: exit.0,
+        signal: exit.1,
+        oom_killed: cgroup.oom_kills() > 0,
+        finished_at_ms: config::now_ms(),
+    };
+    config::write_json(&id, &dir.join("exit.json"), &exit)?;
+    Ok(())
+}
+
+fn read_to_end(fd: OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match nix::unistd::read(&fd, &mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return out,
+        }
+    }
+}
+
+/// A log file rotated to `<path>.1` when it would exceed `max` bytes.
+#[derive(Debug)]
+pub struct RotatingLog {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    max: u64,
+}
+
+impl RotatingLog {
+    /// Opens (appends to) `path`.
+    pub fn open(path: PathBuf, max: u64) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok();
+        let size = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        RotatingLog {
+            path,
+            file,
+            size,
+            max,
+        }
+    }
+
+    /// Appends `data`, rotating first when needed. A full disk drops data
+    /// rather than blocking the workload.
+    pub fn write(&mut self, data: &[u8]) {
+        if self.size > 0 && self.size + data.len() as u64 > self.max {
+            self.rotate();
+        }
+        if let Some(f) = &mut self.file {
+            if f.write_all(data).is_ok() {
+                self.size += data.len() as u64;
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.file = None;
+        for i in (1..LOG_FILES).rev() {
+            let from = if i == 1 {
+                self.path.clone()
+            } else {
+                rotated(&self.path, i - 1)
+            };
+            let _ = std::fs::rename(from, rotated(&self.path, i));
+        }
+        *self = RotatingLog::open(self.path.clone(), self.max);
+    }
+}
+
+/// `<path>.<n>`.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// Copies each pipe into its log until every pipe is closed (the workload and
+/// all its processes are gone: PID 1 exiting kills the whole PID namespace).
+fn pump_logs(streams: &[(OwnedFd, PathBuf)], max: u64) {
+    let mut logs: Vec<RotatingLog> = streams
+        .iter()
+        .map(|(_, p)| RotatingLog::open(p.clone(), max))
+        .collect();
+    let mut open: Vec<bool> = vec![true; streams.len()];
+    let mut buf = vec![0u8; 16 * 1024];
+    while open.iter().any(|o| *o) {
+        let idx: Vec<usize> = (0..streams.len()).filter(|i| open[*i]).collect();
+        let mut fds: Vec<PollFd<'_>> = idx
+            .iter()
+            .map(|i| PollFd::new(streams[*i].0.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return,
+        }
+        let ready: Vec<(usize, PollFlags)> = idx
+            .iter()
+            .zip(&fds)
+            .map(|(i, f)| (*i, f.revents().unwrap_or(PollFlags::empty())))
+            .collect();
+        drop(fds);
+        for (i, rev) in ready {
+            if rev.is_empty() {
+                continue;
+            }
+            match nix::unistd::read(&streams[i].0, &mut buf) {
+                Ok(0) => open[i] = false,
+                Ok(n) => logs[i].write(&buf[..n]),
+                Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
+                Err(_) => open[i] = false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn logs_rotate_keeping_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stdout.log");
+        let mut log = RotatingLog::open(p.clone(), 10);
+        log.write(b"aaaaaaaa\n");
+        log.write(b"bbbbbbbb\n");
+        log.write(b"cccccccc\n");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "cccccccc\n");
+        assert_eq!(
+            std::fs::read_to_string(rotated(&p, 1)).unwrap(),
+            "bbbbbbbb\n"
+        );
+        assert!(!rotated(&p, 2).exists());
+        // Reopening appends.
+        let mut log = RotatingLog::open(p.clone(), 100);
+        log.write(b"d\n");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "cccccccc\nd\n");
+    }
+}

@@ -1,0 +1,313 @@
+//! The container's init: the monitor's child that becomes the container's
+//! PID 1. It waits for the monitor to place it in its cgroup, enters the other
+//! namespaces, builds the rootfs, applies stdio, user, capabilities (Docker's
+//! default set without NET_RAW), `no_new_privs`, closes every fd but 0/1/2 and
+//! `execve`s the workload directly: no agent code runs after exec. Any failure
+//! before exec is reported to the monitor as JSON on a close-on-exec pipe.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use serde::{Deserialize, Serialize};
+
+use super::config::DiskConfig;
+use super::namespaces::{NamespaceError, Namespaces};
+use super::rootfs::{RootfsError, RootfsPlan};
+use super::syscall::RealSys;
+use crate::sys::process as sysproc;
+
+/// Docker's default capabilities minus `CAP_NET_RAW`.
+pub const DEFAULT_CAPS: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FSETID,
+    Capability::CAP_FOWNER,
+    Capability::CAP_MKNOD,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_KILL,
+    Capability::CAP_AUDIT_WRITE,
+];
+
+/// The `CapEff` mask a root workload ends up with (`/proc/<pid>/status` format).
+pub fn default_caps_mask() -> u64 {
+    DEFAULT_CAPS.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// PATH used when the config's env has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A step of the init that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("container {id}: the monitor went away before releasing the init")]
+    MonitorGone { id: String },
+    #[error(transparent)]
+    Namespaces(#[from] NamespaceError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error("container {id}: {step}: {source}")]
+    Setup {
+        id: String,
+        step: &'static str,
+        source: nix::Error,
+    },
+    #[error("container {id}: capabilities ({step}): {source}")]
+    Capabilities {
+        id: String,
+        step: &'static str,
+        source: caps::errors::CapsError,
+    },
+    #[error("container {id}: executable {cmd:?} not found in PATH {path:?}")]
+    NotFound {
+        id: String,
+        cmd: String,
+        path: String,
+    },
+    #[error("container {id}: exec {path}: {source}")]
+    Exec {
+        id: String,
+        path: PathBuf,
+        source: nix::Error,
+    },
+}
+
+impl ProcessError {
+    /// A short name of the failed step (reported to the agent).
+    pub fn step(&self) -> &'static str {
+        match self {
+            ProcessError::MonitorGone { .. } => "wait for monitor",
+            ProcessError::Namespaces(_) => "namespaces",
+            ProcessError::Rootfs(_) => "rootfs",
+            ProcessError::Setup { step, .. } => step,
+            ProcessError::Capabilities { .. } => "capabilities",
+            ProcessError::NotFound { .. } => "find executable",
+            ProcessError::Exec { .. } => "exec",
+        }
+    }
+}
+
+/// How a failed start is reported from init to monitor to agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitFailure {
+    pub step: String,
+    pub message: String,
+}
+
+/// The fds the init gets from the monitor.
+#[derive(Debug)]
+pub struct InitFds {
+    /// Read end: one byte once the init is in its cgroup; EOF means abort.
+    pub go: OwnedFd,
+    /// Write end (close-on-exec): an [`InitFailure`] on error, EOF on successful exec.
+    pub report: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Runs the init in the forked child; never returns.
+pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds) -> ! {
+    let err = match init(dir, cfg, &fds) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let failure = InitFailure {
+        step: err.step().into(),
+        message: err.to_string(),
+    };
+    let bytes = serde_json::to_vec(&failure).unwrap_or_default();
+    let _ = nix::unistd::write(&fds.report, &bytes);
+    sysproc::exit_now(127)
+}
+
+/// Builds the rootfs plan of the container in `dir`.
+pub fn rootfs_plan<'a>(dir: &Path, cfg: &'a DiskConfig) -> RootfsPlan<'a> {
+    let c = &cfg.container;
+    RootfsPlan {
+        id: &c.id,
+        lowerdirs: &c.lowerdirs,
+        upper: dir.join("upper"),
+        work: dir.join("work"),
+        merged: dir.join("merged"),
+        etc_files: [
+            (dir.join("hostname"), "/etc/hostname"),
+            (dir.join("hosts"), "/etc/hosts"),
+            (dir.join("resolv.conf"), "/etc/resolv.conf"),
+        ],
+        mounts: &c.mounts,
+        readonly_rootfs: c.readonly_rootfs,
+        cwd: &c.cwd,
+    }
+}
+
+fn init(dir: &Path, cfg: &DiskConfig, fds: &InitFds) -> Result<Infallible, ProcessError> {
+    let c = &cfg.container;
+    let id = c.id.as_str();
+    let setup = |step: &'static str| {
+        move |source| ProcessError::Setup {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
+    // Nothing may ptrace us or open our /proc entries while we still run agent code.
+    nix::sys::prctl::set_dumpable(false).map_err(setup("set non-dumpable"))?;
+
+    let mut byte = [0u8; 1];
+    if nix::unistd::read(&fds.go, &mut byte).map_err(setup("wait for monitor"))? != 1 {
+        return Err(ProcessError::MonitorGone { id: id.into() });
+    }
+
+    Namespaces::default().enter_in_init(id, &c.name)?;
+    crate::runtime::rootfs::setup(&mut RealSys, &rootfs_plan(dir, cfg))?;
+
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(setup("open /dev/null"))?;
+    nix::unistd::dup2_stdin(null.as_fd()).map_err(setup("stdin"))?;
+    nix::unistd::dup2_stdout(fds.stdout.as_fd()).map_err(setup("stdout"))?;
+    nix::unistd::dup2_stderr(fds.stderr.as_fd()).map_err(setup("stderr"))?;
+
+    set_identity_and_caps(cfg)?;
+    let exe = find_executable(cfg)?;
+    nix::sys::prctl::set_no_new_privs().map_err(setup("no_new_privs"))?;
+    sysproc::reset_signals().map_err(|e| ProcessError::Setup {
+        id: id.into(),
+        step: "reset signals",
+        source: io_errno(&e),
+    })?;
+    // Only 0, 1 and 2 survive exec (the report pipe closes on exec, telling the monitor we made it).
+    sysproc::cloexec_from(3).map_err(|e| ProcessError::Setup {
+        id: id.into(),
+        step: "close fds",
+        source: io_errno(&e),
+    })?;
+
+    let args: Vec<CString> = c
+        .args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let env: Vec<CString> = c
+        .env
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    let source = match nix::unistd::execve(&path, &args, &env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    Err(ProcessError::Exec {
+        id: id.into(),
+        path: exe,
+        source,
+    })
+}
+
+fn io_errno(e: &std::io::Error) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
+    let c = &cfg.container;
+    let id = c.id.as_str();
+    let capserr = |step: &'static str| {
+        move |source| ProcessError::Capabilities {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
+    let setup = |step: &'static str| {
+        move |source| ProcessError::Setup {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
+    let keep: CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
+
+    // Bounding set first: dropping needs CAP_SETPCAP, which a non-root uid loses.
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(capserr("drop bounding"))?;
+        }
+    }
+    let gids: Vec<nix::unistd::Gid> = c
+        .user
+        .additional_gids
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(setup("setgroups"))?;
+    let gid = nix::unistd::Gid::from_raw(c.user.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(setup("setresgid"))?;
+    let uid = nix::unistd::Uid::from_raw(c.user.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(setup("setresuid"))?;
+
+    caps::clear(None, CapSet::Ambient).map_err(capserr("clear ambient"))?;
+    if c.user.uid == 0 {
+        caps::set(None, CapSet::Effective, &keep).map_err(capserr("effective"))?;
+        caps::set(None, CapSet::Permitted, &keep).map_err(capserr("permitted"))?;
+        caps::set(None, CapSet::Inheritable, &keep).map_err(capserr("inheritable"))?;
+    } else {
+        // As Docker: a non-root workload starts with no capabilities (bounding still reduced).
+        caps::clear(None, CapSet::Inheritable).map_err(capserr("inheritable"))?;
+        caps::clear(None, CapSet::Effective).map_err(capserr("effective"))?;
+        caps::clear(None, CapSet::Permitted).map_err(capserr("permitted"))?;
+    }
+    Ok(())
+}
+
+/// `args[0]` as is when it contains a `/`, else the first executable match in
+/// the config's `PATH` (resolved inside the container, after pivot_root).
+fn find_executable(cfg: &DiskConfig) -> Result<PathBuf, ProcessError> {
+    let c = &cfg.container;
+    let cmd = &c.args[0];
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    let path = c
+        .env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(cmd);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.is_file()
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(ProcessError::NotFound {
+        id: c.id.clone(),
+        cmd: cmd.clone(),
+        path: path.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_caps_are_dockers_without_net_raw() {
+        assert_eq!(default_caps_mask(), 0xa80425fb & !(1 << 13));
+        assert_eq!(default_caps_mask(), 0xa80405fb);
+        assert!(!DEFAULT_CAPS.contains(&Capability::CAP_NET_RAW));
+        assert!(!DEFAULT_CAPS.contains(&Capability::CAP_SYS_ADMIN));
+    }
+}

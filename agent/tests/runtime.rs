@@ -1,0 +1,885 @@
+//! End-to-end tests of the container runtime on the real kernel (run as root).
+//! Each test builds containers from a busybox rootfs and checks, from inside
+//! and outside, isolation, limits, survival of the agent's death and cleanup.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use berth_agent::runtime::{
+    ContainerConfig, ContainerState, Mount, Runtime, RuntimeError, RuntimePaths, User,
+};
+
+const CGROUP_PARENT: &str = "berth-test";
+
+/// A busybox-only image layer shared by every container of this test process,
+/// in cargo's per-target temp dir (layers of test processes that are gone are removed).
+fn busybox_layer() -> &'static Path {
+    static LAYER: OnceLock<PathBuf> = OnceLock::new();
+    LAYER.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for entry in std::fs::read_dir(base).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("busybox-layer-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let root = base.join(format!("busybox-layer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        let out = std::process::Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8(out.stdout).unwrap().lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+            }
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/image-file"), "from the image\n").unwrap();
+        root
+    })
+}
+
+/// A state dir and runtime per test; checks that nothing is left behind.
+struct Env {
+    state: tempfile::TempDir,
+    rt: Runtime,
+}
+
+impl Env {
+    fn new() -> Env {
+        let state = tempfile::Builder::new()
+            .prefix("berth-state-")
+            .tempdir()
+            .unwrap();
+        let rt = Runtime::new(paths(state.path()));
+        Env { state, rt }
+    }
+
+    fn config(&self, id: &str, script: &str) -> ContainerConfig {
+        let mut c = ContainerConfig::new(
+            unique(id),
+            vec![busybox_layer().to_path_buf()],
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+        );
+        c.stop_timeout = Duration::from_secs(1);
+        c
+    }
+
+    fn start(&self, cfg: &ContainerConfig) -> Guard<'_> {
+        self.rt
+            .create_and_start(cfg)
+            .unwrap_or_else(|e| panic!("create {}: {e}", cfg.id));
+        Guard {
+            env: self,
+            id: cfg.id.clone(),
+        }
+    }
+
+    /// Runs `script` to completion; returns (exit code, oom, stdout, stderr).
+    fn run(&self, cfg: &ContainerConfig) -> (ContainerState, String, String) {
+        let c = self.start(cfg);
+        let state = c.wait_exit(Duration::from_secs(30));
+        let (out, err) = c.output();
+        c.remove();
+        (state, out, err)
+    }
+}
+
+fn paths(state: &Path) -> RuntimePaths {
+    RuntimePaths::new(
+        state,
+        state.join("run"),
+        CGROUP_PARENT,
+        env!("CARGO_BIN_EXE_berth-monitor"),
+    )
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Stops and removes its container on drop, even when the test fails.
+struct Guard<'a> {
+    env: &'a Env,
+    id: String,
+}
+
+impl Guard<'_> {
+    fn wait_exit(&self, timeout: Duration) -> ContainerState {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.env.rt.state(&self.id);
+            if matches!(s, ContainerState::Exited { .. }) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn output(&self) -> (String, String) {
+        let logs = self.env.rt.logs(&self.id).unwrap();
+        let read = |v: &Vec<PathBuf>| {
+            v.iter()
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .collect::<String>()
+        };
+        (read(&logs.stdout), read(&logs.stderr))
+    }
+
+    /// Waits until the stdout log contains `needle`.
+    fn wait_output(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (out, err) = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}; stdout {out:?} stderr {err:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Removes the container and asserts no mount, cgroup or directory is left.
+    fn remove(self) {
+        let id = self.id.clone();
+        let env = self.env;
+        std::mem::forget(self);
+        env.rt.remove(&id).unwrap();
+        assert_clean(&env.rt, &id);
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let _ = self.env.rt.remove(&self.id);
+    }
+}
+
+fn assert_clean(rt: &Runtime, id: &str) {
+    let dir = rt.container_dir(id);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(id), "mount left behind: {mountinfo}");
+    for p in rt.cgroup(id).unwrap().paths() {
+        assert!(!p.exists(), "cgroup {} left behind", p.display());
+    }
+    assert_eq!(rt.state(id), ContainerState::NotFound);
+}
+
+fn exit_code(s: &ContainerState) -> i32 {
+    match s {
+        ContainerState::Exited { code, .. } => *code,
+        other => panic!("not exited: {other:?}"),
+    }
+}
+
+#[test]
+fn isolation_from_inside() {
+    let env = Env::new();
+    let marker = tempfile::Builder::new()
+        .prefix("berth-host-marker-")
+        .tempfile_in("/tmp")
+        .unwrap();
+    let marker_name = marker
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let script = format!(
+        "echo pid=$$; echo host=$(hostname); echo procs=$(ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '); \
+         test -e /tmp/{marker_name} && echo marker=present || echo marker=absent; \
+         grep -E '^(CapEff|CapBnd|CapPrm|CapAmb|NoNewPrivs)' /proc/self/status; \
+         echo kcore=$(cat /proc/kcore 2>/dev/null | wc -c); echo keys=$(cat /proc/keys 2>&1 | wc -c); \
+         echo timer=$(cat /proc/timer_list 2>&1 | wc -c); echo masks=$(grep -c -E ' /proc/(keys|timer_list|acpi) ' /proc/self/mountinfo); \
+         echo firmware=$(ls /sys/firmware | wc -l); \
+         (echo x > /proc/sys/kernel/domainname) 2>/dev/null && echo procsys=writable || echo procsys=readonly; \
+         (echo x > /proc/sysrq-trigger) 2>/dev/null && echo sysrq=writable || echo sysrq=readonly; \
+         (touch /sys/x) 2>/dev/null && echo sys=writable || echo sys=readonly; \
+         echo net=$(ls /sys/class/net | tr '\\n' ' '); echo lo=$(cat /sys/class/net/lo/operstate /sys/class/net/lo/flags | tr '\\n' ' '); \
+         echo etc-hostname=$(cat /etc/hostname); echo devs=$(ls /dev | tr '\\n' ' '); \
+         echo zero=$(head -c 4 /dev/zero | wc -c); \
+         mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo mknod=usable || echo mknod=unusable);"
+    );
+    let mut cfg = env.config("iso", &script);
+    cfg.name = "box-one".into();
+    let (state, out, err) = env.run(&cfg);
+    assert_eq!(exit_code(&state), 0, "stdout {out} stderr {err}");
+    let line = |k: &str| -> String {
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{k}="))
+                    .or_else(|| l.strip_prefix(&format!("{k}:")))
+            })
+            .unwrap_or_else(|| panic!("{k} missing in {out}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(line("pid"), "1", "the command is PID 1");
+    assert_eq!(line("host"), "box-one");
+    assert_eq!(line("etc-hostname"), "box-one");
+    let procs: Vec<u32> = line("procs")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        procs.contains(&1) && procs.len() <= 8 && procs.iter().all(|p| *p < 50),
+        "host processes visible: {procs:?}"
+    );
+    assert_eq!(line("marker"), "absent");
+    let mask = berth_agent::runtime::process::default_caps_mask();
+    assert_eq!(mask, 0xa80405fb);
+    for set in ["CapEff", "CapBnd", "CapPrm"] {
+        assert_eq!(u64::from_str_radix(&line(set), 16).unwrap(), mask, "{set}");
+    }
+    assert_eq!(u64::from_str_radix(&line("CapAmb"), 16).unwrap(), 0);
+    assert_eq!(line("NoNewPrivs"), "1");
+    assert_eq!(line("kcore"), "0", "/proc/kcore must be masked");
+    assert_eq!(line("keys"), "0");
+    assert_eq!(line("timer"), "0");
+    assert_eq!(line("masks"), "3", "masked paths must be mounted over");
+    assert_eq!(line("firmware"), "0");
+    assert_eq!(line("procsys"), "readonly");
+    assert_eq!(line("sysrq"), "readonly");
+    assert_eq!(line("sys"), "readonly");
+    assert_eq!(line("net"), "lo", "only loopback in the netns");
+    assert!(line("lo").contains("0x9"), "lo is up: {}", line("lo"));
+    let devs = line("devs");
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue", "ptmx", "fd",
+    ] {
+        assert!(
+            devs.split_whitespace().any(|x| x == d),
+            "/dev/{d} missing: {devs}"
+        );
+    }
+    assert_eq!(line("zero"), "4");
+    assert_eq!(
+        line("mknod"),
+        "unusable",
+        "device nodes made in the container must not work (nodev)"
+    );
+}
+
+#[test]
+fn only_stdio_reaches_the_workload() {
+    // ls run directly as the workload: fds 0-2 are inherited, and the one it
+    // opens itself to read the directory takes the lowest free number, 3. Any
+    // leaked fd would show as an extra entry or push ls's own one higher.
+    let env = Env::new();
+    let mut cfg = env.config("fds", "");
+    cfg.args = vec!["/bin/ls".into(), "-l".into(), "/proc/self/fd".into()];
+    let (state, out, err) = env.run(&cfg);
+    assert_eq!(exit_code(&state), 0, "{out} {err}");
+    // Lines look like `lrwx------ 1 root 0 64 Nov 23 16:34 0 -> /dev/null`.
+    let fds: Vec<(String, Option<String>)> = out
+        .lines()
+        .filter(|l| l.starts_with('l'))
+        .map(|l| {
+            let (l, target) = match l.split_once(" -> ") {
+                Some((l, t)) => (l, Some(t.to_string())),
+                None => (l, None),
+            };
+            (l.split_whitespace().last().unwrap().to_string(), target)
+        })
+        .collect();
+    let numbers: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(numbers, ["0", "1", "2", "3"], "{out}");
+    assert_eq!(fds[0].1.as_deref(), Some("/dev/null"));
+    assert!(
+        fds[1].1.as_deref().unwrap().starts_with("pipe:")
+            && fds[2].1.as_deref().unwrap().starts_with("pipe:"),
+        "{out}"
+    );
+    // busybox ls has already closed its directory fd when it reads the links:
+    // fd 3 was its own, not something inherited.
+    assert!(
+        fds[3].1.as_deref().is_none_or(|t| t.ends_with("/fd")),
+        "fd 3 must be ls's own directory: {out}"
+    );
+}
+
+#[test]
+fn non_root_user_gets_no_capabilities() {
+    let env = Env::new();
+    let mut cfg = env.config(
+        "user",
+        "id -u; id -g; id -G; grep -E '^(CapEff|CapBnd)' /proc/self/status",
+    );
+    cfg.user = User {
+        uid: 1000,
+        gid: 1001,
+        additional_gids: vec![1002],
+    };
+    let (state, out, err) = env.run(&cfg);
+    assert_eq!(exit_code(&state), 0, "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..3], &["1000", "1001", "1001 1002"]);
+    assert!(lines[3].ends_with("0000000000000000"), "{out}");
+    assert!(lines[4].ends_with("00000000a80405fb"), "{out}");
+}
+
+#[test]
+fn memory_limit_oom_kill_is_reported() {
+    let env = Env::new();
+    let mut cfg = env.config("oom", "");
+    cfg.args = vec!["/bin/tail".into(), "/dev/zero".into()];
+    cfg.memory_bytes = Some(32 << 20);
+    let (state, out, err) = env.run(&cfg);
+    match state {
+        ContainerState::Exited {
+            oom_killed,
+            signal,
+            code,
+            ..
+        } => {
+            assert!(oom_killed, "{state:?} {out} {err}");
+            assert_eq!(signal, Some(9));
+            assert_eq!(code, 137);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A normal exit is not an OOM kill.
+    let (state, _, _) = env.run(&env.config("no-oom", "exit 3"));
+    assert!(
+        matches!(
+            state,
+            ContainerState::Exited {
+                code: 3,
+                oom_killed: false,
+                signal: None,
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+}
+
+#[test]
+fn fork_bomb_stops_at_pids_limit() {
+    let env = Env::new();
+    let mut cfg = env.config(
+        "bomb",
+        "bomb() { while :; do bomb & done; }; bomb & echo started; wait",
+    );
+    cfg.pids = Some(30);
+    let c = env.start(&cfg);
+    // busybox sh exits when a fork fails, so the bomb rises to the limit and
+    // collapses; sample the count while it runs and check the kernel refused forks.
+    let pids_dir = env
+        .rt
+        .cgroup(&c.id)
+        .unwrap()
+        .paths()
+        .into_iter()
+        .find(|p| p.join("pids.max").exists())
+        .unwrap();
+    let refused = || -> u64 {
+        let events = std::fs::read_to_string(pids_dir.join("pids.events")).unwrap_or_default();
+        events
+            .lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let t0 = Instant::now();
+    let mut max = 0;
+    while t0.elapsed() < Duration::from_secs(10)
+        && (refused() == 0 || t0.elapsed() < Duration::from_millis(500))
+    {
+        let stats = env.rt.stats(&c.id).unwrap();
+        assert!(stats.pids <= 30, "{stats:?}");
+        max = max.max(stats.pids);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    c.wait_output("started");
+    eprintln!(
+        "fork bomb: max {max} pids sampled, {} forks refused",
+        refused()
+    );
+    assert!(refused() > 0, "the pids controller must have refused forks");
+    assert!(
+        c.output().1.contains("can't fork"),
+        "forks must fail: {:?}",
+        c.output().1
+    );
+    // The host can still fork.
+    assert!(std::process::Command::new("/bin/true")
+        .status()
+        .unwrap()
+        .success());
+    env.rt
+        .stop(&c.id, Some(libc::SIGKILL), Some(Duration::from_secs(5)))
+        .unwrap();
+    c.remove();
+}
+
+#[test]
+fn cpu_quota_holds() {
+    let env = Env::new();
+    let mut cfg = env.config("cpu", "while :; do :; done");
+    cfg.millicpus = Some(200);
+    let c = env.start(&cfg);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = env.rt.stats(&c.id).unwrap().cpu_usage_ns;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = env.rt.stats(&c.id).unwrap().cpu_usage_ns - before;
+    let wall = t0.elapsed().as_nanos() as u64;
+    let ratio = used as f64 / wall as f64;
+    eprintln!("cpu quota 0.2: used {:.3} cpu over 1s", ratio);
+    assert!(ratio <= 0.3 && ratio > 0.05, "cpu ratio {ratio}");
+    c.remove();
+}
+
+#[test]
+fn writes_land_in_the_upper_dir_only() {
+    let env = Env::new();
+    let cfg = env.config(
+        "upper",
+        "echo hi > /written; echo changed >> /etc/image-file; rm /bin/vi; cat /etc/image-file",
+    );
+    let c = env.start(&cfg);
+    assert_eq!(exit_code(&c.wait_exit(Duration::from_secs(20))), 0);
+    let upper = env.rt.container_dir(&c.id).join("upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/image-file")).unwrap(),
+        "from the image\nchanged\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(busybox_layer().join("etc/image-file")).unwrap(),
+        "from the image\n"
+    );
+    assert!(!busybox_layer().join("written").exists());
+    assert!(busybox_layer().join("bin/vi").symlink_metadata().is_ok());
+    c.remove();
+    let (state, out, _) = env.run(&env.config("upper2", "test -e /written && echo seen || echo unseen; cat /etc/image-file; test -e /bin/vi && echo vi"));
+    assert_eq!(exit_code(&state), 0);
+    assert_eq!(out, "unseen\nfrom the image\nvi\n");
+}
+
+#[test]
+fn volumes_secrets_tmpfs_and_readonly_rootfs() {
+    let env = Env::new();
+    let host = tempfile::tempdir().unwrap();
+    let vol = host.path().join("vol");
+    let ro = host.path().join("ro");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("f"), "ro data").unwrap();
+    let secret = host.path().join("db_password");
+    std::fs::write(&secret, "hunter2").unwrap();
+    // An image layer with malicious symlinks, stacked on busybox.
+    let evil = tempfile::tempdir().unwrap();
+    let escape_target = format!("/tmp/berth-escape-{}", std::process::id());
+    std::os::unix::fs::symlink(&escape_target, evil.path().join("data")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../..", evil.path().join("up")).unwrap();
+
+    let mut cfg = env.config(
+        "vols",
+        "echo written > /data/new && echo vol=ok; cat /ro/f; echo; (echo x > /ro/g) 2>/dev/null && echo ro=writable || echo ro=readonly; \
+         cat /run/secrets/db_password; echo; (echo x > /run/secrets/db_password) 2>/dev/null && echo secret=writable || echo secret=readonly; \
+         echo scratch > /up/scratch/f && echo tmpfs=$(grep ' /scratch ' /proc/mounts | cut -d' ' -f3,4); \
+         (touch /rootfile) 2>/dev/null && echo rootfs=writable || echo rootfs=readonly; pwd",
+    );
+    cfg.lowerdirs = vec![evil.path().to_path_buf(), busybox_layer().to_path_buf()];
+    cfg.readonly_rootfs = true;
+    cfg.cwd = "/work/dir".into();
+    cfg.mounts = vec![
+        Mount::bind(&vol, "/data", false),
+        Mount::bind(&ro, "/ro", true),
+        Mount::secret(&secret, "db_password"),
+        Mount::tmpfs(Some(1 << 20), "/up/scratch"),
+    ];
+    let (state, out, err) = env.run(&cfg);
+    assert_eq!(exit_code(&state), 0, "{out} {err}");
+    assert!(out.contains("vol=ok"), "{out} {err}");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("new")).unwrap(),
+        "written\n"
+    );
+    assert!(
+        !Path::new(&escape_target).exists(),
+        "a symlinked mount target escaped to the host"
+    );
+    assert!(out.contains("ro data\nro=readonly"), "{out}");
+    assert!(out.contains("hunter2\nsecret=readonly"), "{out}");
+    assert!(
+        out.contains("tmpfs=tmpfs rw,nosuid,nodev,relatime,size=1024k"),
+        "{out}"
+    );
+    assert!(out.contains("rootfs=readonly"), "{out}");
+    assert!(out.ends_with("/work/dir\n"), "{out}");
+}
+
+#[test]
+fn stop_sends_the_stop_signal_then_kills() {
+    let env = Env::new();
+    let mut cfg = env.config(
+        "stop",
+        "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    cfg.stop_timeout = Duration::from_secs(10);
+    let c = env.start(&cfg);
+    c.wait_output("ready");
+    let t0 = Instant::now();
+    let exit = env.rt.stop(&c.id, None, None).unwrap();
+    assert_eq!((exit.code, exit.signal, exit.oom_killed), (3, None, false));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(c.output().0.contains("got-term"));
+    c.remove();
+
+    // PID 1 without a handler ignores SIGTERM: SIGKILL after the timeout.
+    let c = env.start(&env.config("stop-kill", "echo ready; sleep 100"));
+    c.wait_output("ready");
+    let t0 = Instant::now();
+    let exit = env
+        .rt
+        .stop(&c.id, Some(libc::SIGTERM), Some(Duration::from_millis(300)))
+        .unwrap();
+    assert_eq!((exit.code, exit.signal), (137, Some(9)));
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    // Removing a running container kills it too.
+    c.remove();
+    let c = env.start(&env.config("rm-running", "sleep 100"));
+    c.remove();
+}
+
+#[test]
+fn failed_create_undoes_everything() {
+    let env = Env::new();
+    let mut cfg = env.config("fail", "");
+    cfg.args = vec!["no-such-command".into()];
+    let err = env.rt.create_and_start(&cfg).unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Start { id, step, .. } if id == &cfg.id && step == "find executable"),
+        "{err}"
+    );
+    assert_clean(&env.rt, &cfg.id);
+
+    let mut cfg = env.config("fail-mount", "true");
+    cfg.mounts = vec![Mount::bind("/nonexistent/berth/source", "/x", false)];
+    let err = env.rt.create_and_start(&cfg).unwrap_err();
+    assert!(
+        err.to_string().contains(&cfg.id) && err.to_string().contains("/x"),
+        "{err}"
+    );
+    assert_clean(&env.rt, &cfg.id);
+
+    // Ids are checked before anything is made.
+    let mut cfg = env.config("x", "true");
+    cfg.id = "../escape".into();
+    assert!(env.rt.create_and_start(&cfg).is_err());
+    assert!(env.rt.list().unwrap().is_empty());
+
+    // A duplicate id is refused without touching the running container.
+    let cfg = env.config("dup", "sleep 100");
+    let c = env.start(&cfg);
+    assert!(matches!(
+        env.rt.create_and_start(&cfg),
+        Err(RuntimeError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        env.rt.state(&c.id),
+        ContainerState::Running { .. }
+    ));
+    c.remove();
+}
+
+#[test]
+fn monitor_exe_is_not_writable_from_anywhere() {
+    let env = Env::new();
+    let c = env.start(&env.config("exe", "echo ready; sleep 100"));
+    c.wait_output("ready");
+    let st: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.rt.container_dir(&c.id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = st["monitor_pid"].as_i64().unwrap();
+    let exe = format!("/proc/{monitor}/exe");
+    let target = std::fs::read_link(&exe).unwrap();
+    // Exec'd from a read-only bind mount that was detached right after.
+    assert_ne!(target, Path::new(env!("CARGO_BIN_EXE_berth-monitor")));
+    // While it runs, writing gives ETXTBSY; the CVE-2019-5736 attack keeps an
+    // O_PATH fd and reopens it for writing once the process has exited. That
+    // reopen goes to the mount the fd names, which is read-only: EROFS.
+    let opath = nix::fcntl::open(
+        Path::new(&exe),
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let vfs = nix::sys::statvfs::fstatvfs(&opath).unwrap();
+    assert!(
+        vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
+        "monitor exe mount must be read-only"
+    );
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&exe)
+        .unwrap_err();
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
+        "{err}"
+    );
+    // The container's PID 1 runs the workload, not agent code.
+    let pid = match env.rt.state(&c.id) {
+        ContainerState::Running { pid, .. } => pid,
+        other => panic!("{other:?}"),
+    };
+    assert!(std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap()
+        .ends_with("bin/busybox"));
+    // The monitor is not in the agent's session or process group.
+    let stat = std::fs::read_to_string(format!("/proc/{monitor}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let (ppid, pgrp, session): (i32, i32, i32) = (
+        fields[1].parse().unwrap(),
+        fields[2].parse().unwrap(),
+        fields[3].parse().unwrap(),
+    );
+    assert_ne!(ppid, std::process::id() as i32);
+    assert_ne!(pgrp, nix::unistd::getpgrp().as_raw());
+    assert_ne!(session, nix::unistd::getsid(None).unwrap().as_raw());
+    c.remove();
+}
+
+/// Not a test on its own: the "agent" process `containers_outlive_a_killed_agent` starts and SIGKILLs.
+#[test]
+#[ignore]
+fn helper_agent() {
+    let Ok(state) = std::env::var("BERTH_HELPER_STATE") else {
+        return;
+    };
+    let rt = Runtime::new(paths(Path::new(&state)));
+    for spec in std::env::var("BERTH_HELPER_CONTAINERS")
+        .unwrap()
+        .split('\n')
+    {
+        let (id, script) = spec.split_once('=').unwrap();
+        let cfg = ContainerConfig::new(
+            id,
+            vec![busybox_layer().to_path_buf()],
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+        );
+        rt.create_and_start(&cfg).unwrap();
+    }
+    println!("CREATED");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn containers_outlive_a_killed_agent_and_are_readopted() {
+    let env = Env::new();
+    let long = unique("long");
+    let short = unique("short");
+    let containers = format!(
+        "{long}=echo started; sleep 1; echo still-alive; sleep 100\n{short}=sleep 1; exit 7"
+    );
+    let mut agent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_agent",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BERTH_HELPER_STATE", env.state.path())
+        .env("BERTH_HELPER_CONTAINERS", &containers)
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _guards = [
+        Guard {
+            env: &env,
+            id: long.clone(),
+        },
+        Guard {
+            env: &env,
+            id: short.clone(),
+        },
+    ];
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().contains("CREATED")),
+        "helper agent failed"
+    );
+    // kill -9 the agent's whole process group, as when berthd's unit is killed.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    agent.wait().unwrap();
+
+    // A fresh runtime (a restarted agent) re-adopts both from disk.
+    let rt = Runtime::new(paths(env.state.path()));
+    let listed = rt.list().unwrap();
+    let ids: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
+    assert!(
+        ids.contains(&long.as_str()) && ids.contains(&short.as_str()),
+        "{ids:?}"
+    );
+    assert!(
+        matches!(rt.state(&long), ContainerState::Running { .. }),
+        "{:?}",
+        rt.state(&long)
+    );
+    let g = Guard {
+        env: &env,
+        id: long.clone(),
+    };
+    g.wait_output("still-alive");
+    // The short one exited while no agent ran; its exit code is on disk.
+    let g2 = Guard {
+        env: &env,
+        id: short.clone(),
+    };
+    assert_eq!(exit_code(&g2.wait_exit(Duration::from_secs(10))), 7);
+    assert!(matches!(rt.state(&long), ContainerState::Running { .. }));
+    std::mem::forget(g);
+    std::mem::forget(g2);
+    let exit = rt.stop(&long, Some(libc::SIGKILL), None).unwrap();
+    assert_eq!(exit.signal, Some(9));
+    for id in [&long, &short] {
+        rt.remove(id).unwrap();
+        assert_clean(&rt, id);
+    }
+}
+
+fn rss_kib(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let private: u64 = rollup
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    (rss, private)
+}
+
+#[test]
+fn measurements_start_latency_and_monitor_memory() {
+    let env = Env::new();
+    let mut cfg = env.config("true", "");
+    cfg.args = vec!["/bin/true".into()];
+    let t0 = Instant::now();
+    let c = env.start(&cfg);
+    let started = t0.elapsed();
+    assert_eq!(exit_code(&c.wait_exit(Duration::from_secs(10))), 0);
+    let total = t0.elapsed();
+    c.remove();
+    let c = env.start(&env.config("rss", "echo ready; sleep 100"));
+    c.wait_output("ready");
+    let st: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.rt.container_dir(&c.id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let (rss, private) = rss_kib(st["monitor_pid"].as_i64().unwrap() as i32);
+    eprintln!("MEASURE /bin/true: create_and_start {started:?}, start-to-exit {total:?}; monitor VmRSS {rss} KiB, private {private} KiB");
+    assert!(
+        private <= 1536,
+        "monitor private memory {private} KiB exceeds 1.5 MiB"
+    );
+    c.remove();
+}
+
+#[test]
+fn logs_rotate_and_mounts_stay_in_the_container() {
+    let env = Env::new();
+    let mut cfg = env.config(
+        "logs",
+        "for i in 1 2 3 4 5 6; do head -c 3000 /dev/zero | tr '\\0' x; echo; done; echo err >&2; echo ready; sleep 100",
+    );
+    cfg.log_max_bytes = 8192;
+    let c = env.start(&cfg);
+    c.wait_output("ready");
+    // Nothing the container mounted is visible in the host's mount namespace.
+    let dir = env.rt.container_dir(&c.id);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(dir.to_str().unwrap()),
+        "container mounts leaked to the host"
+    );
+    let logs = env.rt.logs(&c.id).unwrap();
+    assert_eq!(logs.stdout.len(), 2, "{logs:?}");
+    assert!(logs.stdout[0].ends_with("stdout.log.1") && logs.stdout[1].ends_with("stdout.log"));
+    let sizes: Vec<u64> = logs
+        .stdout
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert!(sizes.iter().all(|s| *s <= 8192), "{sizes:?}");
+    assert_eq!(std::fs::read_to_string(&logs.stderr[0]).unwrap(), "err\n");
+    let stats = env.rt.stats(&c.id).unwrap();
+    assert!(
+        stats.memory_bytes > 0 && stats.cpu_usage_ns > 0 && stats.pids >= 1,
+        "{stats:?}"
+    );
+    c.remove();
+}
+
+#[test]
+fn cgroup_v2_layer_works_on_the_unified_mount() {
+    use berth_agent::runtime::cgroups::{Cgroup, Hierarchy, Limits};
+    let root = PathBuf::from("/sys/fs/cgroup/unified");
+    let is_v2 = nix::sys::statfs::statfs(&root)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    let hierarchy = if is_v2 {
+        Hierarchy::V2 { root }
+    } else if let Some(h @ Hierarchy::V2 { .. }) = Hierarchy::detect() {
+        h
+    } else {
+        eprintln!("no cgroup2 mount; skipping");
+        return;
+    };
+    let id = unique("v2");
+    let cg = Cgroup::new(hierarchy, CGROUP_PARENT, &id);
+    // On a hybrid host the unified hierarchy has no controllers: no limits here.
+    cg.create(&Limits::default()).unwrap();
+    let mut child = std::process::Command::new("/bin/sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    cg.add_pid(child.id() as i32).unwrap();
+    assert_eq!(cg.pids(), vec![child.id() as i32]);
+    cg.remove(Duration::from_secs(5)).unwrap();
+    assert!(child.wait().unwrap().signal().is_some());
+    for p in cg.paths() {
+        assert!(!p.exists());
+    }
+}
