@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod sources;
 pub mod state;
 pub mod sys;
 
