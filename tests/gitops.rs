@@ -204,7 +204,11 @@ fn a_rename_heavy_checkout_is_one_revision() {
     assert_eq!(services, ["api", "cache", "web", "worker"]);
     // Give a second, spurious revision every chance to appear.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(history(&agent).len(), 2, "exactly one revision per checkout");
+    assert_eq!(
+        history(&agent).len(),
+        2,
+        "exactly one revision per checkout"
+    );
     assert!(events_of_kind(&agent, "source-refused").is_empty());
     assert_eq!(apply_errors(&agent, "file"), 0);
     assert_eq!(source_error(&agent), None);
@@ -259,8 +263,18 @@ fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=Berth Test", "-c", "user.email=test@berth.invalid"])
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Berth Test",
+            "-c",
+            "user.email=test@berth.invalid",
+        ])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -322,7 +336,11 @@ fn git_commits_become_revisions_and_a_broken_commit_is_refused() {
     assert_eq!(h[0]["source"], format!("git:{c1}"));
     assert_eq!(h[0]["services"], serde_json::json!(["web"]));
 
-    let c2 = commit_and_push(&work, &[("hosts/common/web.toml", &service("web", 2))], "two");
+    let c2 = commit_and_push(
+        &work,
+        &[("hosts/common/web.toml", &service("web", 2))],
+        "two",
+    );
     let h = wait_for_revisions(&agent, 2);
     assert_eq!(h[1]["source"], format!("git:{c2}"));
 
@@ -342,17 +360,29 @@ fn git_commits_become_revisions_and_a_broken_commit_is_refused() {
     assert!(refused[0]["message"].as_str().unwrap().contains(&c4));
 
     // Fixed in the next commit: applied, error cleared.
-    let c5 = commit_and_push(&work, &[("hosts/common/web.toml", &service("web", 3))], "fix");
+    let c5 = commit_and_push(
+        &work,
+        &[("hosts/common/web.toml", &service("web", 3))],
+        "fix",
+    );
     let h = wait_for_revisions(&agent, 3);
     assert_eq!(h[2]["source"], format!("git:{c5}"));
     wait_for("the source error to clear", || {
         source_error(&agent).is_none().then_some(())
     });
 
-    // Restart with the ref unchanged: nothing recorded.
+    // Restart with the ref unchanged: nothing fetched, nothing recorded.
+    let fetches = |agent: &Agent| agent.log().matches("fetching git ref").count();
+    let before = fetches(&agent);
+    assert!(before >= 4, "one fetch per new commit");
     agent.kill9();
     agent.spawn();
     std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        fetches(&agent),
+        before,
+        "an unchanged ref is not fetched again"
+    );
     assert_eq!(history(&agent).len(), 3);
     assert!(events_of_kind(&agent, "revision-applied").is_empty());
     assert_eq!(source_error(&agent), None);
@@ -474,7 +504,8 @@ impl Drop for ManifestServer {
 fn url_source_polls_with_etags_and_applies_changes() {
     let server = ManifestServer::start(&service("web", 1), "\"v1\"");
     let url = format!("http://127.0.0.1:{}/hosts/web.toml", server.port);
-    let mut agent = Agent::start_with(&["--manifest-url", &url, "--manifest-poll-interval", "200ms"]);
+    let mut agent =
+        Agent::start_with(&["--manifest-url", &url, "--manifest-poll-interval", "200ms"]);
     let h = history(&agent);
     assert_eq!(h.len(), 1, "{h:?}");
     assert_eq!(h[0]["source"], format!("url:{url}"));

@@ -189,3 +189,27 @@ pub async fn run(
     }
     tracing::debug!("manifest watcher stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes() {
+        let ev = |kind| Event::new(kind);
+        assert!(!is_change(&ev(EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        )))));
+        assert!(!is_change(&ev(EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        )))));
+        assert!(is_change(&ev(EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        )))));
+        assert!(is_change(&ev(EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        )))));
+        assert!(is_change(&ev(EventKind::Create(CreateKind::File))));
+    }
+}

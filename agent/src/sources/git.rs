@@ -129,6 +129,7 @@ async fn remote_commit(dir: &Path, spec: &GitSpec) -> Result<Option<String>, Git
 
 /// Fetches `reference` (depth 1) and returns its commit id.
 async fn fetch(dir: &Path, spec: &GitSpec) -> Result<String, GitError> {
+    tracing::debug!(repo = %spec.repo, reference = %spec.reference, "fetching git ref");
     git(
         dir,
         &[
@@ -294,4 +295,22 @@ pub async fn run(
         }
     }
     tracing::debug!("git poller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_path_is_normalized() {
+        let spec = |p: &str| GitSpec {
+            repo: "r".into(),
+            reference: "main".into(),
+            path: p.into(),
+        };
+        assert_eq!(spec("manifests/").clean_path(), "manifests");
+        assert_eq!(spec("./hosts/common").clean_path(), "hosts/common");
+        assert_eq!(spec(".").clean_path(), "");
+        assert_eq!(spec("/").clean_path(), "");
+    }
 }

@@ -287,3 +287,23 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_tells_names_and_texts_apart() {
+        let f = |pairs: &[(&str, &str)]| {
+            content_hash(
+                &pairs
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), t.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(f(&[("a", "x")]), f(&[("a", "x")]));
+        assert_ne!(f(&[("a", "x")]), f(&[("b", "x")]));
+        assert_ne!(f(&[("ab", "")]), f(&[("a", "b")]));
+    }
+}

@@ -145,3 +145,15 @@ pub async fn run(
     }
     tracing::debug!("manifest URL poller stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_is_named_after_the_url_path() {
+        assert_eq!(file_name("http://h/hosts/web.toml?x=1"), "web.toml");
+        assert_eq!(file_name("https://h/"), "manifest.toml");
+        assert_eq!(file_name("https://h"), "manifest.toml");
+    }
+}
