@@ -390,6 +390,9 @@ fn git_commits_become_revisions_and_a_broken_commit_is_refused() {
     let out = agent.ctl(&["apply", "-f", work.join("hosts/common").to_str().unwrap()]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("managed by --git"), "{}", out.stderr);
+
+    // The poller stops on SIGTERM: a clean, prompt exit.
+    assert!(agent.terminate().success(), "{}", agent.log());
 }
 
 /// A tiny HTTP server for one manifest with an ETag; counts requests and 200s.

@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{sleep_or_stop, Tracker};
 use crate::control::{Agent, ApplySource};
+use crate::state::{private_dir, StateError};
 
 /// Longest one git command may take.
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -30,11 +31,8 @@ pub enum GitError {
     Failed { command: String, stderr: String },
     #[error("{0}")]
     Content(String),
-    #[error("preparing {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// What to follow: a repository, a ref in it, and a file or directory.
@@ -69,7 +67,6 @@ async fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>, GitError> {
     cmd.arg("-C")
         .arg(dir)
         .args(["-c", "core.hooksPath=/dev/null"])
-        .args(["-c", "protocol.file.allow=always"])
         .args(["-c", "fetch.recurseSubmodules=false"])
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -98,10 +95,7 @@ async fn ensure_repo(work: &Path, repo: &str) -> Result<PathBuf, GitError> {
     let id = hex::encode(&Sha256::digest(repo.as_bytes())[..8]);
     let dir = work.join(id);
     if !dir.join("HEAD").exists() {
-        crate::state::private_dir(&dir).map_err(|e| GitError::Io {
-            path: dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        private_dir(&dir)?;
         git(&dir, &["init", "--bare", "-q", "."]).await?;
     }
     Ok(dir)
