@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -43,6 +44,8 @@ pub enum ConfigError {
     BadHttp(String),
     #[error("--subnet `{0}` is not an IPv4 CIDR like 10.89.0.0/16")]
     BadSubnet(String),
+    #[error("{0} are both set: an agent follows at most one manifest source")]
+    ConflictingSources(String),
     #[error("{what} `{value}` is invalid: {why}")]
     Invalid {
         what: &'static str,
@@ -90,6 +93,8 @@ pub struct ConfigLayer {
     pub git: Option<String>,
     pub git_ref: Option<String>,
     pub git_path: Option<String>,
+    /// How often a `--manifest-url` or `--git` source is polled, e.g. `"30s"`.
+    pub manifest_poll_interval: Option<String>,
     pub registry_config: Option<PathBuf>,
     pub subnet: Option<String>,
     pub bridge: Option<String>,
@@ -138,6 +143,7 @@ impl ConfigLayer {
             git: over.git.or(self.git),
             git_ref: over.git_ref.or(self.git_ref),
             git_path: over.git_path.or(self.git_path),
+            manifest_poll_interval: over.manifest_poll_interval.or(self.manifest_poll_interval),
             registry_config: over.registry_config.or(self.registry_config),
             subnet: over.subnet.or(self.subnet),
             bridge: over.bridge.or(self.bridge),
@@ -160,6 +166,8 @@ pub struct AgentConfig {
     pub git: Option<String>,
     pub git_ref: String,
     pub git_path: String,
+    /// Poll interval of the URL and git sources (also the directory rescan).
+    pub manifest_poll_interval: Duration,
     pub registry_config: Option<PathBuf>,
     pub subnet: (std::net::Ipv4Addr, u8),
     pub bridge: String,
@@ -218,6 +226,66 @@ impl AgentConfig {
                 why: "1-15 of [A-Za-z0-9_-]",
             });
         }
+        let sources: Vec<&str> = [
+            layer.manifests.as_ref().map(|_| "--manifests"),
+            layer.manifest_url.as_ref().map(|_| "--manifest-url"),
+            layer.git.as_ref().map(|_| "--git"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if sources.len() > 1 {
+            return Err(ConfigError::ConflictingSources(sources.join(" and ")));
+        }
+        if let Some(url) = &layer.manifest_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    what: "--manifest-url",
+                    value: url.clone(),
+                    why: "expected an http:// or https:// URL",
+                });
+            }
+        }
+        if let Some(repo) = &layer.git {
+            if repo.is_empty() || repo.starts_with('-') {
+                return Err(ConfigError::Invalid {
+                    what: "--git",
+                    value: repo.clone(),
+                    why: "expected a repository URL or path",
+                });
+            }
+        }
+        let git_ref = layer.git_ref.unwrap_or_else(|| "main".into());
+        if git_ref.is_empty()
+            || git_ref.starts_with('-')
+            || git_ref.contains("..")
+            || git_ref.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::Invalid {
+                what: "--git-ref",
+                value: git_ref,
+                why: "a branch, tag or commit name",
+            });
+        }
+        let git_path = layer.git_path.unwrap_or_else(|| "manifests/".into());
+        if git_path.starts_with('/') || git_path.split('/').any(|c| c == "..") {
+            return Err(ConfigError::Invalid {
+                what: "--git-path",
+                value: git_path,
+                why: "a path inside the repository, without `..`",
+            });
+        }
+        let poll_text = layer.manifest_poll_interval.unwrap_or_else(|| "30s".into());
+        let manifest_poll_interval = match berth_core::units::parse_duration(&poll_text) {
+            Ok(d) if d >= Duration::from_millis(50) => d,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    what: "--manifest-poll-interval",
+                    value: poll_text,
+                    why: "a duration of at least 50ms, like \"30s\"",
+                })
+            }
+        };
         let cgroup_parent = layer.cgroup_parent.unwrap_or_else(|| "berth".into());
         if cgroup_parent.is_empty()
             || cgroup_parent
@@ -239,8 +307,9 @@ impl AgentConfig {
             manifests: layer.manifests,
             manifest_url: layer.manifest_url,
             git: layer.git,
-            git_ref: layer.git_ref.unwrap_or_else(|| "main".into()),
-            git_path: layer.git_path.unwrap_or_else(|| "manifests/".into()),
+            git_ref,
+            git_path,
+            manifest_poll_interval,
             registry_config: layer.registry_config,
             subnet,
             bridge,
@@ -270,6 +339,11 @@ mod tests {
         assert_eq!(c.bridge, "berth0");
         assert_eq!(c.cgroup_parent, "berth");
         assert_eq!(c.subnet, ("10.89.0.0".parse().unwrap(), 16));
+        assert_eq!(c.manifest_poll_interval, Duration::from_secs(30));
+        assert_eq!(
+            (c.git_ref.as_str(), c.git_path.as_str()),
+            ("main", "manifests/")
+        );
     }
 
     #[test]
@@ -330,6 +404,28 @@ mod tests {
             },
             ConfigLayer {
                 cgroup_parent: Some("../escape".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                manifests: Some("/srv/m".into()),
+                git: Some("https://example.invalid/r.git".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                manifest_url: Some("ftp://x/m.toml".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                git: Some("--upload-pack=evil".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                git: Some("/srv/repo".into()),
+                git_ref: Some("--output=x".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                manifest_poll_interval: Some("soon".into()),
                 ..Default::default()
             },
         ] {

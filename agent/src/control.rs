@@ -27,6 +27,8 @@ pub enum AgentError {
     NotFound { what: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("this agent's manifest is managed by {0}: change the source instead (apply --dry-run and diff still work)")]
+    ManagedBySource(String),
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.
@@ -71,6 +73,11 @@ pub struct Agent {
     ready: AtomicBool,
     draining: AtomicBool,
     apply_lock: tokio::sync::Mutex<()>,
+    /// The configured manifest source (`--manifests`, `--manifest-url`, `--git`),
+    /// which alone may record revisions while it is set.
+    managed_source: Option<String>,
+    /// Why the source's newest version was not applied, for `status`.
+    source_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A stable hash of what a manifest asks for, independent of file names and
@@ -85,7 +92,10 @@ pub fn manifest_identity(manifest: &Manifest) -> String {
 
 impl Agent {
     pub fn new(config: AgentConfig, store: Store) -> Result<Arc<Agent>, AgentError> {
+        let managed_source = crate::sources::describe(&config);
         let agent = Agent {
+            managed_source,
+            source_error: std::sync::Mutex::new(None),
             config,
             store,
             events: EventBus::new(),
@@ -118,6 +128,23 @@ impl Agent {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// The configured manifest source, if any (it owns the manifest).
+    pub fn managed_source(&self) -> Option<&str> {
+        self.managed_source.as_deref()
+    }
+
+    /// Sets or clears the error `status` shows for the manifest source.
+    pub fn set_source_error(&self, error: Option<String>) {
+        *self.source_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    fn source_error(&self) -> Option<String> {
+        self.source_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Containers as observed on this host (the runtime fills this in).
     fn observed(&self) -> Vec<ObservedContainer> {
         Vec::new()
@@ -131,6 +158,16 @@ impl Agent {
         source: ApplySource,
         dry_run: bool,
     ) -> Result<ApplyResponse, AgentError> {
+        if let (Some(owner), false, ApplySource::Api | ApplySource::Rollback(_)) =
+            (&self.managed_source, dry_run, &source)
+        {
+            self.emit(
+                "apply-refused",
+                None,
+                format!("{} refused: managed by {owner}", source.describe()),
+            );
+            return Err(AgentError::ManagedBySource(owner.clone()));
+        }
         let manifest = match Manifest::from_sources(&files) {
             Ok(m) => m,
             Err(e) => {
@@ -275,7 +312,7 @@ impl Agent {
             },
             revision: latest.map(|r| r.info),
             services,
-            source_error: None,
+            source_error: self.source_error(),
         })
     }
 

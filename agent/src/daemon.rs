@@ -85,6 +85,9 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Longest start-up waits for the manifest source's first sync.
+pub const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs the agent until a shutdown signal.
 pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&config.state_dir)?;
@@ -153,6 +156,23 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             .await
     });
 
+    // The manifest source applies its current content before the agent
+    // reports ready (bounded, so an unreachable remote does not block it).
+    let (sources_stop, sources_rx) = tokio::sync::watch::channel(false);
+    let source = crate::sources::spawn(agent.clone(), sources_rx);
+    let source_task = match source {
+        Some(mut running) => {
+            if tokio::time::timeout(FIRST_SYNC_WAIT, &mut running.first_sync)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the manifest source's first sync is still running; serving anyway");
+            }
+            Some(running.task)
+        }
+        None => None,
+    };
+
     agent.set_ready();
     agent.emit(
         "agent-started",
@@ -164,6 +184,16 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(());
+    let _ = sources_stop.send(true);
+    if let Some(task) = source_task {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
     // Followers of /v1/events keep connections open; do not wait forever.
     let drain = async { while servers.join_next().await.is_some() {} };
     if tokio::time::timeout(std::time::Duration::from_secs(5), drain)

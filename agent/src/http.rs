@@ -59,6 +59,16 @@ impl From<AgentError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorBody::invalid_manifest(&problems),
             ),
+            AgentError::ManagedBySource(ref owner) => ApiError(
+                StatusCode::CONFLICT,
+                ErrorBody {
+                    error: berth_core::api::ErrorDetail {
+                        code: "managed_by_source".into(),
+                        message: e.to_string(),
+                        details: serde_json::json!({ "source": owner }),
+                    },
+                },
+            ),
             AgentError::NotFound { what } => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod registry;
 pub mod runtime;
+pub mod sources;
 pub mod state;
 pub mod sys;
 

@@ -29,14 +29,21 @@ struct Flags {
     /// Manifest file or directory, watched.
     #[arg(long)]
     manifests: Option<PathBuf>,
+    /// Manifest URL, polled with If-None-Match.
     #[arg(long)]
     manifest_url: Option<String>,
+    /// Git repository whose --git-path at --git-ref is the manifest.
     #[arg(long)]
     git: Option<String>,
+    /// Branch, tag or commit of --git (default main).
     #[arg(long)]
     git_ref: Option<String>,
+    /// File or directory inside --git (default manifests/).
     #[arg(long)]
     git_path: Option<String>,
+    /// How often --manifest-url and --git are polled (default 30s).
+    #[arg(long)]
+    manifest_poll_interval: Option<String>,
     #[arg(long)]
     registry_config: Option<PathBuf>,
     #[arg(long)]
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
             git: flags.git,
             git_ref: flags.git_ref,
             git_path: flags.git_path,
+            manifest_poll_interval: flags.manifest_poll_interval,
             registry_config: flags.registry_config,
             subnet: flags.subnet,
             bridge: flags.bridge,
