@@ -1,20 +1,45 @@
-//! The agent core's command surface: apply a manifest, list revisions, report
-//! status, stream events. The HTTP layer only turns requests into these calls;
-//! everything that decides or stores lives behind them.
+//! The agent core's command surface: apply a manifest (validate, resolve tags
+//! to digests, read env files, plan, record), list revisions, report status,
+//! and the image and container commands in `images` and `containers`. The
+//! HTTP layer only turns requests into these calls.
 
+mod containers;
+mod images;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use berth_core::api::{AgentStatus, ApplyResponse, RevisionInfo, ServiceStatus, StatusResponse};
-use berth_core::manifest::{Manifest, Problem, SourceFiles};
-use berth_core::plan::{self, ObservedContainer};
+use berth_core::image_ref::{Digest, ImageRef};
+use berth_core::manifest::{parse_env_file, Manifest, Problem, SourceFiles};
+use berth_core::plan::{self, DesiredService, ObservedContainer};
+use berth_core::spec::ContainerSpec;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::AgentConfig;
 use crate::events::EventBus;
+use crate::image::store::{ImageError, ImageStore};
 use crate::metrics::Metrics;
+use crate::registry::config::RegistryConfig;
+use crate::registry::RegistryClient;
+use crate::runtime::{ContainerInfo, Runtime, RuntimePaths};
 use crate::state::{RevisionRecord, StateError, Store};
+
+pub use containers::LABEL_SERVICE;
+
+/// Each service's env-file pairs.
+pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
+
+/// Labels berthd puts on every container it creates.
+pub const LABEL_SPEC: &str = "berth.spec";
+pub const LABEL_REVISION: &str = "berth.revision";
+pub const LABEL_IMAGE: &str = "berth.image";
+/// Largest env file read.
+const MAX_ENV_FILE: u64 = 1 << 20;
+/// Revisions whose images GC keeps.
+pub const RETAINED_REVISIONS: usize = 5;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +54,14 @@ pub enum AgentError {
     Internal(String),
     #[error("this agent's manifest is managed by {0}: change the source instead (apply --dry-run and diff still work)")]
     ManagedBySource(String),
+    #[error("service `{service}`: {source}")]
+    ImageResolve { service: String, source: Box<ImageError> },
+    #[error(transparent)]
+    Image(#[from] Box<ImageError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("runtime: {0}")]
+    Runtime(String),
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.
@@ -39,6 +72,10 @@ pub enum ApplySource {
     Url(String),
     Git { commit: String },
     Rollback(u64),
+    /// A `pull.check` found a new digest for a tag.
+    PullCheck,
+    /// A failed rollout restored an earlier revision.
+    AutoRollback { failed: u64, restored: u64 },
 }
 
 impl ApplySource {
@@ -48,6 +85,7 @@ impl ApplySource {
             ApplySource::File(_) => "file",
             ApplySource::Url(_) => "url",
             ApplySource::Git { .. } => "git",
+            ApplySource::PullCheck | ApplySource::AutoRollback { .. } => "agent",
         }
     }
 
@@ -58,8 +96,44 @@ impl ApplySource {
             ApplySource::Url(u) => format!("url:{u}"),
             ApplySource::Git { commit } => format!("git:{commit}"),
             ApplySource::Rollback(n) => format!("rollback:{n}"),
+            ApplySource::PullCheck => "pull-check".into(),
+            ApplySource::AutoRollback { failed, restored } => {
+                format!("rollback:{restored} (revision {failed} failed)")
+            }
         }
     }
+}
+
+/// What the reconciler knows that is not on disk: readiness, health,
+/// restart backoff, replicas being retired and images being pulled.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub services: BTreeMap<String, ServiceLive>,
+    pub health: HashMap<String, crate::health::HealthLive>,
+    pub retiring: HashSet<String>,
+    pub pulling: HashSet<String>,
+    /// Container id → its address on the bridge (networking fills it in).
+    pub addresses: HashMap<String, std::net::Ipv4Addr>,
+}
+
+/// One service's live state.
+#[derive(Debug, Default, Clone)]
+pub struct ServiceLive {
+    pub desired: u32,
+    pub ready: u32,
+    /// Ids of ready replicas (the proxy and readiness endpoint use them).
+    pub ready_ids: Vec<String>,
+    pub restarts: u64,
+    /// Consecutive failures, for the restart backoff.
+    pub failures: u32,
+    pub next_start_at: Option<Instant>,
+    pub last_error: Option<String>,
+    pub rollout_started: Option<Instant>,
+    pub converged: bool,
+    /// When tags were last re-resolved (`pull.check`).
+    pub last_check: Option<Instant>,
+    /// When a pull of this service's image last failed.
+    pub pull_failed_at: Option<Instant>,
 }
 
 /// The running agent's shared core.
@@ -69,6 +143,8 @@ pub struct Agent {
     store: Store,
     pub events: EventBus,
     pub metrics: Metrics,
+    pub images: ImageStore,
+    pub runtime: Arc<Runtime>,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -78,6 +154,9 @@ pub struct Agent {
     managed_source: Option<String>,
     /// Why the source's newest version was not applied, for `status`.
     source_error: std::sync::Mutex<Option<String>>,
+    /// Wakes the reconcile loop (apply, exits, health changes).
+    pub wake: tokio::sync::Notify,
+    pub live: std::sync::Mutex<Live>,
 }
 
 /// A stable hash of what a manifest asks for, independent of file names and
@@ -90,20 +169,64 @@ pub fn manifest_identity(manifest: &Manifest) -> String {
     hex::encode(Sha256::digest(serde_json::to_vec(&m).unwrap_or_default()))
 }
 
+/// The monitor executable: `berth-monitor` beside the running binary, or
+/// the running binary itself (it understands the monitor subcommand too).
+fn monitor_exe() -> std::path::PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| "berthd".into());
+    let sibling = me.with_file_name("berth-monitor");
+    if sibling.is_file() {
+        sibling
+    } else {
+        me
+    }
+}
+
+/// Registry settings: `--registry-config` plus Docker's `config.json`.
+fn registry_config(config: &AgentConfig) -> Result<RegistryConfig, AgentError> {
+    let mut rc = match &config.registry_config {
+        Some(path) => RegistryConfig::load(path).map_err(|e| AgentError::BadRequest(e.to_string()))?,
+        None => RegistryConfig::new(),
+    };
+    let docker = std::env::var_os("DOCKER_CONFIG")
+        .map(|d| std::path::PathBuf::from(d).join("config.json"))
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker/config.json")));
+    if let Some(path) = docker.filter(|p| p.is_file()) {
+        if let Err(e) = rc.load_docker_config(&path) {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable Docker config");
+        }
+    }
+    Ok(rc)
+}
+
 impl Agent {
     pub fn new(config: AgentConfig, store: Store) -> Result<Arc<Agent>, AgentError> {
         let managed_source = crate::sources::describe(&config);
+        let metrics = Metrics::new();
+        let registry =
+            RegistryClient::new(registry_config(&config)?).map_err(|e| AgentError::Internal(e.to_string()))?;
+        let images = ImageStore::open(config.state_dir.clone(), store.tree("images")?, registry, metrics.clone())
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        let runtime = Arc::new(Runtime::new(RuntimePaths::new(
+            config.state_dir.clone(),
+            config.run_dir.clone(),
+            &config.cgroup_parent,
+            monitor_exe(),
+        )));
         let agent = Agent {
             managed_source,
             source_error: std::sync::Mutex::new(None),
             config,
             store,
             events: EventBus::new(),
-            metrics: Metrics::new(),
+            metrics,
+            images,
+            runtime,
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             apply_lock: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+            live: std::sync::Mutex::new(Live::default()),
         };
         if let Some(rev) = agent.store.latest_revision()? {
             agent.metrics.current_revision.set(rev.info.number as i64);
@@ -113,6 +236,11 @@ impl Agent {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Locks the live state (a poisoned lock is still usable: it holds plain data).
+    pub fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks the initial reconcile as done (`/readyz` turns 200).
@@ -128,6 +256,15 @@ impl Agent {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Puts the whole host into drain (every readiness endpoint answers 503).
+    pub fn set_draining(&self, on: bool) {
+        let was = self.draining.swap(on, Ordering::SeqCst);
+        if was != on {
+            self.emit("drain", None, if on { "host drain on".into() } else { "host drain off".into() });
+            self.wake.notify_one();
+        }
+    }
+
     /// The configured manifest source, if any (it owns the manifest).
     pub fn managed_source(&self) -> Option<&str> {
         self.managed_source.as_deref()
@@ -139,35 +276,133 @@ impl Agent {
     }
 
     fn source_error(&self) -> Option<String> {
-        self.source_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.source_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Containers as observed on this host (the runtime fills this in).
-    fn observed(&self) -> Vec<ObservedContainer> {
-        Vec::new()
+    /// Every container on disk (running or not), from the runtime.
+    pub async fn list_containers(&self) -> Result<Vec<ContainerInfo>, AgentError> {
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || rt.list())
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(|e| AgentError::Runtime(e.to_string()))
     }
 
-    /// Validates a manifest, plans it against what runs, and (unless
-    /// `dry_run`) records it as a new revision, durably, before answering.
-    pub async fn apply(
+    /// Containers as the plan sees them: service and stored spec.
+    async fn observed(&self) -> Result<Vec<ObservedContainer>, AgentError> {
+        Ok(self
+            .list_containers()
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                let service = c.labels.get(LABEL_SERVICE)?.clone();
+                let spec = c
+                    .labels
+                    .get(LABEL_SPEC)
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                    .and_then(|v| ContainerSpec::from_stored(&v).ok());
+                Some(ObservedContainer { id: c.id, service, spec })
+            })
+            .collect())
+    }
+
+    /// Resolves each service's image to a digest (pinned ones as written).
+    /// `strict` fails on the first unresolvable image; otherwise unresolvable
+    /// services are left out.
+    async fn resolve_digests(
         &self,
-        files: SourceFiles,
-        source: ApplySource,
-        dry_run: bool,
-    ) -> Result<ApplyResponse, AgentError> {
-        if let (Some(owner), false, ApplySource::Api | ApplySource::Rollback(_)) =
-            (&self.managed_source, dry_run, &source)
-        {
-            self.emit(
-                "apply-refused",
-                None,
-                format!("{} refused: managed by {owner}", source.describe()),
-            );
+        manifest: &Manifest,
+        strict: bool,
+    ) -> Result<BTreeMap<String, String>, AgentError> {
+        let mut cache: BTreeMap<String, String> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for svc in manifest.services.values() {
+            if let Some(d) = &svc.image.digest {
+                out.insert(svc.name.clone(), d.to_string());
+                continue;
+            }
+            let key = svc.image.to_string();
+            if let Some(d) = cache.get(&key) {
+                out.insert(svc.name.clone(), d.clone());
+                continue;
+            }
+            match self.images.registry().resolve(&svc.image).await {
+                Ok(r) => {
+                    cache.insert(key, r.digest.to_string());
+                    out.insert(svc.name.clone(), r.digest.to_string());
+                }
+                Err(e) => {
+                    self.metrics.registry_errors.with_label_values(&[svc.image.registry.as_str(), e.kind()]).inc();
+                    if strict {
+                        return Err(AgentError::ImageResolve {
+                            service: svc.name.clone(),
+                            source: Box::new(ImageError::Registry(e)),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads every service's env file; problems name the file and line.
+    fn read_env_files(manifest: &Manifest) -> Result<EnvFiles, Vec<Problem>> {
+        use std::io::Read;
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for svc in manifest.services.values() {
+            let Some(path) = &svc.env_file else { continue };
+            let name = path.display().to_string();
+            let mut text = String::new();
+            let read = std::fs::File::open(path).and_then(|f| f.take(MAX_ENV_FILE).read_to_string(&mut text));
+            if let Err(e) = read {
+                problems.push(Problem {
+                    file: svc.file.clone(),
+                    line: 1,
+                    column: 1,
+                    key: format!("service.{}.env_file", svc.name),
+                    message: format!("cannot read {name}: {e}"),
+                });
+                continue;
+            }
+            match parse_env_file(&name, &text) {
+                Ok(pairs) => {
+                    out.insert(svc.name.clone(), pairs);
+                }
+                Err(p) => problems.push(p),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The desired services of a revision (digests and env files included).
+    pub fn desired_of(rec: &RevisionRecord) -> Result<(Manifest, Vec<DesiredService>), AgentError> {
+        let manifest = Manifest::from_sources(&rec.files)
+            .map_err(|e| AgentError::Internal(format!("revision {} no longer parses: {e}", rec.info.number)))?;
+        let desired = desired_services(&manifest, &rec.info.digests, &rec.env_files);
+        Ok((manifest, desired))
+    }
+
+    /// Validates a manifest, resolves its tags to digests, plans it against
+    /// what runs, and (unless `dry_run`) records it as a new revision,
+    /// durably, before answering. The reconciler acts on it right after.
+    pub async fn apply(&self, files: SourceFiles, source: ApplySource, dry_run: bool) -> Result<ApplyResponse, AgentError> {
+        if let (Some(owner), false, ApplySource::Api | ApplySource::Rollback(_)) = (&self.managed_source, dry_run, &source) {
+            self.emit("apply-refused", None, format!("{} refused: managed by {owner}", source.describe()));
             return Err(AgentError::ManagedBySource(owner.clone()));
         }
+        let refuse = |problems: Vec<Problem>| {
+            if !dry_run {
+                self.metrics.manifest_apply_errors.with_label_values(&[source.label()]).inc();
+                let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+                self.emit("apply-refused", None, format!("{} refused: {first}", source.describe()));
+            }
+            AgentError::InvalidManifest(problems)
+        };
         let manifest = match Manifest::from_sources(&files) {
             Ok(m) => m,
             Err(e) => {
@@ -181,49 +416,52 @@ impl Agent {
                         message: other.to_string(),
                     }],
                 };
-                if !dry_run {
-                    self.metrics
-                        .manifest_apply_errors
-                        .with_label_values(&[source.label()])
-                        .inc();
-                    let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
-                    self.emit(
-                        "apply-refused",
-                        None,
-                        format!("{} refused: {first}", source.describe()),
-                    );
-                }
-                return Err(AgentError::InvalidManifest(problems));
+                return Err(refuse(problems));
             }
         };
-        let desired = plan::desired_from_manifest(&manifest);
-        let steps = plan::plan(&desired, &self.observed());
+        let env_files = Self::read_env_files(&manifest).map_err(refuse)?;
+        let digests = match self.resolve_digests(&manifest, !dry_run).await {
+            Ok(d) => d,
+            Err(e) => {
+                if !dry_run {
+                    self.metrics.manifest_apply_errors.with_label_values(&[source.label()]).inc();
+                    self.emit("apply-refused", None, format!("{} refused: {e}", source.describe()));
+                }
+                return Err(e);
+            }
+        };
+        self.record(files, &manifest, digests, env_files, source, dry_run).await
+    }
+
+    /// Plans and records an already validated and resolved manifest.
+    async fn record(
+        &self,
+        files: SourceFiles,
+        manifest: &Manifest,
+        digests: BTreeMap<String, String>,
+        env_files: BTreeMap<String, Vec<(String, String)>>,
+        source: ApplySource,
+        dry_run: bool,
+    ) -> Result<ApplyResponse, AgentError> {
+        let desired = desired_services(manifest, &digests, &env_files);
+        let steps = plan::plan(&desired, &self.observed().await?);
         let _guard = self.apply_lock.lock().await;
         let latest = self.store.latest_revision()?;
         let current_desired = match &latest {
-            Some(rec) => {
-                plan::desired_from_manifest(&Manifest::from_sources(&rec.files).map_err(|e| {
-                    AgentError::Internal(format!(
-                        "revision {} no longer parses: {e}",
-                        rec.info.number
-                    ))
-                })?)
-            }
+            Some(rec) => Self::desired_of(rec)?.1,
             None => Vec::new(),
         };
         let changes = plan::revision_diff(&current_desired, &desired);
-        let identity = manifest_identity(&manifest);
-        let unchanged = latest
-            .as_ref()
-            .is_some_and(|l| l.info.manifest_sha256 == identity);
+        let identity = {
+            let mut h = Sha256::new();
+            h.update(manifest_identity(manifest).as_bytes());
+            h.update(serde_json::to_vec(&digests).unwrap_or_default());
+            h.update(serde_json::to_vec(&env_files).unwrap_or_default());
+            hex::encode(h.finalize())
+        };
+        let unchanged = latest.as_ref().is_some_and(|l| l.info.manifest_sha256 == identity && l.info.state != "failed");
         if dry_run || unchanged {
-            return Ok(ApplyResponse {
-                revision: latest.map(|l| l.info.number),
-                unchanged,
-                dry_run,
-                changes,
-                plan: steps,
-            });
+            return Ok(ApplyResponse { revision: latest.map(|l| l.info.number), unchanged, dry_run, changes, plan: steps });
         }
         let number = latest.map(|r| r.info.number + 1).unwrap_or(1);
         let record = RevisionRecord {
@@ -233,49 +471,72 @@ impl Agent {
                 source: source.describe(),
                 manifest_sha256: identity,
                 services: manifest.services.keys().cloned().collect(),
-                digests: Default::default(),
+                digests,
                 state: "applied".into(),
             },
             files,
+            env_files,
+            halted: BTreeSet::new(),
         };
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.put_revision(&record))
             .await
             .map_err(|e| AgentError::Internal(format!("storing revision: {e}")))?;
         if let Err(e) = stored {
-            self.metrics
-                .manifest_apply_errors
-                .with_label_values(&[source.label()])
-                .inc();
+            self.metrics.manifest_apply_errors.with_label_values(&[source.label()]).inc();
             return Err(e.into());
         }
-        self.metrics
-            .revisions_applied
-            .with_label_values(&[source.label()])
-            .inc();
+        self.metrics.revisions_applied.with_label_values(&[source.label()]).inc();
         self.metrics.current_revision.set(number as i64);
-        self.emit(
-            "revision-applied",
-            None,
-            format!("revision {number} from {}", source.describe()),
-        );
-        Ok(ApplyResponse {
-            revision: Some(number),
-            unchanged: false,
-            dry_run: false,
-            changes,
-            plan: steps,
-        })
+        self.emit("revision-applied", None, format!("revision {number} from {}", source.describe()));
+        self.wake.notify_one();
+        Ok(ApplyResponse { revision: Some(number), unchanged: false, dry_run: false, changes, plan: steps })
+    }
+
+    /// Re-applies an earlier revision's exact manifest and digests as a new
+    /// revision. Without a number, the newest earlier revision that completed.
+    pub async fn rollback(&self, target: Option<u64>) -> Result<ApplyResponse, AgentError> {
+        if let Some(owner) = &self.managed_source {
+            return Err(AgentError::ManagedBySource(owner.clone()));
+        }
+        let revisions = self.store.revisions()?;
+        let current = revisions.last().map(|r| r.info.number).unwrap_or(0);
+        let rec = match target {
+            Some(n) => revisions.iter().find(|r| r.info.number == n).cloned().ok_or(AgentError::NotFound { what: format!("revision {n}") })?,
+            None => revisions
+                .iter()
+                .rev()
+                .find(|r| r.info.number < current && r.info.state == "complete")
+                .or_else(|| revisions.iter().rev().find(|r| r.info.number < current))
+                .cloned()
+                .ok_or(AgentError::NotFound { what: "an earlier revision".into() })?,
+        };
+        self.restore(&rec, ApplySource::Rollback(rec.info.number)).await
+    }
+
+    /// Records `rec`'s manifest, digests and env files as a new revision.
+    pub(crate) async fn restore(&self, rec: &RevisionRecord, source: ApplySource) -> Result<ApplyResponse, AgentError> {
+        let (manifest, _) = Self::desired_of(rec)?;
+        let resp = self
+            .record(rec.files.clone(), &manifest, rec.info.digests.clone(), rec.env_files.clone(), source, false)
+            .await?;
+        Ok(resp)
+    }
+
+    /// Records the current revision again with new digests (a `pull.check`
+    /// or `pull.policy = "always"` found a tag moved).
+    pub(crate) async fn record_new_digests(
+        &self,
+        rec: &RevisionRecord,
+        digests: BTreeMap<String, String>,
+    ) -> Result<ApplyResponse, AgentError> {
+        let (manifest, _) = Self::desired_of(rec)?;
+        self.record(rec.files.clone(), &manifest, digests, rec.env_files.clone(), ApplySource::PullCheck, false).await
     }
 
     /// Every revision, oldest first.
     pub fn revisions(&self) -> Result<Vec<RevisionInfo>, AgentError> {
-        Ok(self
-            .store
-            .revisions()?
-            .into_iter()
-            .map(|r| r.info)
-            .collect())
+        Ok(self.store.revisions()?.into_iter().map(|r| r.info).collect())
     }
 
     /// The agent, its current revision and each service's state.
@@ -283,23 +544,18 @@ impl Agent {
         let latest = self.store.latest_revision()?;
         let mut services = Vec::new();
         if let Some(rec) = &latest {
-            // A stored revision was valid when applied; a parse failure here
-            // means the store was tampered with, which status must not hide.
-            let manifest = Manifest::from_sources(&rec.files).map_err(|e| {
-                AgentError::Internal(format!(
-                    "revision {} no longer parses: {e}",
-                    rec.info.number
-                ))
-            })?;
+            let (manifest, _) = Self::desired_of(rec)?;
+            let live = self.live();
             for s in manifest.services.values() {
+                let l = live.services.get(&s.name).cloned().unwrap_or_default();
                 services.push(ServiceStatus {
                     name: s.name.clone(),
                     image: s.image.to_string(),
                     digest: rec.info.digests.get(&s.name).cloned(),
                     replicas_desired: s.replicas,
-                    replicas_ready: 0,
-                    restarts: 0,
-                    last_error: None,
+                    replicas_ready: l.ready,
+                    restarts: l.restarts,
+                    last_error: l.last_error,
                 });
             }
         }
@@ -318,19 +574,20 @@ impl Agent {
 
     /// Whether a service has a ready replica here and the host is not draining.
     pub fn service_ready(&self, name: &str) -> Result<(bool, String), AgentError> {
+        let latest = self.store.latest_revision()?;
+        let declared = latest.as_ref().is_some_and(|r| r.info.services.iter().any(|s| s == name));
+        if !declared {
+            return Err(AgentError::NotFound { what: format!("service `{name}`") });
+        }
         if self.is_draining() {
             return Ok((false, "host is draining".into()));
         }
-        let status = self.status()?;
-        match status.services.iter().find(|s| s.name == name) {
-            None => Err(AgentError::NotFound {
-                what: format!("service `{name}`"),
-            }),
-            Some(s) if s.replicas_ready > 0 => Ok((
-                true,
-                format!("{}/{} replicas ready", s.replicas_ready, s.replicas_desired),
-            )),
-            Some(s) => Ok((false, format!("0/{} replicas ready", s.replicas_desired))),
+        let live = self.live();
+        let l = live.services.get(name).cloned().unwrap_or_default();
+        if l.ready > 0 {
+            Ok((true, format!("{}/{} replicas ready", l.ready, l.desired)))
+        } else {
+            Ok((false, format!("0/{} replicas ready", l.desired)))
         }
     }
 
@@ -338,5 +595,36 @@ impl Agent {
     pub fn emit(&self, kind: &str, service: Option<&str>, message: String) {
         self.metrics.events.with_label_values(&[kind]).inc();
         self.events.emit(kind, service, None, message);
+    }
+
+    /// Emits an event about one container.
+    pub fn emit_container(&self, kind: &str, service: &str, container: &str, message: String) {
+        self.metrics.events.with_label_values(&[kind]).inc();
+        self.events.emit(kind, Some(service), Some(container), message);
+    }
+}
+
+/// The desired services of a manifest with resolved digests and env files.
+pub fn desired_services(
+    manifest: &Manifest,
+    digests: &BTreeMap<String, String>,
+    env_files: &BTreeMap<String, Vec<(String, String)>>,
+) -> Vec<DesiredService> {
+    manifest
+        .services
+        .values()
+        .map(|s| {
+            let digest: Option<Digest> = digests.get(&s.name).and_then(|d| d.parse().ok());
+            let env = env_files.get(&s.name).map(Vec::as_slice).unwrap_or(&[]);
+            DesiredService { name: s.name.clone(), replicas: s.replicas, spec: ContainerSpec::for_service(s, digest.as_ref(), env) }
+        })
+        .collect()
+}
+
+/// The image reference a service runs, pinned to its resolved digest.
+pub fn pinned_image(image: &ImageRef, digest: Option<&String>) -> ImageRef {
+    match digest.and_then(|d| d.parse::<Digest>().ok()) {
+        Some(d) => image.pinned(d),
+        None => image.clone(),
     }
 }

@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use berth_core::api::ErrorBody;
 use berth_core::manifest::SourceFiles;
@@ -74,6 +74,20 @@ impl From<AgentError> for ApiError {
                 "not_found",
                 format!("{what} not found"),
             ),
+            AgentError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            AgentError::ImageResolve { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_unresolvable", e.to_string())
+            }
+            AgentError::Image(ref inner) => {
+                let status = match inner.as_ref() {
+                    crate::image::store::ImageError::Registry(r) if r.kind() == "not_found" => {
+                        StatusCode::NOT_FOUND
+                    }
+                    crate::image::store::ImageError::Registry(_) => StatusCode::BAD_GATEWAY,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                ApiError::new(status, "image_error", e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(
@@ -122,12 +136,22 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/manifest", put(put_manifest))
         .route("/v1/revisions", get(get_revisions))
         .route("/v1/status", get(get_status))
+        .route("/v1/services", get(get_services))
+        .route("/v1/services/{name}", get(get_service))
+        .route("/v1/containers", get(get_containers))
+        .route("/v1/containers/{id}", get(get_container))
+        .route("/v1/rollback", post(post_rollback))
+        .route("/v1/images", get(get_images))
+        .route("/v1/gc", post(post_gc))
+        .route("/v1/drain", put(put_drain).get(get_drain))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ));
     Router::new()
         .route("/v1/events", get(get_events))
+        .route("/v1/containers/{id}/logs", get(get_logs))
+        .route("/v1/images/pull", post(post_pull))
         .merge(timed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -358,14 +382,238 @@ fn ndjson<T: serde::Serialize>(value: &T) -> Bytes {
 }
 
 async fn get_metrics(State(ctx): State<Ctx>) -> Response {
+    // Rendering reads cgroup files: keep it off the async workers.
+    let agent = ctx.agent.clone();
+    let text = tokio::task::spawn_blocking(move || agent.metrics.render())
+        .await
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        ctx.agent.metrics.render(),
+        text,
     )
         .into_response()
+}
+
+async fn get_services(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    Ok(Json(ctx.agent.status()?.services).into_response())
+}
+
+async fn get_service(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let status = ctx.agent.status()?;
+    let svc = status
+        .services
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or(AgentError::NotFound { what: format!("service `{name}`") })?;
+    let containers: Vec<_> = ctx
+        .agent
+        .container_views()
+        .await?
+        .into_iter()
+        .filter(|c| c.service == name)
+        .collect();
+    Ok(Json(serde_json::json!({ "service": svc, "containers": containers })).into_response())
+}
+
+async fn get_containers(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    Ok(Json(ctx.agent.container_views().await?).into_response())
+}
+
+async fn get_container(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(ctx.agent.container_detail(&id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RollbackBody {
+    #[serde(default)]
+    revision: Option<u64>,
+}
+
+async fn post_rollback(State(ctx): State<Ctx>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let req: RollbackBody = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        RollbackBody::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?
+    };
+    let resp = ctx.agent.rollback(req.revision).await?;
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+async fn get_images(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    Ok(Json(ctx.agent.image_views().await?).into_response())
+}
+
+async fn post_gc(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    Ok(Json(ctx.agent.gc().await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DrainBody {
+    on: bool,
+}
+
+async fn put_drain(State(ctx): State<Ctx>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let req: DrainBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"on\": true|false}}: {e}"))
+    })?;
+    ctx.agent.set_draining(req.on);
+    Ok(Json(serde_json::json!({ "draining": ctx.agent.is_draining() })).into_response())
+}
+
+async fn get_drain(State(ctx): State<Ctx>) -> Response {
+    Json(serde_json::json!({ "draining": ctx.agent.is_draining() })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct PullQuery {
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// `POST /v1/images/pull`: `{"image": REF}`. With `?stream=true`,
+/// newline-delimited progress events, the last one `done` or `error`.
+async fn post_pull(
+    State(ctx): State<Ctx>,
+    Query(q): Query<PullQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let req: berth_core::api::PullRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"image\": REF}}: {e}"))
+    })?;
+    if !q.stream.unwrap_or(false) {
+        let rec = ctx.agent.pull(&req.image, None).await?;
+        return Ok(Json(rec).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let agent = ctx.agent.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = agent.pull(&req.image, Some(tx)).await;
+        let _ = done_tx.send(result);
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, std::io::Error>(ndjson(&e)), rx))
+    });
+    let tail = futures_util::stream::once(async move {
+        let line = match done_rx.await {
+            Ok(Ok(rec)) => serde_json::json!({ "event": "record", "image": rec }),
+            Ok(Err(e)) => {
+                let api: ApiError = e.into();
+                serde_json::json!({ "event": "error", "status": api.0.as_u16(), "error": api.1.error })
+            }
+            Err(_) => serde_json::json!({ "event": "error", "error": { "code": "internal", "message": "pull task died" } }),
+        };
+        Ok::<_, std::io::Error>(ndjson(&line))
+    });
+    let mut resp = Body::from_stream(events.chain(tail)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: Option<String>,
+    #[serde(default)]
+    tail: Option<usize>,
+}
+
+/// Last `n` lines of `text` (all when `n` is None).
+fn tail_lines(text: &[u8], n: Option<usize>) -> &[u8] {
+    let Some(n) = n else { return text };
+    let mut count = 0;
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            count += 1;
+            if count == n {
+                return &text[i + 1..];
+            }
+        }
+    }
+    if n == 0 { &[] } else { text }
+}
+
+/// `GET /v1/containers/ID/logs?follow&tail=N`: a container's (or, given a
+/// service name, every replica's) stdout and stderr as plain text.
+async fn get_logs(
+    State(ctx): State<Ctx>,
+    Path(target): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let follow = q.follow.as_deref().is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    let sources = ctx.agent.log_files(&target).await?;
+    let prefix = sources.len() > 1;
+    let mut out = Vec::new();
+    let mut positions: Vec<(String, std::path::PathBuf, u64)> = Vec::new();
+    for (id, files) in &sources {
+        let mut text = Vec::new();
+        for f in files {
+            if let Ok(b) = std::fs::read(f) {
+                text.extend_from_slice(&b);
+            }
+        }
+        for line in tail_lines(&text, q.tail).split_inclusive(|b| *b == b'\n') {
+            if prefix {
+                out.extend_from_slice(format!("{id} | ").as_bytes());
+            }
+            out.extend_from_slice(line);
+        }
+        // Follow the newest file of each stream.
+        for f in files.iter().filter(|f| !f.to_string_lossy().ends_with(".1")) {
+            let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            positions.push((id.clone(), f.clone(), len));
+        }
+    }
+    if !follow {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response());
+    }
+    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(out)) });
+    let tail = futures_util::stream::unfold(positions, move |mut positions| async move {
+        loop {
+            let mut chunk = Vec::new();
+            for (id, path, pos) in positions.iter_mut() {
+                let len = std::fs::metadata(&*path).map(|m| m.len()).unwrap_or(0);
+                if len < *pos {
+                    *pos = 0; // rotated
+                }
+                if len > *pos {
+                    use std::io::{Read, Seek};
+                    if let Ok(mut f) = std::fs::File::open(&*path) {
+                        let _ = f.seek(std::io::SeekFrom::Start(*pos));
+                        let mut buf = Vec::new();
+                        let _ = f.take(len - *pos).read_to_end(&mut buf);
+                        *pos += buf.len() as u64;
+                        for line in buf.split_inclusive(|b| *b == b'\n') {
+                            if prefix {
+                                chunk.extend_from_slice(format!("{id} | ").as_bytes());
+                            }
+                            chunk.extend_from_slice(line);
+                        }
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), positions));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(head.chain(tail)),
+    )
+        .into_response())
 }
 
 async fn get_healthz() -> Response {

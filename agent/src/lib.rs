@@ -7,6 +7,7 @@ pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod health;
 pub mod http;
 pub mod image;
 pub mod launch;
@@ -16,6 +17,7 @@ pub mod registry;
 pub mod runtime;
 pub mod sources;
 pub mod state;
+pub mod stats;
 pub mod sys;
 
 /// The current time as RFC 3339 UTC, e.g. `2026-11-23T16:00:00Z`.

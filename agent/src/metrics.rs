@@ -12,10 +12,23 @@
 //! | `berth_image_pull_bytes_total` | counter | | bytes downloaded from registries by pulls |
 //! | `berth_image_pull_duration_seconds` | histogram | | duration of successful pulls |
 //! | `berth_registry_errors_total` | counter | registry, kind | registry failures by registry host and bounded kind |
+//! | `berth_reconcile_duration_seconds` | histogram | | duration of one reconcile pass |
+//! | `berth_reconcile_errors_total` | counter | | reconcile passes that failed |
+//! | `berth_services_desired_replicas` | gauge | service | replicas the current revision asks for |
+//! | `berth_services_ready_replicas` | gauge | service | replicas ready now (not draining) |
+//! | `berth_containers` | gauge | state | containers on this host by state (running, exited, created, unknown) |
+//! | `berth_container_restarts_total` | counter | service | replicas replaced after an exit or failed health check |
+//! | `berth_container_cpu_seconds_total` | counter | service, container | CPU time used, read from the cgroup at scrape |
+//! | `berth_container_memory_bytes` | gauge | service, container | memory in use, read from the cgroup at scrape |
+//! | `berth_rollouts_total` | counter | service, result | finished rollouts: success, failed |
+//! | `berth_rollout_duration_seconds` | histogram | service | from the first new replica to the last old one gone |
+//! | `berth_health_check_failures_total` | counter | service | failed health probes (outside start_period) |
+//! | `berth_drift_total` | counter | service, kind | drift corrected: missing (replica gone), unwanted (replica nobody wants) |
+//! | `berth_service_image_info` | gauge | service, digest | 1 for the digest each service runs now |
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The agent's metrics and the registry they live in.
@@ -31,6 +44,17 @@ pub struct Metrics {
     pub image_pull_bytes: IntCounter,
     pub image_pull_duration: Histogram,
     pub registry_errors: IntCounterVec,
+    pub reconcile_duration: Histogram,
+    pub reconcile_errors: IntCounter,
+    pub services_desired: IntGaugeVec,
+    pub services_ready: IntGaugeVec,
+    pub containers: IntGaugeVec,
+    pub container_restarts: IntCounterVec,
+    pub rollouts: IntCounterVec,
+    pub rollout_duration: HistogramVec,
+    pub health_check_failures: IntCounterVec,
+    pub drift: IntCounterVec,
+    pub service_image_info: IntGaugeVec,
 }
 
 /// Source kinds used as the `source` label.
@@ -107,6 +131,42 @@ impl Metrics {
         registry
             .register(Box::new(current_revision.clone()))
             .expect("register");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new("berth_reconcile_duration_seconds", "Duration of one reconcile pass.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("metric");
+        registry.register(Box::new(reconcile_duration.clone())).expect("register");
+        let reconcile_errors =
+            IntCounter::new("berth_reconcile_errors_total", "Reconcile passes that failed.").expect("metric");
+        registry.register(Box::new(reconcile_errors.clone())).expect("register");
+        let services_desired =
+            gauge_vec("berth_services_desired_replicas", "Replicas the current revision asks for.", &["service"]);
+        let services_ready = gauge_vec("berth_services_ready_replicas", "Replicas ready now (not draining).", &["service"]);
+        let containers = gauge_vec("berth_containers", "Containers on this host by state.", &["state"]);
+        let container_restarts = counter_vec(
+            "berth_container_restarts_total",
+            "Replicas replaced after an exit or a failed health check.",
+            &["service"],
+        );
+        let rollouts = counter_vec("berth_rollouts_total", "Finished rollouts by result.", &["service", "result"]);
+        let rollout_duration = HistogramVec::new(
+            HistogramOpts::new("berth_rollout_duration_seconds", "Rollout duration.")
+                .buckets(vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            &["service"],
+        )
+        .expect("metric");
+        registry.register(Box::new(rollout_duration.clone())).expect("register");
+        let health_check_failures =
+            counter_vec("berth_health_check_failures_total", "Failed health probes (outside start_period).", &["service"]);
+        let drift = counter_vec("berth_drift_total", "Drift corrected, by kind.", &["service", "kind"]);
+        let service_image_info =
+            gauge_vec("berth_service_image_info", "1 for the image digest each service runs now.", &["service", "digest"]);
         // Pre-create the bounded label sets so the series exist from the start.
         for source in SOURCE_KINDS {
             manifest_apply_errors.with_label_values(&[source]);
@@ -123,6 +183,24 @@ impl Metrics {
             image_pull_bytes,
             image_pull_duration,
             registry_errors,
+            reconcile_duration,
+            reconcile_errors,
+            services_desired,
+            services_ready,
+            containers,
+            container_restarts,
+            rollouts,
+            rollout_duration,
+            health_check_failures,
+            drift,
+            service_image_info,
+        }
+    }
+
+    /// Registers a collector read at scrape time (per-container stats).
+    pub fn register_collector(&self, c: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(c) {
+            tracing::warn!(error = %e, "collector not registered");
         }
     }
 

@@ -48,6 +48,13 @@ pub enum StateError {
 pub struct RevisionRecord {
     pub info: RevisionInfo,
     pub files: SourceFiles,
+    /// Each service's `env_file` pairs, read when the revision was applied.
+    #[serde(default)]
+    pub env_files: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// Services whose failed rollout was halted without a rollback: the
+    /// reconciler leaves what runs for them alone until the next revision.
+    #[serde(default)]
+    pub halted: std::collections::BTreeSet<String>,
 }
 
 /// What happened while opening the store, for the log.
@@ -252,6 +259,11 @@ impl Store {
         self.flush()
     }
 
+    /// Rewrites an existing revision (its state or digests changed).
+    pub fn update_revision(&self, rec: &RevisionRecord) -> Result<(), StateError> {
+        self.put_revision(rec)
+    }
+
     /// One revision by number.
     pub fn revision(&self, number: u64) -> Result<Option<RevisionRecord>, StateError> {
         match self
@@ -345,6 +357,8 @@ mod tests {
                 state: "applied".into(),
             },
             files,
+            env_files: Default::default(),
+            halted: Default::default(),
         }
     }
 

@@ -131,3 +131,66 @@ pub struct Event {
     pub container: Option<String>,
     pub message: String,
 }
+
+/// `POST /v1/images/pull` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub image: String,
+}
+
+/// An image in the local store, as `images` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageView {
+    pub reference: String,
+    pub digest: String,
+    pub size: u64,
+    pub layers: usize,
+    pub pulled_at: String,
+    pub last_used: String,
+    /// Used by a container on this host or by a retained revision.
+    pub in_use: bool,
+}
+
+/// A container, as `ps`, `inspect` and `GET /v1/containers` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub service: String,
+    pub image: String,
+    /// `created`, `running`, `exited`, `unknown`.
+    pub state: String,
+    /// `starting`, `healthy`, `unhealthy`, `none` (no check), `draining`.
+    pub health: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub revision: Option<u64>,
+    pub spec_hash: String,
+}
+
+/// `GET /v1/containers/ID`: the view plus what it runs with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerDetail {
+    #[serde(flatten)]
+    pub view: ContainerView,
+    /// The stored, normalized spec (what decides replacement).
+    pub spec: serde_json::Value,
+    /// The runtime config: process, mounts, limits.
+    pub config: serde_json::Value,
+    pub log_files: Vec<String>,
+    #[serde(default)]
+    pub last_health_output: Option<String>,
+}

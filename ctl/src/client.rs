@@ -149,6 +149,50 @@ impl Client {
         Ok(Reply { status, body })
     }
 
+    /// Sends a request and hands each body chunk to `on_chunk` as it arrives
+    /// (for `logs -f` and pull progress). Non-2xx answers become errors.
+    pub async fn stream_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        mut on_chunk: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder().method(method).uri(path).header("host", "berthd");
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let resp = sender.send_request(req.body(Full::new(body))?).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            bail!("berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)", self.addr);
+        }
+        if !resp.status().is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
+            bail!("{}", crate::error_text(&body));
+        }
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("stream interrupted")?;
+            if let Some(data) = frame.data_ref() {
+                on_chunk(data)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A streaming GET handing raw chunks to `on_chunk`.
+    pub async fn stream_raw(&self, path: &str, on_chunk: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.stream_with(Method::GET, path, Bytes::new(), on_chunk).await
+    }
+
     /// Opens a streaming GET (for `events -f`), calling `on_line` per line.
     pub async fn stream_lines(
         &self,

@@ -3,6 +3,8 @@
 //! TCP with a bearer token. It has no Linux-only dependency.
 
 mod client;
+mod pull;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,6 +60,12 @@ enum Command {
         /// Show the plan without recording anything.
         #[arg(long)]
         dry_run: bool,
+        /// Follow the rollout until it completes or fails (non-zero exit on failure).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
     },
     /// Show what `apply` would do, per service and container.
     Diff {
@@ -73,6 +81,30 @@ enum Command {
     Events {
         #[arg(short = 'f', long)]
         follow: bool,
+    },
+    /// Everything about one container (id or unique prefix).
+    Inspect { container: String },
+    /// A container's or a service's logs.
+    Logs {
+        target: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Re-apply an earlier revision's exact manifest and digests.
+    Rollback { revision: Option<u64> },
+    /// Pull an image into the agent's store.
+    Pull { image: String },
+    /// Images in the agent's store.
+    Images,
+    /// Free blobs and layers that no kept image uses.
+    Gc,
+    /// Take this host out of (on) or back into (off) load balancer rotation.
+    Drain {
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
     },
 }
 
@@ -156,7 +188,125 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Apply { path, dry_run } => apply(&cli, path, *dry_run, false).await,
+        Command::Apply { path, dry_run, wait, timeout } => {
+            let code = apply(&cli, path, *dry_run, false).await?;
+            if code != ExitCode::SUCCESS || *dry_run || !*wait {
+                return Ok(code);
+            }
+            let limit = berth_core::units::parse_duration(timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            crate::wait::wait_for_rollout(&client(&cli)?, limit, cli.output == Output::Json).await
+        }
+        Command::Inspect { container } => {
+            let reply = client(&cli)?
+                .request(Method::GET, &format!("/v1/containers/{container}"), None, Bytes::new())
+                .await?;
+            if !reply.status.is_success() {
+                bail!("{}", error_text(&reply.body));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).context("decoding container")?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { target, follow, tail } => {
+            let mut path = format!("/v1/containers/{target}/logs?follow={follow}");
+            if let Some(n) = tail {
+                path.push_str(&format!("&tail={n}"));
+            }
+            let c = client(&cli)?;
+            use std::io::Write;
+            c.stream_raw(&path, |chunk| {
+                let mut out = std::io::stdout().lock();
+                out.write_all(chunk)?;
+                out.flush()?;
+                Ok(())
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { revision } => {
+            let body = serde_json::json!({ "revision": revision });
+            let reply = client(&cli)?
+                .request(Method::POST, "/v1/rollback", Some("application/json"), Bytes::from(body.to_string()))
+                .await?;
+            if !reply.status.is_success() {
+                eprintln!("{}", error_text(&reply.body));
+                return Ok(ExitCode::FAILURE);
+            }
+            if cli.output == Output::Json {
+                println!("{}", String::from_utf8_lossy(&reply.body));
+            } else {
+                let resp: ApplyResponse = serde_json::from_slice(&reply.body)?;
+                print_plan(&resp.plan);
+                println!("rolled back as revision {}", resp.revision.unwrap_or(0));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pull { image } => crate::pull::pull(&client(&cli)?, image, cli.output == Output::Json).await,
+        Command::Images => {
+            let reply = client(&cli)?.request(Method::GET, "/v1/images", None, Bytes::new()).await?;
+            if !reply.status.is_success() {
+                bail!("{}", error_text(&reply.body));
+            }
+            if cli.output == Output::Json {
+                println!("{}", String::from_utf8_lossy(&reply.body));
+            } else {
+                let images: Vec<berth_core::api::ImageView> = serde_json::from_slice(&reply.body)?;
+                let mut rows = vec![["IMAGE".to_string(), "DIGEST".into(), "SIZE".into(), "LAYERS".into(), "IN USE".into()]];
+                for i in images {
+                    rows.push([
+                        i.reference,
+                        short_digest(&i.digest),
+                        human_bytes(i.size),
+                        i.layers.to_string(),
+                        if i.in_use { "yes".into() } else { "no".into() },
+                    ]);
+                }
+                print_table(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc => {
+            let reply = client(&cli)?.request(Method::POST, "/v1/gc", None, Bytes::new()).await?;
+            if !reply.status.is_success() {
+                bail!("{}", error_text(&reply.body));
+            }
+            if cli.output == Output::Json {
+                println!("{}", String::from_utf8_lossy(&reply.body));
+            } else {
+                let r: serde_json::Value = serde_json::from_slice(&reply.body)?;
+                println!(
+                    "removed {} images, {} blobs, {} layer snapshots; freed {}",
+                    r["images_removed"].as_array().map(|a| a.len()).unwrap_or(0),
+                    r["blobs_removed"],
+                    r["snapshots_removed"],
+                    human_bytes(r["bytes_freed"].as_u64().unwrap_or(0))
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain { state } => {
+            let c = client(&cli)?;
+            let reply = match state.as_deref() {
+                Some(on_off) => {
+                    let body = serde_json::json!({ "on": on_off == "on" }).to_string();
+                    c.request(Method::PUT, "/v1/drain", Some("application/json"), Bytes::from(body)).await?
+                }
+                None => c.request(Method::GET, "/v1/drain", None, Bytes::new()).await?,
+            };
+            if !reply.status.is_success() {
+                bail!("{}", error_text(&reply.body));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
+            if cli.output == Output::Json {
+                println!("{v}");
+            } else if v["draining"] == true {
+                println!("draining: every readiness endpoint of this host answers 503");
+            } else {
+                println!("not draining");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Diff { path } => apply(&cli, path, true, true).await,
         Command::Status => {
             let reply = client(&cli)?
@@ -171,6 +321,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let status: StatusResponse =
                     serde_json::from_slice(&reply.body).context("decoding status")?;
                 print_status(&status);
+                let containers = client(&cli)?
+                    .request(Method::GET, "/v1/containers", None, Bytes::new())
+                    .await?;
+                if containers.status.is_success() {
+                    let list: Vec<berth_core::api::ContainerView> =
+                        serde_json::from_slice(&containers.body).context("decoding containers")?;
+                    if !list.is_empty() {
+                        println!();
+                        print_containers(&list);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -351,6 +512,22 @@ fn print_changes(changes: &[ServiceChange]) {
     print_table(&rows);
 }
 
+/// `1.5 MB`-style sizes.
+pub(crate) fn human_bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
 fn print_status(s: &StatusResponse) {
     let rev = s
         .revision
@@ -394,7 +571,36 @@ fn print_status(s: &StatusResponse) {
     print_table(&rows);
 }
 
-fn short_digest(d: &str) -> String {
+fn print_containers(list: &[berth_core::api::ContainerView]) {
+    let mut rows = vec![[
+        "CONTAINER".to_string(),
+        "SERVICE".into(),
+        "STATE".into(),
+        "HEALTH".into(),
+        "IP".into(),
+        "PORTS".into(),
+        "REV".into(),
+    ]];
+    for c in list {
+        let state = match (c.state.as_str(), c.exit_code) {
+            ("exited", Some(code)) if c.oom_killed => format!("exited ({code}, OOM)"),
+            ("exited", Some(code)) => format!("exited ({code})"),
+            (s, _) => s.to_string(),
+        };
+        rows.push([
+            c.id.clone(),
+            c.service.clone(),
+            state,
+            c.health.clone(),
+            c.ip.clone().unwrap_or_else(|| "-".into()),
+            c.ports.join(","),
+            c.revision.map(|r| r.to_string()).unwrap_or_default(),
+        ]);
+    }
+    print_table(&rows);
+}
+
+pub(crate) fn short_digest(d: &str) -> String {
     let hex = d.split_once(':').map(|(_, h)| h).unwrap_or(d);
     hex.chars().take(12).collect()
 }
@@ -439,7 +645,7 @@ fn event_line(e: &Event) -> String {
     format!("{} {}{} {}", e.time, e.kind, subject, e.message)
 }
 
-fn print_table<const N: usize>(rows: &[[String; N]]) {
+pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
     let mut widths = [0usize; N];
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -58,6 +58,14 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The cgroup parent of this agent's containers (unique per test agent).
+    pub fn cgroup_parent(&self) -> String {
+        let name = self.dir.path().file_name().unwrap().to_string_lossy().to_string();
+        format!("berth-test-{}", name.replace('.', "_"))
+    }
+}
+
+impl Agent {
     /// Starts berthd with a unix API socket and a read-only HTTP listener.
     pub fn start() -> Agent {
         Self::start_with(&[])
@@ -118,6 +126,8 @@ impl Agent {
             .arg(self.agent_flag())
             .arg("--http")
             .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--cgroup-parent")
+            .arg(self.cgroup_parent())
             .args(&self.extra_args)
             .env("BERTH_LOG", "debug")
             .stdin(Stdio::null())
@@ -208,6 +218,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        self.remove_all_containers();
     }
 }
 
@@ -404,4 +415,105 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Pushes a busybox image whose `/www/index.html` says `marker` and whose
+/// default command serves it with `httpd` on port 8080.
+pub fn push_web_image(reg: &registry::TestRegistry, repo_tag: &str, marker: &str) -> String {
+    let (repo, tag) = repo_tag.split_once(':').unwrap();
+    let img = registry::ImageBuilder::busybox()
+        .layer(
+            registry::LayerBuilder::new(registry::Compression::Gzip)
+                .dir("/www", 0o755)
+                .file("/www/index.html", format!("{marker}\n").as_bytes(), 0o644),
+        )
+        .entrypoint(&["/bin/busybox"])
+        .cmd(&["httpd", "-f", "-p", "8080", "-h", "/www"])
+        .build()
+        .unwrap();
+    reg.push(repo, tag, &img).unwrap();
+    reg.image(repo_tag)
+}
+
+impl Agent {
+    /// `berthctl -o json status`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.ctl(&["-o", "json", "status"]).ok();
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// The containers the agent reports.
+    pub fn containers(&self) -> Vec<serde_json::Value> {
+        let r = self.api("GET", "/v1/containers", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls `check` until it returns Some or `secs` pass (then panics with
+    /// `what`, the status and the agent log).
+    pub fn wait_for<T>(&self, secs: u64, what: &str, mut check: impl FnMut(&Agent) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = check(self) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let status = self.api("GET", "/v1/status", &[], b"").text();
+                let containers = self.api("GET", "/v1/containers", &[], b"").text();
+                let events = self.api("GET", "/v1/events", &[], b"").text();
+                panic!(
+                    "timed out after {secs}s waiting for {what}\nstatus: {status}\ncontainers: {containers}\nevents: {events}\nlog tail:\n{}",
+                    self.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ready/desired of a service from `status`.
+    pub fn ready_of(&self, service: &str) -> (u64, u64) {
+        let r = self.api("GET", "/v1/status", &[], b"").json();
+        r["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == service))
+            .map(|s| (s["replicas_ready"].as_u64().unwrap_or(0), s["replicas_desired"].as_u64().unwrap_or(0)))
+            .unwrap_or((0, 0))
+    }
+
+    /// Writes a manifest into the agent's temp dir and applies it.
+    pub fn apply_text(&self, name: &str, text: &str) -> CtlOutput {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        self.ctl(&["apply", "-f", path.to_str().unwrap()])
+    }
+
+    /// Every container still on disk is stopped and removed by a fresh
+    /// runtime when the agent is dropped? No: containers outlive the agent by
+    /// design, so tests clean them with this.
+    pub fn remove_all_containers(&self) {
+        let dir = self.state_dir().join("containers");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let rt = cleanup_runtime(self);
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            let _ = rt.stop(&id, Some(9), Some(Duration::from_secs(2)));
+            let _ = rt.remove(&id);
+        }
+        // The per-agent cgroup parent, in every hierarchy.
+        if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
+            for root in roots.flatten() {
+                let _ = std::fs::remove_dir(root.path().join(self.cgroup_parent()));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(self.cgroup_parent()));
+    }
+}
+
+fn cleanup_runtime(agent: &Agent) -> berth_agent::runtime::Runtime {
+    berth_agent::runtime::Runtime::new(berth_agent::runtime::RuntimePaths::new(
+        agent.state_dir(),
+        agent.run_dir(),
+        &agent.cgroup_parent(),
+        bin_dir().join("berth-monitor"),
+    ))
 }

@@ -228,6 +228,10 @@ impl ImageStore {
         })
     }
 
+    pub fn registry(&self) -> &RegistryClient {
+        &self.inner.registry
+    }
+
     pub fn content(&self) -> &ContentStore {
         &self.inner.content
     }
@@ -423,8 +427,11 @@ impl ImageStore {
                     .collect(),
             },
         );
-        let fetched: Vec<u64> = futures_util::stream::iter(pulled.layers.iter().zip(chains.iter()))
-            .map(|(layer, chain)| self.ensure_layer(image, layer, chain, &limits, progress))
+        let mut layer_futures = Vec::with_capacity(pulled.layers.len());
+        for (layer, chain) in pulled.layers.iter().zip(chains.iter()) {
+            layer_futures.push(self.ensure_layer(image, layer, chain, &limits, progress));
+        }
+        let fetched: Vec<u64> = futures_util::stream::iter(layer_futures)
             .buffer_unordered(inner.concurrency)
             .try_collect()
             .await?;

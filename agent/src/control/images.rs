@@ -1,0 +1,96 @@
+//! Image commands: pull (with progress), list, and GC with the keep set
+//! (images of running containers and of the retained revisions).
+
+use std::collections::BTreeSet;
+
+use berth_core::api::ImageView;
+use berth_core::image_ref::{Digest, ImageRef};
+
+use super::{Agent, AgentError, LABEL_IMAGE, RETAINED_REVISIONS};
+use crate::image::store::{GcReport, ImageRecord, PullEvent};
+
+/// GC runs by itself when the state filesystem is fuller than this.
+pub const AUTO_GC_USED_FRACTION: f64 = 0.90;
+
+impl Agent {
+    /// Pulls an image by reference, reporting progress on `progress`.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
+    ) -> Result<ImageRecord, AgentError> {
+        let image = ImageRef::parse(reference).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let rec = self.images.pull(&image, progress).await.map_err(Box::new)?;
+        self.emit("image-pulled", None, format!("{} as {}", rec.reference, rec.digest));
+        self.maybe_auto_gc().await;
+        Ok(rec)
+    }
+
+    /// Runs GC when the state filesystem passes the threshold.
+    pub async fn maybe_auto_gc(&self) {
+        let used = crate::image::store::used_fraction(&self.config.state_dir);
+        if used < AUTO_GC_USED_FRACTION {
+            return;
+        }
+        match self.gc().await {
+            Ok(r) => self.emit(
+                "gc",
+                None,
+                format!(
+                    "disk {:.0}% full: removed {} images, {} blobs, {} snapshots",
+                    used * 100.0,
+                    r.images_removed.len(),
+                    r.blobs_removed,
+                    r.snapshots_removed
+                ),
+            ),
+            Err(e) => tracing::warn!(error = %e, "automatic GC failed"),
+        }
+    }
+
+    /// Digests that must survive GC: images of every container on disk and
+    /// of the last [`RETAINED_REVISIONS`] revisions (so a rollback needs no pull).
+    pub async fn keep_set(&self) -> Result<BTreeSet<Digest>, AgentError> {
+        let mut keep = BTreeSet::new();
+        for c in self.list_containers().await? {
+            if let Some(img) = c.labels.get(LABEL_IMAGE) {
+                if let Some(d) = ImageRef::parse(img).ok().and_then(|r| r.digest) {
+                    keep.insert(d);
+                }
+            }
+        }
+        let revisions = self.store().revisions()?;
+        for rec in revisions.iter().rev().take(RETAINED_REVISIONS) {
+            keep.extend(rec.info.digests.values().filter_map(|d| d.parse::<Digest>().ok()));
+        }
+        Ok(keep)
+    }
+
+    /// Frees every blob and snapshot no kept image uses.
+    pub async fn gc(&self) -> Result<GcReport, AgentError> {
+        let keep = self.keep_set().await?;
+        Ok(self.images.gc(&keep).await.map_err(Box::new)?)
+    }
+
+    /// The local images.
+    pub async fn image_views(&self) -> Result<Vec<ImageView>, AgentError> {
+        let keep = self.keep_set().await?;
+        let mut out: Vec<ImageView> = self
+            .images
+            .list()
+            .map_err(Box::new)?
+            .into_iter()
+            .map(|r| ImageView {
+                in_use: keep.contains(&r.digest),
+                reference: r.reference,
+                digest: r.digest.to_string(),
+                size: r.size,
+                layers: r.layers.len(),
+                pulled_at: r.pulled_at,
+                last_used: r.last_used,
+            })
+            .collect();
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+}

@@ -1,0 +1,621 @@
+//! The reconcile loop and the executor of decisions. Each pass reads the
+//! current revision and what is on disk, asks `decide` per service, and
+//! carries the actions out: start replicas, retire (drain, stop, remove),
+//! record failures with backoff, fail rollouts (rolling back when asked),
+//! pull missing images and re-resolve tags. It never asks why it woke.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use berth_core::image_ref::ImageRef;
+use berth_core::manifest::{Manifest, PullPolicy, Service, VolumeSource};
+use berth_core::spec::ContainerSpec;
+
+use super::decide::{decide, Action, Intent, Phase, Replica, RetireReason};
+use crate::control::{pinned_image, Agent, AgentError, ApplySource, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC};
+use crate::health;
+use crate::image::store::ImageRecord;
+use crate::runtime::{ContainerConfig, ContainerInfo, ContainerState, Mount, User};
+use crate::state::RevisionRecord;
+
+/// How often the loop runs when nothing wakes it.
+pub const RESYNC: Duration = Duration::from_millis(500);
+/// A replica without a health check is ready after running this long (or
+/// its start_period, if longer).
+pub const MIN_READY_RUN: Duration = Duration::from_secs(1);
+/// A replica running this long resets its service's failure backoff.
+pub const STABLE_RUN: Duration = Duration::from_secs(10);
+/// How often `pull.policy = "always"` re-resolves tags.
+pub const ALWAYS_CHECK: Duration = Duration::from_secs(30);
+/// Wait after a failed pull before trying again.
+const PULL_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs reconcile passes until `stop` turns true. Signals `first_pass` after
+/// the first pass (whatever its result).
+pub async fn run_loop(
+    agent: Arc<Agent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    first_pass: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first_pass = Some(first_pass);
+    loop {
+        let started = Instant::now();
+        if let Err(e) = reconcile_once(&agent).await {
+            agent.metrics.reconcile_errors.inc();
+            tracing::warn!(error = %e, "reconcile pass failed");
+        }
+        agent.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        if let Some(tx) = first_pass.take() {
+            let _ = tx.send(());
+        }
+        tokio::select! {
+            _ = agent.wake.notified() => {}
+            _ = tokio::time::sleep(RESYNC) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) -> Option<Phase> {
+    if agent.live().retiring.contains(&c.id) {
+        return Some(Phase::Retiring);
+    }
+    match &c.state {
+        ContainerState::Running { started_at, .. } => {
+            if svc.health.is_some() {
+                let status = agent.live().health.get(&c.id).map(|h| h.status);
+                Some(match status {
+                    Some(health::HealthStatus::Healthy) => Phase::Ready,
+                    Some(health::HealthStatus::Unhealthy) => Phase::Unhealthy,
+                    _ => Phase::Starting,
+                })
+            } else {
+                let ran = now.duration_since(*started_at).unwrap_or_default();
+                let need = svc.health.as_ref().map(|h| h.start_period).unwrap_or_default().max(MIN_READY_RUN);
+                Some(if ran >= need { Phase::Ready } else { Phase::Starting })
+            }
+        }
+        ContainerState::Created => Some(Phase::Starting),
+        ContainerState::Exited { code, oom_killed, .. } => Some(Phase::Exited { code: *code, oom_killed: *oom_killed }),
+        ContainerState::Unknown { .. } => Some(Phase::Exited { code: -1, oom_killed: false }),
+        ContainerState::NotFound => None,
+    }
+}
+
+fn stored_spec(c: &ContainerInfo) -> Option<ContainerSpec> {
+    c.labels
+        .get(LABEL_SPEC)
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| ContainerSpec::from_stored(&v).ok())
+}
+
+fn backoff(svc: &Service, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    svc.restart.backoff_initial.saturating_mul(1u32 << exp).min(svc.restart.backoff_max)
+}
+
+/// One pass over every service of the current revision.
+pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
+    let Some(rec) = agent.store().latest_revision()? else {
+        return Ok(());
+    };
+    let (manifest, desired) = Agent::desired_of(&rec)?;
+    let containers = agent.list_containers().await?;
+    let now = SystemTime::now();
+    let mut by_service: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+    let mut state_counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for c in &containers {
+        let state = match c.state {
+            ContainerState::Running { .. } => "running",
+            ContainerState::Exited { .. } => "exited",
+            ContainerState::Created => "created",
+            _ => "unknown",
+        };
+        *state_counts.entry(state).or_default() += 1;
+        if let Some(s) = c.labels.get(LABEL_SERVICE) {
+            by_service.entry(s.clone()).or_default().push(c.clone());
+        }
+    }
+    for state in ["running", "exited", "created", "unknown"] {
+        agent.metrics.containers.with_label_values(&[state]).set(*state_counts.get(state).unwrap_or(&0));
+    }
+    // Forget checkers of containers that are gone or no longer running.
+    let running: BTreeSet<&str> =
+        containers.iter().filter(|c| matches!(c.state, ContainerState::Running { .. })).map(|c| c.id.as_str()).collect();
+    let stale: Vec<String> = agent.live().health.keys().filter(|id| !running.contains(id.as_str())).cloned().collect();
+    for id in stale {
+        health::forget(agent, &id);
+    }
+
+    maybe_check_tags(agent, &rec, &manifest);
+
+    let mut all_converged = true;
+    for (svc, want) in manifest.services.values().zip(desired.iter()) {
+        let list = by_service.remove(&svc.name).unwrap_or_default();
+        if rec.halted.contains(&svc.name) {
+            all_converged = false;
+            update_ready(agent, svc, &list, now);
+            continue;
+        }
+        let converged = reconcile_service(agent, &rec, svc, &want.spec, &list, now).await?;
+        all_converged &= converged;
+    }
+    // Containers of services no revision wants.
+    for (service, list) in by_service {
+        for c in list {
+            if agent.live().retiring.contains(&c.id) {
+                continue;
+            }
+            agent.metrics.drift.with_label_values(&[&service, "unwanted"]).inc();
+            match c.state {
+                ContainerState::Running { .. } | ContainerState::Created => {
+                    retire(agent, &service, &c.id, Duration::ZERO, RetireReason::ScaleDown)
+                }
+                _ => remove_now(agent, &service, &c.id).await,
+            }
+        }
+        agent.live().services.remove(&service);
+        agent.metrics.services_desired.remove_label_values(&[&service]).ok();
+        agent.metrics.services_ready.remove_label_values(&[&service]).ok();
+    }
+    if all_converged && (rec.info.state == "applied" || rec.info.state == "rolling-out") {
+        let mut done = rec.clone();
+        done.info.state = "complete".into();
+        agent.store().update_revision(&done)?;
+        agent.emit("revision-complete", None, format!("revision {} is running everywhere", rec.info.number));
+    } else if !all_converged && rec.info.state == "applied" {
+        let mut rolling = rec.clone();
+        rolling.info.state = "rolling-out".into();
+        agent.store().update_revision(&rolling)?;
+    }
+    Ok(())
+}
+
+/// Counts ready replicas of a service (any spec, not retiring) for status,
+/// metrics and the readiness endpoint.
+fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: SystemTime) -> u32 {
+    let ready_ids: Vec<String> =
+        list.iter().filter(|c| phase_of(agent, c, svc, now) == Some(Phase::Ready)).map(|c| c.id.clone()).collect();
+    let ready = ready_ids.len() as u32;
+    let mut live = agent.live();
+    let l = live.services.entry(svc.name.clone()).or_default();
+    l.desired = svc.replicas;
+    l.ready = ready;
+    l.ready_ids = ready_ids;
+    drop(live);
+    agent.metrics.services_desired.with_label_values(&[&svc.name]).set(i64::from(svc.replicas));
+    agent.metrics.services_ready.with_label_values(&[&svc.name]).set(i64::from(ready));
+    ready
+}
+
+async fn reconcile_service(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    spec: &ContainerSpec,
+    list: &[ContainerInfo],
+    now: SystemTime,
+) -> Result<bool, AgentError> {
+    // Health checkers for running replicas.
+    if let Some(h) = &svc.health {
+        for c in list {
+            if let ContainerState::Running { pid, .. } = c.state {
+                health::ensure_checker(agent, &svc.name, &c.id, pid, h);
+            }
+        }
+    }
+    let replicas: Vec<Replica> = list
+        .iter()
+        .filter_map(|c| {
+            let phase = phase_of(agent, c, svc, now)?;
+            let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
+            Some(Replica { id: c.id.clone(), current, phase })
+        })
+        .collect();
+    // A long, healthy run resets the failure backoff.
+    let stable = list.iter().any(|c| match c.state {
+        ContainerState::Running { started_at, .. } => now.duration_since(started_at).unwrap_or_default() >= STABLE_RUN,
+        _ => false,
+    });
+    let restart_wait = {
+        let mut live = agent.live();
+        let l = live.services.entry(svc.name.clone()).or_default();
+        if stable && l.failures > 0 && replicas.iter().all(|r| !matches!(r.phase, Phase::Exited { .. })) {
+            l.failures = 0;
+            l.next_start_at = None;
+        }
+        l.next_start_at.and_then(|t| t.checked_duration_since(Instant::now()))
+    };
+    let intent = Intent {
+        replicas: svc.replicas,
+        strategy: svc.update.strategy,
+        max_surge: svc.update.max_surge,
+        max_unavailable: svc.update.max_unavailable,
+        restart: svc.restart.policy,
+        on_unhealthy: svc.health.as_ref().map(|h| h.on_unhealthy).unwrap_or(berth_core::manifest::OnUnhealthy::Restart),
+        restart_wait,
+    };
+    let decision = decide(&intent, &replicas);
+    {
+        let mut live = agent.live();
+        let l = live.services.entry(svc.name.clone()).or_default();
+        if decision.rolling_out && l.rollout_started.is_none() {
+            l.rollout_started = Some(Instant::now());
+            drop(live);
+            agent.emit("rollout-started", Some(&svc.name), format!("rolling out revision {}", rec.info.number));
+        }
+    }
+    let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
+    let mut image_record: Option<ImageRecord> = None;
+    for action in decision.actions.clone() {
+        match action {
+            Action::Start => {
+                if image_record.is_none() {
+                    image_record = ensure_image(agent, svc, &image).await;
+                }
+                let Some(img) = &image_record else { break };
+                if let Err(e) = start_replica(agent, rec, svc, spec, &image, img).await {
+                    let message = format!("starting a replica: {e}");
+                    agent.emit("container-start-failed", Some(&svc.name), message.clone());
+                    let rolling = decision.rolling_out;
+                    {
+                        let mut live = agent.live();
+                        let l = live.services.entry(svc.name.clone()).or_default();
+                        l.last_error = Some(message.clone());
+                        if !rolling {
+                            l.failures += 1;
+                            l.next_start_at = Some(Instant::now() + backoff(svc, l.failures));
+                        }
+                    }
+                    if rolling {
+                        fail_rollout(agent, rec, svc, &message).await?;
+                        return Ok(false);
+                    }
+                    break;
+                }
+            }
+            Action::Retire { id, reason } => {
+                let drain = match reason {
+                    RetireReason::Replaced | RetireReason::ScaleDown => svc.update.drain,
+                    RetireReason::Unhealthy | RetireReason::RolloutFailed => Duration::ZERO,
+                };
+                retire(agent, &svc.name, &id, drain, reason);
+            }
+            Action::Remove { id } => remove_now(agent, &svc.name, &id).await,
+            Action::Failure { id, reason } => {
+                let exited = list.iter().find(|c| c.id == id);
+                let oom = matches!(exited.map(|c| &c.state), Some(ContainerState::Exited { oom_killed: true, .. }));
+                agent.metrics.container_restarts.with_label_values(&[&svc.name]).inc();
+                agent.metrics.drift.with_label_values(&[&svc.name, "missing"]).inc();
+                let (failures, wait) = {
+                    let mut live = agent.live();
+                    let l = live.services.entry(svc.name.clone()).or_default();
+                    l.failures += 1;
+                    l.restarts += 1;
+                    let wait = backoff(svc, l.failures);
+                    l.next_start_at = Some(Instant::now() + wait);
+                    l.last_error = Some(format!("replica {id} {reason}"));
+                    (l.failures, wait)
+                };
+                let kind = if oom { "container-oom-killed" } else { "container-failed" };
+                agent.emit_container(
+                    kind,
+                    &svc.name,
+                    &id,
+                    format!("{id} {reason}; replacing it in {wait:?} (failure {failures} in a row)"),
+                );
+            }
+            Action::FailRollout { reason } => {
+                fail_rollout(agent, rec, svc, &reason).await?;
+                return Ok(false);
+            }
+        }
+    }
+    update_ready(agent, svc, list, now);
+    let (converged, rollout_started) = {
+        let mut live = agent.live();
+        let l = live.services.entry(svc.name.clone()).or_default();
+        l.converged = decision.converged;
+        let started = if decision.converged { l.rollout_started.take() } else { None };
+        if decision.converged && l.failures == 0 {
+            l.last_error = None;
+        }
+        (decision.converged, started)
+    };
+    if let Some(started) = rollout_started {
+        let secs = started.elapsed().as_secs_f64();
+        agent.metrics.rollouts.with_label_values(&[&svc.name, "success"]).inc();
+        agent.metrics.rollout_duration.with_label_values(&[&svc.name]).observe(secs);
+        agent.emit("rollout-complete", Some(&svc.name), format!("revision {} rolled out in {secs:.1}s", rec.info.number));
+    }
+    if converged {
+        if let Some(d) = rec.info.digests.get(&svc.name) {
+            agent.metrics.service_image_info.reset();
+            agent.metrics.service_image_info.with_label_values(&[&svc.name, d]).set(1);
+        }
+    }
+    Ok(converged)
+}
+
+/// The image record of a pinned image, pulling it in the background when
+/// missing. `None` means not available yet (a pull runs or failed recently).
+async fn ensure_image(agent: &Arc<Agent>, svc: &Service, image: &ImageRef) -> Option<ImageRecord> {
+    if let Ok(Some(rec)) = agent.images.find(image) {
+        if agent.images.is_complete(&rec) {
+            return Some(rec);
+        }
+    }
+    let key = image.to_string();
+    {
+        let mut live = agent.live();
+        if live.pulling.contains(&key) {
+            return None;
+        }
+        let l = live.services.entry(svc.name.clone()).or_default();
+        if l.pull_failed_at.is_some_and(|t| t.elapsed() < PULL_RETRY) {
+            return None;
+        }
+        live.pulling.insert(key.clone());
+    }
+    let (agent, image, service) = (agent.clone(), image.clone(), svc.name.clone());
+    tokio::spawn(async move {
+        let result = agent.images.pull(&image, None).await;
+        {
+            let mut live = agent.live();
+            live.pulling.remove(&key);
+            let l = live.services.entry(service.clone()).or_default();
+            match &result {
+                Ok(_) => l.pull_failed_at = None,
+                Err(e) => {
+                    l.pull_failed_at = Some(Instant::now());
+                    l.last_error = Some(format!("pulling {image}: {e}"));
+                }
+            }
+        }
+        match result {
+            Ok(rec) => agent.emit("image-pulled", Some(&service), format!("{} as {}", image, rec.digest)),
+            Err(e) => agent.emit("pull-failed", Some(&service), format!("{image}: {e}")),
+        }
+        agent.wake.notify_one();
+    });
+    None
+}
+
+/// A fresh container id: `<service>-<12 hex>`.
+fn new_id(service: &str) -> String {
+    format!("{service}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+async fn start_replica(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    spec: &ContainerSpec,
+    image: &ImageRef,
+    img: &ImageRecord,
+) -> Result<(), AgentError> {
+    let id = new_id(&svc.name);
+    let lowerdirs = agent.images.lowerdirs(img);
+    let process = crate::launch::build_process(
+        &img.run,
+        spec.command.as_deref(),
+        &spec.env,
+        spec.workdir.as_deref(),
+        spec.user.as_deref(),
+        &id,
+        &lowerdirs,
+    )
+    .map_err(|e| AgentError::BadRequest(format!("{image}: {e}")))?;
+    let mut mounts = Vec::new();
+    for v in &spec.volumes {
+        match &v.source {
+            VolumeSource::Named(name) => {
+                let dir = agent.config.state_dir.join("volumes").join(name);
+                std::fs::create_dir_all(&dir).map_err(|e| AgentError::Runtime(format!("volume {name}: {e}")))?;
+                mounts.push(Mount::bind(dir, &v.target, v.readonly));
+            }
+            VolumeSource::Host(path) => mounts.push(Mount::bind(path, &v.target, v.readonly)),
+            VolumeSource::Tmpfs { size_bytes } => mounts.push(Mount::tmpfs(Some(*size_bytes), &v.target)),
+        }
+    }
+    for s in &spec.secrets {
+        mounts.push(Mount::secret(&s.source, &s.target));
+    }
+    let mut cfg = ContainerConfig::new(&id, lowerdirs, process.args);
+    cfg.name = id.clone();
+    cfg.env = process.env;
+    cfg.cwd = process.cwd.into();
+    cfg.user = User { uid: process.uid, gid: process.gid, additional_gids: process.additional_gids };
+    cfg.readonly_rootfs = spec.readonly_rootfs;
+    cfg.mounts = mounts;
+    cfg.memory_bytes = spec.memory_bytes;
+    cfg.millicpus = spec.millicpus;
+    cfg.pids = spec.pids;
+    cfg.stop_signal = svc.stop_signal.number;
+    cfg.stop_timeout = svc.stop_timeout;
+    cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
+    cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
+    cfg.labels.insert(LABEL_REVISION.into(), rec.info.number.to_string());
+    cfg.labels.insert(LABEL_IMAGE.into(), image.to_string());
+    let rt = agent.runtime.clone();
+    let started = tokio::task::spawn_blocking(move || rt.create_and_start(&cfg))
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))?
+        .map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let _ = agent.images.touch(&img.digest);
+    agent.emit_container("container-started", &svc.name, &started.id, format!("{} started from {image}", started.id));
+    Ok(())
+}
+
+/// Takes a replica out of service: no longer ready at once, then after
+/// `drain` stopped (stop_signal, SIGKILL after stop_timeout) and removed.
+fn retire(agent: &Arc<Agent>, service: &str, id: &str, drain: Duration, reason: RetireReason) {
+    if !agent.live().retiring.insert(id.to_string()) {
+        return;
+    }
+    let (agent, service, id) = (agent.clone(), service.to_string(), id.to_string());
+    tokio::spawn(async move {
+        agent.wake.notify_one();
+        if !drain.is_zero() {
+            tokio::time::sleep(drain).await;
+        }
+        let rt = agent.runtime.clone();
+        let id2 = id.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let stopped = rt.stop(&id2, None, None);
+            let removed = rt.remove(&id2);
+            (stopped, removed)
+        })
+        .await;
+        health::forget(&agent, &id);
+        match result {
+            Ok((_, Ok(()))) => agent.emit_container(
+                "container-removed",
+                &service,
+                &id,
+                format!("{id} removed ({})", reason_text(reason)),
+            ),
+            Ok((_, Err(e))) => {
+                agent.emit_container("container-remove-failed", &service, &id, format!("{id}: {e}"));
+            }
+            Err(e) => tracing::error!(container = %id, error = %e, "retire task failed"),
+        }
+        agent.live().retiring.remove(&id);
+        agent.wake.notify_one();
+    });
+}
+
+fn reason_text(r: RetireReason) -> &'static str {
+    match r {
+        RetireReason::Replaced => "replaced",
+        RetireReason::ScaleDown => "scaled down",
+        RetireReason::Unhealthy => "unhealthy",
+        RetireReason::RolloutFailed => "rollout failed",
+    }
+}
+
+async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
+    let rt = agent.runtime.clone();
+    let id2 = id.to_string();
+    let result = tokio::task::spawn_blocking(move || rt.remove(&id2)).await;
+    health::forget(agent, id);
+    match result {
+        Ok(Ok(())) => agent.emit_container("container-removed", service, id, format!("{id} removed (exited)")),
+        Ok(Err(e)) => agent.emit_container("container-remove-failed", service, id, format!("{id}: {e}")),
+        Err(e) => tracing::error!(container = %id, error = %e, "remove failed"),
+    }
+}
+
+/// A rollout failed: record it, then roll back (a new revision restoring the
+/// last complete one) or halt the service until the next revision.
+async fn fail_rollout(agent: &Arc<Agent>, rec: &RevisionRecord, svc: &Service, reason: &str) -> Result<(), AgentError> {
+    let started = agent.live().services.get_mut(&svc.name).and_then(|l| l.rollout_started.take());
+    if let Some(s) = started {
+        agent.metrics.rollout_duration.with_label_values(&[&svc.name]).observe(s.elapsed().as_secs_f64());
+    }
+    agent.metrics.rollouts.with_label_values(&[&svc.name, "failed"]).inc();
+    agent.live().services.entry(svc.name.clone()).or_default().last_error = Some(format!("rollout failed: {reason}"));
+    agent.emit("rollout-failed", Some(&svc.name), format!("revision {}: {reason}", rec.info.number));
+    let mut failed = rec.clone();
+    failed.info.state = "failed".into();
+    let previous = agent
+        .store()
+        .revisions()?
+        .into_iter()
+        .rev()
+        .find(|r| r.info.number < rec.info.number && r.info.state == "complete");
+    match (svc.update.rollback_on_failure, previous) {
+        (true, Some(prev)) => {
+            agent.store().update_revision(&failed)?;
+            let resp = agent
+                .restore(&prev, ApplySource::AutoRollback { failed: rec.info.number, restored: prev.info.number })
+                .await?;
+            agent.emit(
+                "rollback",
+                Some(&svc.name),
+                format!(
+                    "revision {} failed; restored revision {} as revision {}",
+                    rec.info.number,
+                    prev.info.number,
+                    resp.revision.unwrap_or(0)
+                ),
+            );
+        }
+        _ => {
+            failed.halted.insert(svc.name.clone());
+            agent.store().update_revision(&failed)?;
+            agent.emit(
+                "rollout-halted",
+                Some(&svc.name),
+                format!("revision {} failed; {} keeps what runs until the next revision", rec.info.number, svc.name),
+            );
+        }
+    }
+    agent.wake.notify_one();
+    Ok(())
+}
+
+/// Re-resolves tags of services with `pull.check` (or `pull.policy =
+/// "always"`) when due; a moved tag becomes a new revision.
+fn maybe_check_tags(agent: &Arc<Agent>, rec: &RevisionRecord, manifest: &Manifest) {
+    let due: Vec<Service> = {
+        let mut live = agent.live();
+        manifest
+            .services
+            .values()
+            .filter(|s| s.image.digest.is_none())
+            .filter(|s| {
+                let every = match (s.pull.check, s.pull.policy) {
+                    (Some(d), _) => d,
+                    (None, PullPolicy::Always) => ALWAYS_CHECK,
+                    (None, PullPolicy::IfMissing) => return false,
+                };
+                let l = live.services.entry(s.name.clone()).or_default();
+                match l.last_check {
+                    Some(t) if t.elapsed() < every => false,
+                    _ => {
+                        l.last_check = Some(Instant::now());
+                        true
+                    }
+                }
+            })
+            .cloned()
+            .collect()
+    };
+    if due.is_empty() {
+        return;
+    }
+    let (agent, rec) = (agent.clone(), rec.clone());
+    tokio::spawn(async move {
+        let mut digests = rec.info.digests.clone();
+        let mut moved = Vec::new();
+        for s in &due {
+            match agent.images.registry().resolve(&s.image).await {
+                Ok(r) => {
+                    let new = r.digest.to_string();
+                    if digests.get(&s.name) != Some(&new) {
+                        moved.push(format!("{} {} → {}", s.name, s.image, r.digest.short()));
+                        digests.insert(s.name.clone(), new);
+                    }
+                }
+                Err(e) => {
+                    agent.metrics.registry_errors.with_label_values(&[s.image.registry.as_str(), e.kind()]).inc();
+                    tracing::debug!(service = %s.name, error = %e, "tag check failed");
+                }
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        // Only if the revision is still current (an apply may have won).
+        let current = agent.store().latest_revision().ok().flatten().map(|r| r.info.number);
+        if current != Some(rec.info.number) {
+            return;
+        }
+        agent.emit("tag-moved", None, moved.join(", "));
+        if let Err(e) = agent.record_new_digests(&rec, digests).await {
+            agent.emit("apply-refused", None, format!("pull-check: {e}"));
+        }
+    });
+}
