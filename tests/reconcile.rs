@@ -43,7 +43,10 @@ fn two_services_come_up_running_and_healthy() {
     let containers = agent.containers();
     assert_eq!(containers.len(), 3, "{containers:?}");
     assert!(containers.iter().all(|c| c["state"] == "running"));
-    let web: Vec<_> = containers.iter().filter(|c| c["service"] == "web").collect();
+    let web: Vec<_> = containers
+        .iter()
+        .filter(|c| c["service"] == "web")
+        .collect();
     assert!(web.iter().all(|c| c["health"] == "healthy"), "{web:?}");
     // The revision records the digest the tag resolved to.
     let revs = agent.api("GET", "/v1/revisions", &[], b"").json();
@@ -52,4 +55,347 @@ fn two_services_come_up_running_and_healthy() {
     agent.wait_for(10, "revision complete", |a| {
         (a.api("GET", "/v1/revisions", &[], b"").json()[0]["state"] == "complete").then_some(())
     });
+}
+
+fn revisions(agent: &Agent) -> Vec<serde_json::Value> {
+    agent
+        .api("GET", "/v1/revisions", &[], b"")
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+fn ids_of(agent: &Agent, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> = agent
+        .containers()
+        .iter()
+        .filter(|c| c["service"] == service)
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn running_ids(agent: &Agent, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> = agent
+        .containers()
+        .iter()
+        .filter(|c| c["service"] == service && c["state"] == "running")
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn events(agent: &Agent) -> Vec<serde_json::Value> {
+    agent
+        .api("GET", "/v1/events", &[], b"")
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+/// The service has `n` running replicas and `n` ready.
+fn web_ready(agent: &Agent, service: &str, n: u64) -> Option<()> {
+    (agent.ready_of(service) == (n, n) && running_ids(agent, service).len() as u64 == n)
+        .then_some(())
+}
+
+#[test]
+fn a_new_digest_under_the_same_tag_rolls_out_with_pull_check() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:stable", "v1");
+    let agent = Agent::start();
+    let out = agent.apply_text(
+        "m.toml",
+        &web_manifest(&image, 2, "[service.web.pull]\ncheck = \"1s\"\n"),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    agent.wait_for(30, "web 2/2", |a| web_ready(a, "web", 2));
+    let old = ids_of(&agent, "web");
+    let first_digest = revisions(&agent)[0]["digests"]["web"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    push_web_image(&reg, "shop/web:stable", "v2");
+    let new = agent.wait_for(40, "a replacement with the new digest", |a| {
+        let revs = revisions(a);
+        let ids = ids_of(a, "web");
+        (revs.len() == 2
+            && ids.len() == 2
+            && ids.iter().all(|i| !old.contains(i))
+            && web_ready(a, "web", 2).is_some())
+        .then_some(ids)
+    });
+    let revs = revisions(&agent);
+    let second_digest = revs[1]["digests"]["web"].as_str().unwrap();
+    assert_ne!(
+        second_digest, first_digest,
+        "history must show both digests"
+    );
+    assert_eq!(revs[1]["source"], "pull-check");
+    assert_eq!(new.len(), 2);
+    // Old containers are gone from disk, not just stopped.
+    for id in &old {
+        assert!(
+            !agent.state_dir().join("containers").join(id).exists(),
+            "{id} left behind"
+        );
+    }
+    let history = agent.ctl(&["history"]).ok().stdout;
+    assert!(
+        history.contains(&first_digest["sha256:".len()..][..12])
+            && history.contains(&second_digest["sha256:".len()..][..12]),
+        "{history}"
+    );
+}
+
+fn assert_rollout_fails_and_rolls_back(bad_extra: &str, what: &str) {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 2, ""))
+        .ok();
+    agent.wait_for(30, "web 2/2", |a| web_ready(a, "web", 2));
+    agent.wait_for(10, "revision 1 complete", |a| {
+        (revisions(a)[0]["state"] == "complete").then_some(())
+    });
+    let old = running_ids(&agent, "web");
+
+    agent
+        .apply_text("m2.toml", &web_manifest(&image, 2, bad_extra))
+        .ok();
+    agent.wait_for(60, &format!("rollback after {what}"), |a| {
+        let revs = revisions(a);
+        (revs.len() == 3
+            && revs[1]["state"] == "failed"
+            && revs[2]["source"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("rollback:1"))
+        .then_some(())
+    });
+    agent.wait_for(30, "converged on the restored revision", |a| {
+        (revisions(a)[2]["state"] == "complete" && ids_of(a, "web").len() == 2).then_some(())
+    });
+    // The old replicas kept serving the whole time and still do.
+    assert_eq!(
+        running_ids(&agent, "web"),
+        old,
+        "old replicas must never be replaced by a failed rollout"
+    );
+    assert_eq!(agent.ready_of("web"), (2, 2));
+    let ev = events(&agent);
+    assert!(ev.iter().any(|e| e["kind"] == "rollout-failed"), "{ev:?}");
+    assert!(ev.iter().any(|e| e["kind"] == "rollback"), "{ev:?}");
+    let metrics = agent.http("GET", "/metrics").text();
+    assert!(
+        metrics.contains("berth_rollouts_total{result=\"failed\",service=\"web\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_command_that_exits_at_once_halts_the_rollout_and_rolls_back() {
+    assert_rollout_fails_and_rolls_back(
+        "command = [\"/bin/busybox\", \"sh\", \"-c\", \"exit 3\"]",
+        "an exiting command",
+    );
+}
+
+#[test]
+fn a_replica_that_never_passes_its_health_check_halts_the_rollout_and_rolls_back() {
+    assert_rollout_fails_and_rolls_back(
+        "command = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"9999\", \"-h\", \"/www\"]",
+        "a failing health check",
+    );
+}
+
+#[test]
+fn a_crashing_service_restarts_with_growing_delays() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let text = format!(
+        "[service.crash]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"exit 1\"]\n[service.crash.restart]\npolicy = \"always\"\nbackoff = {{ initial = \"100ms\", max = \"5s\" }}\n"
+    );
+    agent.apply_text("m.toml", &text).ok();
+    let starts = agent.wait_for(40, "five restarts", |a| {
+        let ev = events(a);
+        let started: Vec<String> = ev
+            .iter()
+            .filter(|e| e["kind"] == "container-started" && e["service"] == "crash")
+            .map(|e| e["time"].as_str().unwrap().to_string())
+            .collect();
+        (started.len() >= 6).then_some(started)
+    });
+    let secs: Vec<f64> = starts.iter().map(|t| time_of(t)).collect();
+    let gaps: Vec<f64> = secs.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[4] > gaps[0] * 2.0, "delays must grow: {gaps:?}");
+    let status = agent.api("GET", "/v1/status", &[], b"").json();
+    let crash = &status["services"][0];
+    assert!(crash["restarts"].as_u64().unwrap() >= 5, "{status}");
+    assert!(
+        crash["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 1"),
+        "{status}"
+    );
+    let metrics = agent.http("GET", "/metrics").text();
+    assert!(
+        metrics.contains("berth_container_restarts_total{service=\"crash\"}"),
+        "{metrics}"
+    );
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp (`…T12:34:56.789Z`).
+fn time_of(t: &str) -> f64 {
+    let (_, clock) = t.split_once('T').unwrap();
+    let clock = clock.trim_end_matches('Z');
+    let parts: Vec<f64> = clock.split(':').map(|p| p.parse().unwrap()).collect();
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+#[test]
+fn scaling_changes_only_the_count() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 3, ""))
+        .ok();
+    agent.wait_for(30, "web 3/3", |a| web_ready(a, "web", 3));
+    let three = ids_of(&agent, "web");
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 1, ""))
+        .ok();
+    let one = agent.wait_for(30, "web 1/1", |a| {
+        let ids = ids_of(a, "web");
+        (ids.len() == 1 && web_ready(a, "web", 1).is_some()).then_some(ids)
+    });
+    assert!(
+        three.contains(&one[0]),
+        "scaling down must keep a replica, not replace it"
+    );
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 2, ""))
+        .ok();
+    let two = agent.wait_for(30, "web 2/2", |a| {
+        let ids = ids_of(a, "web");
+        (ids.len() == 2 && web_ready(a, "web", 2).is_some()).then_some(ids)
+    });
+    assert!(
+        two.contains(&one[0]),
+        "scaling up must keep the running replica"
+    );
+}
+
+#[test]
+fn a_container_killed_by_hand_comes_back() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 1, ""))
+        .ok();
+    agent.wait_for(30, "web 1/1", |a| web_ready(a, "web", 1));
+    let c = agent
+        .containers()
+        .into_iter()
+        .find(|c| c["service"] == "web")
+        .unwrap();
+    let pid = c["pid"].as_i64().unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    agent.wait_for(30, "a new replica", |a| {
+        let ids = running_ids(a, "web");
+        (ids.len() == 1 && ids[0] != c["id"].as_str().unwrap() && web_ready(a, "web", 1).is_some())
+            .then_some(())
+    });
+    let metrics = agent.http("GET", "/metrics").text();
+    assert!(
+        metrics.contains("berth_drift_total{kind=\"missing\",service=\"web\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn rollback_runs_the_exact_digest_of_revision_1() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:stable", "v1");
+    let agent = Agent::start();
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 1, ""))
+        .ok();
+    agent.wait_for(30, "web 1/1", |a| web_ready(a, "web", 1));
+    let d1 = revisions(&agent)[0]["digests"]["web"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The tag moves; a new apply (env change) resolves it to the new digest.
+    push_web_image(&reg, "shop/web:stable", "v2");
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 1, "env = { V = \"2\" }"))
+        .ok();
+    agent.wait_for(30, "revision 2 complete", |a| {
+        (revisions(a).len() == 2 && revisions(a)[1]["state"] == "complete").then_some(())
+    });
+    assert_ne!(revisions(&agent)[1]["digests"]["web"].as_str().unwrap(), d1);
+    let out = agent.ctl(&["rollback", "1"]).ok();
+    assert!(
+        out.stdout.contains("rolled back as revision 3"),
+        "{}",
+        out.stdout
+    );
+    agent.wait_for(30, "revision 3 complete", |a| {
+        (revisions(a)[2]["state"] == "complete").then_some(())
+    });
+    assert_eq!(revisions(&agent)[2]["digests"]["web"].as_str().unwrap(), d1);
+    let c = agent
+        .containers()
+        .into_iter()
+        .find(|c| c["service"] == "web" && c["state"] == "running")
+        .unwrap();
+    assert!(c["image"].as_str().unwrap().ends_with(&d1), "{c}");
+}
+
+#[test]
+fn kill9_of_the_agent_during_a_rollout_converges_without_duplicates() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let mut agent = Agent::start();
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 2, ""))
+        .ok();
+    agent.wait_for(30, "web 2/2", |a| web_ready(a, "web", 2));
+    // Kill at several points: right after the apply, after the first new
+    // replica exists, and in the middle of draining.
+    for (round, delay_ms) in [0u64, 400, 900].into_iter().enumerate() {
+        let env = format!("env = {{ ROUND = \"{round}\" }}");
+        agent
+            .apply_text("m.toml", &web_manifest(&image, 2, &env))
+            .ok();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        agent.kill9();
+        agent.spawn();
+        agent.wait_for(60, "converged after kill -9", |a| {
+            let list = a.containers();
+            let web: Vec<_> = list.iter().filter(|c| c["service"] == "web").collect();
+            let n = revisions(a).len() as u64;
+            (web.len() == 2
+                && web
+                    .iter()
+                    .all(|c| c["state"] == "running" && c["revision"].as_u64() == Some(n))
+                && web_ready(a, "web", 2).is_some())
+            .then_some(())
+        });
+    }
 }

@@ -55,7 +55,10 @@ pub enum AgentError {
     #[error("this agent's manifest is managed by {0}: change the source instead (apply --dry-run and diff still work)")]
     ManagedBySource(String),
     #[error("service `{service}`: {source}")]
-    ImageResolve { service: String, source: Box<ImageError> },
+    ImageResolve {
+        service: String,
+        source: Box<ImageError>,
+    },
     #[error(transparent)]
     Image(#[from] Box<ImageError>),
     #[error("{0}")]
@@ -70,12 +73,17 @@ pub enum ApplySource {
     Api,
     File(String),
     Url(String),
-    Git { commit: String },
+    Git {
+        commit: String,
+    },
     Rollback(u64),
     /// A `pull.check` found a new digest for a tag.
     PullCheck,
     /// A failed rollout restored an earlier revision.
-    AutoRollback { failed: u64, restored: u64 },
+    AutoRollback {
+        failed: u64,
+        restored: u64,
+    },
 }
 
 impl ApplySource {
@@ -184,12 +192,17 @@ fn monitor_exe() -> std::path::PathBuf {
 /// Registry settings: `--registry-config` plus Docker's `config.json`.
 fn registry_config(config: &AgentConfig) -> Result<RegistryConfig, AgentError> {
     let mut rc = match &config.registry_config {
-        Some(path) => RegistryConfig::load(path).map_err(|e| AgentError::BadRequest(e.to_string()))?,
+        Some(path) => {
+            RegistryConfig::load(path).map_err(|e| AgentError::BadRequest(e.to_string()))?
+        }
         None => RegistryConfig::new(),
     };
     let docker = std::env::var_os("DOCKER_CONFIG")
         .map(|d| std::path::PathBuf::from(d).join("config.json"))
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker/config.json")));
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".docker/config.json"))
+        });
     if let Some(path) = docker.filter(|p| p.is_file()) {
         if let Err(e) = rc.load_docker_config(&path) {
             tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable Docker config");
@@ -202,10 +215,15 @@ impl Agent {
     pub fn new(config: AgentConfig, store: Store) -> Result<Arc<Agent>, AgentError> {
         let managed_source = crate::sources::describe(&config);
         let metrics = Metrics::new();
-        let registry =
-            RegistryClient::new(registry_config(&config)?).map_err(|e| AgentError::Internal(e.to_string()))?;
-        let images = ImageStore::open(config.state_dir.clone(), store.tree("images")?, registry, metrics.clone())
+        let registry = RegistryClient::new(registry_config(&config)?)
             .map_err(|e| AgentError::Internal(e.to_string()))?;
+        let images = ImageStore::open(
+            config.state_dir.clone(),
+            store.tree("images")?,
+            registry,
+            metrics.clone(),
+        )
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),
@@ -260,7 +278,15 @@ impl Agent {
     pub fn set_draining(&self, on: bool) {
         let was = self.draining.swap(on, Ordering::SeqCst);
         if was != on {
-            self.emit("drain", None, if on { "host drain on".into() } else { "host drain off".into() });
+            self.emit(
+                "drain",
+                None,
+                if on {
+                    "host drain on".into()
+                } else {
+                    "host drain off".into()
+                },
+            );
             self.wake.notify_one();
         }
     }
@@ -276,7 +302,10 @@ impl Agent {
     }
 
     fn source_error(&self) -> Option<String> {
-        self.source_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.source_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Every container on disk (running or not), from the runtime.
@@ -301,7 +330,11 @@ impl Agent {
                     .get(LABEL_SPEC)
                     .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
                     .and_then(|v| ContainerSpec::from_stored(&v).ok());
-                Some(ObservedContainer { id: c.id, service, spec })
+                Some(ObservedContainer {
+                    id: c.id,
+                    service,
+                    spec,
+                })
             })
             .collect())
     }
@@ -332,7 +365,10 @@ impl Agent {
                     out.insert(svc.name.clone(), r.digest.to_string());
                 }
                 Err(e) => {
-                    self.metrics.registry_errors.with_label_values(&[svc.image.registry.as_str(), e.kind()]).inc();
+                    self.metrics
+                        .registry_errors
+                        .with_label_values(&[svc.image.registry.as_str(), e.kind()])
+                        .inc();
                     if strict {
                         return Err(AgentError::ImageResolve {
                             service: svc.name.clone(),
@@ -354,7 +390,8 @@ impl Agent {
             let Some(path) = &svc.env_file else { continue };
             let name = path.display().to_string();
             let mut text = String::new();
-            let read = std::fs::File::open(path).and_then(|f| f.take(MAX_ENV_FILE).read_to_string(&mut text));
+            let read = std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_ENV_FILE).read_to_string(&mut text));
             if let Err(e) = read {
                 problems.push(Problem {
                     file: svc.file.clone(),
@@ -381,8 +418,12 @@ impl Agent {
 
     /// The desired services of a revision (digests and env files included).
     pub fn desired_of(rec: &RevisionRecord) -> Result<(Manifest, Vec<DesiredService>), AgentError> {
-        let manifest = Manifest::from_sources(&rec.files)
-            .map_err(|e| AgentError::Internal(format!("revision {} no longer parses: {e}", rec.info.number)))?;
+        let manifest = Manifest::from_sources(&rec.files).map_err(|e| {
+            AgentError::Internal(format!(
+                "revision {} no longer parses: {e}",
+                rec.info.number
+            ))
+        })?;
         let desired = desired_services(&manifest, &rec.info.digests, &rec.env_files);
         Ok((manifest, desired))
     }
@@ -390,16 +431,34 @@ impl Agent {
     /// Validates a manifest, resolves its tags to digests, plans it against
     /// what runs, and (unless `dry_run`) records it as a new revision,
     /// durably, before answering. The reconciler acts on it right after.
-    pub async fn apply(&self, files: SourceFiles, source: ApplySource, dry_run: bool) -> Result<ApplyResponse, AgentError> {
-        if let (Some(owner), false, ApplySource::Api | ApplySource::Rollback(_)) = (&self.managed_source, dry_run, &source) {
-            self.emit("apply-refused", None, format!("{} refused: managed by {owner}", source.describe()));
+    pub async fn apply(
+        &self,
+        files: SourceFiles,
+        source: ApplySource,
+        dry_run: bool,
+    ) -> Result<ApplyResponse, AgentError> {
+        if let (Some(owner), false, ApplySource::Api | ApplySource::Rollback(_)) =
+            (&self.managed_source, dry_run, &source)
+        {
+            self.emit(
+                "apply-refused",
+                None,
+                format!("{} refused: managed by {owner}", source.describe()),
+            );
             return Err(AgentError::ManagedBySource(owner.clone()));
         }
         let refuse = |problems: Vec<Problem>| {
             if !dry_run {
-                self.metrics.manifest_apply_errors.with_label_values(&[source.label()]).inc();
+                self.metrics
+                    .manifest_apply_errors
+                    .with_label_values(&[source.label()])
+                    .inc();
                 let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
-                self.emit("apply-refused", None, format!("{} refused: {first}", source.describe()));
+                self.emit(
+                    "apply-refused",
+                    None,
+                    format!("{} refused: {first}", source.describe()),
+                );
             }
             AgentError::InvalidManifest(problems)
         };
@@ -424,13 +483,21 @@ impl Agent {
             Ok(d) => d,
             Err(e) => {
                 if !dry_run {
-                    self.metrics.manifest_apply_errors.with_label_values(&[source.label()]).inc();
-                    self.emit("apply-refused", None, format!("{} refused: {e}", source.describe()));
+                    self.metrics
+                        .manifest_apply_errors
+                        .with_label_values(&[source.label()])
+                        .inc();
+                    self.emit(
+                        "apply-refused",
+                        None,
+                        format!("{} refused: {e}", source.describe()),
+                    );
                 }
                 return Err(e);
             }
         };
-        self.record(files, &manifest, digests, env_files, source, dry_run).await
+        self.record(files, &manifest, digests, env_files, source, dry_run)
+            .await
     }
 
     /// Plans and records an already validated and resolved manifest.
@@ -459,9 +526,17 @@ impl Agent {
             h.update(serde_json::to_vec(&env_files).unwrap_or_default());
             hex::encode(h.finalize())
         };
-        let unchanged = latest.as_ref().is_some_and(|l| l.info.manifest_sha256 == identity && l.info.state != "failed");
+        let unchanged = latest
+            .as_ref()
+            .is_some_and(|l| l.info.manifest_sha256 == identity && l.info.state != "failed");
         if dry_run || unchanged {
-            return Ok(ApplyResponse { revision: latest.map(|l| l.info.number), unchanged, dry_run, changes, plan: steps });
+            return Ok(ApplyResponse {
+                revision: latest.map(|l| l.info.number),
+                unchanged,
+                dry_run,
+                changes,
+                plan: steps,
+            });
         }
         let number = latest.map(|r| r.info.number + 1).unwrap_or(1);
         let record = RevisionRecord {
@@ -483,14 +558,30 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Internal(format!("storing revision: {e}")))?;
         if let Err(e) = stored {
-            self.metrics.manifest_apply_errors.with_label_values(&[source.label()]).inc();
+            self.metrics
+                .manifest_apply_errors
+                .with_label_values(&[source.label()])
+                .inc();
             return Err(e.into());
         }
-        self.metrics.revisions_applied.with_label_values(&[source.label()]).inc();
+        self.metrics
+            .revisions_applied
+            .with_label_values(&[source.label()])
+            .inc();
         self.metrics.current_revision.set(number as i64);
-        self.emit("revision-applied", None, format!("revision {number} from {}", source.describe()));
+        self.emit(
+            "revision-applied",
+            None,
+            format!("revision {number} from {}", source.describe()),
+        );
         self.wake.notify_one();
-        Ok(ApplyResponse { revision: Some(number), unchanged: false, dry_run: false, changes, plan: steps })
+        Ok(ApplyResponse {
+            revision: Some(number),
+            unchanged: false,
+            dry_run: false,
+            changes,
+            plan: steps,
+        })
     }
 
     /// Re-applies an earlier revision's exact manifest and digests as a new
@@ -502,23 +593,43 @@ impl Agent {
         let revisions = self.store.revisions()?;
         let current = revisions.last().map(|r| r.info.number).unwrap_or(0);
         let rec = match target {
-            Some(n) => revisions.iter().find(|r| r.info.number == n).cloned().ok_or(AgentError::NotFound { what: format!("revision {n}") })?,
+            Some(n) => revisions
+                .iter()
+                .find(|r| r.info.number == n)
+                .cloned()
+                .ok_or(AgentError::NotFound {
+                    what: format!("revision {n}"),
+                })?,
             None => revisions
                 .iter()
                 .rev()
                 .find(|r| r.info.number < current && r.info.state == "complete")
                 .or_else(|| revisions.iter().rev().find(|r| r.info.number < current))
                 .cloned()
-                .ok_or(AgentError::NotFound { what: "an earlier revision".into() })?,
+                .ok_or(AgentError::NotFound {
+                    what: "an earlier revision".into(),
+                })?,
         };
-        self.restore(&rec, ApplySource::Rollback(rec.info.number)).await
+        self.restore(&rec, ApplySource::Rollback(rec.info.number))
+            .await
     }
 
     /// Records `rec`'s manifest, digests and env files as a new revision.
-    pub(crate) async fn restore(&self, rec: &RevisionRecord, source: ApplySource) -> Result<ApplyResponse, AgentError> {
+    pub(crate) async fn restore(
+        &self,
+        rec: &RevisionRecord,
+        source: ApplySource,
+    ) -> Result<ApplyResponse, AgentError> {
         let (manifest, _) = Self::desired_of(rec)?;
         let resp = self
-            .record(rec.files.clone(), &manifest, rec.info.digests.clone(), rec.env_files.clone(), source, false)
+            .record(
+                rec.files.clone(),
+                &manifest,
+                rec.info.digests.clone(),
+                rec.env_files.clone(),
+                source,
+                false,
+            )
             .await?;
         Ok(resp)
     }
@@ -531,12 +642,25 @@ impl Agent {
         digests: BTreeMap<String, String>,
     ) -> Result<ApplyResponse, AgentError> {
         let (manifest, _) = Self::desired_of(rec)?;
-        self.record(rec.files.clone(), &manifest, digests, rec.env_files.clone(), ApplySource::PullCheck, false).await
+        self.record(
+            rec.files.clone(),
+            &manifest,
+            digests,
+            rec.env_files.clone(),
+            ApplySource::PullCheck,
+            false,
+        )
+        .await
     }
 
     /// Every revision, oldest first.
     pub fn revisions(&self) -> Result<Vec<RevisionInfo>, AgentError> {
-        Ok(self.store.revisions()?.into_iter().map(|r| r.info).collect())
+        Ok(self
+            .store
+            .revisions()?
+            .into_iter()
+            .map(|r| r.info)
+            .collect())
     }
 
     /// The agent, its current revision and each service's state.
@@ -575,9 +699,13 @@ impl Agent {
     /// Whether a service has a ready replica here and the host is not draining.
     pub fn service_ready(&self, name: &str) -> Result<(bool, String), AgentError> {
         let latest = self.store.latest_revision()?;
-        let declared = latest.as_ref().is_some_and(|r| r.info.services.iter().any(|s| s == name));
+        let declared = latest
+            .as_ref()
+            .is_some_and(|r| r.info.services.iter().any(|s| s == name));
         if !declared {
-            return Err(AgentError::NotFound { what: format!("service `{name}`") });
+            return Err(AgentError::NotFound {
+                what: format!("service `{name}`"),
+            });
         }
         if self.is_draining() {
             return Ok((false, "host is draining".into()));
@@ -600,7 +728,8 @@ impl Agent {
     /// Emits an event about one container.
     pub fn emit_container(&self, kind: &str, service: &str, container: &str, message: String) {
         self.metrics.events.with_label_values(&[kind]).inc();
-        self.events.emit(kind, Some(service), Some(container), message);
+        self.events
+            .emit(kind, Some(service), Some(container), message);
     }
 }
 
@@ -616,7 +745,11 @@ pub fn desired_services(
         .map(|s| {
             let digest: Option<Digest> = digests.get(&s.name).and_then(|d| d.parse().ok());
             let env = env_files.get(&s.name).map(Vec::as_slice).unwrap_or(&[]);
-            DesiredService { name: s.name.clone(), replicas: s.replicas, spec: ContainerSpec::for_service(s, digest.as_ref(), env) }
+            DesiredService {
+                name: s.name.clone(),
+                replicas: s.replicas,
+                spec: ContainerSpec::for_service(s, digest.as_ref(), env),
+            }
         })
         .collect()
 }

@@ -100,7 +100,9 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let agent = Agent::new(config.clone(), store)?;
     agent
         .metrics
-        .register_collector(Box::new(crate::stats::ContainerStats::new(agent.runtime.clone())));
+        .register_collector(Box::new(crate::stats::ContainerStats::new(
+            agent.runtime.clone(),
+        )));
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = tokio::task::JoinSet::new();
@@ -180,8 +182,15 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     // agent reports ready.
     let (reconcile_stop, reconcile_rx) = tokio::sync::watch::channel(false);
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    let reconciler = tokio::spawn(crate::reconcile::run::run_loop(agent.clone(), reconcile_rx, first_tx));
-    if tokio::time::timeout(FIRST_SYNC_WAIT, first_rx).await.is_err() {
+    let reconciler = tokio::spawn(crate::reconcile::run::run_loop(
+        agent.clone(),
+        reconcile_rx,
+        first_tx,
+    ));
+    if tokio::time::timeout(FIRST_SYNC_WAIT, first_rx)
+        .await
+        .is_err()
+    {
         tracing::warn!("the first reconcile pass is still running; serving anyway");
     }
     agent.set_ready();
@@ -197,7 +206,10 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let _ = shutdown_tx.send(());
     let _ = sources_stop.send(true);
     let _ = reconcile_stop.send(true);
-    if tokio::time::timeout(std::time::Duration::from_secs(5), reconciler).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(5), reconciler)
+        .await
+        .is_err()
+    {
         tracing::warn!("reconciler did not stop within 5s");
     }
     if let Some(task) = source_task {

@@ -66,7 +66,8 @@ fn in_netns<T: Send + 'static>(
     let handle = std::thread::Builder::new()
         .name("berth-health".into())
         .spawn(move || {
-            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(CheckError::Netns)?;
+            let ns =
+                std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(CheckError::Netns)?;
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| CheckError::Netns(std::io::Error::from(e)))?;
             f()
@@ -78,7 +79,8 @@ fn in_netns<T: Send + 'static>(
 fn tcp_check(pid: i32, port: u16, timeout: Duration) -> Result<String, CheckError> {
     in_netns(pid, move || {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        TcpStream::connect_timeout(&addr, timeout).map_err(|source| CheckError::Connect { port, source })?;
+        TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| CheckError::Connect { port, source })?;
         Ok(format!("port {port} accepts connections"))
     })
 }
@@ -87,12 +89,16 @@ fn http_check(pid: i32, port: u16, path: String, timeout: Duration) -> Result<St
     in_netns(pid, move || {
         let deadline = Instant::now() + timeout;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|source| CheckError::Connect { port, source })?;
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let mut s = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| CheckError::Connect { port, source })?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let _ = s.set_read_timeout(Some(left));
         let _ = s.set_write_timeout(Some(left));
         let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).map_err(|e| CheckError::Http(e.to_string(), path.clone()))?;
+        s.write_all(req.as_bytes())
+            .map_err(|e| CheckError::Http(e.to_string(), path.clone()))?;
         let mut head = [0u8; 64];
         let mut n = 0;
         while n < 12 {
@@ -103,11 +109,18 @@ fn http_check(pid: i32, port: u16, path: String, timeout: Duration) -> Result<St
             }
         }
         let line = String::from_utf8_lossy(&head[..n]).to_string();
-        let code: u16 = line.split(' ').nth(1).and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+        let code: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or(0);
         if (200..400).contains(&code) {
             Ok(format!("HTTP {code}"))
         } else {
-            Err(CheckError::Http(format!("status line {:?}", line.lines().next().unwrap_or("")), path.clone()))
+            Err(CheckError::Http(
+                format!("status line {:?}", line.lines().next().unwrap_or("")),
+                path.clone(),
+            ))
         }
     })
 }
@@ -119,17 +132,29 @@ struct ExecResult {
     timed_out: bool,
 }
 
-fn exec_in(_rt: &crate::runtime::Runtime, _id: &str, _cmd: &[String], _timeout: Duration) -> Result<ExecResult, String> {
+fn exec_in(
+    _rt: &crate::runtime::Runtime,
+    _id: &str,
+    _cmd: &[String],
+    _timeout: Duration,
+) -> Result<ExecResult, String> {
     Err("exec checks are not available in this build".into())
 }
 
 /// Runs one check of `health` against container `id` (PID 1 = `pid`).
-pub async fn check_once(agent: &Arc<Agent>, id: &str, pid: i32, health: &Health) -> Result<String, CheckError> {
+pub async fn check_once(
+    agent: &Arc<Agent>,
+    id: &str,
+    pid: i32,
+    health: &Health,
+) -> Result<String, CheckError> {
     let timeout = health.timeout;
     match &health.check {
         HealthCheck::Tcp { port } => {
             let port = *port;
-            tokio::task::spawn_blocking(move || tcp_check(pid, port, timeout)).await.map_err(|_| CheckError::Thread)?
+            tokio::task::spawn_blocking(move || tcp_check(pid, port, timeout))
+                .await
+                .map_err(|_| CheckError::Thread)?
         }
         HealthCheck::Http { port, path } => {
             let (port, path) = (*port, path.clone());
@@ -148,7 +173,11 @@ pub async fn check_once(agent: &Arc<Agent>, id: &str, pid: i32, health: &Health)
             } else if out.code == 0 {
                 Ok(out.output)
             } else {
-                Err(CheckError::Exec(format!("exit code {}: {}", out.code, out.output.trim())))
+                Err(CheckError::Exec(format!(
+                    "exit code {}: {}",
+                    out.code,
+                    out.output.trim()
+                )))
             }
         }
     }
@@ -164,11 +193,21 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
         let cancel = Arc::new(AtomicBool::new(false));
         live.health.insert(
             id.to_string(),
-            HealthLive { status: HealthStatus::Starting, failures: 0, last_output: None, cancel: cancel.clone() },
+            HealthLive {
+                status: HealthStatus::Starting,
+                failures: 0,
+                last_output: None,
+                cancel: cancel.clone(),
+            },
         );
         cancel
     };
-    let (agent, service, id, health) = (agent.clone(), service.to_string(), id.to_string(), health.clone());
+    let (agent, service, id, health) = (
+        agent.clone(),
+        service.to_string(),
+        id.to_string(),
+        health.clone(),
+    );
     tokio::spawn(async move {
         let started = Instant::now();
         // The first probe comes soon after start, then every interval.
@@ -186,7 +225,9 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
             let in_start_period = started.elapsed() < health.start_period;
             let changed = {
                 let mut live = agent.live();
-                let Some(h) = live.health.get_mut(&id) else { return };
+                let Some(h) = live.health.get_mut(&id) else {
+                    return;
+                };
                 let before = h.status;
                 match &result {
                     Ok(out) => {
@@ -208,13 +249,27 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
             };
             if let Err(e) = &result {
                 if !in_start_period {
-                    agent.metrics.health_check_failures.with_label_values(&[&service]).inc();
+                    agent
+                        .metrics
+                        .health_check_failures
+                        .with_label_values(&[&service])
+                        .inc();
                 }
                 tracing::debug!(container = %id, error = %e, "health check failed");
             }
             if changed {
-                let status = agent.live().health.get(&id).map(|h| h.status).unwrap_or(HealthStatus::Starting);
-                agent.emit_container("health", &service, &id, format!("{id} is {}", status.as_str()));
+                let status = agent
+                    .live()
+                    .health
+                    .get(&id)
+                    .map(|h| h.status)
+                    .unwrap_or(HealthStatus::Starting);
+                agent.emit_container(
+                    "health",
+                    &service,
+                    &id,
+                    format!("{id} is {}", status.as_str()),
+                );
                 agent.wake.notify_one();
             }
         }

@@ -75,9 +75,11 @@ impl From<AgentError> for ApiError {
                 format!("{what} not found"),
             ),
             AgentError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
-            AgentError::ImageResolve { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_unresolvable", e.to_string())
-            }
+            AgentError::ImageResolve { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "image_unresolvable",
+                e.to_string(),
+            ),
             AgentError::Image(ref inner) => {
                 let status = match inner.as_ref() {
                     crate::image::store::ImageError::Registry(r) if r.kind() == "not_found" => {
@@ -401,13 +403,18 @@ async fn get_services(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     Ok(Json(ctx.agent.status()?.services).into_response())
 }
 
-async fn get_service(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn get_service(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let status = ctx.agent.status()?;
     let svc = status
         .services
         .into_iter()
         .find(|s| s.name == name)
-        .ok_or(AgentError::NotFound { what: format!("service `{name}`") })?;
+        .ok_or(AgentError::NotFound {
+            what: format!("service `{name}`"),
+        })?;
     let containers: Vec<_> = ctx
         .agent
         .container_views()
@@ -422,7 +429,10 @@ async fn get_containers(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     Ok(Json(ctx.agent.container_views().await?).into_response())
 }
 
-async fn get_container(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_container(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(ctx.agent.container_detail(&id).await?).into_response())
 }
 
@@ -460,7 +470,11 @@ struct DrainBody {
 async fn put_drain(State(ctx): State<Ctx>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body).await?;
     let req: DrainBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"on\": true|false}}: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("expected {{\"on\": true|false}}: {e}"),
+        )
     })?;
     ctx.agent.set_draining(req.on);
     Ok(Json(serde_json::json!({ "draining": ctx.agent.is_draining() })).into_response())
@@ -485,7 +499,11 @@ async fn post_pull(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body).await?;
     let req: berth_core::api::PullRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"image\": REF}}: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("expected {{\"image\": REF}}: {e}"),
+        )
     })?;
     if !q.stream.unwrap_or(false) {
         let rec = ctx.agent.pull(&req.image, None).await?;
@@ -499,7 +517,9 @@ async fn post_pull(
         let _ = done_tx.send(result);
     });
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, std::io::Error>(ndjson(&e)), rx))
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::io::Error>(ndjson(&e)), rx))
     });
     let tail = futures_util::stream::once(async move {
         let line = match done_rx.await {
@@ -508,7 +528,9 @@ async fn post_pull(
                 let api: ApiError = e.into();
                 serde_json::json!({ "event": "error", "status": api.0.as_u16(), "error": api.1.error })
             }
-            Err(_) => serde_json::json!({ "event": "error", "error": { "code": "internal", "message": "pull task died" } }),
+            Err(_) => {
+                serde_json::json!({ "event": "error", "error": { "code": "internal", "message": "pull task died" } })
+            }
         };
         Ok::<_, std::io::Error>(ndjson(&line))
     });
@@ -541,7 +563,11 @@ fn tail_lines(text: &[u8], n: Option<usize>) -> &[u8] {
             }
         }
     }
-    if n == 0 { &[] } else { text }
+    if n == 0 {
+        &[]
+    } else {
+        text
+    }
 }
 
 /// `GET /v1/containers/ID/logs?follow&tail=N`: a container's (or, given a
@@ -551,7 +577,10 @@ async fn get_logs(
     Path(target): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let follow = q.follow.as_deref().is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    let follow = q
+        .follow
+        .as_deref()
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1");
     let sources = ctx.agent.log_files(&target).await?;
     let prefix = sources.len() > 1;
     let mut out = Vec::new();
@@ -570,7 +599,10 @@ async fn get_logs(
             out.extend_from_slice(line);
         }
         // Follow the newest file of each stream.
-        for f in files.iter().filter(|f| !f.to_string_lossy().ends_with(".1")) {
+        for f in files
+            .iter()
+            .filter(|f| !f.to_string_lossy().ends_with(".1"))
+        {
             let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
             positions.push((id.clone(), f.clone(), len));
         }

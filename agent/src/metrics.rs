@@ -137,36 +137,75 @@ impl Metrics {
             g
         };
         let reconcile_duration = Histogram::with_opts(
-            HistogramOpts::new("berth_reconcile_duration_seconds", "Duration of one reconcile pass.")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "berth_reconcile_duration_seconds",
+                "Duration of one reconcile pass.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         )
         .expect("metric");
-        registry.register(Box::new(reconcile_duration.clone())).expect("register");
-        let reconcile_errors =
-            IntCounter::new("berth_reconcile_errors_total", "Reconcile passes that failed.").expect("metric");
-        registry.register(Box::new(reconcile_errors.clone())).expect("register");
-        let services_desired =
-            gauge_vec("berth_services_desired_replicas", "Replicas the current revision asks for.", &["service"]);
-        let services_ready = gauge_vec("berth_services_ready_replicas", "Replicas ready now (not draining).", &["service"]);
-        let containers = gauge_vec("berth_containers", "Containers on this host by state.", &["state"]);
+        registry
+            .register(Box::new(reconcile_duration.clone()))
+            .expect("register");
+        let reconcile_errors = IntCounter::new(
+            "berth_reconcile_errors_total",
+            "Reconcile passes that failed.",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(reconcile_errors.clone()))
+            .expect("register");
+        let services_desired = gauge_vec(
+            "berth_services_desired_replicas",
+            "Replicas the current revision asks for.",
+            &["service"],
+        );
+        let services_ready = gauge_vec(
+            "berth_services_ready_replicas",
+            "Replicas ready now (not draining).",
+            &["service"],
+        );
+        let containers = gauge_vec(
+            "berth_containers",
+            "Containers on this host by state.",
+            &["state"],
+        );
         let container_restarts = counter_vec(
             "berth_container_restarts_total",
             "Replicas replaced after an exit or a failed health check.",
             &["service"],
         );
-        let rollouts = counter_vec("berth_rollouts_total", "Finished rollouts by result.", &["service", "result"]);
+        let rollouts = counter_vec(
+            "berth_rollouts_total",
+            "Finished rollouts by result.",
+            &["service", "result"],
+        );
         let rollout_duration = HistogramVec::new(
             HistogramOpts::new("berth_rollout_duration_seconds", "Rollout duration.")
                 .buckets(vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
             &["service"],
         )
         .expect("metric");
-        registry.register(Box::new(rollout_duration.clone())).expect("register");
-        let health_check_failures =
-            counter_vec("berth_health_check_failures_total", "Failed health probes (outside start_period).", &["service"]);
-        let drift = counter_vec("berth_drift_total", "Drift corrected, by kind.", &["service", "kind"]);
-        let service_image_info =
-            gauge_vec("berth_service_image_info", "1 for the image digest each service runs now.", &["service", "digest"]);
+        registry
+            .register(Box::new(rollout_duration.clone()))
+            .expect("register");
+        let health_check_failures = counter_vec(
+            "berth_health_check_failures_total",
+            "Failed health probes (outside start_period).",
+            &["service"],
+        );
+        let drift = counter_vec(
+            "berth_drift_total",
+            "Drift corrected, by kind.",
+            &["service", "kind"],
+        );
+        let service_image_info = gauge_vec(
+            "berth_service_image_info",
+            "1 for the image digest each service runs now.",
+            &["service", "digest"],
+        );
         // Pre-create the bounded label sets so the series exist from the start.
         for source in SOURCE_KINDS {
             manifest_apply_errors.with_label_values(&[source]);

@@ -23,10 +23,13 @@ const MEM: &str = "berth_container_memory_bytes";
 impl ContainerStats {
     pub fn new(runtime: Arc<Runtime>) -> ContainerStats {
         let labels = vec!["service".to_string(), "container".to_string()];
-        let descs = [(CPU, "CPU time used by the container."), (MEM, "Memory the container uses now.")]
-            .into_iter()
-            .filter_map(|(n, h)| Desc::new(n.into(), h.into(), labels.clone(), Default::default()).ok())
-            .collect();
+        let descs = [
+            (CPU, "CPU time used by the container."),
+            (MEM, "Memory the container uses now."),
+        ]
+        .into_iter()
+        .filter_map(|(n, h)| Desc::new(n.into(), h.into(), labels.clone(), Default::default()).ok())
+        .collect();
         ContainerStats { runtime, descs }
     }
 }
@@ -57,7 +60,9 @@ impl Collector for ContainerStats {
             if !matches!(c.state, ContainerState::Running { .. }) {
                 continue;
             }
-            let Ok(stats) = self.runtime.stats(&c.id) else { continue };
+            let Ok(stats) = self.runtime.stats(&c.id) else {
+                continue;
+            };
             let service = c.labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
             let labels = vec![label("container", &c.id), label("service", &service)];
             let mut m = Metric::default();

@@ -163,7 +163,10 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder().method(method).uri(path).header("host", "berthd");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "berthd");
         if !body.is_empty() {
             req = req.header("content-type", "application/json");
         }
@@ -189,8 +192,13 @@ impl Client {
     }
 
     /// A streaming GET handing raw chunks to `on_chunk`.
-    pub async fn stream_raw(&self, path: &str, on_chunk: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        self.stream_with(Method::GET, path, Bytes::new(), on_chunk).await
+    pub async fn stream_raw(
+        &self,
+        path: &str,
+        on_chunk: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.stream_with(Method::GET, path, Bytes::new(), on_chunk)
+            .await
     }
 
     /// Opens a streaming GET (for `events -f`), calling `on_line` per line.

@@ -188,7 +188,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Apply { path, dry_run, wait, timeout } => {
+        Command::Apply {
+            path,
+            dry_run,
+            wait,
+            timeout,
+        } => {
             let code = apply(&cli, path, *dry_run, false).await?;
             if code != ExitCode::SUCCESS || *dry_run || !*wait {
                 return Ok(code);
@@ -199,16 +204,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Inspect { container } => {
             let reply = client(&cli)?
-                .request(Method::GET, &format!("/v1/containers/{container}"), None, Bytes::new())
+                .request(
+                    Method::GET,
+                    &format!("/v1/containers/{container}"),
+                    None,
+                    Bytes::new(),
+                )
                 .await?;
             if !reply.status.is_success() {
                 bail!("{}", error_text(&reply.body));
             }
-            let v: serde_json::Value = serde_json::from_slice(&reply.body).context("decoding container")?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&reply.body).context("decoding container")?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { target, follow, tail } => {
+        Command::Logs {
+            target,
+            follow,
+            tail,
+        } => {
             let mut path = format!("/v1/containers/{target}/logs?follow={follow}");
             if let Some(n) = tail {
                 path.push_str(&format!("&tail={n}"));
@@ -227,7 +242,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback { revision } => {
             let body = serde_json::json!({ "revision": revision });
             let reply = client(&cli)?
-                .request(Method::POST, "/v1/rollback", Some("application/json"), Bytes::from(body.to_string()))
+                .request(
+                    Method::POST,
+                    "/v1/rollback",
+                    Some("application/json"),
+                    Bytes::from(body.to_string()),
+                )
                 .await?;
             if !reply.status.is_success() {
                 eprintln!("{}", error_text(&reply.body));
@@ -242,9 +262,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pull { image } => crate::pull::pull(&client(&cli)?, image, cli.output == Output::Json).await,
+        Command::Pull { image } => {
+            crate::pull::pull(&client(&cli)?, image, cli.output == Output::Json).await
+        }
         Command::Images => {
-            let reply = client(&cli)?.request(Method::GET, "/v1/images", None, Bytes::new()).await?;
+            let reply = client(&cli)?
+                .request(Method::GET, "/v1/images", None, Bytes::new())
+                .await?;
             if !reply.status.is_success() {
                 bail!("{}", error_text(&reply.body));
             }
@@ -252,7 +276,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let images: Vec<berth_core::api::ImageView> = serde_json::from_slice(&reply.body)?;
-                let mut rows = vec![["IMAGE".to_string(), "DIGEST".into(), "SIZE".into(), "LAYERS".into(), "IN USE".into()]];
+                let mut rows = vec![[
+                    "IMAGE".to_string(),
+                    "DIGEST".into(),
+                    "SIZE".into(),
+                    "LAYERS".into(),
+                    "IN USE".into(),
+                ]];
                 for i in images {
                     rows.push([
                         i.reference,
@@ -267,7 +297,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc => {
-            let reply = client(&cli)?.request(Method::POST, "/v1/gc", None, Bytes::new()).await?;
+            let reply = client(&cli)?
+                .request(Method::POST, "/v1/gc", None, Bytes::new())
+                .await?;
             if !reply.status.is_success() {
                 bail!("{}", error_text(&reply.body));
             }
@@ -290,9 +322,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let reply = match state.as_deref() {
                 Some(on_off) => {
                     let body = serde_json::json!({ "on": on_off == "on" }).to_string();
-                    c.request(Method::PUT, "/v1/drain", Some("application/json"), Bytes::from(body)).await?
+                    c.request(
+                        Method::PUT,
+                        "/v1/drain",
+                        Some("application/json"),
+                        Bytes::from(body),
+                    )
+                    .await?
                 }
-                None => c.request(Method::GET, "/v1/drain", None, Bytes::new()).await?,
+                None => {
+                    c.request(Method::GET, "/v1/drain", None, Bytes::new())
+                        .await?
+                }
             };
             if !reply.status.is_success() {
                 bail!("{}", error_text(&reply.body));

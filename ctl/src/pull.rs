@@ -15,15 +15,18 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
     let body = Bytes::from(serde_json::json!({ "image": image }).to_string());
     let tty = std::io::stderr().is_terminal() && !json;
     let multi = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
     let mut bars: HashMap<String, indicatif::ProgressBar> = HashMap::new();
     let mut pending = Vec::new();
     let mut failure: Option<String> = None;
     let mut record: Option<serde_json::Value> = None;
     let mut handle = |line: &str| -> Result<()> {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return Ok(()) };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            return Ok(());
+        };
         if json {
             println!("{line}");
         }
@@ -31,12 +34,17 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
         match v["event"].as_str().unwrap_or("") {
             "resolved" => {
                 if !json {
-                    eprintln!("{}: resolved to {}", v["reference"].as_str().unwrap_or(image), v["digest"].as_str().unwrap_or(""));
+                    eprintln!(
+                        "{}: resolved to {}",
+                        v["reference"].as_str().unwrap_or(image),
+                        v["digest"].as_str().unwrap_or("")
+                    );
                 }
                 if tty {
                     for l in v["layers"].as_array().into_iter().flatten() {
                         let digest = l[0].as_str().unwrap_or("").to_string();
-                        let bar = multi.add(indicatif::ProgressBar::new(l[1].as_u64().unwrap_or(0)));
+                        let bar =
+                            multi.add(indicatif::ProgressBar::new(l[1].as_u64().unwrap_or(0)));
                         bar.set_style(style.clone());
                         bar.set_prefix(crate::short_digest(&digest));
                         bars.insert(digest, bar);
@@ -51,23 +59,34 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
             "layer-done" => {
                 let cached = v["cached"] == true;
                 match v["digest"].as_str().and_then(|d| bars.get(d)) {
-                    Some(bar) => bar.finish_with_message(if cached { "already present" } else { "done" }),
-                    None if !json => eprintln!("layer {}: {}", short(&v["digest"]), if cached { "already present" } else { "done" }),
+                    Some(bar) => {
+                        bar.finish_with_message(if cached { "already present" } else { "done" })
+                    }
+                    None if !json => eprintln!(
+                        "layer {}: {}",
+                        short(&v["digest"]),
+                        if cached { "already present" } else { "done" }
+                    ),
                     None => {}
                 }
             }
             "done" if !json => {
-                {
-                    eprintln!(
-                        "pulled {} in {:.2}s ({} downloaded)",
-                        short(&v["digest"]),
-                        v["seconds"].as_f64().unwrap_or(0.0),
-                        crate::human_bytes(v["fetched_bytes"].as_u64().unwrap_or(0))
-                    );
-                }
+                eprintln!(
+                    "pulled {} in {:.2}s ({} downloaded)",
+                    short(&v["digest"]),
+                    v["seconds"].as_f64().unwrap_or(0.0),
+                    crate::human_bytes(v["fetched_bytes"].as_u64().unwrap_or(0))
+                );
             }
             "record" => record = Some(v["image"].clone()),
-            "error" => failure = Some(v["error"]["message"].as_str().unwrap_or("pull failed").to_string()),
+            "error" => {
+                failure = Some(
+                    v["error"]["message"]
+                        .as_str()
+                        .unwrap_or("pull failed")
+                        .to_string(),
+                )
+            }
             _ => {}
         }
         Ok(())

@@ -26,8 +26,15 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
             .services
             .iter()
             .map(|s| {
-                let err = s.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
-                format!("{} {}/{}{err}", s.name, s.replicas_ready, s.replicas_desired)
+                let err = s
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {}/{}{err}",
+                    s.name, s.replicas_ready, s.replicas_desired
+                )
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -39,16 +46,26 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
         match rev.map(|r| r.state.as_str()) {
             Some("complete") => {
                 if json {
-                    println!("{}", serde_json::json!({ "revision": target, "state": "complete" }));
+                    println!(
+                        "{}",
+                        serde_json::json!({ "revision": target, "state": "complete" })
+                    );
                 } else {
                     println!("revision {target} rolled out");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             Some("failed") => {
-                let newer = revs.iter().filter(|r| r.number > target).map(|r| r.source.clone()).next_back();
-                let errors: Vec<String> =
-                    status.services.iter().filter_map(|s| s.last_error.as_ref().map(|e| format!("{}: {e}", s.name))).collect();
+                let newer = revs
+                    .iter()
+                    .filter(|r| r.number > target)
+                    .map(|r| r.source.clone())
+                    .next_back();
+                let errors: Vec<String> = status
+                    .services
+                    .iter()
+                    .filter_map(|s| s.last_error.as_ref().map(|e| format!("{}: {e}", s.name)))
+                    .collect();
                 eprintln!("revision {target} failed: {}", errors.join("; "));
                 if let Some(src) = newer {
                     eprintln!("the agent recorded a newer revision ({src})");
@@ -57,8 +74,13 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
             }
             _ => {}
         }
-        if revs.last().map(|r| r.number) != Some(target) && rev.is_some_and(|r| r.state != "rolling-out") {
-            eprintln!("revision {target} was superseded by revision {}", revs.last().map(|r| r.number).unwrap_or(0));
+        if revs.last().map(|r| r.number) != Some(target)
+            && rev.is_some_and(|r| r.state != "rolling-out")
+        {
+            eprintln!(
+                "revision {target} was superseded by revision {}",
+                revs.last().map(|r| r.number).unwrap_or(0)
+            );
             return Ok(ExitCode::FAILURE);
         }
         if Instant::now() > deadline {
@@ -70,7 +92,9 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
 }
 
 async fn get<T: serde::de::DeserializeOwned>(client: &Client, path: &str) -> Result<T> {
-    let reply = client.request(Method::GET, path, None, Bytes::new()).await?;
+    let reply = client
+        .request(Method::GET, path, None, Bytes::new())
+        .await?;
     if !reply.status.is_success() {
         anyhow::bail!("{}", crate::error_text(&reply.body));
     }

@@ -60,7 +60,13 @@ pub struct Agent {
 impl Agent {
     /// The cgroup parent of this agent's containers (unique per test agent).
     pub fn cgroup_parent(&self) -> String {
-        let name = self.dir.path().file_name().unwrap().to_string_lossy().to_string();
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         format!("berth-test-{}", name.replace('.', "_"))
     }
 }
@@ -451,7 +457,12 @@ impl Agent {
 
     /// Polls `check` until it returns Some or `secs` pass (then panics with
     /// `what`, the status and the agent log).
-    pub fn wait_for<T>(&self, secs: u64, what: &str, mut check: impl FnMut(&Agent) -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        secs: u64,
+        what: &str,
+        mut check: impl FnMut(&Agent) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(v) = check(self) {
@@ -476,7 +487,12 @@ impl Agent {
         r["services"]
             .as_array()
             .and_then(|a| a.iter().find(|s| s["name"] == service))
-            .map(|s| (s["replicas_ready"].as_u64().unwrap_or(0), s["replicas_desired"].as_u64().unwrap_or(0)))
+            .map(|s| {
+                (
+                    s["replicas_ready"].as_u64().unwrap_or(0),
+                    s["replicas_desired"].as_u64().unwrap_or(0),
+                )
+            })
             .unwrap_or((0, 0))
     }
 
@@ -492,7 +508,9 @@ impl Agent {
     /// design, so tests clean them with this.
     pub fn remove_all_containers(&self) {
         let dir = self.state_dir().join("containers");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         let rt = cleanup_runtime(self);
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().to_string();

@@ -27,10 +27,27 @@ impl Agent {
             .and_then(|v| ContainerSpec::from_stored(&v).ok());
         let (state, pid, exit_code, oom_killed, started_at, finished_at) = match &c.state {
             ContainerState::Created => ("created", None, None, false, None, None),
-            ContainerState::Running { pid, started_at } => ("running", Some(*pid), None, false, Some(rfc3339(*started_at)), None),
-            ContainerState::Exited { code, oom_killed, finished_at, .. } => {
-                ("exited", None, Some(*code), *oom_killed, None, Some(rfc3339(*finished_at)))
-            }
+            ContainerState::Running { pid, started_at } => (
+                "running",
+                Some(*pid),
+                None,
+                false,
+                Some(rfc3339(*started_at)),
+                None,
+            ),
+            ContainerState::Exited {
+                code,
+                oom_killed,
+                finished_at,
+                ..
+            } => (
+                "exited",
+                None,
+                Some(*code),
+                *oom_killed,
+                None,
+                Some(rfc3339(*finished_at)),
+            ),
             ContainerState::Unknown { .. } => ("unknown", None, None, false, None, None),
             ContainerState::NotFound => ("removed", None, None, false, None, None),
         };
@@ -69,7 +86,12 @@ impl Agent {
 
     /// Every container berthd manages, by service then id.
     pub async fn container_views(&self) -> Result<Vec<ContainerView>, AgentError> {
-        let mut out: Vec<ContainerView> = self.list_containers().await?.iter().map(|c| self.view(c)).collect();
+        let mut out: Vec<ContainerView> = self
+            .list_containers()
+            .await?
+            .iter()
+            .map(|c| self.view(c))
+            .collect();
         out.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
         Ok(out)
     }
@@ -83,8 +105,13 @@ impl Agent {
         let matches: Vec<&ContainerInfo> = all.iter().filter(|c| c.id.starts_with(id)).collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(AgentError::NotFound { what: format!("container `{id}`") }),
-            _ => Err(AgentError::BadRequest(format!("`{id}` matches {} containers; give more of the id", matches.len()))),
+            [] => Err(AgentError::NotFound {
+                what: format!("container `{id}`"),
+            }),
+            _ => Err(AgentError::BadRequest(format!(
+                "`{id}` matches {} containers; give more of the id",
+                matches.len()
+            ))),
         }
     }
 
@@ -102,39 +129,65 @@ impl Agent {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .map(|mut v| {
                 // The spec label is shown once, as `spec`.
-                if let Some(labels) = v.pointer_mut("/container/labels").and_then(|l| l.as_object_mut()) {
+                if let Some(labels) = v
+                    .pointer_mut("/container/labels")
+                    .and_then(|l| l.as_object_mut())
+                {
                     labels.remove(LABEL_SPEC);
                 }
                 v
             })
             .unwrap_or(serde_json::Value::Null);
-        let logs = self.runtime.logs(&c.id).map_err(|e| AgentError::Runtime(e.to_string()))?;
-        let last_health_output = self.live().health.get(&c.id).and_then(|h| h.last_output.clone());
+        let logs = self
+            .runtime
+            .logs(&c.id)
+            .map_err(|e| AgentError::Runtime(e.to_string()))?;
+        let last_health_output = self
+            .live()
+            .health
+            .get(&c.id)
+            .and_then(|h| h.last_output.clone());
         Ok(ContainerDetail {
             view,
             spec,
             config,
-            log_files: logs.stdout.iter().chain(logs.stderr.iter()).map(|p| p.display().to_string()).collect(),
+            log_files: logs
+                .stdout
+                .iter()
+                .chain(logs.stderr.iter())
+                .map(|p| p.display().to_string())
+                .collect(),
             last_health_output,
         })
     }
 
     /// Log files of a container id (or unique prefix), or of every container
     /// of a service: `(container id, [stdout files], [stderr files])`.
-    pub async fn log_files(&self, target: &str) -> Result<Vec<(String, Vec<std::path::PathBuf>)>, AgentError> {
+    pub async fn log_files(
+        &self,
+        target: &str,
+    ) -> Result<Vec<(String, Vec<std::path::PathBuf>)>, AgentError> {
         let all = self.list_containers().await?;
-        let mut chosen: Vec<&ContainerInfo> =
-            all.iter().filter(|c| c.labels.get(LABEL_SERVICE).is_some_and(|s| s == target)).collect();
+        let mut chosen: Vec<&ContainerInfo> = all
+            .iter()
+            .filter(|c| c.labels.get(LABEL_SERVICE).is_some_and(|s| s == target))
+            .collect();
         if chosen.is_empty() {
             let c = self.find_container(target).await?;
             return Ok(vec![(c.id.clone(), self.merged_logs(&c.id)?)]);
         }
         chosen.sort_by_key(|c| c.created_at);
-        chosen.iter().map(|c| Ok((c.id.clone(), self.merged_logs(&c.id)?))).collect()
+        chosen
+            .iter()
+            .map(|c| Ok((c.id.clone(), self.merged_logs(&c.id)?)))
+            .collect()
     }
 
     fn merged_logs(&self, id: &str) -> Result<Vec<std::path::PathBuf>, AgentError> {
-        let logs = self.runtime.logs(id).map_err(|e| AgentError::Runtime(e.to_string()))?;
+        let logs = self
+            .runtime
+            .logs(id)
+            .map_err(|e| AgentError::Runtime(e.to_string()))?;
         Ok(logs.stdout.into_iter().chain(logs.stderr).collect())
     }
 }

@@ -19,9 +19,14 @@ impl Agent {
         reference: &str,
         progress: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
     ) -> Result<ImageRecord, AgentError> {
-        let image = ImageRef::parse(reference).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let image =
+            ImageRef::parse(reference).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let rec = self.images.pull(&image, progress).await.map_err(Box::new)?;
-        self.emit("image-pulled", None, format!("{} as {}", rec.reference, rec.digest));
+        self.emit(
+            "image-pulled",
+            None,
+            format!("{} as {}", rec.reference, rec.digest),
+        );
         self.maybe_auto_gc().await;
         Ok(rec)
     }
@@ -61,7 +66,12 @@ impl Agent {
         }
         let revisions = self.store().revisions()?;
         for rec in revisions.iter().rev().take(RETAINED_REVISIONS) {
-            keep.extend(rec.info.digests.values().filter_map(|d| d.parse::<Digest>().ok()));
+            keep.extend(
+                rec.info
+                    .digests
+                    .values()
+                    .filter_map(|d| d.parse::<Digest>().ok()),
+            );
         }
         Ok(keep)
     }

@@ -13,7 +13,10 @@ use berth_core::manifest::{Manifest, PullPolicy, Service, VolumeSource};
 use berth_core::spec::ContainerSpec;
 
 use super::decide::{decide, Action, Intent, Phase, Replica, RetireReason};
-use crate::control::{pinned_image, Agent, AgentError, ApplySource, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC};
+use crate::control::{
+    pinned_image, Agent, AgentError, ApplySource, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE,
+    LABEL_SPEC,
+};
 use crate::health;
 use crate::image::store::ImageRecord;
 use crate::runtime::{ContainerConfig, ContainerInfo, ContainerState, Mount, User};
@@ -45,7 +48,10 @@ pub async fn run_loop(
             agent.metrics.reconcile_errors.inc();
             tracing::warn!(error = %e, "reconcile pass failed");
         }
-        agent.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        agent
+            .metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
         if let Some(tx) = first_pass.take() {
             let _ = tx.send(());
         }
@@ -72,13 +78,30 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
                 })
             } else {
                 let ran = now.duration_since(*started_at).unwrap_or_default();
-                let need = svc.health.as_ref().map(|h| h.start_period).unwrap_or_default().max(MIN_READY_RUN);
-                Some(if ran >= need { Phase::Ready } else { Phase::Starting })
+                let need = svc
+                    .health
+                    .as_ref()
+                    .map(|h| h.start_period)
+                    .unwrap_or_default()
+                    .max(MIN_READY_RUN);
+                Some(if ran >= need {
+                    Phase::Ready
+                } else {
+                    Phase::Starting
+                })
             }
         }
         ContainerState::Created => Some(Phase::Starting),
-        ContainerState::Exited { code, oom_killed, .. } => Some(Phase::Exited { code: *code, oom_killed: *oom_killed }),
-        ContainerState::Unknown { .. } => Some(Phase::Exited { code: -1, oom_killed: false }),
+        ContainerState::Exited {
+            code, oom_killed, ..
+        } => Some(Phase::Exited {
+            code: *code,
+            oom_killed: *oom_killed,
+        }),
+        ContainerState::Unknown { .. } => Some(Phase::Exited {
+            code: -1,
+            oom_killed: false,
+        }),
         ContainerState::NotFound => None,
     }
 }
@@ -92,7 +115,10 @@ fn stored_spec(c: &ContainerInfo) -> Option<ContainerSpec> {
 
 fn backoff(svc: &Service, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    svc.restart.backoff_initial.saturating_mul(1u32 << exp).min(svc.restart.backoff_max)
+    svc.restart
+        .backoff_initial
+        .saturating_mul(1u32 << exp)
+        .min(svc.restart.backoff_max)
 }
 
 /// One pass over every service of the current revision.
@@ -118,12 +144,25 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
         }
     }
     for state in ["running", "exited", "created", "unknown"] {
-        agent.metrics.containers.with_label_values(&[state]).set(*state_counts.get(state).unwrap_or(&0));
+        agent
+            .metrics
+            .containers
+            .with_label_values(&[state])
+            .set(*state_counts.get(state).unwrap_or(&0));
     }
     // Forget checkers of containers that are gone or no longer running.
-    let running: BTreeSet<&str> =
-        containers.iter().filter(|c| matches!(c.state, ContainerState::Running { .. })).map(|c| c.id.as_str()).collect();
-    let stale: Vec<String> = agent.live().health.keys().filter(|id| !running.contains(id.as_str())).cloned().collect();
+    let running: BTreeSet<&str> = containers
+        .iter()
+        .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+        .map(|c| c.id.as_str())
+        .collect();
+    let stale: Vec<String> = agent
+        .live()
+        .health
+        .keys()
+        .filter(|id| !running.contains(id.as_str()))
+        .cloned()
+        .collect();
     for id in stale {
         health::forget(agent, &id);
     }
@@ -147,23 +186,43 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             if agent.live().retiring.contains(&c.id) {
                 continue;
             }
-            agent.metrics.drift.with_label_values(&[&service, "unwanted"]).inc();
+            agent
+                .metrics
+                .drift
+                .with_label_values(&[&service, "unwanted"])
+                .inc();
             match c.state {
-                ContainerState::Running { .. } | ContainerState::Created => {
-                    retire(agent, &service, &c.id, Duration::ZERO, RetireReason::ScaleDown)
-                }
+                ContainerState::Running { .. } | ContainerState::Created => retire(
+                    agent,
+                    &service,
+                    &c.id,
+                    Duration::ZERO,
+                    RetireReason::ScaleDown,
+                ),
                 _ => remove_now(agent, &service, &c.id).await,
             }
         }
         agent.live().services.remove(&service);
-        agent.metrics.services_desired.remove_label_values(&[&service]).ok();
-        agent.metrics.services_ready.remove_label_values(&[&service]).ok();
+        agent
+            .metrics
+            .services_desired
+            .remove_label_values(&[&service])
+            .ok();
+        agent
+            .metrics
+            .services_ready
+            .remove_label_values(&[&service])
+            .ok();
     }
     if all_converged && (rec.info.state == "applied" || rec.info.state == "rolling-out") {
         let mut done = rec.clone();
         done.info.state = "complete".into();
         agent.store().update_revision(&done)?;
-        agent.emit("revision-complete", None, format!("revision {} is running everywhere", rec.info.number));
+        agent.emit(
+            "revision-complete",
+            None,
+            format!("revision {} is running everywhere", rec.info.number),
+        );
     } else if !all_converged && rec.info.state == "applied" {
         let mut rolling = rec.clone();
         rolling.info.state = "rolling-out".into();
@@ -175,8 +234,11 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
 /// Counts ready replicas of a service (any spec, not retiring) for status,
 /// metrics and the readiness endpoint.
 fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: SystemTime) -> u32 {
-    let ready_ids: Vec<String> =
-        list.iter().filter(|c| phase_of(agent, c, svc, now) == Some(Phase::Ready)).map(|c| c.id.clone()).collect();
+    let ready_ids: Vec<String> = list
+        .iter()
+        .filter(|c| phase_of(agent, c, svc, now) == Some(Phase::Ready))
+        .map(|c| c.id.clone())
+        .collect();
     let ready = ready_ids.len() as u32;
     let mut live = agent.live();
     let l = live.services.entry(svc.name.clone()).or_default();
@@ -184,8 +246,16 @@ fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: Syste
     l.ready = ready;
     l.ready_ids = ready_ids;
     drop(live);
-    agent.metrics.services_desired.with_label_values(&[&svc.name]).set(i64::from(svc.replicas));
-    agent.metrics.services_ready.with_label_values(&[&svc.name]).set(i64::from(ready));
+    agent
+        .metrics
+        .services_desired
+        .with_label_values(&[&svc.name])
+        .set(i64::from(svc.replicas));
+    agent
+        .metrics
+        .services_ready
+        .with_label_values(&[&svc.name])
+        .set(i64::from(ready));
     ready
 }
 
@@ -210,22 +280,34 @@ async fn reconcile_service(
         .filter_map(|c| {
             let phase = phase_of(agent, c, svc, now)?;
             let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
-            Some(Replica { id: c.id.clone(), current, phase })
+            Some(Replica {
+                id: c.id.clone(),
+                current,
+                phase,
+            })
         })
         .collect();
     // A long, healthy run resets the failure backoff.
     let stable = list.iter().any(|c| match c.state {
-        ContainerState::Running { started_at, .. } => now.duration_since(started_at).unwrap_or_default() >= STABLE_RUN,
+        ContainerState::Running { started_at, .. } => {
+            now.duration_since(started_at).unwrap_or_default() >= STABLE_RUN
+        }
         _ => false,
     });
     let restart_wait = {
         let mut live = agent.live();
         let l = live.services.entry(svc.name.clone()).or_default();
-        if stable && l.failures > 0 && replicas.iter().all(|r| !matches!(r.phase, Phase::Exited { .. })) {
+        if stable
+            && l.failures > 0
+            && replicas
+                .iter()
+                .all(|r| !matches!(r.phase, Phase::Exited { .. }))
+        {
             l.failures = 0;
             l.next_start_at = None;
         }
-        l.next_start_at.and_then(|t| t.checked_duration_since(Instant::now()))
+        l.next_start_at
+            .and_then(|t| t.checked_duration_since(Instant::now()))
     };
     let intent = Intent {
         replicas: svc.replicas,
@@ -233,7 +315,11 @@ async fn reconcile_service(
         max_surge: svc.update.max_surge,
         max_unavailable: svc.update.max_unavailable,
         restart: svc.restart.policy,
-        on_unhealthy: svc.health.as_ref().map(|h| h.on_unhealthy).unwrap_or(berth_core::manifest::OnUnhealthy::Restart),
+        on_unhealthy: svc
+            .health
+            .as_ref()
+            .map(|h| h.on_unhealthy)
+            .unwrap_or(berth_core::manifest::OnUnhealthy::Restart),
         restart_wait,
     };
     let decision = decide(&intent, &replicas);
@@ -243,7 +329,11 @@ async fn reconcile_service(
         if decision.rolling_out && l.rollout_started.is_none() {
             l.rollout_started = Some(Instant::now());
             drop(live);
-            agent.emit("rollout-started", Some(&svc.name), format!("rolling out revision {}", rec.info.number));
+            agent.emit(
+                "rollout-started",
+                Some(&svc.name),
+                format!("rolling out revision {}", rec.info.number),
+            );
         }
     }
     let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
@@ -285,9 +375,23 @@ async fn reconcile_service(
             Action::Remove { id } => remove_now(agent, &svc.name, &id).await,
             Action::Failure { id, reason } => {
                 let exited = list.iter().find(|c| c.id == id);
-                let oom = matches!(exited.map(|c| &c.state), Some(ContainerState::Exited { oom_killed: true, .. }));
-                agent.metrics.container_restarts.with_label_values(&[&svc.name]).inc();
-                agent.metrics.drift.with_label_values(&[&svc.name, "missing"]).inc();
+                let oom = matches!(
+                    exited.map(|c| &c.state),
+                    Some(ContainerState::Exited {
+                        oom_killed: true,
+                        ..
+                    })
+                );
+                agent
+                    .metrics
+                    .container_restarts
+                    .with_label_values(&[&svc.name])
+                    .inc();
+                agent
+                    .metrics
+                    .drift
+                    .with_label_values(&[&svc.name, "missing"])
+                    .inc();
                 let (failures, wait) = {
                     let mut live = agent.live();
                     let l = live.services.entry(svc.name.clone()).or_default();
@@ -298,12 +402,18 @@ async fn reconcile_service(
                     l.last_error = Some(format!("replica {id} {reason}"));
                     (l.failures, wait)
                 };
-                let kind = if oom { "container-oom-killed" } else { "container-failed" };
+                let kind = if oom {
+                    "container-oom-killed"
+                } else {
+                    "container-failed"
+                };
                 agent.emit_container(
                     kind,
                     &svc.name,
                     &id,
-                    format!("{id} {reason}; replacing it in {wait:?} (failure {failures} in a row)"),
+                    format!(
+                        "{id} {reason}; replacing it in {wait:?} (failure {failures} in a row)"
+                    ),
                 );
             }
             Action::FailRollout { reason } => {
@@ -317,7 +427,11 @@ async fn reconcile_service(
         let mut live = agent.live();
         let l = live.services.entry(svc.name.clone()).or_default();
         l.converged = decision.converged;
-        let started = if decision.converged { l.rollout_started.take() } else { None };
+        let started = if decision.converged {
+            l.rollout_started.take()
+        } else {
+            None
+        };
         if decision.converged && l.failures == 0 {
             l.last_error = None;
         }
@@ -325,14 +439,30 @@ async fn reconcile_service(
     };
     if let Some(started) = rollout_started {
         let secs = started.elapsed().as_secs_f64();
-        agent.metrics.rollouts.with_label_values(&[&svc.name, "success"]).inc();
-        agent.metrics.rollout_duration.with_label_values(&[&svc.name]).observe(secs);
-        agent.emit("rollout-complete", Some(&svc.name), format!("revision {} rolled out in {secs:.1}s", rec.info.number));
+        agent
+            .metrics
+            .rollouts
+            .with_label_values(&[&svc.name, "success"])
+            .inc();
+        agent
+            .metrics
+            .rollout_duration
+            .with_label_values(&[&svc.name])
+            .observe(secs);
+        agent.emit(
+            "rollout-complete",
+            Some(&svc.name),
+            format!("revision {} rolled out in {secs:.1}s", rec.info.number),
+        );
     }
     if converged {
         if let Some(d) = rec.info.digests.get(&svc.name) {
             agent.metrics.service_image_info.reset();
-            agent.metrics.service_image_info.with_label_values(&[&svc.name, d]).set(1);
+            agent
+                .metrics
+                .service_image_info
+                .with_label_values(&[&svc.name, d])
+                .set(1);
         }
     }
     Ok(converged)
@@ -374,7 +504,11 @@ async fn ensure_image(agent: &Arc<Agent>, svc: &Service, image: &ImageRef) -> Op
             }
         }
         match result {
-            Ok(rec) => agent.emit("image-pulled", Some(&service), format!("{} as {}", image, rec.digest)),
+            Ok(rec) => agent.emit(
+                "image-pulled",
+                Some(&service),
+                format!("{} as {}", image, rec.digest),
+            ),
             Err(e) => agent.emit("pull-failed", Some(&service), format!("{image}: {e}")),
         }
         agent.wake.notify_one();
@@ -412,11 +546,14 @@ async fn start_replica(
         match &v.source {
             VolumeSource::Named(name) => {
                 let dir = agent.config.state_dir.join("volumes").join(name);
-                std::fs::create_dir_all(&dir).map_err(|e| AgentError::Runtime(format!("volume {name}: {e}")))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| AgentError::Runtime(format!("volume {name}: {e}")))?;
                 mounts.push(Mount::bind(dir, &v.target, v.readonly));
             }
             VolumeSource::Host(path) => mounts.push(Mount::bind(path, &v.target, v.readonly)),
-            VolumeSource::Tmpfs { size_bytes } => mounts.push(Mount::tmpfs(Some(*size_bytes), &v.target)),
+            VolumeSource::Tmpfs { size_bytes } => {
+                mounts.push(Mount::tmpfs(Some(*size_bytes), &v.target))
+            }
         }
     }
     for s in &spec.secrets {
@@ -426,7 +563,11 @@ async fn start_replica(
     cfg.name = id.clone();
     cfg.env = process.env;
     cfg.cwd = process.cwd.into();
-    cfg.user = User { uid: process.uid, gid: process.gid, additional_gids: process.additional_gids };
+    cfg.user = User {
+        uid: process.uid,
+        gid: process.gid,
+        additional_gids: process.additional_gids,
+    };
     cfg.readonly_rootfs = spec.readonly_rootfs;
     cfg.mounts = mounts;
     cfg.memory_bytes = spec.memory_bytes;
@@ -436,7 +577,8 @@ async fn start_replica(
     cfg.stop_timeout = svc.stop_timeout;
     cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
     cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
-    cfg.labels.insert(LABEL_REVISION.into(), rec.info.number.to_string());
+    cfg.labels
+        .insert(LABEL_REVISION.into(), rec.info.number.to_string());
     cfg.labels.insert(LABEL_IMAGE.into(), image.to_string());
     let rt = agent.runtime.clone();
     let started = tokio::task::spawn_blocking(move || rt.create_and_start(&cfg))
@@ -444,7 +586,12 @@ async fn start_replica(
         .map_err(|e| AgentError::Internal(e.to_string()))?
         .map_err(|e| AgentError::Runtime(e.to_string()))?;
     let _ = agent.images.touch(&img.digest);
-    agent.emit_container("container-started", &svc.name, &started.id, format!("{} started from {image}", started.id));
+    agent.emit_container(
+        "container-started",
+        &svc.name,
+        &started.id,
+        format!("{} started from {image}", started.id),
+    );
     Ok(())
 }
 
@@ -477,7 +624,12 @@ fn retire(agent: &Arc<Agent>, service: &str, id: &str, drain: Duration, reason: 
                 format!("{id} removed ({})", reason_text(reason)),
             ),
             Ok((_, Err(e))) => {
-                agent.emit_container("container-remove-failed", &service, &id, format!("{id}: {e}"));
+                agent.emit_container(
+                    "container-remove-failed",
+                    &service,
+                    &id,
+                    format!("{id}: {e}"),
+                );
             }
             Err(e) => tracing::error!(container = %id, error = %e, "retire task failed"),
         }
@@ -501,22 +653,55 @@ async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
     let result = tokio::task::spawn_blocking(move || rt.remove(&id2)).await;
     health::forget(agent, id);
     match result {
-        Ok(Ok(())) => agent.emit_container("container-removed", service, id, format!("{id} removed (exited)")),
-        Ok(Err(e)) => agent.emit_container("container-remove-failed", service, id, format!("{id}: {e}")),
+        Ok(Ok(())) => agent.emit_container(
+            "container-removed",
+            service,
+            id,
+            format!("{id} removed (exited)"),
+        ),
+        Ok(Err(e)) => {
+            agent.emit_container("container-remove-failed", service, id, format!("{id}: {e}"))
+        }
         Err(e) => tracing::error!(container = %id, error = %e, "remove failed"),
     }
 }
 
 /// A rollout failed: record it, then roll back (a new revision restoring the
 /// last complete one) or halt the service until the next revision.
-async fn fail_rollout(agent: &Arc<Agent>, rec: &RevisionRecord, svc: &Service, reason: &str) -> Result<(), AgentError> {
-    let started = agent.live().services.get_mut(&svc.name).and_then(|l| l.rollout_started.take());
+async fn fail_rollout(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    reason: &str,
+) -> Result<(), AgentError> {
+    let started = agent
+        .live()
+        .services
+        .get_mut(&svc.name)
+        .and_then(|l| l.rollout_started.take());
     if let Some(s) = started {
-        agent.metrics.rollout_duration.with_label_values(&[&svc.name]).observe(s.elapsed().as_secs_f64());
+        agent
+            .metrics
+            .rollout_duration
+            .with_label_values(&[&svc.name])
+            .observe(s.elapsed().as_secs_f64());
     }
-    agent.metrics.rollouts.with_label_values(&[&svc.name, "failed"]).inc();
-    agent.live().services.entry(svc.name.clone()).or_default().last_error = Some(format!("rollout failed: {reason}"));
-    agent.emit("rollout-failed", Some(&svc.name), format!("revision {}: {reason}", rec.info.number));
+    agent
+        .metrics
+        .rollouts
+        .with_label_values(&[&svc.name, "failed"])
+        .inc();
+    agent
+        .live()
+        .services
+        .entry(svc.name.clone())
+        .or_default()
+        .last_error = Some(format!("rollout failed: {reason}"));
+    agent.emit(
+        "rollout-failed",
+        Some(&svc.name),
+        format!("revision {}: {reason}", rec.info.number),
+    );
     let mut failed = rec.clone();
     failed.info.state = "failed".into();
     let previous = agent
@@ -529,7 +714,13 @@ async fn fail_rollout(agent: &Arc<Agent>, rec: &RevisionRecord, svc: &Service, r
         (true, Some(prev)) => {
             agent.store().update_revision(&failed)?;
             let resp = agent
-                .restore(&prev, ApplySource::AutoRollback { failed: rec.info.number, restored: prev.info.number })
+                .restore(
+                    &prev,
+                    ApplySource::AutoRollback {
+                        failed: rec.info.number,
+                        restored: prev.info.number,
+                    },
+                )
                 .await?;
             agent.emit(
                 "rollback",
@@ -548,7 +739,10 @@ async fn fail_rollout(agent: &Arc<Agent>, rec: &RevisionRecord, svc: &Service, r
             agent.emit(
                 "rollout-halted",
                 Some(&svc.name),
-                format!("revision {} failed; {} keeps what runs until the next revision", rec.info.number, svc.name),
+                format!(
+                    "revision {} failed; {} keeps what runs until the next revision",
+                    rec.info.number, svc.name
+                ),
             );
         }
     }
@@ -600,7 +794,11 @@ fn maybe_check_tags(agent: &Arc<Agent>, rec: &RevisionRecord, manifest: &Manifes
                     }
                 }
                 Err(e) => {
-                    agent.metrics.registry_errors.with_label_values(&[s.image.registry.as_str(), e.kind()]).inc();
+                    agent
+                        .metrics
+                        .registry_errors
+                        .with_label_values(&[s.image.registry.as_str(), e.kind()])
+                        .inc();
                     tracing::debug!(service = %s.name, error = %e, "tag check failed");
                 }
             }
@@ -609,7 +807,12 @@ fn maybe_check_tags(agent: &Arc<Agent>, rec: &RevisionRecord, manifest: &Manifes
             return;
         }
         // Only if the revision is still current (an apply may have won).
-        let current = agent.store().latest_revision().ok().flatten().map(|r| r.info.number);
+        let current = agent
+            .store()
+            .latest_revision()
+            .ok()
+            .flatten()
+            .map(|r| r.info.number);
         if current != Some(rec.info.number) {
             return;
         }
