@@ -8,18 +8,6 @@ use std::process::Command;
 
 use berth_e2e::*;
 
-const HELLO_V2: &str = r#"
-[service.hello]
-image    = "127.0.0.1:5000/berth/demo:1"
-replicas = 3
-command  = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
-env      = { GREETING = "v2" }
-
-[service.hello.port]
-container = 8080
-host      = 18080
-"#;
-
 #[test]
 fn every_example_manifest_validates() {
     let dir = workspace_root().join("manifests");
@@ -90,7 +78,7 @@ fn validate_names_file_line_column_and_key() {
 #[test]
 fn apply_history_diff_and_kill9_after_ack() {
     let mut agent = Agent::start();
-    let hello = workspace_root().join("manifests/hello.toml");
+    let (reg, hello) = hello_manifest(&agent);
     let out = agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
     assert!(
         out.stdout.contains("applied as revision 1"),
@@ -111,7 +99,15 @@ fn apply_history_diff_and_kill9_after_ack() {
     // diff shows the change before it is applied, and records nothing.
     let dir = tempfile::tempdir().unwrap();
     let v2 = dir.path().join("hello.toml");
-    std::fs::write(&v2, HELLO_V2).unwrap();
+    let hello_text = std::fs::read_to_string(&hello).unwrap();
+    let v2_text = hello_text.replacen(
+        "replicas = 2",
+        "replicas = 3\nenv      = { GREETING = \"v2\" }",
+        1,
+    );
+    assert_ne!(v2_text, hello_text);
+    let _ = &reg;
+    std::fs::write(&v2, v2_text).unwrap();
     let out = agent.ctl(&["diff", "-f", v2.to_str().unwrap()]).ok();
     let line = out
         .stdout
@@ -150,7 +146,7 @@ fn apply_history_diff_and_kill9_after_ack() {
     assert!(rows[1].starts_with('2'), "{}", out.stdout);
     let status = agent.ctl(&["status"]).ok();
     assert!(
-        status.stdout.contains("revision 2") && status.stdout.contains("0/3"),
+        status.stdout.contains("revision 2") && status.stdout.contains("/3"),
         "{}",
         status.stdout
     );
@@ -195,6 +191,7 @@ fn metrics_pass_promtool_and_count_refusals() {
 #[test]
 fn health_and_readiness_endpoints() {
     let agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
     assert_eq!(agent.http("GET", "/healthz").status, 200);
     assert_eq!(agent.http("GET", "/readyz").status, 200);
     // A service nobody declared is unknown; a declared one with no ready replica is 503.
@@ -202,16 +199,23 @@ fn health_and_readiness_endpoints() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "not_found");
     agent
-        .ctl(&[
-            "apply",
-            "-f",
-            workspace_root()
-                .join("manifests/hello.toml")
-                .to_str()
-                .unwrap(),
-        ])
+        .ctl(&["apply", "-f", hello.clone().to_str().unwrap()])
         .ok();
-    assert_eq!(agent.http("GET", "/v1/services/hello/ready").status, 503);
+    // 200 once a replica is ready; host drain turns it to 503 and back.
+    agent.wait_for(30, "hello ready", |a| {
+        (a.http("GET", "/v1/services/hello/ready").status == 200).then_some(())
+    });
+    let out = agent.ctl(&["drain", "on"]).ok();
+    assert!(out.stdout.contains("draining"), "{}", out.stdout);
+    let r = agent.http("GET", "/v1/services/hello/ready");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("draining"));
+    assert_eq!(agent.status_json()["agent"]["draining"], true);
+    agent.ctl(&["drain", "off"]).ok();
+    assert_eq!(agent.http("GET", "/v1/services/hello/ready").status, 200);
     // The read-only listener does not take writes.
     let r = http_tcp(agent.http_port, "PUT", "/v1/manifest", &[], b"").unwrap();
     assert!(r.status == 404 || r.status == 405, "{}", r.status);
@@ -342,15 +346,9 @@ fn unreachable_agent_is_one_clear_line() {
 #[test]
 fn bad_input_gets_json_4xx_and_the_agent_keeps_serving() {
     let agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
     agent
-        .ctl(&[
-            "apply",
-            "-f",
-            workspace_root()
-                .join("manifests/hello.toml")
-                .to_str()
-                .unwrap(),
-        ])
+        .ctl(&["apply", "-f", hello.clone().to_str().unwrap()])
         .ok();
 
     let garbage = agent.api("PUT", "/v1/manifest", &[], b"\x00\x01 this is ] not toml");
@@ -411,6 +409,7 @@ fn bad_input_gets_json_4xx_and_the_agent_keeps_serving() {
 #[test]
 fn events_follow_streams_new_events() {
     let agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
     let mut child = Command::new(berthctl_bin())
         .args(["--agent", &agent.agent_flag(), "events", "-f"])
         .stdout(std::process::Stdio::piped())
@@ -418,14 +417,7 @@ fn events_follow_streams_new_events() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     agent
-        .ctl(&[
-            "apply",
-            "-f",
-            workspace_root()
-                .join("manifests/hello.toml")
-                .to_str()
-                .unwrap(),
-        ])
+        .ctl(&["apply", "-f", hello.clone().to_str().unwrap()])
         .ok();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -482,15 +474,9 @@ fn sigterm_shuts_down_cleanly_and_a_second_agent_is_refused() {
 #[test]
 fn a_broken_database_is_moved_aside_and_history_rebuilt() {
     let mut agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
     agent
-        .ctl(&[
-            "apply",
-            "-f",
-            workspace_root()
-                .join("manifests/hello.toml")
-                .to_str()
-                .unwrap(),
-        ])
+        .ctl(&["apply", "-f", hello.clone().to_str().unwrap()])
         .ok();
     agent.terminate();
     let db = agent.state_dir().join("db");

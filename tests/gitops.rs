@@ -17,13 +17,19 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::*;
 
+/// Images are pinned by digest: applying needs no registry (these tests are
+/// about manifests reaching the agent, not about containers running).
+const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+
 fn service(name: &str, replicas: u32) -> String {
-    format!("[service.{name}]\nimage = \"127.0.0.1:5000/shop/{name}:1\"\nreplicas = {replicas}\n")
+    format!(
+        "[service.{name}]\nimage = \"127.0.0.1:5000/shop/{name}@{PIN}\"\nreplicas = {replicas}\n"
+    )
 }
 
 /// A manifest whose line 3, column 12 is a type error.
 fn broken(name: &str) -> String {
-    format!("[service.{name}]\nimage = \"127.0.0.1:5000/shop/{name}:1\"\nreplicas = \"many\"\n")
+    format!("[service.{name}]\nimage = \"127.0.0.1:5000/shop/{name}@{PIN}\"\nreplicas = \"many\"\n")
 }
 
 /// Polls `check` until it returns `Some`, or panics after 20s with `what`.

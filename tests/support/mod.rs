@@ -535,3 +535,17 @@ fn cleanup_runtime(agent: &Agent) -> berth_agent::runtime::Runtime {
         bin_dir().join("berth-monitor"),
     ))
 }
+
+/// `manifests/hello.toml` made runnable here: its image is pushed to a test
+/// registry, and the reference and host port point at this test's own.
+pub fn hello_manifest(agent: &Agent) -> (registry::TestRegistry, PathBuf) {
+    let reg = registry::TestRegistry::start().unwrap();
+    push_web_image(&reg, "berth/demo:1", "hello from berth");
+    let text = std::fs::read_to_string(workspace_root().join("manifests/hello.toml"))
+        .unwrap()
+        .replace("127.0.0.1:5000", reg.host())
+        .replace("18080", &free_port().to_string());
+    let path = agent.dir.path().join("hello.toml");
+    std::fs::write(&path, text).unwrap();
+    (reg, path)
+}
