@@ -92,7 +92,11 @@ impl Agent {
             .into_iter()
             .map(|r| ImageView {
                 in_use: keep.contains(&r.digest),
-                reference: r.reference,
+                // `repo:tag` when there is a tag; the digest has its own column.
+                reference: match ImageRef::parse(&r.reference) {
+                    Ok(i) if i.tag.is_some() => ImageRef { digest: None, ..i }.to_string(),
+                    _ => r.reference,
+                },
                 digest: r.digest.to_string(),
                 size: r.size,
                 layers: r.layers.len(),

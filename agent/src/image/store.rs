@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use berth_core::image_ref::{Digest, ImageRef};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::layer::{apply_blob_file, apply_compressed, ChannelReader, LayerError};
@@ -312,6 +312,15 @@ impl ImageStore {
     }
 
     fn put(&self, rec: &ImageRecord) -> Result<(), ImageError> {
+        // A digest-only pull does not hide the tag an image was known by.
+        let mut rec = rec.clone();
+        if let Some(old) = self.get(&rec.digest)? {
+            let has_tag = |r: &str| ImageRef::parse(r).map(|i| i.tag.is_some()).unwrap_or(false);
+            if has_tag(&old.reference) && !has_tag(&rec.reference) {
+                rec.reference = old.reference;
+            }
+        }
+        let rec = &rec;
         let bytes = encode("images", rec)?;
         let tree = &self.inner.records;
         tree.insert(record_key(&rec.digest), bytes)
@@ -431,10 +440,16 @@ impl ImageStore {
         for (layer, chain) in pulled.layers.iter().zip(chains.iter()) {
             layer_futures.push(self.ensure_layer(image, layer, chain, &limits, progress));
         }
-        let fetched: Vec<u64> = futures_util::stream::iter(layer_futures)
+        // Every layer runs to its end (success or cleanup) even when another
+        // fails, so no partial snapshot is left behind by a cancelled future.
+        let results: Vec<Result<u64, ImageError>> = futures_util::stream::iter(layer_futures)
             .buffer_unordered(inner.concurrency)
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let mut fetched = Vec::with_capacity(results.len());
+        for r in results {
+            fetched.push(r?);
+        }
         let mut fetched_bytes = pulled.fetched_bytes + fetched.iter().sum::<u64>();
         fetched_bytes += inner
             .registry
@@ -534,6 +549,11 @@ impl ImageStore {
             source,
         };
         let tmp = inner.snapshots.prepare(chain).map_err(snap_err)?;
+        // Removes the prepared dir if this future is dropped half-way.
+        let mut guard = TmpGuard {
+            snapshots: inner.snapshots.clone(),
+            path: Some(tmp.clone()),
+        };
         let result = async {
             let ingest = match inner.content.begin(&layer.digest, Some(layer.size)).await {
                 Ok(Begin::Exists) => None,
@@ -629,6 +649,7 @@ impl ImageStore {
             Ok(done)
         }
         .await;
+        guard.path = None;
         match result {
             Ok(n) => {
                 inner.snapshots.commit(&tmp, chain).map_err(snap_err)?;
@@ -728,6 +749,22 @@ impl ImageStore {
             }
         }
         Ok(report)
+    }
+}
+
+/// Removes a prepared snapshot dir when a pull is abandoned mid-way.
+struct TmpGuard {
+    snapshots: SnapshotStore,
+    path: Option<PathBuf>,
+}
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            if let Err(e) = self.snapshots.discard(&p) {
+                tracing::error!(error = %e, "could not remove an abandoned snapshot");
+            }
+        }
     }
 }
 

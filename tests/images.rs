@@ -1,0 +1,354 @@
+//! End to end: images through the agent — `berthctl pull`, `images`, `gc` —
+//! against a real registry: tags and digests, shared layers stored once,
+//! layer semantics as a container sees them, corrupted bytes refused with
+//! nothing half-written kept, a pull killed mid-way, and GC keeping what is
+//! in use.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use berth_e2e::registry::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use berth_e2e::*;
+
+fn count_dir(path: &Path, filter: impl Fn(&str) -> bool) -> usize {
+    std::fs::read_dir(path)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| filter(&e.file_name().to_string_lossy()))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn snapshots(agent: &Agent) -> usize {
+    count_dir(&agent.state_dir().join("layers"), |n| {
+        !n.starts_with("tmp-")
+    })
+}
+
+fn blob_exists(agent: &Agent, digest: &str) -> bool {
+    let hex = digest.trim_start_matches("sha256:");
+    agent.state_dir().join("blobs/sha256").join(hex).exists()
+}
+
+fn assert_nothing_half_written(agent: &Agent) {
+    assert_eq!(
+        count_dir(&agent.state_dir().join("ingest"), |_| true),
+        0,
+        "ingest/ must be empty"
+    );
+    assert_eq!(
+        count_dir(&agent.state_dir().join("layers"), |n| n.starts_with("tmp-")),
+        0,
+        "no partial snapshot"
+    );
+}
+
+#[test]
+fn pull_by_tag_and_by_digest_then_list() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1.4", "v1");
+    let agent = Agent::start();
+    let out = agent.ctl(&["pull", &image]).ok();
+    let pinned = out.stdout.trim().to_string();
+    assert!(
+        pinned.starts_with(&format!("{image}@sha256:")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("resolved to sha256:") && out.stderr.contains("pulled"),
+        "{}",
+        out.stderr
+    );
+    let digest = pinned.split('@').nth(1).unwrap().to_string();
+    // By digest: already present, nothing downloaded.
+    let by_digest = format!(
+        "{}@{digest}",
+        image.split(':').take(2).collect::<Vec<_>>().join(":")
+    );
+    let by_digest = by_digest.replacen(":1.4@", "@", 1);
+    let out = agent.ctl(&["pull", &by_digest]).ok();
+    assert!(out.stderr.contains("0 B downloaded"), "{}", out.stderr);
+    let images: serde_json::Value =
+        serde_json::from_str(&agent.ctl(&["-o", "json", "images"]).ok().stdout).unwrap();
+    let list = images.as_array().unwrap();
+    assert!(
+        list.iter()
+            .any(|i| i["digest"] == digest.as_str() && i["layers"] == 2),
+        "{images}"
+    );
+    assert!(snapshots(&agent) >= 2);
+    let table = agent.ctl(&["images"]).ok().stdout;
+    assert!(
+        table.contains("shop/web:1.4") && table.contains(&digest["sha256:".len()..][..12]),
+        "{table}"
+    );
+    let metrics = agent.http("GET", "/metrics").text();
+    assert!(
+        metrics.contains("berth_image_pull_bytes_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_image_pull_duration_seconds_count 2"),
+        "{metrics}"
+    );
+    assert_nothing_half_written(&agent);
+}
+
+#[test]
+fn shared_layers_are_stored_and_unpacked_once() {
+    let reg = TestRegistry::start().unwrap();
+    let a = push_web_image(&reg, "shop/a:1", "a");
+    let b = push_web_image(&reg, "shop/b:1", "b");
+    let agent = Agent::start();
+    agent.ctl(&["pull", &a]).ok();
+    assert_eq!(snapshots(&agent), 2);
+    let out = agent.ctl(&["pull", &b]).ok();
+    assert!(
+        out.stderr.contains("already present"),
+        "the busybox base layer must be reused:\n{}",
+        out.stderr
+    );
+    assert_eq!(snapshots(&agent), 3, "base layer shared, two top layers");
+}
+
+#[test]
+fn whiteouts_opaque_dirs_and_hardlinks_give_the_right_tree() {
+    let reg = TestRegistry::start().unwrap();
+    let img = ImageBuilder::busybox()
+        .layer(
+            LayerBuilder::new(Compression::Gzip)
+                .dir("/data", 0o755)
+                .file("/data/a", b"a", 0o644)
+                .file("/data/b", b"b", 0o644)
+                .dir("/opq", 0o755)
+                .file("/opq/old", b"old", 0o644)
+                .file("/keep/x", b"linked", 0o644)
+                .hardlink("/keep/y", "/keep/x"),
+        )
+        .layer(
+            LayerBuilder::new(Compression::Zstd)
+                .whiteout("/data/a")
+                .opaque("/opq")
+                .file("/opq/new", b"new", 0o644),
+        )
+        .build()
+        .unwrap();
+    reg.push("shop/tree", "1", &img).unwrap();
+    let agent = Agent::start();
+    let script = "ls /data | tr '\\n' ' '; echo; ls /opq | tr '\\n' ' '; echo; stat -c %h /keep/x; cat /keep/y; echo; echo DONE; sleep 3600";
+    let text = format!(
+        "[service.tree]\nimage = \"{}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"{script}\"]\n",
+        reg.image("shop/tree:1")
+    );
+    agent.apply_text("m.toml", &text).ok();
+    let logs = agent.wait_for(30, "the tree listing", |a| {
+        let out = a.ctl(&["logs", "tree"]);
+        (out.code == 0 && out.stdout.contains("DONE")).then_some(out.stdout)
+    });
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines[0].trim(), "b", "whiteout must hide /data/a: {logs}");
+    assert_eq!(
+        lines[1].trim(),
+        "new",
+        "opaque dir must hide /opq/old: {logs}"
+    );
+    assert_eq!(lines[2].trim(), "2", "hard link count: {logs}");
+    assert_eq!(lines[3].trim(), "linked", "{logs}");
+    // The container's view is overlayfs over the snapshots; the snapshot of
+    // the top layer holds overlay whiteouts, not files.
+    let tail = agent.ctl(&["logs", "tree", "--tail", "1"]).ok().stdout;
+    assert_eq!(tail.trim(), "DONE");
+}
+
+#[test]
+fn a_corrupted_blob_is_refused_and_nothing_half_written_is_kept() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/bad:1", "v1");
+    // Flip bytes of the top layer in the registry's own storage: the registry
+    // serves it as is, so the bytes on the wire no longer match the digest.
+    let built = ImageBuilder::busybox()
+        .layer(
+            LayerBuilder::new(Compression::Gzip)
+                .dir("/www", 0o755)
+                .file("/www/index.html", b"v1\n", 0o644),
+        )
+        .entrypoint(&["/bin/busybox"])
+        .cmd(&["httpd", "-f", "-p", "8080", "-h", "/www"])
+        .build()
+        .unwrap();
+    let layer = built.layers.last().unwrap().digest.to_string();
+    let hex = layer.trim_start_matches("sha256:");
+    let data = reg.storage_dir().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut bytes = std::fs::read(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+
+    let agent = Agent::start();
+    let out = agent.ctl(&["pull", &image]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("shop/bad:1"),
+        "the error must name the image: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(hex),
+        "the error must name the layer digest: {}",
+        out.stderr
+    );
+    assert!(
+        !blob_exists(&agent, &layer),
+        "a blob that failed verification must not be stored"
+    );
+    assert_nothing_half_written(&agent);
+    assert_eq!(
+        agent.ctl(&["-o", "json", "images"]).ok().stdout.trim(),
+        "[]"
+    );
+    // Registry problems are named too.
+    let out = agent.ctl(&["pull", &reg.image("shop/missing:1")]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("shop/missing:1"), "{}", out.stderr);
+    let down = format!("127.0.0.1:{}/shop/x:1", free_port());
+    let out = agent.ctl(&["pull", &down]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&down) || out.stderr.contains("127.0.0.1"),
+        "{}",
+        out.stderr
+    );
+    let metrics = agent.http("GET", "/metrics").text();
+    assert!(
+        metrics.contains("berth_registry_errors_total{"),
+        "{metrics}"
+    );
+}
+
+/// A TCP proxy to `upstream` that forwards at most `bytes_per_sec`.
+fn slow_proxy(upstream: String, bytes_per_sec: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                let pause = Duration::from_secs_f64(buf.len() as f64 / bytes_per_sec as f64);
+                while let Ok(n) = s2.read(&mut buf) {
+                    if n == 0 || c2.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn kill9_of_the_agent_mid_pull_then_a_new_pull_succeeds() {
+    let reg = TestRegistry::start().unwrap();
+    // A 6 MB incompressible layer through a 2 MB/s proxy takes ~3 s.
+    let noise: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let img = ImageBuilder::busybox()
+        .layer(LayerBuilder::new(Compression::Gzip).file("/noise", &noise, 0o644))
+        .build()
+        .unwrap();
+    reg.push("shop/big", "1", &img).unwrap();
+    let port = slow_proxy(reg.host().to_string(), 2_000_000);
+    let image = format!("127.0.0.1:{port}/shop/big:1");
+    let mut agent = Agent::start();
+    let mut pull = std::process::Command::new(berthctl_bin())
+        .args(["--agent", &agent.agent_flag(), "pull", &image])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the big layer is being written, then kill the agent.
+    agent.wait_for(20, "an ingest in progress", |a| {
+        (count_dir(&a.state_dir().join("ingest"), |_| true) > 0).then_some(())
+    });
+    agent.kill9();
+    let _ = pull.wait();
+    agent.spawn();
+    // Leftovers of the killed pull are never trusted: gone at start.
+    assert_nothing_half_written(&agent);
+    let out = agent.ctl(&["pull", &image]).ok();
+    assert!(out.stdout.contains("@sha256:"), "{}", out.stdout);
+    assert_nothing_half_written(&agent);
+    let layer = img.layers.last().unwrap().digest.to_string();
+    assert!(blob_exists(&agent, &layer));
+}
+
+#[test]
+fn gc_keeps_what_is_in_use_and_frees_the_rest() {
+    let reg = TestRegistry::start().unwrap();
+    let used = push_web_image(&reg, "shop/used:1", "used");
+    let unused = push_web_image(&reg, "shop/unused:1", "unused");
+    let agent = Agent::start();
+    agent
+        .apply_text("m.toml", &format!("[service.web]\nimage = \"{used}\"\n"))
+        .ok();
+    agent.wait_for(30, "web running", |a| {
+        a.containers()
+            .iter()
+            .any(|c| c["service"] == "web" && c["state"] == "running")
+            .then_some(())
+    });
+    agent.ctl(&["pull", &unused]).ok();
+    assert_eq!(snapshots(&agent), 3);
+    let out = agent.ctl(&["gc"]).ok();
+    assert!(out.stdout.contains("removed 1 images"), "{}", out.stdout);
+    let images: serde_json::Value =
+        serde_json::from_str(&agent.ctl(&["-o", "json", "images"]).ok().stdout).unwrap();
+    let refs: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(refs, [used.as_str()], "{images}");
+    assert_eq!(
+        snapshots(&agent),
+        2,
+        "the unused top layer goes, the shared base and the used layer stay"
+    );
+    // The running container is untouched and a second GC frees nothing.
+    assert!(agent
+        .containers()
+        .iter()
+        .any(|c| c["service"] == "web" && c["state"] == "running"));
+    let out = agent.ctl(&["gc"]).ok();
+    assert!(
+        out.stdout
+            .contains("removed 0 images, 0 blobs, 0 layer snapshots"),
+        "{}",
+        out.stdout
+    );
+}
