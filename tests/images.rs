@@ -352,3 +352,57 @@ fn gc_keeps_what_is_in_use_and_frees_the_rest() {
         out.stdout
     );
 }
+
+#[test]
+fn gc_runs_by_itself_when_the_disk_fills_up() {
+    let reg = TestRegistry::start().unwrap();
+    let old = push_web_image(&reg, "shop/old:1", "old");
+    let new = push_web_image(&reg, "shop/new:1", "new");
+    let mut agent = Agent::create(&[]);
+    // The state dir on a small filesystem of its own.
+    let _fs = TmpfsMount::new(&agent.state_dir(), "48m");
+    agent.spawn();
+    agent.ctl(&["pull", &old]).ok();
+    // Fill the filesystem past the 90% threshold.
+    let stat = nix_free(&agent.state_dir());
+    let filler = agent.state_dir().join("filler");
+    let size = stat.0 - stat.1 / 20 - (stat.0 / 100) * 2;
+    std::fs::write(&filler, vec![0u8; size as usize]).unwrap();
+    agent.ctl(&["pull", &new]).ok();
+    let events = agent.api("GET", "/v1/events", &[], b"").json();
+    let gc = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "gc")
+        .cloned();
+    assert!(gc.is_some(), "no automatic GC event: {events}");
+    assert!(
+        gc.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("removed 1 images"),
+        "{events}"
+    );
+    let _ = std::fs::remove_file(&filler);
+    agent.kill9();
+    agent.remove_all_containers();
+}
+
+/// (free bytes, total bytes) of the filesystem holding `path`.
+fn nix_free(path: &Path) -> (u64, u64) {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail,size"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}

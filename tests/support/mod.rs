@@ -79,18 +79,23 @@ impl Agent {
 
     /// Starts berthd with extra flags.
     pub fn start_with(extra: &[&str]) -> Agent {
+        let mut agent = Agent::create(extra);
+        agent.spawn();
+        agent
+    }
+
+    /// An agent with its temp dirs, not started yet (see [`Agent::spawn`]).
+    pub fn create(extra: &[&str]) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
             .unwrap();
-        let mut agent = Agent {
+        Agent {
             dir,
             http_port: free_port(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -548,4 +553,33 @@ pub fn hello_manifest(agent: &Agent) -> (registry::TestRegistry, PathBuf) {
     let path = agent.dir.path().join("hello.toml");
     std::fs::write(&path, text).unwrap();
     (reg, path)
+}
+
+/// A tmpfs mounted at a path for a test; unmounted on drop.
+#[derive(Debug)]
+pub struct TmpfsMount(pub PathBuf);
+
+impl TmpfsMount {
+    pub fn new(path: &Path, size: &str) -> TmpfsMount {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs at {}", path.display());
+        TmpfsMount(path.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }

@@ -27,17 +27,27 @@ impl Agent {
             None,
             format!("{} as {}", rec.reference, rec.digest),
         );
-        self.maybe_auto_gc().await;
+        self.maybe_auto_gc(Some(&rec.digest)).await;
         Ok(rec)
     }
 
-    /// Runs GC when the state filesystem passes the threshold.
-    pub async fn maybe_auto_gc(&self) {
+    /// Runs GC when the state filesystem passes the threshold; `protect` (the
+    /// image just pulled) is kept even when nothing uses it yet.
+    pub async fn maybe_auto_gc(&self, protect: Option<&Digest>) {
         let used = crate::image::store::used_fraction(&self.config.state_dir);
         if used < AUTO_GC_USED_FRACTION {
             return;
         }
-        match self.gc().await {
+        let result = async {
+            let mut keep = self.keep_set().await?;
+            keep.extend(protect.cloned());
+            self.images
+                .gc(&keep)
+                .await
+                .map_err(|e| AgentError::from(Box::new(e)))
+        }
+        .await;
+        match result {
             Ok(r) => self.emit(
                 "gc",
                 None,

@@ -24,8 +24,14 @@ use crate::state::{decode, encode, StateError};
 
 /// Most layers an image may have (Docker's overlay2 allows 127 lowers).
 pub const MAX_LAYERS: usize = 127;
-/// Free space always left on the state filesystem.
-const DISK_RESERVE: u64 = 256 << 20;
+/// Free space always left on the state filesystem: 256 MiB, or 5% of a
+/// small filesystem.
+fn disk_reserve(path: &std::path::Path) -> u64 {
+    let total = nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks().saturating_mul(s.fragment_size()))
+        .unwrap_or(u64::MAX);
+    (256u64 << 20).min(total / 20)
+}
 /// Layer download attempts (transient registry errors retry the layer).
 const LAYER_ATTEMPTS: u32 = 3;
 
@@ -413,17 +419,16 @@ impl ImageStore {
             .map(|(l, _)| l.size)
             .sum();
         let free = free_bytes(&inner.state_dir);
-        if need.saturating_add(DISK_RESERVE) > free {
+        let reserve = disk_reserve(&inner.state_dir);
+        if need.saturating_add(reserve) > free {
             return Err(ImageError::NoSpace {
                 image: name,
-                need: need + DISK_RESERVE,
+                need: need + reserve,
                 free,
             });
         }
         let mut limits = inner.limits;
-        limits.max_total_bytes = limits
-            .max_total_bytes
-            .min(free.saturating_sub(DISK_RESERVE));
+        limits.max_total_bytes = limits.max_total_bytes.min(free.saturating_sub(reserve));
         send(
             progress,
             PullEvent::Resolved {
