@@ -1,0 +1,108 @@
+//! End to end: containers through the agent — `inspect`, `logs`, and
+//! containers that outlive `berthd` (kill -9, exits while it is down).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use berth_e2e::registry::TestRegistry;
+use berth_e2e::*;
+
+fn service_containers(agent: &Agent, service: &str) -> Vec<serde_json::Value> {
+    agent.containers().into_iter().filter(|c| c["service"] == service).collect()
+}
+
+#[test]
+fn inspect_and_logs_tail_and_follow() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let text = format!(
+        "[service.ticker]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"i=0; while true; do echo tick $i; echo oops $i >&2; i=$((i+1)); sleep 0.2; done\"]\nuser = \"1000:1000\"\nenv = {{ MODE = \"test\" }}\n[service.ticker.resources]\nmemory = \"64Mi\"\npids = 64\n"
+    );
+    agent.apply_text("m.toml", &text).ok();
+    let c = agent.wait_for(30, "ticker running", |a| {
+        service_containers(a, "ticker").into_iter().find(|c| c["state"] == "running")
+    });
+    let id = c["id"].as_str().unwrap().to_string();
+    let out = agent.ctl(&["inspect", &id[..id.len() - 4]]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["state"], "running");
+    assert!(v["pid"].as_i64().unwrap() > 1);
+    assert_eq!(v["spec"]["memory_bytes"], 64 << 20);
+    assert_eq!(v["spec"]["env"]["MODE"], "test");
+    assert_eq!(v["config"]["container"]["user"]["uid"], 1000);
+    assert!(v["log_files"].as_array().unwrap().len() >= 2, "{v}");
+    // --tail
+    agent.wait_for(10, "a few lines", |a| {
+        let out = a.ctl(&["logs", "ticker"]);
+        (out.stdout.matches("tick").count() >= 3).then_some(())
+    });
+    let out = agent.ctl(&["logs", &id, "--tail", "2"]).ok();
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    // -f streams lines written after it started.
+    let mut child = std::process::Command::new(berthctl_bin())
+        .args(["--agent", &agent.agent_flag(), "logs", "-f", "--tail", "0", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while lines.len() < 4 && Instant::now() < deadline {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        lines.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(lines.iter().any(|l| l.contains("tick")) && lines.iter().any(|l| l.contains("oops")), "{lines:?}");
+    // An unknown container is a clear 404.
+    let out = agent.ctl(&["inspect", "nope"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("container `nope` not found"), "{}", out.stderr);
+}
+
+#[test]
+fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let mut agent = Agent::start();
+    let text = format!(
+        "[service.web]\nimage = \"{image}\"\nreplicas = 2\n\n[service.job]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 2; exit 7\"]\n[service.job.restart]\npolicy = \"never\"\n"
+    );
+    agent.apply_text("m.toml", &text).ok();
+    let before = agent.wait_for(30, "web 2 running and job running", |a| {
+        let web: Vec<_> = service_containers(a, "web").into_iter().filter(|c| c["state"] == "running").collect();
+        let job = service_containers(a, "job");
+        (web.len() == 2 && job.len() == 1 && job[0]["state"] == "running").then_some(web)
+    });
+    agent.kill9();
+    // The workloads keep running without the agent...
+    for c in &before {
+        let pid = c["pid"].as_i64().unwrap();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "container {} died with the agent", c["id"]);
+    }
+    // ...and the job exits while nobody watches.
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.spawn();
+    let after: Vec<String> =
+        service_containers(&agent, "web").iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let mut want: Vec<String> = before.iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    want.sort();
+    let mut got = after.clone();
+    got.sort();
+    assert_eq!(got, want, "the new agent must re-adopt the same containers, not replace them");
+    let job = service_containers(&agent, "job");
+    assert_eq!(job[0]["state"], "exited");
+    assert_eq!(job[0]["exit_code"], 7, "{job:?}");
+    // Still re-adopted, still the same, a little later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut again: Vec<String> =
+        service_containers(&agent, "web").iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    again.sort();
+    assert_eq!(again, want);
+}
