@@ -61,6 +61,10 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(berth_agent::runtime::MONITOR_SUBCOMMAND) {
         berth_agent::runtime::monitor_main(&args[2..]);
     }
+    // Hidden: a command run inside a running container (see berth_agent::runtime::exec).
+    if args.get(1).map(String::as_str) == Some(berth_agent::runtime::EXEC_SUBCOMMAND) {
+        berth_agent::runtime::exec_main(&args[2..]);
+    }
     let flags = Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

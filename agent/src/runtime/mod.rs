@@ -7,6 +7,7 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod exec;
 pub mod monitor;
 pub mod namespaces;
 pub mod process;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cgroups::CgroupStats;
 pub use config::{ContainerConfig, Mount, MountKind, User};
+pub use exec::{exec_main, EXEC_SUBCOMMAND};
 pub use monitor::monitor_main;
 
 use cgroups::{Cgroup, Hierarchy, Limits};
@@ -46,6 +48,9 @@ pub struct RuntimePaths {
     pub monitor_exe: PathBuf,
     /// Arguments before the container directory, normally `["__monitor"]`.
     pub monitor_args: Vec<String>,
+    /// Arguments `monitor_exe` runs an exec helper with, before
+    /// `<dir> <timeout-ms> -- <command>…`; normally `["__exec"]`.
+    pub exec_args: Vec<String>,
 }
 
 impl RuntimePaths {
@@ -62,6 +67,7 @@ impl RuntimePaths {
             cgroup_parent: cgroup_parent.into(),
             monitor_exe: monitor_exe.into(),
             monitor_args: vec![MONITOR_SUBCOMMAND.into()],
+            exec_args: vec![EXEC_SUBCOMMAND.into()],
         }
     }
 }
@@ -120,6 +126,25 @@ pub enum RuntimeError {
     },
     #[error("container {id}: cleanup failed: {}", .failures.join("; "))]
     Cleanup { id: String, failures: Vec<String> },
+    /// `exec` could not run the command at all (a command that ran, or was not
+    /// found in the container, is an [`ExecOutput`] instead).
+    #[error("container {id}: exec failed at {step}: {message}")]
+    Exec {
+        id: String,
+        step: String,
+        message: String,
+    },
+}
+
+/// The result of [`Runtime::exec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// Exit status; 128 + signal when signalled; 124 on timeout; 127 when the
+    /// command was not found and 126 when it could not be executed (as a shell).
+    pub code: i32,
+    /// Combined stdout and stderr, the first 4 KiB ([`exec::OUTPUT_CAP`]).
+    pub output: String,
+    pub timed_out: bool,
 }
 
 /// How a container ended.
@@ -353,60 +378,26 @@ impl Runtime {
     /// Starts `monitor_exe monitor_args... <dir>` from a read-only bind mount of
     /// the executable (detached once exec'd) and reads its one-line report.
     fn spawn_monitor(&self, id: &str, dir: &Path) -> Result<MonitorReport, RuntimeError> {
-        let exe = dir.join("monitor.exe");
-        std::fs::write(&exe, b"").map_err(Self::io(id, "creating", &exe))?;
-        let mount_err = |step: &'static str, exe: &Path| {
-            let (id, exe) = (id.to_string(), exe.to_path_buf());
-            move |e: nix::Error| RuntimeError::Io {
-                id,
-                step,
-                path: exe,
-                source: e.into(),
-            }
-        };
-        nix::mount::mount(
-            Some(&self.paths.monitor_exe),
-            &exe,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(mount_err("bind-mounting the monitor executable at", &exe))?;
-        let ro = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV;
-        let spawned = nix::mount::mount(None::<&str>, &exe, None::<&str>, ro, None::<&str>)
-            .map_err(mount_err("remounting read-only", &exe))
-            .and_then(|()| {
-                let log = dir.join("monitor.log");
-                let stderr = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .map_err(Self::io(id, "opening", &log))?;
-                Command::new(&exe)
-                    .args(&self.paths.monitor_args)
-                    .arg(dir)
-                    .env_clear()
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(stderr)
-                    .spawn()
-                    .map_err(|source| RuntimeError::SpawnMonitor {
-                        id: id.into(),
-                        exe: self.paths.monitor_exe.clone(),
-                        source,
-                    })
-            });
-        // The running monitor keeps the detached read-only mount alive as its /proc/self/exe.
-        let detached =
-            nix::mount::umount2(&exe, MntFlags::MNT_DETACH).map_err(mount_err("detaching", &exe));
-        let mut child = spawned?;
-        detached?;
-        std::fs::remove_file(&exe).map_err(Self::io(id, "removing", &exe))?;
-
+        let log = dir.join("monitor.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(Self::io(id, "opening", &log))?;
+        let mut args: Vec<std::ffi::OsString> =
+            self.paths.monitor_args.iter().map(Into::into).collect();
+        args.push(dir.into());
+        let mut child = self.spawn_from_ro_mount(
+            id,
+            &dir.join("monitor.exe"),
+            &args,
+            stderr.into(),
+            |source| RuntimeError::SpawnMonitor {
+                id: id.into(),
+                exe: self.paths.monitor_exe.clone(),
+                source,
+            },
+        )?;
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
             stdout.read_to_string(&mut out).map_err(Self::io(
@@ -423,6 +414,166 @@ impl Runtime {
                 output: format!("{out}{log}"),
             }
         })
+    }
+
+    /// Runs `monitor_exe args...` (stdin `/dev/null`, stdout piped, empty env)
+    /// from a read-only bind mount of it at `exe` that is lazily detached and
+    /// removed as soon as the process has exec'd: its `/proc/<pid>/exe` then
+    /// names a read-only mount nothing else can reach (CVE-2019-5736).
+    fn spawn_from_ro_mount(
+        &self,
+        id: &str,
+        exe: &Path,
+        args: &[std::ffi::OsString],
+        stderr: Stdio,
+        spawn_err: impl FnOnce(std::io::Error) -> RuntimeError,
+    ) -> Result<std::process::Child, RuntimeError> {
+        std::fs::write(exe, b"").map_err(Self::io(id, "creating", exe))?;
+        let mount_err = |step: &'static str, exe: &Path| {
+            let (id, exe) = (id.to_string(), exe.to_path_buf());
+            move |e: nix::Error| RuntimeError::Io {
+                id,
+                step,
+                path: exe,
+                source: e.into(),
+            }
+        };
+        let bound = nix::mount::mount(
+            Some(&self.paths.monitor_exe),
+            exe,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mount_err("bind-mounting the monitor executable at", exe));
+        if let Err(e) = bound {
+            let _ = std::fs::remove_file(exe);
+            return Err(e);
+        }
+        let ro = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
+        let spawned = nix::mount::mount(None::<&str>, exe, None::<&str>, ro, None::<&str>)
+            .map_err(mount_err("remounting read-only", exe))
+            .and_then(|()| {
+                Command::new(exe)
+                    .args(args)
+                    .env_clear()
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(stderr)
+                    .spawn()
+                    .map_err(spawn_err)
+            });
+        // The running process keeps the detached read-only mount alive as its /proc/self/exe.
+        let detached =
+            nix::mount::umount2(exe, MntFlags::MNT_DETACH).map_err(mount_err("detaching", exe));
+        let removed = std::fs::remove_file(exe).map_err(Self::io(id, "removing", exe));
+        let child = spawned?;
+        detached?;
+        removed?;
+        Ok(child)
+    }
+
+    /// Runs `args` inside the running container `id` (all its namespaces, its
+    /// cgroup, user, capabilities, env and cwd, `no_new_privs`) and returns its
+    /// exit code and first 4 KiB of combined output. After `timeout` the
+    /// command is SIGKILLed (code 124, `timed_out`). Whatever it started in its
+    /// session is killed when it ends. A command missing in the container is
+    /// code 127 with a message in the output, not an error. The joining is done
+    /// by a fresh `monitor_exe exec_args…` process started from a read-only
+    /// mount (see [`exec`]); the calling process never changes namespaces.
+    pub fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+
+        let dir = self.container_dir(id);
+        if !config::valid_id(id) || !dir.is_dir() {
+            return Err(RuntimeError::NotFound { id: id.into() });
+        }
+        let bad_args = |message: &str| RuntimeError::Exec {
+            id: id.into(),
+            step: "arguments".into(),
+            message: message.into(),
+        };
+        if args.is_empty() || args[0].is_empty() {
+            return Err(bad_args("the command is empty"));
+        }
+        if args.iter().any(|a| a.contains('\0')) {
+            return Err(bad_args("arguments must not contain NUL"));
+        }
+        match self.state(id) {
+            ContainerState::Running { .. } => {}
+            other => {
+                return Err(RuntimeError::NotRunning {
+                    id: id.into(),
+                    state: other.name().into(),
+                })
+            }
+        }
+        let mut argv: Vec<std::ffi::OsString> =
+            self.paths.exec_args.iter().map(Into::into).collect();
+        argv.push(dir.clone().into());
+        argv.push(
+            timeout
+                .as_millis()
+                .min(u128::from(u64::MAX))
+                .to_string()
+                .into(),
+        );
+        argv.push("--".into());
+        argv.extend(args.iter().map(Into::into));
+        let exe = dir.join(format!(
+            "exec-{}-{}.exe",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = self.spawn_from_ro_mount(id, &exe, &argv, Stdio::piped(), |source| {
+            RuntimeError::Exec {
+                id: id.into(),
+                step: "starting the exec helper".into(),
+                message: source.to_string(),
+            }
+        })?;
+        let out = child.wait_with_output().map_err(|e| RuntimeError::Exec {
+            id: id.into(),
+            step: "waiting for the exec helper".into(),
+            message: e.to_string(),
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: exec::ExecReport =
+            serde_json::from_str(stdout.trim()).map_err(|_| RuntimeError::Exec {
+                id: id.into(),
+                step: "reading the exec helper's report".into(),
+                message: format!(
+                    "{}: {stdout:?} {:?}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            })?;
+        match report.error {
+            None => Ok(ExecOutput {
+                code: report.code,
+                output: exec::cap_output(report.output.as_bytes()),
+                timed_out: report.timed_out,
+            }),
+            Some(e) if e.step == exec::STEP_NOT_RUNNING => Err(RuntimeError::NotRunning {
+                id: id.into(),
+                state: self.state(id).name().into(),
+            }),
+            Some(e) => Err(RuntimeError::Exec {
+                id: id.into(),
+                step: e.step,
+                message: e.message,
+            }),
+        }
     }
 
     /// Reads the container's info from disk (re-adoption after a restart is just this).

@@ -219,7 +219,9 @@ fn io_errno(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
+/// Sets the container's user and groups and reduces the capabilities to
+/// [`DEFAULT_CAPS`] (none for a non-root uid); the bounding set is always reduced.
+pub(crate) fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
     let capserr = |step: &'static str| {
@@ -275,11 +277,21 @@ fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
 fn find_executable(cfg: &DiskConfig) -> Result<PathBuf, ProcessError> {
     let c = &cfg.container;
     let cmd = &c.args[0];
+    find_in_path(cmd, &c.env).map_err(|path| ProcessError::NotFound {
+        id: c.id.clone(),
+        cmd: cmd.clone(),
+        path,
+    })
+}
+
+/// `cmd` as is when it contains a `/`, else the first executable regular file
+/// named `cmd` in `PATH` of `env` ([`DEFAULT_PATH`] without one), searched in
+/// the caller's root. `Err` carries the `PATH` searched.
+pub(crate) fn find_in_path(cmd: &str, env: &[String]) -> Result<PathBuf, String> {
     if cmd.contains('/') {
         return Ok(PathBuf::from(cmd));
     }
-    let path = c
-        .env
+    let path = env
         .iter()
         .rev()
         .find_map(|e| e.strip_prefix("PATH="))
@@ -292,11 +304,7 @@ fn find_executable(cfg: &DiskConfig) -> Result<PathBuf, ProcessError> {
             return Ok(candidate);
         }
     }
-    Err(ProcessError::NotFound {
-        id: c.id.clone(),
-        cmd: cmd.clone(),
-        path: path.into(),
-    })
+    Err(path.into())
 }
 
 #[cfg(test)]
