@@ -9,7 +9,11 @@ use berth_e2e::registry::TestRegistry;
 use berth_e2e::*;
 
 fn service_containers(agent: &Agent, service: &str) -> Vec<serde_json::Value> {
-    agent.containers().into_iter().filter(|c| c["service"] == service).collect()
+    agent
+        .containers()
+        .into_iter()
+        .filter(|c| c["service"] == service)
+        .collect()
 }
 
 #[test]
@@ -22,7 +26,9 @@ fn inspect_and_logs_tail_and_follow() {
     );
     agent.apply_text("m.toml", &text).ok();
     let c = agent.wait_for(30, "ticker running", |a| {
-        service_containers(a, "ticker").into_iter().find(|c| c["state"] == "running")
+        service_containers(a, "ticker")
+            .into_iter()
+            .find(|c| c["state"] == "running")
     });
     let id = c["id"].as_str().unwrap().to_string();
     let out = agent.ctl(&["inspect", &id[..id.len() - 4]]).ok();
@@ -43,7 +49,15 @@ fn inspect_and_logs_tail_and_follow() {
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
     // -f streams lines written after it started.
     let mut child = std::process::Command::new(berthctl_bin())
-        .args(["--agent", &agent.agent_flag(), "logs", "-f", "--tail", "0", "ticker"])
+        .args([
+            "--agent",
+            &agent.agent_flag(),
+            "logs",
+            "-f",
+            "--tail",
+            "0",
+            "ticker",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -59,11 +73,18 @@ fn inspect_and_logs_tail_and_follow() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(lines.iter().any(|l| l.contains("tick")) && lines.iter().any(|l| l.contains("oops")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("tick")) && lines.iter().any(|l| l.contains("oops")),
+        "{lines:?}"
+    );
     // An unknown container is a clear 404.
     let out = agent.ctl(&["inspect", "nope"]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("container `nope` not found"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("container `nope` not found"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -76,7 +97,10 @@ fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
     );
     agent.apply_text("m.toml", &text).ok();
     let before = agent.wait_for(30, "web 2 running and job running", |a| {
-        let web: Vec<_> = service_containers(a, "web").into_iter().filter(|c| c["state"] == "running").collect();
+        let web: Vec<_> = service_containers(a, "web")
+            .into_iter()
+            .filter(|c| c["state"] == "running")
+            .collect();
         let job = service_containers(a, "job");
         (web.len() == 2 && job.len() == 1 && job[0]["state"] == "running").then_some(web)
     });
@@ -84,25 +108,39 @@ fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
     // The workloads keep running without the agent...
     for c in &before {
         let pid = c["pid"].as_i64().unwrap();
-        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "container {} died with the agent", c["id"]);
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "container {} died with the agent",
+            c["id"]
+        );
     }
     // ...and the job exits while nobody watches.
     std::thread::sleep(Duration::from_millis(2500));
     agent.spawn();
-    let after: Vec<String> =
-        service_containers(&agent, "web").iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
-    let mut want: Vec<String> = before.iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let after: Vec<String> = service_containers(&agent, "web")
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut want: Vec<String> = before
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
     want.sort();
     let mut got = after.clone();
     got.sort();
-    assert_eq!(got, want, "the new agent must re-adopt the same containers, not replace them");
+    assert_eq!(
+        got, want,
+        "the new agent must re-adopt the same containers, not replace them"
+    );
     let job = service_containers(&agent, "job");
     assert_eq!(job[0]["state"], "exited");
     assert_eq!(job[0]["exit_code"], 7, "{job:?}");
     // Still re-adopted, still the same, a little later.
     std::thread::sleep(Duration::from_millis(1500));
-    let mut again: Vec<String> =
-        service_containers(&agent, "web").iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let mut again: Vec<String> = service_containers(&agent, "web")
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
     again.sort();
     assert_eq!(again, want);
 }

@@ -399,3 +399,54 @@ fn kill9_of_the_agent_during_a_rollout_converges_without_duplicates() {
         });
     }
 }
+
+#[test]
+fn exec_and_tcp_health_checks_gate_readiness() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    // Becomes healthy only once /tmp/ready exists (after ~1.5 s).
+    let text = format!(
+        r#"
+[service.slow]
+image = "{image}"
+command = ["/bin/busybox", "sh", "-c", "sleep 1.5; touch /tmp/ready; exec sleep 3600"]
+[service.slow.health]
+exec = ["/bin/busybox", "test", "-f", "/tmp/ready"]
+interval = "200ms"
+retries = 50
+
+[service.tcp]
+image = "{image}"
+[service.tcp.health]
+tcp = {{ port = 8080 }}
+interval = "200ms"
+"#
+    );
+    agent.apply_text("m.toml", &text).ok();
+    agent.wait_for(20, "slow running but not ready", |a| {
+        let c = a
+            .containers()
+            .into_iter()
+            .find(|c| c["service"] == "slow" && c["state"] == "running")?;
+        (c["health"] == "starting" && a.ready_of("slow") == (0, 1)).then_some(())
+    });
+    agent.wait_for(20, "slow and tcp ready", |a| {
+        (a.ready_of("slow") == (1, 1) && a.ready_of("tcp") == (1, 1)).then_some(())
+    });
+    let slow = agent
+        .containers()
+        .into_iter()
+        .find(|c| c["service"] == "slow")
+        .unwrap();
+    assert_eq!(slow["health"], "healthy");
+    let detail = agent
+        .api(
+            "GET",
+            &format!("/v1/containers/{}", slow["id"].as_str().unwrap()),
+            &[],
+            b"",
+        )
+        .json();
+    assert!(detail.get("last_health_output").is_some(), "{detail}");
+}

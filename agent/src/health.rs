@@ -125,22 +125,6 @@ fn http_check(pid: i32, port: u16, path: String, timeout: Duration) -> Result<St
     })
 }
 
-/// Result of a command run inside a container.
-struct ExecResult {
-    code: i32,
-    output: String,
-    timed_out: bool,
-}
-
-fn exec_in(
-    _rt: &crate::runtime::Runtime,
-    _id: &str,
-    _cmd: &[String],
-    _timeout: Duration,
-) -> Result<ExecResult, String> {
-    Err("exec checks are not available in this build".into())
-}
-
 /// Runs one check of `health` against container `id` (PID 1 = `pid`).
 pub async fn check_once(
     agent: &Arc<Agent>,
@@ -164,10 +148,10 @@ pub async fn check_once(
         }
         HealthCheck::Exec { command } => {
             let (rt, id, command) = (agent.runtime.clone(), id.to_string(), command.clone());
-            let out = tokio::task::spawn_blocking(move || exec_in(&rt, &id, &command, timeout))
+            let out = tokio::task::spawn_blocking(move || rt.exec(&id, &command, timeout))
                 .await
                 .map_err(|_| CheckError::Thread)?
-                .map_err(CheckError::Exec)?;
+                .map_err(|e| CheckError::Exec(e.to_string()))?;
             if out.timed_out {
                 Err(CheckError::Exec(format!("timed out after {timeout:?}")))
             } else if out.code == 0 {
