@@ -169,6 +169,19 @@ impl Guard<'_> {
     }
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        // The shared parent cgroup goes with the last test that used it (an
+        // rmdir of a parent still in use fails harmlessly).
+        if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
+            for root in roots.flatten() {
+                let _ = std::fs::remove_dir(root.path().join(CGROUP_PARENT));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(CGROUP_PARENT));
+    }
+}
+
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         let _ = self.env.rt.remove(&self.id);
