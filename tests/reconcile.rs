@@ -450,3 +450,53 @@ interval = "200ms"
         .json();
     assert!(detail.get("last_health_output").is_some(), "{detail}");
 }
+
+#[test]
+fn apply_wait_follows_the_rollout_and_fails_on_failure() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let good = agent.dir.path().join("good.toml");
+    std::fs::write(&good, web_manifest(&image, 2, "")).unwrap();
+    let out = agent.ctl(&[
+        "apply",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-f",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("revision 1 rolled out"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("web 2/2"),
+        "progress per service: {}",
+        out.stderr
+    );
+    let bad = agent.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        web_manifest(&image, 2, "command = [\"/bin/busybox\", \"false\"]"),
+    )
+    .unwrap();
+    let out = agent.ctl(&[
+        "apply",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("revision 2 failed"), "{}", out.stderr);
+    // status shows each service's revision, digest, ready/desired, restarts and last error.
+    let status = agent.ctl(&["status"]).ok().stdout;
+    assert!(
+        status.contains("web") && status.contains("2/2") && status.contains("rollout failed"),
+        "{status}"
+    );
+}

@@ -432,12 +432,13 @@ async fn reconcile_service(
         } else {
             None
         };
-        if decision.converged && l.failures == 0 {
-            l.last_error = None;
-        }
         (decision.converged, started)
     };
     if let Some(started) = rollout_started {
+        // A successful rollout clears the error of an earlier one.
+        if let Some(l) = agent.live().services.get_mut(&svc.name) {
+            l.last_error = None;
+        }
         let secs = started.elapsed().as_secs_f64();
         agent
             .metrics
