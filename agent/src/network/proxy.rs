@@ -118,7 +118,21 @@ impl Shared {
 struct Service {
     port: u16,
     shared: Arc<Shared>,
+    listener: Arc<TcpListener>,
     accept: JoinHandle<()>,
+}
+
+impl Service {
+    /// Stops listening now (not when the aborted task is next polled), so the
+    /// port can be bound again at once.
+    fn close(&self) {
+        use std::os::fd::AsRawFd as _;
+        let _ = nix::sys::socket::shutdown(
+            self.listener.as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+        self.accept.abort();
+    }
 }
 
 /// The published-port proxy of the agent. Cheap to clone; methods are
@@ -168,17 +182,18 @@ impl PortProxy {
                     let mut t = shared.table.write().unwrap_or_else(|p| p.into_inner());
                     t.counters = old_t.counters.clone();
                 }
-                let listener = self.listen(service, host_port)?;
-                let accept = self.handle.spawn(accept_loop(listener, shared.clone()));
-                if let Some(old) = services.insert(
-                    service.into(),
-                    Service {
-                        port: host_port,
-                        shared: shared.clone(),
-                        accept,
-                    },
-                ) {
-                    old.accept.abort();
+                let listener = Arc::new(self.listen(service, host_port)?);
+                let accept = self
+                    .handle
+                    .spawn(accept_loop(listener.clone(), shared.clone()));
+                let new = Service {
+                    port: host_port,
+                    shared: shared.clone(),
+                    listener,
+                    accept,
+                };
+                if let Some(old) = services.insert(service.into(), new) {
+                    old.close();
                 }
                 shared
             }
@@ -215,11 +230,12 @@ impl PortProxy {
         sock.listen(BACKLOG).map_err(err)
     }
 
-    /// Stops listening for `service`. Its in-flight connections continue.
+    /// Stops listening for `service` (the port is free when this returns). Its
+    /// in-flight connections continue.
     pub fn remove_service(&self, service: &str) -> bool {
         match self.services().remove(service) {
             Some(s) => {
-                s.accept.abort();
+                s.close();
                 true
             }
             None => false,
@@ -283,11 +299,11 @@ impl PortProxy {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        self.accept.abort();
+        self.close();
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((client, _)) => {
