@@ -170,7 +170,11 @@ async fn a_draining_endpoint_keeps_its_connections_and_gets_no_new_ones() {
     for _ in 0..10 {
         assert_eq!(request(port).await.unwrap(), "B");
     }
-    assert_eq!(a.accepted.load(Ordering::Relaxed), a_before, "A got new connections");
+    assert_eq!(
+        a.accepted.load(Ordering::Relaxed),
+        a_before,
+        "A got new connections"
+    );
     // The in-flight connection still works and is counted.
     assert_eq!(long.ask().await.unwrap(), "A");
     assert_eq!(proxy.active("web", "a"), 1);
@@ -229,9 +233,13 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
         .set_service("web", port2, vec![b.endpoint("b", EndpointState::Ready)])
         .unwrap();
     assert_eq!(request(port2).await.unwrap(), "B");
-    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.is_err());
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .is_err());
     assert!(proxy.remove_service("web"));
-    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port2)).await.is_err());
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port2))
+        .await
+        .is_err());
     // The port is free again at once.
     proxy
         .set_service("again", port2, vec![b.endpoint("b", EndpointState::Ready)])

@@ -139,8 +139,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_subnets() {
-        for bad in ["10.89.0.0", "10.89.0.0/", "10.89.0/16", "10.89.0.0/x", "a/16"] {
-            assert!(matches!(bad.parse::<Ipv4Net>(), Err(AddrError::Syntax(_))), "{bad}");
+        for bad in [
+            "10.89.0.0",
+            "10.89.0.0/",
+            "10.89.0/16",
+            "10.89.0.0/x",
+            "a/16",
+        ] {
+            assert!(
+                matches!(bad.parse::<Ipv4Net>(), Err(AddrError::Syntax(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             "10.0.0.0/31".parse::<Ipv4Net>(),

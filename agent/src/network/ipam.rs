@@ -89,7 +89,11 @@ impl Ipam {
         }
         let (first, last) = self.subnet.container_range();
         let mut candidate = u32::from(first);
-        for used in maps.by_ip.range(candidate..=u32::from(last)).map(|(k, _)| *k) {
+        for used in maps
+            .by_ip
+            .range(candidate..=u32::from(last))
+            .map(|(k, _)| *k)
+        {
             if used != candidate {
                 break;
             }

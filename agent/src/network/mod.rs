@@ -43,10 +43,7 @@ pub enum NetError {
     #[error("container {0}: already attached (its namespace is pinned)")]
     AlreadyAttached(String),
     #[error("{context}: {source}")]
-    Sys {
-        context: String,
-        source: io::Error,
-    },
+    Sys { context: String, source: io::Error },
     #[error("outbound NAT for {bridge}: {message}")]
     Nat { bridge: String, message: String },
 }
@@ -146,7 +143,8 @@ impl Network {
         }
         let ipam = Arc::new(Ipam::open(cfg.ipam_tree, cfg.subnet)?);
         let netns_dir = cfg.run_dir.join("netns");
-        netns::prepare_dir(&netns_dir).map_err(sys(format!("preparing {}", netns_dir.display())))?;
+        netns::prepare_dir(&netns_dir)
+            .map_err(sys(format!("preparing {}", netns_dir.display())))?;
         let bridge = cfg.bridge;
         let ctx = |what: &str| format!("bridge {bridge}: {what}");
         let mut nl = Netlink::open().map_err(sys(ctx("netlink socket")))?;
@@ -264,14 +262,26 @@ impl Network {
         if a.netns_path.exists() {
             netns::remove(&a.netns_path).map_err(sys(ctx("removing a stale netns file")))?;
         }
-        let mut ns = netns::create(&a.netns_path).map_err(sys(ctx("creating the network namespace")))?;
+        let mut ns =
+            netns::create(&a.netns_path).map_err(sys(ctx("creating the network namespace")))?;
         {
             let mut host = self.lock_host();
-            let mut created = host.create_veth(&a.host_veth, self.bridge_index, CONTAINER_IFNAME, std::os::fd::AsFd::as_fd(&ns.fd));
+            let mut created = host.create_veth(
+                &a.host_veth,
+                self.bridge_index,
+                CONTAINER_IFNAME,
+                std::os::fd::AsFd::as_fd(&ns.fd),
+            );
             if matches!(&created, Err(e) if e.raw_os_error() == Some(libc::EEXIST)) {
                 // Left over from a crash: its container is gone (the id is new to the namespace dir).
-                host.delete_link(&a.host_veth).map_err(sys(ctx("deleting a stale veth")))?;
-                created = host.create_veth(&a.host_veth, self.bridge_index, CONTAINER_IFNAME, std::os::fd::AsFd::as_fd(&ns.fd));
+                host.delete_link(&a.host_veth)
+                    .map_err(sys(ctx("deleting a stale veth")))?;
+                created = host.create_veth(
+                    &a.host_veth,
+                    self.bridge_index,
+                    CONTAINER_IFNAME,
+                    std::os::fd::AsFd::as_fd(&ns.fd),
+                );
             }
             created.map_err(sys(ctx(&format!("creating veth {}", a.host_veth))))?;
         }
@@ -296,7 +306,8 @@ impl Network {
     /// address happen on a background thread. See [`Network::settle`].
     pub fn detach(&self, id: &str) -> Result<(), NetError> {
         let path = self.netns_dir.join(id);
-        netns::remove(&path).map_err(sys(format!("container {id}: unpinning {}", path.display())))?;
+        netns::remove(&path)
+            .map_err(sys(format!("container {id}: unpinning {}", path.display())))?;
         lock(&self.pending).insert(id.into());
         self.queue(Job::Teardown {
             id: id.into(),
@@ -342,7 +353,8 @@ impl Network {
                 report.namespaces_removed.push(name);
             }
         }
-        let live_veths: HashSet<String> = live.iter().map(|id| veth_name(&self.bridge, id)).collect();
+        let live_veths: HashSet<String> =
+            live.iter().map(|id| veth_name(&self.bridge, id)).collect();
         let recorded: HashSet<String> = self
             .ipam
             .entries()

@@ -89,7 +89,10 @@ fn unescape(s: &str) -> String {
 
 /// Whether `path` currently pins a namespace (an nsfs bind mount is on it).
 pub fn is_pinned(path: &Path) -> bool {
-    match (std::fs::metadata(path), path.parent().map(std::fs::metadata)) {
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
         (Ok(me), Some(Ok(parent))) => me.dev() != parent.dev(),
         _ => false,
     }

@@ -127,10 +127,8 @@ impl Service {
     /// port can be bound again at once.
     fn close(&self) {
         use std::os::fd::AsRawFd as _;
-        let _ = nix::sys::socket::shutdown(
-            self.listener.as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         self.accept.abort();
     }
 }
@@ -225,8 +223,11 @@ impl PortProxy {
         let _rt = self.handle.enter();
         let sock = TcpSocket::new_v4().map_err(err)?;
         sock.set_reuseaddr(true).map_err(err)?;
-        sock.bind(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
-            .map_err(err)?;
+        sock.bind(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            port,
+        )))
+        .map_err(err)?;
         sock.listen(BACKLOG).map_err(err)
     }
 

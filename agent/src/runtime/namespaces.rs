@@ -171,7 +171,8 @@ mod tests {
 
     #[test]
     fn a_joined_netns_is_not_unshared() {
-        let f = Namespaces::for_netns(Some(std::path::Path::new("/run/berth/netns/c"))).init_flags();
+        let f =
+            Namespaces::for_netns(Some(std::path::Path::new("/run/berth/netns/c"))).init_flags();
         assert!(!f.contains(CloneFlags::CLONE_NEWNET));
         assert!(f.contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS));
         assert_eq!(Namespaces::for_netns(None), Namespaces::default());

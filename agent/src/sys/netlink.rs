@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{
-    bind, connect, recv, send, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
-    SockType,
+    bind, connect, recv, send, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+    SockProtocol, SockType,
 };
 
 const NLMSG_HDR: usize = 16;
@@ -127,7 +127,8 @@ impl Msg {
     fn begin(&mut self, ty: u16) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         at
     }
 
@@ -365,7 +366,8 @@ impl Netlink {
     /// Adds (or replaces) `addr/prefix_len` on link `index`.
     pub fn add_addr(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
         let mut m = Msg::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE);
-        m.buf.extend_from_slice(&[libc::AF_INET as u8, prefix_len, 0, 0]);
+        m.buf
+            .extend_from_slice(&[libc::AF_INET as u8, prefix_len, 0, 0]);
         m.buf.extend_from_slice(&index.to_ne_bytes());
         m.attr(IFA_LOCAL, &addr.octets());
         m.attr(IFA_ADDRESS, &addr.octets());
@@ -419,7 +421,8 @@ impl Netlink {
     /// IPv4 routes of the main table.
     pub fn routes(&mut self) -> io::Result<Vec<Route>> {
         let mut m = Msg::new(RTM_GETROUTE, NLM_F_DUMP);
-        m.buf.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0]);
+        m.buf
+            .extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0]);
         m.buf.extend_from_slice(&0u32.to_ne_bytes());
         let mut out = Vec::new();
         for (ty, p) in self.exchange(m)? {
