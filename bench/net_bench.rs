@@ -60,24 +60,10 @@ fn main() -> anyhow::Result<()> {
 
 fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
     // --- throughput: direct vs published port ---------------------------------
-    let att = net.attach("bench-httpd")?;
-    let mut cfg = ContainerConfig::new(
-        att.id.clone(),
-        vec![layer.to_path_buf()],
-        vec![
-            "/bin/httpd".into(),
-            "-f".into(),
-            "-p".into(),
-            "8080".into(),
-            "-h".into(),
-            "/www".into(),
-        ],
-    );
-    cfg.netns = Some(att.netns_path.clone());
-    rt.create_and_start(&cfg)?;
-    let direct_url = format!("http://{}:8080/", att.ip);
-    wait_http(SocketAddrV4::new(att.ip, 8080))?;
-
+    // Each measurement gets a fresh container (fresh namespace): every request is
+    // a new connection that the server closes first, and a server-side TIME_WAIT
+    // table full from the previous run would turn reused client ports into 1 s
+    // SYN retransmits for whichever run comes second.
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,6 +72,15 @@ fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("0.0.0.0:0")?
         .local_addr()?
         .port();
+    let proxy_url = format!("http://127.0.0.1:{port}/");
+
+    let att = start_httpd(net, rt, layer, "bench-direct")?;
+    let direct_url = format!("http://{}:8080/", att.ip);
+    let _warm = wrk(&direct_url, "1s")?;
+    let direct = wrk(&direct_url, "5s")?;
+    stop_httpd(net, rt, &att.id)?;
+
+    let att = start_httpd(net, rt, layer, "bench-proxied")?;
     proxy.set_service(
         "bench",
         port,
@@ -95,16 +90,11 @@ fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
             state: EndpointState::Ready,
         }],
     )?;
-    let proxy_url = format!("http://127.0.0.1:{port}/");
     wait_http(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
-
-    let _warm = wrk(&direct_url, "1s")?;
-    let direct = wrk(&direct_url, "5s")?;
+    let _warm = wrk(&proxy_url, "1s")?;
     let proxied = wrk(&proxy_url, "5s")?;
     proxy.remove_service("bench");
-    rt.remove(&att.id)?;
-    net.detach(&att.id)?;
-    net.settle();
+    stop_httpd(net, rt, &att.id)?;
 
     // --- start latency: with vs without networking ----------------------------
     let mut plain = Vec::new();
@@ -178,6 +168,33 @@ fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
             "NOT met"
         }
     );
+    Ok(())
+}
+
+fn start_httpd(
+    net: &Network,
+    rt: &Runtime,
+    layer: &Path,
+    id: &str,
+) -> anyhow::Result<berth_agent::network::Attachment> {
+    let att = net.attach(id)?;
+    let mut cfg = ContainerConfig::new(
+        att.id.clone(),
+        vec![layer.to_path_buf()],
+        ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+            .map(String::from)
+            .to_vec(),
+    );
+    cfg.netns = Some(att.netns_path.clone());
+    rt.create_and_start(&cfg)?;
+    wait_http(SocketAddrV4::new(att.ip, 8080))?;
+    Ok(att)
+}
+
+fn stop_httpd(net: &Network, rt: &Runtime, id: &str) -> anyhow::Result<()> {
+    rt.remove(id)?;
+    net.detach(id)?;
+    net.settle();
     Ok(())
 }
 

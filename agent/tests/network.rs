@@ -222,9 +222,11 @@ fn serve_lines(s: TcpStream, name: &str) {
     }
 }
 
-/// Connects to `addr` (bounded), sends a line, returns the answer.
+/// Connects to `addr` (bounded), sends a line, returns the answer. The connect
+/// timeout allows one SYN retransmit (1 s): installing another test's nftables
+/// table (conntrack hooks) in parallel has been seen to drop a first SYN.
 fn ask(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(1500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"hi\n")?;
     let mut line = String::new();

@@ -26,6 +26,8 @@ use crate::sys::netlink::Netlink;
 
 /// Host-side veth names start with this (then 13 hex digits of a hash of bridge and id).
 pub const VETH_PREFIX: &str = "bv";
+/// How long attach waits for both veth ends to become operationally up.
+const LINK_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The container-side interface name.
 pub const CONTAINER_IFNAME: &str = "eth0";
 
@@ -298,6 +300,28 @@ impl Network {
         nl.set_up(eth0).map_err(sys(ctx("bringing eth0 up")))?;
         nl.add_default_route(a.gateway, eth0)
             .map_err(sys(ctx("adding the default route")))?;
+        // Carrier, qdisc and bridge port are switched on asynchronously by the
+        // kernel's link watcher; packets sent before that are dropped (a lost
+        // first SYN costs the workload a 1 s retransmit). Wait for it, bounded.
+        let host_index = self
+            .lock_host()
+            .link_index(&a.host_veth)
+            .map_err(sys(ctx("looking up the host veth")))?;
+        let deadline = Instant::now() + LINK_UP_TIMEOUT;
+        loop {
+            let host_up = match host_index {
+                Some(i) => self.lock_host().oper_up(i).unwrap_or(true),
+                None => true,
+            };
+            if host_up && nl.oper_up(eth0).unwrap_or(true) {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(container = %id, "veth not operationally up after {LINK_UP_TIMEOUT:?}; continuing");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
         Ok(())
     }
 
@@ -317,13 +341,10 @@ impl Network {
     }
 
     fn queue(&self, job: Job) {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = jobs.as_ref() {
-            if tx.send(job).is_ok() {
-                return;
-            }
+        // Without a worker (shut down) the job is dropped; reconcile cleans up later.
+        if let Some(tx) = lock(&self.jobs).as_ref() {
+            let _ = tx.send(job);
         }
-        // No worker (shut down): nothing to run it; reconcile cleans up later.
     }
 
     /// Waits until every teardown queued so far has finished.

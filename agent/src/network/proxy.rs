@@ -141,6 +141,13 @@ pub struct PortProxy {
     services: Arc<Mutex<HashMap<String, Service>>>,
 }
 
+impl Default for PortProxy {
+    /// Same as [`PortProxy::new`]: panics outside a tokio runtime.
+    fn default() -> Self {
+        PortProxy::new()
+    }
+}
+
 impl PortProxy {
     /// A proxy whose tasks run on the current tokio runtime (panics outside one).
     pub fn new() -> PortProxy {

@@ -37,6 +37,8 @@ const RTM_GETROUTE: u16 = 26;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
+const IFLA_OPERSTATE: u16 = 16;
+const IF_OPER_UP: u8 = 6;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
@@ -93,7 +95,7 @@ impl Msg {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while self.buf.len() & 3 != 0 {
             self.buf.push(0);
         }
     }
@@ -294,6 +296,20 @@ impl Netlink {
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether link `index` is operationally up: the kernel's link watcher has
+    /// seen its carrier, activated its queueing discipline (until then packets
+    /// are dropped) and told its bridge to enable the port.
+    pub fn oper_up(&mut self, index: u32) -> io::Result<bool> {
+        let m = Msg::new(RTM_GETLINK, 0).ifinfo(index, 0, 0);
+        let replies = self.exchange(m)?;
+        let Some((_, p)) = replies.first().filter(|(_, p)| p.len() >= 16) else {
+            return Err(invalid("no link in reply"));
+        };
+        let up =
+            attrs(&p[16..]).any(|(t, d)| t == IFLA_OPERSTATE && d.first() == Some(&IF_OPER_UP));
+        Ok(up)
     }
 
     /// Creates bridge `name` with a fixed MAC address (so it does not change as
