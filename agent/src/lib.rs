@@ -12,6 +12,7 @@ pub mod http;
 pub mod image;
 pub mod launch;
 pub mod metrics;
+pub mod network;
 pub mod reconcile;
 pub mod registry;
 pub mod runtime;

@@ -127,6 +127,10 @@ pub struct ContainerConfig {
     /// Each of stdout.log/stderr.log is rotated at this size; one old file is kept.
     #[serde(default = "default_log_max")]
     pub log_max_bytes: u64,
+    /// A network namespace to join (a pinned nsfs file, e.g. from
+    /// `network::Network::attach`); `None` gives the container a fresh one with only `lo`.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 fn default_log_max() -> u64 {
@@ -154,6 +158,7 @@ impl ContainerConfig {
             stop_timeout: Duration::from_secs(10),
             labels: BTreeMap::new(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            netns: None,
         }
     }
 
@@ -203,6 +208,11 @@ impl ContainerConfig {
                         source.display()
                     ));
                 }
+            }
+        }
+        if let Some(ns) = &self.netns {
+            if !ns.is_absolute() {
+                return bad(format!("netns {} must be absolute", ns.display()));
             }
         }
         for e in &self.env {

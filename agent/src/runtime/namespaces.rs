@@ -2,7 +2,8 @@
 //! (hostname = container name), IPC, network (only `lo`, up) and cgroup. The
 //! PID namespace is entered by the monitor before it forks the init (so the
 //! init is PID 1); the rest are unshared by the init itself. User namespaces
-//! are modelled but not yet supported (they would need clone3 + id maps).
+//! are modelled but not yet supported (they would need clone3 + id maps). A
+//! container given a pinned network namespace joins it with `setns` instead.
 
 use nix::sched::CloneFlags;
 
@@ -23,6 +24,12 @@ pub enum NamespaceError {
     },
     #[error("container {id}: bringing up lo: {source}")]
     Loopback { id: String, source: std::io::Error },
+    #[error("container {id}: joining network namespace {path}: {source}")]
+    JoinNet {
+        id: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("container {id}: user namespaces are not supported yet")]
     UserNamespaceUnsupported { id: String },
 }
@@ -98,6 +105,27 @@ impl Namespaces {
         Ok(())
     }
 
+    /// For a container that joins `netns` (if any): no network namespace of its own.
+    pub fn for_netns(netns: Option<&std::path::Path>) -> Namespaces {
+        Namespaces {
+            net: netns.is_none(),
+            ..Namespaces::default()
+        }
+    }
+
+    /// In the init: joins the pinned network namespace at `path` (set up by the
+    /// agent: `lo`, `eth0`, routes), before the mount namespace hides the file.
+    pub fn join_net(id: &str, path: &std::path::Path) -> Result<(), NamespaceError> {
+        let err = |source| NamespaceError::JoinNet {
+            id: id.into(),
+            path: path.into(),
+            source,
+        };
+        let f = std::fs::File::open(path).map_err(err)?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| err(std::io::Error::from_raw_os_error(e as i32)))
+    }
+
     /// In the init (already in its cgroup): unshares the rest, sets the
     /// hostname and brings up loopback in the new network namespace.
     pub fn enter_in_init(&self, id: &str, hostname: &str) -> Result<(), NamespaceError> {
@@ -139,5 +167,14 @@ mod tests {
         ));
         assert!(!f.contains(CloneFlags::CLONE_NEWPID));
         assert!(!f.contains(CloneFlags::CLONE_NEWUSER));
+    }
+
+    #[test]
+    fn a_joined_netns_is_not_unshared() {
+        let f =
+            Namespaces::for_netns(Some(std::path::Path::new("/run/berth/netns/c"))).init_flags();
+        assert!(!f.contains(CloneFlags::CLONE_NEWNET));
+        assert!(f.contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS));
+        assert_eq!(Namespaces::for_netns(None), Namespaces::default());
     }
 }

@@ -165,7 +165,10 @@ fn init(dir: &Path, cfg: &DiskConfig, fds: &InitFds) -> Result<Infallible, Proce
         return Err(ProcessError::MonitorGone { id: id.into() });
     }
 
-    Namespaces::default().enter_in_init(id, &c.name)?;
+    if let Some(netns) = &c.netns {
+        Namespaces::join_net(id, netns)?;
+    }
+    Namespaces::for_netns(c.netns.as_deref()).enter_in_init(id, &c.name)?;
     crate::runtime::rootfs::setup(&mut RealSys, &rootfs_plan(dir, cfg))?;
 
     let null = nix::fcntl::open(

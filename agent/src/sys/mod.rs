@@ -4,4 +4,5 @@
 #![allow(unsafe_code)]
 
 pub mod net;
+pub mod netlink;
 pub mod process;
