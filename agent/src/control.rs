@@ -7,6 +7,9 @@ mod containers;
 mod images;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::network::proxy::PortProxy;
+use crate::network::{NetConfig, Network};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -118,7 +121,8 @@ impl ApplySource {
 pub struct Live {
     pub services: BTreeMap<String, ServiceLive>,
     pub health: HashMap<String, crate::health::HealthLive>,
-    pub retiring: HashSet<String>,
+    /// Replicas being drained and stopped: container id → service.
+    pub retiring: HashMap<String, String>,
     pub pulling: HashSet<String>,
     /// Container id → its address on the bridge (networking fills it in).
     pub addresses: HashMap<String, std::net::Ipv4Addr>,
@@ -153,6 +157,10 @@ pub struct Agent {
     pub metrics: Metrics,
     pub images: ImageStore,
     pub runtime: Arc<Runtime>,
+    /// The bridge, addresses and per-container network namespaces.
+    pub network: Arc<Network>,
+    /// Published ports: balanced over ready replicas, drain-aware.
+    pub proxy: PortProxy,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -224,6 +232,16 @@ impl Agent {
             metrics.clone(),
         )
         .map_err(|e| AgentError::Internal(e.to_string()))?;
+        let subnet = crate::network::addr::Ipv4Net::new(config.subnet.0, config.subnet.1)
+            .map_err(|e| AgentError::BadRequest(format!("--subnet: {e}")))?;
+        let network = Network::open(NetConfig {
+            bridge: config.bridge.clone(),
+            subnet,
+            run_dir: config.run_dir.clone(),
+            ipam_tree: store.tree("ipam")?,
+            masquerade: false,
+        })
+        .map_err(|e| AgentError::Internal(format!("network: {e}")))?;
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),
@@ -239,6 +257,8 @@ impl Agent {
             metrics,
             images,
             runtime,
+            network: Arc::new(network),
+            proxy: PortProxy::new(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -178,6 +178,27 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         None => None,
     };
 
+    // Network state left by an earlier run: orphans go, live containers keep
+    // their addresses.
+    match agent.list_containers().await {
+        Ok(list) => {
+            let ids: Vec<String> = list.iter().map(|c| c.id.clone()).collect();
+            match agent.network.reconcile(ids.iter().map(String::as_str)) {
+                Ok(r) if !r.namespaces_removed.is_empty() || !r.veths_deleted.is_empty() => {
+                    tracing::info!(namespaces = ?r.namespaces_removed, veths = ?r.veths_deleted, "removed network leftovers")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "network reconcile failed"),
+            }
+            let mut live = agent.live();
+            for id in ids {
+                if let Some(att) = agent.network.get(&id) {
+                    live.addresses.insert(id, att.ip);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list containers at start"),
+    }
     // The first reconcile pass (re-adopting what runs) completes before the
     // agent reports ready.
     let (reconcile_stop, reconcile_rx) = tokio::sync::watch::channel(false);

@@ -58,6 +58,36 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// This agent's bridge (unique per test agent, ≤ 15 bytes).
+    pub fn bridge(&self) -> String {
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let h = name
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        format!("bt{:08x}", h)
+    }
+
+    /// This agent's subnet: a /24 picked from the agent's name.
+    pub fn subnet(&self) -> String {
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let h = name
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(131).wrapping_add(u32::from(b)));
+        format!("10.{}.{}.0/24", 200 + (h % 50), (h >> 8) % 256)
+    }
+
     /// The cgroup parent of this agent's containers (unique per test agent).
     pub fn cgroup_parent(&self) -> String {
         let name = self
@@ -139,6 +169,10 @@ impl Agent {
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--cgroup-parent")
             .arg(self.cgroup_parent())
+            .arg("--bridge")
+            .arg(self.bridge())
+            .arg("--subnet")
+            .arg(self.subnet())
             .args(&self.extra_args)
             .env("BERTH_LOG", "debug")
             .stdin(Stdio::null())
@@ -522,6 +556,19 @@ impl Agent {
             let _ = rt.stop(&id, Some(9), Some(Duration::from_secs(2)));
             let _ = rt.remove(&id);
         }
+        // Network leftovers of a killed agent: pinned namespaces, the shared
+        // netns dir mount, the bridge (veths go with their namespaces).
+        let netns = self.run_dir().join("netns");
+        if let Ok(pins) = std::fs::read_dir(&netns) {
+            for pin in pins.flatten() {
+                let _ = Command::new("umount").arg("-l").arg(pin.path()).status();
+            }
+        }
+        let _ = Command::new("umount").arg("-l").arg(&netns).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .stderr(Stdio::null())
+            .status();
         // The per-agent cgroup parent, in every hierarchy.
         if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
             for root in roots.flatten() {

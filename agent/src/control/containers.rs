@@ -52,7 +52,7 @@ impl Agent {
             ContainerState::NotFound => ("removed", None, None, false, None, None),
         };
         let live = self.live();
-        let health = if live.retiring.contains(&c.id) {
+        let health = if live.retiring.contains_key(&c.id) {
             "draining".to_string()
         } else if let Some(h) = live.health.get(&c.id) {
             h.status.as_str().to_string()

@@ -64,7 +64,7 @@ pub async fn run_loop(
 }
 
 fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) -> Option<Phase> {
-    if agent.live().retiring.contains(&c.id) {
+    if agent.live().retiring.contains_key(&c.id) {
         return Some(Phase::Retiring);
     }
     match &c.state {
@@ -183,7 +183,7 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
     // Containers of services no revision wants.
     for (service, list) in by_service {
         for c in list {
-            if agent.live().retiring.contains(&c.id) {
+            if agent.live().retiring.contains_key(&c.id) {
                 continue;
             }
             agent
@@ -197,6 +197,7 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
                     &service,
                     &c.id,
                     Duration::ZERO,
+                    Duration::from_secs(10),
                     RetireReason::ScaleDown,
                 ),
                 _ => remove_now(agent, &service, &c.id).await,
@@ -213,6 +214,16 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             .services_ready
             .remove_label_values(&[&service])
             .ok();
+    }
+    // Published ports of services that no longer publish one.
+    for (service, _) in agent.proxy.published() {
+        let wanted = manifest
+            .services
+            .get(&service)
+            .is_some_and(|s| s.port.is_some());
+        if !wanted {
+            agent.proxy.remove_service(&service);
+        }
     }
     if all_converged && (rec.info.state == "applied" || rec.info.state == "rolling-out") {
         let mut done = rec.clone();
@@ -370,7 +381,7 @@ async fn reconcile_service(
                     RetireReason::Replaced | RetireReason::ScaleDown => svc.update.drain,
                     RetireReason::Unhealthy | RetireReason::RolloutFailed => Duration::ZERO,
                 };
-                retire(agent, &svc.name, &id, drain, reason);
+                retire(agent, &svc.name, &id, drain, svc.stop_timeout, reason);
             }
             Action::Remove { id } => remove_now(agent, &svc.name, &id).await,
             Action::Failure { id, reason } => {
@@ -423,6 +434,7 @@ async fn reconcile_service(
         }
     }
     update_ready(agent, svc, list, now);
+    sync_proxy(agent, &svc.name);
     let (converged, rollout_started) = {
         let mut live = agent.live();
         let l = live.services.entry(svc.name.clone()).or_default();
@@ -582,10 +594,29 @@ async fn start_replica(
         .insert(LABEL_REVISION.into(), rec.info.number.to_string());
     cfg.labels.insert(LABEL_IMAGE.into(), image.to_string());
     let rt = agent.runtime.clone();
-    let started = tokio::task::spawn_blocking(move || rt.create_and_start(&cfg))
-        .await
-        .map_err(|e| AgentError::Internal(e.to_string()))?
-        .map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let net = agent.network.clone();
+    let (started, ip) = tokio::task::spawn_blocking(move || {
+        let att = net
+            .attach(&cfg.id)
+            .map_err(|e| AgentError::Runtime(format!("network: {e}")))?;
+        cfg.netns = Some(att.netns_path.clone());
+        match rt.create_and_start(&cfg) {
+            Ok(info) => Ok((info, att.ip)),
+            Err(e) => {
+                let undo = net
+                    .detach(&cfg.id)
+                    .err()
+                    .map(|u| format!("; undoing the network also failed: {u}"));
+                Err(AgentError::Runtime(format!(
+                    "{e}{}",
+                    undo.unwrap_or_default()
+                )))
+            }
+        }
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    agent.live().addresses.insert(started.id.clone(), ip);
     let _ = agent.images.touch(&img.digest);
     agent.emit_container(
         "container-started",
@@ -598,24 +629,48 @@ async fn start_replica(
 
 /// Takes a replica out of service: no longer ready at once, then after
 /// `drain` stopped (stop_signal, SIGKILL after stop_timeout) and removed.
-fn retire(agent: &Arc<Agent>, service: &str, id: &str, drain: Duration, reason: RetireReason) {
-    if !agent.live().retiring.insert(id.to_string()) {
+fn retire(
+    agent: &Arc<Agent>,
+    service: &str,
+    id: &str,
+    drain: Duration,
+    stop_timeout: Duration,
+    reason: RetireReason,
+) {
+    if agent
+        .live()
+        .retiring
+        .insert(id.to_string(), service.to_string())
+        .is_some()
+    {
         return;
     }
+    // New connections stop at once; in-flight ones may finish.
+    sync_proxy(agent, service);
     let (agent, service, id) = (agent.clone(), service.to_string(), id.to_string());
     tokio::spawn(async move {
         agent.wake.notify_one();
         if !drain.is_zero() {
             tokio::time::sleep(drain).await;
         }
+        // In-flight connections get up to the stop timeout to finish.
+        let deadline = Instant::now() + stop_timeout;
+        while agent.proxy.active(&service, &id) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let rt = agent.runtime.clone();
+        let net = agent.network.clone();
         let id2 = id.clone();
         let result = tokio::task::spawn_blocking(move || {
             let stopped = rt.stop(&id2, None, None);
             let removed = rt.remove(&id2);
+            if let Err(e) = net.detach(&id2) {
+                tracing::warn!(container = %id2, error = %e, "network detach failed");
+            }
             (stopped, removed)
         })
         .await;
+        agent.live().addresses.remove(&id);
         health::forget(&agent, &id);
         match result {
             Ok((_, Ok(()))) => agent.emit_container(
@@ -635,8 +690,66 @@ fn retire(agent: &Arc<Agent>, service: &str, id: &str, drain: Duration, reason: 
             Err(e) => tracing::error!(container = %id, error = %e, "retire task failed"),
         }
         agent.live().retiring.remove(&id);
+        sync_proxy(&agent, &service);
         agent.wake.notify_one();
     });
+}
+
+/// Points a service's published port at its ready replicas (new connections)
+/// and keeps retiring ones as draining (in-flight connections finish).
+pub fn sync_proxy(agent: &Agent, service: &str) {
+    use crate::network::proxy::{Endpoint, EndpointState};
+    let Some(port) = agent
+        .store()
+        .latest_revision()
+        .ok()
+        .flatten()
+        .and_then(|r| Agent::desired_of(&r).ok())
+        .and_then(|(m, _)| m.services.get(service).and_then(|s| s.port))
+    else {
+        return;
+    };
+    let endpoints: Vec<Endpoint> = {
+        let live = agent.live();
+        let ready = live
+            .services
+            .get(service)
+            .map(|l| l.ready_ids.clone())
+            .unwrap_or_default();
+        let mut eps: Vec<Endpoint> = ready
+            .iter()
+            .filter(|id| !live.retiring.contains_key(*id))
+            .filter_map(|id| {
+                live.addresses.get(id).map(|ip| Endpoint {
+                    id: id.clone(),
+                    addr: std::net::SocketAddrV4::new(*ip, port.container),
+                    state: EndpointState::Ready,
+                })
+            })
+            .collect();
+        for (id, svc) in &live.retiring {
+            if svc == service {
+                if let Some(ip) = live.addresses.get(id) {
+                    eps.push(Endpoint {
+                        id: id.clone(),
+                        addr: std::net::SocketAddrV4::new(*ip, port.container),
+                        state: EndpointState::Draining,
+                    });
+                }
+            }
+        }
+        eps
+    };
+    if let Err(e) = agent.proxy.set_service(service, port.host, endpoints) {
+        let message = format!("publishing port {}: {e}", port.host);
+        let mut live = agent.live();
+        let l = live.services.entry(service.to_string()).or_default();
+        if l.last_error.as_deref() != Some(message.as_str()) {
+            l.last_error = Some(message.clone());
+            drop(live);
+            agent.emit("port-failed", Some(service), message);
+        }
+    }
 }
 
 fn reason_text(r: RetireReason) -> &'static str {
@@ -650,8 +763,17 @@ fn reason_text(r: RetireReason) -> &'static str {
 
 async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
     let rt = agent.runtime.clone();
+    let net = agent.network.clone();
     let id2 = id.to_string();
-    let result = tokio::task::spawn_blocking(move || rt.remove(&id2)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        let removed = rt.remove(&id2);
+        if let Err(e) = net.detach(&id2) {
+            tracing::warn!(container = %id2, error = %e, "network detach failed");
+        }
+        removed
+    })
+    .await;
+    agent.live().addresses.remove(id);
     health::forget(agent, id);
     match result {
         Ok(Ok(())) => agent.emit_container(
