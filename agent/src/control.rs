@@ -234,14 +234,26 @@ impl Agent {
         .map_err(|e| AgentError::Internal(e.to_string()))?;
         let subnet = crate::network::addr::Ipv4Net::new(config.subnet.0, config.subnet.1)
             .map_err(|e| AgentError::BadRequest(format!("--subnet: {e}")))?;
-        let network = Network::open(NetConfig {
-            bridge: config.bridge.clone(),
-            subnet,
-            run_dir: config.run_dir.clone(),
-            ipam_tree: store.tree("ipam")?,
-            masquerade: false,
-        })
-        .map_err(|e| AgentError::Internal(format!("network: {e}")))?;
+        // Outbound NAT and isolation from other bridges (nftables), like
+        // Docker's default; without nftables the agent still runs, unisolated.
+        let net_config = |masquerade| -> Result<NetConfig, AgentError> {
+            Ok(NetConfig {
+                bridge: config.bridge.clone(),
+                subnet,
+                run_dir: config.run_dir.clone(),
+                ipam_tree: store.tree("ipam")?,
+                masquerade,
+            })
+        };
+        let network = match Network::open(net_config(true)?) {
+            Ok(n) => n,
+            Err(e @ crate::network::NetError::Nat { .. }) => {
+                tracing::warn!(error = %e, "no NAT or bridge isolation (is nftables installed?)");
+                Network::open(net_config(false)?)
+                    .map_err(|e| AgentError::Internal(format!("network: {e}")))?
+            }
+            Err(e) => return Err(AgentError::Internal(format!("network: {e}"))),
+        };
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),

@@ -569,6 +569,10 @@ impl Agent {
             .args(["link", "del", &self.bridge()])
             .stderr(Stdio::null())
             .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &format!("berth_{}", self.bridge())])
+            .stderr(Stdio::null())
+            .status();
         // The per-agent cgroup parent, in every hierarchy.
         if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
             for root in roots.flatten() {
