@@ -3,6 +3,7 @@
 //! panics), run `berthctl`, and speak raw HTTP/1.1 to unix and TCP listeners.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod load;
 pub mod registry;
 
 use std::io::{Read, Write};
