@@ -500,3 +500,115 @@ fn apply_wait_follows_the_rollout_and_fails_on_failure() {
         "{status}"
     );
 }
+
+#[test]
+fn a_crash_during_probation_rolls_back_to_the_last_good_revision() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let probation = "[service.web.update]\nprobation = \"60s\"\ndrain = \"100ms\"\n";
+    let base =
+        web_manifest(&image, 1, "").replace("[service.web.update]\ndrain = \"100ms\"\n", probation);
+    agent.apply_text("m.toml", &base).ok();
+    agent.wait_for(30, "revision 1 complete", |a| {
+        (revisions(a)[0]["state"] == "complete").then_some(())
+    });
+    // v2 serves (passes its health check, so the rollout completes), then crashes.
+    let crashing = base.replace(
+        "replicas = 1\n",
+        "replicas = 1\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox httpd -p 8080 -h /www; sleep 3; exit 1\"]\n",
+    );
+    agent.apply_text("m.toml", &crashing).ok();
+    agent.wait_for(30, "revision 2 complete", |a| {
+        (revisions(a)
+            .get(1)
+            .is_some_and(|r| r["state"] == "complete"))
+        .then_some(())
+    });
+    agent.wait_for(40, "probation rollback", |a| {
+        let revs = revisions(a);
+        (revs.len() == 3
+            && revs[1]["state"] == "failed"
+            && revs[2]["source"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("rollback:1"))
+        .then_some(())
+    });
+    agent.wait_for(30, "back on revision 1's spec", |a| {
+        let running = running_ids(a, "web");
+        (running.len() == 1
+            && a.ready_of("web") == (1, 1)
+            && revisions(a)[2]["state"] == "complete")
+            .then_some(())
+    });
+    let ev = events(&agent);
+    assert!(
+        ev.iter().any(|e| e["kind"] == "rollout-failed"
+            && e["message"].as_str().unwrap().contains("probation")),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn every_spec_metric_is_exported_and_passes_promtool() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    agent
+        .apply_text("m.toml", &web_manifest(&image, 1, ""))
+        .ok();
+    agent.wait_for(30, "web ready", |a| {
+        (a.ready_of("web") == (1, 1)).then_some(())
+    });
+    agent.ctl(&["pull", &image]).ok();
+    agent.wait_for(30, "a rollout counted", |a| {
+        a.http("GET", "/metrics")
+            .text()
+            .contains("berth_service_image_info{")
+            .then_some(())
+    });
+    let text = agent.http("GET", "/metrics").text();
+    for name in [
+        "berth_reconcile_duration_seconds_bucket",
+        "berth_reconcile_errors_total",
+        "berth_services_desired_replicas{service=\"web\"} 1",
+        "berth_services_ready_replicas{service=\"web\"} 1",
+        "berth_containers{state=\"running\"} 1",
+        "berth_container_restarts_total",
+        "berth_container_cpu_seconds_total{container=",
+        "berth_container_memory_bytes{container=",
+        "berth_image_pull_bytes_total",
+        "berth_image_pull_duration_seconds_bucket",
+        "berth_rollouts_total",
+        "berth_rollout_duration_seconds",
+        "berth_health_check_failures_total",
+        "berth_drift_total",
+        "berth_manifest_apply_errors_total",
+        "berth_service_image_info{digest=\"sha256:",
+        "berth_build_info{version=",
+    ] {
+        assert!(text.contains(name), "missing {name} in:\n{text}");
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

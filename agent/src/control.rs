@@ -146,6 +146,8 @@ pub struct ServiceLive {
     pub last_check: Option<Instant>,
     /// When a pull of this service's image last failed.
     pub pull_failed_at: Option<Instant>,
+    /// Until then, a crash of a replica of the last rollout rolls it back.
+    pub probation_until: Option<Instant>,
 }
 
 /// The running agent's shared core.

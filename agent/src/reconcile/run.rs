@@ -257,6 +257,18 @@ fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: Syste
     l.ready = ready;
     l.ready_ids = ready_ids;
     drop(live);
+    // Every per-service series exists from the start (at 0), so rates and
+    // alerts work before the first event.
+    let m = &agent.metrics;
+    m.container_restarts.with_label_values(&[&svc.name]);
+    m.health_check_failures.with_label_values(&[&svc.name]);
+    m.rollout_duration.with_label_values(&[&svc.name]);
+    for result in ["success", "failed"] {
+        m.rollouts.with_label_values(&[&svc.name, result]);
+    }
+    for kind in ["missing", "unwanted"] {
+        m.drift.with_label_values(&[&svc.name, kind]);
+    }
     agent
         .metrics
         .services_desired
@@ -385,6 +397,22 @@ async fn reconcile_service(
             }
             Action::Remove { id } => remove_now(agent, &svc.name, &id).await,
             Action::Failure { id, reason } => {
+                let on_probation = {
+                    let mut live = agent.live();
+                    let l = live.services.entry(svc.name.clone()).or_default();
+                    match l.probation_until {
+                        Some(t) if Instant::now() < t => {
+                            l.probation_until = None;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if on_probation {
+                    let message = format!("replica {id} {reason} during probation");
+                    fail_rollout(agent, rec, svc, &message).await?;
+                    return Ok(false);
+                }
                 let exited = list.iter().find(|c| c.id == id);
                 let oom = matches!(
                     exited.map(|c| &c.state),
@@ -447,9 +475,13 @@ async fn reconcile_service(
         (decision.converged, started)
     };
     if let Some(started) = rollout_started {
-        // A successful rollout clears the error of an earlier one.
+        // A successful rollout clears the error of an earlier one, and opens
+        // the probation window in which a crash still rolls it back.
         if let Some(l) = agent.live().services.get_mut(&svc.name) {
             l.last_error = None;
+            if !svc.update.probation.is_zero() {
+                l.probation_until = Some(Instant::now() + svc.update.probation);
+            }
         }
         let secs = started.elapsed().as_secs_f64();
         agent
