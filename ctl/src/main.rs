@@ -142,6 +142,17 @@ fn client(cli: &Cli) -> Result<Client> {
     Ok(Client::new(AgentAddr::parse(&cli.agent)?, token))
 }
 
+/// One request whose non-2xx answer becomes the error (its JSON message).
+async fn call(cli: &Cli, method: Method, path: &str) -> Result<client::Reply> {
+    let reply = client(cli)?
+        .request(method, path, None, Bytes::new())
+        .await?;
+    if !reply.status.is_success() {
+        bail!("{}", error_text(&reply.body));
+    }
+    Ok(reply)
+}
+
 /// The message of a JSON error body, or the raw text.
 pub(crate) fn error_text(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
@@ -266,12 +277,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             crate::pull::pull(&client(&cli)?, image, cli.output == Output::Json).await
         }
         Command::Images => {
-            let reply = client(&cli)?
-                .request(Method::GET, "/v1/images", None, Bytes::new())
-                .await?;
-            if !reply.status.is_success() {
-                bail!("{}", error_text(&reply.body));
-            }
+            let reply = call(&cli, Method::GET, "/v1/images").await?;
             if cli.output == Output::Json {
                 println!("{}", String::from_utf8_lossy(&reply.body));
             } else {
@@ -297,12 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc => {
-            let reply = client(&cli)?
-                .request(Method::POST, "/v1/gc", None, Bytes::new())
-                .await?;
-            if !reply.status.is_success() {
-                bail!("{}", error_text(&reply.body));
-            }
+            let reply = call(&cli, Method::POST, "/v1/gc").await?;
             if cli.output == Output::Json {
                 println!("{}", String::from_utf8_lossy(&reply.body));
             } else {
@@ -350,12 +351,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Diff { path } => apply(&cli, path, true, true).await,
         Command::Status => {
-            let reply = client(&cli)?
-                .request(Method::GET, "/v1/status", None, Bytes::new())
-                .await?;
-            if !reply.status.is_success() {
-                bail!("{}", error_text(&reply.body));
-            }
+            let reply = call(&cli, Method::GET, "/v1/status").await?;
             if cli.output == Output::Json {
                 println!("{}", String::from_utf8_lossy(&reply.body));
             } else {
@@ -377,12 +373,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::History => {
-            let reply = client(&cli)?
-                .request(Method::GET, "/v1/revisions", None, Bytes::new())
-                .await?;
-            if !reply.status.is_success() {
-                bail!("{}", error_text(&reply.body));
-            }
+            let reply = call(&cli, Method::GET, "/v1/revisions").await?;
             if cli.output == Output::Json {
                 println!("{}", String::from_utf8_lossy(&reply.body));
             } else {
