@@ -1,5 +1,5 @@
 //! `bench-pull-prep`: builds the multi-layer pull benchmark image with umoci
-//! (one layer per host directory) and pushes it with skopeo to a registry on
+//! (a busybox layer, then one layer per host directory) and pushes it with skopeo to a registry on
 //! 127.0.0.1. Driven by `bench/pull.sh`; see bench/README.md.
 
 use std::path::{Path, PathBuf};
@@ -101,42 +101,58 @@ fn build(
         oci.display().to_string(),
     ])?;
     run_quiet(&[s("umoci"), s("new"), s("--image"), tagged.clone()])?;
-    // The parent directories first (umoci insert writes only the inserted tree).
-    let skel = layout.join("skel");
-    for l in layers {
-        let rel = l
-            .strip_prefix("/")
-            .with_context(|| format!("{} must be absolute", l.display()))?;
-        if let Some(parent) = rel.parent() {
-            std::fs::create_dir_all(skel.join(parent))?;
-        }
-    }
+    let bundle = layout.join("bundle");
     run_quiet(&[
         s("umoci"),
-        s("insert"),
+        s("unpack"),
         s("--image"),
         tagged.clone(),
-        skel.display().to_string(),
-        s("/"),
+        bundle.display().to_string(),
     ])?;
-    let mut rows = Vec::new();
-    let (mut all_files, mut all_entries) = (0, 0);
+    let rootfs = bundle.join("rootfs");
+    // `umoci repack`, not `umoci insert`: umoci 0.4.7's insert writes layer
+    // tars without the end-of-archive blocks, which Berth refuses (see README).
+    let repack = || {
+        run_quiet(&[
+            s("umoci"),
+            s("repack"),
+            s("--refresh-bundle"),
+            s("--image"),
+            tagged.clone(),
+            bundle.display().to_string(),
+        ])
+    };
+    // Layer 1: a busybox root filesystem, so the image also runs (`/bin/true`).
+    berth_e2e::registry::busybox_rootfs(&rootfs)?;
+    repack()?;
+    let (mut all_files, mut all_entries) = count_entries(&rootfs);
+    let mut rows = vec![(
+        "busybox (`/bin`, `/etc`)".to_string(),
+        all_files,
+        all_entries,
+    )];
     for l in layers {
         if !l.is_dir() {
             bail!("{} is not a directory", l.display());
         }
+        let rel = l
+            .strip_prefix("/")
+            .with_context(|| format!("{} must be absolute", l.display()))?;
+        let dest = rootfs.join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         run_quiet(&[
-            s("umoci"),
-            s("insert"),
-            s("--image"),
-            tagged.clone(),
+            s("cp"),
+            s("-a"),
             l.display().to_string(),
-            l.display().to_string(),
+            dest.display().to_string(),
         ])?;
+        repack()?;
         let (files, entries) = count_entries(l);
         all_files += files;
         all_entries += entries;
-        rows.push((l.display().to_string(), files, entries));
+        rows.push((format!("`{}`", l.display()), files, entries));
     }
     run_quiet(&[
         s("umoci"),
@@ -180,18 +196,10 @@ fn build(
     ]);
     pushed.with_context(|| format!("pushing to {dest}"))?;
 
-    let mut trows = vec![vec![
-        "(parent dirs)".to_string(),
-        "—".into(),
-        "—".into(),
-        format!(
-            "{:.1} KiB",
-            sizes.first().copied().unwrap_or(0) as f64 / 1024.0
-        ),
-    ]];
-    for ((name, files, entries), size) in rows.iter().zip(sizes.iter().skip(1)) {
+    let mut trows = Vec::new();
+    for ((name, files, entries), size) in rows.iter().zip(sizes.iter()) {
         trows.push(vec![
-            format!("`{name}`"),
+            name.clone(),
             files.to_string(),
             entries.to_string(),
             format!("{:.1} MiB", *size as f64 / 1048576.0),
@@ -204,7 +212,7 @@ fn build(
         format!("{:.1} MiB", total as f64 / 1048576.0),
     ]);
     let mut md = format!(
-        "\n### Pull benchmark image `{registry}/{image}` ({} layers, gzip, built with `umoci insert`, pushed with `skopeo copy`)\n\n",
+        "\n### Pull benchmark image `{registry}/{image}` ({} layers, gzip, built with `umoci repack`, pushed with `skopeo copy`)\n\n",
         sizes.len()
     );
     md.push_str(&table(
