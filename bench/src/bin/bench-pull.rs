@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_agent::image::store::ImageStore;
+use berth_agent::image::store::{ImageStore, PullEvent};
 use berth_agent::metrics::Metrics;
 use berth_agent::registry::{RegistryClient, RegistryConfig};
 use berth_bench::{
@@ -51,6 +51,9 @@ struct Cli {
     /// Podman command prefix, e.g. `podman --root /tmp/x/root --runroot /tmp/x/run`.
     #[arg(long)]
     podman: Option<String>,
+    /// Print Berth's pull progress (resolve, each layer done) with timestamps.
+    #[arg(long)]
+    trace: bool,
     /// `NAME=REASON` for a peer that could not be set up. Repeatable.
     #[arg(long)]
     unavailable: Vec<String>,
@@ -110,9 +113,31 @@ fn berth_library(a: &Cli, rt: &tokio::runtime::Runtime) -> Result<(Duration, usi
             RegistryClient::new(RegistryConfig::new())?,
             Metrics::new(),
         )?;
+        // Progress events with their time since the start (printed with --trace).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PullEvent>();
         let t = Instant::now();
-        let rec = store.pull(&image, None).await?;
+        let trace = a.trace;
+        let log = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if !trace {
+                    continue;
+                }
+                let at = t.elapsed().as_secs_f64();
+                match ev {
+                    PullEvent::Resolved { layers, .. } => {
+                        eprintln!("  {at:7.3}s resolved, {} layers", layers.len())
+                    }
+                    PullEvent::LayerDone { digest, .. } => {
+                        eprintln!("  {at:7.3}s layer {} done", &digest.to_string()[7..19])
+                    }
+                    PullEvent::Done { .. } => eprintln!("  {at:7.3}s done"),
+                    PullEvent::Layer { .. } => {}
+                }
+            }
+        });
+        let rec = store.pull(&image, Some(tx)).await?;
         let d = t.elapsed();
+        let _ = log.await;
         if !store.is_complete(&rec) {
             bail!("pulled image is incomplete");
         }
@@ -159,42 +184,55 @@ fn main() -> Result<()> {
         podman_clean(p);
     }
     for round in 0..a.runs {
-        // Berth, cold: a fresh state dir every time.
-        let d = match mode {
-            Mode::Cli => berth_cli(&a)?,
-            _ => {
-                let (d, n) = berth_library(&a, &rt)?;
-                layers = n;
-                d
+        // Rotate the order so no case always follows another's disk writeback,
+        // and flush dirty pages before each timed pull.
+        for case in (0..3).map(|i| (i + round) % 3) {
+            let _ = run_quiet(&["sync".to_string()]);
+            match case {
+                0 => {
+                    // Berth, cold: a fresh state dir every time.
+                    let d = match mode {
+                        Mode::Cli => berth_cli(&a)?,
+                        _ => {
+                            let (d, n) = berth_library(&a, &rt)?;
+                            layers = n;
+                            d
+                        }
+                    };
+                    eprintln!("round {round}: berth {}", fmt_dur(d));
+                    berth.times.push(d);
+                }
+                1 => {
+                    if let (true, Some(p)) = (docker_ok, &a.docker) {
+                        match time_cmd(&cmd(p, &["pull", "-q", &a.image])) {
+                            Ok(d) => {
+                                eprintln!("round {round}: docker {}", fmt_dur(d));
+                                docker.times.push(d)
+                            }
+                            Err(e) => {
+                                docker_ok = false;
+                                errors.push(("docker pull".into(), format!("{e:#}")));
+                            }
+                        }
+                        docker_clean(p);
+                    }
+                }
+                _ => {
+                    if let (true, Some(p)) = (podman_ok, &a.podman) {
+                        match time_cmd(&cmd(p, &["pull", "-q", "--tls-verify=false", &a.image])) {
+                            Ok(d) => {
+                                eprintln!("round {round}: podman {}", fmt_dur(d));
+                                podman.times.push(d)
+                            }
+                            Err(e) => {
+                                podman_ok = false;
+                                errors.push(("podman pull".into(), format!("{e:#}")));
+                            }
+                        }
+                        podman_clean(p);
+                    }
+                }
             }
-        };
-        eprintln!("round {round}: berth {}", fmt_dur(d));
-        berth.times.push(d);
-        if let (true, Some(p)) = (docker_ok, &a.docker) {
-            match time_cmd(&cmd(p, &["pull", "-q", &a.image])) {
-                Ok(d) => {
-                    eprintln!("round {round}: docker {}", fmt_dur(d));
-                    docker.times.push(d)
-                }
-                Err(e) => {
-                    docker_ok = false;
-                    errors.push(("docker pull".into(), format!("{e:#}")));
-                }
-            }
-            docker_clean(p);
-        }
-        if let (true, Some(p)) = (podman_ok, &a.podman) {
-            match time_cmd(&cmd(p, &["pull", "-q", "--tls-verify=false", &a.image])) {
-                Ok(d) => {
-                    eprintln!("round {round}: podman {}", fmt_dur(d));
-                    podman.times.push(d)
-                }
-                Err(e) => {
-                    podman_ok = false;
-                    errors.push(("podman pull".into(), format!("{e:#}")));
-                }
-            }
-            podman_clean(p);
         }
     }
 
@@ -230,7 +268,7 @@ fn main() -> Result<()> {
         ]);
     }
     let mut md = format!(
-        "\n### Cold pull of `{}` ({} runs each, interleaved{})\n\n",
+        "\n### Cold pull of `{}` ({} runs each, interleaved in rotating order, `sync` before each{})\n\n",
         a.image,
         a.runs,
         if layers > 0 {

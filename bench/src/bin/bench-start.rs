@@ -281,6 +281,7 @@ fn run(
     if !left.is_empty() {
         bail!("{} Berth containers left behind", left.len());
     }
+    remove_cgroup_parent(&rt)?;
 
     let b50 = berth.p50();
     let mut rows = vec![vec![
@@ -378,6 +379,20 @@ fn run(
         md.push_str(&format!("- {}: `{}`\n", p.name, p.cmd));
     }
     emit(out, &md)
+}
+
+/// Removes the (empty) `berth-bench` parent cgroup of every hierarchy.
+fn remove_cgroup_parent(rt: &Runtime) -> Result<()> {
+    for p in rt.cgroup("probe")?.paths() {
+        if let Some(parent) = p.parent() {
+            match std::fs::remove_dir(parent) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("removing cgroup {}: {e}", parent.display()),
+            }
+        }
+    }
+    Ok(())
 }
 
 struct MemoryArgs {
@@ -520,13 +535,8 @@ fn memory(a: &MemoryArgs) -> Result<()> {
             leftovers.push(format!("monitor pid {pid}"));
         }
     }
-    // The per-host parent cgroup the bench created.
-    if let Some(first) = started.first() {
-        for p in rt.cgroup(first)?.paths() {
-            if let Some(parent) = p.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
-        }
+    if let Err(e) = remove_cgroup_parent(&rt) {
+        leftovers.push(format!("{e:#}"));
     }
     if let Some(f) = failure {
         bail!("{f}");
