@@ -7,7 +7,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 REL=$CARGO_TARGET_DIR/release
-CGROUP_NAMES="docker libpod_parent berth-bench"
+CGROUP_NAMES="docker libpod_parent berth-bench berth-bench-agent"
 
 log() { echo "[bench] $*" >&2; }
 

@@ -237,6 +237,18 @@ pub struct Berthd {
     pub dir: tempfile::TempDir,
     pub http_port: u16,
     child: Option<Child>,
+    /// The private bridge given with `--bridge` (berthd versions with networking).
+    bridge: Option<String>,
+}
+
+/// True when `berthd --help` lists `flag`.
+fn berthd_supports(berthd: &Path, flag: &str) -> bool {
+    Command::new(berthd)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+        .unwrap_or(false)
 }
 
 impl Berthd {
@@ -250,6 +262,25 @@ impl Berthd {
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, "")?;
         let log = std::fs::File::create(dir.path().join("berthd.log"))?;
+        // A berthd with networking creates its bridge (and nftables table) at
+        // start and reconciles veths on it: give it its own, so other agents
+        // on this host are never touched; removed again in `stop`. Likewise
+        // its own cgroup parent.
+        let mut extra: Vec<String> = Vec::new();
+        let mut bridge = None;
+        if berthd_supports(berthd, "--bridge") {
+            let name = format!("bbench{}", std::process::id() % 100_000);
+            extra.extend([
+                "--bridge".into(),
+                name.clone(),
+                "--subnet".into(),
+                "10.213.0.0/24".into(),
+            ]);
+            bridge = Some(name);
+        }
+        if berthd_supports(berthd, "--cgroup-parent") {
+            extra.extend(["--cgroup-parent".into(), "berth-bench-agent".into()]);
+        }
         let child = Command::new(berthd)
             .arg("--config")
             .arg(&config)
@@ -264,6 +295,7 @@ impl Berthd {
                 "unix:{}",
                 dir.path().join("run/berth.sock").display()
             ))
+            .args(&extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -273,6 +305,7 @@ impl Berthd {
             dir,
             http_port,
             child: Some(child),
+            bridge,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -308,22 +341,49 @@ impl Berthd {
         std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
     }
 
-    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL.
+    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL; then removes the
+    /// private bridge, its nftables table and the cgroup parent, if made.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
                 .status();
             let deadline = Instant::now() + Duration::from_secs(10);
+            let mut exited = false;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
-                    return;
+                    exited = true;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            if !exited {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
+        if let Some(bridge) = self.bridge.take() {
+            let quiet = |argv: &[&str]| {
+                let _ = Command::new(argv[0])
+                    .args(&argv[1..])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            };
+            if Path::new("/sys/class/net").join(&bridge).exists() {
+                quiet(&["ip", "link", "del", "dev", &bridge]);
+            }
+            quiet(&["nft", "delete", "table", "ip", &format!("berth_{bridge}")]);
+        }
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join("berth-bench-agent"));
+        }
+        let _ = std::fs::remove_dir("/sys/fs/cgroup/berth-bench-agent");
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use berth_agent::image::store::{ImageStore, PullEvent};
 use berth_agent::metrics::Metrics;
-use berth_agent::registry::{RegistryClient, RegistryConfig};
+use berth_agent::registry::{ClientOptions, RegistryClient, RegistryConfig};
 use berth_bench::{
     emit, fmt_dur, ratio, run_quiet, split_cmd, table, time_cmd, verdict, Berthd, Samples,
 };
@@ -51,6 +51,10 @@ struct Cli {
     /// Podman command prefix, e.g. `podman --root /tmp/x/root --runroot /tmp/x/run`.
     #[arg(long)]
     podman: Option<String>,
+    /// Library mode only: layers fetched and unpacked at once (default: the
+    /// client's default, 3). For experiments.
+    #[arg(long)]
+    layer_concurrency: Option<usize>,
     /// Print Berth's pull progress (resolve, each layer done) with timestamps.
     #[arg(long)]
     trace: bool,
@@ -110,7 +114,16 @@ fn berth_library(a: &Cli, rt: &tokio::runtime::Runtime) -> Result<(Duration, usi
         let store = ImageStore::open(
             state.clone(),
             tree,
-            RegistryClient::new(RegistryConfig::new())?,
+            match a.layer_concurrency {
+                Some(n) => RegistryClient::with_options(
+                    RegistryConfig::new(),
+                    ClientOptions {
+                        layer_concurrency: n,
+                        ..ClientOptions::default()
+                    },
+                )?,
+                None => RegistryClient::new(RegistryConfig::new())?,
+            },
             Metrics::new(),
         )?;
         // Progress events with their time since the start (printed with --trace).
