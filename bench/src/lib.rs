@@ -376,6 +376,16 @@ impl Berthd {
             }
             quiet(&["nft", "delete", "table", "ip", &format!("berth_{bridge}")]);
         }
+        // A berthd with networking leaves its `run/netns` bind mount behind
+        // (pinned namespaces outlive the agent): unmount it so the dir can go.
+        let mut mounts = mounts_under(self.dir.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount")
+                .args(["-l", &m])
+                .stdin(Stdio::null())
+                .status();
+        }
         for h in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
