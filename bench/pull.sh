@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# bench/pull.sh — cold pull of a ≈150 MB, 6-layer image with ~15k files from
+# a registry on 127.0.0.1: Berth beside `docker pull` and `podman pull`.
+# Run as root from anywhere. Env: RUNS (5), OUT (a markdown file to append the
+# tables to), UNPACK_DIAG=1 (also run the per-layer unpack diagnostic),
+# LAYERS (space-separated host dirs, one layer each). Cleans up everything it starts.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+RUNS=${RUNS:-5}
+OUT=${OUT:-}
+UNPACK_DIAG=${UNPACK_DIAG:-0}
+# ≈150 MB gzip in total on Debian 12 hosts with the usual -dev packages.
+LAYERS=${LAYERS:-/usr/include /usr/lib/python3.11 /usr/lib/postgresql /usr/libexec /usr/share/doc}
+
+need_root
+ensure_pkgs dockerd:docker.io podman:podman umoci:umoci skopeo:skopeo docker-registry:docker-registry curl:curl
+build
+snapshot_cgroups
+snapshot_podman_cache
+
+WORK=$(mktemp -d /tmp/berth-bench-pull.XXXXXX)
+REGISTRY_PID=
+cleanup() {
+    local rc=$?
+    set +e
+    log "cleaning up"
+    cleanup_podman
+    stop_dockerd
+    if [ -n "$REGISTRY_PID" ]; then
+        kill -TERM "$REGISTRY_PID" 2>/dev/null
+        wait "$REGISTRY_PID" 2>/dev/null
+    fi
+    unmount_under "$WORK"
+    rm -rf "$WORK"
+    remove_new_cgroups
+    remove_podman_cache
+    exit $rc
+}
+trap cleanup EXIT INT TERM
+
+OUT_ARGS=()
+if [ -n "$OUT" ]; then
+    OUT_ARGS=(--out "$OUT")
+fi
+
+# The registry: docker-registry on 127.0.0.1 with storage under WORK.
+PORT=$("$REL/bench-pull-prep" free-port)
+REGISTRY=127.0.0.1:$PORT
+mkdir -p "$WORK/registry/storage"
+cat >"$WORK/registry/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry/storage
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+  secret: berth-bench
+EOF
+docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
+REGISTRY_PID=$!
+for _ in $(seq 1 60); do
+    curl -fs -o /dev/null "http://$REGISTRY/v2/" && break
+    sleep 0.25
+done
+curl -fs -o /dev/null "http://$REGISTRY/v2/" || { cat "$WORK/registry/log" >&2; exit 1; }
+log "registry on $REGISTRY"
+
+# The image: busybox + one layer per host dir, built with umoci, pushed with skopeo.
+LAYER_ARGS=()
+for l in $LAYERS; do
+    LAYER_ARGS+=(--layer "$l")
+done
+log "building and pushing $REGISTRY/bench/big:1"
+"$REL/bench-pull-prep" build --registry "$REGISTRY" --image bench/big:1 \
+    --work "$WORK/prep" "${LAYER_ARGS[@]}" "${OUT_ARGS[@]}"
+
+PEER_ARGS=()
+if start_dockerd "$WORK" --insecure-registry "$REGISTRY"; then
+    PEER_ARGS+=(--docker "$DOCKER")
+else
+    PEER_ARGS+=(--unavailable "docker pull=$DOCKER_ERR")
+fi
+PODMAN=$(podman_prefix "$WORK")
+if err=$($PODMAN info 2>&1 >/dev/null); then
+    PEER_ARGS+=(--podman "$PODMAN")
+else
+    PEER_ARGS+=(--unavailable "podman pull=$err")
+fi
+
+log "pull benchmark: $RUNS cold pulls per case"
+mkdir -p "$WORK/berth"
+"$REL/bench-pull" --image "$REGISTRY/bench/big:1" --runs "$RUNS" \
+    --berthd "$REL/berthd" --berthctl "$REL/berthctl" --work "$WORK/berth" \
+    "${PEER_ARGS[@]}" "${OUT_ARGS[@]}"
+
+if [ "$UNPACK_DIAG" = 1 ]; then
+    log "unpack diagnostic"
+    "$REL/bench-unpack" --registry "$REGISTRY" --repo bench/big --tag 1 \
+        --work "$WORK/unpack" --rounds 2 "${OUT_ARGS[@]}"
+fi
