@@ -166,9 +166,13 @@ pub enum UnpackError {
 ///   setuid), xattrs (after chown, which clears `security.capability`), then
 ///   mtimes; directory mtimes are set after the last entry.
 /// * **Stream**: header checksum errors, short data, extension headers over
-///   1 MiB, a missing end-of-archive block and non-zero (or over 1 MiB of)
+///   1 MiB, a partial end-of-archive block and non-zero (or over 1 MiB of)
 ///   bytes after it are errors; one zero block ends the archive (GNU tar
-///   accepts a lone one too). PAX-encoded GNU sparse files are refused.
+///   accepts a lone one too). A stream that ends exactly after an entry, with
+///   no end-of-archive block at all, is accepted: `umoci insert` writes such
+///   layers and docker and podman take them; a cut there is caught by the
+///   caller's diff_id check over the whole stream. PAX-encoded GNU sparse
+///   files are refused.
 pub fn apply_layer<R: Read>(
     tar_stream: R,
     root: &Path,
@@ -240,7 +244,13 @@ fn check_trailer<R: Read>(
     state: &GuardState,
     data_end: u64,
 ) -> Result<(), UnpackError> {
-    if state.pos.get().saturating_sub(data_end) < BLOCK {
+    let after = state.pos.get().saturating_sub(data_end);
+    if after == 0 {
+        // Ended right after an entry: no end-of-archive block (see above).
+        tracing::debug!("layer tar has no end-of-archive block; accepted (diff_id is checked)");
+        return Ok(());
+    }
+    if after < BLOCK {
         return Err(UnpackError::MissingEndOfArchive);
     }
     let mut buf = [0u8; 8192];
