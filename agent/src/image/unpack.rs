@@ -245,7 +245,8 @@ fn check_trailer<R: Read>(
     data_end: u64,
 ) -> Result<(), UnpackError> {
     let after = state.pos.get().saturating_sub(data_end);
-    if after == 0 {
+    // Only the last entry's padding was read, up to a block boundary.
+    if after < BLOCK && state.pos.get().is_multiple_of(BLOCK) {
         // Ended right after an entry: no end-of-archive block (see above).
         tracing::debug!("layer tar has no end-of-archive block; accepted (diff_id is checked)");
         return Ok(());
