@@ -285,6 +285,22 @@ fn check_trailer<R: Read>(
     }
 }
 
+/// Copies `reader` to `writer` through a buffer of up to 256 KiB.
+fn copy_large<R: Read, W: io::Write>(reader: &mut R, writer: &mut W, size: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; size.clamp(1, 256 << 10) as usize];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 /// Shared between [`apply_layer`] and the reader handed to the tar crate, which
 /// owns it: stream position and the header-phase byte budget.
 #[derive(Debug, Default)]
@@ -591,7 +607,9 @@ impl Applier<'_> {
         .map_err(|e| io_err(path, "create file", e))?;
         let mut file = File::from(fd);
         let expected = entry.size();
-        let got = io::copy(&mut entry.take(expected), &mut file).map_err(|e| {
+        // Large writes (io::copy's 8 KiB buffer means many small syscalls);
+        // a small file is written with one.
+        let got = copy_large(&mut entry.take(expected), &mut file, expected).map_err(|e| {
             // Reader-side errors and writer-side errors look alike here; both fail the layer.
             io_err_io(path, "write file data", e)
         })?;
