@@ -66,7 +66,7 @@ t0=$(now_ns)
 "$BIN/berthctl" apply -f "$WORK/many.toml" >/dev/null
 deadline=$(( $(date +%s) + 300 ))
 while :; do
-  running=$(containers_json | grep -o '"state":"running"' | wc -l)
+  running=$(containers_json | { grep -o '"state":"running"' || true; } | wc -l)
   [ "$running" -ge "$SERVICES" ] && break
   [ "$(date +%s)" -lt "$deadline" ] || { echo "only $running of $SERVICES running after 300 s" >&2; exit 1; }
   sleep 1

@@ -214,6 +214,7 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             .services_ready
             .remove_label_values(&[&service])
             .ok();
+        drop_image_info(agent, &service, None);
     }
     // Published ports of services that no longer publish one.
     for (service, _) in agent.proxy.published() {
@@ -434,7 +435,9 @@ async fn reconcile_service(
         }
     }
     update_ready(agent, svc, list, now);
-    sync_proxy(agent, &svc.name);
+    // The port comes from this pass's revision: no re-read and re-parse of
+    // the whole manifest per service (that made a no-op pass O(services²)).
+    sync_proxy_port(agent, &svc.name, svc.port);
     let (converged, rollout_started) = {
         let mut live = agent.live();
         let l = live.services.entry(svc.name.clone()).or_default();
@@ -470,15 +473,51 @@ async fn reconcile_service(
     }
     if converged {
         if let Some(d) = rec.info.digests.get(&svc.name) {
-            agent.metrics.service_image_info.reset();
-            agent
-                .metrics
-                .service_image_info
-                .with_label_values(&[&svc.name, d])
-                .set(1);
+            set_image_info(agent, &svc.name, d);
         }
     }
     Ok(converged)
+}
+
+/// `berth_service_image_info{service,digest}` is 1 for the digest each
+/// service runs now. Only this service's other digests are dropped (a
+/// `reset()` here cleared every other service's series on each pass), and
+/// only when its digest changed, so a no-op pass does one lookup.
+fn set_image_info(agent: &Agent, service: &str, digest: &str) {
+    let gauge = agent
+        .metrics
+        .service_image_info
+        .with_label_values(&[service, digest]);
+    if gauge.get() == 1 {
+        return;
+    }
+    drop_image_info(agent, service, Some(digest));
+    gauge.set(1);
+}
+
+/// Removes `berth_service_image_info` series of `service`, except `keep`.
+fn drop_image_info(agent: &Agent, service: &str, keep: Option<&str>) {
+    use prometheus::core::Collector;
+    let info = &agent.metrics.service_image_info;
+    let mut stale = Vec::new();
+    for family in info.collect() {
+        for m in family.get_metric() {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            };
+            if label("service").as_deref() == Some(service) {
+                if let Some(d) = label("digest").filter(|d| Some(d.as_str()) != keep) {
+                    stale.push(d);
+                }
+            }
+        }
+    }
+    for d in stale {
+        info.remove_label_values(&[service, &d]).ok();
+    }
 }
 
 /// The image record of a pinned image, pulling it in the background when
@@ -698,15 +737,21 @@ fn retire(
 /// Points a service's published port at its ready replicas (new connections)
 /// and keeps retiring ones as draining (in-flight connections finish).
 pub fn sync_proxy(agent: &Agent, service: &str) {
-    use crate::network::proxy::{Endpoint, EndpointState};
-    let Some(port) = agent
+    let port = agent
         .store()
         .latest_revision()
         .ok()
         .flatten()
         .and_then(|r| Agent::desired_of(&r).ok())
-        .and_then(|(m, _)| m.services.get(service).and_then(|s| s.port))
-    else {
+        .and_then(|(m, _)| m.services.get(service).and_then(|s| s.port));
+    sync_proxy_port(agent, service, port);
+}
+
+/// [`sync_proxy`] with the service's published port already known (from the
+/// revision the caller holds); nothing to do without one.
+fn sync_proxy_port(agent: &Agent, service: &str, port: Option<berth_core::manifest::Port>) {
+    use crate::network::proxy::{Endpoint, EndpointState};
+    let Some(port) = port else {
         return;
     };
     let endpoints: Vec<Endpoint> = {
