@@ -119,10 +119,51 @@ berth_runs() { # strategy → ms per run on stdout
   done
 }
 
+# Where a rollout's time goes, from the agent's own events (medians over the
+# block's rollouts), each from the revision-applied event: new container
+# started, new container healthy, old container removed.
+breakdown() { # first_seq → "a b c" ms
+  curl -fsS --unix-socket "$SOCK" http://berth/v1/events | python3 -c '
+import sys, json, statistics
+from datetime import datetime
+first = int(sys.argv[1])
+ev = json.load(sys.stdin)
+ev = ev.get("events", ev) if isinstance(ev, dict) else ev
+ev = [e for e in ev if e["seq"] > first]
+def t(e):
+    s = e["time"].replace("Z", "+00:00")
+    if "." in s:
+        head, rest = s.split(".", 1)
+        frac, tz = rest[:rest.index("+")], rest[rest.index("+"):]
+        s = head + "." + (frac + "000000")[:6] + tz
+    return datetime.fromisoformat(s).timestamp() * 1000
+a, b, c = [], [], []
+for i, e in enumerate(ev):
+    if e["kind"] != "revision-applied":
+        continue
+    rest = ev[i + 1:]
+    st = next((x for x in rest if x["kind"] == "container-started"), None)
+    if not st: continue
+    h = next((x for x in rest if x["kind"] == "health" and x.get("container") == st.get("container") and "healthy" in x["message"] and "unhealthy" not in x["message"]), None)
+    rm = next((x for x in rest if x["kind"] == "container-removed" and x.get("container") != st.get("container")), None)
+    if not h or not rm: continue
+    a.append(t(st) - t(e)); b.append(t(h) - t(e)); c.append(t(rm) - t(e))
+m = lambda v: "%.0f" % statistics.median(v) if v else "?"
+print(m(a), m(b), m(c))' "$1"
+}
+last_seq() { curl -fsS --unix-socket "$SOCK" http://berth/v1/events | python3 -c '
+import sys, json
+ev = json.load(sys.stdin); ev = ev.get("events", ev) if isinstance(ev, dict) else ev
+print(max([e["seq"] for e in ev] or [0]))'; }
+
 echo "== Berth: $RUNS rollouts, start-first"
+SEQ0=$(last_seq)
 berth_runs start-first > "$WORK/berth-start-first.ms"
+read -r BA_START BA_HEALTH BA_REMOVE < <(breakdown "$SEQ0")
 echo "== Berth: $RUNS rollouts, stop-first"
+SEQ0=$(last_seq)
 berth_runs stop-first > "$WORK/berth-stop-first.ms"
+read -r BS_START BS_HEALTH BS_REMOVE < <(breakdown "$SEQ0")
 BERTH_METRIC=$(curl -fsS "127.0.0.1:$HTTP_PORT/metrics" | grep -E '^berth_rollout_duration_seconds_(sum|count)' | tr '\n' ' ')
 stop_berthd 60
 
@@ -232,6 +273,15 @@ spawn each time, so ~±15 ms resolution); compose's \"healthy\" is polled with
 replica on a bridge with its own netns+veth; the compose service has
 \`network_mode: none\`, so the peer does strictly less networking work.
 Berth's own \`berth_rollout_duration_seconds\` after the runs: \`$BERTH_METRIC\`
+
+Where Berth's time goes: medians in ms from the agent's \`revision-applied\`
+event (so without the \`berthctl apply\` round trip and the polling), from
+\`GET /v1/events\`:
+
+| Berth, from revision-applied | new started | new healthy | old removed |
+|---|---:|---:|---:|
+| start-first | $BA_START | $BA_HEALTH | $BA_REMOVE |
+| stop-first | $BS_START | $BS_HEALTH | $BS_REMOVE |
 "
 python3 - "$SECTION" <<'PY'
 import sys, re, os
