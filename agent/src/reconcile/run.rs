@@ -688,6 +688,11 @@ async fn start_replica(
     .await
     .map_err(|e| AgentError::Internal(e.to_string()))??;
     agent.live().addresses.insert(started.id.clone(), ip);
+    // Probe it from now on, not from the next pass (up to RESYNC later: that
+    // wait was most of a rollout's time with a short health interval).
+    if let (Some(h), ContainerState::Running { pid, .. }) = (&svc.health, &started.state) {
+        health::ensure_checker(agent, &svc.name, &started.id, *pid, h);
+    }
     let _ = agent.images.touch(&img.digest);
     agent.emit_container(
         "container-started",
