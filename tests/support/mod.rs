@@ -543,19 +543,17 @@ impl Agent {
         self.ctl(&["apply", "-f", path.to_str().unwrap()])
     }
 
-    /// Every container still on disk is stopped and removed by a fresh
-    /// runtime when the agent is dropped? No: containers outlive the agent by
-    /// design, so tests clean them with this.
+    /// Containers outlive the agent by design, so tests remove them (and the
+    /// agent's bridge, nftables table, netns mounts and cgroup parent) here.
     pub fn remove_all_containers(&self) {
         let dir = self.state_dir().join("containers");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        let rt = cleanup_runtime(self);
-        for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().to_string();
-            let _ = rt.stop(&id, Some(9), Some(Duration::from_secs(2)));
-            let _ = rt.remove(&id);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let rt = cleanup_runtime(self);
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                let _ = rt.stop(&id, Some(9), Some(Duration::from_secs(2)));
+                let _ = rt.remove(&id);
+            }
         }
         // Network leftovers of a killed agent: pinned namespaces, the shared
         // netns dir mount, the bridge (veths go with their namespaces).
