@@ -618,6 +618,8 @@ impl Runtime {
                     created_at: SystemTime::UNIX_EPOCH,
                     state: ContainerState::Created,
                 }),
+                // Removed while we were listing: it is simply gone.
+                Err(RuntimeError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
