@@ -1,6 +1,6 @@
 //! Address management in a sled tree: one record per container id (the state
 //! envelope around `{"ip": ...}`), mirrored in memory for allocation. Addresses
-//! are handed out lowest-free first, flushed to disk before they are returned,
+//! are handed out round-robin (not reused at once), flushed to disk before they are returned,
 //! and released on removal or when `retain` finds their container gone.
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +36,12 @@ struct IpRecord {
 struct Maps {
     by_id: HashMap<String, Ipv4Addr>,
     by_ip: BTreeMap<u32, String>,
+    /// Where the next search starts: just after the last address handed out.
+    /// Addresses are handed out round-robin, so a replacement never gets the
+    /// address its predecessor just released while the host's neighbor cache
+    /// still maps it to the old interface's MAC (which would black-hole the
+    /// new container's traffic for up to ~30 s).
+    cursor: Option<u32>,
 }
 
 /// The address allocator of one network.
@@ -81,27 +87,24 @@ impl Ipam {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The address of `id`, allocating the lowest free one (durably) if it has none.
+    /// The address of `id`, allocating the next free one (durably) if it has none.
     pub fn allocate(&self, id: &str) -> Result<Ipv4Addr, IpamError> {
         let mut maps = self.maps();
         if let Some(ip) = maps.by_id.get(id) {
             return Ok(*ip);
         }
         let (first, last) = self.subnet.container_range();
-        let mut candidate = u32::from(first);
-        for used in maps
-            .by_ip
-            .range(candidate..=u32::from(last))
-            .map(|(k, _)| *k)
-        {
-            if used != candidate {
-                break;
-            }
-            candidate += 1;
-        }
-        if candidate > u32::from(last) {
-            return Err(IpamError::Exhausted(self.subnet));
-        }
+        let (first, last) = (u32::from(first), u32::from(last));
+        let start = maps
+            .cursor
+            .or_else(|| maps.by_ip.keys().next_back().map(|k| k + 1))
+            .filter(|c| (first..=last).contains(c))
+            .unwrap_or(first);
+        let candidate = (start..=last)
+            .chain(first..start)
+            .find(|c| !maps.by_ip.contains_key(c))
+            .ok_or(IpamError::Exhausted(self.subnet))?;
+        maps.cursor = Some(candidate + 1);
         let ip = Ipv4Addr::from(candidate);
         self.tree
             .insert(id.as_bytes(), state::encode(TREE, &IpRecord { ip })?)?;
@@ -152,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn lowest_free_release_and_reuse() {
+    fn round_robin_release_and_reuse() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let ipam = Ipam::open(db.open_tree("net").unwrap(), net()).unwrap();
@@ -162,9 +165,14 @@ mod tests {
         assert_eq!(ipam.allocate("b").unwrap(), ip(3), "idempotent per id");
         assert_eq!(ipam.release("b").unwrap(), Some(ip(3)));
         assert_eq!(ipam.release("b").unwrap(), None);
-        assert_eq!(ipam.allocate("d").unwrap(), ip(3), "lowest free is reused");
-        assert_eq!(ipam.allocate("e").unwrap(), ip(5));
-        assert_eq!(ipam.allocate("f").unwrap(), ip(6));
+        // A just-released address is handed out last (round-robin).
+        assert_eq!(ipam.allocate("d").unwrap(), ip(5));
+        assert_eq!(ipam.allocate("e").unwrap(), ip(6));
+        assert_eq!(
+            ipam.allocate("f").unwrap(),
+            ip(3),
+            "wraps to the first free"
+        );
         // /29: .0 network, .1 gateway, .2-.6 containers, .7 broadcast.
         assert!(matches!(ipam.allocate("g"), Err(IpamError::Exhausted(_))));
         ipam.release("a").unwrap();
@@ -188,11 +196,14 @@ mod tests {
         assert_eq!(ipam.get("b"), Some(ip(3)));
         assert_eq!(ipam.get("c"), Some(ip(4)));
         assert_eq!(ipam.get("a"), None);
-        assert_eq!(ipam.allocate("d").unwrap(), ip(2));
-        assert_eq!(ipam.allocate("e").unwrap(), ip(5));
+        // After a reopen the search starts after the highest address in use.
+        assert_eq!(ipam.allocate("d").unwrap(), ip(5));
+        assert_eq!(ipam.allocate("e").unwrap(), ip(6));
+        assert_eq!(ipam.allocate("f").unwrap(), ip(2));
         let mut ips: Vec<_> = ipam.entries().into_iter().map(|(_, ip)| ip).collect();
         ips.dedup();
-        assert_eq!(ips, vec![ip(2), ip(3), ip(4), ip(5)]);
+        ips.sort();
+        assert_eq!(ips, vec![ip(2), ip(3), ip(4), ip(5), ip(6)]);
     }
 
     #[test]
