@@ -365,15 +365,9 @@ impl Network {
         self.settle();
         let live: HashSet<&str> = live.into_iter().collect();
         let mut report = ReconcileReport::default();
-        let dir = &self.netns_dir;
-        let entries = std::fs::read_dir(dir).map_err(sys(format!("reading {}", dir.display())))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(name.as_str()) {
-                netns::remove(&entry.path()).map_err(sys(format!("removing netns {name}")))?;
-                report.namespaces_removed.push(name);
-            }
-        }
+        // Veths go first, while their namespaces are still pinned: once a
+        // namespace is unpinned the kernel destroys its veth pair at a time
+        // of its own choosing, and the report would depend on that race.
         let live_veths: HashSet<String> =
             live.iter().map(|id| veth_name(&self.bridge, id)).collect();
         let recorded: HashSet<String> = self
@@ -395,6 +389,15 @@ impl Network {
             }
         }
         drop(host);
+        let dir = &self.netns_dir;
+        let entries = std::fs::read_dir(dir).map_err(sys(format!("reading {}", dir.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(name.as_str()) {
+                netns::remove(&entry.path()).map_err(sys(format!("removing netns {name}")))?;
+                report.namespaces_removed.push(name);
+            }
+        }
         for (id, ip) in self.ipam.entries() {
             if !live.contains(id.as_str()) {
                 self.ipam.release(&id)?;
