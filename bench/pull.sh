@@ -3,12 +3,23 @@
 # a registry on 127.0.0.1: Berth beside `docker pull` and `podman pull`.
 # Run as root from anywhere. Env: RUNS (5), OUT (a markdown file to append the
 # tables to), UNPACK_DIAG=1 (also run the per-layer unpack diagnostic),
-# LAYERS (space-separated host dirs, one layer each). Cleans up everything it starts.
+# LAYERS (space-separated host dirs, one layer each), BENCH_FS (loop | host,
+# default loop: see below). Cleans up everything it starts.
+#
+# Where the stores live matters more than anything the pullers do: on an ext4
+# without a journal (this CI machine's root fs) the kernel will not reuse an
+# inode freed in the last 60-360 s (fs/ext4/ialloc.c recently_deleted()), so
+# every file created near a tree that was just deleted scans past thousands of
+# such inodes — a run that follows another run's cleanup pays 3-10 s of system
+# time that has nothing to do with the puller. With BENCH_FS=loop (default) the
+# three stores share a fresh journaled ext4 (mkfs.ext4 defaults, as on a
+# normal host) on a loop device; BENCH_FS=host keeps them on the host's fs.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 RUNS=${RUNS:-5}
+BENCH_FS=${BENCH_FS:-loop}
 OUT=${OUT:-}
 UNPACK_DIAG=${UNPACK_DIAG:-0}
 # ≈150 MB gzip in total on Debian 12 hosts with the usual -dev packages.
@@ -21,6 +32,7 @@ snapshot_cgroups
 snapshot_podman_cache
 
 WORK=$(mktemp -d /tmp/berth-bench-pull.XXXXXX)
+STORES=$WORK
 REGISTRY_PID=
 cleanup() {
     local rc=$?
@@ -33,12 +45,22 @@ cleanup() {
         wait "$REGISTRY_PID" 2>/dev/null
     fi
     unmount_under "$WORK"
+    # `umount -l` of a loop mount detaches the loop device once it is idle.
     rm -rf "$WORK"
     remove_new_cgroups
     remove_podman_cache
     exit $rc
 }
 trap cleanup EXIT INT TERM
+
+if [ "$BENCH_FS" = loop ]; then
+    STORES=$WORK/fs
+    mkdir -p "$STORES"
+    truncate -s 40G "$WORK/fs.img"
+    mkfs.ext4 -q -F "$WORK/fs.img"
+    mount -o loop "$WORK/fs.img" "$STORES"
+    log "stores on a fresh journaled ext4: $(findmnt -n -o SOURCE "$STORES") on $STORES"
+fi
 
 OUT_ARGS=()
 if [ -n "$OUT" ]; then
@@ -83,12 +105,12 @@ log "building and pushing $REGISTRY/bench/big:1"
     --work "$WORK/prep" "${LAYER_ARGS[@]}" "${OUT_ARGS[@]}"
 
 PEER_ARGS=()
-if start_dockerd "$WORK" --insecure-registry "$REGISTRY"; then
+if start_dockerd "$STORES" --insecure-registry "$REGISTRY"; then
     PEER_ARGS+=(--docker "$DOCKER")
 else
     PEER_ARGS+=(--unavailable "docker pull=$DOCKER_ERR")
 fi
-PODMAN=$(podman_prefix "$WORK")
+PODMAN=$(podman_prefix "$STORES")
 if err=$($PODMAN info 2>&1 >/dev/null); then
     PEER_ARGS+=(--podman "$PODMAN")
 else
@@ -96,13 +118,13 @@ else
 fi
 
 log "pull benchmark: $RUNS cold pulls per case"
-mkdir -p "$WORK/berth"
+mkdir -p "$STORES/berth"
 "$REL/bench-pull" --image "$REGISTRY/bench/big:1" --runs "$RUNS" \
-    --berthd "$REL/berthd" --berthctl "$REL/berthctl" --work "$WORK/berth" \
+    --berthd "$REL/berthd" --berthctl "$REL/berthctl" --work "$STORES/berth" \
     "${PEER_ARGS[@]}" "${OUT_ARGS[@]}"
 
 if [ "$UNPACK_DIAG" = 1 ]; then
     log "unpack diagnostic"
     "$REL/bench-unpack" --registry "$REGISTRY" --repo bench/big --tag 1 \
-        --work "$WORK/unpack" --rounds 2 "${OUT_ARGS[@]}"
+        --work "$STORES/unpack" --rounds 2 "${OUT_ARGS[@]}"
 fi
