@@ -78,6 +78,10 @@ fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
     let direct_url = format!("http://{}:8080/", att.ip);
     let _warm = wrk(&direct_url, "1s")?;
     let direct = wrk(&direct_url, "5s")?;
+    eprintln!(
+        "server netns counters (direct): {}",
+        tcp_counters(&att.netns_path)
+    );
     stop_httpd(net, rt, &att.id)?;
 
     let att = start_httpd(net, rt, layer, "bench-proxied")?;
@@ -93,6 +97,10 @@ fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
     wait_http(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
     let _warm = wrk(&proxy_url, "1s")?;
     let proxied = wrk(&proxy_url, "5s")?;
+    eprintln!(
+        "server netns counters (proxied): {}",
+        tcp_counters(&att.netns_path)
+    );
     proxy.remove_service("bench");
     stop_httpd(net, rt, &att.id)?;
 
@@ -201,6 +209,34 @@ fn stop_httpd(net: &Network, rt: &Runtime, id: &str) -> anyhow::Result<()> {
 struct Wrk {
     rps: f64,
     p99_ms: f64,
+}
+
+/// Accept-queue overflows, SYN retransmits and TIME_WAIT reuse as counted in
+/// the server's namespace (diagnostic; empty when nstat is missing).
+fn tcp_counters(netns: &Path) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "nstat",
+            "-asz",
+            "TcpExtListenOverflows",
+            "TcpExtListenDrops",
+            "TcpExtTWRecycled",
+            "TcpExtPAWSEstab",
+            "TcpRetransSegs",
+            "TcpExtTCPSynRetrans",
+            "TcpPassiveOpens",
+        ])
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("="))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(e) => format!("(nstat: {e})"),
+    }
 }
 
 fn wrk(url: &str, duration: &str) -> anyhow::Result<Wrk> {

@@ -10,12 +10,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-/// How long one connect attempt to an endpoint may take before the next is tried.
+/// How long connecting to one endpoint may take before the next is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An endpoint on the bridge answers a SYN in well under a millisecond; one
+/// with no answer after this long most likely dropped it (a full accept
+/// queue), and the kernel would resend it only after 1 s. So another attempt
+/// starts beside it, after twice the delay the next, and the first to connect wins.
+const RACE_AFTER: Duration = Duration::from_millis(20);
+/// Attempts racing for one endpoint at most.
+const RACE_ATTEMPTS: usize = 5;
 const BACKLOG: u32 = 1024;
 
 /// Why a service could not be published.
@@ -326,6 +334,34 @@ async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
     }
 }
 
+/// Connects to `addr`, starting another attempt beside the pending ones each
+/// time an attempt goes unanswered for [`RACE_AFTER`] (doubling), up to
+/// [`RACE_ATTEMPTS`]. The losers are dropped: their sockets close, and a
+/// late SYN-ACK to one of them is answered with a reset.
+async fn connect_racing(addr: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let mut attempts = FuturesUnordered::new();
+    attempts.push(TcpStream::connect(addr));
+    let mut started = 1;
+    let mut delay = RACE_AFTER;
+    loop {
+        let next_start = tokio::time::sleep(delay);
+        tokio::select! {
+            done = attempts.next() => match done {
+                Some(Ok(stream)) => return Ok(stream),
+                // Refused or unreachable: another attempt would fail alike.
+                Some(Err(e)) if attempts.is_empty() => return Err(e),
+                Some(Err(_)) => {}
+                None => return Err(std::io::Error::other("no connect attempt left")),
+            },
+            () = next_start, if started < RACE_ATTEMPTS => {
+                attempts.push(TcpStream::connect(addr));
+                started += 1;
+                delay *= 2;
+            }
+        }
+    }
+}
+
 async fn proxy_conn(mut client: TcpStream, shared: Arc<Shared>) {
     let _ = client.set_nodelay(true);
     let mut tried = Vec::new();
@@ -336,7 +372,7 @@ async fn proxy_conn(mut client: TcpStream, shared: Arc<Shared>) {
             let _ = client.set_zero_linger();
             return;
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect_racing(addr)).await {
             Ok(Ok(b)) => break (b, active),
             Ok(Err(e)) => tracing::debug!(endpoint = %id, error = %e, "proxy connect failed"),
             Err(_) => tracing::debug!(endpoint = %id, "proxy connect timed out"),
