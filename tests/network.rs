@@ -75,6 +75,14 @@ fn rollout_under_load(strategy: &str) -> (u64, u64, Vec<String>, Vec<String>) {
         .unwrap()
         .contains(&format!("{port}->8080")));
 
+    // The port is served by the kernel (nftables DNAT) to exactly the ready replicas.
+    let before = dnat_rule(&agent, port);
+    assert!(
+        ips.iter()
+            .all(|ip| before.contains(&format!("{ip} . 8080"))),
+        "{before}"
+    );
+
     let load = Load::start(port, 4, Duration::from_secs(40));
     std::thread::sleep(Duration::from_millis(500));
     agent
@@ -97,6 +105,20 @@ fn rollout_under_load(strategy: &str) -> (u64, u64, Vec<String>, Vec<String>) {
     });
     std::thread::sleep(Duration::from_millis(500));
     let result = load.finish();
+    let after = dnat_rule(&agent, port);
+    let new_ips: Vec<String> = running_web(&agent)
+        .iter()
+        .map(|c| c["ip"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        new_ips
+            .iter()
+            .all(|ip| after.contains(&format!("{ip} . 8080")))
+            && ips
+                .iter()
+                .all(|ip| new_ips.contains(ip) || !after.contains(&format!("{ip} . 8080"))),
+        "old {ips:?}, new {new_ips:?}: {after}"
+    );
     for id in &old {
         assert!(
             !agent.state_dir().join("containers").join(id).exists(),
@@ -104,6 +126,25 @@ fn rollout_under_load(strategy: &str) -> (u64, u64, Vec<String>, Vec<String>) {
         );
     }
     result
+}
+
+/// The agent's DNAT rule for connections from this host to `port`.
+fn dnat_rule(agent: &Agent, port: u16) -> String {
+    let out = std::process::Command::new("nft")
+        .args([
+            "list",
+            "chain",
+            "ip",
+            &format!("berth_{}", agent.bridge()),
+            "published_output",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.contains(&format!("dport {port} ")) && l.contains("dnat"))
+        .unwrap_or_else(|| panic!("no DNAT rule for port {port}: {text}"))
+        .to_string()
 }
 
 #[test]

@@ -256,6 +256,19 @@ impl Agent {
             }
             Err(e) => return Err(AgentError::Internal(format!("network: {e}"))),
         };
+        // Published ports take the kernel's DNAT path where the bridge's
+        // nftables table exists; the proxy alone otherwise.
+        let proxy = if network.masquerade() {
+            match crate::network::dnat::Dnat::enable(network.bridge()) {
+                Ok(dnat) => PortProxy::with_dnat(tokio::runtime::Handle::current(), dnat),
+                Err(e) => {
+                    tracing::warn!(error = %e, "published ports without the DNAT fast path");
+                    PortProxy::new()
+                }
+            }
+        } else {
+            PortProxy::new()
+        };
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),
@@ -272,7 +285,7 @@ impl Agent {
             images,
             runtime,
             network: Arc::new(network),
-            proxy: PortProxy::new(),
+            proxy,
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

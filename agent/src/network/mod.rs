@@ -5,6 +5,7 @@
 //! proxy ([`proxy`]). See docs/networking.md for the design.
 
 pub mod addr;
+pub mod dnat;
 pub mod ipam;
 pub mod netns;
 pub mod proxy;
@@ -190,6 +191,11 @@ impl Network {
 
     pub fn bridge(&self) -> &str {
         &self.bridge
+    }
+
+    /// Whether the bridge's nftables table (NAT, isolation) is installed.
+    pub fn masquerade(&self) -> bool {
+        self.masquerade
     }
 
     pub fn subnet(&self) -> Ipv4Net {
@@ -485,38 +491,44 @@ mod nat {
 
     use super::{Ipv4Net, NetError};
 
-    fn table(bridge: &str) -> String {
-        let safe: String = bridge
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        format!("berth_{safe}")
-    }
-
     fn nft(bridge: &str, script: &str) -> Result<(), NetError> {
-        let err = |message: String| NetError::Nat {
+        run_nft(script).map_err(|message| NetError::Nat {
             bridge: bridge.into(),
             message,
-        };
+        })
+    }
+
+    /// Runs `nft -f -` with `script` (one atomic transaction); the error is nft's stderr.
+    pub(super) fn run_nft(script: &str) -> Result<(), String> {
         let mut child = Command::new("nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| err(format!("running nft: {e}")))?;
+            .map_err(|e| format!("running nft: {e}"))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(script.as_bytes())
-                .map_err(|e| err(format!("writing to nft: {e}")))?;
+                .map_err(|e| format!("writing to nft: {e}"))?;
         }
         let out = child
             .wait_with_output()
-            .map_err(|e| err(format!("waiting for nft: {e}")))?;
+            .map_err(|e| format!("waiting for nft: {e}"))?;
         if !out.status.success() {
-            return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
         }
         Ok(())
+    }
+
+    /// The nftables table of `bridge`; the published-port rules of
+    /// [`super::dnat`] live in it too, so removing it removes them.
+    pub(super) fn table(bridge: &str) -> String {
+        let safe: String = bridge
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("berth_{safe}")
     }
 
     /// The ruleset installed for `bridge` and `subnet` (replaces any earlier one).
@@ -532,6 +544,7 @@ mod nat {
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
              \t\toifname \"{bridge}\" iifname != \"{bridge}\" ct state established,related accept\n\
+             \t\toifname \"{bridge}\" iifname != \"{bridge}\" ct status dnat accept\n\
              \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
              \t}}\n\
              }}\n"

@@ -3,6 +3,8 @@
 //! connection round-robin to a Ready endpoint (retrying the next one if connect
 //! fails), never to a Draining or removed one, lets in-flight connections run to
 //! completion, and counts active connections per endpoint for the drain logic.
+//! With [`PortProxy::with_dnat`] the kernel takes new connections first
+//! ([`super::dnat`]); the listener keeps the port and serves what DNAT leaves.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -11,6 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use super::dnat::{Dnat, DnatError};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -34,6 +38,15 @@ pub enum ProxyError {
         service: String,
         port: u16,
         source: std::io::Error,
+    },
+    /// The DNAT rules could neither be updated nor removed: new connections
+    /// might still reach a replica that should get none.
+    #[error("service {service}: updating the DNAT rules of port {port}: {update}; removing them: {remove}")]
+    Dnat {
+        service: String,
+        port: u16,
+        update: DnatError,
+        remove: DnatError,
     },
 }
 
@@ -147,6 +160,9 @@ impl Service {
 pub struct PortProxy {
     handle: Handle,
     services: Arc<Mutex<HashMap<String, Service>>>,
+    /// The kernel fast path, when enabled: new connections from the host and
+    /// other hosts go to a Ready replica by DNAT, the listener gets the rest.
+    dnat: Option<Arc<Dnat>>,
 }
 
 impl Default for PortProxy {
@@ -167,7 +183,22 @@ impl PortProxy {
         PortProxy {
             handle,
             services: Arc::new(Mutex::new(HashMap::new())),
+            dnat: None,
         }
+    }
+
+    /// A proxy on `handle` with the nftables DNAT fast path in front of it
+    /// (see [`super::dnat`]): same guarantees, no copy through the agent.
+    pub fn with_dnat(handle: Handle, dnat: Dnat) -> PortProxy {
+        PortProxy {
+            dnat: Some(Arc::new(dnat)),
+            ..PortProxy::with_handle(handle)
+        }
+    }
+
+    /// Whether new connections take the DNAT fast path.
+    pub fn dnat_enabled(&self) -> bool {
+        self.dnat.is_some()
     }
 
     fn services(&self) -> std::sync::MutexGuard<'_, HashMap<String, Service>> {
@@ -224,8 +255,25 @@ impl PortProxy {
         t.ready = (0..endpoints.len())
             .filter(|i| endpoints[*i].state == EndpointState::Ready)
             .collect();
+        let ready: Vec<SocketAddrV4> = t.ready.iter().map(|i| endpoints[*i].addr).collect();
         t.endpoints = endpoints;
         t.counters = counters;
+        drop(t);
+        if let Some(dnat) = &self.dnat {
+            if let Err(update) = dnat.set(service, host_port, ready) {
+                // Without the rules the listener serves the port, with the
+                // guarantees above; stale rules could break them.
+                tracing::warn!(service, error = %update, "DNAT update failed; the proxy serves the port");
+                if let Err(remove) = dnat.remove(service) {
+                    return Err(ProxyError::Dnat {
+                        service: service.into(),
+                        port: host_port,
+                        update,
+                        remove,
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -249,6 +297,11 @@ impl PortProxy {
     /// Stops listening for `service` (the port is free when this returns). Its
     /// in-flight connections continue.
     pub fn remove_service(&self, service: &str) -> bool {
+        if let Some(dnat) = &self.dnat {
+            if let Err(e) = dnat.remove(service) {
+                tracing::error!(service, error = %e, "could not remove the DNAT rules");
+            }
+        }
         match self.services().remove(service) {
             Some(s) => {
                 s.close();
@@ -258,18 +311,33 @@ impl PortProxy {
         }
     }
 
-    /// Active connections of endpoint `id` of `service` (0 when unknown).
+    /// Active connections of endpoint `id` of `service` (0 when unknown):
+    /// the proxy's own and, with the fast path, those DNAT sent there
+    /// (conntrack). If conntrack cannot be read, the endpoint counts as busy
+    /// (1), so a drain waits for its deadline rather than cutting connections.
     pub fn active(&self, service: &str, id: &str) -> usize {
-        self.services()
-            .get(service)
-            .and_then(|s| {
-                s.shared
-                    .table()
-                    .counters
-                    .get(id)
-                    .map(|c| c.active.load(Ordering::Acquire))
-            })
-            .unwrap_or(0)
+        let services = self.services();
+        let Some(s) = services.get(service) else {
+            return 0;
+        };
+        let port = s.port;
+        let t = s.shared.table();
+        let proxied = t
+            .counters
+            .get(id)
+            .map(|c| c.active.load(Ordering::Acquire))
+            .unwrap_or(0);
+        let addr = t.endpoints.iter().find(|e| e.id == id).map(|e| e.addr);
+        drop(t);
+        drop(services);
+        let dnat = match (&self.dnat, addr) {
+            (Some(dnat), Some(addr)) => dnat.active(port, addr).unwrap_or_else(|e| {
+                tracing::warn!(service, error = %e, "cannot count DNAT connections");
+                1
+            }),
+            _ => 0,
+        };
+        proxied + dnat
     }
 
     /// The published services and their host ports.
