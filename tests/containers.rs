@@ -22,7 +22,7 @@ fn inspect_and_logs_tail_and_follow() {
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
     let text = format!(
-        "[service.ticker]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"i=0; while true; do echo tick $i; echo oops $i >&2; i=$((i+1)); sleep 0.2; done\"]\nuser = \"1000:1000\"\nenv = {{ MODE = \"test\" }}\n[service.ticker.resources]\nmemory = \"64Mi\"\npids = 64\n"
+        "[service.ticker]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"grep ^Seccomp: /proc/self/status; i=0; while true; do echo tick $i; echo oops $i >&2; i=$((i+1)); sleep 0.2; done\"]\nuser = \"1000:1000\"\nenv = {{ MODE = \"test\" }}\n[service.ticker.resources]\nmemory = \"64Mi\"\npids = 64\n"
     );
     agent.apply_text("m.toml", &text).ok();
     let c = agent.wait_for(30, "ticker running", |a| {
@@ -45,6 +45,9 @@ fn inspect_and_logs_tail_and_follow() {
         let out = a.ctl(&["logs", "ticker"]);
         (out.stdout.matches("tick").count() >= 3).then_some(())
     });
+    // The workload (a non-root user here) runs under the default seccomp filter.
+    let out = agent.ctl(&["logs", "ticker"]).ok();
+    assert!(out.stdout.contains("Seccomp:\t2\n"), "{}", out.stdout);
     let out = agent.ctl(&["logs", &id, "--tail", "2"]).ok();
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
     // -f streams lines written after it started.

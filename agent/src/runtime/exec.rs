@@ -24,7 +24,8 @@
 //! mnt|net|uts|ipc|cgroup)` (root and cwd become the container's), stdio
 //! (stdin the host's `/dev/null`, stdout/stderr the pipe), the container's
 //! user/groups and reduced capabilities, cwd, `no_new_privs`, default signals,
-//! only fds 0/1/2 survive, `execve` of the command with the container's env.
+//! only fds 0/1/2 survive, the seccomp filter (compiled by the helper before
+//! the fork), `execve` of the command with the container's env.
 //! A command that cannot be found or executed ends with 127/126 and a message
 //! in the output, as a shell would; other failures are reported as errors.
 
@@ -47,6 +48,7 @@ use super::cgroups::{Cgroup, Hierarchy};
 use super::config::{self, DiskConfig, ExitFile, StateFile};
 use super::namespaces::Namespaces;
 use super::process::{self, InitFailure, ProcessError};
+use super::seccomp::{self, Filter, SeccompError};
 use crate::sys::process::{self as sysproc, Forked};
 
 /// The hidden subcommand (`berth-monitor __exec <dir> <timeout-ms> -- args…`).
@@ -85,6 +87,8 @@ pub enum ExecError {
     Process(#[from] ProcessError),
     #[error("container {id}: no usable cgroup hierarchy")]
     NoCgroups { id: String },
+    #[error("container {id}: exec: {source}")]
+    Seccomp { id: String, source: SeccompError },
     #[error("container {id}: exec: {step}: {message}")]
     Child {
         id: String,
@@ -101,6 +105,7 @@ impl ExecError {
             ExecError::Io { step, .. } | ExecError::Sys { step, .. } => (*step).into(),
             ExecError::Config(_) => "config".into(),
             ExecError::Cgroup(_) | ExecError::NoCgroups { .. } => "cgroup".into(),
+            ExecError::Seccomp { .. } => "seccomp".into(),
             ExecError::Process(e) => e.step().into(),
             ExecError::Child { step, .. } => step.clone(),
         }
@@ -224,6 +229,11 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
     let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
+    // Compiled here so the child only has to install it, right before execve.
+    let filter = seccomp::compile().map_err(|source| ExecError::Seccomp {
+        id: id.clone(),
+        source,
+    })?;
 
     // Only our children enter the container's PID namespace; we stay in the host's.
     nix::sched::setns(target.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("setns(pid)"))?;
@@ -240,6 +250,7 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
                     go: go_r,
                     report: rep_w,
                 },
+                &filter,
             )
         }
         Ok(Forked::Parent(child)) => child,
@@ -441,8 +452,8 @@ impl From<ProcessError> for ChildEnd {
     }
 }
 
-fn child_main(cfg: &DiskConfig, cmd: &[String], fds: ChildFds) -> ! {
-    match child(cfg, cmd, &fds) {
+fn child_main(cfg: &DiskConfig, cmd: &[String], fds: ChildFds, filter: &Filter) -> ! {
+    match child(cfg, cmd, &fds, filter) {
         Ok(never) => match never {},
         Err(ChildEnd::Exit(code, message)) => {
             // stderr is the output pipe by now.
@@ -460,7 +471,12 @@ fn child_main(cfg: &DiskConfig, cmd: &[String], fds: ChildFds) -> ! {
     }
 }
 
-fn child(cfg: &DiskConfig, cmd: &[String], fds: &ChildFds) -> Result<Infallible, ChildEnd> {
+fn child(
+    cfg: &DiskConfig,
+    cmd: &[String],
+    fds: &ChildFds,
+    filter: &Filter,
+) -> Result<Infallible, ChildEnd> {
     let c = &cfg.container;
     let id = c.id.as_str();
     let sys = |step: &'static str| {
@@ -518,6 +534,12 @@ fn child(cfg: &DiskConfig, cmd: &[String], fds: &ChildFds) -> Result<Infallible,
     let args: Vec<CString> = cmd.iter().map(|a| cstr(a)).collect();
     let env: Vec<CString> = c.env.iter().map(|e| cstr(e)).collect();
     let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // Last: from here on the denied syscalls fail, and nothing but execve follows.
+    filter.apply().map_err(|e| ExecError::Sys {
+        id: id.into(),
+        step: "seccomp",
+        source: e.errno(),
+    })?;
     let err = match nix::unistd::execve(&path, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},

@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod syscall;
 
 use std::collections::BTreeMap;

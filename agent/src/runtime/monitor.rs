@@ -20,6 +20,7 @@ use super::cgroups::{Cgroup, Hierarchy};
 use super::config::{self, ExitFile, StateFile};
 use super::namespaces::Namespaces;
 use super::process::{self, InitFailure, InitFds};
+use super::seccomp;
 use crate::sys::process::{self as sysproc, Forked};
 
 /// Number of log files kept per stream (the live one plus `.1`).
@@ -48,6 +49,11 @@ pub enum MonitorError {
     Cgroup(#[from] super::cgroups::CgroupError),
     #[error(transparent)]
     Namespace(#[from] super::namespaces::NamespaceError),
+    #[error("container {id}: {source}")]
+    Seccomp {
+        id: String,
+        source: super::seccomp::SeccompError,
+    },
     #[error("container {id}: no usable cgroup hierarchy")]
     NoCgroups { id: String },
 }
@@ -149,6 +155,11 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
 
+    // Compiled here so the init only has to install it, right before execve.
+    let filter = seccomp::compile().map_err(|source| MonitorError::Seccomp {
+        id: id.clone(),
+        source,
+    })?;
     Namespaces::default().enter_pid_for_children(&id)?;
     let child = match sysproc::fork_single_threaded().map_err(|source| MonitorError::Io {
         id: id.clone(),
@@ -166,11 +177,12 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
                     stdout: out_w,
                     stderr: err_w,
                 },
+                &filter,
             )
         }
         Forked::Parent(child) => child,
     };
-    drop((out_w, err_w, go_r, rep_w));
+    drop((out_w, err_w, go_r, rep_w, filter));
 
     if let Err(e) = cgroup.add_pid(child.as_raw()) {
         drop(go_w); // the init sees EOF and exits

@@ -1,9 +1,10 @@
 //! The container's init: the monitor's child that becomes the container's
 //! PID 1. It waits for the monitor to place it in its cgroup, enters the other
 //! namespaces, builds the rootfs, applies stdio, user, capabilities (Docker's
-//! default set without NET_RAW), `no_new_privs`, closes every fd but 0/1/2 and
-//! `execve`s the workload directly: no agent code runs after exec. Any failure
-//! before exec is reported to the monitor as JSON on a close-on-exec pipe.
+//! default set without NET_RAW), `no_new_privs`, closes every fd but 0/1/2,
+//! installs the seccomp filter and `execve`s the workload directly: no agent
+//! code runs after exec. Any failure before exec is reported to the monitor as
+//! JSON on a close-on-exec pipe.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::config::DiskConfig;
 use super::namespaces::{NamespaceError, Namespaces};
 use super::rootfs::{RootfsError, RootfsPlan};
+use super::seccomp::Filter;
 use super::syscall::RealSys;
 use crate::sys::process as sysproc;
 
@@ -112,9 +114,10 @@ pub struct InitFds {
     pub stderr: OwnedFd,
 }
 
-/// Runs the init in the forked child; never returns.
-pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds) -> ! {
-    let err = match init(dir, cfg, &fds) {
+/// Runs the init in the forked child; never returns. `filter` (compiled by the
+/// monitor before the fork) is installed right before `execve`.
+pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds, filter: &Filter) -> ! {
+    let err = match init(dir, cfg, &fds, filter) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -147,7 +150,12 @@ pub fn rootfs_plan<'a>(dir: &Path, cfg: &'a DiskConfig) -> RootfsPlan<'a> {
     }
 }
 
-fn init(dir: &Path, cfg: &DiskConfig, fds: &InitFds) -> Result<Infallible, ProcessError> {
+fn init(
+    dir: &Path,
+    cfg: &DiskConfig,
+    fds: &InitFds,
+    filter: &Filter,
+) -> Result<Infallible, ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
     let setup = |step: &'static str| {
@@ -207,6 +215,12 @@ fn init(dir: &Path, cfg: &DiskConfig, fds: &InitFds) -> Result<Infallible, Proce
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
     let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // Last: from here on the denied syscalls fail, and nothing but execve follows.
+    filter.apply().map_err(|e| ProcessError::Setup {
+        id: id.into(),
+        step: "seccomp",
+        source: e.errno(),
+    })?;
     let source = match nix::unistd::execve(&path, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},
