@@ -24,7 +24,12 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}
 TAG=ro
 source bench/rollout-lib.sh
-[ -x "$BIN/berthd" ] || cargo build --release --workspace --bins
+# The peer: dockerd and Compose v1 from Debian.
+if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >/dev/null
+fi
+cargo build --release -q -p berth-agent --bins -p berth-ctl
 WORK=$(mktemp -d /tmp/berth-rollout.XXXXXX)
 DOCKER_SOCK=/run/berth-rollout-docker.sock
 DOCKER_CG="berth-rollout-docker-$$"
