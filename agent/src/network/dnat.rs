@@ -52,6 +52,15 @@ impl Dnat {
             bridge: bridge.into(),
             services: Mutex::new(BTreeMap::new()),
         };
+        // Every expression a service rule uses (fib, numgen, a concatenated
+        // dnat map) must load here, not at the first publish: a rule for
+        // port 0, which no connection has, then the empty set.
+        let mut probe = BTreeMap::new();
+        probe.insert(
+            "probe".to_string(),
+            (0, vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9)]),
+        );
+        dnat.apply(&probe)?;
         dnat.apply(&BTreeMap::new())?;
         std::fs::File::open(CONNTRACK).map_err(|source| DnatError::Conntrack {
             path: CONNTRACK.into(),
