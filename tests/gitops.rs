@@ -555,3 +555,27 @@ fn url_source_polls_with_etags_and_applies_changes() {
     assert_eq!(server.oks(), oks, "no full fetch after a restart");
     assert_eq!(history(&agent).len(), 3);
 }
+
+#[test]
+fn sigterm_while_the_first_sync_hangs_shuts_down_cleanly() {
+    // A manifest URL that accepts connections (the kernel's backlog) and
+    // never answers: the agent's start-up waits for its first sync.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/m.toml", hanging.local_addr().unwrap());
+    let mut agent = Agent::create(&["--manifest-url", &url]);
+    agent.launch();
+    wait_for("the API socket while the first sync hangs", || {
+        agent.socket().exists().then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !agent.log().contains("berthd ready"),
+        "the agent should still be waiting:\n{}",
+        agent.log()
+    );
+    let status = agent.terminate();
+    assert!(status.success(), "exit status {status}:\n{}", agent.log());
+    assert!(!agent.socket().exists(), "socket left behind");
+    assert!(agent.log().contains("stopped"), "{}", agent.log());
+    drop(hanging);
+}

@@ -90,6 +90,13 @@ pub const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Runs the agent until a shutdown signal.
 pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
+    // Handlers first: a SIGTERM during the start-up waits below must shut
+    // down cleanly, not take the default action.
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = signalled_tx.send(true);
+    });
     let _lock = lock_state_dir(&config.state_dir)?;
     private_dir(&config.run_dir)?;
     let (store, report) = Store::open(&config.state_dir)?;
@@ -167,11 +174,13 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let source = crate::sources::spawn(agent.clone(), sources_rx);
     let source_task = match source {
         Some(mut running) => {
-            if tokio::time::timeout(FIRST_SYNC_WAIT, &mut running.first_sync)
-                .await
-                .is_err()
-            {
-                tracing::warn!("the manifest source's first sync is still running; serving anyway");
+            tokio::select! {
+                waited = tokio::time::timeout(FIRST_SYNC_WAIT, &mut running.first_sync) => {
+                    if waited.is_err() {
+                        tracing::warn!("the manifest source's first sync is still running; serving anyway");
+                    }
+                }
+                _ = signalled.wait_for(|s| *s) => {}
             }
             Some(running.task)
         }
@@ -208,21 +217,27 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         reconcile_rx,
         first_tx,
     ));
-    if tokio::time::timeout(FIRST_SYNC_WAIT, first_rx)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the first reconcile pass is still running; serving anyway");
+    if !*signalled.borrow() {
+        tokio::select! {
+            waited = tokio::time::timeout(FIRST_SYNC_WAIT, first_rx) => {
+                if waited.is_err() {
+                    tracing::warn!("the first reconcile pass is still running; serving anyway");
+                }
+            }
+            _ = signalled.wait_for(|s| *s) => {}
+        }
     }
-    agent.set_ready();
-    agent.emit(
-        "agent-started",
-        None,
-        format!("berthd {} ready", env!("CARGO_PKG_VERSION")),
-    );
-    tracing::info!("berthd ready");
+    if !*signalled.borrow() {
+        agent.set_ready();
+        agent.emit(
+            "agent-started",
+            None,
+            format!("berthd {} ready", env!("CARGO_PKG_VERSION")),
+        );
+        tracing::info!("berthd ready");
+    }
 
-    wait_for_signal().await;
+    let _ = signalled.wait_for(|s| *s).await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(());
     let _ = sources_stop.send(true);

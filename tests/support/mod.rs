@@ -151,6 +151,12 @@ impl Agent {
 
     /// (Re)starts the process on the same dirs and waits until it is ready.
     pub fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// (Re)starts the process on the same dirs without waiting for it.
+    pub fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -182,7 +188,6 @@ impl Agent {
             .spawn()
             .expect("spawn berthd");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
