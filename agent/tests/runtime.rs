@@ -1097,8 +1097,17 @@ fn exec_is_in_the_containers_cgroup_and_limits_apply() {
     assert!(r.output.contains("fork"), "{r:?}");
     let events = std::fs::read_to_string(pids_dir.join("pids.events")).unwrap();
     assert!(!events.contains("max 0"), "{events}");
-    // Its background sleeps went with it.
-    assert!(pids_running(&["sleep", "30"]).is_empty());
+    // Its background sleeps went with it (SIGKILLed with the exec's process
+    // group when it timed out; their exit takes a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pids_running(&["sleep", "30"]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "exec's background sleeps outlived it: {:?}",
+            pids_running(&["sleep", "30"])
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(cg.pids(), workload, "only the workload remains");
     assert!(matches!(
         env.rt.state(&c.id),
