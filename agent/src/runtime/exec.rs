@@ -404,6 +404,9 @@ fn pgrp_and_session(pid: i32) -> Option<(i32, i32)> {
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
+/// How long [`kill_session`] waits for the killed processes to be gone.
+const KILL_SESSION_WAIT: Duration = Duration::from_secs(5);
+
 /// SIGKILLs the child's process group and every process of its session in the
 /// container's cgroup (each through a pidfd opened before checking it), until
 /// none is left. Processes that started their own session on purpose stay.
@@ -411,8 +414,11 @@ fn kill_session(cgroup: &Cgroup, child: Pid) {
     let leader = child.as_raw();
     let _ = nix::sys::signal::killpg(child, Signal::SIGKILL);
     let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-    for _ in 0..200 {
-        let mut found = false;
+    // Killed processes leave the cgroup once they are past exit; on a loaded
+    // host that can take a while, so the bound is generous and reported.
+    let deadline = Instant::now() + KILL_SESSION_WAIT;
+    loop {
+        let mut left = Vec::new();
         for pid in cgroup.pids() {
             if pid == leader {
                 continue;
@@ -421,11 +427,15 @@ fn kill_session(cgroup: &Cgroup, child: Pid) {
                 continue;
             };
             if pgrp_and_session(pid).is_some_and(|(g, s)| g == leader || s == leader) {
-                found = true;
+                left.push(pid);
                 let _ = sysproc::pidfd_send_signal(&fd, libc::SIGKILL);
             }
         }
-        if !found {
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(pids = ?left, "exec: processes of the command still exiting after SIGKILL");
             return;
         }
         std::thread::sleep(Duration::from_millis(2));
