@@ -70,23 +70,15 @@ fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let att = start_httpd(net, rt, layer, "bench-direct")?;
-    let direct_url = format!("http://{}:8080/", att.ip);
-    let _warm = wrk(&direct_url, "1s")?;
-    let direct = wrk(&direct_url, "5s")?;
-    eprintln!(
-        "server netns counters (direct): {}",
-        tcp_counters(&att.netns_path)
-    );
-    stop_httpd(net, rt, &att.id)?;
+    let direct = wrk_httpd(net, rt, layer, None, "bench-direct")?;
 
     // What berthd runs: the DNAT fast path with the proxy behind it.
     let dnat = Dnat::enable(net.bridge())?;
     let with_dnat = PortProxy::with_dnat(tokio_rt.handle().clone(), dnat);
-    let published = through_port(net, rt, layer, &with_dnat, "bench-dnat")?;
+    let published = wrk_httpd(net, rt, layer, Some(&with_dnat), "bench-dnat")?;
     // The fallback on hosts without nftables: the proxy alone.
     let proxy_only = PortProxy::with_handle(tokio_rt.handle().clone());
-    let proxied = through_port(net, rt, layer, &proxy_only, "bench-proxied")?;
+    let proxied = wrk_httpd(net, rt, layer, Some(&proxy_only), "bench-proxied")?;
 
     // --- start latency: with vs without networking ----------------------------
     let mut plain = Vec::new();
@@ -200,36 +192,44 @@ struct Wrk {
     p99_ms: f64,
 }
 
-/// wrk through a published port served by `proxy` (fresh container).
-fn through_port(
+/// wrk against a fresh httpd container: straight to its IP, or through a
+/// published port on 127.0.0.1 served by `proxy`.
+fn wrk_httpd(
     net: &Network,
     rt: &Runtime,
     layer: &Path,
-    proxy: &PortProxy,
+    proxy: Option<&PortProxy>,
     name: &str,
 ) -> anyhow::Result<Wrk> {
-    let port = std::net::TcpListener::bind("0.0.0.0:0")?
-        .local_addr()?
-        .port();
-    let url = format!("http://127.0.0.1:{port}/");
     let att = start_httpd(net, rt, layer, name)?;
-    proxy.set_service(
-        "bench",
-        port,
-        vec![Endpoint {
-            id: att.id.clone(),
-            addr: SocketAddrV4::new(att.ip, 8080),
-            state: EndpointState::Ready,
-        }],
-    )?;
-    wait_http(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
+    let url = match proxy {
+        None => format!("http://{}:8080/", att.ip),
+        Some(proxy) => {
+            let port = std::net::TcpListener::bind("0.0.0.0:0")?
+                .local_addr()?
+                .port();
+            proxy.set_service(
+                "bench",
+                port,
+                vec![Endpoint {
+                    id: att.id.clone(),
+                    addr: SocketAddrV4::new(att.ip, 8080),
+                    state: EndpointState::Ready,
+                }],
+            )?;
+            wait_http(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
+            format!("http://127.0.0.1:{port}/")
+        }
+    };
     let _warm = wrk(&url, "1s")?;
     let result = wrk(&url, "5s");
     eprintln!(
         "server netns counters ({name}): {}",
         tcp_counters(&att.netns_path)
     );
-    proxy.remove_service("bench");
+    if let Some(proxy) = proxy {
+        proxy.remove_service("bench");
+    }
     stop_httpd(net, rt, &att.id)?;
     result
 }

@@ -62,10 +62,7 @@ fn rollout_under_load(strategy: &str) -> (u64, u64, Vec<String>, Vec<String>) {
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
     // Every container has its own IP on the bridge, shown by status.
-    let ips: Vec<String> = running_web(&agent)
-        .iter()
-        .map(|c| c["ip"].as_str().unwrap().to_string())
-        .collect();
+    let ips = web_ips(&agent);
     assert!(
         ips.iter().all(|ip| ip.starts_with("10.")) && ips[0] != ips[1],
         "{ips:?}"
@@ -106,10 +103,7 @@ fn rollout_under_load(strategy: &str) -> (u64, u64, Vec<String>, Vec<String>) {
     std::thread::sleep(Duration::from_millis(500));
     let result = load.finish();
     let after = dnat_rule(&agent, port);
-    let new_ips: Vec<String> = running_web(&agent)
-        .iter()
-        .map(|c| c["ip"].as_str().unwrap().to_string())
-        .collect();
+    let new_ips = web_ips(&agent);
     assert!(
         new_ips
             .iter()
@@ -126,6 +120,14 @@ fn rollout_under_load(strategy: &str) -> (u64, u64, Vec<String>, Vec<String>) {
         );
     }
     result
+}
+
+/// The IPs of the running web replicas, as status shows them.
+fn web_ips(agent: &Agent) -> Vec<String> {
+    running_web(agent)
+        .iter()
+        .map(|c| c["ip"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The agent's DNAT rule for connections from this host to `port`.

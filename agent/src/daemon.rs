@@ -217,15 +217,14 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         reconcile_rx,
         first_tx,
     ));
-    if !*signalled.borrow() {
-        tokio::select! {
-            waited = tokio::time::timeout(FIRST_SYNC_WAIT, first_rx) => {
-                if waited.is_err() {
-                    tracing::warn!("the first reconcile pass is still running; serving anyway");
-                }
+    tokio::select! {
+        waited = tokio::time::timeout(FIRST_SYNC_WAIT, first_rx) => {
+            if waited.is_err() {
+                tracing::warn!("the first reconcile pass is still running; serving anyway");
             }
-            _ = signalled.wait_for(|s| *s) => {}
         }
+        // Returns at once when the signal came earlier.
+        _ = signalled.wait_for(|s| *s) => {}
     }
     if !*signalled.borrow() {
         agent.set_ready();

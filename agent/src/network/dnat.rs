@@ -62,10 +62,7 @@ impl Dnat {
         );
         dnat.apply(&probe)?;
         dnat.apply(&BTreeMap::new())?;
-        std::fs::File::open(CONNTRACK).map_err(|source| DnatError::Conntrack {
-            path: CONNTRACK.into(),
-            source,
-        })?;
+        std::fs::File::open(CONNTRACK).map_err(conntrack_err)?;
         Ok(dnat)
     }
 
@@ -78,22 +75,20 @@ impl Dnat {
     /// changed; otherwise one atomic nft transaction, done when this returns.
     pub fn set(&self, service: &str, port: u16, ready: Vec<SocketAddrV4>) -> Result<(), DnatError> {
         let mut services = self.lock();
-        let entry = (port, ready);
-        if entry.1.is_empty() {
-            if !services.contains_key(service) {
-                return Ok(());
-            }
-            let mut next = services.clone();
-            next.remove(service);
-            self.apply(&next)?;
-            *services = next;
-            return Ok(());
-        }
-        if services.get(service) == Some(&entry) {
+        // Every reconcile pass calls this for every service: the no-op is cheap.
+        let unchanged = match services.get(service) {
+            None => ready.is_empty(),
+            Some((p, r)) => *p == port && *r == ready,
+        };
+        if unchanged {
             return Ok(());
         }
         let mut next = services.clone();
-        next.insert(service.into(), entry);
+        if ready.is_empty() {
+            next.remove(service);
+        } else {
+            next.insert(service.into(), (port, ready));
+        }
         self.apply(&next)?;
         *services = next;
         Ok(())
@@ -117,11 +112,15 @@ impl Dnat {
     /// Open connections that DNAT sent from host port `port` to `endpoint`
     /// (every conntrack state but TIME_WAIT and CLOSE).
     pub fn active(&self, port: u16, endpoint: SocketAddrV4) -> Result<usize, DnatError> {
-        let table = std::fs::read_to_string(CONNTRACK).map_err(|source| DnatError::Conntrack {
-            path: CONNTRACK.into(),
-            source,
-        })?;
+        let table = std::fs::read_to_string(CONNTRACK).map_err(conntrack_err)?;
         Ok(count_active(&table, port, endpoint))
+    }
+}
+
+fn conntrack_err(source: std::io::Error) -> DnatError {
+    DnatError::Conntrack {
+        path: CONNTRACK.into(),
+        source,
     }
 }
 

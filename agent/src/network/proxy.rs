@@ -196,11 +196,6 @@ impl PortProxy {
         }
     }
 
-    /// Whether new connections take the DNAT fast path.
-    pub fn dnat_enabled(&self) -> bool {
-        self.dnat.is_some()
-    }
-
     fn services(&self) -> std::sync::MutexGuard<'_, HashMap<String, Service>> {
         self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
