@@ -20,7 +20,7 @@ COMPOSE=${COMPOSE:-1}
 GOAL_MS=20
 TAG=rc
 source bench/rollout-lib.sh
-[ -x "$BIN/berthd" ] || cargo build --release --workspace --bins
+install_peer_and_build
 WORK=$(mktemp -d /tmp/berth-reconcile.XXXXXX)
 DOCKER_SOCK=/run/berth-reconcile-docker.sock
 DOCKER_CG="berth-reconcile-docker-$$"
@@ -28,16 +28,7 @@ DOCKER_CG="berth-reconcile-docker-$$"
 cleanup() {
   set +e
   stop_berthd 120
-  if [ -n "${DOCKERD_PID:-}" ]; then
-    docker-compose -p berthreconcile -f "$WORK/compose.yml" down -t 0 >/dev/null 2>&1
-    kill "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$DOCKERD_PID" 2>/dev/null
-    wait "$DOCKERD_PID" 2>/dev/null
-    grep -E " ($WORK)/docker" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m"; done
-    rmdir /sys/fs/cgroup/*/"$DOCKER_CG"/* /sys/fs/cgroup/*/"$DOCKER_CG" /sys/fs/cgroup/"$DOCKER_CG" 2>/dev/null
-    rm -f "$DOCKER_SOCK"
-  fi
+  stop_compose_dockerd berthreconcile 0
   stop_registry
   rm -rf "$WORK"
 }
@@ -122,18 +113,7 @@ RETIRE_S=$(python3 -c "print('%.1f' % (($t1 - $t0) / 1e9))")
 COMPOSE_NOTE="" C_MED=""
 if [ "$COMPOSE" = 1 ]; then
   echo "== dockerd + docker-compose, $SERVICES services"
-  mkdir -p "$WORK/docker-data" "$WORK/docker-exec"
-  dockerd --host "unix://$DOCKER_SOCK" --data-root "$WORK/docker-data" --exec-root "$WORK/docker-exec" \
-    --pidfile "$WORK/docker.pid" --iptables=false --ip6tables=false --bridge=none --ip-masq=false \
-    --cgroup-parent "$DOCKER_CG" >"$WORK/dockerd.log" 2>&1 &
-  DOCKERD_PID=$!
-  export DOCKER_HOST="unix://$DOCKER_SOCK"
-  for _ in $(seq 150); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
-  if ! docker version >/dev/null 2>&1; then
-    COMPOSE_NOTE="dockerd did not start: $(tail -5 "$WORK/dockerd.log")"
-  elif ! command -v docker-compose >/dev/null; then
-    COMPOSE_NOTE="docker-compose not installed (apt-get install docker-compose)"
-  fi
+  start_compose_dockerd
   if [ -z "$COMPOSE_NOTE" ]; then
     docker pull -q "$IMG" >/dev/null
     { echo 'version: "2.4"'; echo 'services:'

@@ -24,12 +24,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}
 TAG=ro
 source bench/rollout-lib.sh
-# The peer: dockerd and Compose v1 from Debian.
-if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >/dev/null
-fi
-cargo build --release -q -p berth-agent --bins -p berth-ctl
+install_peer_and_build
 WORK=$(mktemp -d /tmp/berth-rollout.XXXXXX)
 DOCKER_SOCK=/run/berth-rollout-docker.sock
 DOCKER_CG="berth-rollout-docker-$$"
@@ -37,17 +32,7 @@ DOCKER_CG="berth-rollout-docker-$$"
 cleanup() {
   set +e
   stop_berthd 60
-  if [ -n "${DOCKERD_PID:-}" ]; then
-    docker-compose -p berthrollout -f "$WORK/compose.yml" down -t 2 >/dev/null 2>&1
-    kill "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$DOCKERD_PID" 2>/dev/null
-    wait "$DOCKERD_PID" 2>/dev/null
-    # anything dockerd/containerd left mounted under our dirs
-    grep -E " ($WORK)/docker" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m"; done
-    rmdir /sys/fs/cgroup/*/"$DOCKER_CG" /sys/fs/cgroup/"$DOCKER_CG" 2>/dev/null
-    rm -f "$DOCKER_SOCK"
-  fi
+  stop_compose_dockerd berthrollout 2
   stop_registry
   rm -rf "$WORK"
 }
@@ -173,19 +158,7 @@ BERTH_METRIC=$(curl -fsS "127.0.0.1:$HTTP_PORT/metrics" | grep -E '^berth_rollou
 stop_berthd 60
 
 echo "== dockerd + docker-compose"
-COMPOSE_NOTE=""
-mkdir -p "$WORK/docker-data" "$WORK/docker-exec"
-dockerd --host "unix://$DOCKER_SOCK" --data-root "$WORK/docker-data" --exec-root "$WORK/docker-exec" \
-  --pidfile "$WORK/docker.pid" --iptables=false --ip6tables=false --bridge=none --ip-masq=false \
-  --cgroup-parent "$DOCKER_CG" --insecure-registry "$REG" >"$WORK/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-export DOCKER_HOST="unix://$DOCKER_SOCK"
-for _ in $(seq 150); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
-if ! docker version >/dev/null 2>&1; then
-  COMPOSE_NOTE="dockerd did not start: $(tail -5 "$WORK/dockerd.log")"
-elif ! command -v docker-compose >/dev/null; then
-  COMPOSE_NOTE="docker-compose not installed (apt-get install docker-compose)"
-fi
+start_compose_dockerd --insecure-registry "$REG"
 
 compose_file() { # digest
   cat > "$WORK/compose.yml" <<YML
