@@ -623,6 +623,30 @@ fn failed_create_undoes_everything() {
     c.remove();
 }
 
+/// `exe` (a `/proc/PID/exe`) lives on a read-only mount, and opening it for
+/// writing fails (ETXTBSY while it runs, EROFS through the mount).
+fn assert_exe_not_writable(exe: &str, what: &str) {
+    let opath = nix::fcntl::open(
+        Path::new(exe),
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let vfs = nix::sys::statvfs::fstatvfs(&opath).unwrap();
+    assert!(
+        vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
+        "{what} exe mount must be read-only"
+    );
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(exe)
+        .unwrap_err();
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
+        "{what}: {err}"
+    );
+}
+
 #[test]
 fn monitor_exe_is_not_writable_from_anywhere() {
     let env = Env::new();
@@ -640,25 +664,7 @@ fn monitor_exe_is_not_writable_from_anywhere() {
     // While it runs, writing gives ETXTBSY; the CVE-2019-5736 attack keeps an
     // O_PATH fd and reopens it for writing once the process has exited. That
     // reopen goes to the mount the fd names, which is read-only: EROFS.
-    let opath = nix::fcntl::open(
-        Path::new(&exe),
-        nix::fcntl::OFlag::O_PATH,
-        nix::sys::stat::Mode::empty(),
-    )
-    .unwrap();
-    let vfs = nix::sys::statvfs::fstatvfs(&opath).unwrap();
-    assert!(
-        vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
-        "monitor exe mount must be read-only"
-    );
-    let err = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&exe)
-        .unwrap_err();
-    assert!(
-        matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
-        "{err}"
-    );
+    assert_exe_not_writable(&exe, "monitor");
     // The container's PID 1 runs the workload, not agent code.
     let pid = match env.rt.state(&c.id) {
         ContainerState::Running { pid, .. } => pid,
@@ -1234,25 +1240,7 @@ fn exec_helper_exe_is_not_writable_and_runs_no_agent_code_in_the_container() {
             std::fs::read_link(&exe).unwrap(),
             Path::new(env!("CARGO_BIN_EXE_berth-monitor"))
         );
-        let opath = nix::fcntl::open(
-            Path::new(&exe),
-            nix::fcntl::OFlag::O_PATH,
-            nix::sys::stat::Mode::empty(),
-        )
-        .unwrap();
-        let vfs = nix::sys::statvfs::fstatvfs(&opath).unwrap();
-        assert!(
-            vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
-            "exec helper exe mount must be read-only"
-        );
-        let err = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&exe)
-            .unwrap_err();
-        assert!(
-            matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
-            "{err}"
-        );
+        assert_exe_not_writable(&exe, "exec helper");
         // The helper stays in the host's pid namespace (invisible to the
         // container); its child, in the container's, runs the command itself.
         let nspid = |pid: i32| -> usize {
