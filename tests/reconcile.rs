@@ -98,6 +98,21 @@ fn events(agent: &Agent) -> Vec<serde_json::Value> {
 }
 
 /// The service has `n` running replicas and `n` ready.
+/// A registry with `tag` pushed (body "v1"), an agent, and `replicas` web
+/// replicas of it applied and ready.
+fn web_running(tag: &str, replicas: u32) -> (TestRegistry, String, Agent) {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, tag, "v1");
+    let agent = Agent::start();
+    agent
+        .apply_text("m.toml", &web_manifest(&image, replicas, ""))
+        .ok();
+    agent.wait_for(30, &format!("web {replicas}/{replicas}"), |a| {
+        web_ready(a, "web", u64::from(replicas))
+    });
+    (reg, image, agent)
+}
+
 fn web_ready(agent: &Agent, service: &str, n: u64) -> Option<()> {
     (agent.ready_of(service) == (n, n) && running_ids(agent, service).len() as u64 == n)
         .then_some(())
@@ -154,13 +169,7 @@ fn a_new_digest_under_the_same_tag_rolls_out_with_pull_check() {
 }
 
 fn assert_rollout_fails_and_rolls_back(bad_extra: &str, what: &str) {
-    let reg = TestRegistry::start().unwrap();
-    let image = push_web_image(&reg, "shop/web:1", "v1");
-    let agent = Agent::start();
-    agent
-        .apply_text("m.toml", &web_manifest(&image, 2, ""))
-        .ok();
-    agent.wait_for(30, "web 2/2", |a| web_ready(a, "web", 2));
+    let (_reg, image, agent) = web_running("shop/web:1", 2);
     agent.wait_for(10, "revision 1 complete", |a| {
         (revisions(a)[0]["state"] == "complete").then_some(())
     });
@@ -263,13 +272,7 @@ fn time_of(t: &str) -> f64 {
 
 #[test]
 fn scaling_changes_only_the_count() {
-    let reg = TestRegistry::start().unwrap();
-    let image = push_web_image(&reg, "shop/web:1", "v1");
-    let agent = Agent::start();
-    agent
-        .apply_text("m.toml", &web_manifest(&image, 3, ""))
-        .ok();
-    agent.wait_for(30, "web 3/3", |a| web_ready(a, "web", 3));
+    let (_reg, image, agent) = web_running("shop/web:1", 3);
     let three = ids_of(&agent, "web");
     agent
         .apply_text("m.toml", &web_manifest(&image, 1, ""))
@@ -297,13 +300,7 @@ fn scaling_changes_only_the_count() {
 
 #[test]
 fn a_container_killed_by_hand_comes_back() {
-    let reg = TestRegistry::start().unwrap();
-    let image = push_web_image(&reg, "shop/web:1", "v1");
-    let agent = Agent::start();
-    agent
-        .apply_text("m.toml", &web_manifest(&image, 1, ""))
-        .ok();
-    agent.wait_for(30, "web 1/1", |a| web_ready(a, "web", 1));
+    let (_reg, _image, agent) = web_running("shop/web:1", 1);
     let c = agent
         .containers()
         .into_iter()
@@ -329,13 +326,7 @@ fn a_container_killed_by_hand_comes_back() {
 
 #[test]
 fn rollback_runs_the_exact_digest_of_revision_1() {
-    let reg = TestRegistry::start().unwrap();
-    let image = push_web_image(&reg, "shop/web:stable", "v1");
-    let agent = Agent::start();
-    agent
-        .apply_text("m.toml", &web_manifest(&image, 1, ""))
-        .ok();
-    agent.wait_for(30, "web 1/1", |a| web_ready(a, "web", 1));
+    let (reg, image, agent) = web_running("shop/web:stable", 1);
     let d1 = revisions(&agent)[0]["digests"]["web"]
         .as_str()
         .unwrap()
@@ -369,13 +360,7 @@ fn rollback_runs_the_exact_digest_of_revision_1() {
 
 #[test]
 fn kill9_of_the_agent_during_a_rollout_converges_without_duplicates() {
-    let reg = TestRegistry::start().unwrap();
-    let image = push_web_image(&reg, "shop/web:1", "v1");
-    let mut agent = Agent::start();
-    agent
-        .apply_text("m.toml", &web_manifest(&image, 2, ""))
-        .ok();
-    agent.wait_for(30, "web 2/2", |a| web_ready(a, "web", 2));
+    let (_reg, image, mut agent) = web_running("shop/web:1", 2);
     // Kill at several points: right after the apply, after the first new
     // replica exists, and in the middle of draining.
     for (round, delay_ms) in [0u64, 400, 900].into_iter().enumerate() {
