@@ -59,15 +59,20 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// This agent's bridge (unique per test agent, ≤ 15 bytes).
-    pub fn bridge(&self) -> String {
-        let name = self
-            .dir
+    /// The name of this agent's temp dir, unique per test agent; the bridge,
+    /// subnet and cgroup parent are derived from it.
+    fn name(&self) -> String {
+        self.dir
             .path()
             .file_name()
             .unwrap()
             .to_string_lossy()
-            .to_string();
+            .to_string()
+    }
+
+    /// This agent's bridge (unique per test agent, ≤ 15 bytes).
+    pub fn bridge(&self) -> String {
+        let name = self.name();
         let h = name
             .bytes()
             .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
@@ -76,13 +81,7 @@ impl Agent {
 
     /// This agent's subnet: a /24 picked from the agent's name.
     pub fn subnet(&self) -> String {
-        let name = self
-            .dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
+        let name = self.name();
         let h = name
             .bytes()
             .fold(7u32, |h, b| h.wrapping_mul(131).wrapping_add(u32::from(b)));
@@ -91,13 +90,7 @@ impl Agent {
 
     /// The cgroup parent of this agent's containers (unique per test agent).
     pub fn cgroup_parent(&self) -> String {
-        let name = self
-            .dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
+        let name = self.name();
         format!("berth-test-{}", name.replace('.', "_"))
     }
 }
