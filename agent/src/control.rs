@@ -792,11 +792,7 @@ pub fn desired_services(
         .map(|s| {
             let digest: Option<Digest> = digests.get(&s.name).and_then(|d| d.parse().ok());
             let env = env_files.get(&s.name).map(Vec::as_slice).unwrap_or(&[]);
-            DesiredService {
-                name: s.name.clone(),
-                replicas: s.replicas,
-                spec: ContainerSpec::for_service(s, digest.as_ref(), env),
-            }
+            DesiredService::of(s, digest.as_ref(), env)
         })
         .collect()
 }

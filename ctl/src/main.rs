@@ -509,6 +509,7 @@ fn print_plan(plan: &[ServicePlan]) {
                 Step::Start { .. } => {}
             }
         }
+        details.extend(p.notes.iter().cloned());
         rows.push([
             p.service.clone(),
             action_text(p.action).into(),
@@ -538,7 +539,12 @@ fn print_changes(changes: &[ServiceChange]) {
             c.service.clone(),
             change.into(),
             format!("{} -> {}", c.replicas_from, c.replicas_to),
-            c.fields.join(", "),
+            c.fields
+                .iter()
+                .chain(c.notes.iter())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
         ]);
     }
     print_table(&rows);
