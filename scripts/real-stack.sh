@@ -85,6 +85,12 @@ cleanup() {
     done
     kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null
   fi
+  # Anything of ours still running (the agent failed to retire it): kill the
+  # whole cgroup subtree (v2), then remove the cgroups.
+  if [ -e "/sys/fs/cgroup/$CGROUP/cgroup.kill" ]; then
+    echo 1 > "/sys/fs/cgroup/$CGROUP/cgroup.kill"; sleep 0.5
+    find "/sys/fs/cgroup/$CGROUP" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null
+  fi
   [ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
   if [ -n "$WORK" ]; then
     umount_under "$WORK"
@@ -95,6 +101,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # ---- prerequisites ----------------------------------------------------------
 
@@ -430,6 +438,21 @@ service_report() {
       '.services[] | select(.name == $s) | "\(.replicas_ready)/\(.replicas_desired) ready, restarts \(.restarts // 0); \(.last_error // "no error")"' || echo "?")
     line=$(last_logs "$s" 1 | tail -n 1 | cut -c1-160)
     record INFO "$s" "$st | last log: $line"
+  done
+  # Replicas that are gone (crashed or replaced): how many, and what the
+  # newest of them said last.
+  local d id gone newest
+  for s in $SERVICES; do
+    gone=0 newest=""
+    for d in $(ls -td "$WORK/caught/$s"-* 2>/dev/null); do
+      id=$(basename "$d")
+      [ -d "$WORK/state/containers/$id" ] && continue
+      gone=$((gone + 1))
+      [ -n "$newest" ] || newest=$d
+    done
+    ((gone)) || continue
+    line=$(cat "$newest"/stdout.log "$newest"/stderr.log 2>/dev/null | tail -n 1 | cut -c1-150)
+    record INFO "$s: $gone gone" "newest $(basename "$newest"): ${line:-(no output)}"
   done
 }
 

@@ -51,7 +51,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client (a probe, a timed-out curl) did not wait
 
     def do_GET(self):
         try:
@@ -76,8 +79,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, {"error": "not found"})
         except Exception as e:  # a store is down: say so, keep serving
             error = f"{type(e).__name__}: {e}".strip()
-            print(f"{self.path}: {error}", flush=True)
-            return self.reply(503, {"error": error})
+            self.reply(503, {"error": error})
+            print(f"{self.path}: {error}", flush=True)  # the last line says why
 
     def log_message(self, fmt, *args):
         print("%s %s" % (self.address_string(), fmt % args), flush=True)
