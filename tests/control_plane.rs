@@ -434,6 +434,59 @@ fn events_follow_streams_new_events() {
 }
 
 #[test]
+fn events_survive_kill9_and_filter_by_service_kind_and_since() {
+    let mut agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
+    agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
+    agent.wait_for(30, "hello ready", |a| {
+        (a.ready_of("hello") == (2, 2)).then_some(())
+    });
+    let events = |a: &Agent, args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["-o", "json", "events"];
+        all.extend_from_slice(args);
+        a.ctl(&all)
+            .ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let before = events(&agent, &[]);
+    assert!(before.len() >= 4, "{before:?}");
+    // sled writes its log every 500 ms; a kill -9 later than that loses nothing.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    agent.kill9();
+    agent.spawn();
+    let after = events(&agent, &[]);
+    let seqs = |v: &[serde_json::Value]| -> Vec<u64> {
+        v.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(
+        seqs(&after)[..before.len()],
+        seqs(&before)[..],
+        "every event before the kill is kept, in order"
+    );
+    assert!(
+        after.len() > before.len(),
+        "the new agent's start is recorded too"
+    );
+    assert!(
+        seqs(&after).windows(2).all(|w| w[0] < w[1]),
+        "seq continues"
+    );
+    // Filters.
+    let hello_only = events(&agent, &["--service", "hello"]);
+    assert!(!hello_only.is_empty() && hello_only.iter().all(|e| e["service"] == "hello"));
+    let started = events(&agent, &["--kind", "agent-started"]);
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(events(&agent, &["--since", "1h"]).len(), after.len());
+    assert!(events(&agent, &["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let bad = agent.ctl(&["events", "--since", "yesterday"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("yesterday"), "{}", bad.stderr);
+}
+
+#[test]
 fn sigterm_shuts_down_cleanly_and_a_second_agent_is_refused() {
     let mut agent = Agent::start();
     // A second agent on the same state dir must refuse to start.
