@@ -486,6 +486,34 @@ fn events_survive_kill9_and_filter_by_service_kind_and_since() {
     assert!(bad.stderr.contains("yesterday"), "{}", bad.stderr);
 }
 
+/// `Type=notify`: READY=1 once the first reconcile pass is done (the agent
+/// answers /readyz), STOPPING=1 on SIGTERM — over `$NOTIFY_SOCKET`.
+#[test]
+fn systemd_hears_ready_and_stopping() {
+    let mut agent = Agent::create(&[]);
+    let path = agent.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    agent.env = vec![("NOTIFY_SOCKET".into(), path.display().to_string())];
+    agent.spawn();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    assert_eq!(
+        http_tcp(agent.http_port, "GET", "/readyz", &[], b"")
+            .unwrap()
+            .status,
+        200,
+        "ready was sent only once the agent is ready"
+    );
+    assert!(agent.terminate().success());
+    let n = sock.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_and_a_second_agent_is_refused() {
     let mut agent = Agent::start();
