@@ -658,6 +658,8 @@ async fn start_replica(
     cfg.stop_signal =
         crate::launch::stop_signal(svc.stop_signal.as_ref(), img.run.stop_signal.as_deref()).number;
     cfg.stop_timeout = svc.stop_timeout;
+    cfg.init = spec.init;
+    cfg.sysctls = spec.sysctls.clone();
     cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
     cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
     cfg.labels
