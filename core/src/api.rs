@@ -190,6 +190,10 @@ pub struct ContainerView {
     pub ip: Option<String>,
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The image's `ExposedPorts` (`80/tcp`): documentation of what the
+    /// image listens on; only `ports` publishes anything.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
     pub created_at: String,
     #[serde(default)]
     pub started_at: Option<String>,
