@@ -604,10 +604,8 @@ fn rotated_of<'a>(files: &'a [LogFile], f: &LogFile) -> Option<&'a PathBuf> {
 }
 
 /// Every line of a container's files, read once (archived or finished).
-pub fn read_all(id: &str, files: &[LogFile]) -> Vec<Entry> {
-    let (mut t, mut out) = ContainerTail::open(id, files);
-    out.extend(t.finish());
-    out
+pub fn read_all(files: &[LogFile]) -> Vec<Entry> {
+    crilog::read_entries(files)
 }
 
 #[cfg(test)]
@@ -826,7 +824,7 @@ mod tests {
             newest.meta.finished_at.as_deref(),
             Some("1970-01-01T00:00:05.000000000Z")
         );
-        assert_eq!(lines(&read_all("web-3", &newest.files())), ["web-3"]);
+        assert_eq!(lines(&read_all(&newest.files())), ["web-3"]);
         assert_eq!(archive.find("web-2").unwrap().unwrap().meta.id, "web-2");
         assert_eq!(archive.find("web-").unwrap_err(), 2);
         assert!(archive.find("api").unwrap().is_none());

@@ -207,18 +207,21 @@ impl Agent {
         match self.find_container(&req.target).await {
             Ok(c) => {
                 let files = crate::runtime::Runtime::logs_in(&c.dir);
-                let id = c.id.clone();
+                let running = matches!(c.state, ContainerState::Running { .. });
                 let (tail, head) = blocking(move || {
-                    let (mut tail, mut head) = ContainerTail::open(&id, &files);
-                    if !matches!(c.state, ContainerState::Running { .. }) {
-                        head.extend(tail.finish());
+                    if running {
+                        let (tail, head) = ContainerTail::open(&c.id, &files);
+                        (Some(tail), head)
+                    } else {
+                        (None, logs::read_all(&files))
                     }
-                    (tail, head)
                 })
                 .await?;
                 let mut out = Vec::new();
                 logs::render(&logs::select(head, &q), q.timestamps, &mut out);
-                let follow = req.follow.then(|| LogFollow::new(None, vec![tail], &q));
+                let follow = tail
+                    .filter(|_| req.follow)
+                    .map(|t| LogFollow::new(None, vec![t], &q));
                 Ok(LogsReply { head: out, follow })
             }
             Err(AgentError::NotFound { what }) => {
@@ -228,8 +231,7 @@ impl Agent {
                 match found {
                     Ok(Some(a)) => {
                         let mut out = Vec::new();
-                        let entries =
-                            blocking(move || logs::read_all(&a.meta.id, &a.files())).await?;
+                        let entries = blocking(move || logs::read_all(&a.files())).await?;
                         logs::render(&logs::select(entries, &q), q.timestamps, &mut out);
                         Ok(LogsReply {
                             head: out,
@@ -261,7 +263,7 @@ impl Agent {
                 archive
                     .list(&svc)
                     .first()
-                    .map(|a| logs::read_all(&a.meta.id, &a.files()))
+                    .map(|a| logs::read_all(&a.files()))
             })
             .await?
             .ok_or_else(|| AgentError::NotFound {
@@ -293,7 +295,7 @@ impl Agent {
             let mut fallback = None;
             if head.is_empty() {
                 if let Some(a) = archive.list(&svc).into_iter().next() {
-                    head = logs::select(logs::read_all(&a.meta.id, &a.files()), &q);
+                    head = logs::select(logs::read_all(&a.files()), &q);
                     fallback = Some(a.meta.id);
                 }
             }
@@ -476,7 +478,7 @@ impl LogFollow {
             for a in archive.list(&service) {
                 let at = crilog::parse_time(&a.meta.archived_at).unwrap_or(0);
                 if at >= started && !seen.contains(&a.meta.id) {
-                    out.push(logs::read_all(&a.meta.id, &a.files()));
+                    out.push(logs::read_all(&a.files()));
                     archived_ids.push(a.meta.id);
                 }
             }

@@ -134,11 +134,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// Parses any RFC 3339 time (`2024-05-01T10:00:00Z`, fractions of any
-/// length, numeric offsets) into [`Nanos`].
+/// length, numeric offsets) into [`Nanos`], saturating outside its range.
 pub fn parse_time(text: &str) -> Option<Nanos> {
     let t =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos()).ok()
+    let ns = t.unix_timestamp_nanos();
+    // Beyond the range (years before 1678 or after 2262): the nearest end.
+    Some(i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX }))
 }
 
 /// Appends one record: `<time> <stream> <P|F> <content>\n`. `content` must
@@ -324,22 +326,31 @@ impl Decoder {
 }
 
 /// Reads and decodes a container's log files in order (missing files are
-/// skipped: a rotation may have just renamed one).
+/// skipped: a rotation may have just renamed one). A line continues from a
+/// rotated file `X.1` into `X` only; any other file ends the lines before it.
 pub fn read_entries(files: &[LogFile]) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut dec = Decoder::new();
-    let mut last = Stream::Stdout;
+    let mut prev: Option<&LogFile> = None;
     for f in files {
-        // Old format: the last line of one stream's files ends with them.
-        if f.stream != last {
-            dec.finish(last, &mut out);
+        if let Some(p) = prev {
+            let continues = p
+                .path
+                .to_str()
+                .and_then(|s| s.strip_suffix(".1"))
+                .is_some_and(|s| Path::new(s) == f.path);
+            if !continues {
+                dec.finish(p.stream, &mut out);
+            }
         }
         if let Ok(bytes) = read_file(&f.path) {
             dec.feed(&bytes, f.stream, &mut out);
         }
-        last = f.stream;
+        prev = Some(f);
     }
-    dec.finish(last, &mut out);
+    if let Some(p) = prev {
+        dec.finish(p.stream, &mut out);
+    }
     out
 }
 
@@ -396,6 +407,7 @@ mod tests {
             Some(1_700_000_000_500_000_000)
         );
         assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("2999-01-01T00:00:00Z"), Some(Nanos::MAX));
     }
 
     #[test]
@@ -567,19 +579,27 @@ mod tests {
         let out = dir.path().join("stdout.log");
         let err = dir.path().join("stderr.log");
         std::fs::write(&out, "o1\no2").unwrap();
-        std::fs::write(&err, "e1\n").unwrap();
+        std::fs::write(&err, "e1").unwrap();
+        let cri = dir.path().join("container.log");
+        let mut rec = Vec::new();
+        encode(&mut rec, T0, Stream::Stdout, false, b"new");
+        std::fs::write(&cri, rec).unwrap();
         let files = [
+            LogFile {
+                path: dir.path().join("stdout.log.1"), // missing
+                stream: Stream::Stdout,
+            },
             LogFile {
                 path: out,
                 stream: Stream::Stdout,
             },
             LogFile {
-                path: dir.path().join("stdout.log.1-missing"),
-                stream: Stream::Stdout,
-            },
-            LogFile {
                 path: err,
                 stream: Stream::Stderr,
+            },
+            LogFile {
+                path: cri,
+                stream: Stream::Stdout,
             },
         ];
         let got: Vec<(Option<Nanos>, Stream, String)> = read_entries(&files)
@@ -592,6 +612,7 @@ mod tests {
                 (None, Stream::Stdout, "o1".into()),
                 (None, Stream::Stdout, "o2".into()),
                 (None, Stream::Stderr, "e1".into()),
+                (Some(T0), Stream::Stdout, "new".into()),
             ]
         );
     }
