@@ -363,10 +363,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let r: serde_json::Value = serde_json::from_slice(&reply.body)?;
                 println!(
-                    "removed {} images, {} blobs, {} layer snapshots; freed {}",
+                    "removed {} images, {} blobs, {} layer snapshots, {} archived container logs; freed {}",
                     r["images_removed"].as_array().map(|a| a.len()).unwrap_or(0),
                     r["blobs_removed"],
                     r["snapshots_removed"],
+                    r["log_archives_removed"].as_u64().unwrap_or(0),
                     human_bytes(r["bytes_freed"].as_u64().unwrap_or(0))
                 );
             }

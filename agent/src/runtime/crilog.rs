@@ -199,6 +199,8 @@ pub struct LineSplitter {
     stream: Stream,
     max: usize,
     buf: Vec<u8>,
+    /// The record being encoded (kept to reuse its allocation).
+    rec: Vec<u8>,
 }
 
 impl LineSplitter {
@@ -207,6 +209,7 @@ impl LineSplitter {
             stream,
             max: max.max(1),
             buf: Vec::new(),
+            rec: Vec::new(),
         }
     }
 
@@ -239,10 +242,10 @@ impl LineSplitter {
     }
 
     fn record(&mut self, time: Nanos, partial: bool, emit: &mut impl FnMut(&[u8])) {
-        let mut rec = Vec::with_capacity(self.buf.len() + 40);
-        encode(&mut rec, time, self.stream, partial, &self.buf);
+        self.rec.clear();
+        encode(&mut self.rec, time, self.stream, partial, &self.buf);
         self.buf.clear();
-        emit(&rec);
+        emit(&self.rec);
     }
 }
 
