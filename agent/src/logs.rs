@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,8 +36,6 @@ pub enum LogError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Meta(#[from] config::ConfigError),
     #[error(
         "since `{0}`: expected an RFC 3339 time (2024-05-01T10:00:00Z) or a duration (10m, 1h30m)"
     )]
@@ -238,7 +237,7 @@ impl LogArchive {
             archived_at: crilog::time_string(crilog::now()),
             files: listed,
         };
-        config::write_json(id, &dir.join(format!("{id}.json")), &meta)?;
+        write_meta(&dir.join(format!("{id}.json")), &meta).map_err(io("writing", &dir))?;
         for (from, to) in moves {
             move_file(&from, &to).map_err(io("moving", &from))?;
         }
@@ -351,8 +350,12 @@ impl LogArchive {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    // `.tmp` files are metadata being written right now.
-                    if !listed.contains(&name) && !name.contains(".tmp") {
+                    // A recent `.tmp` file is metadata being written right now.
+                    let writing = name.ends_with(TMP_SUFFIX)
+                        && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+                            t.elapsed().unwrap_or_default() < Duration::from_secs(60)
+                        });
+                    if !listed.contains(&name) && !writing {
                         report.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
                         let _ = std::fs::remove_file(e.path());
                     }
@@ -363,6 +366,20 @@ impl LogArchive {
         report
     }
 }
+
+/// Writes the metadata atomically (temp file + rename). Not fsynced: the
+/// log files it lists are not either, and a removal in a crash loop should
+/// not wait for the disk.
+fn write_meta(path: &Path, meta: &ArchiveMeta) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Suffix of metadata being written.
+const TMP_SUFFIX: &str = ".tmp";
 
 fn system_nanos(t: std::time::SystemTime) -> Nanos {
     t.duration_since(std::time::UNIX_EPOCH)
