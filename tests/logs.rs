@@ -131,7 +131,12 @@ fn a_crashed_replica_keeps_its_interleaved_timestamped_logs() {
     // A bad --since is a clear error; --previous needs a service.
     let out = agent.ctl(&["logs", "crash", "--since", "yesterday"]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("since `yesterday`"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("since: `yesterday` is neither an RFC 3339 time nor a duration"),
+        "{}",
+        out.stderr
+    );
     let out = agent.ctl(&["logs", &removed, "--previous"]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("is not a service"), "{}", out.stderr);

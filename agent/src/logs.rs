@@ -36,10 +36,6 @@ pub enum LogError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "since `{0}`: expected an RFC 3339 time (2024-05-01T10:00:00Z) or a duration (10m, 1h30m)"
-    )]
-    BadSince(String),
 }
 
 /// What `<id>.json` records about an archived container.
@@ -410,18 +406,6 @@ pub struct LogQuery {
     pub timestamps: bool,
 }
 
-/// `since` as an RFC 3339 time, or a duration before `now` (`10m`, `1h30m`).
-pub fn parse_since(text: &str, now: Nanos) -> Result<Nanos, LogError> {
-    if let Some(t) = crilog::parse_time(text) {
-        return Ok(t);
-    }
-    berth_core::units::parse_duration(text)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_nanos()).ok())
-        .map(|d| now.saturating_sub(d))
-        .ok_or_else(|| LogError::BadSince(text.into()))
-}
-
 /// Merges each source's lines (each in its own order) into one sequence by
 /// time. Order within a source is kept even when its clock went back; a line
 /// without a time sorts with the line before it in its source.
@@ -730,21 +714,6 @@ mod tests {
         let mut out = Vec::new();
         render(&v[1..3], false, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "one\ntwo\n");
-    }
-
-    #[test]
-    fn since_takes_a_time_or_a_duration() {
-        let now = 1_000 * 1_000_000_000;
-        assert_eq!(parse_since("10m", now).unwrap(), now - 600 * 1_000_000_000);
-        assert_eq!(
-            parse_since("1970-01-01T00:00:01Z", now).unwrap(),
-            1_000_000_000
-        );
-        let err = parse_since("yesterday", now).unwrap_err().to_string();
-        assert!(
-            err.contains("yesterday") && err.contains("RFC 3339"),
-            "{err}"
-        );
     }
 
     fn write_records(path: &Path, recs: &[(Nanos, Stream, bool, &str)]) {

@@ -136,11 +136,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 /// Parses any RFC 3339 time (`2024-05-01T10:00:00Z`, fractions of any
 /// length, numeric offsets) into [`Nanos`], saturating outside its range.
 pub fn parse_time(text: &str) -> Option<Nanos> {
-    let t =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(nanos_of)
+}
+
+/// A time as [`Nanos`]; beyond the range (before 1678, after 2262) the nearest end.
+pub fn nanos_of(t: time::OffsetDateTime) -> Nanos {
     let ns = t.unix_timestamp_nanos();
-    // Beyond the range (years before 1678 or after 2262): the nearest end.
-    Some(i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX }))
+    i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// Appends one record: `<time> <stream> <P|F> <content>\n`. `content` must
