@@ -52,6 +52,10 @@ struct Flags {
     bridge: Option<String>,
     #[arg(long)]
     cgroup_parent: Option<String>,
+    /// Upstream resolver of the containers' DNS server, ADDR or ADDR:PORT;
+    /// repeatable. Default: the host's /etc/resolv.conf.
+    #[arg(long)]
+    dns_upstream: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             subnet: flags.subnet,
             bridge: flags.bridge,
             cgroup_parent: flags.cgroup_parent,
+            dns_upstream: (!flags.dns_upstream.is_empty()).then_some(flags.dns_upstream),
         }))
     });
     let config = match config {
