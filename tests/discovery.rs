@@ -338,6 +338,24 @@ fn services_reach_each_other_by_name_and_names_follow_a_rollout() {
             && resolv.matches("nameserver").count() == 1,
         "{resolv}"
     );
+    // Port 53 of the gateway is kept to the bridge (and the host itself).
+    let input = std::process::Command::new("nft")
+        .args([
+            "list",
+            "chain",
+            "ip",
+            &format!("berth_{}", agent.bridge()),
+            "input",
+        ])
+        .output()
+        .unwrap();
+    let input = String::from_utf8_lossy(&input.stdout);
+    assert!(
+        input.contains(&format!("ip daddr {}", gateway(&agent)))
+            && input.contains("th dport 53")
+            && input.contains("drop"),
+        "{input}"
+    );
     let hosts = agent.exec(&web_id, &["cat", "/etc/hosts"]).output;
     assert!(
         hosts.contains(&format!("\n{web_ip}\t{web_id}\n")),
