@@ -284,12 +284,13 @@ impl Agent {
             &config.cgroup_parent,
             monitor_exe(),
         )));
+        let events = EventBus::persistent(store.tree(crate::events::TREE)?);
         let agent = Agent {
             managed_source,
             source_error: std::sync::Mutex::new(None),
             config,
             store,
-            events: EventBus::new(),
+            events,
             metrics,
             images,
             runtime,
@@ -802,11 +803,7 @@ pub fn desired_services(
         .map(|s| {
             let digest: Option<Digest> = digests.get(&s.name).and_then(|d| d.parse().ok());
             let env = env_files.get(&s.name).map(Vec::as_slice).unwrap_or(&[]);
-            DesiredService {
-                name: s.name.clone(),
-                replicas: s.replicas,
-                spec: ContainerSpec::for_service(s, digest.as_ref(), env),
-            }
+            DesiredService::of(s, digest.as_ref(), env)
         })
         .collect()
 }

@@ -249,10 +249,12 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             format!("berthd {} ready", env!("CARGO_PKG_VERSION")),
         );
         tracing::info!("berthd ready");
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
     }
 
     let _ = signalled.wait_for(|s| *s).await;
     tracing::info!("shutting down");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(());
     let _ = sources_stop.send(true);
     let _ = reconcile_stop.send(true);
@@ -327,6 +329,17 @@ async fn ensure_dns(agent: &Arc<Agent>, last_error: &mut Option<String>) {
             }
             m.dns_server_up.set(0);
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) about readiness and shutdown; nothing without
+/// `$NOTIFY_SOCKET`. A failed notification is logged, never fatal.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
     }
 }
 

@@ -43,12 +43,30 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 /// Largest passwd/group file read from an image.
 const MAX_DB_BYTES: u64 = 1 << 20;
 
+/// The argv Docker runs: `entrypoint` (manifest) replaces the image's
+/// Entrypoint and clears its Cmd; `command` (manifest) replaces the Cmd only;
+/// the result is Entrypoint followed by Cmd.
+pub fn resolve_args(
+    image: &ImageRunConfig,
+    entrypoint: Option<&[String]>,
+    command: Option<&[String]>,
+) -> Vec<String> {
+    let (ep, image_cmd): (&[String], &[String]) = match entrypoint {
+        Some(ep) => (ep, &[]),
+        None => (&image.entrypoint, &image.cmd),
+    };
+    let cmd = command.unwrap_or(image_cmd);
+    ep.iter().chain(cmd.iter()).cloned().collect()
+}
+
 /// Merges the image config with the manifest's overrides.
-/// `command` replaces Entrypoint+Cmd; `env` wins over the image's; `workdir`
+/// The argv follows [`resolve_args`]; `env` wins over the image's; `workdir`
 /// and `user` replace the image's. `lowerdirs` are the image's layer
 /// snapshots, top-most first, for name lookups.
+#[allow(clippy::too_many_arguments)]
 pub fn build_process(
     image: &ImageRunConfig,
+    entrypoint: Option<&[String]>,
     command: Option<&[String]>,
     env: &BTreeMap<String, String>,
     workdir: Option<&str>,
@@ -56,15 +74,7 @@ pub fn build_process(
     hostname: &str,
     lowerdirs: &[PathBuf],
 ) -> Result<ProcessSpec, LaunchError> {
-    let args: Vec<String> = match command {
-        Some(c) => c.to_vec(),
-        None => image
-            .entrypoint
-            .iter()
-            .chain(image.cmd.iter())
-            .cloned()
-            .collect(),
-    };
+    let args = resolve_args(image, entrypoint, command);
     if args.is_empty() {
         return Err(LaunchError::NoCommand);
     }
@@ -285,7 +295,17 @@ mod tests {
 
     #[test]
     fn image_defaults_and_manifest_overrides() {
-        let p = build_process(&image(), None, &BTreeMap::new(), None, None, "web-1", &[]).unwrap();
+        let p = build_process(
+            &image(),
+            None,
+            None,
+            &BTreeMap::new(),
+            None,
+            None,
+            "web-1",
+            &[],
+        )
+        .unwrap();
         assert_eq!(p.args, ["/bin/busybox", "httpd", "-f"]);
         assert_eq!(p.cwd, "/www");
         assert!(p.env.contains(&"MODE=image".to_string()));
@@ -297,6 +317,7 @@ mod tests {
         let p = build_process(
             &image(),
             Some(&cmd),
+            None,
             &env,
             Some("/srv"),
             Some("1000:1000"),
@@ -313,10 +334,56 @@ mod tests {
     }
 
     #[test]
+    fn entrypoint_and_command_as_docker_and_compose() {
+        let img = ImageRunConfig {
+            entrypoint: vec!["/entry.sh".into()],
+            cmd: vec!["postgres".into()],
+            ..Default::default()
+        };
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        type Case<'a> = (Option<&'a [&'a str]>, Option<&'a [&'a str]>, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (None, None, &["/entry.sh", "postgres"]),
+            // Compose `command`: replaces Cmd only; the entrypoint script still runs.
+            (
+                None,
+                Some(&["postgres", "-c", "fsync=off"]),
+                &["/entry.sh", "postgres", "-c", "fsync=off"],
+            ),
+            // `entrypoint` clears the image's Cmd (docker run --entrypoint).
+            (Some(&["/bin/sh"]), None, &["/bin/sh"]),
+            (
+                Some(&["/bin/sh"]),
+                Some(&["-c", "true"]),
+                &["/bin/sh", "-c", "true"],
+            ),
+            // An empty entrypoint: the command is the whole argv.
+            (Some(&[]), Some(&["/bin/true"]), &["/bin/true"]),
+        ];
+        for (ep, cmd, want) in cases {
+            let ep = ep.map(v);
+            let cmd = cmd.map(v);
+            assert_eq!(
+                resolve_args(&img, ep.as_deref(), cmd.as_deref()),
+                v(want),
+                "{ep:?} {cmd:?}"
+            );
+        }
+        let no_entry = ImageRunConfig {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_args(&no_entry, None, Some(&v(&["/bin/true"]))),
+            v(&["/bin/true"])
+        );
+    }
+
+    #[test]
     fn nothing_to_run_is_an_error() {
         let empty = ImageRunConfig::default();
         assert!(matches!(
-            build_process(&empty, None, &BTreeMap::new(), None, None, "h", &[]),
+            build_process(&empty, None, None, &BTreeMap::new(), None, None, "h", &[]),
             Err(LaunchError::NoCommand)
         ));
     }
@@ -326,6 +393,7 @@ mod tests {
         let (_d, lowers) = layers();
         let p = build_process(
             &image(),
+            None,
             None,
             &BTreeMap::new(),
             None,
@@ -342,6 +410,7 @@ mod tests {
         let p = build_process(
             &image(),
             None,
+            None,
             &BTreeMap::new(),
             None,
             Some("app:extra"),
@@ -355,6 +424,7 @@ mod tests {
             build_process(
                 &image(),
                 None,
+                None,
                 &BTreeMap::new(),
                 None,
                 Some("old"),
@@ -366,6 +436,7 @@ mod tests {
         assert!(matches!(
             build_process(
                 &image(),
+                None,
                 None,
                 &BTreeMap::new(),
                 None,
@@ -388,6 +459,7 @@ mod tests {
         assert!(matches!(
             build_process(
                 &image(),
+                None,
                 None,
                 &BTreeMap::new(),
                 None,

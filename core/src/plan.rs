@@ -14,7 +14,32 @@ pub struct DesiredService {
     pub name: String,
     pub replicas: u32,
     pub spec: ContainerSpec,
+    /// How it is rolled out, for people ([`crate::manifest::Service::rollout_notes`]).
+    pub notes: Vec<String>,
 }
+
+impl DesiredService {
+    /// The desired service of a manifest service with its resolved image digest
+    /// and env-file pairs.
+    pub fn of(
+        service: &crate::manifest::Service,
+        digest: Option<&crate::image_ref::Digest>,
+        env_file: &[(String, String)],
+    ) -> Self {
+        DesiredService {
+            name: service.name.clone(),
+            replicas: service.replicas,
+            spec: ContainerSpec::for_service(service, digest, env_file),
+            notes: service.rollout_notes(),
+        }
+    }
+}
+
+/// The field name `diff` shows for `command` when only its meaning changed: a
+/// stored spec written before `entrypoint` existed ran `command` as the whole
+/// argv; the same text now replaces only the image's Cmd.
+pub const COMMAND_MEANING_CHANGED: &str =
+    "command (now replaces only the image's Cmd; write `entrypoint` for the whole argv)";
 
 /// A container that exists on the host, as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +96,9 @@ pub struct ServicePlan {
     pub current_replicas: u32,
     pub desired_replicas: u32,
     pub steps: Vec<Step>,
+    /// How the service is rolled out (e.g. stop-first for a single-writer volume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Decides, per service, what converges `observed` to `desired`. Services are
@@ -98,6 +126,7 @@ pub fn plan(desired: &[DesiredService], observed: &[ObservedContainer]) -> Vec<S
             action: ServiceAction::Remove,
             current_replicas: containers.len() as u32,
             desired_replicas: 0,
+            notes: Vec::new(),
             steps: containers
                 .iter()
                 .map(|c| Step::Remove {
@@ -122,7 +151,17 @@ fn plan_service(d: &DesiredService, current: &[&ObservedContainer]) -> ServicePl
                 if fields.is_empty() {
                     matching.push(*c);
                 } else {
-                    stale.push((*c, fields.iter().map(|f| f.to_string()).collect::<Vec<_>>()));
+                    let meaning_only = spec.entrypoint.is_some()
+                        && spec.entrypoint == d.spec.command
+                        && d.spec.entrypoint.is_none();
+                    let names = fields
+                        .iter()
+                        .map(|f| match *f {
+                            "command" if meaning_only => COMMAND_MEANING_CHANGED.to_string(),
+                            other => other.to_string(),
+                        })
+                        .collect::<Vec<_>>();
+                    stale.push((*c, names));
                 }
             }
             None => stale.push((*c, vec!["spec-version".to_string()])),
@@ -185,12 +224,18 @@ fn plan_service(d: &DesiredService, current: &[&ObservedContainer]) -> ServicePl
     } else {
         ServiceAction::Unchanged
     };
+    let notes = if action == ServiceAction::Unchanged {
+        Vec::new()
+    } else {
+        d.notes.clone()
+    };
     ServicePlan {
         service: d.name.clone(),
         action,
         current_replicas: current.len() as u32,
         desired_replicas: d.replicas,
         steps,
+        notes,
     }
 }
 
@@ -203,6 +248,9 @@ pub struct ServiceChange {
     pub fields: Vec<String>,
     pub replicas_from: u32,
     pub replicas_to: u32,
+    /// How the new revision rolls it out (e.g. stop-first for a single-writer volume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +281,7 @@ pub fn revision_diff(current: &[DesiredService], next: &[DesiredService]) -> Vec
                 fields: vec![],
                 replicas_from: 0,
                 replicas_to: n.replicas,
+                notes: n.notes.clone(),
             },
             (Some(o), None) => ServiceChange {
                 service: name.into(),
@@ -240,6 +289,7 @@ pub fn revision_diff(current: &[DesiredService], next: &[DesiredService]) -> Vec
                 fields: vec![],
                 replicas_from: o.replicas,
                 replicas_to: 0,
+                notes: vec![],
             },
             (Some(o), Some(n)) => {
                 let fields: Vec<String> = o
@@ -255,12 +305,18 @@ pub fn revision_diff(current: &[DesiredService], next: &[DesiredService]) -> Vec
                 } else {
                     ChangeKind::Unchanged
                 };
+                let notes = if change == ChangeKind::Modified {
+                    n.notes.clone()
+                } else {
+                    vec![]
+                };
                 ServiceChange {
                     service: name.into(),
                     change,
                     fields,
                     replicas_from: o.replicas,
                     replicas_to: n.replicas,
+                    notes,
                 }
             }
             (None, None) => unreachable!("name comes from one of the maps"),
@@ -274,11 +330,7 @@ pub fn desired_from_manifest(manifest: &crate::manifest::Manifest) -> Vec<Desire
     manifest
         .services
         .values()
-        .map(|s| DesiredService {
-            name: s.name.clone(),
-            replicas: s.replicas,
-            spec: ContainerSpec::for_service(s, None, &[]),
-        })
+        .map(|s| DesiredService::of(s, None, &[]))
         .collect()
 }
 

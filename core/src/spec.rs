@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::image_ref::Digest;
-use crate::manifest::{Port, Secret, Service, Volume};
+use crate::manifest::{Port, Protocol, Secret, Service, Volume};
 
 /// The version written into every spec this build stores.
-pub const SPEC_VERSION: u32 = 1;
+///
+/// | version | change |
+/// |---|---|
+/// | 1 | first form: `command` replaced Entrypoint+Cmd; one published `port` |
+/// | 2 | `entrypoint` + `command` as Compose (command replaces Cmd only); `ports` list; `sysctls`; `init` |
+pub const SPEC_VERSION: u32 = 2;
 
 /// Why a stored spec could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,9 @@ pub struct ContainerSpec {
     pub version: u32,
     /// `registry/repo@sha256:…` once resolved; the reference as written before.
     pub image: String,
+    /// Replaces the image's Entrypoint and clears its Cmd.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's Cmd only.
     pub command: Option<Vec<String>>,
     /// `env_file` merged in, `env` winning.
     pub env: BTreeMap<String, String>,
@@ -41,7 +49,11 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<u64>,
     pub millicpus: Option<u32>,
     pub pids: Option<u32>,
-    pub port: Option<Port>,
+    pub sysctls: BTreeMap<String, String>,
+    pub init: bool,
+    /// Sorted; container-only ports included.
+    pub ports: Vec<Port>,
+    /// Sorted; `shared` is a policy and always `false` here.
     pub volumes: Vec<Volume>,
     pub secrets: Vec<Secret>,
 }
@@ -60,13 +72,23 @@ impl ContainerSpec {
         };
         let mut env: BTreeMap<String, String> = env_file.iter().cloned().collect();
         env.extend(service.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let mut volumes = service.volumes.clone();
+        let mut volumes: Vec<Volume> = service
+            .volumes
+            .iter()
+            .map(|v| Volume {
+                shared: false,
+                ..v.clone()
+            })
+            .collect();
         volumes.sort();
+        let mut ports = service.ports.clone();
+        ports.sort();
         let mut secrets = service.secrets.clone();
         secrets.sort();
         ContainerSpec {
             version: SPEC_VERSION,
             image,
+            entrypoint: service.entrypoint.clone(),
             command: service.command.clone(),
             env,
             workdir: service.workdir.clone(),
@@ -76,7 +98,9 @@ impl ContainerSpec {
             memory_bytes: service.resources.memory_bytes,
             millicpus: service.resources.millicpus,
             pids: service.resources.pids,
-            port: service.port,
+            sysctls: service.sysctls.clone(),
+            init: service.init,
+            ports,
             volumes,
             secrets,
         }
@@ -89,8 +113,11 @@ impl ContainerSpec {
         if found > SPEC_VERSION {
             return Err(SpecError::FutureVersion { found });
         }
-        // Version 1 is the current form; later versions add upgrade steps here.
-        Ok(serde_json::from_value(value.clone())?)
+        let mut value = value.clone();
+        if found <= 1 {
+            upgrade_v1(&mut value)?;
+        }
+        Ok(serde_json::from_value(value)?)
     }
 
     /// The canonical JSON text (stable field order, sorted maps).
@@ -115,6 +142,7 @@ impl ContainerSpec {
         }
         cmp!(
             image,
+            entrypoint,
             command,
             env,
             workdir,
@@ -124,12 +152,57 @@ impl ContainerSpec {
             memory_bytes,
             millicpus,
             pids,
-            port,
+            sysctls,
+            init,
+            ports,
             volumes,
             secrets
         );
         out
     }
+}
+
+/// Version 1 → 2, keeping what the container runs: its `command` was the whole
+/// argv (image Entrypoint and Cmd replaced), which version 2 writes as an
+/// `entrypoint` with no `command`; its one `port` was TCP on every address.
+fn upgrade_v1(value: &mut serde_json::Value) -> Result<(), SpecError> {
+    let obj = value.as_object_mut().ok_or_else(|| {
+        SpecError::Malformed(serde::de::Error::custom("stored spec is not an object"))
+    })?;
+    let command = obj.remove("command").unwrap_or(serde_json::Value::Null);
+    obj.insert("entrypoint".into(), command);
+    obj.insert("command".into(), serde_json::Value::Null);
+    let ports = match obj.remove("port") {
+        Some(serde_json::Value::Object(p)) => {
+            let field = |k: &str| {
+                p.get(k)
+                    .and_then(|v| v.as_u64())
+                    .and_then(|n| u16::try_from(n).ok())
+            };
+            match (field("container"), field("host")) {
+                (Some(container), Some(host)) => vec![Port {
+                    container,
+                    host: Some(host),
+                    host_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    protocol: Protocol::Tcp,
+                }],
+                _ => {
+                    return Err(SpecError::Malformed(serde::de::Error::custom(
+                        "version 1 `port` lacks container or host",
+                    )))
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
+    obj.insert("ports".into(), serde_json::to_value(ports)?);
+    obj.insert(
+        "sysctls".into(),
+        serde_json::Value::Object(Default::default()),
+    );
+    obj.insert("init".into(), serde_json::Value::Bool(false));
+    obj.insert("version".into(), SPEC_VERSION.into());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -157,6 +230,7 @@ mod tests {
             "[service.web.restart]\npolicy = \"never\"",
             "[service.web.update]\nstrategy = \"stop-first\"",
             "[service.web.pull]\ncheck = \"1m\"",
+            "depends_on = []",
         ] {
             assert_eq!(
                 base.changed_fields(&spec(extra)),
@@ -165,6 +239,45 @@ mod tests {
             );
             assert_eq!(base.short_hash(), spec(extra).short_hash(), "{extra}");
         }
+    }
+
+    #[test]
+    fn a_volume_marked_shared_is_the_same_container() {
+        let vol = "[[service.web.volumes]]\nname = \"v\"\ntarget = \"/v\"\n";
+        let a = spec(vol);
+        let b = spec(&format!("{vol}shared = true\n"));
+        assert_eq!(a.changed_fields(&b), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn version_1_specs_upgrade_to_what_the_container_runs() {
+        let v1 = serde_json::json!({
+            "version": 1, "image": "docker.io/library/busybox:1",
+            "command": ["/bin/httpd", "-f"], "env": {}, "workdir": null, "user": null,
+            "readonly_rootfs": false, "stop_signal": "SIGTERM", "memory_bytes": null,
+            "millicpus": null, "pids": null, "port": {"container": 80, "host": 8080},
+            "volumes": [{"source": {"named": "d"}, "target": "/d", "readonly": false}],
+            "secrets": []
+        });
+        let up = ContainerSpec::from_stored(&v1).unwrap();
+        assert_eq!(up.version, SPEC_VERSION);
+        assert_eq!(
+            up.entrypoint,
+            Some(vec!["/bin/httpd".to_string(), "-f".to_string()])
+        );
+        assert_eq!(up.command, None);
+        assert_eq!(up.ports[0].host, Some(8080));
+        assert_eq!(up.ports[0].protocol, Protocol::Tcp);
+        assert!(up.ports[0].host_ip.is_unspecified());
+        // The same manifest text now means "image Entrypoint + these args".
+        let now = spec("command = [\"/bin/httpd\", \"-f\"]\nport = { container = 80, host = 8080 }\n[[service.web.volumes]]\nname = \"d\"\ntarget = \"/d\"");
+        assert_eq!(up.changed_fields(&now), vec!["entrypoint", "command"]);
+        // Without a command, nothing but the version differs.
+        let mut plain = v1.clone();
+        plain["command"] = serde_json::Value::Null;
+        let up = ContainerSpec::from_stored(&plain).unwrap();
+        let now = spec("port = { container = 80, host = 8080 }\n[[service.web.volumes]]\nname = \"d\"\ntarget = \"/d\"");
+        assert_eq!(up.changed_fields(&now), Vec::<&str>::new());
     }
 
     #[test]
@@ -180,7 +293,11 @@ mod tests {
             ("[service.web.resources]\nmemory = \"64Mi\"", "memory_bytes"),
             ("[service.web.resources]\ncpus = 1.5", "millicpus"),
             ("[service.web.resources]\npids = 10", "pids"),
-            ("port = { container = 80, host = 8080 }", "port"),
+            ("port = { container = 80, host = 8080 }", "ports"),
+            ("[[service.web.ports]]\ncontainer = 80", "ports"),
+            ("entrypoint = [\"/bin/sh\"]", "entrypoint"),
+            ("sysctls = { \"net.core.somaxconn\" = 1024 }", "sysctls"),
+            ("init = true", "init"),
             (
                 "[[service.web.volumes]]\nname = \"v\"\ntarget = \"/v\"",
                 "volumes",
@@ -239,7 +356,7 @@ mod tests {
         let s = spec("");
         assert_eq!(
             s.canonical_json(),
-            r#"{"version":1,"image":"docker.io/library/busybox:1","command":null,"env":{},"workdir":null,"user":null,"readonly_rootfs":false,"stop_signal":"SIGTERM","memory_bytes":null,"millicpus":null,"pids":null,"port":null,"volumes":[],"secrets":[]}"#
+            r#"{"version":2,"image":"docker.io/library/busybox:1","entrypoint":null,"command":null,"env":{},"workdir":null,"user":null,"readonly_rootfs":false,"stop_signal":"SIGTERM","memory_bytes":null,"millicpus":null,"pids":null,"sysctls":{},"init":false,"ports":[],"volumes":[],"secrets":[]}"#
         );
     }
 }

@@ -73,8 +73,7 @@ impl Agent {
             ip,
             ports: spec
                 .as_ref()
-                .and_then(|s| s.port)
-                .map(|p| vec![format!("0.0.0.0:{}->{}/tcp", p.host, p.container)])
+                .map(|s| s.ports.iter().map(port_text).collect())
                 .unwrap_or_default(),
             created_at: rfc3339(c.created_at),
             started_at,
@@ -189,5 +188,14 @@ impl Agent {
             .logs(id)
             .map_err(|e| AgentError::Runtime(e.to_string()))?;
         Ok(logs.stdout.into_iter().chain(logs.stderr).collect())
+    }
+}
+
+/// A port as `docker ps` shows it: `127.0.0.1:8080->80/tcp`, or `80/tcp` for
+/// a port only other containers use.
+pub fn port_text(p: &berth_core::manifest::Port) -> String {
+    match p.host {
+        Some(h) => format!("{}:{h}->{}/{}", p.host_ip, p.container, p.protocol),
+        None => format!("{}/{}", p.container, p.protocol),
     }
 }

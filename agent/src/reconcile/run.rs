@@ -221,7 +221,7 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
         let wanted = manifest
             .services
             .get(&service)
-            .is_some_and(|s| s.port.is_some());
+            .is_some_and(|s| first_published(s).is_some());
         if !wanted {
             agent.proxy.remove_service(&service);
         }
@@ -498,7 +498,7 @@ async fn reconcile_service(
     update_ready(agent, svc, list, now);
     // The port comes from this pass's revision: no re-read and re-parse of
     // the whole manifest per service (that made a no-op pass O(services²)).
-    sync_proxy_port(agent, &svc.name, svc.port);
+    sync_proxy_port(agent, &svc.name, first_published(svc));
     let (converged, rollout_started) = {
         let mut live = agent.live();
         let l = live.services.entry(svc.name.clone()).or_default();
@@ -650,6 +650,7 @@ async fn start_replica(
     let lowerdirs = agent.images.lowerdirs(img);
     let process = crate::launch::build_process(
         &img.run,
+        spec.entrypoint.as_deref(),
         spec.command.as_deref(),
         &spec.env,
         spec.workdir.as_deref(),
@@ -815,15 +816,24 @@ pub fn sync_proxy(agent: &Agent, service: &str) {
         .ok()
         .flatten()
         .and_then(|r| Agent::desired_of(&r).ok())
-        .and_then(|(m, _)| m.services.get(service).and_then(|s| s.port));
+        .and_then(|(m, _)| m.services.get(service).and_then(first_published));
     sync_proxy_port(agent, service, port);
+}
+
+/// The one port the proxy publishes today: the service's first TCP port with a
+/// host port.
+fn first_published(svc: &Service) -> Option<berth_core::manifest::Port> {
+    svc.ports
+        .iter()
+        .find(|p| p.host.is_some() && p.protocol == berth_core::manifest::Protocol::Tcp)
+        .copied()
 }
 
 /// [`sync_proxy`] with the service's published port already known (from the
 /// revision the caller holds); nothing to do without one.
 fn sync_proxy_port(agent: &Agent, service: &str, port: Option<berth_core::manifest::Port>) {
     use crate::network::proxy::{Endpoint, EndpointState};
-    let Some(port) = port else {
+    let Some((port, host_port)) = port.and_then(|p| p.host.map(|h| (p, h))) else {
         return;
     };
     let endpoints: Vec<Endpoint> = {
@@ -857,8 +867,8 @@ fn sync_proxy_port(agent: &Agent, service: &str, port: Option<berth_core::manife
         }
         eps
     };
-    if let Err(e) = agent.proxy.set_service(service, port.host, endpoints) {
-        let message = format!("publishing port {}: {e}", port.host);
+    if let Err(e) = agent.proxy.set_service(service, host_port, endpoints) {
+        let message = format!("publishing port {host_port}: {e}");
         let mut live = agent.live();
         let l = live.services.entry(service.to_string()).or_default();
         if l.last_error.as_deref() != Some(message.as_str()) {

@@ -39,8 +39,13 @@ pub struct Service {
     pub file: String,
     pub image: ImageRef,
     pub replicas: u32,
-    /// Overrides the image's Entrypoint+Cmd when set.
+    /// Replaces the image's Entrypoint and clears its Cmd when set (as Docker's
+    /// `--entrypoint`); may be empty, which clears the image's Entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's Cmd only (Compose's `command`): the arguments of
+    /// the Entrypoint, or the whole argv when there is no Entrypoint.
     pub command: Option<Vec<String>>,
+    /// Any name Docker accepts: non-empty, no `=`, no NUL.
     pub env: BTreeMap<String, String>,
     pub env_file: Option<PathBuf>,
     pub workdir: Option<String>,
@@ -49,14 +54,48 @@ pub struct Service {
     pub stop_signal: Signal,
     #[serde(with = "duration_text")]
     pub stop_timeout: Duration,
+    /// Namespaced kernel parameters set in the container (`net.*`, IPC ones,
+    /// `fs.mqueue.*`, `kernel.domainname`), on top of Docker's defaults.
+    pub sysctls: BTreeMap<String, String>,
+    /// Services that must have a ready replica before this one starts.
+    pub depends_on: Vec<String>,
+    /// Run a minimal init as PID 1 (Compose's `init`).
+    pub init: bool,
     pub resources: Resources,
-    pub port: Option<Port>,
+    /// Published and container-only ports, in manifest order.
+    pub ports: Vec<Port>,
     pub health: Option<Health>,
     pub update: Update,
     pub restart: Restart,
     pub volumes: Vec<Volume>,
     pub secrets: Vec<Secret>,
     pub pull: Pull,
+}
+
+impl Service {
+    /// The first volume that allows one writer at a time, if any; it makes the
+    /// service update stop-first and forbids more than one replica.
+    pub fn single_writer_volume(&self) -> Option<&Volume> {
+        self.volumes.iter().find(|v| v.single_writer())
+    }
+
+    /// What `diff` and a dry run say about how this service is rolled out,
+    /// beyond the fields that change.
+    pub fn rollout_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(v) = self.single_writer_volume() {
+            let what = match &v.source {
+                VolumeSource::Named(n) => format!("volume `{n}`"),
+                VolumeSource::Host(h) => format!("host path `{h}`"),
+                VolumeSource::Tmpfs { .. } => v.target.clone(),
+            };
+            notes.push(format!(
+                "updates stop-first: {what} at {} has one writer at a time",
+                v.target
+            ));
+        }
+        notes
+    }
 }
 
 /// A signal, by its normalized name (`SIGTERM`) and Linux number.
@@ -74,11 +113,48 @@ pub struct Resources {
     pub pids: Option<u32>,
 }
 
-/// A published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A port of a service, as Compose's long form writes it. With `host` it is
+/// published on the host at `host_ip:host` and balanced over ready replicas;
+/// without, only other containers reach it (directly, on the bridge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Port {
     pub container: u16,
-    pub host: u16,
+    pub host: Option<u16>,
+    /// The host address to bind; `0.0.0.0` (every address) by default.
+    pub host_ip: std::net::IpAddr,
+    pub protocol: Protocol,
+}
+
+impl Port {
+    /// The published host socket address, when the port is published.
+    pub fn host_addr(&self) -> Option<std::net::SocketAddr> {
+        self.host
+            .map(|h| std::net::SocketAddr::new(self.host_ip, h))
+    }
+}
+
+/// A port's transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Health checking of replicas.
@@ -114,6 +190,8 @@ pub enum OnUnhealthy {
 /// How a service's replicas are replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
+    /// `stop-first` by default for a service with a single-writer volume
+    /// ([`Volume::single_writer`]), `start-first` otherwise.
     pub strategy: UpdateStrategy,
     pub max_surge: u32,
     pub max_unavailable: u32,
@@ -155,6 +233,18 @@ pub struct Volume {
     pub source: VolumeSource,
     pub target: String,
     pub readonly: bool,
+    /// Several writers are fine for this data. With `false` (the default) a
+    /// writable named or host volume has one writer at a time.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+impl Volume {
+    /// Whether two containers writing it at once could corrupt it: a writable,
+    /// not-shared named or host volume (a tmpfs is per container).
+    pub fn single_writer(&self) -> bool {
+        !self.readonly && !self.shared && !matches!(self.source, VolumeSource::Tmpfs { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

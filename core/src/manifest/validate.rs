@@ -117,7 +117,9 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     // Where each service and host port was first defined, for duplicate errors.
     let mut defined_in: BTreeMap<String, String> = BTreeMap::new();
-    let mut host_ports: BTreeMap<u16, (String, String)> = BTreeMap::new();
+    let mut published: Vec<(Port, String, String)> = Vec::new();
+    let mut depends: Vec<(String, Vec<(String, Location)>)> = Vec::new();
+    let mut writers: BTreeMap<String, Vec<VolumeUse>> = BTreeMap::new();
 
     for (file, text) in files {
         let mut ctx = FileCtx {
@@ -145,23 +147,57 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
                         );
                         continue;
                     }
+                    let deps_written: Vec<(String, Location)> = ws
+                        .depends_on
+                        .as_ref()
+                        .map(|d| {
+                            d.get_ref()
+                                .iter()
+                                .map(|n| (n.get_ref().clone(), Location::of(file, text, n.span())))
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     if let Some(svc) = validate_service(&mut ctx, &name, ws) {
-                        if let Some(port) = svc.port {
-                            if let Some((other, other_file)) = host_ports.get(&port.host) {
+                        for (i, port) in svc.ports.iter().enumerate() {
+                            let Some(host) = port.host else { continue };
+                            let clash = published.iter().find(|(p, _, _)| {
+                                p.protocol == port.protocol
+                                    && p.host == Some(host)
+                                    && (p.host_ip == port.host_ip
+                                        || p.host_ip.is_unspecified()
+                                        || port.host_ip.is_unspecified())
+                            });
+                            if let Some((other, owner, other_file)) = clash {
                                 let (line, column) = line_col(text, name.span().start);
                                 ctx.problems.push(Problem {
                                     file: file.clone(),
                                     line,
                                     column,
-                                    key: format!("{key}.port.host"),
+                                    key: format!("{key}.ports[{i}].host"),
                                     message: format!(
-                                        "host port {} is already published by service `{other}` ({other_file})",
-                                        port.host
+                                        "host port {}:{host}/{} is already published by service `{owner}` ({other_file}) on {}",
+                                        port.host_ip, port.protocol, other.host_ip
                                     ),
                                 });
                             } else {
-                                host_ports.insert(port.host, (svc.name.clone(), file.clone()));
+                                published.push((*port, svc.name.clone(), file.clone()));
                             }
+                        }
+                        depends.push((svc.name.clone(), deps_written));
+                        for (i, v) in svc.volumes.iter().enumerate() {
+                            let id = match &v.source {
+                                VolumeSource::Named(n) => format!("volume `{n}`"),
+                                VolumeSource::Host(h) => format!("host path `{h}`"),
+                                VolumeSource::Tmpfs { .. } => continue,
+                            };
+                            let at = Location::of(file, text, name.span());
+                            writers.entry(id).or_default().push((
+                                svc.name.clone(),
+                                i,
+                                v.readonly,
+                                v.single_writer(),
+                                at,
+                            ));
                         }
                         defined_in.insert(svc.name.clone(), file.clone());
                         services.insert(svc.name.clone(), svc);
@@ -172,6 +208,27 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
             }
         }
         problems.extend(ctx.problems);
+    }
+    problems.extend(check_depends_on(&services, &depends));
+    for (what, users) in &writers {
+        // Readers are fine; two writers are not unless each says `shared`.
+        let writing: Vec<&str> = users
+            .iter()
+            .filter(|u| !u.2)
+            .map(|u| u.0.as_str())
+            .collect();
+        if writing.len() < 2 {
+            continue;
+        }
+        let names = writing;
+        for (svc, i, _, single, at) in users {
+            if *single {
+                problems.push(at.problem(
+                    format!("service.{svc}.volumes[{i}]"),
+                    format!("{what} is also mounted by {}; a writable volume has one writer at a time (mark it `shared = true` in every service that writes it, or `readonly = true` where it is only read)", names.iter().filter(|n| *n != svc).copied().collect::<Vec<_>>().join(", ")),
+                ));
+            }
+        }
     }
     if services.len() > MAX_SERVICES {
         problems.push(Problem {
@@ -185,11 +242,116 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
             ),
         });
     }
+    problems.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     if problems.is_empty() {
         Ok(Manifest { services })
     } else {
         Err(ManifestError::Invalid(problems))
     }
+}
+
+/// A named volume or host path mounted by a service: (service, volume index,
+/// readonly, single writer, where the service is defined).
+type VolumeUse = (String, usize, bool, bool, Location);
+
+/// Where a value was written, kept for checks that span services.
+#[derive(Debug, Clone)]
+struct Location {
+    file: String,
+    line: usize,
+    column: usize,
+}
+
+impl Location {
+    fn of(file: &str, text: &str, span: Range<usize>) -> Self {
+        let (line, column) = line_col(text, span.start);
+        Location {
+            file: file.to_string(),
+            line,
+            column,
+        }
+    }
+
+    fn problem(&self, key: String, message: String) -> Problem {
+        Problem {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            key,
+            message,
+        }
+    }
+}
+
+/// `depends_on` across services: every name is a service of the manifest, not
+/// the service itself, and the graph has no cycle (each cycle reported once,
+/// at the edge that closes it, naming its path).
+fn check_depends_on(
+    services: &BTreeMap<String, Service>,
+    depends: &[(String, Vec<(String, Location)>)],
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut edges: BTreeMap<&str, Vec<(&str, &Location)>> = BTreeMap::new();
+    for (svc, deps) in depends {
+        let key = format!("service.{svc}.depends_on");
+        for (dep, at) in deps {
+            if dep == svc {
+                problems.push(at.problem(key.clone(), format!("`{svc}` depends on itself")));
+            } else if !services.contains_key(dep) {
+                let known: Vec<&str> = services.keys().map(String::as_str).collect();
+                problems.push(at.problem(
+                    key.clone(),
+                    format!(
+                        "`{dep}` is not a service of this manifest (services: {})",
+                        known.join(", ")
+                    ),
+                ));
+            } else {
+                edges.entry(svc).or_default().push((dep, at));
+            }
+        }
+    }
+    // Depth-first search; an edge into a node on the current path closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        OnPath,
+        Done,
+    }
+    fn visit<'a>(
+        node: &'a str,
+        edges: &BTreeMap<&'a str, Vec<(&'a str, &'a Location)>>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+        problems: &mut Vec<Problem>,
+    ) {
+        marks.insert(node, Mark::OnPath);
+        path.push(node);
+        for (dep, at) in edges.get(node).map(Vec::as_slice).unwrap_or_default() {
+            match marks.get(dep) {
+                Some(Mark::OnPath) => {
+                    let start = path.iter().position(|n| n == dep).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[start..].to_vec();
+                    cycle.push(dep);
+                    problems.push(at.problem(
+                        format!("service.{node}.depends_on"),
+                        format!("dependency cycle: {}", cycle.join(" -> ")),
+                    ));
+                }
+                Some(Mark::Done) => {}
+                None => visit(dep, edges, marks, path, problems),
+            }
+        }
+        path.pop();
+        marks.insert(node, Mark::Done);
+    }
+    let mut marks = BTreeMap::new();
+    let nodes: Vec<&str> = edges.keys().copied().collect();
+    for node in nodes {
+        if !marks.contains_key(node) {
+            visit(node, &edges, &mut marks, &mut Vec::new(), &mut problems);
+        }
+    }
+    problems
 }
 
 fn valid_service_name(name: &str) -> bool {
@@ -324,10 +486,31 @@ fn validate_service(
         },
     };
 
+    let entrypoint = ws.entrypoint.as_ref().map(|cmd| {
+        if cmd.get_ref().is_empty() {
+            return Vec::new();
+        }
+        check_argv(ctx, cmd, &k("entrypoint")).unwrap_or_default()
+    });
     let command = ws.command.as_ref().map(|cmd| {
         let args = check_argv(ctx, cmd, &k("command"));
         args.unwrap_or_default()
     });
+    let sysctls = ws
+        .sysctls
+        .as_ref()
+        .map(|s| validate_sysctls(ctx, s, &k("sysctls")))
+        .unwrap_or_default();
+    let depends_on: Vec<String> = ws
+        .depends_on
+        .as_ref()
+        .map(|d| {
+            let mut names: Vec<String> = d.get_ref().iter().map(|n| n.get_ref().clone()).collect();
+            names.sort();
+            names.dedup();
+            names
+        })
+        .unwrap_or_default();
 
     let mut env = BTreeMap::new();
     if let Some(e) = &ws.env {
@@ -340,7 +523,7 @@ fn validate_service(
                     key.span(),
                     k(&format!("env.{}", key.get_ref())),
                     format!(
-                        "`{}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                        "`{}` is not a valid variable name (1-256 bytes, no `=` or NUL)",
                         key.get_ref()
                     ),
                 );
@@ -426,22 +609,48 @@ fn validate_service(
         .map(|r| validate_resources(ctx, r, &k("resources")))
         .unwrap_or_default();
 
-    let port = ws.port.as_ref().and_then(|p| {
-        let container = port_number(ctx, &p.get_ref().container, &k("port.container"));
-        let host = port_number(ctx, &p.get_ref().host, &k("port.host"));
-        Some(Port {
-            container: container?,
-            host: host?,
-        })
-    });
+    let ports = validate_ports(ctx, &ws, &svc);
 
     let health = ws
         .health
         .as_ref()
         .and_then(|h| validate_health(ctx, h, &k("health")));
-    let update = validate_update(ctx, ws.update.as_ref(), &k("update"));
-    let restart = validate_restart(ctx, ws.restart.as_ref(), &k("restart"));
     let (volumes, secrets) = validate_mounts(ctx, ws.volumes.as_ref(), ws.secrets.as_ref(), &svc);
+    let single_writer = volumes.iter().find(|v| v.single_writer());
+    let mut update = validate_update(ctx, ws.update.as_ref(), &k("update"), single_writer);
+    if let Some(v) = single_writer {
+        let what = volume_label(v);
+        if replicas > 1 {
+            let span = ws
+                .replicas
+                .as_ref()
+                .map(|r| r.span())
+                .unwrap_or(name.span());
+            ctx.at(
+                span,
+                k("replicas"),
+                format!(
+                    "{replicas} replicas would write {what} at once; a writable volume has one writer at a time (set `shared = true` on the volume if its data is safe to share)"
+                ),
+            );
+        }
+        if update.strategy == UpdateStrategy::StartFirst {
+            let span = ws
+                .update
+                .as_ref()
+                .and_then(|u| u.get_ref().strategy.as_ref().map(|s| s.span()))
+                .unwrap_or(name.span());
+            ctx.at(
+                span,
+                k("update.strategy"),
+                format!(
+                    "start-first would run two containers on {what} at once; a service with a writable volume updates stop-first (set `shared = true` on the volume if its data is safe to share)"
+                ),
+            );
+            update.strategy = UpdateStrategy::StopFirst;
+        }
+    }
+    let restart = validate_restart(ctx, ws.restart.as_ref(), &k("restart"));
 
     let pull = {
         let policy = match ws.pull.as_ref().and_then(|p| p.policy.as_ref()) {
@@ -480,6 +689,7 @@ fn validate_service(
         file: ctx.file.to_string(),
         image: image?,
         replicas,
+        entrypoint,
         command,
         env,
         env_file,
@@ -488,8 +698,11 @@ fn validate_service(
         readonly_rootfs: ws.readonly_rootfs.unwrap_or(false),
         stop_signal,
         stop_timeout,
+        sysctls,
+        depends_on,
+        init: ws.init.unwrap_or(false),
         resources,
-        port,
+        ports,
         health,
         update,
         restart,
@@ -499,12 +712,10 @@ fn validate_service(
     })
 }
 
+/// What Docker, Compose and Kubernetes accept: non-empty, no `=`, no NUL
+/// (`spring.profiles.active` and `my-feature-flag` included).
 fn valid_env_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 256
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    !name.is_empty() && name.len() <= 256 && !name.contains(['=', '\0'])
 }
 
 fn check_argv(
@@ -577,6 +788,181 @@ fn duration_or(
             ctx.at(v.span(), key, e.to_string());
             default
         }
+    }
+}
+
+/// Most ports one service may list.
+const MAX_PORTS: usize = 64;
+
+/// `ports` (Compose's long form) or the older single `port` table, which means
+/// one TCP port published on every host address.
+fn validate_ports(ctx: &mut FileCtx<'_>, ws: &WireService, svc: &str) -> Vec<Port> {
+    let key = format!("service.{svc}");
+    let mut out = Vec::new();
+    if let (Some(_), Some(ports)) = (&ws.port, &ws.ports) {
+        ctx.at(
+            ports.span(),
+            format!("{key}.ports"),
+            "both `port` and `ports` are set; move the `port` table into `ports`",
+        );
+        return out;
+    }
+    if let Some(p) = &ws.port {
+        let container = port_number(
+            ctx,
+            &p.get_ref().container,
+            &format!("{key}.port.container"),
+        );
+        let host = port_number(ctx, &p.get_ref().host, &format!("{key}.port.host"));
+        if let (Some(container), Some(host)) = (container, host) {
+            out.push(Port {
+                container,
+                host: Some(host),
+                host_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                protocol: Protocol::Tcp,
+            });
+        }
+        return out;
+    }
+    let Some(ports) = &ws.ports else { return out };
+    if ports.get_ref().len() > MAX_PORTS {
+        ctx.at(
+            ports.span(),
+            format!("{key}.ports"),
+            format!("more than {MAX_PORTS} ports"),
+        );
+    }
+    for (i, p) in ports.get_ref().iter().enumerate() {
+        let k = format!("{key}.ports[{i}]");
+        let w = p.get_ref();
+        let container = port_number(ctx, &w.container, &format!("{k}.container"));
+        let host = match &w.host {
+            None => Some(None),
+            Some(h) => port_number(ctx, h, &format!("{k}.host")).map(Some),
+        };
+        let host_ip = match &w.host_ip {
+            None => Some(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            Some(ip) => match ip.get_ref().parse::<std::net::IpAddr>() {
+                Ok(addr @ std::net::IpAddr::V4(_)) => Some(addr),
+                Ok(std::net::IpAddr::V6(_)) => {
+                    ctx.at(ip.span(), format!("{k}.host_ip"), "IPv6 host addresses are not supported yet; give an IPv4 address such as \"127.0.0.1\" or \"0.0.0.0\"");
+                    None
+                }
+                Err(_) => {
+                    ctx.at(
+                        ip.span(),
+                        format!("{k}.host_ip"),
+                        format!("`{}` is not an IP address", ip.get_ref()),
+                    );
+                    None
+                }
+            },
+        };
+        if let (Some(ip), None) = (&w.host_ip, &w.host) {
+            ctx.at(
+                ip.span(),
+                format!("{k}.host_ip"),
+                "`host_ip` needs a `host` port to publish",
+            );
+        }
+        let protocol = match &w.protocol {
+            None => Some(Protocol::Tcp),
+            Some(pr) => match pr.get_ref().as_str() {
+                "tcp" => Some(Protocol::Tcp),
+                "udp" => Some(Protocol::Udp),
+                other => {
+                    ctx.at(
+                        pr.span(),
+                        format!("{k}.protocol"),
+                        format!("`{other}` is not one of \"tcp\", \"udp\""),
+                    );
+                    None
+                }
+            },
+        };
+        if let (Some(container), Some(host), Some(host_ip), Some(protocol)) =
+            (container, host, host_ip, protocol)
+        {
+            out.push(Port {
+                container,
+                host,
+                host_ip,
+                protocol,
+            });
+        }
+    }
+    out
+}
+
+/// Kernel parameters a container may set: those of its own network, IPC and
+/// UTS namespaces (runc's and Docker's rule); anything else would change the host.
+fn namespaced_sysctl(name: &str) -> bool {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+        "kernel.domainname",
+    ];
+    name.starts_with("net.") || name.starts_with("fs.mqueue.") || IPC.contains(&name)
+}
+
+fn validate_sysctls(
+    ctx: &mut FileCtx<'_>,
+    s: &Spanned<BTreeMap<Spanned<String>, Spanned<WireScalar>>>,
+    key: &str,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in s.get_ref() {
+        let n = name.get_ref();
+        let k = format!("{key}.{n}");
+        let well_formed = !n.is_empty()
+            && n.len() <= 128
+            && n.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            });
+        if !well_formed {
+            ctx.at(name.span(), k, format!("`{n}` is not a sysctl name"));
+            continue;
+        }
+        if !namespaced_sysctl(n) {
+            ctx.at(
+                name.span(),
+                k,
+                format!("`{n}` is not namespaced (it would change the host); allowed: net.*, fs.mqueue.*, kernel.msg*/sem/shm*, kernel.domainname"),
+            );
+            continue;
+        }
+        let text = match value.get_ref() {
+            WireScalar::Text(t) => t.clone(),
+            WireScalar::Int(i) => i.to_string(),
+        };
+        if text.is_empty() || text.len() > 256 || text.contains(['\0', '\n']) {
+            ctx.at(
+                value.span(),
+                k,
+                "value must be 1-256 bytes with no newline or NUL",
+            );
+            continue;
+        }
+        out.insert(n.clone(), text);
+    }
+    out
+}
+
+/// How a volume is named in messages: `volume `pgdata``, `host path `/srv``.
+fn volume_label(v: &Volume) -> String {
+    match &v.source {
+        VolumeSource::Named(n) => format!("volume `{n}`"),
+        VolumeSource::Host(h) => format!("host path `{h}`"),
+        VolumeSource::Tmpfs { .. } => format!("tmpfs at `{}`", v.target),
     }
 }
 
@@ -734,9 +1120,20 @@ fn validate_health(ctx: &mut FileCtx<'_>, h: &Spanned<WireHealth>, key: &str) ->
     })
 }
 
-fn validate_update(ctx: &mut FileCtx<'_>, u: Option<&Spanned<WireUpdate>>, key: &str) -> Update {
+/// `[update]`; `single_writer` is the service's first single-writer volume,
+/// which makes `stop-first` the default strategy.
+fn validate_update(
+    ctx: &mut FileCtx<'_>,
+    u: Option<&Spanned<WireUpdate>>,
+    key: &str,
+    single_writer: Option<&Volume>,
+) -> Update {
     let mut out = Update {
-        strategy: UpdateStrategy::StartFirst,
+        strategy: if single_writer.is_some() {
+            UpdateStrategy::StopFirst
+        } else {
+            UpdateStrategy::StartFirst
+        },
         max_surge: 1,
         max_unavailable: 0,
         rollback_on_failure: true,
@@ -941,6 +1338,7 @@ fn validate_mounts(
                 source,
                 target: norm,
                 readonly: w.readonly.unwrap_or(false),
+                shared: w.shared.unwrap_or(false),
             });
         }
     }
@@ -1021,7 +1419,8 @@ pub fn parse_env_file(file: &str, text: &str) -> Result<Vec<(String, String)>, P
             .split_once('=')
             .ok_or_else(|| bad("expected KEY=VALUE"))?;
         let key = key.trim_end();
-        if !valid_env_name(key) {
+        // Docker's env-file parser also refuses whitespace in a name.
+        if !valid_env_name(key) || key.contains(char::is_whitespace) {
             return Err(bad(&format!("`{key}` is not a valid variable name")));
         }
         if out.len() >= MAX_ENV {

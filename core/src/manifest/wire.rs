@@ -19,6 +19,7 @@ pub(super) struct WireFile {
 pub(super) struct WireService {
     pub image: Option<Spanned<String>>,
     pub replicas: Option<Spanned<i64>>,
+    pub entrypoint: Option<Spanned<Vec<Spanned<String>>>>,
     pub command: Option<Spanned<Vec<Spanned<String>>>>,
     pub env: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
     pub env_file: Option<Spanned<String>>,
@@ -27,8 +28,12 @@ pub(super) struct WireService {
     pub readonly_rootfs: Option<bool>,
     pub stop_signal: Option<Spanned<String>>,
     pub stop_timeout: Option<Spanned<String>>,
+    pub sysctls: Option<Spanned<BTreeMap<Spanned<String>, Spanned<WireScalar>>>>,
+    pub depends_on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub init: Option<bool>,
     pub resources: Option<WireResources>,
     pub port: Option<Spanned<WirePort>>,
+    pub ports: Option<Spanned<Vec<Spanned<WirePorts>>>>,
     pub health: Option<Spanned<WireHealth>>,
     pub update: Option<Spanned<WireUpdate>>,
     pub restart: Option<WireRestart>,
@@ -50,6 +55,24 @@ pub(super) struct WireResources {
 pub(super) struct WirePort {
     pub container: Spanned<i64>,
     pub host: Spanned<i64>,
+}
+
+/// One entry of `[[service.X.ports]]` (Compose's long form).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WirePorts {
+    pub container: Spanned<i64>,
+    pub host: Option<Spanned<i64>>,
+    pub host_ip: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+}
+
+/// A sysctl value as written: a string, or a number Compose users write bare.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum WireScalar {
+    Text(String),
+    Int(i64),
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +134,7 @@ pub(super) struct WireVolume {
     pub tmpfs: Option<Spanned<String>>,
     pub target: Spanned<String>,
     pub readonly: Option<bool>,
+    pub shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

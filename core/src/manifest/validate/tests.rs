@@ -58,8 +58,8 @@ const RULES: &[(&str, &str, &str, &str, &str)] = &[
     (
         "env name",
         "env = { MODE = \"prod\" }",
-        "env = { \"1BAD\" = \"x\" }",
-        "env.1BAD",
+        "env = { \"A=B\" = \"x\" }",
+        "env.A=B",
         "not a valid variable name",
     ),
     (
@@ -264,10 +264,10 @@ fn ports() {
 
 #[test]
 fn host_ports_are_unique_across_services() {
-    let text = "[service.a]\nimage = \"busybox\"\nport = { container = 80, host = 8080 }\n\n[service.b]\nimage = \"busybox\"\nport = { container = 81, host = 8080 }\n";
+    let text = "[service.a]\nimage = \"busybox\"\nport = { container = 80, host = 8080 }\n\n[service.b]\nimage = \"busybox\"\nports = [{ container = 81, host = 8080, host_ip = \"127.0.0.1\" }]\n";
     bad(
         text,
-        "service.b.port.host",
+        "service.b.ports[0].host",
         5,
         "already published by service `a`",
     );
@@ -445,13 +445,236 @@ fn the_spec_example_validates() {
     let web = &m.services["web"];
     assert_eq!(web.replicas, 3);
     assert_eq!(
-        web.port,
-        Some(Port {
+        web.ports,
+        vec![Port {
             container: 8080,
-            host: 8080
-        })
+            host: Some(8080),
+            host_ip: "0.0.0.0".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        }]
     );
+    assert_eq!(web.depends_on, vec!["api".to_string()]);
+    assert_eq!(web.env["spring.profiles.active"], "prod");
+    assert_eq!(web.sysctls["net.core.somaxconn"], "1024");
     assert_eq!(web.resources.memory_bytes, Some(128 << 20));
     assert_eq!(web.volumes.len(), 1);
     assert_eq!(web.secrets[0].target, "db_password");
+}
+
+#[test]
+fn ports_as_compose_writes_them() {
+    let m = ok(&svc("[[service.web.ports]]\ncontainer = 80\nhost = 8080\nhost_ip = \"127.0.0.1\"\n[[service.web.ports]]\ncontainer = 53\nhost = 5353\nprotocol = \"udp\"\n[[service.web.ports]]\ncontainer = 9000"));
+    let p = &m.services["web"].ports;
+    assert_eq!(p.len(), 3);
+    assert_eq!(p[0].host_addr(), Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(
+        (p[1].protocol, p[1].host_ip.to_string().as_str()),
+        (Protocol::Udp, "0.0.0.0")
+    );
+    assert_eq!(p[2].host, None);
+    // The same host port on tcp and udp, or on two addresses, is fine.
+    ok("[service.a]\nimage = \"busybox\"\nports = [{ container = 53, host = 53 }, { container = 53, host = 53, protocol = \"udp\" }]\n[service.b]\nimage = \"busybox\"\nports = [{ container = 80, host = 80, host_ip = \"127.0.0.1\" }]\n[service.c]\nimage = \"busybox\"\nports = [{ container = 80, host = 80, host_ip = \"127.0.0.2\" }]\n");
+    // ... but not one address inside a wildcard bind, nor a port twice in one service.
+    bad("[service.a]\nimage = \"busybox\"\nports = [{ container = 80, host = 80, host_ip = \"127.0.0.1\" }]\n[service.b]\nimage = \"busybox\"\nports = [{ container = 80, host = 80 }]\n", "service.b.ports[0].host", 4, "already published by service `a`");
+    bad(
+        &svc("ports = [{ container = 80, host = 80 }, { container = 81, host = 80 }]"),
+        "service.web.ports[1].host",
+        1,
+        "already published",
+    );
+    for (body, key, needle) in [
+        (
+            "ports = [{ container = 80, host = 80, protocol = \"sctp\" }]",
+            "service.web.ports[0].protocol",
+            "not one of",
+        ),
+        (
+            "ports = [{ container = 80, host = 80, host_ip = \"localhost\" }]",
+            "service.web.ports[0].host_ip",
+            "not an IP address",
+        ),
+        (
+            "ports = [{ container = 80, host = 80, host_ip = \"::1\" }]",
+            "service.web.ports[0].host_ip",
+            "IPv6",
+        ),
+        (
+            "ports = [{ container = 80, host_ip = \"127.0.0.1\" }]",
+            "service.web.ports[0].host_ip",
+            "needs a `host`",
+        ),
+        (
+            "ports = [{ container = 0 }]",
+            "service.web.ports[0].container",
+            "outside 1-65535",
+        ),
+        (
+            "ports = [{ container = 80, host = 99999 }]",
+            "service.web.ports[0].host",
+            "outside 1-65535",
+        ),
+    ] {
+        bad(&svc(body), key, 3, needle);
+    }
+    bad(
+        &svc("port = { container = 80, host = 81 }\nports = [{ container = 80 }]"),
+        "service.web.ports",
+        4,
+        "both `port` and `ports`",
+    );
+}
+
+#[test]
+fn entrypoint_command_env_names_and_sysctls() {
+    let m = ok(&svc("entrypoint = []\ncommand = [\"-f\"]\nenv = { \"spring.profiles.active\" = \"prod\", \"my-feature-flag\" = \"on\" }\nsysctls = { \"net.ipv4.ip_unprivileged_port_start\" = 0, \"kernel.shmmax\" = \"65536\", \"fs.mqueue.msg_max\" = \"20\" }\ninit = true"));
+    let web = &m.services["web"];
+    assert_eq!(web.entrypoint, Some(vec![]));
+    assert_eq!(web.command, Some(vec!["-f".to_string()]));
+    assert_eq!(web.env["my-feature-flag"], "on");
+    assert_eq!(web.sysctls["net.ipv4.ip_unprivileged_port_start"], "0");
+    assert!(web.init);
+    bad(
+        &svc("sysctls = { \"kernel.panic\" = \"1\" }"),
+        "service.web.sysctls.kernel.panic",
+        3,
+        "not namespaced",
+    );
+    bad(
+        &svc("sysctls = { \"vm.swappiness\" = \"1\" }"),
+        "service.web.sysctls.vm.swappiness",
+        3,
+        "not namespaced",
+    );
+    bad(
+        &svc("sysctls = { \"net..x\" = \"1\" }"),
+        "service.web.sysctls.net..x",
+        3,
+        "not a sysctl name",
+    );
+    bad(
+        &svc("sysctls = { \"net.core.somaxconn\" = \"\" }"),
+        "service.web.sysctls.net.core.somaxconn",
+        3,
+        "1-256 bytes",
+    );
+    bad(
+        &svc("entrypoint = [\"\"]"),
+        "service.web.entrypoint",
+        3,
+        "program name is empty",
+    );
+    bad(
+        &svc("env = { \"\" = \"x\" }"),
+        "service.web.env.",
+        3,
+        "not a valid variable name",
+    );
+}
+
+#[test]
+fn depends_on_names_services_without_cycles() {
+    let m = ok("[service.web]\nimage = \"busybox\"\ndepends_on = [\"app\", \"app\"]\n[service.app]\nimage = \"busybox\"\ndepends_on = [\"db\"]\n[service.db]\nimage = \"busybox\"\n");
+    assert_eq!(m.services["web"].depends_on, vec!["app".to_string()]);
+    bad(
+        "[service.web]\nimage = \"busybox\"\ndepends_on = [\"nope\"]\n",
+        "service.web.depends_on",
+        3,
+        "`nope` is not a service",
+    );
+    bad(
+        "[service.web]\nimage = \"busybox\"\ndepends_on = [\"web\"]\n",
+        "service.web.depends_on",
+        3,
+        "depends on itself",
+    );
+    let cycle = "[service.a]\nimage = \"busybox\"\ndepends_on = [\"b\"]\n[service.b]\nimage = \"busybox\"\ndepends_on = [\"c\"]\n[service.c]\nimage = \"busybox\"\ndepends_on = [\"a\"]\n";
+    let err = Manifest::from_str_named("m.toml", cycle).unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert!(
+        err.to_string()
+            .contains("dependency cycle: a -> b -> c -> a"),
+        "{err}"
+    );
+    // Across files, the location is the file that wrote the edge.
+    let mut files = SourceFiles::new();
+    files.insert(
+        "a.toml".into(),
+        "[service.a]\nimage = \"busybox\"\ndepends_on = [\"b\"]\n".into(),
+    );
+    files.insert(
+        "b.toml".into(),
+        "[service.b]\nimage = \"busybox\"\n\ndepends_on = [\"a\"]\n".into(),
+    );
+    let err = Manifest::from_sources(&files).unwrap_err();
+    assert!(
+        err.to_string().starts_with("a.toml:3:") || err.to_string().starts_with("b.toml:4:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_writable_volume_has_one_writer_at_a_time() {
+    let vol = "[[service.web.volumes]]\nname = \"pgdata\"\ntarget = \"/data\"";
+    // Default strategy: stop-first with a single-writer volume, start-first otherwise.
+    assert_eq!(
+        ok(&svc(vol)).services["web"].update.strategy,
+        UpdateStrategy::StopFirst
+    );
+    assert_eq!(
+        ok(&svc("")).services["web"].update.strategy,
+        UpdateStrategy::StartFirst
+    );
+    for other in [
+        "[[service.web.volumes]]\nname = \"pgdata\"\ntarget = \"/data\"\nreadonly = true",
+        "[[service.web.volumes]]\ntmpfs = \"1Mi\"\ntarget = \"/data\"",
+        "[[service.web.volumes]]\nname = \"pgdata\"\ntarget = \"/data\"\nshared = true",
+    ] {
+        let m = ok(&svc(&format!("replicas = 2\n{other}")));
+        assert_eq!(
+            m.services["web"].update.strategy,
+            UpdateStrategy::StartFirst,
+            "{other}"
+        );
+    }
+    bad(
+        &svc(&format!("replicas = 2\n{vol}")),
+        "service.web.replicas",
+        3,
+        "one writer at a time",
+    );
+    bad(
+        &svc("[[service.web.volumes]]\nhost = \"/srv/db\"\ntarget = \"/data\"\n[service.web.update]\nstrategy = \"start-first\""),
+        "service.web.update.strategy",
+        7,
+        "host path `/srv/db`",
+    );
+    ok(&svc(&format!(
+        "replicas = 2\n{vol}\nshared = true\n[service.web.update]\nstrategy = \"start-first\""
+    )));
+    // Two services writing one volume are two writers too.
+    let two = "[service.a]\nimage = \"busybox\"\nvolumes = [{ name = \"d\", target = \"/d\" }]\n[service.b]\nimage = \"busybox\"\nvolumes = [{ name = \"d\", target = \"/d\"READONLY }]\n";
+    bad(
+        &two.replace("READONLY", ""),
+        "service.b.volumes[0]",
+        4,
+        "also mounted by a",
+    );
+    bad(
+        &two.replace("READONLY", ""),
+        "service.a.volumes[0]",
+        1,
+        "also mounted by b",
+    );
+    ok(&two
+        .replace("}", ", shared = true }")
+        .replace("READONLY", ""));
+    ok(&two.replace("READONLY", ", readonly = true"));
+}
+
+#[test]
+fn problems_come_sorted_by_line() {
+    let text = "[service.b]\nimage = \"busybox\"\nreplicas = -1\n[service.a]\nimage = \"BAD\"\n";
+    let err = Manifest::from_str_named("m.toml", text).unwrap_err();
+    let lines: Vec<usize> = err.problems().iter().map(|p| p.line).collect();
+    assert_eq!(lines, vec![3, 5]);
 }
