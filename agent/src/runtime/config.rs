@@ -139,6 +139,16 @@ pub struct ContainerConfig {
     /// gateway); None: the host's nameservers.
     #[serde(default)]
     pub dns_server: Option<std::net::Ipv4Addr>,
+    /// Run Berth's minimal init as PID 1 (Docker's `--init`, Compose's
+    /// `init`): it forwards signals to the workload (its child), reaps
+    /// zombies and exits with the workload's status. See [`super::init`].
+    #[serde(default)]
+    pub init: bool,
+    /// Namespaced kernel parameters (`net.*`, `fs.mqueue.*`, IPC ones,
+    /// `kernel.domainname`) written in the container's namespaces before the
+    /// workload starts, over [`super::sysctl::DEFAULTS`]. See [`super::sysctl`].
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 fn default_log_max() -> u64 {
@@ -169,6 +179,8 @@ impl ContainerConfig {
             netns: None,
             address: None,
             dns_server: None,
+            init: false,
+            sysctls: BTreeMap::new(),
         }
     }
 
@@ -232,6 +244,11 @@ impl ContainerConfig {
         }
         if self.args.iter().any(|a| a.contains('\0')) {
             return bad("args must not contain NUL".into());
+        }
+        for (name, value) in &self.sysctls {
+            if let Err(reason) = super::sysctl::check(name, value) {
+                return bad(reason);
+            }
         }
         Ok(())
     }
