@@ -198,6 +198,7 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
         }
     }
     let failures_now = intent.failures.saturating_add(failed.len() as u32);
+    let mut replaced_now = false;
     if intent.first_deploy && !failed.is_empty() && failures_now >= FIRST_DEPLOY_FAILURES {
         // A first deploy that keeps failing will not fix itself: stop.
         let (id, why, _) = failed.last().cloned().unwrap_or_default();
@@ -210,6 +211,8 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
             }
         }
     } else {
+        // The failures set a backoff: replacements start on a later pass.
+        replaced_now = !failed.is_empty();
         for (id, reason, exited) in failed {
             d.actions.push(Action::Failure {
                 id: id.clone(),
@@ -268,7 +271,7 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
     let old_ready = old.iter().filter(|r| r.phase == Phase::Ready).count();
     let cur_count = cur.len() + satisfied_exits;
     d.ready = cur_ready as u32;
-    let can_start = intent.restart_wait.is_none();
+    let can_start = intent.restart_wait.is_none() && !replaced_now;
     let mut retire = Vec::new();
     let mut starts = 0usize;
 

@@ -298,26 +298,25 @@ async fn reconcile_service(
             }
         }
     }
-    let replicas: Vec<Replica> = {
-        let live = agent.live();
-        list.iter()
-            .filter_map(|c| {
-                let phase = phase_of(agent, c, svc, now)?;
-                let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
-                let probe = live
-                    .health
-                    .get(&c.id)
-                    .and_then(|h| h.last_output.as_deref())
-                    .map(health::summary);
-                Some(Replica {
-                    id: c.id.clone(),
-                    current,
-                    phase,
-                    probe,
-                })
+    let replicas: Vec<Replica> = list
+        .iter()
+        .filter_map(|c| {
+            let phase = phase_of(agent, c, svc, now)?;
+            let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
+            let probe = agent
+                .live()
+                .health
+                .get(&c.id)
+                .and_then(|h| h.last_output.as_deref())
+                .map(health::summary);
+            Some(Replica {
+                id: c.id.clone(),
+                current,
+                phase,
+                probe,
             })
-            .collect()
-    };
+        })
+        .collect();
     let policy = BackoffPolicy::of(svc);
     let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
     let spec_key = spec.canonical_json();
@@ -414,7 +413,8 @@ async fn reconcile_service(
                         let l = live.services.entry(svc.name.clone()).or_default();
                         l.last_error = Some(message.clone());
                         if !rolling {
-                            l.restart.record_failure(Instant::now(), &policy);
+                            let wait = l.restart.record_failure(Instant::now(), &policy);
+                            wake_after(agent, wait);
                         }
                     }
                     if rolling {
@@ -475,6 +475,7 @@ async fn reconcile_service(
                     l.last_error = Some(format!("replica {id} {reason}"));
                     (l.restart.failures(), wait)
                 };
+                wake_after(agent, wait);
                 let kind = if oom {
                     "container-oom-killed"
                 } else {
@@ -639,6 +640,7 @@ async fn ensure_image(
                 }
                 Err(e) => {
                     let wait = l.pull_retry.fail(Instant::now(), &PULL_RETRY);
+                    wake_after(&agent, wait);
                     l.last_error = Some(format!("pulling {image}: {e}; retrying in {wait:?}"));
                     Some(format!("{image}: {e}; retrying in {wait:?}"))
                 }
@@ -656,6 +658,16 @@ async fn ensure_image(
         agent.wake.notify_one();
     });
     None
+}
+
+/// Runs a pass when a backoff ends, so a replacement starts on time rather
+/// than up to [`RESYNC`] later.
+fn wake_after(agent: &Arc<Agent>, wait: Duration) {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        agent.wake.notify_one();
+    });
 }
 
 /// Records (and announces once) what a service waits for before starting

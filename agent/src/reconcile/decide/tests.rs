@@ -100,7 +100,7 @@ fn steady_state_table() {
             vec![retire("a", RetireReason::ScaleDown)],
         ),
         (
-            "a crash is replaced (always)",
+            "a crash is replaced (always), on a later pass after its backoff",
             intent(),
             vec![r("a", true, Ready), r("b", true, exited(1))],
             vec![
@@ -109,8 +109,13 @@ fn steady_state_table() {
                     reason: "exited with code 1".into(),
                 },
                 Action::Remove { id: "b".into() },
-                Action::Start,
             ],
+        ),
+        (
+            "after the failure, the replacement starts once the backoff is over",
+            intent(),
+            vec![r("a", true, Ready)],
+            vec![Action::Start],
         ),
         (
             "backoff holds the replacement",
@@ -168,11 +173,10 @@ fn steady_state_table() {
                     reason: "was OOM-killed".into(),
                 },
                 Action::Remove { id: "b".into() },
-                Action::Start,
             ],
         ),
         (
-            "unhealthy is replaced",
+            "unhealthy is replaced, on a later pass after its backoff",
             intent(),
             vec![r("a", true, Ready), r("b", true, Unhealthy)],
             vec![
@@ -181,7 +185,6 @@ fn steady_state_table() {
                     reason: "failed its health check".into(),
                 },
                 retire("b", RetireReason::Unhealthy),
-                Action::Start,
             ],
         ),
         (
@@ -356,7 +359,7 @@ fn first_deploy_backoff_depends_on_and_image_table() {
     );
     let cases: Vec<Row> = vec![
         (
-            "first deploy: an early failure is replaced (with backoff)",
+            "first deploy: an early failure is replaced (after its backoff)",
             first(1),
             vec![probed("a", true, Unhealthy, probe)],
             vec![
@@ -365,7 +368,6 @@ fn first_deploy_backoff_depends_on_and_image_table() {
                     reason: format!("failed its health check: {probe}"),
                 },
                 retire("a", RetireReason::Unhealthy),
-                Action::Start,
             ],
             None,
         ),
