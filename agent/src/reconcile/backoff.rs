@@ -209,7 +209,8 @@ mod tests {
             Ready(&'static [&'static str]),
         }
         use E::*;
-        let cases: Vec<(&str, Vec<(u64, E)>, u32, Option<u64>)> = vec![
+        type Row = (&'static str, Vec<(u64, E)>, u32, Option<u64>);
+        let cases: Vec<Row> = vec![
             ("nothing happened", vec![], 0, None),
             ("one failure waits initial", vec![(0, Fail)], 1, Some(100)),
             (

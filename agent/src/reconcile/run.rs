@@ -646,14 +646,13 @@ async fn ensure_image(
                 }
             }
         };
-        match (result, failure) {
-            (Ok(rec), _) => agent.emit(
+        match result {
+            Ok(rec) => agent.emit(
                 "image-pulled",
                 Some(&service),
                 format!("{} as {}", image, rec.digest),
             ),
-            (Err(_), Some(message)) => agent.emit("pull-failed", Some(&service), message),
-            (Err(e), None) => agent.emit("pull-failed", Some(&service), format!("{image}: {e}")),
+            Err(_) => agent.emit("pull-failed", Some(&service), failure.unwrap_or_default()),
         }
         agent.wake.notify_one();
     });
@@ -694,9 +693,8 @@ fn note_waiting(agent: &Agent, svc: &Service, waiting: Option<&str>) {
             "dependencies-ready",
             Some(&svc.name),
             format!(
-                "{} has a ready replica; starting {} (was {})",
+                "every dependency ({}) has a ready replica; no longer {}",
                 svc.depends_on.join(", "),
-                svc.name,
                 changed.unwrap_or_default()
             ),
         ),
