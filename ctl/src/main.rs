@@ -3,6 +3,9 @@
 //! TCP with a bearer token. It has no Linux-only dependency.
 
 mod client;
+mod docs;
+#[macro_use]
+mod out;
 mod pull;
 mod wait;
 
@@ -48,6 +51,11 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write berthctl's man pages (berthctl.1, berthctl-COMMAND.1) into DIR.
+    #[command(name = "man-pages", hide = true)]
+    ManPages { dir: PathBuf },
     /// Check a manifest file or directory offline; errors name file, line and column.
     Validate {
         #[arg(short = 'f', long = "file")]
@@ -77,10 +85,19 @@ enum Command {
     Status,
     /// Applied revisions, newest last.
     History,
-    /// Recent events; with -f, keep following.
+    /// Kept events (they survive agent restarts); with -f, keep following.
     Events {
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only events of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only events of this kind (e.g. rollout-failed, container-started).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events since an RFC 3339 time or a duration ago (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Everything about one container (id or unique prefix).
     Inspect { container: String },
@@ -167,17 +184,29 @@ fn read_manifest(path: &Path) -> Result<manifest::SourceFiles> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            docs::completions::<Cli>(*shell, &mut script);
+            out::write_bytes(&script);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ManPages { dir } => {
+            for path in docs::man_pages::<Cli>(dir)? {
+                outln!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { path } => {
             let files = read_manifest(path)?;
             match Manifest::from_sources(&files) {
                 Ok(m) => {
                     if cli.output == Output::Json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({ "valid": true, "services": m.services.keys().collect::<Vec<_>>() })
                         );
                     } else {
-                        println!(
+                        outln!(
                             "{}: valid ({} services in {} files)",
                             path.display(),
                             m.services.len(),
@@ -188,7 +217,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     if cli.output == Output::Json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({ "valid": false, "problems": e.problems() })
                         );
@@ -227,7 +256,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let v: serde_json::Value =
                 serde_json::from_slice(&reply.body).context("decoding container")?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {
@@ -265,11 +294,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let resp: ApplyResponse = serde_json::from_slice(&reply.body)?;
                 print_plan(&resp.plan);
-                println!("rolled back as revision {}", resp.revision.unwrap_or(0));
+                outln!("rolled back as revision {}", resp.revision.unwrap_or(0));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -279,7 +308,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Images => {
             let reply = call(&cli, Method::GET, "/v1/images").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let images: Vec<berth_core::api::ImageView> = serde_json::from_slice(&reply.body)?;
                 let mut rows = vec![[
@@ -305,10 +334,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc => {
             let reply = call(&cli, Method::POST, "/v1/gc").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let r: serde_json::Value = serde_json::from_slice(&reply.body)?;
-                println!(
+                outln!(
                     "removed {} images, {} blobs, {} layer snapshots; freed {}",
                     r["images_removed"].as_array().map(|a| a.len()).unwrap_or(0),
                     r["blobs_removed"],
@@ -341,11 +370,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
             if cli.output == Output::Json {
-                println!("{v}");
+                outln!("{v}");
             } else if v["draining"] == true {
-                println!("draining: every readiness endpoint of this host answers 503");
+                outln!("draining: every readiness endpoint of this host answers 503");
             } else {
-                println!("not draining");
+                outln!("not draining");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -353,7 +382,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status => {
             let reply = call(&cli, Method::GET, "/v1/status").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let status: StatusResponse =
                     serde_json::from_slice(&reply.body).context("decoding status")?;
@@ -365,7 +394,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     let list: Vec<berth_core::api::ContainerView> =
                         serde_json::from_slice(&containers.body).context("decoding containers")?;
                     if !list.is_empty() {
-                        println!();
+                        outln!();
                         print_containers(&list);
                     }
                 }
@@ -375,7 +404,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::History => {
             let reply = call(&cli, Method::GET, "/v1/revisions").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let revs: Vec<RevisionInfo> =
                     serde_json::from_slice(&reply.body).context("decoding revisions")?;
@@ -383,28 +412,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events { follow } => {
+        Command::Events {
+            follow,
+            service,
+            kind,
+            since,
+        } => {
             let c = client(&cli)?;
+            let mut query: Vec<String> = Vec::new();
+            for (key, value) in [("service", service), ("kind", kind), ("since", since)] {
+                if let Some(v) = value {
+                    query.push(format!("{key}={}", query_escape(v)));
+                }
+            }
             let json = cli.output == Output::Json;
             let print = |e: &Event| {
                 if json {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    outln!("{}", serde_json::to_string(e).unwrap_or_default());
                 } else {
-                    println!("{}", event_line(e));
+                    outln!("{}", event_line(e));
                 }
             };
             if *follow {
-                c.stream_lines("/v1/events?follow=true", |line| {
+                query.push("follow=true".into());
+                c.stream_lines(&format!("/v1/events?{}", query.join("&")), |line| {
                     match serde_json::from_str::<Event>(line) {
                         Ok(e) => print(&e),
-                        Err(_) => println!("{line}"),
+                        Err(_) => outln!("{line}"),
                     }
                     Ok(())
                 })
                 .await?;
             } else {
                 let reply = c
-                    .request(Method::GET, "/v1/events", None, Bytes::new())
+                    .request(
+                        Method::GET,
+                        &format!("/v1/events?{}", query.join("&")),
+                        None,
+                        Bytes::new(),
+                    )
                     .await?;
                 if !reply.status.is_success() {
                     bail!("{}", error_text(&reply.body));
@@ -436,32 +482,32 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<Exit
         .await?;
     if !reply.status.is_success() {
         if cli.output == Output::Json {
-            println!("{}", String::from_utf8_lossy(&reply.body));
+            outln!("{}", String::from_utf8_lossy(&reply.body));
         } else {
             eprintln!("{}", error_text(&reply.body));
         }
         return Ok(ExitCode::FAILURE);
     }
     if cli.output == Output::Json {
-        println!("{}", String::from_utf8_lossy(&reply.body));
+        outln!("{}", String::from_utf8_lossy(&reply.body));
         return Ok(ExitCode::SUCCESS);
     }
     let resp: ApplyResponse =
         serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
     print_changes(&resp.changes);
-    println!();
+    outln!();
     print_plan(&resp.plan);
     if diff {
         // Nothing more: diff only shows the plan.
     } else if dry_run {
-        println!("dry run: nothing recorded");
+        outln!("dry run: nothing recorded");
     } else if resp.unchanged {
-        println!(
+        outln!(
             "unchanged: revision {} already has this manifest",
             resp.revision.unwrap_or(0)
         );
     } else {
-        println!("applied as revision {}", resp.revision.unwrap_or(0));
+        outln!("applied as revision {}", resp.revision.unwrap_or(0));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -572,7 +618,7 @@ fn print_status(s: &StatusResponse) {
         .as_ref()
         .map(|r| format!("revision {} ({}, {})", r.number, r.source, r.state))
         .unwrap_or_else(|| "no revision applied".into());
-    println!(
+    outln!(
         "berthd {} — {}{}{}",
         s.agent.version,
         rev,
@@ -584,7 +630,7 @@ fn print_status(s: &StatusResponse) {
         }
     );
     if let Some(err) = &s.source_error {
-        println!("source error: {err}");
+        outln!("source error: {err}");
     }
     let mut rows = vec![[
         "SERVICE".to_string(),
@@ -699,6 +745,19 @@ pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -48,12 +48,12 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
         match rev.map(|r| r.state.as_str()) {
             Some("complete") => {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "revision": target, "state": "complete" })
                     );
                 } else {
-                    println!("revision {target} rolled out");
+                    outln!("revision {target} rolled out");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -65,7 +65,7 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
                     .next_back();
                 let errors = failure_reasons(client, target, &status).await;
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "revision": target, "state": "failed", "errors": errors })
                     );
@@ -100,7 +100,9 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
 /// each service's last error.
 async fn failure_reasons(client: &Client, target: u64, status: &StatusResponse) -> Vec<String> {
     let prefix = format!("revision {target}: ");
-    let events: Vec<Event> = get(client, "/v1/events").await.unwrap_or_default();
+    let events: Vec<Event> = get(client, "/v1/events?kind=rollout-failed")
+        .await
+        .unwrap_or_default();
     let from_events: Vec<String> = events
         .iter()
         .filter(|e| e.kind == "rollout-failed")

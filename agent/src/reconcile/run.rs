@@ -761,6 +761,8 @@ async fn start_replica(
     cfg.pids = spec.pids;
     cfg.stop_signal = svc.stop_signal.number;
     cfg.stop_timeout = svc.stop_timeout;
+    cfg.init = spec.init;
+    cfg.sysctls = spec.sysctls.clone();
     cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
     cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
     cfg.labels

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::image_ref::ImageRef;
 
-pub use validate::parse_env_file;
+pub use validate::{namespaced_sysctl, parse_env_file, well_formed_sysctl};
 
 /// Most files a manifest directory may hold.
 pub const MAX_FILES: usize = 256;

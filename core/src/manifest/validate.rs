@@ -896,7 +896,8 @@ fn validate_ports(ctx: &mut FileCtx<'_>, ws: &WireService, svc: &str) -> Vec<Por
 
 /// Kernel parameters a container may set: those of its own network, IPC and
 /// UTS namespaces (runc's and Docker's rule); anything else would change the host.
-fn namespaced_sysctl(name: &str) -> bool {
+/// The runtime checks it again before writing one.
+pub fn namespaced_sysctl(name: &str) -> bool {
     const IPC: &[&str] = &[
         "kernel.msgmax",
         "kernel.msgmnb",
@@ -911,6 +912,20 @@ fn namespaced_sysctl(name: &str) -> bool {
     name.starts_with("net.") || name.starts_with("fs.mqueue.") || IPC.contains(&name)
 }
 
+/// A sysctl name: 1-128 bytes, dot-separated non-empty parts of ASCII
+/// letters, digits, `_` and `-` (so it maps to a path under `/proc/sys`
+/// without `/`, `.` or `..` components).
+pub fn well_formed_sysctl(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        })
+}
+
 fn validate_sysctls(
     ctx: &mut FileCtx<'_>,
     s: &Spanned<BTreeMap<Spanned<String>, Spanned<WireScalar>>>,
@@ -920,15 +935,7 @@ fn validate_sysctls(
     for (name, value) in s.get_ref() {
         let n = name.get_ref();
         let k = format!("{key}.{n}");
-        let well_formed = !n.is_empty()
-            && n.len() <= 128
-            && n.split('.').all(|part| {
-                !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-            });
-        if !well_formed {
+        if !well_formed_sysctl(n) {
             ctx.at(name.span(), k, format!("`{n}` is not a sysctl name"));
             continue;
         }
