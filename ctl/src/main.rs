@@ -7,6 +7,7 @@ mod docs;
 #[macro_use]
 mod out;
 mod pull;
+mod top;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -83,6 +84,12 @@ enum Command {
     /// Services, replicas ready/desired and the current revision.
     #[command(alias = "ps")]
     Status,
+    /// CPU, memory and pids per running container (sampled over --interval).
+    Top {
+        /// How long to measure CPU use over, e.g. 1s, 500ms.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
     /// Applied revisions, newest last.
     History,
     /// Kept events (they survive agent restarts); with -f, keep following.
@@ -399,6 +406,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top { interval } => {
+            let interval = berth_core::units::parse_duration(interval)
+                .map_err(|e| anyhow::anyhow!("--interval: {e}"))?;
+            top::run(&cli, interval).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::History => {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use berth_core::manifest::Service;
+use berth_core::manifest::{Health, Service};
 
 /// A replica must stay ready at least this long to reset its service's
 /// failure backoff (longer when `health.interval × health.retries` is).
@@ -28,12 +28,11 @@ pub struct BackoffPolicy {
 
 impl BackoffPolicy {
     /// The service's `restart.backoff`; stable after [`STABLE_READY`] or one
-    /// full unhealthy-detection window (`interval × retries`), whichever is
-    /// longer, so a replica that flaps slower than 10 s is not judged stable.
-    pub fn of(svc: &Service) -> BackoffPolicy {
-        let window = svc
-            .health
-            .as_ref()
+    /// full unhealthy-detection window (`interval × retries`) of its
+    /// effective `health` check (the manifest's, else the image's), whichever
+    /// is longer, so a replica that flaps slower than 10 s is not judged stable.
+    pub fn of(svc: &Service, health: Option<&Health>) -> BackoffPolicy {
+        let window = health
             .map(|h| h.interval.saturating_mul(h.retries.max(1)))
             .unwrap_or_default();
         BackoffPolicy {
@@ -188,14 +187,15 @@ mod tests {
                 .services["s"]
                 .clone()
         };
-        let p = BackoffPolicy::of(&svc(text("")));
+        let p = BackoffPolicy::of(&svc(text("")), None);
         assert_eq!(
             (p.initial, p.max, p.stable_after),
             (1000 * MS, 7000 * MS, STABLE_READY)
         );
         let slow = "[service.s.health]\ntcp = { port = 80 }\ninterval = \"5s\"\nretries = 4\n";
+        let slow = svc(text(slow));
         assert_eq!(
-            BackoffPolicy::of(&svc(text(slow))).stable_after,
+            BackoffPolicy::of(&slow, slow.health.as_ref()).stable_after,
             20_000 * MS
         );
     }
