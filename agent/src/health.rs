@@ -132,6 +132,23 @@ pub enum CheckError {
     Thread,
 }
 
+/// Longest probe output carried into status, events and rollout failures.
+pub const SUMMARY_CHARS: usize = 240;
+
+/// A probe's output as one line for status and events: whitespace runs
+/// (newlines included) become one space, and only the last
+/// [`SUMMARY_CHARS`] characters are kept (an exec check's stderr tail is
+/// where its reason usually is), with `…` marking the cut.
+pub fn summary(output: &str) -> String {
+    let line = output.split_whitespace().collect::<Vec<_>>().join(" ");
+    let count = line.chars().count();
+    if count <= SUMMARY_CHARS {
+        return line;
+    }
+    let tail: String = line.chars().skip(count - SUMMARY_CHARS).collect();
+    format!("…{tail}")
+}
+
 /// Runs `f` on a fresh thread that has joined the network namespace of `pid`.
 /// The thread ends afterwards, so no pooled thread is left in a foreign netns.
 fn in_netns<T: Send + 'static>(
@@ -463,5 +480,24 @@ mod tests {
         );
         assert_eq!(effective(None, Some(&image)), Some(image));
         assert_eq!(effective(None, None), None);
+    }
+
+    #[test]
+    fn summary_is_one_line_and_keeps_the_tail() {
+        let cases: Vec<(String, String)> = vec![
+            ("HTTP 200".into(), "HTTP 200".into()),
+            (
+                "exit code 1: line one\n  line two\n".into(),
+                "exit code 1: line one line two".into(),
+            ),
+            (
+                format!("{}END", "x".repeat(500)),
+                format!("…{}END", "x".repeat(SUMMARY_CHARS - 3)),
+            ),
+            ("".into(), "".into()),
+        ];
+        for (input, want) in cases {
+            assert_eq!(summary(&input), want, "{input:?}");
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! current revision and what is on disk, asks `decide` per service, and
 //! carries the actions out: start replicas, retire (drain, stop, remove),
 //! record failures with backoff, fail rollouts (rolling back when asked),
-//! pull missing images and re-resolve tags. It never asks why it woke.
+//! pull missing images (transient errors retried with backoff, permanent ones
+//! fail the rollout) and re-resolve tags. It never asks why it woke.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use berth_core::image_ref::ImageRef;
 use berth_core::manifest::{Manifest, PullPolicy, Service, VolumeSource};
 use berth_core::spec::ContainerSpec;
 
-use super::decide::{decide, Action, Intent, Phase, Replica, RetireReason};
+use super::backoff::BackoffPolicy;
+use super::decide::{decide, Action, Dependency, Intent, Phase, Replica, RetireReason};
 use crate::control::{
     pinned_image, Agent, AgentError, ApplySource, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION,
     LABEL_SERVICE, LABEL_SPEC,
@@ -27,12 +29,15 @@ pub const RESYNC: Duration = Duration::from_millis(500);
 /// A replica without a health check is ready after running this long (or
 /// its start_period, if longer).
 pub const MIN_READY_RUN: Duration = Duration::from_secs(1);
-/// A replica running this long resets its service's failure backoff.
-pub const STABLE_RUN: Duration = Duration::from_secs(10);
 /// How often `pull.policy = "always"` re-resolves tags.
 pub const ALWAYS_CHECK: Duration = Duration::from_secs(30);
-/// Wait after a failed pull before trying again.
-const PULL_RETRY: Duration = Duration::from_secs(5);
+/// Waits between pulls after transient failures (network, 5xx, 429): 1 s
+/// doubling to 30 s. Permanent failures are not retried within a revision.
+const PULL_RETRY: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+    stable_after: Duration::ZERO,
+};
 
 /// Runs reconcile passes until `stop` turns true. Signals `first_pass` after
 /// the first pass (whatever its result).
@@ -107,14 +112,6 @@ fn stored_spec(c: &ContainerInfo) -> Option<ContainerSpec> {
         .and_then(|v| ContainerSpec::from_stored(&v).ok())
 }
 
-fn backoff(svc: &Service, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(20);
-    svc.restart
-        .backoff_initial
-        .saturating_mul(1u32 << exp)
-        .min(svc.restart.backoff_max)
-}
-
 /// One pass over every service of the current revision.
 pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
     let Some(rec) = agent.store().latest_revision()? else {
@@ -171,7 +168,8 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             update_ready(agent, svc, &list, now);
             continue;
         }
-        let converged = reconcile_service(agent, &rec, svc, &want.spec, &list, now).await?;
+        let converged =
+            reconcile_service(agent, &rec, &manifest, svc, &want.spec, &list, now).await?;
         all_converged &= converged;
     }
     // Containers of services no revision wants.
@@ -313,6 +311,7 @@ fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: Syste
 async fn reconcile_service(
     agent: &Arc<Agent>,
     rec: &RevisionRecord,
+    manifest: &Manifest,
     svc: &Service,
     spec: &ContainerSpec,
     list: &[ContainerInfo],
@@ -332,47 +331,83 @@ async fn reconcile_service(
         .filter_map(|c| {
             let phase = phase_of(agent, c, svc, now)?;
             let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
+            let probe = agent
+                .live()
+                .health
+                .get(&c.id)
+                .and_then(|h| h.last_output.as_deref())
+                .map(health::summary);
             Some(Replica {
                 id: c.id.clone(),
                 current,
                 phase,
+                probe,
             })
         })
         .collect();
-    // A long, healthy run resets the failure backoff.
-    let stable = list.iter().any(|c| match c.state {
-        ContainerState::Running { started_at, .. } => {
-            now.duration_since(started_at).unwrap_or_default() >= STABLE_RUN
-        }
-        _ => false,
+    // The check that judges its replicas: the manifest's, else the image's.
+    let check = svc.health.clone().or_else(|| {
+        list.iter()
+            .find_map(|c| health::of_container(None, &c.labels))
     });
-    let restart_wait = {
+    let policy = BackoffPolicy::of(svc, check.as_ref());
+    let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
+    let spec_key = spec.canonical_json();
+    let intent = {
+        let clock = Instant::now();
         let mut live = agent.live();
+        let depends_on = svc
+            .depends_on
+            .iter()
+            .map(|d| Dependency {
+                service: d.clone(),
+                ready: live.services.get(d).map(|l| l.ready).unwrap_or(0),
+                desired: manifest.services.get(d).map(|s| s.replicas).unwrap_or(0),
+            })
+            .collect();
         let l = live.services.entry(svc.name.clone()).or_default();
-        if stable
-            && l.failures > 0
-            && replicas
-                .iter()
-                .all(|r| !matches!(r.phase, Phase::Exited { .. }))
-        {
-            l.failures = 0;
-            l.next_start_at = None;
+        if l.spec.as_deref() != Some(spec_key.as_str()) {
+            // A new spec starts with a clean failure count.
+            l.restart.reset();
+            l.spec = Some(spec_key.clone());
         }
-        l.next_start_at
-            .and_then(|t| t.checked_duration_since(Instant::now()))
-    };
-    let intent = Intent {
-        replicas: svc.replicas,
-        strategy: svc.update.strategy,
-        max_surge: svc.update.max_surge,
-        max_unavailable: svc.update.max_unavailable,
-        restart: svc.restart.policy,
-        on_unhealthy: svc
-            .health
+        let ready = replicas
+            .iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .map(|r| r.id.as_str());
+        if l.restart.observe(clock, ready, &policy) {
+            tracing::debug!(service = %svc.name, "stable again: restart backoff reset");
+        }
+        if replicas
+            .iter()
+            .any(|r| r.current && r.phase == Phase::Ready)
+        {
+            l.ready_spec = Some(spec_key.clone());
+        }
+        let image_failed = l
+            .image_failed
             .as_ref()
-            .map(|h| h.on_unhealthy)
-            .unwrap_or(berth_core::manifest::OnUnhealthy::Restart),
-        restart_wait,
+            .filter(|(rev, img, _)| *rev == rec.info.number && *img == image.to_string())
+            .map(|(_, _, message)| message.clone());
+        Intent {
+            replicas: svc.replicas,
+            strategy: svc.update.strategy,
+            max_surge: svc.update.max_surge,
+            max_unavailable: svc.update.max_unavailable,
+            restart: svc.restart.policy,
+            on_unhealthy: svc
+                .health
+                .as_ref()
+                .map(|h| h.on_unhealthy)
+                .unwrap_or(berth_core::manifest::OnUnhealthy::Restart),
+            restart_wait: l.restart.wait(clock),
+            failures: l.restart.failures(),
+            // A complete revision had every service ready once.
+            first_deploy: rec.info.state != "complete"
+                && l.ready_spec.as_deref() != Some(spec_key.as_str()),
+            image_failed,
+            depends_on,
+        }
     };
     let decision = decide(&intent, &replicas);
     {
@@ -388,13 +423,18 @@ async fn reconcile_service(
             );
         }
     }
-    let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
+    note_waiting(agent, svc, decision.waiting.as_deref());
     let mut image_record: Option<ImageRecord> = None;
+    if decision.rolling_out || decision.waiting.is_some() {
+        // Pull ahead: a stop-first rollout learns of a bad image before it
+        // stops anything, a waiting service starts at once when let.
+        image_record = ensure_image(agent, rec, svc, &image).await;
+    }
     for action in decision.actions.clone() {
         match action {
             Action::Start => {
                 if image_record.is_none() {
-                    image_record = ensure_image(agent, svc, &image).await;
+                    image_record = ensure_image(agent, rec, svc, &image).await;
                 }
                 let Some(img) = &image_record else { break };
                 if let Err(e) = start_replica(agent, rec, svc, spec, &image, img).await {
@@ -406,8 +446,8 @@ async fn reconcile_service(
                         let l = live.services.entry(svc.name.clone()).or_default();
                         l.last_error = Some(message.clone());
                         if !rolling {
-                            l.failures += 1;
-                            l.next_start_at = Some(Instant::now() + backoff(svc, l.failures));
+                            let wait = l.restart.record_failure(Instant::now(), &policy);
+                            wake_after(agent, wait);
                         }
                     }
                     if rolling {
@@ -463,13 +503,12 @@ async fn reconcile_service(
                 let (failures, wait) = {
                     let mut live = agent.live();
                     let l = live.services.entry(svc.name.clone()).or_default();
-                    l.failures += 1;
                     l.restarts += 1;
-                    let wait = backoff(svc, l.failures);
-                    l.next_start_at = Some(Instant::now() + wait);
+                    let wait = l.restart.record_failure(Instant::now(), &policy);
                     l.last_error = Some(format!("replica {id} {reason}"));
-                    (l.failures, wait)
+                    (l.restart.failures(), wait)
                 };
+                wake_after(agent, wait);
                 let kind = if oom {
                     "container-oom-killed"
                 } else {
@@ -581,21 +620,35 @@ fn drop_image_info(agent: &Agent, service: &str, keep: Option<&str>) {
 }
 
 /// The image record of a pinned image, pulling it in the background when
-/// missing. `None` means not available yet (a pull runs or failed recently).
-async fn ensure_image(agent: &Arc<Agent>, svc: &Service, image: &ImageRef) -> Option<ImageRecord> {
+/// missing. `None` means not available yet: a pull runs, waits out its retry
+/// backoff after a transient failure, or failed for good in this revision
+/// (recorded in `image_failed`, which fails the rollout on the next pass).
+async fn ensure_image(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    image: &ImageRef,
+) -> Option<ImageRecord> {
     if let Ok(Some(rec)) = agent.images.find(image) {
         if agent.images.is_complete(&rec) {
             return Some(rec);
         }
     }
     let key = image.to_string();
+    let revision = rec.info.number;
     {
         let mut live = agent.live();
         if live.pulling.contains(&key) {
             return None;
         }
         let l = live.services.entry(svc.name.clone()).or_default();
-        if l.pull_failed_at.is_some_and(|t| t.elapsed() < PULL_RETRY) {
+        if l.pull_retry.wait(Instant::now()).is_some() {
+            return None;
+        }
+        if l.image_failed
+            .as_ref()
+            .is_some_and(|(rev, img, _)| *rev == revision && *img == key)
+        {
             return None;
         }
         live.pulling.insert(key.clone());
@@ -603,29 +656,82 @@ async fn ensure_image(agent: &Arc<Agent>, svc: &Service, image: &ImageRef) -> Op
     let (agent, image, service) = (agent.clone(), image.clone(), svc.name.clone());
     tokio::spawn(async move {
         let result = agent.images.pull(&image, None).await;
-        {
+        let failure = {
             let mut live = agent.live();
             live.pulling.remove(&key);
             let l = live.services.entry(service.clone()).or_default();
             match &result {
-                Ok(_) => l.pull_failed_at = None,
+                Ok(_) => {
+                    l.pull_retry.reset();
+                    None
+                }
+                Err(e) if e.is_permanent() => {
+                    let message = format!("pulling {image}: {e}");
+                    l.image_failed = Some((revision, key.clone(), message.clone()));
+                    l.last_error = Some(message);
+                    Some(format!("{image}: {e} (permanent: not retried)"))
+                }
                 Err(e) => {
-                    l.pull_failed_at = Some(Instant::now());
-                    l.last_error = Some(format!("pulling {image}: {e}"));
+                    let wait = l.pull_retry.fail(Instant::now(), &PULL_RETRY);
+                    wake_after(&agent, wait);
+                    l.last_error = Some(format!("pulling {image}: {e}; retrying in {wait:?}"));
+                    Some(format!("{image}: {e}; retrying in {wait:?}"))
                 }
             }
-        }
+        };
         match result {
             Ok(rec) => agent.emit(
                 "image-pulled",
                 Some(&service),
                 format!("{} as {}", image, rec.digest),
             ),
-            Err(e) => agent.emit("pull-failed", Some(&service), format!("{image}: {e}")),
+            Err(_) => agent.emit("pull-failed", Some(&service), failure.unwrap_or_default()),
         }
         agent.wake.notify_one();
     });
     None
+}
+
+/// Runs a pass when a backoff ends, so a replacement starts on time rather
+/// than up to [`RESYNC`] later.
+fn wake_after(agent: &Arc<Agent>, wait: Duration) {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        agent.wake.notify_one();
+    });
+}
+
+/// Records (and announces once) what a service waits for before starting
+/// replicas; status shows it as the service's last error while it lasts.
+fn note_waiting(agent: &Agent, svc: &Service, waiting: Option<&str>) {
+    let changed = {
+        let mut live = agent.live();
+        let l = live.services.entry(svc.name.clone()).or_default();
+        if l.waiting.as_deref() == waiting {
+            return;
+        }
+        let before = l.waiting.take();
+        match waiting {
+            Some(w) => l.last_error = Some(w.to_string()),
+            None if l.last_error == before => l.last_error = None,
+            None => {}
+        }
+        l.waiting = waiting.map(str::to_string);
+        before
+    };
+    match waiting {
+        Some(w) => agent.emit("waiting", Some(&svc.name), w.to_string()),
+        None => agent.emit(
+            "dependencies-ready",
+            Some(&svc.name),
+            format!(
+                "every dependency ({}) has a ready replica; no longer {}",
+                svc.depends_on.join(", "),
+                changed.unwrap_or_default()
+            ),
+        ),
+    }
 }
 
 /// A fresh container id: `<service>-<12 hex>`.
