@@ -5,6 +5,7 @@
 
 mod containers;
 mod images;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -31,6 +32,7 @@ use crate::runtime::{ContainerInfo, Runtime, RuntimePaths};
 use crate::state::{RevisionRecord, StateError, Store};
 
 pub use containers::LABEL_SERVICE;
+pub use volumes::LABEL_VOLUMES;
 
 /// Each service's env-file pairs.
 pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
@@ -68,6 +70,8 @@ pub enum AgentError {
     BadRequest(String),
     #[error("runtime: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.
@@ -163,6 +167,8 @@ pub struct Agent {
     pub network: Arc<Network>,
     /// Published ports: balanced over ready replicas, drain-aware.
     pub proxy: PortProxy,
+    /// Named volumes (`<state>/volumes`).
+    pub volumes: Arc<crate::volumes::VolumeStore>,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -269,6 +275,8 @@ impl Agent {
         } else {
             PortProxy::new()
         };
+        let volumes = crate::volumes::VolumeStore::open(config.state_dir.join("volumes"))
+            .map_err(|e| AgentError::Internal(format!("volumes: {e}")))?;
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),
@@ -286,6 +294,7 @@ impl Agent {
             runtime,
             network: Arc::new(network),
             proxy,
+            volumes: Arc::new(volumes),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -543,6 +552,12 @@ impl Agent {
                 return Err(e);
             }
         };
+        let problems = self
+            .image_volume_problems(&files, &manifest, &digests)
+            .await;
+        if !problems.is_empty() {
+            return Err(refuse(problems));
+        }
         self.record(files, &manifest, digests, env_files, source, dry_run)
             .await
     }

@@ -14,6 +14,9 @@ pub struct ImageRunConfig {
     pub env: Vec<String>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
+    /// The config's `Volumes` paths, as written (records of older agents: empty).
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 /// The resolved process of a container.
@@ -266,6 +269,7 @@ mod tests {
             env: vec!["PATH=/bin".into(), "MODE=image".into()],
             working_dir: Some("/www".into()),
             user: None,
+            volumes: Vec::new(),
         }
     }
 

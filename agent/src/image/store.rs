@@ -196,6 +196,7 @@ fn run_config(config: &oci_spec::image::ImageConfiguration) -> ImageRunConfig {
             .and_then(|c| c.working_dir().clone())
             .filter(|w| !w.is_empty()),
         user: c.and_then(|c| c.user().clone()).filter(|u| !u.is_empty()),
+        volumes: c.and_then(|c| c.volumes().clone()).unwrap_or_default(),
     }
 }
 

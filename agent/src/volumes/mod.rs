@@ -8,7 +8,7 @@
 pub mod implicit;
 pub mod seed;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -114,6 +114,9 @@ pub struct VolumeStore {
     root: PathBuf,
     lock: Mutex<()>,
     counter: AtomicU64,
+    /// Image config digest → its `Volumes`, for records stored before the
+    /// image record carried them.
+    config_volumes: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// Whether `name` may name a volume: what the manifest allows, up to
@@ -141,6 +144,7 @@ impl VolumeStore {
             root,
             lock: Mutex::new(()),
             counter: AtomicU64::new(0),
+            config_volumes: Mutex::new(HashMap::new()),
         };
         store.recover()?;
         Ok(store)
@@ -247,6 +251,40 @@ impl VolumeStore {
         }
         std::fs::rename(&staging, &dir).map_err(io("finish migration of", &staging))?;
         sync_dir(&self.root)
+    }
+
+    /// The image's `VOLUME` paths: from its record, or — for a record an
+    /// older berthd stored without them — from its config blob (cached).
+    pub fn image_volumes(
+        &self,
+        images: &crate::image::store::ImageStore,
+        rec: &crate::image::store::ImageRecord,
+    ) -> Vec<String> {
+        if !rec.run.volumes.is_empty() {
+            return rec.run.volumes.clone();
+        }
+        let key = rec.config_digest.to_string();
+        let mut cache = self
+            .config_volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = cache.get(&key) {
+            return v.clone();
+        }
+        let volumes = images
+            .content()
+            .read_capped(&rec.config_digest, 4 << 20)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| {
+                c.get("config")?
+                    .get("Volumes")?
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            })
+            .unwrap_or_default();
+        cache.insert(key, volumes.clone());
+        volumes
     }
 
     /// The data directory of `name`, if the volume exists.
