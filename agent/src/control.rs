@@ -283,12 +283,13 @@ impl Agent {
             &config.cgroup_parent,
             monitor_exe(),
         )));
+        let events = EventBus::persistent(store.tree(crate::events::TREE)?);
         let agent = Agent {
             managed_source,
             source_error: std::sync::Mutex::new(None),
             config,
             store,
-            events: EventBus::new(),
+            events,
             metrics,
             images,
             runtime,

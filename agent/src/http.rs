@@ -360,34 +360,56 @@ async fn get_status(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
 struct EventsQuery {
     #[serde(default)]
     follow: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    /// RFC 3339 time or a duration back from now (`10m`).
+    #[serde(default)]
+    since: Option<String>,
 }
 
-/// `GET /v1/events`: recent events as JSON; with `follow`, newline-delimited
-/// JSON that stays open and streams new events.
-async fn get_events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> Response {
+/// `GET /v1/events[?service=S&kind=K&since=T]`: kept events as JSON; with
+/// `follow`, newline-delimited JSON that stays open and streams new events.
+async fn get_events(
+    State(ctx): State<Ctx>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
     let follow = q
         .follow
         .as_deref()
         .is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    let since = match q.since.as_deref() {
+        None => None,
+        Some(t) => Some(
+            crate::events::parse_since(t, time::OffsetDateTime::now_utc())
+                .map_err(|m| ApiError::from(AgentError::BadRequest(format!("since: {m}"))))?,
+        ),
+    };
+    let filter = crate::events::EventFilter {
+        service: q.service,
+        kind: q.kind,
+        since,
+    };
     if !follow {
-        return Json(ctx.agent.events.history()).into_response();
+        return Ok(Json(ctx.agent.events.query(&filter)).into_response());
     }
     let rx = ctx.agent.events.subscribe();
-    let history = ctx.agent.events.history();
+    let history = ctx.agent.events.query(&filter);
     let last_seq = history.last().map(|e| e.seq).unwrap_or(0);
     let head = futures_util::stream::iter(
         history
             .into_iter()
             .map(|e| Ok::<_, std::io::Error>(ndjson(&e))),
     );
-    let tail = futures_util::stream::unfold(rx, move |mut rx| async move {
+    let tail = futures_util::stream::unfold((rx, filter), move |(mut rx, filter)| async move {
         loop {
             match rx.recv().await {
-                Ok(e) if e.seq <= last_seq => continue,
-                Ok(e) => return Some((Ok(ndjson(&e)), rx)),
+                Ok(e) if e.seq <= last_seq || !filter.matches(&e) => continue,
+                Ok(e) => return Some((Ok(ndjson(&e)), (rx, filter))),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let note = serde_json::json!({ "kind": "events-dropped", "message": format!("{n} events were dropped: reader too slow") });
-                    return Some((Ok(Bytes::from(format!("{note}\n"))), rx));
+                    return Some((Ok(Bytes::from(format!("{note}\n"))), (rx, filter)));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
@@ -398,7 +420,7 @@ async fn get_events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> Res
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
-    resp
+    Ok(resp)
 }
 
 fn ndjson<T: serde::Serialize>(value: &T) -> Bytes {

@@ -77,10 +77,19 @@ enum Command {
     Status,
     /// Applied revisions, newest last.
     History,
-    /// Recent events; with -f, keep following.
+    /// Kept events (they survive agent restarts); with -f, keep following.
     Events {
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only events of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only events of this kind (e.g. rollout-failed, container-started).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events since an RFC 3339 time or a duration ago (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Everything about one container (id or unique prefix).
     Inspect { container: String },
@@ -442,8 +451,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events { follow } => {
+        Command::Events {
+            follow,
+            service,
+            kind,
+            since,
+        } => {
             let c = client(&cli)?;
+            let mut query: Vec<String> = Vec::new();
+            for (key, value) in [("service", service), ("kind", kind), ("since", since)] {
+                if let Some(v) = value {
+                    query.push(format!("{key}={}", query_escape(v)));
+                }
+            }
             let json = cli.output == Output::Json;
             let print = |e: &Event| {
                 if json {
@@ -453,7 +473,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             if *follow {
-                c.stream_lines("/v1/events?follow=true", |line| {
+                query.push("follow=true".into());
+                c.stream_lines(&format!("/v1/events?{}", query.join("&")), |line| {
                     match serde_json::from_str::<Event>(line) {
                         Ok(e) => print(&e),
                         Err(_) => println!("{line}"),
@@ -463,7 +484,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .await?;
             } else {
                 let reply = c
-                    .request(Method::GET, "/v1/events", None, Bytes::new())
+                    .request(
+                        Method::GET,
+                        &format!("/v1/events?{}", query.join("&")),
+                        None,
+                        Bytes::new(),
+                    )
                     .await?;
                 if !reply.status.is_success() {
                     bail!("{}", error_text(&reply.body));
@@ -760,4 +786,17 @@ pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
         }
         println!("{}", line.trim_end());
     }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

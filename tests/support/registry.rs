@@ -487,6 +487,8 @@ enum Entry {
 pub struct LayerBuilder {
     entries: Vec<Entry>,
     compression: Compression,
+    /// A tar written by another tool, used as is (see [`LayerBuilder::verbatim`]).
+    verbatim: Option<Vec<u8>>,
 }
 
 fn rel(path: &str) -> String {
@@ -506,6 +508,17 @@ impl LayerBuilder {
         LayerBuilder {
             entries: Vec::new(),
             compression,
+            verbatim: None,
+        }
+    }
+
+    /// A layer whose uncompressed tar is `tar` byte for byte (e.g. written by
+    /// GNU tar), so the agent sees exactly what another tool produced.
+    pub fn verbatim(tar: Vec<u8>, compression: Compression) -> Self {
+        LayerBuilder {
+            entries: Vec::new(),
+            compression,
+            verbatim: Some(tar),
         }
     }
 
@@ -609,6 +622,9 @@ impl LayerBuilder {
 
     /// The uncompressed tar.
     pub fn tar(&self) -> Result<Vec<u8>> {
+        if let Some(tar) = &self.verbatim {
+            return Ok(tar.clone());
+        }
         let mut b = tar::Builder::new(Vec::new());
         for e in &self.entries {
             let mut h = tar::Header::new_gnu();
