@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use nix::errno::Errno;
-use nix::fcntl::{openat, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{fstatat, Mode};
 use serde::{Deserialize, Serialize};
 
@@ -466,67 +465,62 @@ fn created_of(data: &Path) -> String {
 }
 
 /// Bytes a directory tree occupies (as `du`: allocated blocks, each inode
-/// once), walked fd-relative without following any symlink or leaving the
-/// filesystem — a container may be rewriting it meanwhile.
+/// once), walked without following any symlink or leaving the filesystem —
+/// a container may be rewriting it meanwhile: every directory is opened from
+/// the root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and what
+/// vanished or changed kind meanwhile is skipped.
 pub fn disk_usage(dir: &Path) -> Result<u64, VolumeError> {
-    let fd = nix::fcntl::open(
+    use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+    let root = nix::fcntl::open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| io("open", dir)(e.into()))?;
-    let st = nix::sys::stat::fstat(&fd).map_err(|e| io("stat", dir)(e.into()))?;
-    let mut seen = HashSet::new();
+    let st = nix::sys::stat::fstat(&root).map_err(|e| io("stat", dir)(e.into()))?;
+    let dev = st.st_dev;
     let mut total = (st.st_blocks as u64).saturating_mul(512);
-    du_dir(fd, st.st_dev, &mut seen, &mut total, 0);
-    Ok(total)
-}
-
-fn du_dir(fd: OwnedFd, dev: u64, seen: &mut HashSet<(u64, u64)>, total: &mut u64, depth: usize) {
-    if depth > 4096 {
-        return;
-    }
-    let probe = match fd.try_clone() {
-        Ok(p) => p,
-        Err(_) => return,
-    };
-    let Ok(mut dir) = nix::dir::Dir::from_fd(fd) else {
-        return;
-    };
-    let mut subdirs = Vec::new();
-    for entry in dir.iter().flatten() {
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let name = OsStr::from_bytes(name);
-        let Ok(st) = fstatat(&probe, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
-            continue; // gone meanwhile
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut pending: Vec<std::ffi::OsString> = vec![".".into()];
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    while let Some(rel) = pending.pop() {
+        let fd: OwnedFd = match openat2(&root, rel.as_os_str(), how) {
+            Ok(fd) => fd,
+            Err(_) => continue, // gone, replaced by a symlink, too long
         };
-        if st.st_dev != dev {
+        let Ok(probe) = fd.try_clone() else { continue };
+        let Ok(mut d) = nix::dir::Dir::from_fd(fd) else {
             continue;
-        }
-        if st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
-            continue;
-        }
-        *total = total.saturating_add((st.st_blocks as u64).saturating_mul(512));
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            subdirs.push(name.to_os_string());
+        };
+        for entry in d.iter().flatten() {
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = OsStr::from_bytes(name);
+            let Ok(st) = fstatat(&probe, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if st.st_dev != dev || (st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino))) {
+                continue;
+            }
+            total = total.saturating_add((st.st_blocks as u64).saturating_mul(512));
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                let mut child = rel.clone();
+                child.push("/");
+                child.push(name);
+                pending.push(child);
+            }
         }
     }
-    drop(dir);
-    for name in subdirs {
-        match openat(
-            &probe,
-            name.as_os_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(sub) => du_dir(sub, dev, seen, total, depth + 1),
-            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {}
-            Err(_) => {}
-        }
-    }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
 
 /// Symlinks followed while resolving the target (Linux's own limit).
 const MAX_SYMLINKS: u32 = 40;
-/// Directory levels copied below the target.
-const MAX_DEPTH: usize = 256;
+/// Directory levels copied below the target (each open resolves the whole
+/// path again, so a deep tree costs depth² lookups).
+const MAX_DEPTH: usize = 512;
 /// overlayfs' own xattrs are never copied into a volume.
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -40,8 +41,8 @@ pub enum SeedError {
     },
     #[error("seeding from image path {path}: more than {MAX_SYMLINKS} symlinks")]
     TooManySymlinks { path: String },
-    #[error("seeding from image path /{path}: deeper than {MAX_DEPTH} directories")]
-    TooDeep { path: String },
+    #[error("seeding from image path /{path}: deeper than {max} directories")]
+    TooDeep { path: String, max: usize },
 }
 
 /// What seeding found at the target.
@@ -66,6 +67,16 @@ pub fn seed_from_layers(
     layers: &[PathBuf],
     target: &str,
     dest: &Path,
+) -> Result<Seeded, SeedError> {
+    seed_with_limit(layers, target, dest, MAX_DEPTH)
+}
+
+/// [`seed_from_layers`] with `max_depth` directory levels.
+fn seed_with_limit(
+    layers: &[PathBuf],
+    target: &str,
+    dest: &Path,
+    max_depth: usize,
 ) -> Result<Seeded, SeedError> {
     let mut roots = Vec::with_capacity(layers.len());
     for l in layers {
@@ -95,8 +106,9 @@ pub fn seed_from_layers(
         links: HashMap::new(),
         entries: 0,
         bytes: 0,
+        max_depth,
     };
-    copier.copy_dir(&rel, &layers, &dest_fd, &[], 0)?;
+    copier.copy_tree(&rel, &layers)?;
     // The volume root takes the image directory's metadata (after its
     // children, which changed its mtime).
     let top = view.open_dir(layers[0], &rel)?;
@@ -330,44 +342,123 @@ struct Copier<'a> {
     links: HashMap<(usize, u64, u64), PathBuf>,
     entries: u64,
     bytes: u64,
+    max_depth: usize,
 }
 
 impl Copier<'_> {
-    /// Copies the children of merged directory `rel` into `dest` (whose path
-    /// below the volume root is `dest_rel`).
-    fn copy_dir(
+    /// Opens directory `rel` of the new volume (ours alone: nothing else
+    /// writes it yet, and still no symlink is followed).
+    fn open_dest(&self, rel: &[OsString]) -> Result<OwnedFd, SeedError> {
+        let path = join_os(rel);
+        let path: &OsStr = if path.is_empty() {
+            OsStr::new(".")
+        } else {
+            &path
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        openat2(&self.dest_root, path, how)
+            .map_err(|e| io_err(&join(rel), "open volume directory", e))
+    }
+
+    /// Copies the children of merged directory `rel` into the volume's root,
+    /// depth-first with an explicit stack (no recursion, and no descriptor
+    /// held across levels). A directory's metadata is set after its
+    /// children, which changed its mtime.
+    fn copy_tree(&mut self, rel: &[OsString], layers: &[usize]) -> Result<(), SeedError> {
+        enum Work {
+            Dir {
+                rel: Vec<OsString>,
+                layers: Vec<usize>,
+                dest_rel: Vec<OsString>,
+                depth: usize,
+            },
+            Meta {
+                rel: Vec<OsString>,
+                layer: usize,
+                dest_rel: Vec<OsString>,
+            },
+        }
+        let mut stack = vec![Work::Dir {
+            rel: rel.to_vec(),
+            layers: layers.to_vec(),
+            dest_rel: Vec::new(),
+            depth: 0,
+        }];
+        while let Some(work) = stack.pop() {
+            match work {
+                Work::Dir {
+                    rel,
+                    layers,
+                    dest_rel,
+                    depth,
+                } => {
+                    if depth > self.max_depth {
+                        return Err(SeedError::TooDeep {
+                            path: join(&rel),
+                            max: self.max_depth,
+                        });
+                    }
+                    for (name, layers) in self.copy_entries(&rel, &layers, &dest_rel)? {
+                        let mut child = rel.clone();
+                        child.push(name.clone());
+                        let mut child_dest = dest_rel.clone();
+                        child_dest.push(name);
+                        stack.push(Work::Meta {
+                            rel: child.clone(),
+                            layer: layers[0],
+                            dest_rel: child_dest.clone(),
+                        });
+                        stack.push(Work::Dir {
+                            rel: child,
+                            layers,
+                            dest_rel: child_dest,
+                            depth: depth + 1,
+                        });
+                    }
+                }
+                Work::Meta {
+                    rel,
+                    layer,
+                    dest_rel,
+                } => {
+                    let path = join(&rel);
+                    let src = self.view.open_dir(layer, &rel)?;
+                    let st = nix::sys::stat::fstat(&src).map_err(|e| io_err(&path, "stat", e))?;
+                    let dst = self.open_dest(&dest_rel)?;
+                    apply_meta(&File::from(src), &File::from(dst), &st, &path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the non-directory children of merged directory `rel` into the
+    /// volume's directory `dest_rel` and creates its subdirectories (0700
+    /// until their metadata is set); returns those with their layers.
+    fn copy_entries(
         &mut self,
         rel: &[OsString],
         layers: &[usize],
-        dest: &OwnedFd,
         dest_rel: &[OsString],
-        depth: usize,
-    ) -> Result<(), SeedError> {
-        if depth > MAX_DEPTH {
-            return Err(SeedError::TooDeep { path: join(rel) });
-        }
+    ) -> Result<Vec<(OsString, Vec<usize>)>, SeedError> {
+        let mut subdirs = Vec::new();
+        let dest = self.open_dest(dest_rel)?;
         for (name, node) in self.view.list(rel, layers)? {
             let mut child = rel.to_vec();
             child.push(name.clone());
-            let mut child_dest = dest_rel.to_vec();
-            child_dest.push(name.clone());
             let path = join(&child);
             match node {
                 Node::Hidden => continue,
                 Node::Dir { layers } => {
-                    mkdirat(dest, name.as_os_str(), Mode::from_bits_truncate(0o700))
+                    mkdirat(&dest, name.as_os_str(), Mode::from_bits_truncate(0o700))
                         .map_err(|e| io_err(&path, "create directory", e))?;
-                    let fd = openat(
-                        dest,
-                        name.as_os_str(),
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| io_err(&path, "open new directory", e))?;
-                    self.copy_dir(&child, &layers, &fd, &child_dest, depth + 1)?;
-                    let src = self.view.open_dir(layers[0], &child)?;
-                    let st = nix::sys::stat::fstat(&src).map_err(|e| io_err(&path, "stat", e))?;
-                    apply_meta(&File::from(src), &File::from(fd), &st, &path)?;
+                    subdirs.push((name, layers));
                 }
                 Node::Other { layer, st } => {
                     self.entries += 1;
@@ -378,20 +469,22 @@ impl Copier<'_> {
                             linkat(
                                 &self.dest_root,
                                 first.as_path(),
-                                dest,
+                                &dest,
                                 name.as_os_str(),
                                 AtFlags::empty(),
                             )
                             .map_err(|e| io_err(&path, "create hard link", e))?;
                             continue;
                         }
+                        let mut child_dest = dest_rel.to_vec();
+                        child_dest.push(name.clone());
                         self.links.insert(key, join_os(&child_dest).into());
                     }
-                    self.copy_other(layer, &child, &st, dest, &name, &path)?;
+                    self.copy_other(layer, &child, &st, &dest, &name, &path)?;
                 }
             }
         }
-        Ok(())
+        Ok(subdirs)
     }
 
     /// Copies one non-directory: a regular file, symlink, device or FIFO.

@@ -295,3 +295,25 @@ fn missing_paths_files_whiteouts_and_loops() {
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
     assert_eq!(std::fs::metadata(&dest).unwrap().uid(), 0);
 }
+
+#[test]
+fn deep_trees_need_no_recursion_and_have_a_limit() {
+    let (_d, l, dest) = layers();
+    let deep = |n: usize| vec!["d"; n].join("/");
+    file(
+        &l[1].join("data").join(deep(150)).join("leaf"),
+        "deep",
+        0o644,
+        0,
+        0,
+    );
+    seed_from_layers(&l, "/data", &dest).unwrap();
+    assert_eq!(read(&dest.join(deep(150)).join("leaf")), "deep");
+
+    let out = dest.with_file_name("dest-too");
+    std::fs::create_dir(&out).unwrap();
+    assert!(matches!(
+        seed_with_limit(&l, "/data", &out, 100),
+        Err(SeedError::TooDeep { max: 100, .. })
+    ));
+}
