@@ -375,6 +375,18 @@ fn an_image_volume_keeps_its_data_across_replacement() {
         .collect();
     assert_eq!(first.len(), 1);
 
+    // `diff` / a dry run say how it rolls out.
+    let path = agent.dir.path().join("cache.toml");
+    std::fs::write(&path, manifest(2, "")).unwrap();
+    let out = agent
+        .ctl(&["apply", "--dry-run", "-f", path.to_str().unwrap()])
+        .ok();
+    assert!(
+        out.stdout
+            .contains("updates stop-first: image VOLUME /data is kept as volume `cache_data`"),
+        "{}",
+        out.stdout
+    );
     apply_wait(&agent, "cache.toml", &manifest(2, "")).ok();
     let gens = file_containing(&agent, &data.join("gens"), "gen 2\n");
     assert_eq!(gens, "gen 1\ngen 2\n", "the data survived the replacement");
@@ -396,7 +408,6 @@ fn an_image_volume_keeps_its_data_across_replacement() {
     assert_eq!(v["services"], serde_json::json!(["cache"]), "{v}");
 
     // Two replicas would write the image volume at once.
-    let path = agent.dir.path().join("cache.toml");
     std::fs::write(&path, manifest(3, "replicas = 2\n")).unwrap();
     let out = agent.ctl(&["apply", "-f", path.to_str().unwrap()]);
     let want = format!("{}:5:12: service.cache.replicas:", path.display());

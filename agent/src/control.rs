@@ -559,8 +559,18 @@ impl Agent {
         if !problems.is_empty() {
             return Err(refuse(problems));
         }
-        self.record(files, &manifest, digests, env_files, source, dry_run)
-            .await
+        let mut resp = self
+            .record(
+                files,
+                &manifest,
+                digests.clone(),
+                env_files,
+                source,
+                dry_run,
+            )
+            .await?;
+        self.note_image_volumes(&manifest, &digests, &mut resp);
+        Ok(resp)
     }
 
     /// Plans and records an already validated and resolved manifest.

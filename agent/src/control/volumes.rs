@@ -257,6 +257,52 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Adds "updates stop-first" to what `diff` and `apply` show for services
+    /// whose image (when already pulled here) has a VOLUME kept as a volume.
+    pub(super) fn note_image_volumes(
+        &self,
+        manifest: &Manifest,
+        digests: &BTreeMap<String, String>,
+        resp: &mut berth_core::api::ApplyResponse,
+    ) {
+        let mut notes: BTreeMap<&str, String> = BTreeMap::new();
+        for svc in manifest.services.values() {
+            if svc.single_writer_volume().is_some() {
+                continue; // core's note says it already
+            }
+            let image = pinned_image(&svc.image, digests.get(&svc.name));
+            let implicit = self.implicit_volumes(svc, &image).unwrap_or_default();
+            if let Some(v) = implicit.first() {
+                notes.insert(
+                    &svc.name,
+                    format!(
+                        "updates stop-first: image VOLUME {} is kept as volume `{}` with one writer at a time",
+                        v.declared, v.name
+                    ),
+                );
+            }
+        }
+        for p in &mut resp.plan {
+            if let Some(n) = notes.get(p.service.as_str()) {
+                if p.action != berth_core::plan::ServiceAction::Unchanged {
+                    p.notes.push(n.clone());
+                }
+            }
+        }
+        for c in &mut resp.changes {
+            if let Some(n) = notes.get(c.service.as_str()) {
+                if !matches!(
+                    c.change,
+                    berth_core::plan::ChangeKind::Removed | berth_core::plan::ChangeKind::Unchanged
+                ) {
+                    c.notes.push(n.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Where a service's keys are written in the manifest sources.
 #[derive(Debug, Default, Clone, Copy)]
 struct Written {
