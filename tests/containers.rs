@@ -147,3 +147,37 @@ fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
     again.sort();
     assert_eq!(again, want);
 }
+
+/// `berthctl top`: a busy container shows CPU use, an idle one none; memory
+/// and pids are the cgroup's, with the manifest's limit.
+#[test]
+fn top_shows_cpu_memory_and_pids_per_container() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let text = format!(
+        "[service.busy]\nimage = \"{image}\"\nentrypoint = [\"/bin/busybox\", \"sh\", \"-c\", \"while :; do :; done\"]\n[service.busy.resources]\nmemory = \"64Mi\"\n\n[service.idle]\nimage = \"{image}\"\nentrypoint = [\"/bin/busybox\", \"sleep\", \"3600\"]\n"
+    );
+    agent.apply_text("m.toml", &text).ok();
+    agent.wait_for(30, "both running", |a| {
+        let running = a
+            .containers()
+            .iter()
+            .filter(|c| c["state"] == "running")
+            .count();
+        (running == 2).then_some(())
+    });
+    let out = agent.ctl(&["-o", "json", "top", "--interval", "1s"]).ok();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let row = |svc: &str| rows.iter().find(|r| r["service"] == svc).unwrap().clone();
+    let (busy, idle) = (row("busy"), row("idle"));
+    assert!(busy["cpu_percent"].as_f64().unwrap() > 20.0, "{busy}");
+    assert!(idle["cpu_percent"].as_f64().unwrap() < 5.0, "{idle}");
+    assert_eq!(busy["memory_limit_bytes"], 64 << 20);
+    assert!(busy["memory_bytes"].as_u64().unwrap() > 0);
+    assert!(idle["pids"].as_u64().unwrap() >= 1);
+    let table = agent.ctl(&["top", "--interval", "200ms"]).ok().stdout;
+    assert!(table.starts_with("CONTAINER"), "{table}");
+    assert!(table.contains("/ 67.1 MB"), "{table}");
+    agent.remove_all_containers();
+}

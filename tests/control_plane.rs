@@ -486,6 +486,112 @@ fn events_survive_kill9_and_filter_by_service_kind_and_since() {
     assert!(bad.stderr.contains("yesterday"), "{}", bad.stderr);
 }
 
+/// `berthctl status | head -1`: every printing command whose reader has gone
+/// ends quietly with success, never a panic.
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
+    agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
+    let hello = hello.to_str().unwrap().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["ps"],
+        vec!["-o", "json", "status"],
+        vec!["history"],
+        vec!["events"],
+        vec!["images"],
+        vec!["diff", "-f", &hello],
+        vec!["validate", "-f", &hello],
+        vec!["completions", "bash"],
+        vec!["--help"],
+    ];
+    for args in commands {
+        let mut child = Command::new(berthctl_bin())
+            .arg("--agent")
+            .arg(agent.agent_flag())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the first byte is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// The install step (scripts/install.sh) into a temp root: the unit passes
+/// `systemd-analyze verify` (its man pages found), `man -l` renders both
+/// pages, and the bash completion loads.
+#[test]
+fn install_step_unit_man_pages_and_completions() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let out = Command::new("bash")
+        .arg(workspace_root().join("scripts/install.sh"))
+        .env("PREFIX", r.join("usr"))
+        .env("SYSCONFDIR", r.join("etc"))
+        .env("UNITDIR", r.join("units"))
+        .env("COMPLETIONS_PREFIX", r.join("share"))
+        .env("BIN_SRC", bin_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(r.join("units/berthd.service")).unwrap();
+    for line in ["KillMode=process", "Type=notify", "Delegate=yes"] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
+    }
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(r.join("units/berthd.service"))
+        .env("MANPATH", r.join("usr/share/man"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+    for (page, needle) in [
+        ("usr/share/man/man8/berthd.8", "--cgroup-parent"),
+        ("usr/share/man/man1/berthctl.1", "--agent"),
+        ("usr/share/man/man1/berthctl-apply.1", "--dry-run"),
+    ] {
+        let man = Command::new("man")
+            .arg("-l")
+            .arg(r.join(page))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&man.stdout);
+        assert!(
+            man.status.success() && text.contains(needle),
+            "{page}: {text}"
+        );
+    }
+    let bash = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p berthctl",
+            r.join("share/bash-completion/completions/berthctl")
+                .display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bash.stdout).contains("-F _berthctl berthctl"),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+}
+
 /// `Type=notify`: READY=1 once the first reconcile pass is done (the agent
 /// answers /readyz), STOPPING=1 on SIGTERM — over `$NOTIFY_SOCKET`.
 #[test]

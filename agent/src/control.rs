@@ -41,6 +41,8 @@ pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
 pub const LABEL_SPEC: &str = "berth.spec";
 pub const LABEL_REVISION: &str = "berth.revision";
 pub const LABEL_IMAGE: &str = "berth.image";
+/// The image's `ExposedPorts` (`80/tcp,443/tcp`), when it has any.
+pub const LABEL_EXPOSED_PORTS: &str = "berth.exposed-ports";
 /// Largest env file read.
 const MAX_ENV_FILE: u64 = 1 << 20;
 /// Revisions whose images GC keeps.

@@ -163,6 +163,7 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/services", get(get_services))
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/containers", get(get_containers))
+        .route("/v1/stats", get(get_stats))
         .route("/v1/containers/{id}", get(get_container))
         .route("/v1/rollback", post(post_rollback))
         .route("/v1/images", get(get_images))
@@ -473,6 +474,15 @@ async fn get_service(
 
 async fn get_containers(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     Ok(Json(ctx.agent.container_views().await?).into_response())
+}
+
+/// `GET /v1/stats`: CPU, memory and pids of every running container.
+async fn get_stats(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    let runtime = ctx.agent.runtime.clone();
+    let stats = tokio::task::spawn_blocking(move || crate::stats::snapshot(&runtime))
+        .await
+        .map_err(|e| ApiError::from(AgentError::Runtime(format!("reading stats: {e}"))))?;
+    Ok(Json(stats).into_response())
 }
 
 async fn get_container(

@@ -3,7 +3,11 @@
 //! TCP with a bearer token. It has no Linux-only dependency.
 
 mod client;
+mod docs;
+#[macro_use]
+mod out;
 mod pull;
+mod top;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +52,11 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write berthctl's man pages (berthctl.1, berthctl-COMMAND.1) into DIR.
+    #[command(name = "man-pages", hide = true)]
+    ManPages { dir: PathBuf },
     /// Check a manifest file or directory offline; errors name file, line and column.
     Validate {
         #[arg(short = 'f', long = "file")]
@@ -75,6 +84,12 @@ enum Command {
     /// Services, replicas ready/desired and the current revision.
     #[command(alias = "ps")]
     Status,
+    /// CPU, memory and pids per running container (sampled over --interval).
+    Top {
+        /// How long to measure CPU use over, e.g. 1s, 500ms.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
     /// Applied revisions, newest last.
     History,
     /// Kept events (they survive agent restarts); with -f, keep following.
@@ -188,17 +203,29 @@ fn read_manifest(path: &Path) -> Result<manifest::SourceFiles> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            docs::completions::<Cli>(*shell, &mut script);
+            out::write_bytes(&script);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ManPages { dir } => {
+            for path in docs::man_pages::<Cli>(dir)? {
+                outln!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { path } => {
             let files = read_manifest(path)?;
             match Manifest::from_sources(&files) {
                 Ok(m) => {
                     if cli.output == Output::Json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({ "valid": true, "services": m.services.keys().collect::<Vec<_>>() })
                         );
                     } else {
-                        println!(
+                        outln!(
                             "{}: valid ({} services in {} files)",
                             path.display(),
                             m.services.len(),
@@ -209,7 +236,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     if cli.output == Output::Json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({ "valid": false, "problems": e.problems() })
                         );
@@ -248,7 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let v: serde_json::Value =
                 serde_json::from_slice(&reply.body).context("decoding container")?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {
@@ -286,11 +313,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let resp: ApplyResponse = serde_json::from_slice(&reply.body)?;
                 print_plan(&resp.plan);
-                println!("rolled back as revision {}", resp.revision.unwrap_or(0));
+                outln!("rolled back as revision {}", resp.revision.unwrap_or(0));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -300,7 +327,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Images => {
             let reply = call(&cli, Method::GET, "/v1/images").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let images: Vec<berth_core::api::ImageView> = serde_json::from_slice(&reply.body)?;
                 let mut rows = vec![[
@@ -326,10 +353,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc => {
             let reply = call(&cli, Method::POST, "/v1/gc").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let r: serde_json::Value = serde_json::from_slice(&reply.body)?;
-                println!(
+                outln!(
                     "removed {} images, {} blobs, {} layer snapshots; freed {}",
                     r["images_removed"].as_array().map(|a| a.len()).unwrap_or(0),
                     r["blobs_removed"],
@@ -409,11 +436,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
             if cli.output == Output::Json {
-                println!("{v}");
+                outln!("{v}");
             } else if v["draining"] == true {
-                println!("draining: every readiness endpoint of this host answers 503");
+                outln!("draining: every readiness endpoint of this host answers 503");
             } else {
-                println!("not draining");
+                outln!("not draining");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -421,7 +448,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status => {
             let reply = call(&cli, Method::GET, "/v1/status").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let status: StatusResponse =
                     serde_json::from_slice(&reply.body).context("decoding status")?;
@@ -433,17 +460,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     let list: Vec<berth_core::api::ContainerView> =
                         serde_json::from_slice(&containers.body).context("decoding containers")?;
                     if !list.is_empty() {
-                        println!();
+                        outln!();
                         print_containers(&list);
                     }
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Top { interval } => {
+            let interval = berth_core::units::parse_duration(interval)
+                .map_err(|e| anyhow::anyhow!("--interval: {e}"))?;
+            top::run(&cli, interval).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::History => {
             let reply = call(&cli, Method::GET, "/v1/revisions").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let revs: Vec<RevisionInfo> =
                     serde_json::from_slice(&reply.body).context("decoding revisions")?;
@@ -467,9 +500,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let json = cli.output == Output::Json;
             let print = |e: &Event| {
                 if json {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    outln!("{}", serde_json::to_string(e).unwrap_or_default());
                 } else {
-                    println!("{}", event_line(e));
+                    outln!("{}", event_line(e));
                 }
             };
             if *follow {
@@ -477,7 +510,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 c.stream_lines(&format!("/v1/events?{}", query.join("&")), |line| {
                     match serde_json::from_str::<Event>(line) {
                         Ok(e) => print(&e),
-                        Err(_) => println!("{line}"),
+                        Err(_) => outln!("{line}"),
                     }
                     Ok(())
                 })
@@ -521,32 +554,32 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<Exit
         .await?;
     if !reply.status.is_success() {
         if cli.output == Output::Json {
-            println!("{}", String::from_utf8_lossy(&reply.body));
+            outln!("{}", String::from_utf8_lossy(&reply.body));
         } else {
             eprintln!("{}", error_text(&reply.body));
         }
         return Ok(ExitCode::FAILURE);
     }
     if cli.output == Output::Json {
-        println!("{}", String::from_utf8_lossy(&reply.body));
+        outln!("{}", String::from_utf8_lossy(&reply.body));
         return Ok(ExitCode::SUCCESS);
     }
     let resp: ApplyResponse =
         serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
     print_changes(&resp.changes);
-    println!();
+    outln!();
     print_plan(&resp.plan);
     if diff {
         // Nothing more: diff only shows the plan.
     } else if dry_run {
-        println!("dry run: nothing recorded");
+        outln!("dry run: nothing recorded");
     } else if resp.unchanged {
-        println!(
+        outln!(
             "unchanged: revision {} already has this manifest",
             resp.revision.unwrap_or(0)
         );
     } else {
-        println!("applied as revision {}", resp.revision.unwrap_or(0));
+        outln!("applied as revision {}", resp.revision.unwrap_or(0));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -657,7 +690,7 @@ fn print_status(s: &StatusResponse) {
         .as_ref()
         .map(|r| format!("revision {} ({}, {})", r.number, r.source, r.state))
         .unwrap_or_else(|| "no revision applied".into());
-    println!(
+    outln!(
         "berthd {} — {}{}{}",
         s.agent.version,
         rev,
@@ -669,7 +702,7 @@ fn print_status(s: &StatusResponse) {
         }
     );
     if let Some(err) = &s.source_error {
-        println!("source error: {err}");
+        outln!("source error: {err}");
     }
     let mut rows = vec![[
         "SERVICE".to_string(),
@@ -784,7 +817,7 @@ pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
 }
 

@@ -742,6 +742,9 @@ pub struct ImageBuilder {
     workdir: Option<String>,
     user: Option<String>,
     labels: Vec<(String, String)>,
+    stop_signal: Option<String>,
+    healthcheck: Option<serde_json::Value>,
+    exposed_ports: Vec<String>,
     volumes: Vec<String>,
     platform: (String, String, Option<String>),
     docker_types: bool,
@@ -768,6 +771,9 @@ impl ImageBuilder {
             workdir: None,
             user: None,
             labels: Vec::new(),
+            stop_signal: None,
+            healthcheck: None,
+            exposed_ports: Vec::new(),
             volumes: Vec::new(),
             platform: ("linux".into(), "amd64".into(), None),
             docker_types: false,
@@ -812,14 +818,54 @@ impl ImageBuilder {
         self
     }
 
-    /// Declares `VOLUME path` in the config.
-    pub fn volume(mut self, path: &str) -> Self {
-        self.volumes.push(path.into());
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.push((k.into(), v.into()));
         self
     }
 
-    pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.push((k.into(), v.into()));
+    /// `StopSignal` (Dockerfile `STOPSIGNAL`).
+    pub fn stop_signal(mut self, signal: &str) -> Self {
+        self.stop_signal = Some(signal.into());
+        self
+    }
+
+    /// `Healthcheck` as `docker build` writes it: `test` (`["CMD", ...]`,
+    /// `["CMD-SHELL", "..."]`, `["NONE"]`), durations in nanoseconds (0 = unset).
+    pub fn healthcheck(
+        mut self,
+        test: &[&str],
+        interval: Duration,
+        timeout: Duration,
+        start_period: Duration,
+        retries: u32,
+    ) -> Self {
+        let mut h = serde_json::Map::new();
+        h.insert("Test".into(), json!(test));
+        for (k, d) in [
+            ("Interval", interval),
+            ("Timeout", timeout),
+            ("StartPeriod", start_period),
+        ] {
+            if !d.is_zero() {
+                h.insert(k.into(), json!(d.as_nanos() as u64));
+            }
+        }
+        if retries > 0 {
+            h.insert("Retries".into(), json!(retries));
+        }
+        self.healthcheck = Some(serde_json::Value::Object(h));
+        self
+    }
+
+    /// An `ExposedPorts` key (`8080/tcp`, `53/udp`, or a bare `80`).
+    pub fn expose(mut self, port: &str) -> Self {
+        self.exposed_ports.push(port.into());
+        self
+    }
+
+    /// A `Volumes` path (Dockerfile `VOLUME`).
+    pub fn volume(mut self, path: &str) -> Self {
+        self.volumes.push(path.into());
         self
     }
 
@@ -854,13 +900,24 @@ impl ImageBuilder {
         if let Some(u) = &self.user {
             cfg.insert("User".into(), json!(u));
         }
+        if let Some(sig) = &self.stop_signal {
+            cfg.insert("StopSignal".into(), json!(sig));
+        }
+        if let Some(h) = &self.healthcheck {
+            cfg.insert("Healthcheck".into(), h.clone());
+        }
+        // Go's map[string]struct{} form: `{"80/tcp": {}}`.
+        let set = |keys: &[String]| -> serde_json::Value {
+            keys.iter()
+                .map(|k| (k.clone(), json!({})))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        if !self.exposed_ports.is_empty() {
+            cfg.insert("ExposedPorts".into(), set(&self.exposed_ports));
+        }
         if !self.volumes.is_empty() {
-            let volumes: serde_json::Map<String, serde_json::Value> = self
-                .volumes
-                .iter()
-                .map(|p| (p.clone(), json!({})))
-                .collect();
-            cfg.insert("Volumes".into(), json!(volumes));
+            cfg.insert("Volumes".into(), set(&self.volumes));
         }
         if !self.labels.is_empty() {
             let labels: serde_json::Map<String, serde_json::Value> = self

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use berth_core::api::{ContainerDetail, ContainerView};
 use berth_core::spec::ContainerSpec;
 
-use super::{Agent, AgentError, LABEL_IMAGE, LABEL_REVISION, LABEL_SPEC};
+use super::{Agent, AgentError, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION, LABEL_SPEC};
 use crate::runtime::{ContainerInfo, ContainerState};
 
 /// The label naming a container's service.
@@ -74,6 +74,11 @@ impl Agent {
             ports: spec
                 .as_ref()
                 .map(|s| s.ports.iter().map(port_text).collect())
+                .unwrap_or_default(),
+            exposed_ports: c
+                .labels
+                .get(LABEL_EXPOSED_PORTS)
+                .map(|p| p.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
             created_at: rfc3339(c.created_at),
             started_at,

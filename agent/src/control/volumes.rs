@@ -221,12 +221,11 @@ impl Agent {
                     .pull_metadata(self.images.content(), &image)
                     .await
                 {
-                    Ok((pulled, _)) => pulled
-                        .config
-                        .config()
-                        .as_ref()
-                        .and_then(|c| c.volumes().clone())
-                        .unwrap_or_default(),
+                    Ok((pulled, _)) => {
+                        crate::launch::ImageRunConfig::from_config_json(&pulled.config_json)
+                            .map(|c| c.volumes)
+                            .unwrap_or_default()
+                    }
                     Err(e) => {
                         tracing::warn!(service = %svc.name, error = %e, "image VOLUMEs not checked at apply; the reconciler enforces one writer");
                         continue;

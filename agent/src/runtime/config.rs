@@ -131,6 +131,16 @@ pub struct ContainerConfig {
     /// `network::Network::attach`); `None` gives the container a fresh one with only `lo`.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// Run Berth's minimal init as PID 1 (Docker's `--init`, Compose's
+    /// `init`): it forwards signals to the workload (its child), reaps
+    /// zombies and exits with the workload's status. See [`super::init`].
+    #[serde(default)]
+    pub init: bool,
+    /// Namespaced kernel parameters (`net.*`, `fs.mqueue.*`, IPC ones,
+    /// `kernel.domainname`) written in the container's namespaces before the
+    /// workload starts, over [`super::sysctl::DEFAULTS`]. See [`super::sysctl`].
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 fn default_log_max() -> u64 {
@@ -159,6 +169,8 @@ impl ContainerConfig {
             labels: BTreeMap::new(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             netns: None,
+            init: false,
+            sysctls: BTreeMap::new(),
         }
     }
 
@@ -222,6 +234,11 @@ impl ContainerConfig {
         }
         if self.args.iter().any(|a| a.contains('\0')) {
             return bad("args must not contain NUL".into());
+        }
+        for (name, value) in &self.sysctls {
+            if let Err(reason) = super::sysctl::check(name, value) {
+                return bad(reason);
+            }
         }
         Ok(())
     }

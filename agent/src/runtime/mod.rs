@@ -8,12 +8,14 @@
 pub mod cgroups;
 pub mod config;
 pub mod exec;
+pub mod init;
 pub mod monitor;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod syscall;
+pub mod sysctl;
 
 use std::collections::BTreeMap;
 use std::io::Read as _;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use serde::{Deserialize, Serialize};
 
 use super::cgroups::{Cgroup, Hierarchy};
@@ -235,12 +235,19 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
         log_max,
     );
 
+    // Raw statuses: nix's WaitStatus fails on a death by a real-time signal.
     let exit = loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => break (code, None),
-            Ok(WaitStatus::Signaled(_, sig, _)) => break (128 + sig as i32, Some(sig as i32)),
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(sys("waitpid")(e)),
+        match sysproc::wait_raw(child.as_raw(), true) {
+            Ok(Some((_, status))) => break super::init::exit_status(status),
+            Ok(None) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => {
+                return Err(MonitorError::Io {
+                    id: id.clone(),
+                    step: "waitpid",
+                    source: e,
+                })
+            }
         }
     };
     let exit = ExitFile {

@@ -274,13 +274,8 @@ impl VolumeStore {
             .content()
             .read_capped(&rec.config_digest, 4 << 20)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|c| {
-                c.get("config")?
-                    .get("Volumes")?
-                    .as_object()
-                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
-            })
+            .and_then(|b| crate::launch::ImageRunConfig::from_config_json(&b).ok())
+            .map(|c| c.volumes)
             .unwrap_or_default();
         cache.insert(key, volumes.clone());
         volumes

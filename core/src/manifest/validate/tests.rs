@@ -170,7 +170,10 @@ fn defaults_are_filled_in() {
     let s = &m.services["web"];
     assert_eq!(s.image.to_string(), "docker.io/library/busybox:latest");
     assert_eq!(s.replicas, 1);
-    assert_eq!(s.stop_signal.name, "SIGTERM");
+    assert_eq!(
+        s.stop_signal, None,
+        "unset: the image's StopSignal, else SIGTERM"
+    );
     assert_eq!(s.stop_timeout, defaults::STOP_TIMEOUT);
     assert_eq!(s.update.strategy, UpdateStrategy::StartFirst);
     assert_eq!((s.update.max_surge, s.update.max_unavailable), (1, 0));
@@ -677,4 +680,34 @@ fn problems_come_sorted_by_line() {
     let err = Manifest::from_str_named("m.toml", text).unwrap_err();
     let lines: Vec<usize> = err.problems().iter().map(|p| p.line).collect();
     assert_eq!(lines, vec![3, 5]);
+}
+
+#[test]
+fn signals_parse_as_docker_parse_signal() {
+    // (text, expected (name, number)); Docker's `signal.ParseSignal` with its
+    // Linux map (RTMIN = 34, RTMAX = 64) is the reference.
+    let cases: &[(&str, Option<(&str, i32)>)] = &[
+        ("SIGINT", Some(("SIGINT", 2))),
+        ("int", Some(("SIGINT", 2))),
+        ("SigQuit", Some(("SIGQUIT", 3))),
+        ("15", Some(("SIGTERM", 15))),
+        ("SIGRTMIN", Some(("SIGRTMIN", 34))),
+        ("SIGRTMIN+3", Some(("SIGRTMIN+3", 37))),
+        ("rtmin+15", Some(("SIGRTMIN+15", 49))),
+        ("37", Some(("SIGRTMIN+3", 37))),
+        ("RTMAX", Some(("SIGRTMAX", 64))),
+        ("SIGRTMAX-1", Some(("SIGRTMAX-1", 63))),
+        ("0", None),
+        ("32", None),
+        ("65", None),
+        ("SIGRTMIN+16", None),
+        ("SIGRTMIN-1", None),
+        ("SIGFOO", None),
+        ("", None),
+    ];
+    for (text, want) in cases {
+        let got = Signal::parse(text).map(|s| (s.name, s.number));
+        let want = want.map(|(n, k)| (n.to_string(), k));
+        assert_eq!(got, want, "{text:?}");
+    }
 }
