@@ -31,7 +31,7 @@ use crate::registry::RegistryClient;
 use crate::runtime::{ContainerInfo, Runtime, RuntimePaths};
 use crate::state::{RevisionRecord, StateError, Store};
 
-pub use containers::LABEL_SERVICE;
+pub use containers::{LogFollow, LogTargetKind, LogsReply, LogsRequest, LABEL_SERVICE};
 pub use volumes::LABEL_VOLUMES;
 
 /// Each service's env-file pairs.
@@ -165,6 +165,8 @@ pub struct Agent {
     pub metrics: Metrics,
     pub images: ImageStore,
     pub runtime: Arc<Runtime>,
+    /// Logs of removed containers, per service.
+    pub log_archive: crate::logs::LogArchive,
     /// The bridge, addresses and per-container network namespaces.
     pub network: Arc<Network>,
     /// Published ports: balanced over ready replicas, drain-aware.
@@ -285,6 +287,11 @@ impl Agent {
             &config.cgroup_parent,
             monitor_exe(),
         )));
+        let log_archive = crate::logs::LogArchive::new(
+            config.state_dir.join("logs"),
+            crate::logs::ARCHIVE_KEEP,
+            crate::logs::ARCHIVE_MAX_BYTES,
+        );
         let events = EventBus::persistent(store.tree(crate::events::TREE)?);
         let agent = Agent {
             managed_source,
@@ -295,6 +302,7 @@ impl Agent {
             metrics,
             images,
             runtime,
+            log_archive,
             network: Arc::new(network),
             proxy,
             volumes: Arc::new(volumes),

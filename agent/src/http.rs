@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::control::{Agent, AgentError, ApplySource};
+use crate::control::{Agent, AgentError, ApplySource, LogTargetKind, LogsRequest};
 
 /// Largest request body accepted (a manifest directory as JSON).
 pub const MAX_BODY: usize = 4 << 20;
@@ -178,6 +178,7 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
     Router::new()
         .route("/v1/events", get(get_events))
         .route("/v1/containers/{id}/logs", get(get_logs))
+        .route("/v1/services/{name}/logs", get(get_service_logs))
         .route("/v1/images/pull", post(post_pull))
         .merge(timed)
         .fallback(not_found)
@@ -619,104 +620,80 @@ struct LogsQuery {
     follow: Option<String>,
     #[serde(default)]
     tail: Option<usize>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    timestamps: Option<String>,
+    #[serde(default)]
+    previous: Option<String>,
 }
 
-/// Last `n` lines of `text` (all when `n` is None).
-fn tail_lines(text: &[u8], n: Option<usize>) -> &[u8] {
-    let Some(n) = n else { return text };
-    let mut count = 0;
-    let body = text.strip_suffix(b"\n").unwrap_or(text);
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            count += 1;
-            if count == n {
-                return &text[i + 1..];
-            }
-        }
-    }
-    if n == 0 {
-        &[]
-    } else {
-        text
-    }
+/// A flag parameter: present empty, `true` or `1`.
+fn flag(v: &Option<String>) -> bool {
+    v.as_deref()
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-/// `GET /v1/containers/ID/logs?follow&tail=N`: a container's (or, given a
-/// service name, every replica's) stdout and stderr as plain text.
+/// `GET /v1/containers/ID/logs?follow&tail=N&since=T&timestamps&previous`:
+/// a container's lines (ID may also be a service name, or an archived
+/// container) as plain text, one per line, `timestamps` prefixing each with
+/// its RFC 3339 time.
 async fn get_logs(
     State(ctx): State<Ctx>,
     Path(target): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let follow = q
-        .follow
-        .as_deref()
-        .is_some_and(|v| v.is_empty() || v == "true" || v == "1");
-    let sources = ctx.agent.log_files(&target).await?;
-    let prefix = sources.len() > 1;
-    let mut out = Vec::new();
-    let mut positions: Vec<(String, std::path::PathBuf, u64)> = Vec::new();
-    for (id, files) in &sources {
-        let mut text = Vec::new();
-        for f in files {
-            if let Ok(b) = std::fs::read(f) {
-                text.extend_from_slice(&b);
-            }
-        }
-        for line in tail_lines(&text, q.tail).split_inclusive(|b| *b == b'\n') {
-            if prefix {
-                out.extend_from_slice(format!("{id} | ").as_bytes());
-            }
-            out.extend_from_slice(line);
-        }
-        // Follow the newest file of each stream.
-        for f in files
-            .iter()
-            .filter(|f| !f.to_string_lossy().ends_with(".1"))
-        {
-            let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            positions.push((id.clone(), f.clone(), len));
-        }
-    }
-    if !follow {
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response());
-    }
-    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(out)) });
-    let tail = futures_util::stream::unfold(positions, move |mut positions| async move {
-        loop {
-            let mut chunk = Vec::new();
-            for (id, path, pos) in positions.iter_mut() {
-                let len = std::fs::metadata(&*path).map(|m| m.len()).unwrap_or(0);
-                if len < *pos {
-                    *pos = 0; // rotated
-                }
-                if len > *pos {
-                    use std::io::{Read, Seek};
-                    if let Ok(mut f) = std::fs::File::open(&*path) {
-                        let _ = f.seek(std::io::SeekFrom::Start(*pos));
-                        let mut buf = Vec::new();
-                        let _ = f.take(len - *pos).read_to_end(&mut buf);
-                        *pos += buf.len() as u64;
-                        for line in buf.split_inclusive(|b| *b == b'\n') {
-                            if prefix {
-                                chunk.extend_from_slice(format!("{id} | ").as_bytes());
-                            }
-                            chunk.extend_from_slice(line);
-                        }
-                    }
-                }
-            }
-            if !chunk.is_empty() {
-                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), positions));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    logs_response(ctx, target, LogTargetKind::Any, q).await
+}
+
+/// `GET /v1/services/NAME/logs?...`: a service's replicas merged by time;
+/// with `follow`, new replicas are followed as they start.
+async fn get_service_logs(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    logs_response(ctx, name, LogTargetKind::Service, q).await
+}
+
+async fn logs_response(
+    ctx: Ctx,
+    target: String,
+    kind: LogTargetKind,
+    q: LogsQuery,
+) -> Result<Response, ApiError> {
+    let since = match q.since.as_deref() {
+        Some(t) if !t.is_empty() => Some(crate::runtime::crilog::nanos_of(
+            crate::events::parse_since(t, time::OffsetDateTime::now_utc())
+                .map_err(|m| ApiError::from(AgentError::BadRequest(format!("since: {m}"))))?,
+        )),
+        _ => None,
+    };
+    let req = LogsRequest {
+        target,
+        kind,
+        follow: flag(&q.follow),
+        previous: flag(&q.previous),
+        query: crate::logs::LogQuery {
+            tail: q.tail,
+            since,
+            timestamps: flag(&q.timestamps),
+        },
+    };
+    let reply = ctx.agent.logs(&req).await?;
+    let content_type = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    let Some(follow) = reply.follow else {
+        return Ok((content_type, reply.head).into_response());
+    };
+    let head = reply.head;
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
+    let agent = ctx.agent.clone();
+    let tail = futures_util::stream::unfold((agent, follow), |(agent, mut follow)| async move {
+        let chunk = follow.next(&agent).await?;
+        Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (agent, follow)))
     });
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from_stream(head.chain(tail)),
-    )
-        .into_response())
+    Ok((content_type, Body::from_stream(head.chain(tail))).into_response())
 }
 
 async fn get_healthz() -> Response {

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use berth_agent::runtime::crilog::read_entries;
 use berth_agent::runtime::{
-    ContainerConfig, ContainerState, Mount, Runtime, RuntimeError, RuntimePaths, User,
+    ContainerConfig, ContainerState, Mount, Runtime, RuntimeError, RuntimePaths, Stream, User,
 };
 
 const CGROUP_PARENT: &str = "berth-test";
@@ -133,14 +134,20 @@ impl Guard<'_> {
         }
     }
 
+    /// (stdout, stderr): the lines of each stream of the container's log.
     fn output(&self) -> (String, String) {
-        let logs = self.env.rt.logs(&self.id).unwrap();
-        let read = |v: &Vec<PathBuf>| {
-            v.iter()
-                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-                .collect::<String>()
-        };
-        (read(&logs.stdout), read(&logs.stderr))
+        let files = self.env.rt.logs(&self.id).unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        for e in read_entries(&files) {
+            let s = if e.stream == Stream::Stdout {
+                &mut out
+            } else {
+                &mut err
+            };
+            s.push_str(&String::from_utf8_lossy(&e.line));
+            s.push('\n');
+        }
+        (out, err)
     }
 
     /// Waits until the stdout log contains `needle`.
@@ -858,16 +865,33 @@ fn logs_rotate_and_mounts_stay_in_the_container() {
         !mountinfo.contains(dir.to_str().unwrap()),
         "container mounts leaked to the host"
     );
+    // One CRI file per container, rotated once (`.1`), no record split
+    // between the two, every line back in order with its stream.
     let logs = env.rt.logs(&c.id).unwrap();
-    assert_eq!(logs.stdout.len(), 2, "{logs:?}");
-    assert!(logs.stdout[0].ends_with("stdout.log.1") && logs.stdout[1].ends_with("stdout.log"));
-    let sizes: Vec<u64> = logs
-        .stdout
+    let names: Vec<String> = logs
         .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["container.log.1", "container.log"], "{logs:?}");
+    let sizes: Vec<u64> = logs
+        .iter()
+        .map(|f| std::fs::metadata(&f.path).unwrap().len())
         .collect();
     assert!(sizes.iter().all(|s| *s <= 8192), "{sizes:?}");
-    assert_eq!(std::fs::read_to_string(&logs.stderr[0]).unwrap(), "err\n");
+    for f in &logs {
+        let text = std::fs::read_to_string(&f.path).unwrap();
+        assert!(
+            text.lines()
+                .all(|l| l.contains(" stdout F ") || l.contains(" stderr F ")),
+            "{text}"
+        );
+    }
+    let (out, err) = c.output();
+    assert!(
+        out.ends_with(&format!("{}\nready\n", "x".repeat(3000))),
+        "{out}"
+    );
+    assert_eq!(err, "err\n");
     let stats = env.rt.stats(&c.id).unwrap();
     assert!(
         stats.memory_bytes > 0 && stats.cpu_usage_ns > 0 && stats.pids >= 1,

@@ -108,14 +108,26 @@ enum Command {
     },
     /// Everything about one container (id or unique prefix).
     Inspect { container: String },
-    /// A container's or a service's logs.
+    /// A container's or a service's logs (a service's replicas merged by time).
     Logs {
+        /// A service, or a container id (or unique prefix).
         target: String,
+        /// Keep printing new lines; for a service, also those of replicas
+        /// started later (after a rollout or restart).
         #[arg(short = 'f', long)]
         follow: bool,
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// Only lines since an RFC 3339 time or for a duration back (10m, 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Prefix each line with its RFC 3339 time.
+        #[arg(long)]
+        timestamps: bool,
+        /// The service's last exited or replaced replica.
+        #[arg(short = 'p', long)]
+        previous: bool,
     },
     /// Re-apply an earlier revision's exact manifest and digests.
     Rollback { revision: Option<u64> },
@@ -187,6 +199,29 @@ async fn call(cli: &Cli, method: Method, path: &str) -> Result<client::Reply> {
         bail!("{}", error_text(&reply.body));
     }
     Ok(reply)
+}
+
+/// The `GET /v1/containers/TARGET/logs` request of `logs` (TARGET may be a
+/// service or a container).
+fn logs_path(
+    target: &str,
+    follow: bool,
+    tail: Option<usize>,
+    since: Option<&str>,
+    timestamps: bool,
+    previous: bool,
+) -> String {
+    let mut path = format!(
+        "/v1/containers/{}/logs?follow={follow}&timestamps={timestamps}&previous={previous}",
+        query_escape(target)
+    );
+    if let Some(n) = tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    if let Some(s) = since {
+        path.push_str(&format!("&since={}", query_escape(s)));
+    }
+    path
 }
 
 /// The message of a JSON error body, or the raw text.
@@ -282,20 +317,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             target,
             follow,
             tail,
+            since,
+            timestamps,
+            previous,
         } => {
-            let mut path = format!("/v1/containers/{target}/logs?follow={follow}");
-            if let Some(n) = tail {
-                path.push_str(&format!("&tail={n}"));
-            }
-            let c = client(&cli)?;
-            use std::io::Write;
-            c.stream_raw(&path, |chunk| {
-                let mut out = std::io::stdout().lock();
-                out.write_all(chunk)?;
-                out.flush()?;
-                Ok(())
-            })
-            .await?;
+            let path = logs_path(
+                target,
+                *follow,
+                *tail,
+                since.as_deref(),
+                *timestamps,
+                *previous,
+            );
+            // `logs … | head` ends quietly, like every other command.
+            client(&cli)?
+                .stream_raw(&path, |chunk| {
+                    crate::out::write_bytes(chunk);
+                    Ok(())
+                })
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback { revision } => {
@@ -357,10 +397,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let r: serde_json::Value = serde_json::from_slice(&reply.body)?;
                 outln!(
-                    "removed {} images, {} blobs, {} layer snapshots; freed {}",
+                    "removed {} images, {} blobs, {} layer snapshots, {} archived container logs; freed {}",
                     r["images_removed"].as_array().map(|a| a.len()).unwrap_or(0),
                     r["blobs_removed"],
                     r["snapshots_removed"],
+                    r["log_archives_removed"].as_u64().unwrap_or(0),
                     human_bytes(r["bytes_freed"].as_u64().unwrap_or(0))
                 );
             }
@@ -832,4 +873,29 @@ fn query_escape(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_path_carries_every_flag_escaped() {
+        assert_eq!(
+            logs_path("web", false, None, None, false, false),
+            "/v1/containers/web/logs?follow=false&timestamps=false&previous=false"
+        );
+        assert_eq!(
+            logs_path(
+                "web",
+                true,
+                Some(5),
+                Some("2024-05-01T10:00:00+02:00"),
+                true,
+                true
+            ),
+            "/v1/containers/web/logs?follow=true&timestamps=true&previous=true&tail=5&since=2024-05-01T10%3A00%3A00%2B02%3A00"
+        );
+        assert_eq!(query_escape("a b/c"), "a%20b%2Fc");
+    }
 }

@@ -133,6 +133,10 @@ pub struct GcReport {
     pub images_removed: Vec<String>,
     pub blobs_removed: usize,
     pub snapshots_removed: usize,
+    /// Archived container logs removed (see `crate::logs::LogArchive::gc`).
+    #[serde(default)]
+    pub log_archives_removed: usize,
+    /// Everything freed, logs included.
     pub bytes_freed: u64,
 }
 

@@ -838,10 +838,11 @@ fn retire(
         }
         let rt = agent.runtime.clone();
         let net = agent.network.clone();
+        let archive = agent.log_archive.clone();
         let id2 = id.clone();
         let result = tokio::task::spawn_blocking(move || {
             let stopped = rt.stop(&id2, None, None);
-            let removed = rt.remove(&id2);
+            let removed = crate::logs::remove_keeping_logs(&rt, &archive, &id2);
             if let Err(e) = net.detach(&id2) {
                 tracing::warn!(container = %id2, error = %e, "network detach failed");
             }
@@ -957,9 +958,10 @@ fn reason_text(r: RetireReason) -> &'static str {
 async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
     let rt = agent.runtime.clone();
     let net = agent.network.clone();
+    let archive = agent.log_archive.clone();
     let id2 = id.to_string();
     let result = tokio::task::spawn_blocking(move || {
-        let removed = rt.remove(&id2);
+        let removed = crate::logs::remove_keeping_logs(&rt, &archive, &id2);
         if let Err(e) = net.detach(&id2) {
             tracing::warn!(container = %id2, error = %e, "network detach failed");
         }

@@ -124,7 +124,7 @@ pub struct ContainerConfig {
     pub stop_signal: i32,
     pub stop_timeout: Duration,
     pub labels: BTreeMap<String, String>,
-    /// Each of stdout.log/stderr.log is rotated at this size; one old file is kept.
+    /// `logs/container.log` is rotated at this size; one old file (`.1`) is kept.
     #[serde(default = "default_log_max")]
     pub log_max_bytes: u64,
     /// A network namespace to join (a pinned nsfs file, e.g. from

@@ -3,6 +3,7 @@
 //! is reported with file, line, column and key; a directory of `*.toml` files
 //! is merged, and a service defined twice names both files.
 
+mod lenient;
 mod validate;
 mod wire;
 

@@ -87,7 +87,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// The dotted key a serde error points at: the last table header before the
 /// span, plus the key under the span when it is one.
-fn key_at(text: &str, span: &Range<usize>) -> String {
+pub(super) fn key_at(text: &str, span: &Range<usize>) -> String {
     let start = span.start.min(text.len());
     let mut header = String::new();
     for line in text[..start].lines() {
@@ -127,14 +127,13 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
             text,
             problems: Vec::new(),
         };
-        match toml::from_str::<WireFile>(text) {
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                let key = key_at(text, &span);
-                ctx.at(span, key, e.message().trim().to_string());
-            }
-            Ok(wire) => {
-                for (name, ws) in wire.service {
+        let read = super::lenient::read(text);
+        for (span, key, message) in read.problems {
+            ctx.at(span, key, message);
+        }
+        {
+            {
+                for (name, ws) in read.services {
                     let key = format!("service.{}", name.get_ref());
                     if let Some(first) = defined_in.get(name.get_ref()) {
                         ctx.at(
