@@ -5,6 +5,7 @@
 
 mod containers;
 mod images;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -31,6 +32,7 @@ use crate::runtime::{ContainerInfo, Runtime, RuntimePaths};
 use crate::state::{RevisionRecord, StateError, Store};
 
 pub use containers::{LogFollow, LogTargetKind, LogsReply, LogsRequest, LABEL_SERVICE};
+pub use volumes::LABEL_VOLUMES;
 
 /// Each service's env-file pairs.
 pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
@@ -70,6 +72,8 @@ pub enum AgentError {
     BadRequest(String),
     #[error("runtime: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.
@@ -178,6 +182,8 @@ pub struct Agent {
     pub proxy: PortProxy,
     /// Service discovery: berth-dns and the records it serves.
     pub dns: Arc<crate::dns::Dns>,
+    /// Named volumes (`<state>/volumes`).
+    pub volumes: Arc<crate::volumes::VolumeStore>,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -291,6 +297,8 @@ impl Agent {
             subnet,
             upstreams: config.dns_upstream.clone(),
         });
+        let volumes = crate::volumes::VolumeStore::open(config.state_dir.join("volumes"))
+            .map_err(|e| AgentError::Internal(format!("volumes: {e}")))?;
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),
@@ -316,6 +324,7 @@ impl Agent {
             network: Arc::new(network),
             proxy,
             dns: Arc::new(dns),
+            volumes: Arc::new(volumes),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -573,8 +582,24 @@ impl Agent {
                 return Err(e);
             }
         };
-        self.record(files, &manifest, digests, env_files, source, dry_run)
-            .await
+        let problems = self
+            .image_volume_problems(&files, &manifest, &digests)
+            .await;
+        if !problems.is_empty() {
+            return Err(refuse(problems));
+        }
+        let mut resp = self
+            .record(
+                files,
+                &manifest,
+                digests.clone(),
+                env_files,
+                source,
+                dry_run,
+            )
+            .await?;
+        self.note_image_volumes(&manifest, &digests, &mut resp);
+        Ok(resp)
     }
 
     /// Plans and records an already validated and resolved manifest.

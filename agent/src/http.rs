@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use berth_core::api::ErrorBody;
 use berth_core::manifest::SourceFiles;
@@ -75,6 +75,28 @@ impl From<AgentError> for ApiError {
                 format!("{what} not found"),
             ),
             AgentError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            AgentError::Volume(ref v) => match v {
+                crate::volumes::VolumeError::InUse { name, users } => ApiError(
+                    StatusCode::CONFLICT,
+                    ErrorBody {
+                        error: berth_core::api::ErrorDetail {
+                            code: "volume_in_use".into(),
+                            message: e.to_string(),
+                            details: serde_json::json!({ "volume": name, "users": users }),
+                        },
+                    },
+                ),
+                crate::volumes::VolumeError::NotFound(_) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+                }
+                crate::volumes::VolumeError::InvalidName(_) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+                }
+                _ => {
+                    tracing::error!(error = %e, "volume request failed");
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                }
+            },
             AgentError::ImageResolve { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "image_unresolvable",
@@ -146,6 +168,8 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/rollback", post(post_rollback))
         .route("/v1/images", get(get_images))
         .route("/v1/gc", post(post_gc))
+        .route("/v1/volumes", get(get_volumes))
+        .route("/v1/volumes/{name}", delete(delete_volume))
         .route("/v1/drain", put(put_drain).get(get_drain))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -493,6 +517,21 @@ async fn get_images(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
 
 async fn post_gc(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     Ok(Json(ctx.agent.gc().await?).into_response())
+}
+
+/// `GET /v1/volumes`: every named volume with its size and users.
+async fn get_volumes(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    Ok(Json(ctx.agent.volume_views().await?).into_response())
+}
+
+/// `DELETE /v1/volumes/NAME`: 409 `volume_in_use` (naming the users) while
+/// the current revision or a container on disk uses it.
+async fn delete_volume(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    ctx.agent.remove_volume(&name).await?;
+    Ok(Json(serde_json::json!({ "removed": name })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -217,3 +217,21 @@ pub struct ContainerDetail {
     #[serde(default)]
     pub last_health_output: Option<String>,
 }
+
+/// A named volume, as `berthctl volumes` and `GET /v1/volumes` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    /// Bytes its data occupies on disk (as `du`).
+    pub size_bytes: u64,
+    /// Services using it: in the current revision or with a container on disk.
+    pub services: Vec<String>,
+    /// Containers on disk (running or not yet removed) that mount it.
+    #[serde(default)]
+    pub containers: Vec<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// `IMAGE:PATH` the volume was seeded from, if the image had content there.
+    #[serde(default)]
+    pub seeded_from: Option<String>,
+}

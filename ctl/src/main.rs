@@ -137,11 +137,23 @@ enum Command {
     Images,
     /// Free blobs and layers that no kept image uses.
     Gc,
+    /// Named volumes: size, the services using them, creation time.
+    Volumes {
+        #[command(subcommand)]
+        action: Option<VolumesAction>,
+    },
     /// Take this host out of (on) or back into (off) load balancer rotation.
     Drain {
         #[arg(value_parser = ["on", "off"])]
         state: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumesAction {
+    /// Remove a volume and its data; refused while a container or the
+    /// current revision uses it.
+    Rm { name: String },
 }
 
 fn main() -> ExitCode {
@@ -392,6 +404,53 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     r["log_archives_removed"].as_u64().unwrap_or(0),
                     human_bytes(r["bytes_freed"].as_u64().unwrap_or(0))
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Volumes { action: None } => {
+            let reply = call(&cli, Method::GET, "/v1/volumes").await?;
+            if cli.output == Output::Json {
+                println!("{}", String::from_utf8_lossy(&reply.body));
+            } else {
+                let list: Vec<berth_core::api::VolumeView> =
+                    serde_json::from_slice(&reply.body).context("decoding volumes")?;
+                let mut rows = vec![[
+                    "NAME".to_string(),
+                    "SIZE".into(),
+                    "SERVICES".into(),
+                    "CREATED".into(),
+                ]];
+                for v in list {
+                    rows.push([
+                        v.name,
+                        human_bytes(v.size_bytes),
+                        if v.services.is_empty() {
+                            "-".into()
+                        } else {
+                            v.services.join(",")
+                        },
+                        v.created_at,
+                    ]);
+                }
+                print_table(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Volumes {
+            action: Some(VolumesAction::Rm { name }),
+        } => {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !valid {
+                bail!("`{name}` is not a valid volume name ([A-Za-z0-9_.-])");
+            }
+            let reply = call(&cli, Method::DELETE, &format!("/v1/volumes/{name}")).await?;
+            if cli.output == Output::Json {
+                println!("{}", String::from_utf8_lossy(&reply.body));
+            } else {
+                println!("removed volume {name}");
             }
             Ok(ExitCode::SUCCESS)
         }

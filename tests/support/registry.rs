@@ -459,11 +459,13 @@ enum Entry {
     Dir {
         path: String,
         mode: u32,
+        owner: (u64, u64),
     },
     File {
         path: String,
         data: Vec<u8>,
         mode: u32,
+        owner: (u64, u64),
     },
     HostFile {
         path: String,
@@ -543,19 +545,31 @@ impl LayerBuilder {
         .file("/etc/group", b"root:x:0:\nnobody:x:65534:\n", 0o644)
     }
 
-    pub fn dir(mut self, path: &str, mode: u32) -> Self {
+    pub fn dir(self, path: &str, mode: u32) -> Self {
+        self.dir_owned(path, mode, 0, 0)
+    }
+
+    /// A directory owned by `uid:gid`.
+    pub fn dir_owned(mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Self {
         self.entries.push(Entry::Dir {
             path: rel(path),
             mode,
+            owner: (uid, gid),
         });
         self
     }
 
-    pub fn file(mut self, path: &str, data: &[u8], mode: u32) -> Self {
+    pub fn file(self, path: &str, data: &[u8], mode: u32) -> Self {
+        self.file_owned(path, data, mode, 0, 0)
+    }
+
+    /// A regular file owned by `uid:gid`.
+    pub fn file_owned(mut self, path: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> Self {
         self.entries.push(Entry::File {
             path: rel(path),
             data: data.to_vec(),
             mode,
+            owner: (uid, gid),
         });
         self
     }
@@ -618,7 +632,9 @@ impl LayerBuilder {
             h.set_gid(0);
             h.set_mtime(MTIME);
             match e {
-                Entry::Dir { path, mode } => {
+                Entry::Dir { path, mode, owner } => {
+                    h.set_uid(owner.0);
+                    h.set_gid(owner.1);
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_mode(*mode);
                     h.set_size(0);
@@ -628,7 +644,14 @@ impl LayerBuilder {
                         std::io::empty(),
                     )?;
                 }
-                Entry::File { path, data, mode } => {
+                Entry::File {
+                    path,
+                    data,
+                    mode,
+                    owner,
+                } => {
+                    h.set_uid(owner.0);
+                    h.set_gid(owner.1);
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_mode(*mode);
                     h.set_size(data.len() as u64);

@@ -17,7 +17,7 @@ use super::backoff::BackoffPolicy;
 use super::decide::{decide, Action, Dependency, Intent, Phase, Replica, RetireReason};
 use crate::control::{
     pinned_image, Agent, AgentError, ApplySource, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION,
-    LABEL_SERVICE, LABEL_SPEC,
+    LABEL_SERVICE, LABEL_SPEC, LABEL_VOLUMES,
 };
 use crate::health;
 use crate::image::store::ImageRecord;
@@ -352,6 +352,13 @@ async fn reconcile_service(
     });
     let policy = BackoffPolicy::of(svc, check.as_ref());
     let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
+    // Image VOLUMEs kept as volumes have one writer: such a service updates
+    // stop-first. Until the image's config is known, nothing starts.
+    let implicit = agent.implicit_volumes(svc, &image);
+    let strategy = match &implicit {
+        Some(v) if !v.is_empty() => berth_core::manifest::UpdateStrategy::StopFirst,
+        _ => svc.update.strategy,
+    };
     let spec_key = spec.canonical_json();
     let intent = {
         let clock = Instant::now();
@@ -391,7 +398,7 @@ async fn reconcile_service(
             .map(|(_, _, message)| message.clone());
         Intent {
             replicas: svc.replicas,
-            strategy: svc.update.strategy,
+            strategy,
             max_surge: svc.update.max_surge,
             max_unavailable: svc.update.max_unavailable,
             restart: svc.restart.policy,
@@ -435,6 +442,11 @@ async fn reconcile_service(
             Action::Start => {
                 if image_record.is_none() {
                     image_record = ensure_image(agent, rec, svc, &image).await;
+                }
+                // Decided without the image's config (pulled meanwhile): the
+                // next pass decides again, knowing its VOLUMEs.
+                if implicit.is_none() {
+                    break;
                 }
                 let Some(img) = &image_record else { break };
                 if let Err(e) = start_replica(agent, rec, svc, spec, &image, img).await {
@@ -760,21 +772,7 @@ async fn start_replica(
         &lowerdirs,
     )
     .map_err(|e| AgentError::BadRequest(format!("{image}: {e}")))?;
-    let mut mounts = Vec::new();
-    for v in &spec.volumes {
-        match &v.source {
-            VolumeSource::Named(name) => {
-                let dir = agent.config.state_dir.join("volumes").join(name);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| AgentError::Runtime(format!("volume {name}: {e}")))?;
-                mounts.push(Mount::bind(dir, &v.target, v.readonly));
-            }
-            VolumeSource::Host(path) => mounts.push(Mount::bind(path, &v.target, v.readonly)),
-            VolumeSource::Tmpfs { size_bytes } => {
-                mounts.push(Mount::tmpfs(Some(*size_bytes), &v.target))
-            }
-        }
-    }
+    let (mut mounts, volume_names) = prepare_volumes(agent, rec, svc, spec, image, img).await?;
     for s in &spec.secrets {
         mounts.push(Mount::secret(&s.source, &s.target));
     }
@@ -816,6 +814,8 @@ async fn start_replica(
             .insert(LABEL_EXPOSED_PORTS.into(), img.run.exposed_ports.join(","));
     }
     cfg.dns_server = agent.dns.nameserver();
+    cfg.labels
+        .insert(LABEL_VOLUMES.into(), volume_names.join(","));
     let rt = agent.runtime.clone();
     let net = agent.network.clone();
     let (started, ip) = tokio::task::spawn_blocking(move || {
@@ -855,6 +855,95 @@ async fn start_replica(
         format!("{} started from {image}", started.id),
     );
     Ok(())
+}
+
+/// The mounts of a new replica's volumes, and the names of the named
+/// volumes among them. Named volumes are created (and seeded from the image
+/// at their target, once) as needed, manifest ones and the service's image
+/// VOLUMEs alike. Refuses to start a second writer of an image VOLUME
+/// (`replicas > 1`, or its volume name mounted writable by another service):
+/// the apply check catches this when it can see the image config.
+async fn prepare_volumes(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    spec: &ContainerSpec,
+    image: &ImageRef,
+    img: &ImageRecord,
+) -> Result<(Vec<Mount>, Vec<String>), AgentError> {
+    use crate::volumes::implicit::{implicit_volumes, writer_problems};
+    let implicit = implicit_volumes(svc, &agent.volumes.image_volumes(&agent.images, img));
+    if !implicit.is_empty() {
+        let (manifest, _) = Agent::desired_of(rec)?;
+        if let Some(p) = writer_problems(&manifest, svc, &implicit, false).first() {
+            return Err(AgentError::BadRequest(format!(
+                "{}: {}",
+                p.key(&svc.name),
+                p.message(&svc.name)
+            )));
+        }
+    }
+    // (name, target, readonly) of every named volume, then the rest in order.
+    let mut named: Vec<(String, String, bool)> = Vec::new();
+    let mut mounts = Vec::new();
+    for v in &spec.volumes {
+        match &v.source {
+            VolumeSource::Named(name) => named.push((name.clone(), v.target.clone(), v.readonly)),
+            VolumeSource::Host(path) => mounts.push(Mount::bind(path, &v.target, v.readonly)),
+            VolumeSource::Tmpfs { size_bytes } => {
+                mounts.push(Mount::tmpfs(Some(*size_bytes), &v.target))
+            }
+        }
+    }
+    named.extend(implicit.into_iter().map(|v| (v.name, v.target, false)));
+    let names: Vec<String> = named.iter().map(|(n, _, _)| n.clone()).collect();
+    let store = agent.volumes.clone();
+    let layers = agent.images.lowerdirs(img);
+    let image_text = image.to_string();
+    let made = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for (name, target, readonly) in named {
+            let seed = |data: &std::path::Path| {
+                use crate::volumes::{seed_from_layers, SeedInfo, Seeded};
+                Ok(match seed_from_layers(&layers, &target, data)? {
+                    Seeded::Copied { entries, bytes } => Some(SeedInfo {
+                        image: image_text.clone(),
+                        path: target.clone(),
+                        entries,
+                        bytes,
+                    }),
+                    Seeded::NoSuchPath => None,
+                    Seeded::NotADirectory => {
+                        tracing::warn!(volume = %name, path = %target, "the image has a file at the volume's target; nothing seeded");
+                        None
+                    }
+                })
+            };
+            let e = store.ensure(&name, seed)?;
+            out.push((name, target, readonly, e));
+        }
+        Ok::<_, crate::volumes::VolumeError>(out)
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    for (name, target, readonly, e) in made {
+        if e.created {
+            let how = match &e.seeded_from {
+                Some(s) => format!(
+                    "seeded from {}:{} ({} entries, {} bytes)",
+                    s.image, s.path, s.entries, s.bytes
+                ),
+                None => "empty (nothing in the image there)".into(),
+            };
+            agent.emit(
+                "volume-created",
+                Some(&svc.name),
+                format!("volume {name} created, {how}"),
+            );
+        }
+        mounts.push(Mount::bind(e.data, &target, readonly));
+    }
+    Ok((mounts, names))
 }
 
 /// Takes a replica out of service: no longer ready at once, then after
