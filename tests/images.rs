@@ -496,3 +496,79 @@ fn nix_free(path: &Path) -> (u64, u64) {
         .collect();
     (nums[0], nums[1])
 }
+
+/// Docker's credential-helper protocol: `docker-credential-NAME get` reads the
+/// server on stdin and answers `{"Username", "Secret"}` (or fails with
+/// "credentials not found"). The helper here logs what it was asked.
+#[test]
+fn credential_helpers_from_docker_config_json() {
+    let reg = TestRegistry::start_with_htpasswd("deploy", "s3cret-pw").unwrap();
+    reg.push(
+        "private/app",
+        "v1",
+        &ImageBuilder::busybox().build().unwrap(),
+    )
+    .unwrap();
+    let image = reg.image("private/app:v1");
+    let mut agent = Agent::create(&[]);
+    let bin = agent.dir.path().join("helpers");
+    std::fs::create_dir_all(&bin).unwrap();
+    let asked = agent.dir.path().join("asked");
+    let helper = |name: &str, body: &str| {
+        let path = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    helper(
+        "berthtest",
+        &format!(
+            "[ \"$1\" = get ] || exit 2\nread server\necho \"$server\" >> {}\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"deploy\",\"Secret\":\"s3cret-pw\"}}'",
+            asked.display()
+        ),
+    );
+    helper("broken", "read server; echo 'keychain locked' >&2; exit 1");
+    let docker_dir = agent.dir.path().join("docker");
+    std::fs::create_dir_all(&docker_dir).unwrap();
+    let write_config = |helper: &str| {
+        let config = format!(
+            r#"{{"auths": {{"{host}": {{}}}}, "credHelpers": {{"{host}": "{helper}"}}}}"#,
+            host = reg.host()
+        );
+        std::fs::write(docker_dir.join("config.json"), config).unwrap();
+    };
+    write_config("berthtest");
+    agent.env = vec![
+        ("DOCKER_CONFIG".into(), docker_dir.display().to_string()),
+        (
+            "PATH".into(),
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+    ];
+    agent.spawn();
+    agent.ctl(&["pull", &image]).ok();
+    let asked_for = std::fs::read_to_string(&asked).unwrap();
+    assert_eq!(
+        asked_for.trim(),
+        reg.host(),
+        "the helper is asked for the registry host"
+    );
+
+    // A helper that fails: a clear error naming the helper and the registry.
+    write_config("broken");
+    agent.terminate();
+    agent.spawn();
+    let out = agent.ctl(&["pull", &reg.image("private/app:v1")]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    let err = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        err.contains("docker-credential-broken")
+            && err.contains(reg.host())
+            && err.contains("keychain locked"),
+        "{err}"
+    );
+}

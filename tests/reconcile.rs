@@ -229,8 +229,10 @@ fn a_crashing_service_restarts_with_growing_delays() {
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
+    // It runs long enough to count as ready (so it is no first deploy, which
+    // would fail after three crashes), then crashes, again and again.
     let text = format!(
-        "[service.crash]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"exit 1\"]\n[service.crash.restart]\npolicy = \"always\"\nbackoff = {{ initial = \"100ms\", max = \"5s\" }}\n"
+        "[service.crash]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 1.5; exit 1\"]\n[service.crash.restart]\npolicy = \"always\"\nbackoff = {{ initial = \"300ms\", max = \"5s\" }}\n"
     );
     agent.apply_text("m.toml", &text).ok();
     let starts = agent.wait_for(40, "five restarts", |a| {
@@ -576,4 +578,301 @@ fn every_spec_metric_is_exported_and_passes_promtool() {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
     assert_promtool_ok(&text);
+}
+
+/// Times (seconds of the day) of `kind` events of `service`, oldest first.
+fn event_times(agent: &Agent, kind: &str, service: &str) -> Vec<f64> {
+    events(agent)
+        .iter()
+        .filter(|e| e["kind"] == kind && e["service"] == service)
+        .map(|e| time_of(e["time"].as_str().unwrap()))
+        .collect()
+}
+
+/// `berthctl apply --wait --timeout 60s` of `text`; the output and how long it took.
+fn apply_wait(agent: &Agent, name: &str, text: &str) -> (CtlOutput, std::time::Duration) {
+    let path = agent.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let started = std::time::Instant::now();
+    let out = agent.ctl(&[
+        "apply",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    (out, started.elapsed())
+}
+
+#[test]
+fn a_first_deploy_that_never_becomes_healthy_fails_apply_wait_early_with_the_probe_output() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    // httpd listens on 8080; the check asks 9999, where nothing listens.
+    let text = format!(
+        r#"
+[service.web]
+image = "{image}"
+[service.web.health]
+http = {{ port = 9999, path = "/" }}
+interval = "200ms"
+timeout = "500ms"
+retries = 2
+"#
+    );
+    let (out, took) = apply_wait(&agent, "m.toml", &text);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "must fail well before the 60 s timeout, took {took:?}"
+    );
+    assert!(
+        out.stderr.contains("revision 1 failed")
+            && out.stderr.contains("none became ready")
+            && out.stderr.contains("connect to port 9999"),
+        "reason and probe output: {}",
+        out.stderr
+    );
+    // Status and events say the same; nothing keeps being replaced.
+    let status = agent.ctl(&["status"]).ok().stdout;
+    assert!(
+        status.contains("rollout failed") && status.contains("connect to port 9999"),
+        "{status}"
+    );
+    let ev = events(&agent);
+    assert!(
+        ev.iter().any(|e| e["kind"] == "rollout-failed"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("connect to port 9999")),
+        "{ev:?}"
+    );
+    assert_eq!(revisions(&agent)[0]["state"], "failed");
+    agent.wait_for(20, "the failed replicas removed", |a| {
+        ids_of(a, "web").is_empty().then_some(())
+    });
+    let starts = event_times(&agent, "container-started", "web").len();
+    assert_eq!(starts, 3, "three tries, then stop: {ev:?}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        event_times(&agent, "container-started", "web").len(),
+        starts
+    );
+}
+
+#[test]
+fn a_never_healthy_replica_is_replaced_with_growing_delays_up_to_the_max() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    // Healthy while /flag/ok exists on the host; the service was ready once,
+    // so this is no first deploy and its replicas are restarted forever.
+    let flag = agent.dir.path().join("flag");
+    std::fs::create_dir(&flag).unwrap();
+    std::fs::set_permissions(&flag, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(flag.join("ok"), "").unwrap();
+    let text = format!(
+        r#"
+[service.web]
+image = "{image}"
+[[service.web.volumes]]
+host = "{}"
+target = "/flag"
+readonly = true
+[service.web.health]
+exec = ["/bin/busybox", "test", "-f", "/flag/ok"]
+interval = "200ms"
+retries = 2
+[service.web.restart]
+backoff = {{ initial = "200ms", max = "2s" }}
+[service.web.update]
+probation = "0s"
+"#,
+        flag.display()
+    );
+    let (out, _) = apply_wait(&agent, "m.toml", &text);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    std::fs::remove_file(flag.join("ok")).unwrap();
+    // The first start, the replacement of the original, then 6 more.
+    let starts = agent.wait_for(60, "eight starts", |a| {
+        let t = event_times(a, "container-started", "web");
+        (t.len() >= 8).then_some(t)
+    });
+    // Gaps between replacements: the time to turn unhealthy (constant) plus
+    // a backoff of 0.4, 0.8, 1.6, 2, 2, 2 s.
+    let gaps: Vec<f64> = starts[1..].windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[3] > gaps[0] + 0.8,
+        "delays must grow towards the max: {gaps:?}"
+    );
+    let (base, last) = (gaps[0] - 0.4, gaps[gaps.len() - 1]);
+    assert!(
+        last > base + 1.2 && last < base + 3.0,
+        "the delay levels off at the 2 s max: {gaps:?}"
+    );
+    let status = agent.api("GET", "/v1/status", &[], b"").json();
+    let web = &status["services"][0];
+    assert!(web["restarts"].as_u64().unwrap() >= 6, "{status}");
+    assert!(
+        web["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("failed its health check: exec: exit code 1"),
+        "{status}"
+    );
+    assert_eq!(revisions(&agent)[0]["state"], "complete", "not failed");
+}
+
+/// Pushes a Helm-chart-shaped OCI artifact under `repo:tag`; its digest.
+fn push_helm_chart(reg: &TestRegistry, repo: &str, tag: &str) -> String {
+    let config = br#"{"name":"web","version":"1.0.0"}"#;
+    let chart = b"not a layer tarball";
+    let config_digest = reg.push_blob(repo, config).unwrap();
+    let chart_digest = reg.push_blob(repo, chart).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": berth_e2e::registry::MEDIA_OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.cncf.helm.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+            "digest": chart_digest.to_string(),
+            "size": chart.len(),
+        }],
+    }))
+    .unwrap();
+    reg.push_manifest(
+        repo,
+        tag,
+        berth_e2e::registry::MEDIA_OCI_MANIFEST,
+        &manifest,
+    )
+    .unwrap()
+    .to_string()
+}
+
+#[test]
+fn a_tag_that_is_not_a_runnable_image_fails_apply_wait_at_once() {
+    let reg = TestRegistry::start().unwrap();
+    let chart = push_helm_chart(&reg, "charts/web", "1");
+    let arm = berth_e2e::registry::ImageBuilder::busybox()
+        .platform("linux", "arm64", None)
+        .build()
+        .unwrap();
+    reg.push_index("shop/armonly", "1", &[&arm]).unwrap();
+    let agent = Agent::start();
+
+    let text = |image: String| format!("[service.web]\nimage = \"{image}\"\n");
+    let (out, took) = apply_wait(&agent, "m.toml", &text(reg.image("charts/web:1")));
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    assert!(
+        out.stderr.contains("revision 1 failed")
+            && out.stderr.contains("a Helm chart, not a container image")
+            && out.stderr.contains(&chart),
+        "names the manifest and what it is: {}",
+        out.stderr
+    );
+    let ev = events(&agent);
+    let pulls = ev.iter().filter(|e| e["kind"] == "pull-failed").count();
+    assert_eq!(pulls, 1, "a permanent error is not retried: {ev:?}");
+
+    let (out, took) = apply_wait(&agent, "m.toml", &text(reg.image("shop/armonly:1")));
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    assert!(
+        out.stderr.contains("revision 2 failed")
+            && out.stderr.contains("no manifest for platform linux/amd64")
+            && out.stderr.contains("linux/arm64"),
+        "{}",
+        out.stderr
+    );
+    let status = agent.ctl(&["status"]).ok().stdout;
+    assert!(status.contains("linux/arm64"), "{status}");
+    assert!(ids_of(&agent, "web").is_empty());
+}
+
+#[test]
+fn depends_on_starts_a_service_once_its_dependency_is_ready() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let text = format!(
+        r#"
+[service.app]
+image = "{image}"
+command = ["/bin/busybox", "sh", "-c", "sleep 2; touch /tmp/ready; exec sleep 3600"]
+[service.app.health]
+exec = ["/bin/busybox", "test", "-f", "/tmp/ready"]
+interval = "200ms"
+retries = 50
+
+[service.web]
+image = "{image}"
+depends_on = ["app"]
+[service.web.health]
+http = {{ port = 8080, path = "/index.html" }}
+interval = "200ms"
+"#
+    );
+    agent.apply_text("m.toml", &text).ok();
+    let status = agent.wait_for(20, "web waiting for app", |a| {
+        let s = a.ctl(&["status"]).ok().stdout;
+        s.contains("waiting for app (0/1 ready)").then_some(s)
+    });
+    assert!(!status.contains("web-"), "no web container yet: {status}");
+    agent.wait_for(30, "app and web ready", |a| {
+        (a.ready_of("app") == (1, 1) && a.ready_of("web") == (1, 1)).then_some(())
+    });
+    let app_healthy = events(&agent)
+        .iter()
+        .find(|e| {
+            e["kind"] == "health"
+                && e["service"] == "app"
+                && e["message"].as_str().unwrap().ends_with("is healthy")
+        })
+        .map(|e| time_of(e["time"].as_str().unwrap()))
+        .expect("app's health event");
+    let app_started = event_times(&agent, "container-started", "app")[0];
+    let web_started = event_times(&agent, "container-started", "web");
+    assert_eq!(web_started.len(), 1);
+    assert!(
+        web_started[0] >= app_healthy && web_started[0] - app_started >= 2.0,
+        "web started at {}, app started at {app_started} and was healthy at {app_healthy}",
+        web_started[0]
+    );
+    let ev = events(&agent);
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "waiting" && e["service"] == "web"),
+        "{ev:?}"
+    );
+    let status = agent.ctl(&["status"]).ok().stdout;
+    assert!(!status.contains("waiting for"), "{status}");
+
+    // The dependency going down does not stop the running dependent.
+    let web = running_ids(&agent, "web");
+    let app = agent
+        .containers()
+        .into_iter()
+        .find(|c| c["service"] == "app")
+        .unwrap();
+    let pid = app["pid"].as_i64().unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    agent.wait_for(30, "app replaced and ready", |a| {
+        let ids = running_ids(a, "app");
+        (ids.len() == 1 && ids[0] != app["id"].as_str().unwrap() && a.ready_of("app") == (1, 1))
+            .then_some(())
+    });
+    assert_eq!(running_ids(&agent, "web"), web, "web kept running");
 }

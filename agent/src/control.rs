@@ -5,6 +5,7 @@
 
 mod containers;
 mod images;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -30,7 +31,8 @@ use crate::registry::RegistryClient;
 use crate::runtime::{ContainerInfo, Runtime, RuntimePaths};
 use crate::state::{RevisionRecord, StateError, Store};
 
-pub use containers::LABEL_SERVICE;
+pub use containers::{LogFollow, LogTargetKind, LogsReply, LogsRequest, LABEL_SERVICE};
+pub use volumes::LABEL_VOLUMES;
 
 /// Each service's env-file pairs.
 pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
@@ -39,6 +41,8 @@ pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
 pub const LABEL_SPEC: &str = "berth.spec";
 pub const LABEL_REVISION: &str = "berth.revision";
 pub const LABEL_IMAGE: &str = "berth.image";
+/// The image's `ExposedPorts` (`80/tcp,443/tcp`), when it has any.
+pub const LABEL_EXPOSED_PORTS: &str = "berth.exposed-ports";
 /// Largest env file read.
 const MAX_ENV_FILE: u64 = 1 << 20;
 /// Revisions whose images GC keeps.
@@ -68,6 +72,8 @@ pub enum AgentError {
     BadRequest(String),
     #[error("runtime: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.
@@ -136,16 +142,25 @@ pub struct ServiceLive {
     /// Ids of ready replicas (the proxy and readiness endpoint use them).
     pub ready_ids: Vec<String>,
     pub restarts: u64,
-    /// Consecutive failures, for the restart backoff.
-    pub failures: u32,
-    pub next_start_at: Option<Instant>,
+    /// Consecutive failures and the restart backoff they set.
+    pub restart: crate::reconcile::backoff::RestartTracker,
+    /// The canonical desired spec of the last pass (a new one resets `restart`).
+    pub spec: Option<String>,
+    /// The canonical spec of which a replica was last seen ready: while it
+    /// differs from `spec`, the service is on its first deploy.
+    pub ready_spec: Option<String>,
+    /// What the service waits for before starting replicas (`depends_on`).
+    pub waiting: Option<String>,
     pub last_error: Option<String>,
     pub rollout_started: Option<Instant>,
     pub converged: bool,
     /// When tags were last re-resolved (`pull.check`).
     pub last_check: Option<Instant>,
-    /// When a pull of this service's image last failed.
-    pub pull_failed_at: Option<Instant>,
+    /// Transient pull failures of this service's image, for the retry backoff.
+    pub pull_retry: crate::reconcile::backoff::Backoff,
+    /// A permanent pull failure: (revision, image, message). Each revision
+    /// tries the pull again once.
+    pub image_failed: Option<(u64, String, String)>,
     /// Until then, a crash of a replica of the last rollout rolls it back.
     pub probation_until: Option<Instant>,
 }
@@ -159,10 +174,16 @@ pub struct Agent {
     pub metrics: Metrics,
     pub images: ImageStore,
     pub runtime: Arc<Runtime>,
+    /// Logs of removed containers, per service.
+    pub log_archive: crate::logs::LogArchive,
     /// The bridge, addresses and per-container network namespaces.
     pub network: Arc<Network>,
     /// Published ports: balanced over ready replicas, drain-aware.
     pub proxy: PortProxy,
+    /// Service discovery: berth-dns and the records it serves.
+    pub dns: Arc<crate::dns::Dns>,
+    /// Named volumes (`<state>/volumes`).
+    pub volumes: Arc<crate::volumes::VolumeStore>,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -269,23 +290,41 @@ impl Agent {
         } else {
             PortProxy::new()
         };
+        let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
+            dir: config.run_dir.join("dns"),
+            exe: crate::dns::DnsConfig::default_exe(),
+            listen: subnet.gateway(),
+            subnet,
+            upstreams: config.dns_upstream.clone(),
+        });
+        let volumes = crate::volumes::VolumeStore::open(config.state_dir.join("volumes"))
+            .map_err(|e| AgentError::Internal(format!("volumes: {e}")))?;
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),
             &config.cgroup_parent,
             monitor_exe(),
         )));
+        let log_archive = crate::logs::LogArchive::new(
+            config.state_dir.join("logs"),
+            crate::logs::ARCHIVE_KEEP,
+            crate::logs::ARCHIVE_MAX_BYTES,
+        );
+        let events = EventBus::persistent(store.tree(crate::events::TREE)?);
         let agent = Agent {
             managed_source,
             source_error: std::sync::Mutex::new(None),
             config,
             store,
-            events: EventBus::new(),
+            events,
             metrics,
             images,
             runtime,
+            log_archive,
             network: Arc::new(network),
             proxy,
+            dns: Arc::new(dns),
+            volumes: Arc::new(volumes),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -543,8 +582,24 @@ impl Agent {
                 return Err(e);
             }
         };
-        self.record(files, &manifest, digests, env_files, source, dry_run)
-            .await
+        let problems = self
+            .image_volume_problems(&files, &manifest, &digests)
+            .await;
+        if !problems.is_empty() {
+            return Err(refuse(problems));
+        }
+        let mut resp = self
+            .record(
+                files,
+                &manifest,
+                digests.clone(),
+                env_files,
+                source,
+                dry_run,
+            )
+            .await?;
+        self.note_image_volumes(&manifest, &digests, &mut resp);
+        Ok(resp)
     }
 
     /// Plans and records an already validated and resolved manifest.

@@ -6,11 +6,13 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 pub mod events;
 pub mod health;
 pub mod http;
 pub mod image;
 pub mod launch;
+pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod reconcile;
@@ -20,6 +22,7 @@ pub mod sources;
 pub mod state;
 pub mod stats;
 pub mod sys;
+pub mod volumes;
 
 /// The current time as RFC 3339 UTC, e.g. `2026-11-23T16:00:00Z`.
 pub fn now_rfc3339() -> String {

@@ -1,12 +1,14 @@
 //! `apply --wait`: follows the rollout of the newest revision, printing each
-//! service's ready/desired count as it changes, until the revision completes,
-//! fails (or is rolled back), or the timeout passes.
+//! service's ready/desired count (and last error or what it waits for) as it
+//! changes, until the revision completes, fails (or is rolled back), or the
+//! timeout passes. A failure prints the agent's reason: the replica's exit or
+//! the health probe's last output, or the image error.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use berth_core::api::{RevisionInfo, StatusResponse};
+use berth_core::api::{Event, RevisionInfo, StatusResponse};
 use bytes::Bytes;
 use hyper::Method;
 
@@ -46,12 +48,12 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
         match rev.map(|r| r.state.as_str()) {
             Some("complete") => {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "revision": target, "state": "complete" })
                     );
                 } else {
-                    println!("revision {target} rolled out");
+                    outln!("revision {target} rolled out");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -61,11 +63,13 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
                     .filter(|r| r.number > target)
                     .map(|r| r.source.clone())
                     .next_back();
-                let errors: Vec<String> = status
-                    .services
-                    .iter()
-                    .filter_map(|s| s.last_error.as_ref().map(|e| format!("{}: {e}", s.name)))
-                    .collect();
+                let errors = failure_reasons(client, target, &status).await;
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({ "revision": target, "state": "failed", "errors": errors })
+                    );
+                }
                 eprintln!("revision {target} failed: {}", errors.join("; "));
                 if let Some(src) = newer {
                     eprintln!("the agent recorded a newer revision ({src})");
@@ -89,6 +93,35 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Why `target` failed, per service: the agent's `rollout-failed` events for
+/// it (they outlive a rollback that drops the service from status), else
+/// each service's last error.
+async fn failure_reasons(client: &Client, target: u64, status: &StatusResponse) -> Vec<String> {
+    let prefix = format!("revision {target}: ");
+    let events: Vec<Event> = get(client, "/v1/events?kind=rollout-failed")
+        .await
+        .unwrap_or_default();
+    let from_events: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == "rollout-failed")
+        .filter_map(|e| {
+            let reason = e.message.strip_prefix(&prefix)?;
+            Some(match &e.service {
+                Some(s) => format!("{s}: {reason}"),
+                None => reason.to_string(),
+            })
+        })
+        .collect();
+    if !from_events.is_empty() {
+        return from_events;
+    }
+    status
+        .services
+        .iter()
+        .filter_map(|s| s.last_error.as_ref().map(|e| format!("{}: {e}", s.name)))
+        .collect()
 }
 
 async fn get<T: serde::de::DeserializeOwned>(client: &Client, path: &str) -> Result<T> {

@@ -459,11 +459,13 @@ enum Entry {
     Dir {
         path: String,
         mode: u32,
+        owner: (u64, u64),
     },
     File {
         path: String,
         data: Vec<u8>,
         mode: u32,
+        owner: (u64, u64),
     },
     HostFile {
         path: String,
@@ -543,19 +545,31 @@ impl LayerBuilder {
         .file("/etc/group", b"root:x:0:\nnobody:x:65534:\n", 0o644)
     }
 
-    pub fn dir(mut self, path: &str, mode: u32) -> Self {
+    pub fn dir(self, path: &str, mode: u32) -> Self {
+        self.dir_owned(path, mode, 0, 0)
+    }
+
+    /// A directory owned by `uid:gid`.
+    pub fn dir_owned(mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Self {
         self.entries.push(Entry::Dir {
             path: rel(path),
             mode,
+            owner: (uid, gid),
         });
         self
     }
 
-    pub fn file(mut self, path: &str, data: &[u8], mode: u32) -> Self {
+    pub fn file(self, path: &str, data: &[u8], mode: u32) -> Self {
+        self.file_owned(path, data, mode, 0, 0)
+    }
+
+    /// A regular file owned by `uid:gid`.
+    pub fn file_owned(mut self, path: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> Self {
         self.entries.push(Entry::File {
             path: rel(path),
             data: data.to_vec(),
             mode,
+            owner: (uid, gid),
         });
         self
     }
@@ -618,7 +632,9 @@ impl LayerBuilder {
             h.set_gid(0);
             h.set_mtime(MTIME);
             match e {
-                Entry::Dir { path, mode } => {
+                Entry::Dir { path, mode, owner } => {
+                    h.set_uid(owner.0);
+                    h.set_gid(owner.1);
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_mode(*mode);
                     h.set_size(0);
@@ -628,7 +644,14 @@ impl LayerBuilder {
                         std::io::empty(),
                     )?;
                 }
-                Entry::File { path, data, mode } => {
+                Entry::File {
+                    path,
+                    data,
+                    mode,
+                    owner,
+                } => {
+                    h.set_uid(owner.0);
+                    h.set_gid(owner.1);
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_mode(*mode);
                     h.set_size(data.len() as u64);
@@ -719,6 +742,10 @@ pub struct ImageBuilder {
     workdir: Option<String>,
     user: Option<String>,
     labels: Vec<(String, String)>,
+    stop_signal: Option<String>,
+    healthcheck: Option<serde_json::Value>,
+    exposed_ports: Vec<String>,
+    volumes: Vec<String>,
     platform: (String, String, Option<String>),
     docker_types: bool,
 }
@@ -744,6 +771,10 @@ impl ImageBuilder {
             workdir: None,
             user: None,
             labels: Vec::new(),
+            stop_signal: None,
+            healthcheck: None,
+            exposed_ports: Vec::new(),
+            volumes: Vec::new(),
             platform: ("linux".into(), "amd64".into(), None),
             docker_types: false,
         }
@@ -792,6 +823,52 @@ impl ImageBuilder {
         self
     }
 
+    /// `StopSignal` (Dockerfile `STOPSIGNAL`).
+    pub fn stop_signal(mut self, signal: &str) -> Self {
+        self.stop_signal = Some(signal.into());
+        self
+    }
+
+    /// `Healthcheck` as `docker build` writes it: `test` (`["CMD", ...]`,
+    /// `["CMD-SHELL", "..."]`, `["NONE"]`), durations in nanoseconds (0 = unset).
+    pub fn healthcheck(
+        mut self,
+        test: &[&str],
+        interval: Duration,
+        timeout: Duration,
+        start_period: Duration,
+        retries: u32,
+    ) -> Self {
+        let mut h = serde_json::Map::new();
+        h.insert("Test".into(), json!(test));
+        for (k, d) in [
+            ("Interval", interval),
+            ("Timeout", timeout),
+            ("StartPeriod", start_period),
+        ] {
+            if !d.is_zero() {
+                h.insert(k.into(), json!(d.as_nanos() as u64));
+            }
+        }
+        if retries > 0 {
+            h.insert("Retries".into(), json!(retries));
+        }
+        self.healthcheck = Some(serde_json::Value::Object(h));
+        self
+    }
+
+    /// An `ExposedPorts` key (`8080/tcp`, `53/udp`, or a bare `80`).
+    pub fn expose(mut self, port: &str) -> Self {
+        self.exposed_ports.push(port.into());
+        self
+    }
+
+    /// A `Volumes` path (Dockerfile `VOLUME`).
+    pub fn volume(mut self, path: &str) -> Self {
+        self.volumes.push(path.into());
+        self
+    }
+
     pub fn platform(mut self, os: &str, arch: &str, variant: Option<&str>) -> Self {
         self.platform = (os.into(), arch.into(), variant.map(Into::into));
         self
@@ -822,6 +899,25 @@ impl ImageBuilder {
         }
         if let Some(u) = &self.user {
             cfg.insert("User".into(), json!(u));
+        }
+        if let Some(sig) = &self.stop_signal {
+            cfg.insert("StopSignal".into(), json!(sig));
+        }
+        if let Some(h) = &self.healthcheck {
+            cfg.insert("Healthcheck".into(), h.clone());
+        }
+        // Go's map[string]struct{} form: `{"80/tcp": {}}`.
+        let set = |keys: &[String]| -> serde_json::Value {
+            keys.iter()
+                .map(|k| (k.clone(), json!({})))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        if !self.exposed_ports.is_empty() {
+            cfg.insert("ExposedPorts".into(), set(&self.exposed_ports));
+        }
+        if !self.volumes.is_empty() {
+            cfg.insert("Volumes".into(), set(&self.volumes));
         }
         if !self.labels.is_empty() {
             let labels: serde_json::Map<String, serde_json::Value> = self

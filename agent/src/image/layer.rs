@@ -31,6 +31,21 @@ pub enum LayerError {
     Read { digest: Digest, source: io::Error },
 }
 
+impl LayerError {
+    /// True when the layer itself is refused (bad compression, a tar the
+    /// applier will not unpack, a wrong diff_id, over the size limit); false
+    /// for local I/O failures (reading the blob, writing the snapshot).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            LayerError::Decompress { .. }
+            | LayerError::DiffIdMismatch { .. }
+            | LayerError::TooLarge { .. } => true,
+            LayerError::Unpack { source, .. } => !matches!(source, UnpackError::Io { .. }),
+            LayerError::Read { .. } => false,
+        }
+    }
+}
+
 /// Hashes and counts what passes through, failing past `limit` bytes.
 struct HashingReader<R> {
     inner: R,

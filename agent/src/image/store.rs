@@ -58,6 +58,8 @@ pub enum ImageError {
     TooManyLayers { image: String, count: usize },
     #[error("{image}: needs at least {need} bytes on the state filesystem, {free} free")]
     NoSpace { image: String, need: u64, free: u64 },
+    #[error("{image}: config: {reason}")]
+    InvalidConfig { image: String, reason: String },
     #[error("image {0} is not in the local store (pull it first)")]
     NotFound(String),
     #[error("{image}: layer {digest} is stored with unknown media type {media_type}")]
@@ -68,6 +70,35 @@ pub enum ImageError {
     },
     #[error("image store: {0}")]
     Internal(String),
+}
+
+impl ImageError {
+    /// True when pulling again cannot help: the registry's answer is
+    /// permanent ([`RegistryError::is_permanent`]), or the content is refused
+    /// (a layer the applier will not unpack, a digest or size mismatch, too
+    /// many layers, an unknown layer type, an image config it cannot run).
+    /// Local conditions that may clear (no space yet, storage I/O, the state
+    /// database) are not permanent.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ImageError::Registry(e) => e.is_permanent(),
+            ImageError::Layer { source, .. } => source.is_permanent(),
+            ImageError::Content { source, .. } => matches!(
+                source,
+                ContentError::DigestMismatch { .. }
+                    | ContentError::SizeMismatch { .. }
+                    | ContentError::TooLarge { .. }
+            ),
+            ImageError::TooManyLayers { .. }
+            | ImageError::UnknownLayerType { .. }
+            | ImageError::InvalidConfig { .. } => true,
+            ImageError::Snapshot { .. }
+            | ImageError::State(_)
+            | ImageError::NoSpace { .. }
+            | ImageError::NotFound(_)
+            | ImageError::Internal(_) => false,
+        }
+    }
 }
 
 /// One layer of a stored image.
@@ -131,6 +162,10 @@ pub struct GcReport {
     pub images_removed: Vec<String>,
     pub blobs_removed: usize,
     pub snapshots_removed: usize,
+    /// Archived container logs removed (see `crate::logs::LogArchive::gc`).
+    #[serde(default)]
+    pub log_archives_removed: usize,
+    /// Everything freed, logs included.
     pub bytes_freed: u64,
 }
 
@@ -183,19 +218,6 @@ pub fn used_fraction(path: &std::path::Path) -> f64 {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) if s.blocks() > 0 => 1.0 - s.blocks_available() as f64 / s.blocks() as f64,
         _ => 0.0,
-    }
-}
-
-fn run_config(config: &oci_spec::image::ImageConfiguration) -> ImageRunConfig {
-    let c = config.config().as_ref();
-    ImageRunConfig {
-        entrypoint: c.and_then(|c| c.entrypoint().clone()).unwrap_or_default(),
-        cmd: c.and_then(|c| c.cmd().clone()).unwrap_or_default(),
-        env: c.and_then(|c| c.env().clone()).unwrap_or_default(),
-        working_dir: c
-            .and_then(|c| c.working_dir().clone())
-            .filter(|w| !w.is_empty()),
-        user: c.and_then(|c| c.user().clone()).filter(|u| !u.is_empty()),
     }
 }
 
@@ -409,6 +431,14 @@ impl ImageStore {
                 count: pulled.layers.len(),
             });
         }
+        // Read before any layer is fetched: a config Berth cannot run is
+        // refused without downloading the image.
+        let run = ImageRunConfig::from_config_json(&pulled.config_json).map_err(|e| {
+            ImageError::InvalidConfig {
+                image: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let diff_ids: Vec<Digest> = pulled.layers.iter().map(|l| l.diff_id.clone()).collect();
         let chains = chain_ids(&diff_ids);
         let need: u64 = pulled
@@ -478,7 +508,7 @@ impl ImageStore {
                     media_type: l.media_type.clone(),
                 })
                 .collect(),
-            run: run_config(&pulled.config),
+            run,
             os: pulled.config.os().to_string(),
             architecture: pulled.config.architecture().to_string(),
             size: pulled.layers.iter().map(|l| l.size).sum(),
@@ -776,4 +806,258 @@ impl Drop for TmpGuard {
 /// Compression of a stored layer media type.
 pub fn compression_of(media_type: &str) -> Option<LayerCompression> {
     crate::registry::layer_compression(media_type)
+}
+
+#[cfg(test)]
+mod classify_tests {
+    //! Which pull errors fail a rollout at once (permanent) and which the
+    //! reconciler retries with backoff.
+    use super::*;
+    use crate::image::unpack::UnpackError;
+
+    fn reqwest_error() -> reqwest::Error {
+        reqwest::Client::new()
+            .get("not a url")
+            .build()
+            .expect_err("a relative URL is refused")
+    }
+
+    #[test]
+    fn permanent_and_transient_table() {
+        let d = Digest::sha256_of(b"x");
+        let image = || "r/web:1".to_string();
+        let status = |status| RegistryError::Status {
+            registry: "r".into(),
+            image: image(),
+            what: "manifest GET 1".into(),
+            status,
+        };
+        let layer = |source| ImageError::Layer {
+            image: image(),
+            source: Box::new(source),
+        };
+        let io = || std::io::Error::other("disk");
+        let cases: Vec<(&str, ImageError, bool)> = vec![
+            (
+                "tag or manifest 404",
+                RegistryError::NotFound { image: image() }.into(),
+                true,
+            ),
+            (
+                "blob 404",
+                RegistryError::BlobNotFound {
+                    image: image(),
+                    digest: d.clone(),
+                }
+                .into(),
+                true,
+            ),
+            (
+                "a Helm chart's config",
+                RegistryError::UnsupportedMediaType {
+                    image: image(),
+                    what: format!("the config of manifest {d}"),
+                    media_type: "application/vnd.cncf.helm.config.v1+json".into(),
+                }
+                .into(),
+                true,
+            ),
+            (
+                "an index without linux/amd64",
+                RegistryError::NoMatchingPlatform {
+                    image: image(),
+                    wanted: "linux/amd64".into(),
+                    available: "linux/arm64".into(),
+                }
+                .into(),
+                true,
+            ),
+            (
+                "invalid manifest",
+                RegistryError::InvalidManifest {
+                    image: image(),
+                    digest: d.clone(),
+                    reason: "no layers".into(),
+                }
+                .into(),
+                true,
+            ),
+            (
+                "content mismatch",
+                RegistryError::DigestMismatch {
+                    image: image(),
+                    expected: d.clone(),
+                    actual: d.clone(),
+                }
+                .into(),
+                true,
+            ),
+            (
+                "access denied",
+                RegistryError::Unauthorized {
+                    registry: "r".into(),
+                    image: image(),
+                    reason: "denied".into(),
+                }
+                .into(),
+                true,
+            ),
+            ("HTTP 400", status(400).into(), true),
+            ("HTTP 403", status(403).into(), true),
+            ("HTTP 408", status(408).into(), false),
+            ("HTTP 429", status(429).into(), false),
+            ("HTTP 500", status(500).into(), false),
+            ("HTTP 503", status(503).into(), false),
+            (
+                "network error",
+                RegistryError::Unreachable {
+                    registry: "r".into(),
+                    image: image(),
+                    source: reqwest_error(),
+                }
+                .into(),
+                false,
+            ),
+            (
+                "stalled body",
+                RegistryError::Stalled {
+                    image: image(),
+                    digest: d.to_string(),
+                    secs: 30,
+                }
+                .into(),
+                false,
+            ),
+            (
+                "token server down",
+                RegistryError::TokenRequest {
+                    registry: "r".into(),
+                    image: image(),
+                    reason: "503".into(),
+                }
+                .into(),
+                false,
+            ),
+            (
+                "a cut transfer",
+                RegistryError::SizeMismatch {
+                    image: image(),
+                    digest: d.clone(),
+                    expected: 10,
+                    actual: 4,
+                }
+                .into(),
+                false,
+            ),
+            (
+                "an oversized blob",
+                RegistryError::SizeMismatch {
+                    image: image(),
+                    digest: d.clone(),
+                    expected: 4,
+                    actual: 10,
+                }
+                .into(),
+                true,
+            ),
+            (
+                "a layer entry the applier refuses",
+                layer(LayerError::Unpack {
+                    digest: d.clone(),
+                    source: UnpackError::InvalidPath {
+                        path: "../etc".into(),
+                        reason: "climbs out".into(),
+                    },
+                }),
+                true,
+            ),
+            (
+                "a layer that does not decompress",
+                layer(LayerError::Decompress {
+                    digest: d.clone(),
+                    source: io(),
+                }),
+                true,
+            ),
+            (
+                "a wrong diff_id",
+                layer(LayerError::DiffIdMismatch {
+                    digest: d.clone(),
+                    expected: d.clone(),
+                    actual: d.clone(),
+                }),
+                true,
+            ),
+            (
+                "writing the snapshot failed",
+                layer(LayerError::Unpack {
+                    digest: d.clone(),
+                    source: UnpackError::Io {
+                        path: "a".into(),
+                        op: "write",
+                        source: io(),
+                    },
+                }),
+                false,
+            ),
+            (
+                "too many layers",
+                ImageError::TooManyLayers {
+                    image: image(),
+                    count: 500,
+                },
+                true,
+            ),
+            (
+                "an image config Docker would refuse",
+                ImageError::InvalidConfig {
+                    image: image(),
+                    reason: "Healthcheck.Test is empty".into(),
+                },
+                true,
+            ),
+            (
+                "not enough disk yet",
+                ImageError::NoSpace {
+                    image: image(),
+                    need: 10,
+                    free: 1,
+                },
+                false,
+            ),
+            (
+                "content store I/O",
+                ImageError::Content {
+                    image: image(),
+                    source: ContentError::Io {
+                        op: "write",
+                        path: "/x".into(),
+                        source: io(),
+                    },
+                },
+                false,
+            ),
+        ];
+        for (name, err, permanent) in cases {
+            assert_eq!(err.is_permanent(), permanent, "{name}: {err}");
+            if let ImageError::Registry(e) = &err {
+                // The client's own quick retries never cover a permanent error.
+                assert!(!(e.is_transient() && e.is_permanent()), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_non_image_says_what_it_is() {
+        let e = RegistryError::UnsupportedMediaType {
+            image: "r/chart:1".into(),
+            what: "the config of manifest sha256:ab".into(),
+            media_type: "application/vnd.cncf.helm.config.v1+json".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "image r/chart:1: the config of manifest sha256:ab has unsupported media type \
+             `application/vnd.cncf.helm.config.v1+json` (a Helm chart, not a container image)"
+        );
+    }
 }

@@ -532,8 +532,12 @@ mod nat {
     }
 
     /// The ruleset installed for `bridge` and `subnet` (replaces any earlier one).
+    /// The `input` chain keeps berth-dns (the gateway's port 53) to the
+    /// containers of the bridge and the host itself: it is not an open
+    /// resolver for whoever can route to the gateway address.
     pub fn ruleset(bridge: &str, subnet: Ipv4Net) -> String {
         let t = table(bridge);
+        let gw = subnet.gateway();
         format!(
             "table ip {t} {{}}\ndelete table ip {t}\n\
              table ip {t} {{\n\
@@ -546,6 +550,10 @@ mod nat {
              \t\toifname \"{bridge}\" iifname != \"{bridge}\" ct state established,related accept\n\
              \t\toifname \"{bridge}\" iifname != \"{bridge}\" ct status dnat accept\n\
              \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
+             \t}}\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 iifname != {{ \"{bridge}\", \"lo\" }} drop\n\
              \t}}\n\
              }}\n"
         )
@@ -593,5 +601,8 @@ mod tests {
         let r = nat::ruleset("berth0", "10.89.0.0/16".parse().expect("subnet"));
         assert!(r.contains("table ip berth_berth0"));
         assert!(r.contains("ip saddr 10.89.0.0/16 oifname != \"berth0\" masquerade"));
+        assert!(r.contains(
+            "ip daddr 10.89.0.1 meta l4proto { tcp, udp } th dport 53 iifname != { \"berth0\", \"lo\" } drop"
+        ));
     }
 }

@@ -1,7 +1,9 @@
 //! The rollout decision: a pure function from one service's intent and its
 //! observed replicas to the actions that move it one step closer, within
-//! `max_surge`/`max_unavailable`, with health gates, restart policy and
-//! backoff. Level-triggered: it never asks how the state came about.
+//! `max_surge`/`max_unavailable`, with health gates, restart policy, backoff,
+//! `depends_on` gating, the early failure of a first deploy that cannot
+//! become ready, and permanent image errors. Level-triggered: it never asks
+//! how the state came about.
 
 use std::time::Duration;
 
@@ -19,7 +21,30 @@ pub struct Intent {
     /// Backoff before starting a replacement after consecutive failures
     /// (`None` = may start now).
     pub restart_wait: Option<Duration>,
+    /// Consecutive replica failures since the service was last stable.
+    pub failures: u32,
+    /// No replica of the desired spec has been ready yet (a first deploy, or
+    /// a spec whose old replicas are all gone): [`FIRST_DEPLOY_FAILURES`]
+    /// failures in a row fail the rollout instead of restarting forever.
+    pub first_deploy: bool,
+    /// A permanent error pulling the desired image (not an image, no such
+    /// manifest, a layer refused, ...): starting anything fails the rollout.
+    pub image_failed: Option<String>,
+    /// The services named in `depends_on`, with their readiness on this host.
+    pub depends_on: Vec<Dependency>,
 }
+
+/// A service this one depends on, as observed on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: String,
+    pub ready: u32,
+    pub desired: u32,
+}
+
+/// Consecutive failed replicas after which a first deploy that never had a
+/// ready replica fails instead of being restarted with backoff forever.
+pub const FIRST_DEPLOY_FAILURES: u32 = 3;
 
 /// Where a replica is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +68,8 @@ pub struct Replica {
     /// Its spec equals the desired spec.
     pub current: bool,
     pub phase: Phase,
+    /// The health probe's last output (error or success text), if any.
+    pub probe: Option<String>,
 }
 
 /// What to do next for the service.
@@ -78,6 +105,9 @@ pub struct Decision {
     pub ready: u32,
     /// Nothing left to do: every replica current and ready.
     pub converged: bool,
+    /// Replicas should start but wait for `depends_on`: what it waits for
+    /// (`waiting for app (0/1 ready)`).
+    pub waiting: Option<String>,
 }
 
 fn exit_text(code: i32, oom: bool) -> String {
@@ -86,6 +116,24 @@ fn exit_text(code: i32, oom: bool) -> String {
     } else {
         format!("exited with code {code}")
     }
+}
+
+fn unhealthy_text(probe: Option<&str>) -> String {
+    match probe {
+        Some(p) if !p.is_empty() => format!("failed its health check: {p}"),
+        _ => "failed its health check".into(),
+    }
+}
+
+/// `waiting for app (0/1 ready), db (0/2 ready)` for the dependencies without
+/// a ready replica; `None` when every one has one.
+fn waiting_text(deps: &[Dependency]) -> Option<String> {
+    let blocked: Vec<String> = deps
+        .iter()
+        .filter(|d| d.ready == 0)
+        .map(|d| format!("{} ({}/{} ready)", d.service, d.ready, d.desired))
+        .collect();
+    (!blocked.is_empty()).then(|| format!("waiting for {}", blocked.join(", ")))
 }
 
 /// Decides the next actions for one service.
@@ -106,6 +154,8 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
     let mut failed_rollout = None;
     // Replicas that occupy a slot and need no replacement.
     let mut satisfied_exits = 0usize;
+    // Current replicas that failed outside a rollout: (id, reason, exited).
+    let mut failed: Vec<(String, String, bool)> = Vec::new();
     for r in replicas {
         match r.phase {
             Phase::Exited { code, oom_killed } => {
@@ -126,11 +176,7 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
                     RestartPolicy::Never => false,
                 };
                 if restart {
-                    d.actions.push(Action::Failure {
-                        id: r.id.clone(),
-                        reason: exit_text(code, oom_killed),
-                    });
-                    d.actions.push(Action::Remove { id: r.id.clone() });
+                    failed.push((r.id.clone(), exit_text(code, oom_killed), true));
                 } else {
                     satisfied_exits += 1;
                 }
@@ -138,20 +184,48 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
             Phase::Unhealthy if r.current => {
                 if rolling_out {
                     failed_rollout.get_or_insert_with(|| {
-                        format!("new replica {} failed its health check", r.id)
+                        format!(
+                            "new replica {} {}",
+                            r.id,
+                            unhealthy_text(r.probe.as_deref())
+                        )
                     });
                 } else if intent.on_unhealthy == OnUnhealthy::Restart {
-                    d.actions.push(Action::Failure {
-                        id: r.id.clone(),
-                        reason: "failed its health check".into(),
-                    });
-                    d.actions.push(Action::Retire {
-                        id: r.id.clone(),
-                        reason: RetireReason::Unhealthy,
-                    });
+                    failed.push((r.id.clone(), unhealthy_text(r.probe.as_deref()), false));
                 }
             }
             _ => {}
+        }
+    }
+    let failures_now = intent.failures.saturating_add(failed.len() as u32);
+    let mut replaced_now = false;
+    if intent.first_deploy && !failed.is_empty() && failures_now >= FIRST_DEPLOY_FAILURES {
+        // A first deploy that keeps failing will not fix itself: stop.
+        let (id, why, _) = failed.last().cloned().unwrap_or_default();
+        failed_rollout = Some(format!(
+            "{failures_now} replicas failed in a row and none became ready; the last, {id}, {why}"
+        ));
+        for (id, _, exited) in &failed {
+            if *exited {
+                d.actions.push(Action::Remove { id: id.clone() });
+            }
+        }
+    } else {
+        // The failures set a backoff: replacements start on a later pass.
+        replaced_now = !failed.is_empty();
+        for (id, reason, exited) in failed {
+            d.actions.push(Action::Failure {
+                id: id.clone(),
+                reason,
+            });
+            d.actions.push(if exited {
+                Action::Remove { id }
+            } else {
+                Action::Retire {
+                    id,
+                    reason: RetireReason::Unhealthy,
+                }
+            });
         }
     }
     if let Some(reason) = failed_rollout {
@@ -197,7 +271,7 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
     let old_ready = old.iter().filter(|r| r.phase == Phase::Ready).count();
     let cur_count = cur.len() + satisfied_exits;
     d.ready = cur_ready as u32;
-    let can_start = intent.restart_wait.is_none();
+    let can_start = intent.restart_wait.is_none() && !replaced_now;
     let mut retire = Vec::new();
     let mut starts = 0usize;
 
@@ -256,6 +330,23 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
             }
         }
         if !can_start {
+            starts = 0;
+        }
+    }
+    if let Some(reason) = &intent.image_failed {
+        if starts > 0 || !old.is_empty() {
+            // Retrying cannot fix the image: fail before touching anything.
+            d.actions.push(Action::FailRollout {
+                reason: reason.clone(),
+            });
+            return d;
+        }
+    }
+    if starts > 0 {
+        // depends_on gates starting replicas (first start, scale-up,
+        // replacement), never keeping running ones.
+        if let Some(waiting) = waiting_text(&intent.depends_on) {
+            d.waiting = Some(waiting);
             starts = 0;
         }
     }

@@ -2,7 +2,8 @@
 //! current revision and what is on disk, asks `decide` per service, and
 //! carries the actions out: start replicas, retire (drain, stop, remove),
 //! record failures with backoff, fail rollouts (rolling back when asked),
-//! pull missing images and re-resolve tags. It never asks why it woke.
+//! pull missing images (transient errors retried with backoff, permanent ones
+//! fail the rollout) and re-resolve tags. It never asks why it woke.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use berth_core::image_ref::ImageRef;
 use berth_core::manifest::{Manifest, PullPolicy, Service, VolumeSource};
 use berth_core::spec::ContainerSpec;
 
-use super::decide::{decide, Action, Intent, Phase, Replica, RetireReason};
+use super::backoff::BackoffPolicy;
+use super::decide::{decide, Action, Dependency, Intent, Phase, Replica, RetireReason};
 use crate::control::{
-    pinned_image, Agent, AgentError, ApplySource, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE,
-    LABEL_SPEC,
+    pinned_image, Agent, AgentError, ApplySource, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION,
+    LABEL_SERVICE, LABEL_SPEC, LABEL_VOLUMES,
 };
 use crate::health;
 use crate::image::store::ImageRecord;
@@ -27,12 +29,15 @@ pub const RESYNC: Duration = Duration::from_millis(500);
 /// A replica without a health check is ready after running this long (or
 /// its start_period, if longer).
 pub const MIN_READY_RUN: Duration = Duration::from_secs(1);
-/// A replica running this long resets its service's failure backoff.
-pub const STABLE_RUN: Duration = Duration::from_secs(10);
 /// How often `pull.policy = "always"` re-resolves tags.
 pub const ALWAYS_CHECK: Duration = Duration::from_secs(30);
-/// Wait after a failed pull before trying again.
-const PULL_RETRY: Duration = Duration::from_secs(5);
+/// Waits between pulls after transient failures (network, 5xx, 429): 1 s
+/// doubling to 30 s. Permanent failures are not retried within a revision.
+const PULL_RETRY: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+    stable_after: Duration::ZERO,
+};
 
 /// Runs reconcile passes until `stop` turns true. Signals `first_pass` after
 /// the first pass (whatever its result).
@@ -69,7 +74,7 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
     }
     match &c.state {
         ContainerState::Running { started_at, .. } => {
-            if svc.health.is_some() {
+            if health::of_container(svc.health.as_ref(), &c.labels).is_some() {
                 let status = agent.live().health.get(&c.id).map(|h| h.status);
                 Some(match status {
                     Some(health::HealthStatus::Healthy) => Phase::Ready,
@@ -78,13 +83,7 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
                 })
             } else {
                 let ran = now.duration_since(*started_at).unwrap_or_default();
-                let need = svc
-                    .health
-                    .as_ref()
-                    .map(|h| h.start_period)
-                    .unwrap_or_default()
-                    .max(MIN_READY_RUN);
-                Some(if ran >= need {
+                Some(if ran >= MIN_READY_RUN {
                     Phase::Ready
                 } else {
                     Phase::Starting
@@ -111,14 +110,6 @@ fn stored_spec(c: &ContainerInfo) -> Option<ContainerSpec> {
         .get(LABEL_SPEC)
         .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
         .and_then(|v| ContainerSpec::from_stored(&v).ok())
-}
-
-fn backoff(svc: &Service, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(20);
-    svc.restart
-        .backoff_initial
-        .saturating_mul(1u32 << exp)
-        .min(svc.restart.backoff_max)
 }
 
 /// One pass over every service of the current revision.
@@ -177,7 +168,8 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             update_ready(agent, svc, &list, now);
             continue;
         }
-        let converged = reconcile_service(agent, &rec, svc, &want.spec, &list, now).await?;
+        let converged =
+            reconcile_service(agent, &rec, &manifest, svc, &want.spec, &list, now).await?;
         all_converged &= converged;
     }
     // Containers of services no revision wants.
@@ -226,6 +218,7 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             agent.proxy.remove_service(&service);
         }
     }
+    publish_dns(agent, &manifest, &containers, now);
     if all_converged && (rec.info.state == "applied" || rec.info.state == "rolling-out") {
         let mut done = rec.clone();
         done.info.state = "complete".into();
@@ -241,6 +234,38 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
         agent.store().update_revision(&rolling)?;
     }
     Ok(())
+}
+
+/// Publishes each service's ready replicas (and running containers' names)
+/// to berth-dns; see `dns::build_records`.
+fn publish_dns(agent: &Agent, manifest: &Manifest, containers: &[ContainerInfo], now: SystemTime) {
+    use crate::dns::{Readiness, ReplicaView};
+    let addresses = agent.live().addresses.clone();
+    let replicas: Vec<ReplicaView> = containers
+        .iter()
+        .filter_map(|c| {
+            let service = c.labels.get(LABEL_SERVICE)?;
+            let phase = manifest
+                .services
+                .get(service)
+                .and_then(|svc| phase_of(agent, c, svc, now));
+            Some(ReplicaView {
+                service,
+                id: &c.id,
+                ip: addresses.get(&c.id).copied(),
+                running: matches!(c.state, ContainerState::Running { .. }),
+                readiness: match phase {
+                    Some(Phase::Ready) => Readiness::Ready,
+                    Some(Phase::Starting) => Readiness::Unknown,
+                    _ => Readiness::NotReady,
+                },
+            })
+        })
+        .collect();
+    let services = manifest.services.keys().map(String::as_str);
+    if let Err(e) = agent.dns.publish(services, &replicas) {
+        tracing::warn!(error = %e, "publishing DNS records failed");
+    }
 }
 
 /// Counts ready replicas of a service (any spec, not retiring) for status,
@@ -286,17 +311,19 @@ fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: Syste
 async fn reconcile_service(
     agent: &Arc<Agent>,
     rec: &RevisionRecord,
+    manifest: &Manifest,
     svc: &Service,
     spec: &ContainerSpec,
     list: &[ContainerInfo],
     now: SystemTime,
 ) -> Result<bool, AgentError> {
     // Health checkers for running replicas.
-    if let Some(h) = &svc.health {
-        for c in list {
-            if let ContainerState::Running { pid, .. } = c.state {
-                health::ensure_checker(agent, &svc.name, &c.id, pid, h);
-            }
+    for c in list {
+        if let (ContainerState::Running { pid, .. }, Some(h)) = (
+            &c.state,
+            health::of_container(svc.health.as_ref(), &c.labels),
+        ) {
+            health::ensure_checker(agent, &svc.name, &c.id, *pid, &h);
         }
     }
     let replicas: Vec<Replica> = list
@@ -304,47 +331,90 @@ async fn reconcile_service(
         .filter_map(|c| {
             let phase = phase_of(agent, c, svc, now)?;
             let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
+            let probe = agent
+                .live()
+                .health
+                .get(&c.id)
+                .and_then(|h| h.last_output.as_deref())
+                .map(health::summary);
             Some(Replica {
                 id: c.id.clone(),
                 current,
                 phase,
+                probe,
             })
         })
         .collect();
-    // A long, healthy run resets the failure backoff.
-    let stable = list.iter().any(|c| match c.state {
-        ContainerState::Running { started_at, .. } => {
-            now.duration_since(started_at).unwrap_or_default() >= STABLE_RUN
-        }
-        _ => false,
+    // The check that judges its replicas: the manifest's, else the image's.
+    let check = svc.health.clone().or_else(|| {
+        list.iter()
+            .find_map(|c| health::of_container(None, &c.labels))
     });
-    let restart_wait = {
-        let mut live = agent.live();
-        let l = live.services.entry(svc.name.clone()).or_default();
-        if stable
-            && l.failures > 0
-            && replicas
-                .iter()
-                .all(|r| !matches!(r.phase, Phase::Exited { .. }))
-        {
-            l.failures = 0;
-            l.next_start_at = None;
-        }
-        l.next_start_at
-            .and_then(|t| t.checked_duration_since(Instant::now()))
+    let policy = BackoffPolicy::of(svc, check.as_ref());
+    let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
+    // Image VOLUMEs kept as volumes have one writer: such a service updates
+    // stop-first. Until the image's config is known, nothing starts.
+    let implicit = agent.implicit_volumes(svc, &image);
+    let strategy = match &implicit {
+        Some(v) if !v.is_empty() => berth_core::manifest::UpdateStrategy::StopFirst,
+        _ => svc.update.strategy,
     };
-    let intent = Intent {
-        replicas: svc.replicas,
-        strategy: svc.update.strategy,
-        max_surge: svc.update.max_surge,
-        max_unavailable: svc.update.max_unavailable,
-        restart: svc.restart.policy,
-        on_unhealthy: svc
-            .health
+    let spec_key = spec.canonical_json();
+    let intent = {
+        let clock = Instant::now();
+        let mut live = agent.live();
+        let depends_on = svc
+            .depends_on
+            .iter()
+            .map(|d| Dependency {
+                service: d.clone(),
+                ready: live.services.get(d).map(|l| l.ready).unwrap_or(0),
+                desired: manifest.services.get(d).map(|s| s.replicas).unwrap_or(0),
+            })
+            .collect();
+        let l = live.services.entry(svc.name.clone()).or_default();
+        if l.spec.as_deref() != Some(spec_key.as_str()) {
+            // A new spec starts with a clean failure count.
+            l.restart.reset();
+            l.spec = Some(spec_key.clone());
+        }
+        let ready = replicas
+            .iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .map(|r| r.id.as_str());
+        if l.restart.observe(clock, ready, &policy) {
+            tracing::debug!(service = %svc.name, "stable again: restart backoff reset");
+        }
+        if replicas
+            .iter()
+            .any(|r| r.current && r.phase == Phase::Ready)
+        {
+            l.ready_spec = Some(spec_key.clone());
+        }
+        let image_failed = l
+            .image_failed
             .as_ref()
-            .map(|h| h.on_unhealthy)
-            .unwrap_or(berth_core::manifest::OnUnhealthy::Restart),
-        restart_wait,
+            .filter(|(rev, img, _)| *rev == rec.info.number && *img == image.to_string())
+            .map(|(_, _, message)| message.clone());
+        Intent {
+            replicas: svc.replicas,
+            strategy,
+            max_surge: svc.update.max_surge,
+            max_unavailable: svc.update.max_unavailable,
+            restart: svc.restart.policy,
+            on_unhealthy: svc
+                .health
+                .as_ref()
+                .map(|h| h.on_unhealthy)
+                .unwrap_or(berth_core::manifest::OnUnhealthy::Restart),
+            restart_wait: l.restart.wait(clock),
+            failures: l.restart.failures(),
+            // A complete revision had every service ready once.
+            first_deploy: rec.info.state != "complete"
+                && l.ready_spec.as_deref() != Some(spec_key.as_str()),
+            image_failed,
+            depends_on,
+        }
     };
     let decision = decide(&intent, &replicas);
     {
@@ -360,13 +430,23 @@ async fn reconcile_service(
             );
         }
     }
-    let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
+    note_waiting(agent, svc, decision.waiting.as_deref());
     let mut image_record: Option<ImageRecord> = None;
+    if decision.rolling_out || decision.waiting.is_some() {
+        // Pull ahead: a stop-first rollout learns of a bad image before it
+        // stops anything, a waiting service starts at once when let.
+        image_record = ensure_image(agent, rec, svc, &image).await;
+    }
     for action in decision.actions.clone() {
         match action {
             Action::Start => {
                 if image_record.is_none() {
-                    image_record = ensure_image(agent, svc, &image).await;
+                    image_record = ensure_image(agent, rec, svc, &image).await;
+                }
+                // Decided without the image's config (pulled meanwhile): the
+                // next pass decides again, knowing its VOLUMEs.
+                if implicit.is_none() {
+                    break;
                 }
                 let Some(img) = &image_record else { break };
                 if let Err(e) = start_replica(agent, rec, svc, spec, &image, img).await {
@@ -378,8 +458,8 @@ async fn reconcile_service(
                         let l = live.services.entry(svc.name.clone()).or_default();
                         l.last_error = Some(message.clone());
                         if !rolling {
-                            l.failures += 1;
-                            l.next_start_at = Some(Instant::now() + backoff(svc, l.failures));
+                            let wait = l.restart.record_failure(Instant::now(), &policy);
+                            wake_after(agent, wait);
                         }
                     }
                     if rolling {
@@ -435,13 +515,12 @@ async fn reconcile_service(
                 let (failures, wait) = {
                     let mut live = agent.live();
                     let l = live.services.entry(svc.name.clone()).or_default();
-                    l.failures += 1;
                     l.restarts += 1;
-                    let wait = backoff(svc, l.failures);
-                    l.next_start_at = Some(Instant::now() + wait);
+                    let wait = l.restart.record_failure(Instant::now(), &policy);
                     l.last_error = Some(format!("replica {id} {reason}"));
-                    (l.failures, wait)
+                    (l.restart.failures(), wait)
                 };
+                wake_after(agent, wait);
                 let kind = if oom {
                     "container-oom-killed"
                 } else {
@@ -553,21 +632,35 @@ fn drop_image_info(agent: &Agent, service: &str, keep: Option<&str>) {
 }
 
 /// The image record of a pinned image, pulling it in the background when
-/// missing. `None` means not available yet (a pull runs or failed recently).
-async fn ensure_image(agent: &Arc<Agent>, svc: &Service, image: &ImageRef) -> Option<ImageRecord> {
+/// missing. `None` means not available yet: a pull runs, waits out its retry
+/// backoff after a transient failure, or failed for good in this revision
+/// (recorded in `image_failed`, which fails the rollout on the next pass).
+async fn ensure_image(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    image: &ImageRef,
+) -> Option<ImageRecord> {
     if let Ok(Some(rec)) = agent.images.find(image) {
         if agent.images.is_complete(&rec) {
             return Some(rec);
         }
     }
     let key = image.to_string();
+    let revision = rec.info.number;
     {
         let mut live = agent.live();
         if live.pulling.contains(&key) {
             return None;
         }
         let l = live.services.entry(svc.name.clone()).or_default();
-        if l.pull_failed_at.is_some_and(|t| t.elapsed() < PULL_RETRY) {
+        if l.pull_retry.wait(Instant::now()).is_some() {
+            return None;
+        }
+        if l.image_failed
+            .as_ref()
+            .is_some_and(|(rev, img, _)| *rev == revision && *img == key)
+        {
             return None;
         }
         live.pulling.insert(key.clone());
@@ -575,29 +668,82 @@ async fn ensure_image(agent: &Arc<Agent>, svc: &Service, image: &ImageRef) -> Op
     let (agent, image, service) = (agent.clone(), image.clone(), svc.name.clone());
     tokio::spawn(async move {
         let result = agent.images.pull(&image, None).await;
-        {
+        let failure = {
             let mut live = agent.live();
             live.pulling.remove(&key);
             let l = live.services.entry(service.clone()).or_default();
             match &result {
-                Ok(_) => l.pull_failed_at = None,
+                Ok(_) => {
+                    l.pull_retry.reset();
+                    None
+                }
+                Err(e) if e.is_permanent() => {
+                    let message = format!("pulling {image}: {e}");
+                    l.image_failed = Some((revision, key.clone(), message.clone()));
+                    l.last_error = Some(message);
+                    Some(format!("{image}: {e} (permanent: not retried)"))
+                }
                 Err(e) => {
-                    l.pull_failed_at = Some(Instant::now());
-                    l.last_error = Some(format!("pulling {image}: {e}"));
+                    let wait = l.pull_retry.fail(Instant::now(), &PULL_RETRY);
+                    wake_after(&agent, wait);
+                    l.last_error = Some(format!("pulling {image}: {e}; retrying in {wait:?}"));
+                    Some(format!("{image}: {e}; retrying in {wait:?}"))
                 }
             }
-        }
+        };
         match result {
             Ok(rec) => agent.emit(
                 "image-pulled",
                 Some(&service),
                 format!("{} as {}", image, rec.digest),
             ),
-            Err(e) => agent.emit("pull-failed", Some(&service), format!("{image}: {e}")),
+            Err(_) => agent.emit("pull-failed", Some(&service), failure.unwrap_or_default()),
         }
         agent.wake.notify_one();
     });
     None
+}
+
+/// Runs a pass when a backoff ends, so a replacement starts on time rather
+/// than up to [`RESYNC`] later.
+fn wake_after(agent: &Arc<Agent>, wait: Duration) {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        agent.wake.notify_one();
+    });
+}
+
+/// Records (and announces once) what a service waits for before starting
+/// replicas; status shows it as the service's last error while it lasts.
+fn note_waiting(agent: &Agent, svc: &Service, waiting: Option<&str>) {
+    let changed = {
+        let mut live = agent.live();
+        let l = live.services.entry(svc.name.clone()).or_default();
+        if l.waiting.as_deref() == waiting {
+            return;
+        }
+        let before = l.waiting.take();
+        match waiting {
+            Some(w) => l.last_error = Some(w.to_string()),
+            None if l.last_error == before => l.last_error = None,
+            None => {}
+        }
+        l.waiting = waiting.map(str::to_string);
+        before
+    };
+    match waiting {
+        Some(w) => agent.emit("waiting", Some(&svc.name), w.to_string()),
+        None => agent.emit(
+            "dependencies-ready",
+            Some(&svc.name),
+            format!(
+                "every dependency ({}) has a ready replica; no longer {}",
+                svc.depends_on.join(", "),
+                changed.unwrap_or_default()
+            ),
+        ),
+    }
 }
 
 /// A fresh container id: `<service>-<12 hex>`.
@@ -626,21 +772,7 @@ async fn start_replica(
         &lowerdirs,
     )
     .map_err(|e| AgentError::BadRequest(format!("{image}: {e}")))?;
-    let mut mounts = Vec::new();
-    for v in &spec.volumes {
-        match &v.source {
-            VolumeSource::Named(name) => {
-                let dir = agent.config.state_dir.join("volumes").join(name);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| AgentError::Runtime(format!("volume {name}: {e}")))?;
-                mounts.push(Mount::bind(dir, &v.target, v.readonly));
-            }
-            VolumeSource::Host(path) => mounts.push(Mount::bind(path, &v.target, v.readonly)),
-            VolumeSource::Tmpfs { size_bytes } => {
-                mounts.push(Mount::tmpfs(Some(*size_bytes), &v.target))
-            }
-        }
-    }
+    let (mut mounts, volume_names) = prepare_volumes(agent, rec, svc, spec, image, img).await?;
     for s in &spec.secrets {
         mounts.push(Mount::secret(&s.source, &s.target));
     }
@@ -658,13 +790,32 @@ async fn start_replica(
     cfg.memory_bytes = spec.memory_bytes;
     cfg.millicpus = spec.millicpus;
     cfg.pids = spec.pids;
-    cfg.stop_signal = svc.stop_signal.number;
+    // The effective signal is kept in the container's config, so a replica
+    // re-adopted after a restart of berthd is stopped the same way.
+    cfg.stop_signal =
+        crate::launch::stop_signal(svc.stop_signal.as_ref(), img.run.stop_signal.as_deref()).number;
     cfg.stop_timeout = svc.stop_timeout;
+    cfg.init = spec.init;
+    cfg.sysctls = spec.sysctls.clone();
     cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
     cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
     cfg.labels
         .insert(LABEL_REVISION.into(), rec.info.number.to_string());
     cfg.labels.insert(LABEL_IMAGE.into(), image.to_string());
+    let image_health = health::from_image(img.run.healthcheck.as_ref());
+    if let Some(h) = &image_health {
+        cfg.labels.insert(
+            health::LABEL_IMAGE_HEALTH.into(),
+            serde_json::to_string(h).map_err(|e| AgentError::Internal(e.to_string()))?,
+        );
+    }
+    if !img.run.exposed_ports.is_empty() {
+        cfg.labels
+            .insert(LABEL_EXPOSED_PORTS.into(), img.run.exposed_ports.join(","));
+    }
+    cfg.dns_server = agent.dns.nameserver();
+    cfg.labels
+        .insert(LABEL_VOLUMES.into(), volume_names.join(","));
     let rt = agent.runtime.clone();
     let net = agent.network.clone();
     let (started, ip) = tokio::task::spawn_blocking(move || {
@@ -672,6 +823,7 @@ async fn start_replica(
             .attach(&cfg.id)
             .map_err(|e| AgentError::Runtime(format!("network: {e}")))?;
         cfg.netns = Some(att.netns_path.clone());
+        cfg.address = Some(att.ip);
         match rt.create_and_start(&cfg) {
             Ok(info) => Ok((info, att.ip)),
             Err(e) => {
@@ -691,7 +843,8 @@ async fn start_replica(
     agent.live().addresses.insert(started.id.clone(), ip);
     // Probe it from now on, not from the next pass (up to RESYNC later: that
     // wait was most of a rollout's time with a short health interval).
-    if let (Some(h), ContainerState::Running { pid, .. }) = (&svc.health, &started.state) {
+    let health = health::effective(svc.health.as_ref(), image_health.as_ref());
+    if let (Some(h), ContainerState::Running { pid, .. }) = (&health, &started.state) {
         health::ensure_checker(agent, &svc.name, &started.id, *pid, h);
     }
     let _ = agent.images.touch(&img.digest);
@@ -702,6 +855,95 @@ async fn start_replica(
         format!("{} started from {image}", started.id),
     );
     Ok(())
+}
+
+/// The mounts of a new replica's volumes, and the names of the named
+/// volumes among them. Named volumes are created (and seeded from the image
+/// at their target, once) as needed, manifest ones and the service's image
+/// VOLUMEs alike. Refuses to start a second writer of an image VOLUME
+/// (`replicas > 1`, or its volume name mounted writable by another service):
+/// the apply check catches this when it can see the image config.
+async fn prepare_volumes(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    spec: &ContainerSpec,
+    image: &ImageRef,
+    img: &ImageRecord,
+) -> Result<(Vec<Mount>, Vec<String>), AgentError> {
+    use crate::volumes::implicit::{implicit_volumes, writer_problems};
+    let implicit = implicit_volumes(svc, &agent.volumes.image_volumes(&agent.images, img));
+    if !implicit.is_empty() {
+        let (manifest, _) = Agent::desired_of(rec)?;
+        if let Some(p) = writer_problems(&manifest, svc, &implicit, false).first() {
+            return Err(AgentError::BadRequest(format!(
+                "{}: {}",
+                p.key(&svc.name),
+                p.message(&svc.name)
+            )));
+        }
+    }
+    // (name, target, readonly) of every named volume, then the rest in order.
+    let mut named: Vec<(String, String, bool)> = Vec::new();
+    let mut mounts = Vec::new();
+    for v in &spec.volumes {
+        match &v.source {
+            VolumeSource::Named(name) => named.push((name.clone(), v.target.clone(), v.readonly)),
+            VolumeSource::Host(path) => mounts.push(Mount::bind(path, &v.target, v.readonly)),
+            VolumeSource::Tmpfs { size_bytes } => {
+                mounts.push(Mount::tmpfs(Some(*size_bytes), &v.target))
+            }
+        }
+    }
+    named.extend(implicit.into_iter().map(|v| (v.name, v.target, false)));
+    let names: Vec<String> = named.iter().map(|(n, _, _)| n.clone()).collect();
+    let store = agent.volumes.clone();
+    let layers = agent.images.lowerdirs(img);
+    let image_text = image.to_string();
+    let made = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for (name, target, readonly) in named {
+            let seed = |data: &std::path::Path| {
+                use crate::volumes::{seed_from_layers, SeedInfo, Seeded};
+                Ok(match seed_from_layers(&layers, &target, data)? {
+                    Seeded::Copied { entries, bytes } => Some(SeedInfo {
+                        image: image_text.clone(),
+                        path: target.clone(),
+                        entries,
+                        bytes,
+                    }),
+                    Seeded::NoSuchPath => None,
+                    Seeded::NotADirectory => {
+                        tracing::warn!(volume = %name, path = %target, "the image has a file at the volume's target; nothing seeded");
+                        None
+                    }
+                })
+            };
+            let e = store.ensure(&name, seed)?;
+            out.push((name, target, readonly, e));
+        }
+        Ok::<_, crate::volumes::VolumeError>(out)
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    for (name, target, readonly, e) in made {
+        if e.created {
+            let how = match &e.seeded_from {
+                Some(s) => format!(
+                    "seeded from {}:{} ({} entries, {} bytes)",
+                    s.image, s.path, s.entries, s.bytes
+                ),
+                None => "empty (nothing in the image there)".into(),
+            };
+            agent.emit(
+                "volume-created",
+                Some(&svc.name),
+                format!("volume {name} created, {how}"),
+            );
+        }
+        mounts.push(Mount::bind(e.data, &target, readonly));
+    }
+    Ok((mounts, names))
 }
 
 /// Takes a replica out of service: no longer ready at once, then after
@@ -737,10 +979,11 @@ fn retire(
         }
         let rt = agent.runtime.clone();
         let net = agent.network.clone();
+        let archive = agent.log_archive.clone();
         let id2 = id.clone();
         let result = tokio::task::spawn_blocking(move || {
             let stopped = rt.stop(&id2, None, None);
-            let removed = rt.remove(&id2);
+            let removed = crate::logs::remove_keeping_logs(&rt, &archive, &id2);
             if let Err(e) = net.detach(&id2) {
                 tracing::warn!(container = %id2, error = %e, "network detach failed");
             }
@@ -856,9 +1099,10 @@ fn reason_text(r: RetireReason) -> &'static str {
 async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
     let rt = agent.runtime.clone();
     let net = agent.network.clone();
+    let archive = agent.log_archive.clone();
     let id2 = id.to_string();
     let result = tokio::task::spawn_blocking(move || {
-        let removed = rt.remove(&id2);
+        let removed = crate::logs::remove_keeping_logs(&rt, &archive, &id2);
         if let Err(e) = net.detach(&id2) {
             tracing::warn!(container = %id2, error = %e, "network detach failed");
         }

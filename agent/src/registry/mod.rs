@@ -78,8 +78,14 @@ pub enum RegistryError {
         context: String,
         reason: String,
     },
-    #[error("image {image}: unsupported media type `{media_type}`")]
-    UnsupportedMediaType { image: String, media_type: String },
+    /// `what` names the object: `manifest <ref>`, `config of manifest
+    /// <digest>`, `layer <digest>`.
+    #[error("image {image}: {what} has unsupported media type `{media_type}`{}", artifact_hint(.media_type))]
+    UnsupportedMediaType {
+        image: String,
+        what: String,
+        media_type: String,
+    },
     #[error("image {image}: manifest {digest} is invalid: {reason}")]
     InvalidManifest {
         image: String,
@@ -180,7 +186,45 @@ impl RegistryError {
         }
     }
 
-    /// True for failures worth another attempt (network, stalls, 5xx/429).
+    /// True when no retry can help: the reference or its content is wrong
+    /// (no such tag, manifest or blob; not a container image; unsupported
+    /// media type; no manifest for this platform; invalid or mismatching
+    /// content), or access is refused (401/403, unusable credentials), or the
+    /// registry answered another 4xx. Network errors, stalls, 408/429/5xx, a
+    /// broken token server and local storage failures are not permanent: the
+    /// reconciler retries those with backoff. A blob shorter than announced
+    /// counts as a cut transfer (not permanent); a longer one as wrong content.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RegistryError::NotFound { .. }
+            | RegistryError::BlobNotFound { .. }
+            | RegistryError::ManifestTooLarge { .. }
+            | RegistryError::DigestMismatch { .. }
+            | RegistryError::BadDigest { .. }
+            | RegistryError::UnsupportedMediaType { .. }
+            | RegistryError::InvalidManifest { .. }
+            | RegistryError::InvalidConfig { .. }
+            | RegistryError::NoMatchingPlatform { .. }
+            | RegistryError::Unauthorized { .. }
+            | RegistryError::Credentials { .. } => true,
+            RegistryError::SizeMismatch {
+                expected, actual, ..
+            } => actual > expected,
+            RegistryError::Status { status, .. } => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            RegistryError::Unreachable { .. }
+            | RegistryError::Protocol { .. }
+            | RegistryError::TokenRequest { .. }
+            | RegistryError::Stalled { .. }
+            | RegistryError::Body { .. }
+            | RegistryError::Store { .. }
+            | RegistryError::Client(_) => false,
+        }
+    }
+
+    /// True for failures worth another attempt at once, within one request
+    /// (network, stalls, 5xx/429): the client's own retry loop.
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Unreachable { .. }
@@ -295,6 +339,9 @@ pub struct PulledImage {
     pub manifest: ImageManifest,
     pub config_digest: Digest,
     pub config: ImageConfiguration,
+    /// The config blob as stored (verified against `config_digest`), for the
+    /// Docker fields oci-spec does not model (`Healthcheck`).
+    pub config_json: Vec<u8>,
     pub layers: Vec<Layer>,
     /// Bytes downloaded by this pull (blobs already present cost nothing).
     pub fetched_bytes: u64,
@@ -490,9 +537,28 @@ impl Manifest {
                 .map_err(|e| invalid(e.to_string())),
             other => Err(RegistryError::UnsupportedMediaType {
                 image: image.to_string(),
+                what: format!("manifest {digest}"),
                 media_type: other.into(),
             }),
         }
+    }
+}
+
+/// What a known non-image media type is, for the error message: a tag that
+/// points at a Helm chart or another OCI artifact is no container image.
+fn artifact_hint(media_type: &str) -> &'static str {
+    if media_type.starts_with("application/vnd.cncf.helm.") {
+        " (a Helm chart, not a container image)"
+    } else if media_type.starts_with("application/vnd.dev.cosign")
+        || media_type.starts_with("application/vnd.dev.sigstore")
+    {
+        " (a signature, not a container image)"
+    } else if media_type == "application/vnd.oci.empty.v1+json"
+        || media_type.starts_with("application/vnd.oci.artifact")
+    {
+        " (an OCI artifact, not a container image)"
+    } else {
+        ""
     }
 }
 
@@ -1001,6 +1067,7 @@ impl RegistryClient {
         if !is_manifest_type(&media_type) {
             return Err(RegistryError::UnsupportedMediaType {
                 image: image.to_string(),
+                what: format!("manifest {reference}"),
                 media_type,
             });
         }
@@ -1084,6 +1151,7 @@ impl RegistryClient {
         if !is_manifest_type(&media_type) {
             return Err(RegistryError::UnsupportedMediaType {
                 image: image.to_string(),
+                what: format!("manifest {digest}"),
                 media_type,
             });
         }
@@ -1265,6 +1333,7 @@ impl RegistryClient {
         if config_type != MEDIA_OCI_CONFIG && config_type != MEDIA_DOCKER_CONFIG {
             return Err(RegistryError::UnsupportedMediaType {
                 image: image.to_string(),
+                what: format!("the config of manifest {manifest_digest}"),
                 media_type: config_type,
             });
         }
@@ -1273,12 +1342,13 @@ impl RegistryClient {
         let mut layer_descs = Vec::new();
         for (i, l) in manifest.layers().iter().enumerate() {
             let mt = l.media_type().to_string();
+            let digest = parse_digest(image, l.digest().as_ref(), &format!("layers[{i}]"))?;
             let compression =
                 layer_compression(&mt).ok_or_else(|| RegistryError::UnsupportedMediaType {
                     image: image.to_string(),
+                    what: format!("layer {digest} (layers[{i}] of manifest {manifest_digest})"),
                     media_type: mt.clone(),
                 })?;
-            let digest = parse_digest(image, l.digest().as_ref(), &format!("layers[{i}]"))?;
             layer_descs.push((digest, l.size(), mt, compression));
         }
         let config_limit = self.inner.options.config_limit;
@@ -1339,6 +1409,7 @@ impl RegistryClient {
                 manifest,
                 config_digest,
                 config,
+                config_json: config_bytes,
                 layers,
                 fetched_bytes: fetched,
             },

@@ -12,6 +12,10 @@ fn intent() -> Intent {
         restart: RestartPolicy::Always,
         on_unhealthy: OnUnhealthy::Restart,
         restart_wait: None,
+        failures: 0,
+        first_deploy: false,
+        image_failed: None,
+        depends_on: vec![],
     }
 }
 
@@ -20,6 +24,23 @@ fn r(id: &str, current: bool, phase: Phase) -> Replica {
         id: id.into(),
         current,
         phase,
+        probe: None,
+    }
+}
+
+/// A replica whose health probe last said `probe`.
+fn probed(id: &str, current: bool, phase: Phase, probe: &str) -> Replica {
+    Replica {
+        probe: Some(probe.into()),
+        ..r(id, current, phase)
+    }
+}
+
+fn dep(service: &str, ready: u32, desired: u32) -> Dependency {
+    Dependency {
+        service: service.into(),
+        ready,
+        desired,
     }
 }
 
@@ -79,7 +100,7 @@ fn steady_state_table() {
             vec![retire("a", RetireReason::ScaleDown)],
         ),
         (
-            "a crash is replaced (always)",
+            "a crash is replaced (always), on a later pass after its backoff",
             intent(),
             vec![r("a", true, Ready), r("b", true, exited(1))],
             vec![
@@ -88,8 +109,13 @@ fn steady_state_table() {
                     reason: "exited with code 1".into(),
                 },
                 Action::Remove { id: "b".into() },
-                Action::Start,
             ],
+        ),
+        (
+            "after the failure, the replacement starts once the backoff is over",
+            intent(),
+            vec![r("a", true, Ready)],
+            vec![Action::Start],
         ),
         (
             "backoff holds the replacement",
@@ -147,11 +173,10 @@ fn steady_state_table() {
                     reason: "was OOM-killed".into(),
                 },
                 Action::Remove { id: "b".into() },
-                Action::Start,
             ],
         ),
         (
-            "unhealthy is replaced",
+            "unhealthy is replaced, on a later pass after its backoff",
             intent(),
             vec![r("a", true, Ready), r("b", true, Unhealthy)],
             vec![
@@ -160,7 +185,6 @@ fn steady_state_table() {
                     reason: "failed its health check".into(),
                 },
                 retire("b", RetireReason::Unhealthy),
-                Action::Start,
             ],
         ),
         (
@@ -305,4 +329,210 @@ fn converged_and_ready_counts() {
     assert_eq!((d.ready, d.converged), (1, false));
     let d = decide(&intent(), &[r("a", true, Ready), r("b", true, Ready)]);
     assert_eq!((d.ready, d.converged), (2, true));
+}
+
+/// Rows for a first deploy (nothing of the desired spec was ever ready),
+/// backoff, `depends_on` and permanent image errors: the actions and what
+/// status would say while waiting.
+#[test]
+fn first_deploy_backoff_depends_on_and_image_table() {
+    let exited = |code| Exited {
+        code,
+        oom_killed: false,
+    };
+    let first = |failures| Intent {
+        replicas: 1,
+        first_deploy: true,
+        failures,
+        ..intent()
+    };
+    let probe = "connect to port 9999: Connection refused (os error 111)";
+    let fail = |reason: &str| Action::FailRollout {
+        reason: reason.into(),
+    };
+    type Row = (
+        &'static str,
+        Intent,
+        Vec<Replica>,
+        Vec<Action>,
+        Option<&'static str>,
+    );
+    let cases: Vec<Row> = vec![
+        (
+            "first deploy: an early failure is replaced (after its backoff)",
+            first(1),
+            vec![probed("a", true, Unhealthy, probe)],
+            vec![
+                Action::Failure {
+                    id: "a".into(),
+                    reason: format!("failed its health check: {probe}"),
+                },
+                retire("a", RetireReason::Unhealthy),
+            ],
+            None,
+        ),
+        (
+            "first deploy: the third failure in a row fails it, naming the probe's output",
+            first(2),
+            vec![probed("c", true, Unhealthy, probe)],
+            vec![
+                retire("c", RetireReason::RolloutFailed),
+                fail(&format!(
+                    "3 replicas failed in a row and none became ready; the last, c, failed its health check: {probe}"
+                )),
+            ],
+            None,
+        ),
+        (
+            "first deploy: exits count too, and the exited replica is removed",
+            first(2),
+            vec![r("c", true, exited(1))],
+            vec![
+                Action::Remove { id: "c".into() },
+                fail("3 replicas failed in a row and none became ready; the last, c, exited with code 1"),
+            ],
+            None,
+        ),
+        (
+            "first deploy: failures of the same pass add up",
+            Intent {
+                replicas: 3,
+                ..first(0)
+            },
+            vec![
+                r("a", true, exited(2)),
+                r("b", true, exited(2)),
+                r("c", true, exited(2)),
+            ],
+            vec![
+                Action::Remove { id: "a".into() },
+                Action::Remove { id: "b".into() },
+                Action::Remove { id: "c".into() },
+                fail("3 replicas failed in a row and none became ready; the last, c, exited with code 2"),
+            ],
+            None,
+        ),
+        (
+            "not a first deploy (it was ready once): failures keep backing off",
+            Intent {
+                replicas: 1,
+                failures: 7,
+                restart_wait: Some(Duration::from_secs(2)),
+                ..intent()
+            },
+            vec![probed("h", true, Unhealthy, probe)],
+            vec![
+                Action::Failure {
+                    id: "h".into(),
+                    reason: format!("failed its health check: {probe}"),
+                },
+                retire("h", RetireReason::Unhealthy),
+            ],
+            None,
+        ),
+        (
+            "first deploy still starting: no failure yet",
+            first(2),
+            vec![r("c", true, Starting)],
+            vec![],
+            None,
+        ),
+        (
+            "depends_on: nothing starts while a dependency has no ready replica",
+            Intent {
+                depends_on: vec![dep("app", 0, 1), dep("db", 1, 1)],
+                ..intent()
+            },
+            vec![],
+            vec![],
+            Some("waiting for app (0/1 ready)"),
+        ),
+        (
+            "depends_on: every dependency ready, replicas start",
+            Intent {
+                depends_on: vec![dep("app", 1, 2), dep("db", 1, 1)],
+                ..intent()
+            },
+            vec![],
+            vec![Action::Start, Action::Start],
+            None,
+        ),
+        (
+            "depends_on gates a scale-up",
+            Intent {
+                replicas: 3,
+                depends_on: vec![dep("app", 0, 1), dep("db", 0, 2)],
+                ..intent()
+            },
+            vec![r("a", true, Ready), r("b", true, Ready)],
+            vec![],
+            Some("waiting for app (0/1 ready), db (0/2 ready)"),
+        ),
+        (
+            "depends_on never stops running replicas",
+            Intent {
+                depends_on: vec![dep("app", 0, 1)],
+                ..intent()
+            },
+            vec![r("a", true, Ready), r("b", true, Ready)],
+            vec![],
+            None,
+        ),
+        (
+            "a permanent image error fails the rollout instead of starting",
+            Intent {
+                image_failed: Some("pulling r/web:1: not an image".into()),
+                ..intent()
+            },
+            vec![],
+            vec![fail("pulling r/web:1: not an image")],
+            None,
+        ),
+        (
+            "a permanent image error fails a rollout before old replicas go",
+            Intent {
+                image_failed: Some("bad image".into()),
+                strategy: UpdateStrategy::StopFirst,
+                max_surge: 0,
+                ..intent()
+            },
+            vec![r("o1", false, Ready), r("o2", false, Ready)],
+            vec![fail("bad image")],
+            None,
+        ),
+        (
+            "a permanent image error fails even while waiting for a dependency",
+            Intent {
+                image_failed: Some("bad image".into()),
+                depends_on: vec![dep("app", 0, 1)],
+                ..intent()
+            },
+            vec![],
+            vec![fail("bad image")],
+            None,
+        ),
+    ];
+    for (name, intent, replicas, want, waiting) in cases {
+        let d = decide(&intent, &replicas);
+        assert_eq!(d.actions, want, "{name}");
+        assert_eq!(d.waiting.as_deref(), waiting, "{name}");
+    }
+}
+
+#[test]
+fn a_rollout_failure_names_the_probe_output() {
+    let d = decide(
+        &intent(),
+        &[
+            r("o1", false, Ready),
+            r("o2", false, Ready),
+            probed("n1", true, Unhealthy, "HTTP 503"),
+        ],
+    );
+    assert_eq!(
+        d.actions.last(),
+        Some(&Action::FailRollout {
+            reason: "new replica n1 failed its health check: HTTP 503".into()
+        })
+    );
 }
