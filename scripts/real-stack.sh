@@ -20,6 +20,7 @@
 #   BERTH_REAL_STACK_CACHE  package cache (default /var/cache/berth-real-stack)
 #   BERTH_DEBIAN_MIRROR     default http://deb.debian.org/debian
 #   BERTH_PROFILE           debug (default) or release build of berth
+#   BERTH_BIN_DIR           use the berthd/berthctl there instead of building
 #   BERTH_REAL_STACK_ROWS   rows written before the update (default 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +94,9 @@ cleanup() {
   fi
   [ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
   if [ -n "$WORK" ]; then
+    # berth-dns outlives berthd by design: stop it by its pid file.
+    dns_pid=$(grep -o '"pid":[0-9]*' "$WORK/run/dns/berth-dns.pid" 2>/dev/null | cut -d: -f2)
+    [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null
     umount_under "$WORK"
     ip link del "$BRIDGE" 2>/dev/null
     nft delete table ip "berth_$BRIDGE" 2>/dev/null
@@ -123,7 +127,9 @@ for port in $REG_PORT $STACK_PORT $HTTP_PORT; do
 done
 ! ip link show "$BRIDGE" >/dev/null 2>&1 || die "bridge $BRIDGE exists (a previous run still going?)"
 
-if [ "$PROFILE" = release ]; then
+if [ -n "${BERTH_BIN_DIR:-}" ]; then
+  BIN=$BERTH_BIN_DIR
+elif [ "$PROFILE" = release ]; then
   cargo build --release --workspace --bins --locked
   BIN=$REPO/target/release
 else
@@ -397,18 +403,23 @@ curl -fsS "127.0.0.1:$HTTP_PORT/readyz" >/dev/null || { cat "$WORK/berthd.log" >
 SERVICES="postgres redis app nginx"
 # Berth removes a crashed replica, and its logs with it, before one can look;
 # keep a copy of every container's logs while the stack runs.
-# Hard links, made once per container, keep growing with the logs and outlive
-# the container's removal.
+# Hard links, made once per container, keep growing with the log and outlive
+# the container's removal (up to the log's first rotation).
 catch_logs() {
   local d id f
   while sleep 0.1; do
     for d in "$WORK"/state/containers/*/logs; do
       id=$(basename "$(dirname "$d")")
-      [ -e "$d/stderr.log" ] && [ ! -d "$WORK/caught/$id" ] || continue
+      [ -n "$(ls -A "$d" 2>/dev/null)" ] && [ ! -d "$WORK/caught/$id" ] || continue
       mkdir -p "$WORK/caught/$id"
       for f in "$d"/*; do ln "$f" "$WORK/caught/$id/" 2>/dev/null; done
     done
   done
+}
+# log_text DIR: a caught container's output, without the CRI record prefix
+# (`<time> <stream> <P|F> `) of logs/container.log.
+log_text() {
+  cat "$1"/*.log 2>/dev/null | sed -E 's/^[0-9][0-9T:.+-]*Z? (stdout|stderr) [PF] //'
 }
 # last_logs SERVICE N: the last N log lines of the service's newest container.
 last_logs() {
@@ -416,7 +427,7 @@ last_logs() {
   newest=$(ls -td "$WORK/caught/$1"-* 2>/dev/null | head -1)
   [ -n "$newest" ] || { echo "(no container was ever created)"; return 0; }
   echo "($(basename "$newest"))"
-  cat "$newest"/stdout.log "$newest"/stderr.log 2>/dev/null | tail -n "$2"
+  log_text "$newest" | tail -n "$2"
 }
 diagnose() {
   echo "---- berthctl status"
@@ -451,7 +462,7 @@ service_report() {
       [ -n "$newest" ] || newest=$d
     done
     ((gone)) || continue
-    line=$(cat "$newest"/stdout.log "$newest"/stderr.log 2>/dev/null | tail -n 1 | cut -c1-150)
+    line=$(log_text "$newest" | tail -n 1 | cut -c1-150)
     record INFO "$s: $gone gone" "newest $(basename "$newest"): ${line:-(no output)}"
   done
 }
@@ -488,14 +499,15 @@ else
 fi
 
 STACK_UP=0
-if ((APPLIED)) && wait_stack 60; then
-  body=$(get /)
+body=""
+if ((APPLIED)) && wait_stack 60 && body=$(get /) && jq -e '.visit' <<<"$body" >/dev/null; then
   echo "curl 127.0.0.1:$STACK_PORT/ -> $body"
   record PASS "nginx -> app -> postgres + redis" "$body"
   STACK_UP=1
 else
-  record FAIL "nginx -> app -> postgres + redis" "127.0.0.1:$STACK_PORT does not answer (or apply failed)"
-  ((APPLIED)) && { diagnose; curl -sS --max-time 5 "http://127.0.0.1:$STACK_PORT/" || true; }
+  body=$(curl -sS --max-time 5 "http://127.0.0.1:$STACK_PORT/" 2>&1 || true)
+  record FAIL "nginx -> app -> postgres + redis" "127.0.0.1:$STACK_PORT/ -> ${body:-no answer}"
+  if ((APPLIED)); then diagnose; fi
 fi
 
 ACKED=$WORK/acked
@@ -567,8 +579,11 @@ if ((STACK_UP)); then
     fi
     body=$(get / || true)
     echo "after the update: curl 127.0.0.1:$STACK_PORT/ -> $body"
-    hits=$(get /hits | jq -r '.hits' || echo "?")
-    record PASS "stack answers after the update" "redis hits $hits"
+    if jq -e '.visit' <<<"$body" >/dev/null 2>&1; then
+      record PASS "stack answers after the update" "$body"
+    else
+      record FAIL "stack answers after the update" "${body:-no answer}"
+    fi
   else
     record FAIL "stack answers after the update" "no answer within 120s"
     diagnose

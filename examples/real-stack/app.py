@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -34,12 +35,22 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS visits (
 )"""
 
 
+SCHEMA_LOCK = threading.Lock()
+schema_ready = False
+
+
 def query(sql, args=()):
     """Runs one statement in its own connection and transaction (committed
-    when this returns); returns all rows, if any."""
+    when this returns); returns all rows, if any. The table is created on
+    first use, once: concurrent CREATE TABLE IF NOT EXISTS can fail."""
+    global schema_ready
     with closing(psycopg2.connect(connect_timeout=3)) as conn:
+        with SCHEMA_LOCK:
+            if not schema_ready:
+                with conn, conn.cursor() as cur:
+                    cur.execute(SCHEMA)
+                schema_ready = True
         with conn, conn.cursor() as cur:
-            cur.execute(SCHEMA)
             cur.execute(sql, args)
             return cur.fetchall() if cur.description else []
 
