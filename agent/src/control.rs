@@ -363,6 +363,7 @@ impl Agent {
     /// Puts the whole host into drain (every readiness endpoint answers 503).
     pub fn set_draining(&self, on: bool) {
         let was = self.draining.swap(on, Ordering::SeqCst);
+        self.metrics.host_draining.set(i64::from(on));
         if was != on {
             self.emit(
                 "drain",

@@ -110,6 +110,9 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         .register_collector(Box::new(crate::stats::ContainerStats::new(
             agent.runtime.clone(),
         )));
+    if let Some(store_size) = crate::stats::StoreSize::new(config.state_dir.clone()) {
+        agent.metrics.register_collector(Box::new(store_size));
+    }
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = tokio::task::JoinSet::new();

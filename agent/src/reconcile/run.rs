@@ -49,9 +49,31 @@ pub async fn run_loop(
     let mut first_pass = Some(first_pass);
     loop {
         let started = Instant::now();
-        if let Err(e) = reconcile_once(&agent).await {
-            agent.metrics.reconcile_errors.inc();
-            tracing::warn!(error = %e, "reconcile pass failed");
+        match reconcile_once(&agent).await {
+            Ok(()) => agent.metrics.last_reconcile_success.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            ),
+            Err(e) => {
+                agent.metrics.reconcile_errors.inc();
+                tracing::warn!(error = %e, "reconcile pass failed");
+            }
+        }
+        {
+            let mut draining: BTreeMap<String, i64> = BTreeMap::new();
+            for service in agent.live().retiring.values() {
+                *draining.entry(service.clone()).or_default() += 1;
+            }
+            agent.metrics.replicas_draining.reset();
+            for (service, n) in draining {
+                agent
+                    .metrics
+                    .replicas_draining
+                    .with_label_values(&[&service])
+                    .set(n);
+            }
         }
         agent
             .metrics
@@ -178,11 +200,15 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             if agent.live().retiring.contains_key(&c.id) {
                 continue;
             }
-            agent
-                .metrics
-                .drift
-                .with_label_values(&[&service, "unwanted"])
-                .inc();
+            // A service a revision removed goes as planned; only a container
+            // no revision ever asked for is drift.
+            if !removal_planned(agent, &service) {
+                agent
+                    .metrics
+                    .drift
+                    .with_label_values(&[&service, "unwanted"])
+                    .inc();
+            }
             match c.state {
                 ContainerState::Running { .. } | ContainerState::Created => retire(
                     agent,
@@ -507,6 +533,13 @@ async fn reconcile_service(
                     .container_restarts
                     .with_label_values(&[&svc.name])
                     .inc();
+                if oom {
+                    agent
+                        .metrics
+                        .oom_kills
+                        .with_label_values(&[&svc.name])
+                        .inc();
+                }
                 agent
                     .metrics
                     .drift
@@ -1026,6 +1059,15 @@ pub fn sync_proxy(agent: &Agent, service: &str) {
         .and_then(|r| Agent::desired_of(&r).ok())
         .and_then(|(m, _)| m.services.get(service).and_then(first_published));
     sync_proxy_port(agent, service, port);
+}
+
+/// Whether some recorded revision ran `service` (so a container of it that no
+/// revision wants now was removed on purpose, not drift).
+fn removal_planned(agent: &Agent, service: &str) -> bool {
+    agent.store().revisions().is_ok_and(|revs| {
+        revs.iter()
+            .any(|r| Agent::desired_of(r).is_ok_and(|(m, _)| m.services.contains_key(service)))
+    })
 }
 
 /// The one port the proxy publishes today: the service's first TCP port with a
