@@ -117,7 +117,7 @@ async fn new_connections_are_balanced_over_ready_endpoints() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service(
+        .set_port(
             "web",
             port,
             vec![
@@ -139,7 +139,10 @@ async fn new_connections_are_balanced_over_ready_endpoints() {
         assert!(Instant::now() < deadline, "connections never finished");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(proxy.published(), vec![("web".to_string(), port)]);
+    assert_eq!(
+        proxy.published(),
+        vec![("web".to_string(), berth_agent::network::HostPort::tcp(port))]
+    );
     assert!(proxy.remove_service("web"));
 }
 
@@ -150,14 +153,14 @@ async fn a_draining_endpoint_keeps_its_connections_and_gets_no_new_ones() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Ready)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Ready)])
         .unwrap();
     let mut long = Client::connect(port).await.unwrap();
     assert_eq!(long.ask().await.unwrap(), "A");
     assert_eq!(proxy.active("web", "a"), 1);
 
     proxy
-        .set_service(
+        .set_port(
             "web",
             port,
             vec![
@@ -188,7 +191,7 @@ async fn a_draining_endpoint_keeps_its_connections_and_gets_no_new_ones() {
     let mut busy = Client::connect(port).await.unwrap();
     assert_eq!(busy.ask().await.unwrap(), "B");
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Ready)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Ready)])
         .unwrap();
     assert_eq!(proxy.active("web", "b"), 1);
     assert_eq!(busy.ask().await.unwrap(), "B");
@@ -202,10 +205,10 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Draining)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Draining)])
         .unwrap();
     assert!(request(port).await.is_err(), "draining only: refused");
-    proxy.set_service("web", port, vec![]).unwrap();
+    proxy.set_port("web", port, vec![]).unwrap();
     assert!(request(port).await.is_err(), "no endpoints: refused");
     assert_eq!(proxy.refused("web"), 2);
     assert_eq!(a.accepted.load(Ordering::Relaxed), 0);
@@ -214,7 +217,7 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
     a.stop();
     tokio::time::sleep(Duration::from_millis(20)).await;
     proxy
-        .set_service(
+        .set_port(
             "web",
             port,
             vec![
@@ -230,7 +233,7 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
     // Moving the service to another port closes the old one.
     let port2 = free_port();
     proxy
-        .set_service("web", port2, vec![b.endpoint("b", EndpointState::Ready)])
+        .set_port("web", port2, vec![b.endpoint("b", EndpointState::Ready)])
         .unwrap();
     assert_eq!(request(port2).await.unwrap(), "B");
     assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port))
@@ -242,13 +245,13 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
         .is_err());
     // The port is free again at once.
     proxy
-        .set_service("again", port2, vec![b.endpoint("b", EndpointState::Ready)])
+        .set_port("again", port2, vec![b.endpoint("b", EndpointState::Ready)])
         .unwrap();
     assert_eq!(request(port2).await.unwrap(), "B");
     // Two services cannot share a port.
     let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let taken = l.local_addr().unwrap().port();
-    assert!(proxy.set_service("other", taken, vec![]).is_err());
+    assert!(proxy.set_port("other", taken, vec![]).is_err());
 }
 
 /// 2000 one-shot requests from 8 concurrent clients (≤ 10 s) while the service
@@ -262,7 +265,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Ready)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Ready)])
         .unwrap();
 
     let done = Arc::new(AtomicUsize::new(0));
@@ -299,7 +302,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
         wait_for(n).await;
         let new = Backend::start(host, name).await;
         proxy
-            .set_service(
+            .set_port(
                 "web",
                 port,
                 vec![
@@ -310,7 +313,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
             .unwrap();
         wait_for(n + 100).await;
         proxy
-            .set_service(
+            .set_port(
                 "web",
                 port,
                 vec![
@@ -323,7 +326,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         proxy
-            .set_service("web", port, vec![new.endpoint(id, EndpointState::Ready)])
+            .set_port("web", port, vec![new.endpoint(id, EndpointState::Ready)])
             .unwrap();
         old.0.stop();
         old = (new, id);
