@@ -261,18 +261,31 @@ retries = 2
         .iter()
         .map(|p| p.as_str().unwrap())
         .collect();
-    for want in [
+    let want_ports = [
         format!("127.0.0.1:{p_local}->8080/tcp"),
         format!("0.0.0.0:{p_any}->8080/tcp"),
         format!("{cport}/tcp"),
         format!("0.0.0.0:{p_udp}->5353/udp"),
-    ] {
+    ];
+    for want in &want_ports {
         assert!(shown.contains(&want.as_str()), "{want} not in {shown:?}");
     }
     let table = agent.ctl(&["status"]).ok().stdout;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in {table}"));
+    for want in &want_ports {
+        assert!(row.contains(want.as_str()), "{want} not in {row}");
+    }
     assert!(
-        table.contains(&format!("127.0.0.1:{p_local}->8080/tcp")),
-        "{table}"
+        row.contains("/tcp, "),
+        "ports separated as docker does: {row}"
+    );
+    let inspect = agent.ctl(&["inspect", &id]).ok().stdout;
+    assert!(
+        inspect.contains(&format!("\"0.0.0.0:{p_udp}->5353/udp\"")),
+        "{inspect}"
     );
 
     // TCP: 127.0.0.1 only answers on 127.0.0.1; 0.0.0.0 on every address,

@@ -348,3 +348,93 @@ async fn endpoint_swaps_under_load_lose_no_request() {
     assert_eq!(answers.last().map(String::as_str), Some("D"));
     assert_eq!(proxy.refused("web"), 0);
 }
+
+/// A request on a fresh connection to `addr`.
+async fn request_at(addr: SocketAddrV4) -> std::io::Result<String> {
+    let s = TcpStream::connect(addr).await?;
+    let (r, mut w) = s.into_split();
+    w.write_all(b"hi\n").await?;
+    let mut lines = BufReader::new(r).lines();
+    match tokio::time::timeout(Duration::from_secs(3), lines.next_line()).await {
+        Ok(Ok(Some(l))) => Ok(l),
+        Ok(Ok(None)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_ports_each_on_its_address_and_conflicts_are_named() {
+    use berth_agent::network::{HostPort, ProxyError};
+    use berth_core::manifest::Protocol;
+    use std::collections::BTreeMap;
+
+    let a = Backend::start(2, "A").await;
+    let b = Backend::start(3, "B").await;
+    let proxy = PortProxy::new();
+    let (p_local, p_any, p_udp) = (free_port(), free_port(), free_port());
+    let local = HostPort {
+        ip: Ipv4Addr::LOCALHOST,
+        port: p_local,
+        protocol: Protocol::Tcp,
+    };
+    let udp = HostPort {
+        protocol: Protocol::Udp,
+        ..HostPort::tcp(p_udp)
+    };
+    let mut ports = BTreeMap::new();
+    ports.insert(local, vec![a.endpoint("a", EndpointState::Ready)]);
+    ports.insert(
+        HostPort::tcp(p_any),
+        vec![b.endpoint("a", EndpointState::Ready)],
+    );
+    ports.insert(udp, vec![]);
+    assert!(proxy.set_service("web", ports.clone()).is_empty());
+    assert_eq!(request(p_local).await.unwrap(), "A");
+    assert_eq!(request(p_any).await.unwrap(), "B");
+    // 127.0.0.1 only: not on another local address; every address: there too.
+    let other = |p| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), p);
+    assert!(request_at(other(p_local)).await.is_err());
+    assert_eq!(request_at(other(p_any)).await.unwrap(), "B");
+    // Both connections count for the one container.
+    assert_eq!(proxy.stats("web")[0].total, 3);
+    // The UDP port is held: nothing else can bind it.
+    assert!(std::net::UdpSocket::bind(("0.0.0.0", p_udp)).is_err());
+
+    // Another service cannot take a port this one holds; the same service
+    // cannot hold an overlapping binding beside it.
+    let err = proxy.set_port("shop", p_local, vec![]).unwrap_err();
+    assert!(
+        matches!(&err, ProxyError::Taken { owner, .. } if owner == "web"),
+        "{err}"
+    );
+    let err = proxy.publish("web", &[HostPort::tcp(p_local)]).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "publishing 0.0.0.0:{p_local}/tcp: its running replicas publish 127.0.0.1:{p_local}/tcp"
+        )),
+        "{err}"
+    );
+    // A port held by another process: the error names it.
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken = l.local_addr().unwrap().port();
+    let err = proxy.publish("web", &[HostPort::tcp(taken)]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("held by pid {} (", std::process::id())),
+        "{err}"
+    );
+
+    // Ports no longer listed are closed at once.
+    ports.remove(&udp);
+    ports.remove(&local);
+    assert!(proxy.set_service("web", ports).is_empty());
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, p_local))
+        .await
+        .is_err());
+    drop(std::net::UdpSocket::bind(("0.0.0.0", p_udp)).expect("the UDP port is free"));
+    assert_eq!(
+        proxy.published(),
+        vec![("web".to_string(), HostPort::tcp(p_any))]
+    );
+}

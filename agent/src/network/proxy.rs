@@ -20,7 +20,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::dnat::{Dnat, DnatError, PortMap};
 use super::holder::Holder;
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -102,6 +102,14 @@ pub enum ProxyError {
         port: HostPort,
         owner: String,
     },
+    /// The service's running replicas publish an overlapping binding (the
+    /// same port on every address vs one address): both cannot be bound.
+    #[error("service {service}: publishing {port}: its running replicas publish {other}; change a port's host address with update.strategy = \"stop-first\"")]
+    Overlap {
+        service: String,
+        port: HostPort,
+        other: HostPort,
+    },
     /// The DNAT rules could neither be updated nor removed: new connections
     /// might still reach a replica that should get none.
     #[error("service {service}: updating the DNAT rules: {update}; removing them: {remove}")]
@@ -110,16 +118,6 @@ pub enum ProxyError {
         update: Box<DnatError>,
         remove: Box<DnatError>,
     },
-}
-
-impl ProxyError {
-    /// The host port the error is about, if one.
-    pub fn port(&self) -> Option<HostPort> {
-        match self {
-            ProxyError::Bind { port, .. } | ProxyError::Taken { port, .. } => Some(*port),
-            ProxyError::Dnat { .. } => None,
-        }
-    }
 }
 
 /// Whether an endpoint takes new connections.
@@ -226,31 +224,30 @@ impl Shared {
     }
 }
 
-/// The agent's socket on one host port.
+/// The agent's socket on one host port: a TCP listener and the task
+/// accepting on it, or a bound UDP socket nobody reads (no userspace UDP
+/// proxy: what reaches it — no Ready endpoint — is dropped by the kernel
+/// once its small receive buffer is full).
 #[derive(Debug)]
-enum Sock {
-    Tcp(Arc<TcpListener>),
-    Udp(Arc<UdpSocket>),
-}
-
-/// The agent's socket on one host port and the task serving it.
-#[derive(Debug)]
-struct Held {
-    sock: Sock,
-    task: JoinHandle<()>,
+enum Held {
+    Tcp {
+        listener: Arc<TcpListener>,
+        task: JoinHandle<()>,
+    },
+    /// Held for its binding only.
+    Udp { _socket: std::net::UdpSocket },
 }
 
 impl Held {
-    /// Stops listening now (not when the aborted task is next polled), so a
-    /// TCP port can be bound again at once.
+    /// Stops listening now (not when the aborted task is next polled), so
+    /// the port can be bound again at once.
     fn close(&self) {
         use std::os::fd::AsRawFd as _;
-        let fd = match &self.sock {
-            Sock::Tcp(l) => l.as_raw_fd(),
-            Sock::Udp(u) => u.as_raw_fd(),
-        };
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-        self.task.abort();
+        if let Held::Tcp { listener, task } = self {
+            let fd = listener.as_raw_fd();
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+            task.abort();
+        }
     }
 }
 
@@ -345,14 +342,22 @@ impl PortProxy {
         {
             return Ok(());
         }
-        let owner = services
-            .iter()
-            .find(|(name, s)| *name != service && s.held.keys().any(|h| h.overlaps(&hp)));
-        if let Some((owner, _)) = owner {
-            return Err(ProxyError::Taken {
-                service: service.into(),
-                port: hp,
-                owner: owner.clone(),
+        for (name, s) in services.iter() {
+            let Some(other) = s.held.keys().find(|h| h.overlaps(&hp)) else {
+                continue;
+            };
+            return Err(if name == service {
+                ProxyError::Overlap {
+                    service: service.into(),
+                    port: hp,
+                    other: *other,
+                }
+            } else {
+                ProxyError::Taken {
+                    service: service.into(),
+                    port: hp,
+                    owner: name.clone(),
+                }
             });
         }
         let entry = services.entry(service.to_string()).or_default();
@@ -390,22 +395,19 @@ impl PortProxy {
                 sock.set_reuseaddr(true)?;
                 sock.bind(addr)?;
                 let listener = Arc::new(sock.listen(BACKLOG)?);
-                Ok(Held {
+                Ok(Held::Tcp {
                     task: self
                         .handle
                         .spawn(accept_loop(listener.clone(), shared, *hp)),
-                    sock: Sock::Tcp(listener),
+                    listener,
                 })
             }
             Protocol::Udp => {
                 // No SO_REUSEADDR: for UDP it would let another socket share the port.
-                let std_sock = std::net::UdpSocket::bind(addr)?;
-                std_sock.set_nonblocking(true)?;
-                let sock = Arc::new(UdpSocket::from_std(std_sock)?);
-                Ok(Held {
-                    task: self.handle.spawn(discard_loop(sock.clone(), shared)),
-                    sock: Sock::Udp(sock),
-                })
+                let sock = std::net::UdpSocket::bind(addr)?;
+                // The kernel's minimum: a few datagrams.
+                let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &0);
+                Ok(Held::Udp { _socket: sock })
             }
         }
     }
@@ -591,30 +593,13 @@ impl PortProxy {
         v
     }
 
-    /// Connections (and UDP datagrams) of `service` the agent's sockets
-    /// turned away because no endpoint was Ready or reachable.
+    /// TCP connections of `service` the agent's listeners turned away
+    /// because no endpoint was Ready or reachable.
     pub fn refused(&self, service: &str) -> u64 {
         self.services()
             .get(service)
             .map(|s| s.shared.refused.load(Ordering::Relaxed))
             .unwrap_or(0)
-    }
-}
-
-/// Reads and drops what reaches the agent's UDP socket (no Ready endpoint,
-/// or no DNAT): there is no userspace UDP proxy.
-async fn discard_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
-    let mut buf = [0u8; 2048];
-    loop {
-        match sock.recv_from(&mut buf).await {
-            Ok(_) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
     }
 }
 
