@@ -126,7 +126,8 @@ struct UdpEcho {
 }
 
 impl UdpEcho {
-    fn start(netns: &Path, port: u16) -> UdpEcho {
+    /// Answers each datagram with `tag:` and the datagram.
+    fn start(netns: &Path, port: u16, tag: &'static str) -> UdpEcho {
         let sock = berth_agent::network::netns::run_in(netns, move || {
             UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
         })
@@ -140,7 +141,9 @@ impl UdpEcho {
             let mut buf = [0u8; 1500];
             while !flag.load(Ordering::SeqCst) {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], from);
+                    let mut answer = format!("{tag}:").into_bytes();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&answer, from);
                 }
             }
         });
@@ -160,9 +163,14 @@ impl Drop for UdpEcho {
     }
 }
 
-/// Sends `msg` to `addr` over UDP (three tries) and returns the answer.
+/// Sends `msg` to `addr` over UDP from a fresh socket (three tries) and
+/// returns the answer.
 fn udp_ask(addr: SocketAddr, msg: &str) -> Result<String, String> {
-    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    udp_ask_on(&UdpSocket::bind("0.0.0.0:0").unwrap(), addr, msg)
+}
+
+/// [`udp_ask`] from socket `s` (the same source port every time).
+fn udp_ask_on(s: &UdpSocket, addr: SocketAddr, msg: &str) -> Result<String, String> {
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut buf = [0u8; 1500];
     let mut last = String::new();
@@ -308,14 +316,15 @@ retries = 2
 
     // UDP: through DNAT to the replica, on 127.0.0.1, on another address,
     // from another host.
-    let _echo = UdpEcho::start(&agent.run_dir().join("netns").join(&id), 5353);
+    let netns = |id: &str| agent.run_dir().join("netns").join(id);
+    let _echo = UdpEcho::start(&netns(&id), 5353, "A");
     assert_eq!(
         udp_ask(SocketAddr::from(([127, 0, 0, 1], p_udp)), "ping-1").unwrap(),
-        "ping-1"
+        "A:ping-1"
     );
     let to = other.at(p_udp);
-    assert_eq!(udp_ask(to, "ping-2").unwrap(), "ping-2");
-    assert_eq!(other.run(|| udp_ask(to, "ping-3")).unwrap(), "ping-3");
+    assert_eq!(udp_ask(to, "ping-2").unwrap(), "A:ping-2");
+    assert_eq!(other.run(|| udp_ask(to, "ping-3")).unwrap(), "A:ping-3");
 
     // The container-only port has nothing on the host: no socket, no rule.
     assert!(std::net::TcpStream::connect(("127.0.0.1", cport)).is_err());
@@ -350,6 +359,45 @@ retries = 2
         "{lines:?}"
     );
     assert_eq!(agent.http("GET", "/v1/services/web/ready").status, 200);
+
+    // A UDP flow (same client port throughout) follows the service to a new
+    // replica: its conntrack entry to the old one is forgotten when the old
+    // one leaves, or its datagrams would keep going to a removed address.
+    let flow = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let lo_udp = SocketAddr::from(([127, 0, 0, 1], p_udp));
+    assert_eq!(udp_ask_on(&flow, lo_udp, "f1").unwrap(), "A:f1");
+    let replaced = web.replace("[service.web]\n", "[service.web]\nenv = { V = \"2\" }\n");
+    assert_ne!(replaced, web);
+    agent
+        .apply_text(
+            "m.toml",
+            &format!("{replaced}\n{}", client(&image, &script)),
+        )
+        .ok();
+    let new_id = agent.wait_for(30, "a new web replica", |a| {
+        running(a, "web")
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .find(|n| *n != id)
+    });
+    let _echo2 = UdpEcho::start(&netns(&new_id), 5353, "B");
+    agent.wait_for(30, "the old replica gone", |a| {
+        let ids: Vec<_> = running(a, "web").iter().map(|c| c["id"].clone()).collect();
+        (ids == [serde_json::Value::from(new_id.clone())] && a.ready_of("web") == (1, 1))
+            .then_some(())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let a = udp_ask_on(&flow, lo_udp, "f2");
+        if a.as_deref() == Ok("B:f2") || Instant::now() > deadline {
+            break a;
+        }
+    };
+    assert_eq!(
+        answer.as_deref(),
+        Ok("B:f2"),
+        "the flow stayed on the old replica"
+    );
 }
 
 /// `apply --wait` of `text`.

@@ -13,9 +13,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use berth_core::manifest::Protocol;
+
 use super::addr::Ipv4Net;
 use super::nft::{self, NftError, Rule, Shape};
 use super::proxy::HostPort;
+use crate::sys::netlink::ConntrackTuple;
 
 /// Why the fast path could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,9 @@ pub type PortMap = BTreeMap<HostPort, Vec<SocketAddrV4>>;
 struct State {
     /// Service → the shape of its installed rules.
     applied: BTreeMap<String, Shape>,
+    /// Service → its UDP host ports as last set (whose flows to replicas
+    /// that left must be forgotten).
+    udp: BTreeMap<String, Vec<HostPort>>,
     /// Rules without the agent's comment in the service chains (an older
     /// agent's), removed by the first [`Dnat::prune`].
     strays: bool,
@@ -159,6 +165,26 @@ impl Dnat {
         } else {
             state.applied.insert(service.into(), shape);
         }
+        let udp: Vec<HostPort> = ports
+            .keys()
+            .filter(|hp| hp.protocol == Protocol::Udp)
+            .copied()
+            .collect();
+        let before = match udp.is_empty() {
+            true => state.udp.remove(service),
+            false => state.udp.insert(service.into(), udp.clone()),
+        };
+        drop(state);
+        // A UDP flow stays on the replica its first datagram was sent to for
+        // as long as the client keeps sending; one whose replica left would
+        // never reach another (kube-proxy does the same).
+        let mut gone: Vec<HostPort> = before.unwrap_or_default();
+        gone.extend(udp);
+        gone.sort();
+        gone.dedup();
+        if !gone.is_empty() {
+            forget_udp_flows(&gone, ports);
+        }
         Ok(())
     }
 
@@ -199,6 +225,89 @@ impl Dnat {
             .map(|(port, ep)| count_active(&table, *port, *ep))
             .sum())
     }
+}
+
+/// Deletes the conntrack entries of UDP flows DNAT sent from one of
+/// `host_ports` to an endpoint no longer Ready there (see [`stale_udp_flows`]).
+/// Best effort: failures are logged.
+fn forget_udp_flows(host_ports: &[HostPort], ports: &PortMap) {
+    let table = match std::fs::read_to_string(CONNTRACK) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read conntrack to forget UDP flows");
+            return;
+        }
+    };
+    let stale: Vec<ConntrackTuple> = host_ports
+        .iter()
+        .flat_map(|hp| {
+            let ready = ports.get(hp).map(Vec::as_slice).unwrap_or_default();
+            stale_udp_flows(&table, hp, ready)
+        })
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let mut nl = match crate::sys::netlink::Netlink::open_netfilter() {
+        Ok(nl) => nl,
+        Err(e) => {
+            tracing::warn!(error = %e, "no netfilter netlink socket to forget UDP flows");
+            return;
+        }
+    };
+    for t in stale {
+        if let Err(e) = nl.delete_conntrack(&t) {
+            tracing::warn!(flow = ?t, error = %e, "could not forget a UDP flow");
+        }
+    }
+}
+
+/// The UDP flows in `table` (procfs conntrack text) that DNAT sent from
+/// `hp` (its port, and its address unless every address) to an endpoint not
+/// in `ready`, by their original direction. Flows to the agent's own socket
+/// (reply from the original destination) are not DNAT flows.
+pub fn stale_udp_flows(table: &str, hp: &HostPort, ready: &[SocketAddrV4]) -> Vec<ConntrackTuple> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            // ipv4 2 udp 17 <timeout> key=value...
+            if fields.nth(2) != Some("udp") {
+                return None;
+            }
+            let mut src = Vec::new();
+            let mut dst = Vec::new();
+            let mut sport = Vec::new();
+            let mut dport = Vec::new();
+            for f in fields {
+                let Some((k, v)) = f.split_once('=') else {
+                    continue;
+                };
+                match k {
+                    "src" => src.push(v.parse::<Ipv4Addr>().ok()?),
+                    "dst" => dst.push(v.parse::<Ipv4Addr>().ok()?),
+                    "sport" => sport.push(v.parse::<u16>().ok()?),
+                    "dport" => dport.push(v.parse::<u16>().ok()?),
+                    _ => {}
+                }
+            }
+            let (&[o_src, r_src], &[o_dst, _], &[o_sport, r_sport], &[o_dport, _]) =
+                (&src[..], &dst[..], &sport[..], &dport[..])
+            else {
+                return None;
+            };
+            let dnat = (r_src, r_sport) != (o_dst, o_dport);
+            let ours = o_dport == hp.port && (hp.ip.is_unspecified() || o_dst == hp.ip);
+            let endpoint = SocketAddrV4::new(r_src, r_sport);
+            (dnat && ours && !ready.contains(&endpoint)).then_some(ConntrackTuple {
+                protocol: 17,
+                src: o_src,
+                dst: o_dst,
+                sport: o_sport,
+                dport: o_dport,
+            })
+        })
+        .collect()
 }
 
 fn conntrack_err(source: std::io::Error) -> DnatError {
@@ -356,7 +465,6 @@ pub fn count_active(table: &str, port: u16, endpoint: SocketAddrV4) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_core::manifest::Protocol;
 
     fn ep(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
@@ -476,6 +584,52 @@ mod tests {
         assert_eq!(
             bodies(&r, "published_guard"),
             ["iifname \"b1\" ip daddr 127.0.0.0/8 drop"]
+        );
+    }
+
+    #[test]
+    fn udp_flows_to_endpoints_that_left_are_found_by_their_original_tuple() {
+        let table = "\
+ipv4     2 udp      17 29 src=127.0.0.1 dst=127.0.0.1 sport=40000 dport=5353 src=10.89.0.2 dst=10.89.0.1 sport=53 dport=40000 mark=0 zone=0 use=2
+ipv4     2 udp      17 29 src=192.0.2.9 dst=192.0.2.5 sport=40001 dport=5353 [UNREPLIED] src=10.89.0.3 dst=192.0.2.9 sport=53 dport=40001 mark=0 zone=0 use=2
+ipv4     2 udp      17 29 src=127.0.0.1 dst=127.0.0.1 sport=40002 dport=5353 src=127.0.0.1 dst=127.0.0.1 sport=5353 dport=40002 mark=0 zone=0 use=2
+ipv4     2 udp      17 29 src=127.0.0.1 dst=127.0.0.1 sport=40003 dport=5454 src=10.89.0.2 dst=10.89.0.1 sport=53 dport=40003 mark=0 zone=0 use=2
+ipv4     2 tcp      6 431999 ESTABLISHED src=127.0.0.1 dst=127.0.0.1 sport=40004 dport=5353 src=10.89.0.2 dst=10.89.0.1 sport=53 dport=40004 [ASSURED] mark=0 zone=0 use=2
+";
+        let any = HostPort {
+            ip: Ipv4Addr::UNSPECIFIED,
+            port: 5353,
+            protocol: Protocol::Udp,
+        };
+        let flow = |src: &str, dst: &str, sport| ConntrackTuple {
+            protocol: 17,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport,
+            dport: 5353,
+        };
+        // .3 left: its flow goes; .2's stays; the agent's own socket's flow,
+        // another port's and TCP are not touched.
+        assert_eq!(
+            stale_udp_flows(table, &any, &[ep("10.89.0.2:53")]),
+            vec![flow("192.0.2.9", "192.0.2.5", 40001)]
+        );
+        // No Ready endpoint: every DNAT flow of the port goes.
+        assert_eq!(
+            stale_udp_flows(table, &any, &[]),
+            vec![
+                flow("127.0.0.1", "127.0.0.1", 40000),
+                flow("192.0.2.9", "192.0.2.5", 40001)
+            ]
+        );
+        // A port bound to one address: only flows to that address.
+        let lo = HostPort {
+            ip: Ipv4Addr::LOCALHOST,
+            ..any
+        };
+        assert_eq!(
+            stale_udp_flows(table, &lo, &[]),
+            vec![flow("127.0.0.1", "127.0.0.1", 40000)]
         );
     }
 
