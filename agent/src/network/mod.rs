@@ -1,8 +1,9 @@
 //! Container networking: a Linux bridge with the subnet's gateway address, an
 //! address per container (IPAM in sled), a network namespace per container
 //! pinned under `<run_dir>/netns/<id>` with a veth pair (`eth0` inside, the
-//! host end on the bridge), optional outbound NAT, and the published-port TCP
-//! proxy ([`proxy`]). See docs/networking.md for the design.
+//! host end on the bridge), optional outbound NAT ([`nft`]), and published
+//! ports: DNAT ([`dnat`]) and the agent's sockets and TCP proxy ([`proxy`]).
+//! See docs/networking.md for the design.
 
 pub mod addr;
 pub mod dnat;
