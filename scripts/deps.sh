@@ -3,7 +3,8 @@
 # machine (as root): the registry, image tools, busybox, promtool, haproxy, wrk.
 set -euo pipefail
 PKGS=(docker-registry busybox-static skopeo umoci prometheus haproxy wrk runc
-      apache2-utils iproute2 nftables git curl libseccomp-dev pkg-config util-linux)
+      apache2-utils iproute2 nftables git curl libseccomp-dev pkg-config util-linux
+      man-db groff-base systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

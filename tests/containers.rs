@@ -39,7 +39,13 @@ fn inspect_and_logs_tail_and_follow() {
     assert_eq!(v["spec"]["memory_bytes"], 64 << 20);
     assert_eq!(v["spec"]["env"]["MODE"], "test");
     assert_eq!(v["config"]["container"]["user"]["uid"], 1000);
-    assert!(v["log_files"].as_array().unwrap().len() >= 2, "{v}");
+    let files = v["log_files"].as_array().unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.as_str().unwrap().ends_with("/logs/container.log")),
+        "{v}"
+    );
     // --tail
     agent.wait_for(10, "a few lines", |a| {
         let out = a.ctl(&["logs", "ticker"]);
@@ -146,4 +152,38 @@ fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
         .collect();
     again.sort();
     assert_eq!(again, want);
+}
+
+/// `berthctl top`: a busy container shows CPU use, an idle one none; memory
+/// and pids are the cgroup's, with the manifest's limit.
+#[test]
+fn top_shows_cpu_memory_and_pids_per_container() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let text = format!(
+        "[service.busy]\nimage = \"{image}\"\nentrypoint = [\"/bin/busybox\", \"sh\", \"-c\", \"while :; do :; done\"]\n[service.busy.resources]\nmemory = \"64Mi\"\n\n[service.idle]\nimage = \"{image}\"\nentrypoint = [\"/bin/busybox\", \"sleep\", \"3600\"]\n"
+    );
+    agent.apply_text("m.toml", &text).ok();
+    agent.wait_for(30, "both running", |a| {
+        let running = a
+            .containers()
+            .iter()
+            .filter(|c| c["state"] == "running")
+            .count();
+        (running == 2).then_some(())
+    });
+    let out = agent.ctl(&["-o", "json", "top", "--interval", "1s"]).ok();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let row = |svc: &str| rows.iter().find(|r| r["service"] == svc).unwrap().clone();
+    let (busy, idle) = (row("busy"), row("idle"));
+    assert!(busy["cpu_percent"].as_f64().unwrap() > 20.0, "{busy}");
+    assert!(idle["cpu_percent"].as_f64().unwrap() < 5.0, "{idle}");
+    assert_eq!(busy["memory_limit_bytes"], 64 << 20);
+    assert!(busy["memory_bytes"].as_u64().unwrap() > 0);
+    assert!(idle["pids"].as_u64().unwrap() >= 1);
+    let table = agent.ctl(&["top", "--interval", "200ms"]).ok().stdout;
+    assert!(table.starts_with("CONTAINER"), "{table}");
+    assert!(table.contains("/ 67.1 MB"), "{table}");
+    agent.remove_all_containers();
 }

@@ -434,6 +434,193 @@ fn events_follow_streams_new_events() {
 }
 
 #[test]
+fn events_survive_kill9_and_filter_by_service_kind_and_since() {
+    let mut agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
+    agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
+    agent.wait_for(30, "hello ready", |a| {
+        (a.ready_of("hello") == (2, 2)).then_some(())
+    });
+    let events = |a: &Agent, args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["-o", "json", "events"];
+        all.extend_from_slice(args);
+        a.ctl(&all)
+            .ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let before = events(&agent, &[]);
+    assert!(before.len() >= 4, "{before:?}");
+    // sled writes its log every 500 ms; a kill -9 later than that loses nothing.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    agent.kill9();
+    agent.spawn();
+    let after = events(&agent, &[]);
+    let seqs = |v: &[serde_json::Value]| -> Vec<u64> {
+        v.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(
+        seqs(&after)[..before.len()],
+        seqs(&before)[..],
+        "every event before the kill is kept, in order"
+    );
+    assert!(
+        after.len() > before.len(),
+        "the new agent's start is recorded too"
+    );
+    assert!(
+        seqs(&after).windows(2).all(|w| w[0] < w[1]),
+        "seq continues"
+    );
+    // Filters.
+    let hello_only = events(&agent, &["--service", "hello"]);
+    assert!(!hello_only.is_empty() && hello_only.iter().all(|e| e["service"] == "hello"));
+    let started = events(&agent, &["--kind", "agent-started"]);
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(events(&agent, &["--since", "1h"]).len(), after.len());
+    assert!(events(&agent, &["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let bad = agent.ctl(&["events", "--since", "yesterday"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("yesterday"), "{}", bad.stderr);
+}
+
+/// `berthctl status | head -1`: every printing command whose reader has gone
+/// ends quietly with success, never a panic.
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let agent = Agent::start();
+    let (_reg, hello) = hello_manifest(&agent);
+    agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
+    let hello = hello.to_str().unwrap().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["ps"],
+        vec!["-o", "json", "status"],
+        vec!["history"],
+        vec!["events"],
+        vec!["images"],
+        vec!["diff", "-f", &hello],
+        vec!["validate", "-f", &hello],
+        vec!["completions", "bash"],
+        vec!["--help"],
+    ];
+    for args in commands {
+        let mut child = Command::new(berthctl_bin())
+            .arg("--agent")
+            .arg(agent.agent_flag())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the first byte is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// The install step (scripts/install.sh) into a temp root: the unit passes
+/// `systemd-analyze verify` (its man pages found), `man -l` renders both
+/// pages, and the bash completion loads.
+#[test]
+fn install_step_unit_man_pages_and_completions() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let out = Command::new("bash")
+        .arg(workspace_root().join("scripts/install.sh"))
+        .env("PREFIX", r.join("usr"))
+        .env("SYSCONFDIR", r.join("etc"))
+        .env("UNITDIR", r.join("units"))
+        .env("COMPLETIONS_PREFIX", r.join("share"))
+        .env("BIN_SRC", bin_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(r.join("units/berthd.service")).unwrap();
+    for line in ["KillMode=process", "Type=notify", "Delegate=yes"] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
+    }
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(r.join("units/berthd.service"))
+        .env("MANPATH", r.join("usr/share/man"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+    for (page, needle) in [
+        ("usr/share/man/man8/berthd.8", "--cgroup-parent"),
+        ("usr/share/man/man1/berthctl.1", "--agent"),
+        ("usr/share/man/man1/berthctl-apply.1", "--dry-run"),
+    ] {
+        let man = Command::new("man")
+            .arg("-l")
+            .arg(r.join(page))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&man.stdout);
+        assert!(
+            man.status.success() && text.contains(needle),
+            "{page}: {text}"
+        );
+    }
+    let bash = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p berthctl",
+            r.join("share/bash-completion/completions/berthctl")
+                .display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bash.stdout).contains("-F _berthctl berthctl"),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+}
+
+/// `Type=notify`: READY=1 once the first reconcile pass is done (the agent
+/// answers /readyz), STOPPING=1 on SIGTERM — over `$NOTIFY_SOCKET`.
+#[test]
+fn systemd_hears_ready_and_stopping() {
+    let mut agent = Agent::create(&[]);
+    let path = agent.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    agent.env = vec![("NOTIFY_SOCKET".into(), path.display().to_string())];
+    agent.spawn();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    assert_eq!(
+        http_tcp(agent.http_port, "GET", "/readyz", &[], b"")
+            .unwrap()
+            .status,
+        200,
+        "ready was sent only once the agent is ready"
+    );
+    assert!(agent.terminate().success());
+    let n = sock.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
+}
+
+#[test]
 fn sigterm_shuts_down_cleanly_and_a_second_agent_is_refused() {
     let mut agent = Agent::start();
     // A second agent on the same state dir must refuse to start.

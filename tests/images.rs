@@ -10,6 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use berth_core::image_ref::Digest;
 use berth_e2e::registry::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 use berth_e2e::*;
 
@@ -163,6 +164,95 @@ fn whiteouts_opaque_dirs_and_hardlinks_give_the_right_tree() {
     // the top layer holds overlay whiteouts, not files.
     let tail = agent.ctl(&["logs", "tree", "--tail", "1"]).ok().stdout;
     assert_eq!(tail.trim(), "DONE");
+}
+
+/// A file with holes, as `truncate` + `dd conv=notrunc` make it: 8 MiB with
+/// data at the start, in the middle and in the last bytes.
+fn sparse_source(path: &Path, seed: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    let size = 8u64 << 20;
+    f.set_len(size).unwrap();
+    let data: Vec<u8> = (0..5000u32)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 1)
+        .collect();
+    f.write_all_at(&data[..4096], 0).unwrap();
+    f.write_all_at(&data, 3 << 20).unwrap();
+    f.write_all_at(b"tail!", size - 5).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn sparse_files_in_layers_written_by_gnu_tar_run_with_their_holes() {
+    // One layer per sparse encoding GNU tar writes: PAX 0.0, 0.1, 1.0, old GNU.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("sparse")).unwrap();
+    let formats: [(&str, &[&str]); 4] = [
+        ("p00", &["--format=posix", "--sparse-version=0.0"]),
+        ("p01", &["--format=posix", "--sparse-version=0.1"]),
+        ("p10", &["--format=posix", "--sparse-version=1.0"]),
+        ("gnu", &["--format=gnu"]),
+    ];
+    let mut img = ImageBuilder::busybox();
+    let mut want = Vec::new();
+    for (i, (name, args)) in formats.iter().enumerate() {
+        let file = src.path().join("sparse").join(name);
+        sparse_source(&file, i as u8);
+        want.push((name, Digest::sha256_of(&std::fs::read(&file).unwrap())));
+        let out = std::process::Command::new("tar")
+            .args(*args)
+            .args(["--sparse", "--numeric-owner", "-cf", "-", "-C"])
+            .arg(src.path())
+            .arg(format!("sparse/{name}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.len() < 1 << 20,
+            "{name}: GNU tar stored the holes ({} bytes)",
+            out.stdout.len()
+        );
+        img = img.layer(LayerBuilder::verbatim(out.stdout, Compression::Gzip));
+    }
+    let reg = TestRegistry::start().unwrap();
+    reg.push("shop/sparse", "1", &img.build().unwrap()).unwrap();
+    let agent = Agent::start();
+    let script = "cd /sparse && for f in p00 p01 p10 gnu; do echo $f $(stat -c '%s %b' $f) $(/bin/busybox sha256sum $f); done; echo DONE; sleep 3600";
+    let text = format!(
+        "[service.sparse]\nimage = \"{}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"{script}\"]\n",
+        reg.image("shop/sparse:1")
+    );
+    agent.apply_text("m.toml", &text).ok();
+    let logs = agent.wait_for(60, "the sparse listing", |a| {
+        let out = a.ctl(&["logs", "sparse"]);
+        (out.code == 0 && out.stdout.contains("DONE")).then_some(out.stdout)
+    });
+    for (name, digest) in &want {
+        let line = logs
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {logs}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            f[1],
+            (8u64 << 20).to_string(),
+            "real size of {name}: {line}"
+        );
+        let blocks: u64 = f[2].parse().unwrap();
+        assert!(
+            blocks * 512 < 1 << 20,
+            "{name} must keep its holes (allocates {blocks} blocks): {line}"
+        );
+        assert_eq!(
+            format!("sha256:{}", f[3]),
+            digest.to_string(),
+            "content of {name}: {line}"
+        );
+    }
 }
 
 #[test]
@@ -405,4 +495,80 @@ fn nix_free(path: &Path) -> (u64, u64) {
         .map(|n| n.parse().unwrap())
         .collect();
     (nums[0], nums[1])
+}
+
+/// Docker's credential-helper protocol: `docker-credential-NAME get` reads the
+/// server on stdin and answers `{"Username", "Secret"}` (or fails with
+/// "credentials not found"). The helper here logs what it was asked.
+#[test]
+fn credential_helpers_from_docker_config_json() {
+    let reg = TestRegistry::start_with_htpasswd("deploy", "s3cret-pw").unwrap();
+    reg.push(
+        "private/app",
+        "v1",
+        &ImageBuilder::busybox().build().unwrap(),
+    )
+    .unwrap();
+    let image = reg.image("private/app:v1");
+    let mut agent = Agent::create(&[]);
+    let bin = agent.dir.path().join("helpers");
+    std::fs::create_dir_all(&bin).unwrap();
+    let asked = agent.dir.path().join("asked");
+    let helper = |name: &str, body: &str| {
+        let path = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    helper(
+        "berthtest",
+        &format!(
+            "[ \"$1\" = get ] || exit 2\nread server\necho \"$server\" >> {}\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"deploy\",\"Secret\":\"s3cret-pw\"}}'",
+            asked.display()
+        ),
+    );
+    helper("broken", "read server; echo 'keychain locked' >&2; exit 1");
+    let docker_dir = agent.dir.path().join("docker");
+    std::fs::create_dir_all(&docker_dir).unwrap();
+    let write_config = |helper: &str| {
+        let config = format!(
+            r#"{{"auths": {{"{host}": {{}}}}, "credHelpers": {{"{host}": "{helper}"}}}}"#,
+            host = reg.host()
+        );
+        std::fs::write(docker_dir.join("config.json"), config).unwrap();
+    };
+    write_config("berthtest");
+    agent.env = vec![
+        ("DOCKER_CONFIG".into(), docker_dir.display().to_string()),
+        (
+            "PATH".into(),
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+    ];
+    agent.spawn();
+    agent.ctl(&["pull", &image]).ok();
+    let asked_for = std::fs::read_to_string(&asked).unwrap();
+    assert_eq!(
+        asked_for.trim(),
+        reg.host(),
+        "the helper is asked for the registry host"
+    );
+
+    // A helper that fails: a clear error naming the helper and the registry.
+    write_config("broken");
+    agent.terminate();
+    agent.spawn();
+    let out = agent.ctl(&["pull", &reg.image("private/app:v1")]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    let err = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        err.contains("docker-credential-broken")
+            && err.contains(reg.host())
+            && err.contains("keychain locked"),
+        "{err}"
+    );
 }

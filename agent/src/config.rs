@@ -331,6 +331,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_agent_toml_parses_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let layer = ConfigLayer::from_file(&path, true).unwrap();
+        let example = AgentConfig::from_layer(layer).unwrap();
+        let defaults = AgentConfig::from_layer(ConfigLayer::default()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn defaults_follow_spec() {
         let c = AgentConfig::from_layer(ConfigLayer::default()).unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/berth"));

@@ -30,7 +30,7 @@ use crate::registry::RegistryClient;
 use crate::runtime::{ContainerInfo, Runtime, RuntimePaths};
 use crate::state::{RevisionRecord, StateError, Store};
 
-pub use containers::LABEL_SERVICE;
+pub use containers::{LogFollow, LogTargetKind, LogsReply, LogsRequest, LABEL_SERVICE};
 
 /// Each service's env-file pairs.
 pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
@@ -39,6 +39,8 @@ pub type EnvFiles = BTreeMap<String, Vec<(String, String)>>;
 pub const LABEL_SPEC: &str = "berth.spec";
 pub const LABEL_REVISION: &str = "berth.revision";
 pub const LABEL_IMAGE: &str = "berth.image";
+/// The image's `ExposedPorts` (`80/tcp,443/tcp`), when it has any.
+pub const LABEL_EXPOSED_PORTS: &str = "berth.exposed-ports";
 /// Largest env file read.
 const MAX_ENV_FILE: u64 = 1 << 20;
 /// Revisions whose images GC keeps.
@@ -172,6 +174,8 @@ pub struct Agent {
     pub metrics: Metrics,
     pub images: ImageStore,
     pub runtime: Arc<Runtime>,
+    /// Logs of removed containers, per service.
+    pub log_archive: crate::logs::LogArchive,
     /// The bridge, addresses and per-container network namespaces.
     pub network: Arc<Network>,
     /// Published ports: balanced over ready replicas, drain-aware.
@@ -288,15 +292,22 @@ impl Agent {
             &config.cgroup_parent,
             monitor_exe(),
         )));
+        let log_archive = crate::logs::LogArchive::new(
+            config.state_dir.join("logs"),
+            crate::logs::ARCHIVE_KEEP,
+            crate::logs::ARCHIVE_MAX_BYTES,
+        );
+        let events = EventBus::persistent(store.tree(crate::events::TREE)?);
         let agent = Agent {
             managed_source,
             source_error: std::sync::Mutex::new(None),
             config,
             store,
-            events: EventBus::new(),
+            events,
             metrics,
             images,
             runtime,
+            log_archive,
             network: Arc::new(network),
             proxy,
             started: Instant::now(),

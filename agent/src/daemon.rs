@@ -240,10 +240,12 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             format!("berthd {} ready", env!("CARGO_PKG_VERSION")),
         );
         tracing::info!("berthd ready");
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
     }
 
     let _ = signalled.wait_for(|s| *s).await;
     tracing::info!("shutting down");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(());
     let _ = sources_stop.send(true);
     let _ = reconcile_stop.send(true);
@@ -278,6 +280,17 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about readiness and shutdown; nothing without
+/// `$NOTIFY_SOCKET`. A failed notification is logged, never fatal.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }
 
 async fn wait_for_signal() {

@@ -2,7 +2,8 @@
 //! timeout, retries and start_period. http/tcp connect to the container's own
 //! loopback from a short-lived thread that joined only the container's network
 //! namespace; exec runs inside the container through the runtime. A status
-//! change wakes the reconciler.
+//! change wakes the reconciler. Which check applies is [`effective`]: the
+//! manifest's `[health]`, else the image's `Healthcheck` ([`from_image`]).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -10,9 +11,83 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_core::manifest::{Health, HealthCheck};
+use std::collections::BTreeMap;
+
+use berth_core::manifest::{Health, HealthCheck, OnUnhealthy};
 
 use crate::control::Agent;
+use crate::launch::ImageHealthcheck;
+
+/// Docker's interval for an image `Healthcheck` that leaves it 0.
+pub const IMAGE_INTERVAL: Duration = Duration::from_secs(30);
+/// Docker's timeout for an image `Healthcheck` that leaves it 0.
+pub const IMAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Docker's retries for an image `Healthcheck` that leaves them 0.
+pub const IMAGE_RETRIES: u32 = 3;
+/// Shortest interval and timeout taken from an image (the manifest's minimums).
+const MIN_IMAGE_INTERVAL: Duration = Duration::from_millis(100);
+const MIN_IMAGE_TIMEOUT: Duration = Duration::from_millis(10);
+/// The label holding a container's image health check (JSON [`Health`]),
+/// written when it starts; absent when the image has none.
+pub const LABEL_IMAGE_HEALTH: &str = "berth.image-health";
+
+/// The check an image's `Healthcheck` asks for, as Docker runs it:
+/// `["CMD", arg…]` execs the args; `["CMD-SHELL", cmd…]` execs `/bin/sh -c
+/// cmd…` (Docker does not use the image's `Shell` here: it is not part of the
+/// container's config); `["NONE"]`, an empty
+/// test or an unknown first word is no check. Durations left 0 take Docker's
+/// defaults (interval 30s, timeout 30s, start period 0), retries 0 take 3;
+/// interval and timeout are at least the manifest's minimums (100ms, 10ms).
+/// A replica turning unhealthy is replaced, as with the manifest's default
+/// `on_unhealthy`.
+pub fn from_image(hc: Option<&ImageHealthcheck>) -> Option<Health> {
+    let hc = hc?;
+    let (kind, rest) = hc.test.split_first()?;
+    let command: Vec<String> = match kind.as_str() {
+        "CMD" => rest.to_vec(),
+        "CMD-SHELL" => ["/bin/sh", "-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(rest.iter().cloned())
+            .collect(),
+        _ => return None,
+    };
+    let or = |d: Duration, default: Duration| if d.is_zero() { default } else { d };
+    Some(Health {
+        check: HealthCheck::Exec { command },
+        interval: or(hc.interval, IMAGE_INTERVAL).max(MIN_IMAGE_INTERVAL),
+        timeout: or(hc.timeout, IMAGE_TIMEOUT).max(MIN_IMAGE_TIMEOUT),
+        retries: if hc.retries == 0 {
+            IMAGE_RETRIES
+        } else {
+            hc.retries
+        },
+        start_period: hc.start_period,
+        on_unhealthy: OnUnhealthy::Restart,
+    })
+}
+
+/// The health check that applies: the manifest's `[health]` wins whole;
+/// without one, the image's.
+pub fn effective(manifest: Option<&Health>, image: Option<&Health>) -> Option<Health> {
+    manifest.or(image).cloned()
+}
+
+/// The health check of a container: [`effective`] of the manifest's and the
+/// image check recorded in its [`LABEL_IMAGE_HEALTH`] label when it started.
+/// Every reader of a replica's health goes through here.
+pub fn of_container(
+    manifest: Option<&Health>,
+    labels: &BTreeMap<String, String>,
+) -> Option<Health> {
+    if manifest.is_some() {
+        return manifest.cloned();
+    }
+    let image = labels
+        .get(LABEL_IMAGE_HEALTH)
+        .and_then(|l| serde_json::from_str::<Health>(l).ok());
+    effective(None, image.as_ref())
+}
 
 /// A replica's health as the checks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,5 +339,129 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
 pub fn forget(agent: &Agent, id: &str) {
     if let Some(h) = agent.live().health.remove(id) {
         h.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn hc(
+        test: &[&str],
+        interval_ms: u64,
+        timeout_ms: u64,
+        start_ms: u64,
+        retries: u32,
+    ) -> ImageHealthcheck {
+        ImageHealthcheck {
+            test: test.iter().map(|s| s.to_string()).collect(),
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            start_period: Duration::from_millis(start_ms),
+            retries,
+        }
+    }
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Each row is how Docker's daemon (daemon/health.go) runs the image's
+    /// `Healthcheck`.
+    #[test]
+    fn image_healthchecks_convert_as_docker_runs_them() {
+        type Row<'a> = (
+            ImageHealthcheck,
+            Option<(&'a [&'a str], u64, u64, u64, u32)>,
+            &'a str,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                hc(&["CMD", "pg_isready", "-q"], 0, 0, 0, 0),
+                Some((&["pg_isready", "-q"], 30_000, 30_000, 0, 3)),
+                "CMD: exec the args; 0 = defaults",
+            ),
+            (
+                hc(
+                    &["CMD-SHELL", "curl -f localhost || exit 1"],
+                    2000,
+                    500,
+                    5000,
+                    4,
+                ),
+                Some((
+                    &["/bin/sh", "-c", "curl -f localhost || exit 1"],
+                    2000,
+                    500,
+                    5000,
+                    4,
+                )),
+                "CMD-SHELL: /bin/sh -c",
+            ),
+            (
+                hc(&["NONE"], 1000, 0, 0, 0),
+                None,
+                "NONE disables the check",
+            ),
+            (hc(&[], 1000, 0, 0, 0), None, "an empty test: none"),
+            (
+                hc(&["CMDX", "true"], 0, 0, 0, 0),
+                None,
+                "an unknown type: none (Docker logs it)",
+            ),
+            (
+                hc(&["CMD"], 0, 0, 0, 0),
+                Some((&[], 30_000, 30_000, 0, 3)),
+                "CMD without args: a check that fails",
+            ),
+            (
+                hc(&["CMD", "true"], 1, 1, 0, 1),
+                Some((&["true"], 100, 10, 0, 1)),
+                "tiny durations: the manifest's minimums",
+            ),
+        ];
+        for (hc, want, rule) in rows {
+            let got = from_image(Some(&hc));
+            let want = want.map(|(cmd, i, t, s, r)| Health {
+                check: HealthCheck::Exec { command: v(cmd) },
+                interval: Duration::from_millis(i),
+                timeout: Duration::from_millis(t),
+                start_period: Duration::from_millis(s),
+                retries: r,
+                on_unhealthy: OnUnhealthy::Restart,
+            });
+            assert_eq!(got, want, "{rule}");
+        }
+        assert_eq!(from_image(None), None, "no Healthcheck in the image");
+    }
+
+    #[test]
+    fn the_manifest_check_wins_else_the_image_label() {
+        let manifest = Health {
+            check: HealthCheck::Tcp { port: 80 },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            retries: 1,
+            start_period: Duration::ZERO,
+            on_unhealthy: OnUnhealthy::Ignore,
+        };
+        let image = from_image(Some(&hc(&["CMD", "true"], 0, 0, 0, 0))).unwrap();
+        let labels = BTreeMap::from([(
+            LABEL_IMAGE_HEALTH.to_string(),
+            serde_json::to_string(&image).unwrap(),
+        )]);
+        assert_eq!(
+            of_container(Some(&manifest), &labels),
+            Some(manifest.clone())
+        );
+        assert_eq!(of_container(None, &labels), Some(image.clone()));
+        assert_eq!(
+            of_container(None, &BTreeMap::new()),
+            None,
+            "no label: no check"
+        );
+        assert_eq!(effective(None, Some(&image)), Some(image));
+        assert_eq!(effective(None, None), None);
     }
 }

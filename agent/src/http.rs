@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::control::{Agent, AgentError, ApplySource};
+use crate::control::{Agent, AgentError, ApplySource, LogTargetKind, LogsRequest};
 
 /// Largest request body accepted (a manifest directory as JSON).
 pub const MAX_BODY: usize = 4 << 20;
@@ -141,6 +141,7 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/services", get(get_services))
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/containers", get(get_containers))
+        .route("/v1/stats", get(get_stats))
         .route("/v1/containers/{id}", get(get_container))
         .route("/v1/rollback", post(post_rollback))
         .route("/v1/images", get(get_images))
@@ -153,6 +154,7 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
     Router::new()
         .route("/v1/events", get(get_events))
         .route("/v1/containers/{id}/logs", get(get_logs))
+        .route("/v1/services/{name}/logs", get(get_service_logs))
         .route("/v1/images/pull", post(post_pull))
         .merge(timed)
         .fallback(not_found)
@@ -336,34 +338,56 @@ async fn get_status(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
 struct EventsQuery {
     #[serde(default)]
     follow: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    /// RFC 3339 time or a duration back from now (`10m`).
+    #[serde(default)]
+    since: Option<String>,
 }
 
-/// `GET /v1/events`: recent events as JSON; with `follow`, newline-delimited
-/// JSON that stays open and streams new events.
-async fn get_events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> Response {
+/// `GET /v1/events[?service=S&kind=K&since=T]`: kept events as JSON; with
+/// `follow`, newline-delimited JSON that stays open and streams new events.
+async fn get_events(
+    State(ctx): State<Ctx>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
     let follow = q
         .follow
         .as_deref()
         .is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    let since = match q.since.as_deref() {
+        None => None,
+        Some(t) => Some(
+            crate::events::parse_since(t, time::OffsetDateTime::now_utc())
+                .map_err(|m| ApiError::from(AgentError::BadRequest(format!("since: {m}"))))?,
+        ),
+    };
+    let filter = crate::events::EventFilter {
+        service: q.service,
+        kind: q.kind,
+        since,
+    };
     if !follow {
-        return Json(ctx.agent.events.history()).into_response();
+        return Ok(Json(ctx.agent.events.query(&filter)).into_response());
     }
     let rx = ctx.agent.events.subscribe();
-    let history = ctx.agent.events.history();
+    let history = ctx.agent.events.query(&filter);
     let last_seq = history.last().map(|e| e.seq).unwrap_or(0);
     let head = futures_util::stream::iter(
         history
             .into_iter()
             .map(|e| Ok::<_, std::io::Error>(ndjson(&e))),
     );
-    let tail = futures_util::stream::unfold(rx, move |mut rx| async move {
+    let tail = futures_util::stream::unfold((rx, filter), move |(mut rx, filter)| async move {
         loop {
             match rx.recv().await {
-                Ok(e) if e.seq <= last_seq => continue,
-                Ok(e) => return Some((Ok(ndjson(&e)), rx)),
+                Ok(e) if e.seq <= last_seq || !filter.matches(&e) => continue,
+                Ok(e) => return Some((Ok(ndjson(&e)), (rx, filter))),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let note = serde_json::json!({ "kind": "events-dropped", "message": format!("{n} events were dropped: reader too slow") });
-                    return Some((Ok(Bytes::from(format!("{note}\n"))), rx));
+                    return Some((Ok(Bytes::from(format!("{note}\n"))), (rx, filter)));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
@@ -374,7 +398,7 @@ async fn get_events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> Res
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
-    resp
+    Ok(resp)
 }
 
 fn ndjson<T: serde::Serialize>(value: &T) -> Bytes {
@@ -427,6 +451,15 @@ async fn get_service(
 
 async fn get_containers(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     Ok(Json(ctx.agent.container_views().await?).into_response())
+}
+
+/// `GET /v1/stats`: CPU, memory and pids of every running container.
+async fn get_stats(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    let runtime = ctx.agent.runtime.clone();
+    let stats = tokio::task::spawn_blocking(move || crate::stats::snapshot(&runtime))
+        .await
+        .map_err(|e| ApiError::from(AgentError::Runtime(format!("reading stats: {e}"))))?;
+    Ok(Json(stats).into_response())
 }
 
 async fn get_container(
@@ -548,104 +581,80 @@ struct LogsQuery {
     follow: Option<String>,
     #[serde(default)]
     tail: Option<usize>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    timestamps: Option<String>,
+    #[serde(default)]
+    previous: Option<String>,
 }
 
-/// Last `n` lines of `text` (all when `n` is None).
-fn tail_lines(text: &[u8], n: Option<usize>) -> &[u8] {
-    let Some(n) = n else { return text };
-    let mut count = 0;
-    let body = text.strip_suffix(b"\n").unwrap_or(text);
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            count += 1;
-            if count == n {
-                return &text[i + 1..];
-            }
-        }
-    }
-    if n == 0 {
-        &[]
-    } else {
-        text
-    }
+/// A flag parameter: present empty, `true` or `1`.
+fn flag(v: &Option<String>) -> bool {
+    v.as_deref()
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-/// `GET /v1/containers/ID/logs?follow&tail=N`: a container's (or, given a
-/// service name, every replica's) stdout and stderr as plain text.
+/// `GET /v1/containers/ID/logs?follow&tail=N&since=T&timestamps&previous`:
+/// a container's lines (ID may also be a service name, or an archived
+/// container) as plain text, one per line, `timestamps` prefixing each with
+/// its RFC 3339 time.
 async fn get_logs(
     State(ctx): State<Ctx>,
     Path(target): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let follow = q
-        .follow
-        .as_deref()
-        .is_some_and(|v| v.is_empty() || v == "true" || v == "1");
-    let sources = ctx.agent.log_files(&target).await?;
-    let prefix = sources.len() > 1;
-    let mut out = Vec::new();
-    let mut positions: Vec<(String, std::path::PathBuf, u64)> = Vec::new();
-    for (id, files) in &sources {
-        let mut text = Vec::new();
-        for f in files {
-            if let Ok(b) = std::fs::read(f) {
-                text.extend_from_slice(&b);
-            }
-        }
-        for line in tail_lines(&text, q.tail).split_inclusive(|b| *b == b'\n') {
-            if prefix {
-                out.extend_from_slice(format!("{id} | ").as_bytes());
-            }
-            out.extend_from_slice(line);
-        }
-        // Follow the newest file of each stream.
-        for f in files
-            .iter()
-            .filter(|f| !f.to_string_lossy().ends_with(".1"))
-        {
-            let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            positions.push((id.clone(), f.clone(), len));
-        }
-    }
-    if !follow {
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response());
-    }
-    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(out)) });
-    let tail = futures_util::stream::unfold(positions, move |mut positions| async move {
-        loop {
-            let mut chunk = Vec::new();
-            for (id, path, pos) in positions.iter_mut() {
-                let len = std::fs::metadata(&*path).map(|m| m.len()).unwrap_or(0);
-                if len < *pos {
-                    *pos = 0; // rotated
-                }
-                if len > *pos {
-                    use std::io::{Read, Seek};
-                    if let Ok(mut f) = std::fs::File::open(&*path) {
-                        let _ = f.seek(std::io::SeekFrom::Start(*pos));
-                        let mut buf = Vec::new();
-                        let _ = f.take(len - *pos).read_to_end(&mut buf);
-                        *pos += buf.len() as u64;
-                        for line in buf.split_inclusive(|b| *b == b'\n') {
-                            if prefix {
-                                chunk.extend_from_slice(format!("{id} | ").as_bytes());
-                            }
-                            chunk.extend_from_slice(line);
-                        }
-                    }
-                }
-            }
-            if !chunk.is_empty() {
-                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), positions));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    logs_response(ctx, target, LogTargetKind::Any, q).await
+}
+
+/// `GET /v1/services/NAME/logs?...`: a service's replicas merged by time;
+/// with `follow`, new replicas are followed as they start.
+async fn get_service_logs(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    logs_response(ctx, name, LogTargetKind::Service, q).await
+}
+
+async fn logs_response(
+    ctx: Ctx,
+    target: String,
+    kind: LogTargetKind,
+    q: LogsQuery,
+) -> Result<Response, ApiError> {
+    let since = match q.since.as_deref() {
+        Some(t) if !t.is_empty() => Some(crate::runtime::crilog::nanos_of(
+            crate::events::parse_since(t, time::OffsetDateTime::now_utc())
+                .map_err(|m| ApiError::from(AgentError::BadRequest(format!("since: {m}"))))?,
+        )),
+        _ => None,
+    };
+    let req = LogsRequest {
+        target,
+        kind,
+        follow: flag(&q.follow),
+        previous: flag(&q.previous),
+        query: crate::logs::LogQuery {
+            tail: q.tail,
+            since,
+            timestamps: flag(&q.timestamps),
+        },
+    };
+    let reply = ctx.agent.logs(&req).await?;
+    let content_type = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    let Some(follow) = reply.follow else {
+        return Ok((content_type, reply.head).into_response());
+    };
+    let head = reply.head;
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
+    let agent = ctx.agent.clone();
+    let tail = futures_util::stream::unfold((agent, follow), |(agent, mut follow)| async move {
+        let chunk = follow.next(&agent).await?;
+        Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (agent, follow)))
     });
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from_stream(head.chain(tail)),
-    )
-        .into_response())
+    Ok((content_type, Body::from_stream(head.chain(tail))).into_response())
 }
 
 async fn get_healthz() -> Response {

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod image;
 pub mod launch;
+pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod reconcile;

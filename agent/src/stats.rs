@@ -1,6 +1,6 @@
-//! Per-container CPU and memory, read from each container's cgroup when
-//! Prometheus scrapes (no background polling, no stale series for removed
-//! containers).
+//! Per-container CPU, memory and pids, read from each container's cgroup when
+//! Prometheus scrapes or `GET /v1/stats` asks (no background polling, no stale
+//! series for removed containers).
 
 use std::sync::Arc;
 
@@ -9,6 +9,39 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 
 use crate::control::LABEL_SERVICE;
 use crate::runtime::{ContainerState, Runtime};
+
+/// The running containers' stats now, in id order (`GET /v1/stats`). A
+/// container that stops while being read is left out.
+pub fn snapshot(runtime: &Runtime) -> Vec<berth_core::api::ContainerStats> {
+    let mut out: Vec<berth_core::api::ContainerStats> = runtime
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+        .filter_map(|c| {
+            let stats = runtime.stats(&c.id).ok()?;
+            let memory_limit_bytes = c
+                .labels
+                .get(crate::control::LABEL_SPEC)
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                .and_then(|v| berth_core::spec::ContainerSpec::from_stored(&v).ok())
+                .and_then(|spec| spec.memory_bytes);
+            Some(berth_core::api::ContainerStats {
+                service: c.labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+                id: c.id,
+                cpu_ns: stats.cpu_usage_ns,
+                memory_bytes: stats.memory_bytes,
+                memory_limit_bytes,
+                pids: stats.pids,
+                read_at: time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
 
 /// The scrape-time collector of container stats.
 #[derive(Debug)]

@@ -485,12 +485,12 @@ fn a_container_joins_its_namespace_and_serves_http() {
         }
     };
     assert!(body.contains("hello from berth"), "{body}");
-    let stdout = rt.logs(&cfg.id).unwrap().stdout;
+    let files = rt.logs(&cfg.id).unwrap();
     let mut out = String::new();
     while Instant::now() < deadline && !out.contains("default via") {
-        out = stdout
+        out = berth_agent::runtime::crilog::read_entries(&files)
             .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .map(|e| format!("{}\n", String::from_utf8_lossy(&e.line)))
             .collect();
         std::thread::sleep(Duration::from_millis(10));
     }

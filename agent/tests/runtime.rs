@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use berth_agent::runtime::crilog::read_entries;
 use berth_agent::runtime::{
-    ContainerConfig, ContainerState, Mount, Runtime, RuntimeError, RuntimePaths, User,
+    ContainerConfig, ContainerState, Mount, Runtime, RuntimeError, RuntimePaths, Stream, User,
 };
 
 const CGROUP_PARENT: &str = "berth-test";
@@ -133,14 +134,20 @@ impl Guard<'_> {
         }
     }
 
+    /// (stdout, stderr): the lines of each stream of the container's log.
     fn output(&self) -> (String, String) {
-        let logs = self.env.rt.logs(&self.id).unwrap();
-        let read = |v: &Vec<PathBuf>| {
-            v.iter()
-                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-                .collect::<String>()
-        };
-        (read(&logs.stdout), read(&logs.stderr))
+        let files = self.env.rt.logs(&self.id).unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        for e in read_entries(&files) {
+            let s = if e.stream == Stream::Stdout {
+                &mut out
+            } else {
+                &mut err
+            };
+            s.push_str(&String::from_utf8_lossy(&e.line));
+            s.push('\n');
+        }
+        (out, err)
     }
 
     /// Waits until the stdout log contains `needle`.
@@ -858,16 +865,33 @@ fn logs_rotate_and_mounts_stay_in_the_container() {
         !mountinfo.contains(dir.to_str().unwrap()),
         "container mounts leaked to the host"
     );
+    // One CRI file per container, rotated once (`.1`), no record split
+    // between the two, every line back in order with its stream.
     let logs = env.rt.logs(&c.id).unwrap();
-    assert_eq!(logs.stdout.len(), 2, "{logs:?}");
-    assert!(logs.stdout[0].ends_with("stdout.log.1") && logs.stdout[1].ends_with("stdout.log"));
-    let sizes: Vec<u64> = logs
-        .stdout
+    let names: Vec<String> = logs
         .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["container.log.1", "container.log"], "{logs:?}");
+    let sizes: Vec<u64> = logs
+        .iter()
+        .map(|f| std::fs::metadata(&f.path).unwrap().len())
         .collect();
     assert!(sizes.iter().all(|s| *s <= 8192), "{sizes:?}");
-    assert_eq!(std::fs::read_to_string(&logs.stderr[0]).unwrap(), "err\n");
+    for f in &logs {
+        let text = std::fs::read_to_string(&f.path).unwrap();
+        assert!(
+            text.lines()
+                .all(|l| l.contains(" stdout F ") || l.contains(" stderr F ")),
+            "{text}"
+        );
+    }
+    let (out, err) = c.output();
+    assert!(
+        out.ends_with(&format!("{}\nready\n", "x".repeat(3000))),
+        "{out}"
+    );
+    assert_eq!(err, "err\n");
     let stats = env.rt.stats(&c.id).unwrap();
     assert!(
         stats.memory_bytes > 0 && stats.cpu_usage_ns > 0 && stats.pids >= 1,
@@ -1447,4 +1471,306 @@ fn seccomp_covers_clone3_x32_and_i386_syscalls() {
         // Killed by the arch check: SIGSYS (31).
         assert!(out.contains("i386=159\n"), "{out} {err}");
     }
+}
+
+/// `(pid, comm, state)` of every process in the container's PID namespace,
+/// read from its own `/proc` through `exec` (zombies included).
+fn processes_inside(env: &Env, id: &str) -> Vec<(u32, String, char)> {
+    let r = env
+        .rt
+        .exec(
+            id,
+            &sh("for f in /proc/[0-9]*/stat; do cat $f; echo; done"),
+            10 * SECOND,
+        )
+        .unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    r.output
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (pid, rest) = l.split_once(" (").unwrap();
+            let (comm, rest) = rest.rsplit_once(") ").unwrap();
+            (
+                pid.parse().unwrap(),
+                comm.to_string(),
+                rest.chars().next().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn status_field(pid: i32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("{key} missing in {status}"))
+        .trim()
+        .to_string()
+}
+
+/// The orphan `sleep 0.1` is reparented to PID 1 and exits; PID 1 then ignores
+/// SIGTERM unless it is an init (busybox `sleep` installs no handler).
+const ORPHAN_THEN_SLEEP: &str = "(sleep 0.1 &); echo ready; exec sleep 3600";
+
+#[test]
+fn init_forwards_signals_reaps_orphans_and_passes_the_exit_code() {
+    let env = Env::new();
+    // Without init: the orphan stays a zombie under `sleep`, which is PID 1.
+    let mut cfg = env.config("no-init", ORPHAN_THEN_SLEEP);
+    cfg.stop_timeout = Duration::from_secs(10);
+    let c = env.start(&cfg);
+    c.wait_output("ready");
+    std::thread::sleep(Duration::from_millis(600));
+    let procs = processes_inside(&env, &c.id);
+    assert!(
+        procs.iter().any(|p| p.0 == 1 && p.1 == "sleep"),
+        "{procs:?}"
+    );
+    assert!(
+        procs.iter().any(|p| p.2 == 'Z'),
+        "without an init the orphan must stay a zombie (else this test proves nothing): {procs:?}"
+    );
+    c.remove();
+
+    // With init: PID 1 is Berth's init, the workload its child; the orphan is reaped.
+    let mut cfg = env.config("init", ORPHAN_THEN_SLEEP);
+    cfg.init = true;
+    cfg.stop_timeout = Duration::from_secs(10);
+    let c = env.start(&cfg);
+    c.wait_output("ready");
+    std::thread::sleep(Duration::from_millis(600));
+    let procs = processes_inside(&env, &c.id);
+    assert!(
+        procs.iter().any(|p| p.0 == 1 && p.1 == "berth-init"),
+        "{procs:?}"
+    );
+    assert!(
+        procs.iter().any(|p| p.0 == 2 && p.1 == "sleep"),
+        "{procs:?}"
+    );
+    assert!(procs.iter().all(|p| p.2 != 'Z'), "zombie left: {procs:?}");
+
+    // The init holds no more than CAP_KILL, is filtered and cannot be inspected from inside.
+    let ContainerState::Running { pid, .. } = env.rt.state(&c.id) else {
+        panic!("not running: {:?}", env.rt.state(&c.id));
+    };
+    let cap_kill = caps::Capability::CAP_KILL.bitmask();
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            u64::from_str_radix(&status_field(pid, set), 16).unwrap(),
+            cap_kill,
+            "{set}"
+        );
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_exe_not_writable(&format!("/proc/{pid}/exe"), "init");
+    // It costs the container about what the monitor costs the host.
+    let (rss, private) = rss_kib(pid);
+    eprintln!("MEASURE init VmRSS {rss} KiB, private {private} KiB");
+    assert!(private <= 2048, "init private memory {private} KiB");
+    let r = env
+        .rt
+        .exec(
+            &c.id,
+            &sh("readlink /proc/1/exe || echo denied; echo hi"),
+            10 * SECOND,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.code, r.output.ends_with("denied\nhi\n")),
+        (0, true),
+        "{r:?}"
+    );
+
+    // SIGTERM reaches `sleep`, which dies of it: 143, long before the 10 s timeout.
+    let t0 = Instant::now();
+    let exit = env.rt.stop(&c.id, None, None).unwrap();
+    let took = t0.elapsed();
+    eprintln!("stop with init: {took:?}");
+    assert_eq!((exit.code, exit.oom_killed), (143, false), "{exit:?}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    c.remove();
+
+    // Other signals are forwarded too.
+    let mut cfg = env.config(
+        "init-usr1",
+        "trap 'echo got-usr1' USR1; echo ready; while :; do sleep 0.05; done",
+    );
+    cfg.init = true;
+    let c = env.start(&cfg);
+    c.wait_output("ready");
+    let ContainerState::Running { pid, .. } = env.rt.state(&c.id) else {
+        panic!("not running");
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    c.wait_output("got-usr1");
+    c.remove();
+
+    // Exit codes: the workload's own, or 128 + the signal that killed it; OOM is still seen.
+    let mut cfg = env.config("init-exit", "exit 7");
+    cfg.init = true;
+    let (state, out, err) = env.run(&cfg);
+    assert_eq!(exit_code(&state), 7, "{out} {err}");
+    let mut cfg = env.config("init-signalled", "kill -USR1 $$");
+    cfg.init = true;
+    let (state, out, err) = env.run(&cfg);
+    assert_eq!(exit_code(&state), 128 + libc::SIGUSR1, "{out} {err}");
+    let mut cfg = env.config("init-oom", "");
+    cfg.args = vec!["/bin/tail".into(), "/dev/zero".into()];
+    cfg.memory_bytes = Some(32 << 20);
+    cfg.init = true;
+    let (state, out, err) = env.run(&cfg);
+    assert!(
+        matches!(
+            state,
+            ContainerState::Exited {
+                code: 137,
+                oom_killed: true,
+                ..
+            }
+        ),
+        "{state:?} {out} {err}"
+    );
+    // A workload that cannot start fails the start, as without init.
+    let mut cfg = env.config("init-missing", "");
+    cfg.args = vec!["no-such-command".into()];
+    cfg.init = true;
+    let err = env.rt.create_and_start(&cfg).unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Start { step, .. } if step == "find executable"),
+        "{err}"
+    );
+    assert_clean(&env.rt, &cfg.id);
+}
+
+fn host_sysctl(name: &str) -> String {
+    std::fs::read_to_string(Path::new("/proc/sys").join(name.replace('.', "/")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn sysctls_are_set_in_the_container_only() {
+    let env = Env::new();
+    let (somaxconn, shmmax) = ("net.core.somaxconn", "kernel.shmmax");
+    let host_before = (host_sysctl(somaxconn), host_sysctl(shmmax));
+    // Values the host does not have, so reading them back proves something.
+    let want_somaxconn = if host_before.0 == "1024" {
+        "1025"
+    } else {
+        "1024"
+    };
+    let want_shmmax = if host_before.1 == "68719476736" {
+        "68719476737"
+    } else {
+        "68719476736"
+    };
+    let mut cfg = env.config(
+        "sysctl",
+        "cat /proc/sys/net/core/somaxconn /proc/sys/kernel/shmmax \
+         /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range",
+    );
+    cfg.sysctls = [(somaxconn, want_somaxconn), (shmmax, want_shmmax)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (state, out, err) = env.run(&cfg);
+    assert_eq!(exit_code(&state), 0, "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [want_somaxconn, want_shmmax, "0", "0\t2147483647"],
+        "configured values and Docker's defaults"
+    );
+    assert_eq!(
+        (host_sysctl(somaxconn), host_sysctl(shmmax)),
+        host_before,
+        "the host's values must not change"
+    );
+
+    // A value the kernel refuses fails the start, naming the sysctl and the errno.
+    for (name, value, errno) in [
+        (somaxconn, "not-a-number", "EINVAL"),
+        ("net.ipv4.no_such_sysctl", "1", "ENOENT"),
+    ] {
+        let mut cfg = env.config("sysctl-bad", "true");
+        cfg.sysctls = [(name.to_string(), value.to_string())].into();
+        let err = env.rt.create_and_start(&cfg).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, RuntimeError::Start { step, .. } if step == "sysctl")
+                && text.contains(name)
+                && text.contains(errno)
+                && text.contains(&cfg.id),
+            "{text}"
+        );
+        assert_clean(&env.rt, &cfg.id);
+    }
+    // One that would change the host is refused before anything is made.
+    let mut cfg = env.config("sysctl-host", "true");
+    cfg.sysctls = [("vm.swappiness".to_string(), "1".to_string())].into();
+    let err = env.rt.create_and_start(&cfg).unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Config(_)) && err.to_string().contains("vm.swappiness"),
+        "{err}"
+    );
+    assert!(!env.rt.container_dir(&cfg.id).exists());
+    assert_eq!(host_sysctl(somaxconn), host_before.0);
+}
+
+/// `socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)` (what ping uses without
+/// CAP_NET_RAW), then exit 0 on success or with the errno.
+#[cfg(target_arch = "x86_64")]
+const ICMP_SOCKET: &[u8] = b"\xb8\x29\x00\x00\x00\xbf\x02\x00\x00\x00\xbe\x02\x00\x00\x00\xba\x01\x00\x00\x00\x0f\x05\x48\x85\xc0\x78\x02\x31\xc0";
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn non_root_binds_low_ports_and_opens_ping_sockets_unless_overridden() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let layer = tempfile::Builder::new()
+        .prefix("berth-icmp-layer-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir(layer.path().join("bin")).unwrap();
+    let icmp = layer.path().join("bin/icmp-socket");
+    std::fs::write(&icmp, tiny_elf(&[ICMP_SOCKET, EXIT_WITH_ERRNO].concat())).unwrap();
+    std::fs::set_permissions(&icmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let env = Env::new();
+    let script = "httpd -p 80 -h /tmp; echo bind=$?; icmp-socket; echo icmp=$?";
+    let user = User {
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![],
+    };
+    let run = |overrides: &[(&str, &str)]| {
+        let mut cfg = env.config("defaults", script);
+        cfg.lowerdirs = vec![layer.path().to_path_buf(), busybox_layer().to_path_buf()];
+        cfg.user = user.clone();
+        cfg.sysctls = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (state, out, err) = env.run(&cfg);
+        assert_eq!(exit_code(&state), 0, "{out} {err}");
+        (out, err)
+    };
+    // Docker's defaults: port 80 and ICMP echo sockets for any user.
+    let (out, err) = run(&[]);
+    assert_eq!(out, "bind=0\nicmp=0\n", "{err}");
+    // The config's values win over the defaults.
+    let (out, err) = run(&[
+        ("net.ipv4.ip_unprivileged_port_start", "1024"),
+        ("net.ipv4.ping_group_range", "1 0"),
+    ]);
+    assert_eq!(out, format!("bind=1\nicmp={}\n", libc::EACCES), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
 }

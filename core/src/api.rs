@@ -151,6 +151,25 @@ pub struct ImageView {
     pub in_use: bool,
 }
 
+/// One running container's resource use, read from its cgroup now
+/// (`GET /v1/stats`, `berthctl top`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub id: String,
+    pub service: String,
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use now (cgroup `memory.current` / `memory.usage_in_bytes`).
+    pub memory_bytes: u64,
+    /// The memory limit, when the manifest sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes and threads in the container now.
+    pub pids: u64,
+    /// When the numbers were read (RFC 3339, UTC, nanoseconds).
+    pub read_at: String,
+}
+
 /// A container, as `ps`, `inspect` and `GET /v1/containers` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerView {
@@ -171,6 +190,10 @@ pub struct ContainerView {
     pub ip: Option<String>,
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The image's `ExposedPorts` (`80/tcp`): documentation of what the
+    /// image listens on; only `ports` publishes anything.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
     pub created_at: String,
     #[serde(default)]
     pub started_at: Option<String>,

@@ -45,6 +45,12 @@ pub struct ContainerSpec {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub readonly_rootfs: bool,
+    /// The manifest's `stop_signal`, `SIGTERM` when it sets none (the form
+    /// every version stored). The signal a replica is stopped with is resolved
+    /// when it starts — the manifest's, else the image's `StopSignal`, else
+    /// SIGTERM — and kept with the container; so writing `SIGTERM` where
+    /// nothing was written does not replace replicas (they keep the signal
+    /// they started with until they are replaced for another reason).
     pub stop_signal: String,
     pub memory_bytes: Option<u64>,
     pub millicpus: Option<u32>,
@@ -94,7 +100,10 @@ impl ContainerSpec {
             workdir: service.workdir.clone(),
             user: service.user.clone(),
             readonly_rootfs: service.readonly_rootfs,
-            stop_signal: service.stop_signal.name.clone(),
+            stop_signal: service
+                .stop_signal
+                .as_ref()
+                .map_or_else(|| "SIGTERM".to_string(), |s| s.name.clone()),
             memory_bytes: service.resources.memory_bytes,
             millicpus: service.resources.millicpus,
             pids: service.resources.pids,

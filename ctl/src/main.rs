@@ -3,7 +3,11 @@
 //! TCP with a bearer token. It has no Linux-only dependency.
 
 mod client;
+mod docs;
+#[macro_use]
+mod out;
 mod pull;
+mod top;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +52,11 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write berthctl's man pages (berthctl.1, berthctl-COMMAND.1) into DIR.
+    #[command(name = "man-pages", hide = true)]
+    ManPages { dir: PathBuf },
     /// Check a manifest file or directory offline; errors name file, line and column.
     Validate {
         #[arg(short = 'f', long = "file")]
@@ -75,23 +84,50 @@ enum Command {
     /// Services, replicas ready/desired and the current revision.
     #[command(alias = "ps")]
     Status,
+    /// CPU, memory and pids per running container (sampled over --interval).
+    Top {
+        /// How long to measure CPU use over, e.g. 1s, 500ms.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
     /// Applied revisions, newest last.
     History,
-    /// Recent events; with -f, keep following.
+    /// Kept events (they survive agent restarts); with -f, keep following.
     Events {
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only events of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only events of this kind (e.g. rollout-failed, container-started).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events since an RFC 3339 time or a duration ago (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Everything about one container (id or unique prefix).
     Inspect { container: String },
-    /// A container's or a service's logs.
+    /// A container's or a service's logs (a service's replicas merged by time).
     Logs {
+        /// A service, or a container id (or unique prefix).
         target: String,
+        /// Keep printing new lines; for a service, also those of replicas
+        /// started later (after a rollout or restart).
         #[arg(short = 'f', long)]
         follow: bool,
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// Only lines since an RFC 3339 time or for a duration back (10m, 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Prefix each line with its RFC 3339 time.
+        #[arg(long)]
+        timestamps: bool,
+        /// The service's last exited or replaced replica.
+        #[arg(short = 'p', long)]
+        previous: bool,
     },
     /// Re-apply an earlier revision's exact manifest and digests.
     Rollback { revision: Option<u64> },
@@ -153,6 +189,29 @@ async fn call(cli: &Cli, method: Method, path: &str) -> Result<client::Reply> {
     Ok(reply)
 }
 
+/// The `GET /v1/containers/TARGET/logs` request of `logs` (TARGET may be a
+/// service or a container).
+fn logs_path(
+    target: &str,
+    follow: bool,
+    tail: Option<usize>,
+    since: Option<&str>,
+    timestamps: bool,
+    previous: bool,
+) -> String {
+    let mut path = format!(
+        "/v1/containers/{}/logs?follow={follow}&timestamps={timestamps}&previous={previous}",
+        query_escape(target)
+    );
+    if let Some(n) = tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    if let Some(s) = since {
+        path.push_str(&format!("&since={}", query_escape(s)));
+    }
+    path
+}
+
 /// The message of a JSON error body, or the raw text.
 pub(crate) fn error_text(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
@@ -167,17 +226,29 @@ fn read_manifest(path: &Path) -> Result<manifest::SourceFiles> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            docs::completions::<Cli>(*shell, &mut script);
+            out::write_bytes(&script);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ManPages { dir } => {
+            for path in docs::man_pages::<Cli>(dir)? {
+                outln!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { path } => {
             let files = read_manifest(path)?;
             match Manifest::from_sources(&files) {
                 Ok(m) => {
                     if cli.output == Output::Json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({ "valid": true, "services": m.services.keys().collect::<Vec<_>>() })
                         );
                     } else {
-                        println!(
+                        outln!(
                             "{}: valid ({} services in {} files)",
                             path.display(),
                             m.services.len(),
@@ -188,7 +259,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     if cli.output == Output::Json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({ "valid": false, "problems": e.problems() })
                         );
@@ -227,27 +298,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let v: serde_json::Value =
                 serde_json::from_slice(&reply.body).context("decoding container")?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {
             target,
             follow,
             tail,
+            since,
+            timestamps,
+            previous,
         } => {
-            let mut path = format!("/v1/containers/{target}/logs?follow={follow}");
-            if let Some(n) = tail {
-                path.push_str(&format!("&tail={n}"));
-            }
-            let c = client(&cli)?;
-            use std::io::Write;
-            c.stream_raw(&path, |chunk| {
-                let mut out = std::io::stdout().lock();
-                out.write_all(chunk)?;
-                out.flush()?;
-                Ok(())
-            })
-            .await?;
+            let path = logs_path(
+                target,
+                *follow,
+                *tail,
+                since.as_deref(),
+                *timestamps,
+                *previous,
+            );
+            // `logs … | head` ends quietly, like every other command.
+            client(&cli)?
+                .stream_raw(&path, |chunk| {
+                    crate::out::write_bytes(chunk);
+                    Ok(())
+                })
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback { revision } => {
@@ -265,11 +341,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let resp: ApplyResponse = serde_json::from_slice(&reply.body)?;
                 print_plan(&resp.plan);
-                println!("rolled back as revision {}", resp.revision.unwrap_or(0));
+                outln!("rolled back as revision {}", resp.revision.unwrap_or(0));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -279,7 +355,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Images => {
             let reply = call(&cli, Method::GET, "/v1/images").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let images: Vec<berth_core::api::ImageView> = serde_json::from_slice(&reply.body)?;
                 let mut rows = vec![[
@@ -305,14 +381,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc => {
             let reply = call(&cli, Method::POST, "/v1/gc").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let r: serde_json::Value = serde_json::from_slice(&reply.body)?;
-                println!(
-                    "removed {} images, {} blobs, {} layer snapshots; freed {}",
+                outln!(
+                    "removed {} images, {} blobs, {} layer snapshots, {} archived container logs; freed {}",
                     r["images_removed"].as_array().map(|a| a.len()).unwrap_or(0),
                     r["blobs_removed"],
                     r["snapshots_removed"],
+                    r["log_archives_removed"].as_u64().unwrap_or(0),
                     human_bytes(r["bytes_freed"].as_u64().unwrap_or(0))
                 );
             }
@@ -341,11 +418,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
             if cli.output == Output::Json {
-                println!("{v}");
+                outln!("{v}");
             } else if v["draining"] == true {
-                println!("draining: every readiness endpoint of this host answers 503");
+                outln!("draining: every readiness endpoint of this host answers 503");
             } else {
-                println!("not draining");
+                outln!("not draining");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -353,7 +430,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status => {
             let reply = call(&cli, Method::GET, "/v1/status").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let status: StatusResponse =
                     serde_json::from_slice(&reply.body).context("decoding status")?;
@@ -365,17 +442,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     let list: Vec<berth_core::api::ContainerView> =
                         serde_json::from_slice(&containers.body).context("decoding containers")?;
                     if !list.is_empty() {
-                        println!();
+                        outln!();
                         print_containers(&list);
                     }
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Top { interval } => {
+            let interval = berth_core::units::parse_duration(interval)
+                .map_err(|e| anyhow::anyhow!("--interval: {e}"))?;
+            top::run(&cli, interval).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::History => {
             let reply = call(&cli, Method::GET, "/v1/revisions").await?;
             if cli.output == Output::Json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                outln!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let revs: Vec<RevisionInfo> =
                     serde_json::from_slice(&reply.body).context("decoding revisions")?;
@@ -383,28 +466,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events { follow } => {
+        Command::Events {
+            follow,
+            service,
+            kind,
+            since,
+        } => {
             let c = client(&cli)?;
+            let mut query: Vec<String> = Vec::new();
+            for (key, value) in [("service", service), ("kind", kind), ("since", since)] {
+                if let Some(v) = value {
+                    query.push(format!("{key}={}", query_escape(v)));
+                }
+            }
             let json = cli.output == Output::Json;
             let print = |e: &Event| {
                 if json {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    outln!("{}", serde_json::to_string(e).unwrap_or_default());
                 } else {
-                    println!("{}", event_line(e));
+                    outln!("{}", event_line(e));
                 }
             };
             if *follow {
-                c.stream_lines("/v1/events?follow=true", |line| {
+                query.push("follow=true".into());
+                c.stream_lines(&format!("/v1/events?{}", query.join("&")), |line| {
                     match serde_json::from_str::<Event>(line) {
                         Ok(e) => print(&e),
-                        Err(_) => println!("{line}"),
+                        Err(_) => outln!("{line}"),
                     }
                     Ok(())
                 })
                 .await?;
             } else {
                 let reply = c
-                    .request(Method::GET, "/v1/events", None, Bytes::new())
+                    .request(
+                        Method::GET,
+                        &format!("/v1/events?{}", query.join("&")),
+                        None,
+                        Bytes::new(),
+                    )
                     .await?;
                 if !reply.status.is_success() {
                     bail!("{}", error_text(&reply.body));
@@ -436,32 +536,32 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<Exit
         .await?;
     if !reply.status.is_success() {
         if cli.output == Output::Json {
-            println!("{}", String::from_utf8_lossy(&reply.body));
+            outln!("{}", String::from_utf8_lossy(&reply.body));
         } else {
             eprintln!("{}", error_text(&reply.body));
         }
         return Ok(ExitCode::FAILURE);
     }
     if cli.output == Output::Json {
-        println!("{}", String::from_utf8_lossy(&reply.body));
+        outln!("{}", String::from_utf8_lossy(&reply.body));
         return Ok(ExitCode::SUCCESS);
     }
     let resp: ApplyResponse =
         serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
     print_changes(&resp.changes);
-    println!();
+    outln!();
     print_plan(&resp.plan);
     if diff {
         // Nothing more: diff only shows the plan.
     } else if dry_run {
-        println!("dry run: nothing recorded");
+        outln!("dry run: nothing recorded");
     } else if resp.unchanged {
-        println!(
+        outln!(
             "unchanged: revision {} already has this manifest",
             resp.revision.unwrap_or(0)
         );
     } else {
-        println!("applied as revision {}", resp.revision.unwrap_or(0));
+        outln!("applied as revision {}", resp.revision.unwrap_or(0));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -572,7 +672,7 @@ fn print_status(s: &StatusResponse) {
         .as_ref()
         .map(|r| format!("revision {} ({}, {})", r.number, r.source, r.state))
         .unwrap_or_else(|| "no revision applied".into());
-    println!(
+    outln!(
         "berthd {} — {}{}{}",
         s.agent.version,
         rev,
@@ -584,7 +684,7 @@ fn print_status(s: &StatusResponse) {
         }
     );
     if let Some(err) = &s.source_error {
-        println!("source error: {err}");
+        outln!("source error: {err}");
     }
     let mut rows = vec![[
         "SERVICE".to_string(),
@@ -699,6 +799,44 @@ pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_path_carries_every_flag_escaped() {
+        assert_eq!(
+            logs_path("web", false, None, None, false, false),
+            "/v1/containers/web/logs?follow=false&timestamps=false&previous=false"
+        );
+        assert_eq!(
+            logs_path(
+                "web",
+                true,
+                Some(5),
+                Some("2024-05-01T10:00:00+02:00"),
+                true,
+                true
+            ),
+            "/v1/containers/web/logs?follow=true&timestamps=true&previous=true&tail=5&since=2024-05-01T10%3A00%3A00%2B02%3A00"
+        );
+        assert_eq!(query_escape("a b/c"), "a%20b%2Fc");
     }
 }

@@ -28,7 +28,7 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
             return Ok(());
         };
         if json {
-            println!("{line}");
+            outln!("{line}");
         }
         let short = |d: &serde_json::Value| crate::short_digest(d.as_str().unwrap_or(""));
         match v["event"].as_str().unwrap_or("") {
@@ -107,7 +107,7 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
     match record {
         Some(r) => {
             if !json {
-                println!("{}@{}", image, r["digest"].as_str().unwrap_or(""));
+                outln!("{}@{}", image, r["digest"].as_str().unwrap_or(""));
             }
             Ok(ExitCode::SUCCESS)
         }

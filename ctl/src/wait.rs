@@ -46,12 +46,12 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
         match rev.map(|r| r.state.as_str()) {
             Some("complete") => {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "revision": target, "state": "complete" })
                     );
                 } else {
-                    println!("revision {target} rolled out");
+                    outln!("revision {target} rolled out");
                 }
                 return Ok(ExitCode::SUCCESS);
             }

@@ -55,6 +55,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub http_port: u16,
     pub extra_args: Vec<String>,
+    /// Extra environment for the berthd process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -118,6 +120,7 @@ impl Agent {
             dir,
             http_port: free_port(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -175,6 +178,7 @@ impl Agent {
             .arg(self.subnet())
             .args(&self.extra_args)
             .env("BERTH_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -485,6 +485,8 @@ enum Entry {
 pub struct LayerBuilder {
     entries: Vec<Entry>,
     compression: Compression,
+    /// A tar written by another tool, used as is (see [`LayerBuilder::verbatim`]).
+    verbatim: Option<Vec<u8>>,
 }
 
 fn rel(path: &str) -> String {
@@ -504,6 +506,17 @@ impl LayerBuilder {
         LayerBuilder {
             entries: Vec::new(),
             compression,
+            verbatim: None,
+        }
+    }
+
+    /// A layer whose uncompressed tar is `tar` byte for byte (e.g. written by
+    /// GNU tar), so the agent sees exactly what another tool produced.
+    pub fn verbatim(tar: Vec<u8>, compression: Compression) -> Self {
+        LayerBuilder {
+            entries: Vec::new(),
+            compression,
+            verbatim: Some(tar),
         }
     }
 
@@ -595,6 +608,9 @@ impl LayerBuilder {
 
     /// The uncompressed tar.
     pub fn tar(&self) -> Result<Vec<u8>> {
+        if let Some(tar) = &self.verbatim {
+            return Ok(tar.clone());
+        }
         let mut b = tar::Builder::new(Vec::new());
         for e in &self.entries {
             let mut h = tar::Header::new_gnu();
@@ -703,6 +719,10 @@ pub struct ImageBuilder {
     workdir: Option<String>,
     user: Option<String>,
     labels: Vec<(String, String)>,
+    stop_signal: Option<String>,
+    healthcheck: Option<serde_json::Value>,
+    exposed_ports: Vec<String>,
+    volumes: Vec<String>,
     platform: (String, String, Option<String>),
     docker_types: bool,
 }
@@ -728,6 +748,10 @@ impl ImageBuilder {
             workdir: None,
             user: None,
             labels: Vec::new(),
+            stop_signal: None,
+            healthcheck: None,
+            exposed_ports: Vec::new(),
+            volumes: Vec::new(),
             platform: ("linux".into(), "amd64".into(), None),
             docker_types: false,
         }
@@ -776,6 +800,52 @@ impl ImageBuilder {
         self
     }
 
+    /// `StopSignal` (Dockerfile `STOPSIGNAL`).
+    pub fn stop_signal(mut self, signal: &str) -> Self {
+        self.stop_signal = Some(signal.into());
+        self
+    }
+
+    /// `Healthcheck` as `docker build` writes it: `test` (`["CMD", ...]`,
+    /// `["CMD-SHELL", "..."]`, `["NONE"]`), durations in nanoseconds (0 = unset).
+    pub fn healthcheck(
+        mut self,
+        test: &[&str],
+        interval: Duration,
+        timeout: Duration,
+        start_period: Duration,
+        retries: u32,
+    ) -> Self {
+        let mut h = serde_json::Map::new();
+        h.insert("Test".into(), json!(test));
+        for (k, d) in [
+            ("Interval", interval),
+            ("Timeout", timeout),
+            ("StartPeriod", start_period),
+        ] {
+            if !d.is_zero() {
+                h.insert(k.into(), json!(d.as_nanos() as u64));
+            }
+        }
+        if retries > 0 {
+            h.insert("Retries".into(), json!(retries));
+        }
+        self.healthcheck = Some(serde_json::Value::Object(h));
+        self
+    }
+
+    /// An `ExposedPorts` key (`8080/tcp`, `53/udp`, or a bare `80`).
+    pub fn expose(mut self, port: &str) -> Self {
+        self.exposed_ports.push(port.into());
+        self
+    }
+
+    /// A `Volumes` path (Dockerfile `VOLUME`).
+    pub fn volume(mut self, path: &str) -> Self {
+        self.volumes.push(path.into());
+        self
+    }
+
     pub fn platform(mut self, os: &str, arch: &str, variant: Option<&str>) -> Self {
         self.platform = (os.into(), arch.into(), variant.map(Into::into));
         self
@@ -806,6 +876,25 @@ impl ImageBuilder {
         }
         if let Some(u) = &self.user {
             cfg.insert("User".into(), json!(u));
+        }
+        if let Some(sig) = &self.stop_signal {
+            cfg.insert("StopSignal".into(), json!(sig));
+        }
+        if let Some(h) = &self.healthcheck {
+            cfg.insert("Healthcheck".into(), h.clone());
+        }
+        // Go's map[string]struct{} form: `{"80/tcp": {}}`.
+        let set = |keys: &[String]| -> serde_json::Value {
+            keys.iter()
+                .map(|k| (k.clone(), json!({})))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        if !self.exposed_ports.is_empty() {
+            cfg.insert("ExposedPorts".into(), set(&self.exposed_ports));
+        }
+        if !self.volumes.is_empty() {
+            cfg.insert("Volumes".into(), set(&self.volumes));
         }
         if !self.labels.is_empty() {
             let labels: serde_json::Map<String, serde_json::Value> = self

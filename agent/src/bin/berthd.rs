@@ -1,57 +1,125 @@
 //! `berthd`: parses flags and the config file, then runs the agent.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use berth_agent::config::{AgentConfig, ConfigLayer, DEFAULT_CONFIG};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-/// The Berth per-host deploy agent.
+/// The Berth per-host deploy agent: reconciles a desired-state TOML manifest
+/// into containers it runs itself. Flags win over the config file's keys of the
+/// same name (snake_case).
 #[derive(Debug, Parser)]
-#[command(name = "berthd", version, about)]
+#[command(name = "berthd", version, about, long_about = None)]
 struct Flags {
-    /// Config file (TOML; flags win over it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    #[arg(long)]
+    /// Config file (TOML; see deploy/agent.toml). A missing default file is fine.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Images, containers, volumes and the state database (made 0700).
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "State directory [default: /var/lib/berth]"
+    )]
     state_dir: Option<PathBuf>,
-    #[arg(long)]
+    /// Runtime files: the API socket, netns pins.
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "Runtime directory [default: /run/berth]"
+    )]
     run_dir: Option<PathBuf>,
-    /// unix:PATH or tcp:ADDR:PORT; repeatable. Default unix:<run-dir>/berth.sock.
-    #[arg(long)]
+    /// Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT (tcp needs --api-token-file).
+    #[arg(
+        long,
+        value_name = "LISTEN",
+        help = "Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT [default: unix:<run-dir>/berth.sock]"
+    )]
     api: Vec<String>,
     /// Bearer token file, required for a tcp API listener.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     api_token_file: Option<PathBuf>,
     /// Read-only listener: /metrics, /healthz, /readyz, /v1/services/NAME/ready.
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        help = "Read-only listener (/metrics, /healthz, /readyz, /v1/services/NAME/ready) [default: 127.0.0.1:9480]"
+    )]
     http: Option<String>,
-    /// Manifest file or directory, watched.
-    #[arg(long)]
+    /// Manifest file or directory, watched (a manifest source: apply is refused).
+    #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
-    /// Manifest URL, polled with If-None-Match.
-    #[arg(long)]
+    /// Manifest URL, polled with If-None-Match (a manifest source).
+    #[arg(long, value_name = "URL")]
     manifest_url: Option<String>,
-    /// Git repository whose --git-path at --git-ref is the manifest.
-    #[arg(long)]
+    /// Git repository whose --git-path at --git-ref is the manifest (a manifest source).
+    #[arg(long, value_name = "REPO")]
     git: Option<String>,
-    /// Branch, tag or commit of --git (default main).
-    #[arg(long)]
+    /// Branch, tag or commit of --git.
+    #[arg(
+        long,
+        value_name = "REF",
+        help = "Branch, tag or commit of --git [default: main]"
+    )]
     git_ref: Option<String>,
-    /// File or directory inside --git (default manifests/).
-    #[arg(long)]
+    /// File or directory inside --git.
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "File or directory inside --git [default: manifests/]"
+    )]
     git_path: Option<String>,
-    /// How often --manifest-url and --git are polled (default 30s).
-    #[arg(long)]
+    /// How often --manifest-url and --git are polled (also the --manifests rescan).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        help = "How often --manifest-url and --git are polled, and --manifests rescanned [default: 30s]"
+    )]
     manifest_poll_interval: Option<String>,
-    #[arg(long)]
+    /// Registry credentials, mirrors and plain-http registries (TOML).
+    #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
-    #[arg(long)]
+    /// Container addresses come from this IPv4 subnet.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        help = "IPv4 subnet of container addresses [default: 10.89.0.0/16]"
+    )]
     subnet: Option<String>,
-    #[arg(long)]
+    /// The Linux bridge containers attach to.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "Bridge containers attach to [default: berth0]"
+    )]
     bridge: Option<String>,
-    #[arg(long)]
+    /// The cgroup under which each container's cgroup is made.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "Cgroup under which containers' cgroups are made [default: berth]"
+    )]
     cgroup_parent: Option<String>,
+}
+
+/// Writes berthd's man page (roff, section 8) to stdout.
+fn print_man_page() -> ExitCode {
+    let mut buf = Vec::new();
+    let page = clap_mangen::Man::new(Flags::command())
+        .title("BERTHD")
+        .section("8");
+    if let Err(e) = page.render(&mut buf) {
+        eprintln!("berthd: rendering the man page: {e}");
+        return ExitCode::FAILURE;
+    }
+    match std::io::Write::write_all(&mut std::io::stdout(), &buf) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -65,6 +133,10 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(berth_agent::runtime::EXEC_SUBCOMMAND) {
         berth_agent::runtime::exec_main(&args[2..]);
     }
+    // Hidden: the man page, for the install step (scripts/install.sh).
+    if args.get(1).map(String::as_str) == Some("--man-page") {
+        return print_man_page();
+    }
     let flags = Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -74,10 +146,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (config_path, required) = match &flags.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG), false),
-    };
+    // Only the default path may be missing.
+    let required = flags.config != Path::new(DEFAULT_CONFIG);
+    let config_path = flags.config.clone();
     let config = ConfigLayer::from_file(&config_path, required).and_then(|file| {
         AgentConfig::from_layer(file.overlay(ConfigLayer {
             state_dir: flags.state_dir,

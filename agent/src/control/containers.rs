@@ -1,12 +1,16 @@
 //! Container commands: list and inspect (state, health, spec, config) and
-//! log files, by container id or by service.
+//! logs by container id or by service (merged replicas, the archive of
+//! exited ones, following into new replicas; see `crate::logs`).
 
-use std::time::SystemTime;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
 
 use berth_core::api::{ContainerDetail, ContainerView};
 use berth_core::spec::ContainerSpec;
 
-use super::{Agent, AgentError, LABEL_IMAGE, LABEL_REVISION, LABEL_SPEC};
+use super::{Agent, AgentError, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION, LABEL_SPEC};
+use crate::logs::{self, ContainerTail, LogQuery};
+use crate::runtime::crilog::{self, Entry, Nanos};
 use crate::runtime::{ContainerInfo, ContainerState};
 
 /// The label naming a container's service.
@@ -74,6 +78,11 @@ impl Agent {
             ports: spec
                 .as_ref()
                 .map(|s| s.ports.iter().map(port_text).collect())
+                .unwrap_or_default(),
+            exposed_ports: c
+                .labels
+                .get(LABEL_EXPOSED_PORTS)
+                .map(|p| p.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
             created_at: rfc3339(c.created_at),
             started_at,
@@ -151,44 +160,350 @@ impl Agent {
             spec,
             config,
             log_files: logs
-                .stdout
                 .iter()
-                .chain(logs.stderr.iter())
-                .map(|p| p.display().to_string())
+                .filter(|f| f.path.exists())
+                .map(|f| f.path.display().to_string())
                 .collect(),
             last_health_output,
         })
     }
 
-    /// Log files of a container id (or unique prefix), or of every container
-    /// of a service: `(container id, [stdout files], [stderr files])`.
-    pub async fn log_files(
-        &self,
-        target: &str,
-    ) -> Result<Vec<(String, Vec<std::path::PathBuf>)>, AgentError> {
-        let all = self.list_containers().await?;
-        let mut chosen: Vec<&ContainerInfo> = all
-            .iter()
-            .filter(|c| c.labels.get(LABEL_SERVICE).is_some_and(|s| s == target))
-            .collect();
-        if chosen.is_empty() {
-            let c = self.find_container(target).await?;
-            return Ok(vec![(c.id.clone(), self.merged_logs(&c.id)?)]);
-        }
-        chosen.sort_by_key(|c| c.created_at);
-        chosen
-            .iter()
-            .map(|c| Ok((c.id.clone(), self.merged_logs(&c.id)?)))
-            .collect()
+    /// Whether `name` is a service: one the current revision runs, or with
+    /// containers or archived logs.
+    fn service_known(&self, name: &str, all: &[ContainerInfo]) -> bool {
+        all.iter()
+            .any(|c| c.labels.get(LABEL_SERVICE).is_some_and(|s| s == name))
+            || self
+                .store()
+                .latest_revision()
+                .ok()
+                .flatten()
+                .and_then(|r| Agent::desired_of(&r).ok())
+                .is_some_and(|(m, _)| m.services.contains_key(name))
+            || !self.log_archive.list(name).is_empty()
     }
 
-    fn merged_logs(&self, id: &str) -> Result<Vec<std::path::PathBuf>, AgentError> {
-        let logs = self
-            .runtime
-            .logs(id)
-            .map_err(|e| AgentError::Runtime(e.to_string()))?;
-        Ok(logs.stdout.into_iter().chain(logs.stderr).collect())
+    /// A container's or a service's logs (see [`LogsRequest`]): the lines
+    /// written so far and, with `follow`, the state to follow on with.
+    ///
+    /// A service's logs merge its replicas' lines by time; when they have
+    /// none yet (a crash-looping first deploy), the lines of its last
+    /// exited or replaced replica are shown instead. `previous` shows only
+    /// that replica. A container id (or unique prefix) may also name an
+    /// archived container.
+    pub async fn logs(&self, req: &LogsRequest) -> Result<LogsReply, AgentError> {
+        let all = self.list_containers().await?;
+        if self.service_known(&req.target, &all) {
+            return self.service_logs(req, all).await;
+        }
+        if req.kind == LogTargetKind::Service {
+            return Err(AgentError::NotFound {
+                what: format!("service `{}`", req.target),
+            });
+        }
+        if req.previous {
+            return Err(AgentError::BadRequest(format!(
+                "`{}` is not a service: previous shows the last exited or replaced replica of a service",
+                req.target
+            )));
+        }
+        let q = req.query;
+        match self.find_container(&req.target).await {
+            Ok(c) => {
+                let files = crate::runtime::Runtime::logs_in(&c.dir);
+                let running = matches!(c.state, ContainerState::Running { .. });
+                let (tail, head) = blocking(move || {
+                    if running {
+                        let (tail, head) = ContainerTail::open(&c.id, &files);
+                        (Some(tail), head)
+                    } else {
+                        (None, logs::read_all(&files))
+                    }
+                })
+                .await?;
+                let mut out = Vec::new();
+                logs::render(&logs::select(head, &q), q.timestamps, &mut out);
+                let follow = tail
+                    .filter(|_| req.follow)
+                    .map(|t| LogFollow::new(None, vec![t], &q));
+                Ok(LogsReply { head: out, follow })
+            }
+            Err(AgentError::NotFound { what }) => {
+                let archive = self.log_archive.clone();
+                let target = req.target.clone();
+                let found = blocking(move || archive.find(&target)).await?;
+                match found {
+                    Ok(Some(a)) => {
+                        let mut out = Vec::new();
+                        let entries = blocking(move || logs::read_all(&a.files())).await?;
+                        logs::render(&logs::select(entries, &q), q.timestamps, &mut out);
+                        Ok(LogsReply {
+                            head: out,
+                            follow: None,
+                        })
+                    }
+                    Ok(None) => Err(AgentError::NotFound { what }),
+                    Err(n) => Err(AgentError::BadRequest(format!(
+                        "`{}` matches {n} archived containers; give more of the id",
+                        req.target
+                    ))),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
+
+    async fn service_logs(
+        &self,
+        req: &LogsRequest,
+        all: Vec<ContainerInfo>,
+    ) -> Result<LogsReply, AgentError> {
+        let q = req.query;
+        let service = req.target.clone();
+        let archive = self.log_archive.clone();
+        if req.previous {
+            let svc = service.clone();
+            let entries = blocking(move || {
+                archive
+                    .list(&svc)
+                    .first()
+                    .map(|a| logs::read_all(&a.files()))
+            })
+            .await?
+            .ok_or_else(|| AgentError::NotFound {
+                what: format!("an exited or replaced replica of service `{service}`"),
+            })?;
+            let mut out = Vec::new();
+            logs::render(&logs::select(entries, &q), q.timestamps, &mut out);
+            return Ok(LogsReply {
+                head: out,
+                follow: None,
+            });
+        }
+        let mut members: Vec<ContainerInfo> = all
+            .into_iter()
+            .filter(|c| c.labels.get(LABEL_SERVICE) == Some(&service))
+            .collect();
+        members.sort_by_key(|c| c.created_at);
+        let svc = service.clone();
+        let (tails, head, fallback) = blocking(move || {
+            let mut tails = Vec::new();
+            let mut sources = Vec::new();
+            for c in &members {
+                let (tail, entries) =
+                    ContainerTail::open(&c.id, &crate::runtime::Runtime::logs_in(&c.dir));
+                tails.push(tail);
+                sources.push(entries);
+            }
+            let mut head = logs::select(logs::merge(sources), &q);
+            let mut fallback = None;
+            if head.is_empty() {
+                if let Some(a) = archive.list(&svc).into_iter().next() {
+                    head = logs::select(logs::read_all(&a.files()), &q);
+                    fallback = Some(a.meta.id);
+                }
+            }
+            (tails, head, fallback)
+        })
+        .await?;
+        let mut out = Vec::new();
+        logs::render(&head, q.timestamps, &mut out);
+        let follow = req.follow.then(|| {
+            let mut f = LogFollow::new(Some(service), tails, &q);
+            f.seen.extend(fallback);
+            f
+        });
+        Ok(LogsReply { head: out, follow })
+    }
+}
+
+/// Which names a logs request may mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTargetKind {
+    /// A service, else a container id (or unique prefix), live or archived.
+    Any,
+    Service,
+}
+
+/// A `logs` request (`GET /v1/containers/ID/logs`, `GET /v1/services/NAME/logs`).
+#[derive(Debug, Clone)]
+pub struct LogsRequest {
+    pub target: String,
+    pub kind: LogTargetKind,
+    /// Keep streaming new lines (a service's new replicas too).
+    pub follow: bool,
+    /// The service's last exited or replaced replica, from the archive.
+    pub previous: bool,
+    pub query: LogQuery,
+}
+
+/// The lines written so far and, when following, how to go on.
+#[derive(Debug)]
+pub struct LogsReply {
+    pub head: Vec<u8>,
+    pub follow: Option<LogFollow>,
+}
+
+/// How often a follower reads its files.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How often a service follower looks for new replicas (and a container
+/// follower whether its container ended).
+const FOLLOW_SCAN: Duration = Duration::from_secs(1);
+
+/// The state of `logs -f`: the files followed and, for a service, which
+/// replicas were seen, so new replicas are picked up after a rollout or
+/// restart and a replica that started and ended between two scans is read
+/// from the archive.
+#[derive(Debug)]
+pub struct LogFollow {
+    service: Option<String>,
+    tails: Vec<ContainerTail>,
+    seen: BTreeSet<String>,
+    started: Nanos,
+    query: LogQuery,
+    last_scan: Instant,
+    ended: bool,
+}
+
+impl LogFollow {
+    fn new(service: Option<String>, tails: Vec<ContainerTail>, q: &LogQuery) -> Self {
+        LogFollow {
+            service,
+            seen: tails.iter().map(|t| t.id.clone()).collect(),
+            tails,
+            started: crilog::now(),
+            query: LogQuery { tail: None, ..*q },
+            last_scan: Instant::now(),
+            ended: false,
+        }
+    }
+
+    /// The next lines (rendered), waiting for some; `None` once a followed
+    /// container has ended (a service is followed until the client leaves).
+    pub async fn next(&mut self, agent: &Agent) -> Option<Vec<u8>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            let mut sources: Vec<Vec<Entry>> = Vec::new();
+            let scan = self.last_scan.elapsed() >= FOLLOW_SCAN;
+            if scan {
+                self.last_scan = Instant::now();
+                self.scan(agent, &mut sources).await;
+            }
+            let tails = std::mem::take(&mut self.tails);
+            let (tails, polled) = blocking(move || {
+                let mut tails = tails;
+                let polled: Vec<Vec<Entry>> = tails.iter_mut().map(ContainerTail::poll).collect();
+                (tails, polled)
+            })
+            .await
+            .unwrap_or_default();
+            self.tails = tails;
+            sources.extend(polled);
+            let entries = logs::select(logs::merge(sources), &self.query);
+            if !entries.is_empty() {
+                let mut out = Vec::new();
+                logs::render(&entries, self.query.timestamps, &mut out);
+                return Some(out);
+            }
+            if self.ended {
+                return None;
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
+
+    /// Service: picks up new replicas (and ones archived since the last
+    /// scan), finishes replicas that are gone. Container: ends once it has.
+    async fn scan(&mut self, agent: &Agent, sources: &mut Vec<Vec<Entry>>) {
+        let Some(service) = self.service.clone() else {
+            let Some(id) = self.tails.first().map(|t| t.id.clone()) else {
+                self.ended = true;
+                return;
+            };
+            let rt = agent.runtime.clone();
+            let state = blocking(move || rt.state(&id)).await;
+            if !matches!(
+                state,
+                Ok(ContainerState::Running { .. }) | Ok(ContainerState::Created)
+            ) {
+                let tails = std::mem::take(&mut self.tails);
+                if let Ok(done) = blocking(move || {
+                    tails
+                        .into_iter()
+                        .map(|mut t| t.finish())
+                        .collect::<Vec<_>>()
+                })
+                .await
+                {
+                    sources.extend(done);
+                }
+                self.ended = true;
+            }
+            return;
+        };
+        let Ok(all) = agent.list_containers().await else {
+            return;
+        };
+        let members: Vec<ContainerInfo> = all
+            .into_iter()
+            .filter(|c| c.labels.get(LABEL_SERVICE) == Some(&service))
+            .collect();
+        let live: BTreeSet<String> = members.iter().map(|c| c.id.clone()).collect();
+        let new: Vec<ContainerInfo> = members
+            .into_iter()
+            .filter(|c| !self.seen.contains(&c.id))
+            .collect();
+        self.seen.extend(new.iter().map(|c| c.id.clone()));
+        let archive = agent.log_archive.clone();
+        let tails = std::mem::take(&mut self.tails);
+        let seen = self.seen.clone();
+        let started = self.started;
+        let result = blocking(move || {
+            let mut out = Vec::new();
+            let mut kept = Vec::new();
+            for mut t in tails {
+                if live.contains(&t.id) {
+                    kept.push(t);
+                } else {
+                    out.push(t.finish());
+                }
+            }
+            let mut sorted = new;
+            sorted.sort_by_key(|c| c.created_at);
+            for c in &sorted {
+                let (t, head) =
+                    ContainerTail::open(&c.id, &crate::runtime::Runtime::logs_in(&c.dir));
+                kept.push(t);
+                out.push(head);
+            }
+            let mut archived_ids = Vec::new();
+            for a in archive.list(&service) {
+                let at = crilog::parse_time(&a.meta.archived_at).unwrap_or(0);
+                if at >= started && !seen.contains(&a.meta.id) {
+                    out.push(logs::read_all(&a.files()));
+                    archived_ids.push(a.meta.id);
+                }
+            }
+            (kept, out, archived_ids)
+        })
+        .await;
+        if let Ok((kept, out, archived_ids)) = result {
+            self.tails = kept;
+            sources.extend(out);
+            self.seen.extend(archived_ids);
+        }
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))
 }
 
 /// A port as `docker ps` shows it: `127.0.0.1:8080->80/tcp`, or `80/tcp` for

@@ -1,5 +1,6 @@
 //! Image commands: pull (with progress), list, and GC with the keep set
-//! (images of running containers and of the retained revisions).
+//! (images of running containers and of the retained revisions), which also
+//! prunes the log archive.
 
 use std::collections::BTreeSet;
 
@@ -41,10 +42,15 @@ impl Agent {
         let result = async {
             let mut keep = self.keep_set().await?;
             keep.extend(protect.cloned());
-            self.images
+            let mut report = self
+                .images
                 .gc(&keep)
                 .await
-                .map_err(|e| AgentError::from(Box::new(e)))
+                .map_err(|e| AgentError::from(Box::new(e)))?;
+            let logs = self.gc_logs().await?;
+            report.log_archives_removed = logs.containers;
+            report.bytes_freed += logs.bytes;
+            Ok::<_, AgentError>(report)
         }
         .await;
         match result {
@@ -86,10 +92,35 @@ impl Agent {
         Ok(keep)
     }
 
-    /// Frees every blob and snapshot no kept image uses.
+    /// Frees every blob and snapshot no kept image uses, and prunes the
+    /// log archive (see [`Agent::gc_logs`]).
     pub async fn gc(&self) -> Result<GcReport, AgentError> {
         let keep = self.keep_set().await?;
-        Ok(self.images.gc(&keep).await.map_err(Box::new)?)
+        let mut report = self.images.gc(&keep).await.map_err(Box::new)?;
+        let logs = self.gc_logs().await?;
+        report.log_archives_removed = logs.containers;
+        report.bytes_freed += logs.bytes;
+        Ok(report)
+    }
+
+    /// Applies the log archive's retention to every service and drops the
+    /// archives of services that neither a retained revision nor a
+    /// container on disk names any more.
+    pub async fn gc_logs(&self) -> Result<crate::logs::PruneReport, AgentError> {
+        let mut services: BTreeSet<String> = self
+            .list_containers()
+            .await?
+            .iter()
+            .filter_map(|c| c.labels.get(super::LABEL_SERVICE).cloned())
+            .collect();
+        let revisions = self.store().revisions()?;
+        for rec in revisions.iter().rev().take(RETAINED_REVISIONS) {
+            services.extend(rec.info.services.iter().cloned());
+        }
+        let archive = self.log_archive.clone();
+        tokio::task::spawn_blocking(move || archive.gc(&services))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))
     }
 
     /// The local images.

@@ -58,6 +58,8 @@ pub enum ImageError {
     TooManyLayers { image: String, count: usize },
     #[error("{image}: needs at least {need} bytes on the state filesystem, {free} free")]
     NoSpace { image: String, need: u64, free: u64 },
+    #[error("{image}: config: {reason}")]
+    InvalidConfig { image: String, reason: String },
     #[error("image {0} is not in the local store (pull it first)")]
     NotFound(String),
     #[error("{image}: layer {digest} is stored with unknown media type {media_type}")]
@@ -131,6 +133,10 @@ pub struct GcReport {
     pub images_removed: Vec<String>,
     pub blobs_removed: usize,
     pub snapshots_removed: usize,
+    /// Archived container logs removed (see `crate::logs::LogArchive::gc`).
+    #[serde(default)]
+    pub log_archives_removed: usize,
+    /// Everything freed, logs included.
     pub bytes_freed: u64,
 }
 
@@ -183,19 +189,6 @@ pub fn used_fraction(path: &std::path::Path) -> f64 {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) if s.blocks() > 0 => 1.0 - s.blocks_available() as f64 / s.blocks() as f64,
         _ => 0.0,
-    }
-}
-
-fn run_config(config: &oci_spec::image::ImageConfiguration) -> ImageRunConfig {
-    let c = config.config().as_ref();
-    ImageRunConfig {
-        entrypoint: c.and_then(|c| c.entrypoint().clone()).unwrap_or_default(),
-        cmd: c.and_then(|c| c.cmd().clone()).unwrap_or_default(),
-        env: c.and_then(|c| c.env().clone()).unwrap_or_default(),
-        working_dir: c
-            .and_then(|c| c.working_dir().clone())
-            .filter(|w| !w.is_empty()),
-        user: c.and_then(|c| c.user().clone()).filter(|u| !u.is_empty()),
     }
 }
 
@@ -409,6 +402,14 @@ impl ImageStore {
                 count: pulled.layers.len(),
             });
         }
+        // Read before any layer is fetched: a config Berth cannot run is
+        // refused without downloading the image.
+        let run = ImageRunConfig::from_config_json(&pulled.config_json).map_err(|e| {
+            ImageError::InvalidConfig {
+                image: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let diff_ids: Vec<Digest> = pulled.layers.iter().map(|l| l.diff_id.clone()).collect();
         let chains = chain_ids(&diff_ids);
         let need: u64 = pulled
@@ -478,7 +479,7 @@ impl ImageStore {
                     media_type: l.media_type.clone(),
                 })
                 .collect(),
-            run: run_config(&pulled.config),
+            run,
             os: pulled.config.os().to_string(),
             architecture: pulled.config.architecture().to_string(),
             size: pulled.layers.iter().map(|l| l.size).sum(),

@@ -14,8 +14,8 @@ use berth_core::spec::ContainerSpec;
 
 use super::decide::{decide, Action, Intent, Phase, Replica, RetireReason};
 use crate::control::{
-    pinned_image, Agent, AgentError, ApplySource, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE,
-    LABEL_SPEC,
+    pinned_image, Agent, AgentError, ApplySource, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION,
+    LABEL_SERVICE, LABEL_SPEC,
 };
 use crate::health;
 use crate::image::store::ImageRecord;
@@ -70,7 +70,7 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
     }
     match &c.state {
         ContainerState::Running { started_at, .. } => {
-            if svc.health.is_some() {
+            if health::of_container(svc.health.as_ref(), &c.labels).is_some() {
                 let live = agent.live();
                 let status = live.health.get(&c.id).map(|h| h.status);
                 Some(match status {
@@ -83,13 +83,7 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
                 })
             } else {
                 let ran = now.duration_since(*started_at).unwrap_or_default();
-                let need = svc
-                    .health
-                    .as_ref()
-                    .map(|h| h.start_period)
-                    .unwrap_or_default()
-                    .max(MIN_READY_RUN);
-                Some(if ran >= need {
+                Some(if ran >= MIN_READY_RUN {
                     Phase::Ready
                 } else {
                     Phase::Starting
@@ -330,11 +324,12 @@ async fn reconcile_service(
     now: SystemTime,
 ) -> Result<bool, AgentError> {
     // Health checkers for running replicas.
-    if let Some(h) = &svc.health {
-        for c in list {
-            if let ContainerState::Running { pid, .. } = c.state {
-                health::ensure_checker(agent, &svc.name, &c.id, pid, h);
-            }
+    for c in list {
+        if let (ContainerState::Running { pid, .. }, Some(h)) = (
+            &c.state,
+            health::of_container(svc.health.as_ref(), &c.labels),
+        ) {
+            health::ensure_checker(agent, &svc.name, &c.id, *pid, &h);
         }
     }
     let replicas: Vec<Replica> = list
@@ -715,13 +710,29 @@ async fn start_replica(
     cfg.memory_bytes = spec.memory_bytes;
     cfg.millicpus = spec.millicpus;
     cfg.pids = spec.pids;
-    cfg.stop_signal = svc.stop_signal.number;
+    // The effective signal is kept in the container's config, so a replica
+    // re-adopted after a restart of berthd is stopped the same way.
+    cfg.stop_signal =
+        crate::launch::stop_signal(svc.stop_signal.as_ref(), img.run.stop_signal.as_deref()).number;
     cfg.stop_timeout = svc.stop_timeout;
+    cfg.init = spec.init;
+    cfg.sysctls = spec.sysctls.clone();
     cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
     cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
     cfg.labels
         .insert(LABEL_REVISION.into(), rec.info.number.to_string());
     cfg.labels.insert(LABEL_IMAGE.into(), image.to_string());
+    let image_health = health::from_image(img.run.healthcheck.as_ref());
+    if let Some(h) = &image_health {
+        cfg.labels.insert(
+            health::LABEL_IMAGE_HEALTH.into(),
+            serde_json::to_string(h).map_err(|e| AgentError::Internal(e.to_string()))?,
+        );
+    }
+    if !img.run.exposed_ports.is_empty() {
+        cfg.labels
+            .insert(LABEL_EXPOSED_PORTS.into(), img.run.exposed_ports.join(","));
+    }
     let rt = agent.runtime.clone();
     let net = agent.network.clone();
     let (started, ip) = tokio::task::spawn_blocking(move || {
@@ -748,7 +759,8 @@ async fn start_replica(
     agent.live().addresses.insert(started.id.clone(), ip);
     // Probe it from now on, not from the next pass (up to RESYNC later: that
     // wait was most of a rollout's time with a short health interval).
-    if let (Some(h), ContainerState::Running { pid, .. }) = (&svc.health, &started.state) {
+    let health = health::effective(svc.health.as_ref(), image_health.as_ref());
+    if let (Some(h), ContainerState::Running { pid, .. }) = (&health, &started.state) {
         health::ensure_checker(agent, &svc.name, &started.id, *pid, h);
     }
     let _ = agent.images.touch(&img.digest);
@@ -794,10 +806,11 @@ fn retire(
         }
         let rt = agent.runtime.clone();
         let net = agent.network.clone();
+        let archive = agent.log_archive.clone();
         let id2 = id.clone();
         let result = tokio::task::spawn_blocking(move || {
             let stopped = rt.stop(&id2, None, None);
-            let removed = rt.remove(&id2);
+            let removed = crate::logs::remove_keeping_logs(&rt, &archive, &id2);
             if let Err(e) = net.detach(&id2) {
                 tracing::warn!(container = %id2, error = %e, "network detach failed");
             }
@@ -922,9 +935,10 @@ fn reason_text(r: RetireReason) -> &'static str {
 async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
     let rt = agent.runtime.clone();
     let net = agent.network.clone();
+    let archive = agent.log_archive.clone();
     let id2 = id.to_string();
     let result = tokio::task::spawn_blocking(move || {
-        let removed = rt.remove(&id2);
+        let removed = crate::logs::remove_keeping_logs(&rt, &archive, &id2);
         if let Err(e) = net.detach(&id2) {
             tracing::warn!(container = %id2, error = %e, "network detach failed");
         }

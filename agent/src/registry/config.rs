@@ -25,6 +25,9 @@ pub enum ConfigError {
     DockerConfig { path: String, reason: String },
     #[error("registry config: entry for `{host}`: {reason}")]
     Invalid { host: String, reason: String },
+    /// `detail` names the helper, the config file it came from, and what failed.
+    #[error("credential helper for registry `{host}`: {detail}")]
+    CredentialHelper { host: String, detail: String },
     #[error("password file {} for registry `{host}`: {source}", path.display())]
     PasswordFile {
         host: String,
@@ -80,6 +83,108 @@ impl fmt::Debug for Credentials {
 pub struct RegistryConfig {
     entries: Vec<RegistryEntry>,
     docker_auths: HashMap<String, Credentials>,
+    /// A Docker `config.json` with `credsStore`/`credHelpers`, for helper lookups.
+    docker_helpers: Option<DockerHelpers>,
+}
+
+/// The credential-helper part of a Docker `config.json`.
+#[derive(Debug, Clone)]
+struct DockerHelpers {
+    /// Where the config came from, for errors.
+    source: String,
+    /// The whole config text, handed to `docker_credential` as written.
+    text: String,
+    /// `credHelpers`: normalized host → helper name.
+    per_host: HashMap<String, String>,
+    /// `credsStore`: the helper for every other registry.
+    store: Option<String>,
+}
+
+impl DockerHelpers {
+    /// Runs the helper that serves `host` (normalized).
+    fn get(&self, host: &str) -> Result<Option<Credentials>, ConfigError> {
+        use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+        let helper = self
+            .per_host
+            .get(host)
+            .or(self.store.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let fail = |reason: String| ConfigError::CredentialHelper {
+            host: host.to_string(),
+            detail: format!(
+                "`docker-credential-{helper}` (from {}): {reason}",
+                self.source
+            ),
+        };
+        // Helpers key Docker Hub by its legacy index URL, everything else by host.
+        let server = if host == DOCKER_HUB {
+            "https://index.docker.io/v1/".to_string()
+        } else {
+            host.to_string()
+        };
+        // The crate looks hosts up verbatim: hand it a config whose keys are ours.
+        let mut config: serde_json::Value =
+            serde_json::from_str(&self.text).map_err(|e| fail(e.to_string()))?;
+        if let Some(obj) = config.as_object_mut() {
+            obj.remove("auths");
+            let per_host: serde_json::Map<String, serde_json::Value> = self
+                .per_host
+                .get(host)
+                .map(|h| (server.clone(), serde_json::Value::String(h.clone())))
+                .into_iter()
+                .collect();
+            obj.insert("credHelpers".into(), serde_json::Value::Object(per_host));
+        }
+        let text = config.to_string();
+        match docker_credential::get_credential_from_reader(text.as_bytes(), &server) {
+            Ok(DockerCredential::UsernamePassword(username, password)) => {
+                Ok(Some(Credentials { username, password }))
+            }
+            Ok(DockerCredential::IdentityToken(_)) => Err(fail(
+                "it returned an identity token; only username/password credentials are supported"
+                    .into(),
+            )),
+            Err(E::HelperFailure { stdout, stderr, .. })
+                if stdout.contains("credentials not found")
+                    || stderr.contains("credentials not found") =>
+            {
+                Ok(None)
+            }
+            Err(E::HelperFailure { stdout, stderr, .. }) => Err(fail(format!(
+                "it failed: {}",
+                [stdout.trim(), stderr.trim()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ))),
+            Err(E::HelperCommunicationError) => {
+                Err(fail(if on_path(&format!("docker-credential-{helper}")) {
+                    "it could not be run, or exited before reading its request".into()
+                } else {
+                    "it is not on berthd's PATH".into()
+                }))
+            }
+            Err(E::MalformedHelperResponse) => Err(fail(
+                "its answer is not {\"Username\", \"Secret\"} JSON".into(),
+            )),
+            Err(other) => Err(fail(other.to_string())),
+        }
+    }
+}
+
+/// Whether an executable `name` is in a directory of `$PATH`.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(name)).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
 }
 
 /// Normalizes a host as written in references, configs or Docker `auths` keys:
@@ -156,9 +261,14 @@ impl RegistryConfig {
     /// Adds the `auths` of a Docker `config.json` (text); `source` names it in errors.
     pub fn add_docker_config(&mut self, json: &str, source: &str) -> Result<(), ConfigError> {
         #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct DockerConfig {
             #[serde(default)]
             auths: HashMap<String, DockerAuth>,
+            #[serde(default)]
+            creds_store: Option<String>,
+            #[serde(default)]
+            cred_helpers: HashMap<String, String>,
         }
         #[derive(Deserialize)]
         struct DockerAuth {
@@ -171,6 +281,19 @@ impl RegistryConfig {
             reason,
         };
         let parsed: DockerConfig = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        let store = parsed.creds_store.filter(|s| !s.is_empty());
+        let per_host: HashMap<String, String> = parsed
+            .cred_helpers
+            .iter()
+            .filter(|(_, helper)| !helper.is_empty())
+            .map(|(host, helper)| (normalize_host(host), helper.clone()))
+            .collect();
+        self.docker_helpers = (store.is_some() || !per_host.is_empty()).then(|| DockerHelpers {
+            source: source.to_string(),
+            text: json.to_string(),
+            per_host,
+            store,
+        });
         for (key, auth) in parsed.auths {
             let creds = match (auth.auth, auth.username, auth.password) {
                 (Some(b64), _, _) if !b64.is_empty() => {
@@ -234,7 +357,11 @@ impl RegistryConfig {
     }
 
     /// Credentials for `host`: the config entry's (password file read now) first,
-    /// then Docker `auths`.
+    /// then Docker's: a `credHelpers` helper for the host, the `auths` entry, then
+    /// the `credsStore` helper — each helper run as `docker-credential-NAME get`
+    /// (Docker's credential-helper protocol, through the `docker_credential`
+    /// crate; it blocks while the helper runs). A helper that answers
+    /// "credentials not found" means anonymous, as in Docker.
     pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, ConfigError> {
         if let Some(entry) = self.entry(host) {
             if let (Some(username), Some(path)) = (&entry.username, &entry.password_file) {
@@ -251,7 +378,18 @@ impl RegistryConfig {
                 }));
             }
         }
-        Ok(self.docker_auths.get(&normalize_host(host)).cloned())
+        let norm = normalize_host(host);
+        let helpers = self.docker_helpers.as_ref();
+        if let Some(h) = helpers.filter(|h| h.per_host.contains_key(&norm)) {
+            return h.get(&norm);
+        }
+        if let Some(creds) = self.docker_auths.get(&norm) {
+            return Ok(Some(creds.clone()));
+        }
+        match helpers.filter(|h| h.store.is_some()) {
+            Some(h) => h.get(&norm),
+            None => Ok(None),
+        }
     }
 
     /// The host actually spoken to for a registry name (`docker.io` → its API host).
@@ -345,7 +483,12 @@ insecure = true
             c.credentials("127.0.0.1:5000").unwrap().unwrap().username,
             "bob"
         );
-        assert!(c.credentials("helper.example").unwrap().is_none());
+        // An auths entry without a secret goes to the credsStore helper.
+        let err = c.credentials("helper.example").unwrap_err().to_string();
+        assert!(
+            err.contains("docker-credential-desktop") && err.contains("not on berthd's PATH"),
+            "{err}"
+        );
         assert!(c
             .add_docker_config(r#"{"auths": {"x": {"auth": "!!"}}}"#, "config.json")
             .is_err());
@@ -353,5 +496,25 @@ insecure = true
             RegistryConfig::api_host("docker.io"),
             "registry-1.docker.io"
         );
+    }
+
+    #[test]
+    fn docker_auths_win_over_the_creds_store_and_helpers_are_per_host() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("u:p");
+        let mut c = RegistryConfig::new();
+        c.add_docker_config(
+            &format!(
+                r#"{{"auths": {{"a.example": {{"auth": "{b64}"}}, "b.example": {{}}}},
+                    "credsStore": "", "credHelpers": {{"https://c.example/v1/": "x"}}}}"#
+            ),
+            "config.json",
+        )
+        .unwrap();
+        // An empty credsStore means none; a.example answers from auths.
+        assert_eq!(c.credentials("a.example").unwrap().unwrap().username, "u");
+        assert!(c.credentials("b.example").unwrap().is_none());
+        let h = c.docker_helpers.as_ref().unwrap();
+        assert_eq!(h.per_host.get("c.example").map(String::as_str), Some("x"));
+        assert!(h.store.is_none());
     }
 }

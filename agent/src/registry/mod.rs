@@ -295,6 +295,9 @@ pub struct PulledImage {
     pub manifest: ImageManifest,
     pub config_digest: Digest,
     pub config: ImageConfiguration,
+    /// The config blob as stored (verified against `config_digest`), for the
+    /// Docker fields oci-spec does not model (`Healthcheck`).
+    pub config_json: Vec<u8>,
     pub layers: Vec<Layer>,
     /// Bytes downloaded by this pull (blobs already present cost nothing).
     pub fetched_bytes: u64,
@@ -1339,6 +1342,7 @@ impl RegistryClient {
                 manifest,
                 config_digest,
                 config,
+                config_json: config_bytes,
                 layers,
                 fetched_bytes: fetched,
             },

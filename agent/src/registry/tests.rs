@@ -343,7 +343,8 @@ fn opts() -> ClientOptions {
         attempts: 3,
         backoff_initial: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
-        stall_timeout: Duration::from_millis(400),
+        // Generous: a loaded test machine must not look like a stalled registry.
+        stall_timeout: Duration::from_secs(3),
         platform: Platform::new("linux", "amd64", None),
         ..ClientOptions::default()
     }
@@ -351,6 +352,15 @@ fn opts() -> ClientOptions {
 
 fn client(config: RegistryConfig) -> RegistryClient {
     RegistryClient::with_options(config, opts()).unwrap()
+}
+
+/// A client that calls 400 ms without a byte a stall, for the stall tests.
+fn impatient_client(config: RegistryConfig) -> RegistryClient {
+    let opts = ClientOptions {
+        stall_timeout: Duration::from_millis(400),
+        ..opts()
+    };
+    RegistryClient::with_options(config, opts).unwrap()
 }
 
 fn img(host: &str, rest: &str) -> ImageRef {
@@ -633,7 +643,7 @@ async fn corrupt_truncated_and_stalled_blobs_fail_cleanly() {
     let srv = serve(fake, false).await;
     let dir = tempfile::tempdir().unwrap();
     let store = ContentStore::open(dir.path()).unwrap();
-    let c = client(RegistryConfig::new());
+    let c = impatient_client(RegistryConfig::new());
 
     let r = img(&srv.host, "app:corrupt");
     let err = c.pull_image(&store, &r).await.unwrap_err();
@@ -1011,7 +1021,7 @@ async fn a_registry_that_never_answers_is_a_stall() {
     add_image(&fake, "v1", "amd64", false);
     let srv = serve(fake, false).await;
     let started = std::time::Instant::now();
-    let err = client(RegistryConfig::new())
+    let err = impatient_client(RegistryConfig::new())
         .resolve(&img(&srv.host, "app:v1"))
         .await
         .unwrap_err();

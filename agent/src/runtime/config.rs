@@ -124,13 +124,23 @@ pub struct ContainerConfig {
     pub stop_signal: i32,
     pub stop_timeout: Duration,
     pub labels: BTreeMap<String, String>,
-    /// Each of stdout.log/stderr.log is rotated at this size; one old file is kept.
+    /// `logs/container.log` is rotated at this size; one old file (`.1`) is kept.
     #[serde(default = "default_log_max")]
     pub log_max_bytes: u64,
     /// A network namespace to join (a pinned nsfs file, e.g. from
     /// `network::Network::attach`); `None` gives the container a fresh one with only `lo`.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// Run Berth's minimal init as PID 1 (Docker's `--init`, Compose's
+    /// `init`): it forwards signals to the workload (its child), reaps
+    /// zombies and exits with the workload's status. See [`super::init`].
+    #[serde(default)]
+    pub init: bool,
+    /// Namespaced kernel parameters (`net.*`, `fs.mqueue.*`, IPC ones,
+    /// `kernel.domainname`) written in the container's namespaces before the
+    /// workload starts, over [`super::sysctl::DEFAULTS`]. See [`super::sysctl`].
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 fn default_log_max() -> u64 {
@@ -159,6 +169,8 @@ impl ContainerConfig {
             labels: BTreeMap::new(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             netns: None,
+            init: false,
+            sysctls: BTreeMap::new(),
         }
     }
 
@@ -222,6 +234,11 @@ impl ContainerConfig {
         }
         if self.args.iter().any(|a| a.contains('\0')) {
             return bad("args must not contain NUL".into());
+        }
+        for (name, value) in &self.sysctls {
+            if let Err(reason) = super::sysctl::check(name, value) {
+                return bad(reason);
+            }
         }
         Ok(())
     }

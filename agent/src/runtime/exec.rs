@@ -40,7 +40,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -305,12 +305,19 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
     // The child is still unreaped (a zombie at worst), so its pid — the id of
     // its session and process group — cannot have been recycled yet.
     kill_session(&cgroup, child);
+    // Raw statuses: nix's WaitStatus fails on a death by a real-time signal.
     let status = loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(sys("waitpid")(e)),
+        match sysproc::wait_raw(child.as_raw(), true) {
+            Ok(Some((_, status))) => break super::init::exit_status(status).0,
+            Ok(None) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(source) => {
+                return Err(ExecError::Io {
+                    id,
+                    step: "waitpid",
+                    source,
+                })
+            }
         }
     };
     // Whatever the session's members wrote before they died.

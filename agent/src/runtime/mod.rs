@@ -7,13 +7,16 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod crilog;
 pub mod exec;
+pub mod init;
 pub mod monitor;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod syscall;
+pub mod sysctl;
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cgroups::CgroupStats;
 pub use config::{ContainerConfig, Mount, MountKind, User};
+pub use crilog::{LogFile, Stream};
 pub use exec::{exec_main, EXEC_SUBCOMMAND};
 pub use monitor::monitor_main;
 
@@ -213,13 +217,6 @@ pub struct ContainerInfo {
     pub dir: PathBuf,
     pub created_at: SystemTime,
     pub state: ContainerState,
-}
-
-/// Log files of a container, oldest first per stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogPaths {
-    pub stdout: Vec<PathBuf>,
-    pub stderr: Vec<PathBuf>,
 }
 
 /// `/proc/<pid>/stat` start time (clock ticks since boot) of a live, non-zombie process.
@@ -790,6 +787,17 @@ impl Runtime {
     /// Removes the container: kills it if still running, waits for its monitor,
     /// unmounts anything left, deletes its cgroup (every hierarchy) and directory.
     pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.remove_with(id, |_, _| {})
+    }
+
+    /// [`Runtime::remove`], calling `keep_logs` with the container's info and
+    /// log files once its monitor has exited (every line is written) and
+    /// before its directory is deleted, so the files can be moved away.
+    pub fn remove_with(
+        &self,
+        id: &str,
+        keep_logs: impl FnOnce(&ContainerInfo, &[LogFile]),
+    ) -> Result<(), RuntimeError> {
         let dir = self.container_dir(id);
         if !config::valid_id(id) || !dir.is_dir() {
             return Err(RuntimeError::NotFound { id: id.into() });
@@ -806,6 +814,9 @@ impl Runtime {
             while alive(st.monitor_pid, st.monitor_start) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
+        }
+        if let (Ok(info), Ok(files)) = (self.info(id), self.logs(id)) {
+            keep_logs(&info, &files);
         }
         self.teardown(id, &dir)
     }
@@ -843,26 +854,39 @@ impl Runtime {
         }
     }
 
-    /// The container's log files, oldest first per stream.
-    pub fn logs(&self, id: &str) -> Result<LogPaths, RuntimeError> {
+    /// The container's existing log files in reading order: the rotated
+    /// `container.log.1`, then `container.log` (CRI records). A container
+    /// re-adopted from before the CRI format has `stdout.log[.1]` and
+    /// `stderr.log[.1]` instead (raw text, listed per stream).
+    pub fn logs(&self, id: &str) -> Result<Vec<LogFile>, RuntimeError> {
         let dir = self.container_dir(id);
         if !config::valid_id(id) || !dir.is_dir() {
             return Err(RuntimeError::NotFound { id: id.into() });
         }
-        let stream = |name: &str| {
-            let live = dir.join("logs").join(name);
-            let mut v: Vec<PathBuf> = (1..monitor::LOG_FILES)
-                .rev()
-                .map(|n| monitor::rotated(&live, n))
-                .filter(|p| p.exists())
-                .collect();
-            v.push(live);
-            v
-        };
-        Ok(LogPaths {
-            stdout: stream("stdout.log"),
-            stderr: stream("stderr.log"),
-        })
+        Ok(Self::logs_in(&dir))
+    }
+
+    /// The log files in a container directory, as [`Runtime::logs`] lists them.
+    pub fn logs_in(container_dir: &Path) -> Vec<LogFile> {
+        let logs = container_dir.join("logs");
+        let mut out = Vec::new();
+        for (name, stream) in [
+            ("stdout.log", Stream::Stdout),
+            ("stderr.log", Stream::Stderr),
+            (monitor::LOG_NAME, Stream::Stdout),
+        ] {
+            let live = logs.join(name);
+            for n in (1..monitor::LOG_FILES).rev() {
+                let old = monitor::rotated(&live, n);
+                if old.exists() {
+                    out.push(LogFile { path: old, stream });
+                }
+            }
+            if live.exists() || name == monitor::LOG_NAME {
+                out.push(LogFile { path: live, stream });
+            }
+        }
+        out
     }
 
     /// CPU time and memory from the container's cgroup.

@@ -2,8 +2,10 @@
 //! the runtime. It double-forks (setsid, the first child exits) so it is
 //! reparented away from berthd and outlives it, forks the container's init
 //! into a new PID namespace, reports the start result on its stdout, then runs a
-//! single-threaded poll loop copying the workload's stdout/stderr into
-//! size-rotated logs and finally records `exit.json` (code, signal, OOM).
+//! single-threaded poll loop writing the workload's stdout/stderr as CRI log
+//! records (see [`super::crilog`]) into one size-rotated `logs/container.log`,
+//! in the order it reads them, and finally records `exit.json` (code, signal,
+//! OOM) once both pipes are closed and every line is written.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -13,18 +15,21 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use serde::{Deserialize, Serialize};
 
 use super::cgroups::{Cgroup, Hierarchy};
 use super::config::{self, ExitFile, StateFile};
+use super::crilog::{self, LineSplitter, Stream};
 use super::namespaces::Namespaces;
 use super::process::{self, InitFailure, InitFds};
 use super::seccomp;
 use crate::sys::process::{self as sysproc, Forked};
 
-/// Number of log files kept per stream (the live one plus `.1`).
+/// Number of log files kept per container (the live one plus `.1`).
 pub const LOG_FILES: u32 = 2;
+/// The container's log, in `<container-dir>/logs/`.
+pub const LOG_NAME: &str = "container.log";
 
 /// A monitor step that failed (reported to the agent, or to monitor.log).
 #[derive(Debug, thiserror::Error)]
@@ -226,21 +231,24 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let log_max = cfg.container.log_max_bytes.max(4096);
     drop(cfg);
 
-    let logs = dir.join("logs");
     pump_logs(
-        &[
-            (out_r, logs.join("stdout.log")),
-            (err_r, logs.join("stderr.log")),
-        ],
-        log_max,
+        [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+        RotatingLog::open(dir.join("logs").join(LOG_NAME), log_max),
     );
 
+    // Raw statuses: nix's WaitStatus fails on a death by a real-time signal.
     let exit = loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => break (code, None),
-            Ok(WaitStatus::Signaled(_, sig, _)) => break (128 + sig as i32, Some(sig as i32)),
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(sys("waitpid")(e)),
+        match sysproc::wait_raw(child.as_raw(), true) {
+            Ok(Some((_, status))) => break super::init::exit_status(status),
+            Ok(None) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => {
+                return Err(MonitorError::Io {
+                    id: id.clone(),
+                    step: "waitpid",
+                    source: e,
+                })
+            }
         }
     };
     let exit = ExitFile {
@@ -266,13 +274,17 @@ fn read_to_end(fd: OwnedFd) -> Vec<u8> {
     }
 }
 
-/// A log file rotated to `<path>.1` when it would exceed `max` bytes.
+/// A log file rotated to `<path>.1` before a record would take it past
+/// `max` bytes. Records are collected with [`RotatingLog::push`] and written
+/// with one `write` per [`RotatingLog::flush`]; a record is never split
+/// between two files.
 #[derive(Debug)]
 pub struct RotatingLog {
     path: PathBuf,
     file: Option<File>,
     size: u64,
     max: u64,
+    pending: Vec<u8>,
 }
 
 impl RotatingLog {
@@ -292,20 +304,33 @@ impl RotatingLog {
             file,
             size,
             max,
+            pending: Vec::new(),
         }
     }
 
-    /// Appends `data`, rotating first when needed. A full disk drops data
-    /// rather than blocking the workload.
-    pub fn write(&mut self, data: &[u8]) {
-        if self.size > 0 && self.size + data.len() as u64 > self.max {
+    /// Queues one whole record, first writing out and rotating when it
+    /// would not fit in the current file.
+    pub fn push(&mut self, record: &[u8]) {
+        let used = self.size + self.pending.len() as u64;
+        if used > 0 && used + record.len() as u64 > self.max {
+            self.flush();
             self.rotate();
         }
+        self.pending.extend_from_slice(record);
+    }
+
+    /// Writes the queued records. A full disk drops them rather than
+    /// blocking the workload.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         if let Some(f) = &mut self.file {
-            if f.write_all(data).is_ok() {
-                self.size += data.len() as u64;
+            if f.write_all(&self.pending).is_ok() {
+                self.size += self.pending.len() as u64;
             }
         }
+        self.pending.clear();
     }
 
     fn rotate(&mut self) {
@@ -318,7 +343,9 @@ impl RotatingLog {
             };
             let _ = std::fs::rename(from, rotated(&self.path, i));
         }
+        let pending = std::mem::take(&mut self.pending);
         *self = RotatingLog::open(self.path.clone(), self.max);
+        self.pending = pending;
     }
 }
 
@@ -329,17 +356,19 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Copies each pipe into its log until every pipe is closed (the workload and
-/// all its processes are gone: PID 1 exiting kills the whole PID namespace).
-fn pump_logs(streams: &[(OwnedFd, PathBuf)], max: u64) {
-    let mut logs: Vec<RotatingLog> = streams
-        .iter()
-        .map(|(_, p)| RotatingLog::open(p.clone(), max))
-        .collect();
-    let mut open: Vec<bool> = vec![true; streams.len()];
+/// Writes each pipe's lines into `log` as CRI records, in the order they are
+/// read, until every pipe is closed (the workload and all its processes are
+/// gone: PID 1 exiting kills the whole PID namespace). Each read is stamped
+/// with the time it returned; a line's record carries the time of the read
+/// that completed it.
+fn pump_logs<const N: usize>(streams: [(OwnedFd, Stream); N], mut log: RotatingLog) {
+    let mut splitters = streams
+        .each_ref()
+        .map(|(_, s)| LineSplitter::new(*s, crilog::MAX_LINE));
+    let mut open = [true; N];
     let mut buf = vec![0u8; 16 * 1024];
     while open.iter().any(|o| *o) {
-        let idx: Vec<usize> = (0..streams.len()).filter(|i| open[*i]).collect();
+        let idx: Vec<usize> = (0..N).filter(|i| open[*i]).collect();
         let mut fds: Vec<PollFd<'_>> = idx
             .iter()
             .map(|i| PollFd::new(streams[*i].0.as_fd(), PollFlags::POLLIN))
@@ -347,7 +376,7 @@ fn pump_logs(streams: &[(OwnedFd, PathBuf)], max: u64) {
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
-            Err(_) => return,
+            Err(_) => break,
         }
         let ready: Vec<(usize, PollFlags)> = idx
             .iter()
@@ -359,14 +388,32 @@ fn pump_logs(streams: &[(OwnedFd, PathBuf)], max: u64) {
             if rev.is_empty() {
                 continue;
             }
-            match nix::unistd::read(&streams[i].0, &mut buf) {
-                Ok(0) => open[i] = false,
-                Ok(n) => logs[i].write(&buf[..n]),
-                Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
-                Err(_) => open[i] = false,
+            let n = match nix::unistd::read(&streams[i].0, &mut buf) {
+                Ok(0) => {
+                    open[i] = false;
+                    0
+                }
+                Ok(n) => n,
+                Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => continue,
+                Err(_) => {
+                    open[i] = false;
+                    0
+                }
+            };
+            let now = crilog::now();
+            let splitter = &mut splitters[i];
+            splitter.push(&buf[..n], now, &mut |r| log.push(r));
+            if !open[i] {
+                splitter.finish(now, &mut |r| log.push(r));
             }
         }
+        log.flush();
     }
+    let now = crilog::now();
+    for s in &mut splitters {
+        s.finish(now, &mut |r| log.push(r));
+    }
+    log.flush();
 }
 
 #[cfg(test)]
@@ -375,22 +422,82 @@ mod tests {
     use super::*;
 
     #[test]
-    fn logs_rotate_keeping_two_files() {
+    fn logs_rotate_keeping_two_files_without_splitting_records() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("stdout.log");
+        let p = dir.path().join("container.log");
         let mut log = RotatingLog::open(p.clone(), 10);
-        log.write(b"aaaaaaaa\n");
-        log.write(b"bbbbbbbb\n");
-        log.write(b"cccccccc\n");
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "cccccccc\n");
+        for r in [&b"aaaaaaaa\n"[..], b"bbbbbbbb\n", b"cccc\n", b"dd\n"] {
+            log.push(r);
+            log.flush();
+        }
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "cccc\ndd\n");
         assert_eq!(
             std::fs::read_to_string(rotated(&p, 1)).unwrap(),
             "bbbbbbbb\n"
         );
         assert!(!rotated(&p, 2).exists());
+        // Queued records rotate at record boundaries too.
+        log.push(b"eeee\n");
+        log.push(b"ffff\n");
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "eeee\nffff\n");
+        assert_eq!(
+            std::fs::read_to_string(rotated(&p, 1)).unwrap(),
+            "cccc\ndd\n"
+        );
+        // A record larger than the bound gets a file of its own.
+        log.push(b"gggggggggggggggg\n");
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "gggggggggggggggg\n");
         // Reopening appends.
         let mut log = RotatingLog::open(p.clone(), 100);
-        log.write(b"d\n");
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "cccccccc\nd\n");
+        log.push(b"h\n");
+        log.flush();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "gggggggggggggggg\nh\n"
+        );
+    }
+
+    #[test]
+    fn pipes_become_interleaved_records_in_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("container.log");
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            for i in 1..=3 {
+                nix::unistd::write(&out_w, format!("out{i}\n").as_bytes()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                nix::unistd::write(&err_w, format!("err{i}\n").as_bytes()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+            nix::unistd::write(&out_w, b"unterminated").unwrap();
+        });
+        pump_logs(
+            [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+            RotatingLog::open(p.clone(), 1 << 20),
+        );
+        writer.join().unwrap();
+        let entries = crilog::read_entries(&[crilog::LogFile {
+            path: p,
+            stream: Stream::Stdout,
+        }]);
+        let got: Vec<(Stream, String)> = entries
+            .iter()
+            .map(|e| (e.stream, String::from_utf8(e.line.clone()).unwrap()))
+            .collect();
+        let want: Vec<(Stream, String)> = (1..=3)
+            .flat_map(|i| {
+                [
+                    (Stream::Stdout, format!("out{i}")),
+                    (Stream::Stderr, format!("err{i}")),
+                ]
+            })
+            .chain([(Stream::Stdout, "unterminated".to_string())])
+            .collect();
+        assert_eq!(got, want);
+        assert!(entries.iter().all(|e| e.time.is_some()));
+        assert!(entries.windows(2).all(|w| w[0].time <= w[1].time));
     }
 }

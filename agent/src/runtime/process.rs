@@ -1,10 +1,11 @@
 //! The container's init: the monitor's child that becomes the container's
 //! PID 1. It waits for the monitor to place it in its cgroup, enters the other
-//! namespaces, builds the rootfs, applies stdio, user, capabilities (Docker's
-//! default set without NET_RAW), `no_new_privs`, closes every fd but 0/1/2,
-//! installs the seccomp filter and `execve`s the workload directly: no agent
-//! code runs after exec. Any failure before exec is reported to the monitor as
-//! JSON on a close-on-exec pipe.
+//! namespaces, writes the sysctls, builds the rootfs, applies stdio, user,
+//! capabilities (Docker's default set without NET_RAW), `no_new_privs`, closes
+//! every fd but 0/1/2, installs the seccomp filter and `execve`s the workload
+//! directly: no agent code runs after exec. With `init = true` it forks the
+//! workload after the rootfs and stays PID 1 ([`super::init`]). Any failure
+//! before exec is reported to the monitor as JSON on a close-on-exec pipe.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -19,7 +20,8 @@ use super::namespaces::{NamespaceError, Namespaces};
 use super::rootfs::{RootfsError, RootfsPlan};
 use super::seccomp::Filter;
 use super::syscall::RealSys;
-use crate::sys::process as sysproc;
+use super::sysctl::{self, SysctlError};
+use crate::sys::process::{self as sysproc, Forked};
 
 /// Docker's default capabilities minus `CAP_NET_RAW`.
 pub const DEFAULT_CAPS: &[Capability] = &[
@@ -55,6 +57,8 @@ pub enum ProcessError {
     Namespaces(#[from] NamespaceError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
     #[error("container {id}: {step}: {source}")]
     Setup {
         id: String,
@@ -88,6 +92,7 @@ impl ProcessError {
             ProcessError::MonitorGone { .. } => "wait for monitor",
             ProcessError::Namespaces(_) => "namespaces",
             ProcessError::Rootfs(_) => "rootfs",
+            ProcessError::Sysctl(_) => "sysctl",
             ProcessError::Setup { step, .. } => step,
             ProcessError::Capabilities { .. } => "capabilities",
             ProcessError::NotFound { .. } => "find executable",
@@ -115,10 +120,42 @@ pub struct InitFds {
 }
 
 /// Runs the init in the forked child; never returns. `filter` (compiled by the
-/// monitor before the fork) is installed right before `execve`.
+/// monitor before the fork) is installed right before `execve`. With
+/// `init = true` the init forks the workload after building the rootfs and
+/// stays PID 1 itself (see [`super::init`]).
 pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds, filter: &Filter) -> ! {
-    let err = match init(dir, cfg, &fds, filter) {
-        Ok(never) => match never {},
+    let InitFds {
+        go,
+        report,
+        stdout,
+        stderr,
+    } = fds;
+    let prepared = prepare(dir, cfg, &go, &stdout, &stderr);
+    // stdout/stderr are fds 1 and 2 by now; nothing else is needed but `report`.
+    drop((go, stdout, stderr));
+    let forked = prepared.and_then(|()| {
+        if cfg.container.init {
+            super::init::fork_workload(&cfg.container.id)
+        } else {
+            Ok(Forked::Child)
+        }
+    });
+    let err = match forked {
+        Ok(Forked::Child) => match exec_workload(cfg, filter) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        },
+        Ok(Forked::Parent(workload)) => match super::init::become_init(cfg, filter) {
+            Ok(()) => {
+                // The workload holds the other copy: EOF once it has exec'd.
+                drop(report);
+                sysproc::exit_now(super::init::supervise(workload.as_raw()))
+            }
+            Err(e) => {
+                let _ = sysproc::send_signal(workload.as_raw(), libc::SIGKILL);
+                e
+            }
+        },
         Err(e) => e,
     };
     let failure = InitFailure {
@@ -126,7 +163,7 @@ pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds, filter: &Filter) ->
         message: err.to_string(),
     };
     let bytes = serde_json::to_vec(&failure).unwrap_or_default();
-    let _ = nix::unistd::write(&fds.report, &bytes);
+    let _ = nix::unistd::write(&report, &bytes);
     sysproc::exit_now(127)
 }
 
@@ -150,12 +187,15 @@ pub fn rootfs_plan<'a>(dir: &Path, cfg: &'a DiskConfig) -> RootfsPlan<'a> {
     }
 }
 
-fn init(
+/// Everything before the user changes: wait for the cgroup, namespaces,
+/// sysctls, rootfs, stdio.
+fn prepare(
     dir: &Path,
     cfg: &DiskConfig,
-    fds: &InitFds,
-    filter: &Filter,
-) -> Result<Infallible, ProcessError> {
+    go: &OwnedFd,
+    stdout: &OwnedFd,
+    stderr: &OwnedFd,
+) -> Result<(), ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
     let setup = |step: &'static str| {
@@ -169,7 +209,7 @@ fn init(
     nix::sys::prctl::set_dumpable(false).map_err(setup("set non-dumpable"))?;
 
     let mut byte = [0u8; 1];
-    if nix::unistd::read(&fds.go, &mut byte).map_err(setup("wait for monitor"))? != 1 {
+    if nix::unistd::read(go, &mut byte).map_err(setup("wait for monitor"))? != 1 {
         return Err(ProcessError::MonitorGone { id: id.into() });
     }
 
@@ -177,6 +217,9 @@ fn init(
         Namespaces::join_net(id, netns)?;
     }
     Namespaces::for_netns(c.netns.as_deref()).enter_in_init(id, &c.name)?;
+    // In the container's net/ipc/uts namespaces now; the rootfs's /proc/sys
+    // will be read-only, so through the host's /proc (which shows ours).
+    sysctl::apply(id, Path::new("/proc/sys"), &sysctl::plan(&c.sysctls))?;
     crate::runtime::rootfs::setup(&mut RealSys, &rootfs_plan(dir, cfg))?;
 
     let null = nix::fcntl::open(
@@ -186,9 +229,23 @@ fn init(
     )
     .map_err(setup("open /dev/null"))?;
     nix::unistd::dup2_stdin(null.as_fd()).map_err(setup("stdin"))?;
-    nix::unistd::dup2_stdout(fds.stdout.as_fd()).map_err(setup("stdout"))?;
-    nix::unistd::dup2_stderr(fds.stderr.as_fd()).map_err(setup("stderr"))?;
+    nix::unistd::dup2_stdout(stdout.as_fd()).map_err(setup("stdout"))?;
+    nix::unistd::dup2_stderr(stderr.as_fd()).map_err(setup("stderr"))?;
+    Ok(())
+}
 
+/// The rest, in the process that becomes the workload: user, capabilities,
+/// `no_new_privs`, default signals, fds, seccomp, `execve`.
+fn exec_workload(cfg: &DiskConfig, filter: &Filter) -> Result<Infallible, ProcessError> {
+    let c = &cfg.container;
+    let id = c.id.as_str();
+    let setup = |step: &'static str| {
+        move |source| ProcessError::Setup {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
     set_identity_and_caps(cfg)?;
     let exe = find_executable(cfg)?;
     nix::sys::prctl::set_no_new_privs().map_err(setup("no_new_privs"))?;
@@ -232,13 +289,23 @@ fn init(
     })
 }
 
-fn io_errno(e: &std::io::Error) -> nix::Error {
+pub(crate) fn io_errno(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Sets the container's user and groups and reduces the capabilities to
 /// [`DEFAULT_CAPS`] (none for a non-root uid); the bounding set is always reduced.
 pub(crate) fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
+    set_identity_keeping(cfg, DEFAULT_CAPS)
+}
+
+/// Sets the container's user and groups and reduces the bounding set to
+/// `root_caps`; the permitted, effective and inheritable sets become
+/// `root_caps` for uid 0 and empty for any other uid (as Docker).
+pub(crate) fn set_identity_keeping(
+    cfg: &DiskConfig,
+    root_caps: &[Capability],
+) -> Result<(), ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
     let capserr = |step: &'static str| {
@@ -255,7 +322,7 @@ pub(crate) fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError
             source,
         }
     };
-    let keep: CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
+    let keep: CapsHashSet = root_caps.iter().copied().collect();
 
     // Bounding set first: dropping needs CAP_SETPCAP, which a non-root uid loses.
     for cap in caps::runtime::thread_all_supported() {

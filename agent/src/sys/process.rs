@@ -1,6 +1,8 @@
 //! Process-level syscalls the container runtime needs and nix leaves unsafe or
 //! uncovered: `fork` in a provably single-threaded process, `_exit`,
-//! `close_range`, pidfds, and resetting signal dispositions before `execve`.
+//! `close_range`, pidfds, resetting signal dispositions before `execve`, and
+//! what the container's init needs for any signal number (nix's `Signal` has no
+//! real-time signals): `sigwaitinfo`, `kill` and `waitpid` with raw statuses.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -101,6 +103,14 @@ pub fn ignore_signals(signals: &[Signal]) -> io::Result<()> {
 /// Resets every catchable signal to its default disposition and unblocks all
 /// signals: what the workload must start with (ignored signals survive execve).
 pub fn reset_signals() -> io::Result<()> {
+    default_signal_handlers()?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    Ok(())
+}
+
+/// Sets every catchable standard signal to its default disposition, leaving
+/// the signal mask as it is.
+pub fn default_signal_handlers() -> io::Result<()> {
     for s in Signal::iterator() {
         if s == Signal::SIGKILL || s == Signal::SIGSTOP {
             continue;
@@ -108,6 +118,47 @@ pub fn reset_signals() -> io::Result<()> {
         // SAFETY: SIG_DFL installs no handler code.
         unsafe { nix::sys::signal::signal(s, SigHandler::SigDfl) }?;
     }
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     Ok(())
+}
+
+/// `sigwaitinfo(set)`: waits for one of the signals in `set` (which must be
+/// blocked) and returns its number, real-time signals included. `EINTR` when
+/// a signal outside `set` interrupted the wait.
+pub fn wait_signal(set: &SigSet) -> io::Result<i32> {
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
+    // SAFETY: `set` is a valid sigset_t for the call's duration and `info`
+    // points to writable memory of the right size, filled by the kernel on success.
+    let r = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `kill(pid, sig)` for any signal number (nix's `kill` takes standard signals only).
+pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments; kill has no memory effects in this process.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `waitpid(pid, &status, WNOHANG if !block)` with the raw status (nix's
+/// `WaitStatus` cannot hold a death by a real-time signal). `pid` -1 is any
+/// child. `Ok(None)`: children exist but none has changed state (only with
+/// `block == false`); `ECHILD`: no child left.
+pub fn wait_raw(pid: i32, block: bool) -> io::Result<Option<(i32, i32)>> {
+    let flags = if block { 0 } else { libc::WNOHANG };
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid, writable int for the call's duration.
+    let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+    match r {
+        r if r < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        r => Ok(Some((r, status))),
+    }
 }

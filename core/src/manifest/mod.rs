@@ -3,6 +3,7 @@
 //! is reported with file, line, column and key; a directory of `*.toml` files
 //! is merged, and a service defined twice names both files.
 
+mod lenient;
 mod validate;
 mod wire;
 
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::image_ref::ImageRef;
 
-pub use validate::parse_env_file;
+pub use validate::{namespaced_sysctl, parse_env_file, well_formed_sysctl};
 
 /// Most files a manifest directory may hold.
 pub const MAX_FILES: usize = 256;
@@ -51,7 +52,10 @@ pub struct Service {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub readonly_rootfs: bool,
-    pub stop_signal: Signal,
+    /// The signal that asks a replica to stop, when the manifest sets one.
+    /// Unset, the image's `StopSignal` applies, else SIGTERM (as Docker); the
+    /// agent resolves it when it starts a replica (`launch::stop_signal`).
+    pub stop_signal: Option<Signal>,
     #[serde(with = "duration_text")]
     pub stop_timeout: Duration,
     /// Namespaced kernel parameters set in the container (`net.*`, IPC ones,
@@ -98,11 +102,30 @@ impl Service {
     }
 }
 
-/// A signal, by its normalized name (`SIGTERM`) and Linux number.
+/// A signal, by its normalized name (`SIGTERM`, `SIGRTMIN+3`) and Linux number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signal {
     pub name: String,
     pub number: i32,
+}
+
+impl Signal {
+    /// SIGTERM, what stops a replica when neither the manifest nor the image
+    /// names a signal.
+    pub fn term() -> Signal {
+        Signal {
+            name: "SIGTERM".into(),
+            number: 15,
+        }
+    }
+
+    /// Parses a signal as Docker's `ParseSignal` does: a number (1–31, or a
+    /// real-time one 34–64), or a name in any case with or without `SIG`
+    /// (`SIGINT`, `int`, `RTMIN+3`, `SIGRTMAX-1`). `None` when it is none of
+    /// these.
+    pub fn parse(text: &str) -> Option<Signal> {
+        validate::parse_signal(text)
+    }
 }
 
 /// Resource limits. CPU is kept in millicpus so specs compare exactly.

@@ -87,7 +87,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// The dotted key a serde error points at: the last table header before the
 /// span, plus the key under the span when it is one.
-fn key_at(text: &str, span: &Range<usize>) -> String {
+pub(super) fn key_at(text: &str, span: &Range<usize>) -> String {
     let start = span.start.min(text.len());
     let mut header = String::new();
     for line in text[..start].lines() {
@@ -127,14 +127,13 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
             text,
             problems: Vec::new(),
         };
-        match toml::from_str::<WireFile>(text) {
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                let key = key_at(text, &span);
-                ctx.at(span, key, e.message().trim().to_string());
-            }
-            Ok(wire) => {
-                for (name, ws) in wire.service {
+        let read = super::lenient::read(text);
+        for (span, key, message) in read.problems {
+            ctx.at(span, key, message);
+        }
+        {
+            {
+                for (name, ws) in read.services {
                     let key = format!("service.{}", name.get_ref());
                     if let Some(first) = defined_in.get(name.get_ref()) {
                         ctx.at(
@@ -402,22 +401,70 @@ fn check_abs_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn parse_signal(text: &str) -> Option<Signal> {
+/// First and last real-time signal numbers as Docker (Go) names them:
+/// `SIGRTMIN` is 34 (glibc keeps 32 and 33 for itself), `SIGRTMAX` 64.
+const SIGRTMIN: i32 = 34;
+const SIGRTMAX: i32 = 64;
+
+/// The name Docker gives a real-time signal number: `SIGRTMIN+n` in the
+/// lower half, `SIGRTMAX-n` in the upper half.
+fn rt_name(number: i32) -> String {
+    match number - SIGRTMIN {
+        0 => "SIGRTMIN".into(),
+        n if n <= 15 => format!("SIGRTMIN+{n}"),
+        _ if number == SIGRTMAX => "SIGRTMAX".into(),
+        _ => format!("SIGRTMAX-{}", SIGRTMAX - number),
+    }
+}
+
+/// See [`Signal::parse`].
+pub(crate) fn parse_signal(text: &str) -> Option<Signal> {
     let upper = text.trim().to_ascii_uppercase();
-    if let Ok(n) = upper.parse::<i32>() {
-        return SIGNALS
+    let by_number = |n: i32| -> Option<Signal> {
+        if (SIGRTMIN..=SIGRTMAX).contains(&n) {
+            return Some(Signal {
+                name: rt_name(n),
+                number: n,
+            });
+        }
+        SIGNALS
             .iter()
             .find(|(_, num)| *num == n)
             .map(|(name, number)| Signal {
                 name: (*name).to_string(),
                 number: *number,
-            });
-    }
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
+            })
     };
+    if let Ok(n) = upper.parse::<i32>() {
+        return by_number(n);
+    }
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let rt = |base: i32, rest: &str, sign: i32| -> Option<Signal> {
+        let offset = match rest {
+            "" => 0,
+            r => r
+                .strip_prefix(if sign > 0 { '+' } else { '-' })?
+                .parse::<i32>()
+                .ok()?,
+        };
+        (1..=15).contains(&offset).then_some(())?;
+        by_number(base + sign * offset)
+    };
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        return if rest.is_empty() {
+            by_number(SIGRTMIN)
+        } else {
+            rt(SIGRTMIN, rest, 1)
+        };
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        return if rest.is_empty() {
+            by_number(SIGRTMAX)
+        } else {
+            rt(SIGRTMAX, rest, -1)
+        };
+    }
+    let name = format!("SIG{name}");
     SIGNALS
         .iter()
         .find(|(n, _)| *n == name)
@@ -577,23 +624,16 @@ fn validate_service(
         }
     });
 
-    let stop_signal = match &ws.stop_signal {
-        None => Signal {
-            name: "SIGTERM".into(),
-            number: 15,
-        },
-        Some(s) => parse_signal(s.get_ref()).unwrap_or_else(|| {
+    let stop_signal = ws.stop_signal.as_ref().map(|s| {
+        parse_signal(s.get_ref()).unwrap_or_else(|| {
             ctx.at(
                 s.span(),
                 k("stop_signal"),
                 format!("`{}` is not a known signal", s.get_ref()),
             );
-            Signal {
-                name: "SIGTERM".into(),
-                number: 15,
-            }
-        }),
-    };
+            Signal::term()
+        })
+    });
     let stop_timeout = duration_or(
         ctx,
         ws.stop_timeout.as_ref(),
@@ -896,7 +936,8 @@ fn validate_ports(ctx: &mut FileCtx<'_>, ws: &WireService, svc: &str) -> Vec<Por
 
 /// Kernel parameters a container may set: those of its own network, IPC and
 /// UTS namespaces (runc's and Docker's rule); anything else would change the host.
-fn namespaced_sysctl(name: &str) -> bool {
+/// The runtime checks it again before writing one.
+pub fn namespaced_sysctl(name: &str) -> bool {
     const IPC: &[&str] = &[
         "kernel.msgmax",
         "kernel.msgmnb",
@@ -911,6 +952,20 @@ fn namespaced_sysctl(name: &str) -> bool {
     name.starts_with("net.") || name.starts_with("fs.mqueue.") || IPC.contains(&name)
 }
 
+/// A sysctl name: 1-128 bytes, dot-separated non-empty parts of ASCII
+/// letters, digits, `_` and `-` (so it maps to a path under `/proc/sys`
+/// without `/`, `.` or `..` components).
+pub fn well_formed_sysctl(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        })
+}
+
 fn validate_sysctls(
     ctx: &mut FileCtx<'_>,
     s: &Spanned<BTreeMap<Spanned<String>, Spanned<WireScalar>>>,
@@ -920,15 +975,7 @@ fn validate_sysctls(
     for (name, value) in s.get_ref() {
         let n = name.get_ref();
         let k = format!("{key}.{n}");
-        let well_formed = !n.is_empty()
-            && n.len() <= 128
-            && n.split('.').all(|part| {
-                !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-            });
-        if !well_formed {
+        if !well_formed_sysctl(n) {
             ctx.at(name.span(), k, format!("`{n}` is not a sysctl name"));
             continue;
         }

@@ -1,18 +1,12 @@
-//! Wire types: the manifest exactly as written, with source spans on every
-//! value so validation can point at file:line:col. Unknown keys are refused by
-//! serde (`deny_unknown_fields`); everything else is checked in `validate`.
+//! Wire types: one service exactly as written, with source spans on every
+//! value so validation can point at file:line:col. `lenient` reads a file
+//! into these (unknown keys reported and set aside first, so
+//! `deny_unknown_fields` is only a safety net); `validate` checks the rest.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct WireFile {
-    #[serde(default)]
-    pub service: BTreeMap<Spanned<String>, WireService>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -723,12 +723,464 @@ fn bad_checksum_and_unsupported_types() {
     t.raw(h, &[]);
     let err = fx.apply(&t.finish()).unwrap_err();
     assert!(matches!(err, UnpackError::Unsupported { .. }), "{err}");
+}
 
+#[test]
+fn pre_posix_directories_end_in_a_slash() {
+    // Type '\0' with a trailing slash is a directory (as Go's archive/tar);
+    // without one it is a regular file.
     let fx = Fx::new();
     let mut t = TarW::new();
-    t.pax(&[("GNU.sparse.map", b"0,1")]).file("s", b"x", 0o644);
+    let pre_posix = |name: &[u8], mode, size| {
+        let mut h = hdr(name, b'0', mode, size);
+        h.as_old_mut().linkflag = [0];
+        h
+    };
+    t.raw(pre_posix(b"olddir/", 0o750, 0), &[])
+        .raw(pre_posix(b"oldfile", 0o640, 2), b"hi");
+    fx.apply(&t.finish()).unwrap();
+    assert!(fx.lmeta("olddir").is_dir());
+    assert_eq!(fx.lmeta("olddir").mode() & 0o7777, 0o750);
+    assert_eq!(fx.read("oldfile"), b"hi");
+}
+
+// ---- sparse files -----------------------------------------------------------
+
+/// Writes a file with holes as `truncate -s SIZE` + `dd seek=OFF conv=notrunc`
+/// would: `size` bytes, each `(offset, data)` written in place.
+fn holey(path: &Path, size: u64, data: &[(u64, Vec<u8>)]) {
+    use std::os::unix::fs::FileExt;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).unwrap();
+    }
+    let f = fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    for (off, bytes) in data {
+        f.write_all_at(bytes, *off).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Bytes that differ per position (so misplaced data cannot compare equal).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+/// A source tree of sparse (and one dense) files; returns it with the names.
+fn sparse_sources() -> (tempfile::TempDir, Vec<String>) {
+    let src = tempfile::tempdir().unwrap();
+    let p = |n: &str| src.path().join(n);
+    // Leading hole, two data regions, trailing hole.
+    holey(
+        &p("holes"),
+        3 << 20,
+        &[(200_000, b"hello".to_vec()), (900_000, pattern(10_000, 7))],
+    );
+    // Data at both ends (no trailing hole).
+    holey(
+        &p("ends"),
+        256 << 10,
+        &[(0, pattern(4096, 1)), ((256 << 10) - 5, b"tail!".to_vec())],
+    );
+    // Only a hole.
+    holey(&p("void"), 1 << 20, &[]);
+    // 200 data regions: a 1.0 map over several 512-byte blocks.
+    let many: Vec<(u64, Vec<u8>)> = (0..200u64)
+        .map(|i| (i * (64 << 10) + 100, pattern(700, i as u8)))
+        .collect();
+    holey(&p("many"), 200 * (64 << 10), &many);
+    // A name over 100 bytes (PAX `path` and `GNU.sparse.name`).
+    let long = format!("deep/{}/long-sparse", "x".repeat(120));
+    holey(&p(&long), 2 << 20, &[(1 << 20, pattern(5000, 9))]);
+    fs::write(p("plain"), pattern(3000, 3)).unwrap();
+    fs::set_permissions(p("holes"), fs::Permissions::from_mode(0o640)).unwrap();
+    let names = ["holes", "ends", "void", "many", &long, "plain"];
+    (src, names.iter().map(|n| n.to_string()).collect())
+}
+
+/// `tar ARGS -cf - -C src NAMES…` with GNU tar.
+fn gnu_tar(src: &Path, args: &[&str], names: &[String]) -> Vec<u8> {
+    let out = std::process::Command::new("tar")
+        .args(args)
+        .args(["--numeric-owner", "-cf", "-", "-C"])
+        .arg(src)
+        .args(names)
+        .output()
+        .expect("GNU tar runs");
+    assert!(
+        out.status.success(),
+        "tar {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Each file unpacked is byte-identical to its source (content, size, mode,
+/// mtime) and a source with holes still has them (allocated blocks).
+fn assert_same_files(fx: &Fx, src: &Path, names: &[String], what: &str) {
+    for n in names {
+        let (a, b) = (fs::metadata(src.join(n)).unwrap(), fx.lmeta(n));
+        assert!(b.is_file(), "{what}: {n} is a file");
+        assert_eq!(b.len(), a.len(), "{what}: size of {n}");
+        assert!(
+            fs::read(src.join(n)).unwrap() == fx.read(n),
+            "{what}: content of {n} differs"
+        );
+        assert_eq!(b.mode() & 0o7777, a.mode() & 0o7777, "{what}: mode of {n}");
+        assert_eq!(b.mtime(), a.mtime(), "{what}: mtime of {n}");
+        let sparse_src = a.blocks() * 512 < a.len() / 2;
+        if sparse_src {
+            // Holes stay holes: about what the source allocates, far below
+            // the size (slack for extent rounding).
+            assert!(
+                b.blocks() <= a.blocks() + 128,
+                "{what}: {n} allocates {} blocks, source {}",
+                b.blocks(),
+                a.blocks()
+            );
+        }
+    }
+}
+
+#[test]
+fn gnu_tar_pax_sparse_formats_unpack_byte_identical() {
+    let (src, names) = sparse_sources();
+    let holes = fs::metadata(src.path().join("holes")).unwrap();
+    assert!(
+        holes.blocks() * 512 < holes.len() / 2,
+        "test fixture: the filesystem keeps holes"
+    );
+    for version in ["0.0", "0.1", "1.0"] {
+        let arg = format!("--sparse-version={version}");
+        let tar = gnu_tar(src.path(), &["--format=posix", "--sparse", &arg], &names);
+        // The archive really is sparse in this format (else the test is moot).
+        assert!(
+            contains(&tar, b"GNU.sparse."),
+            "{version}: no sparse records"
+        );
+        let marker: &[u8] = match version {
+            "0.0" => b"GNU.sparse.offset=",
+            "0.1" => b"GNU.sparse.map=",
+            _ => b"GNU.sparse.major=1",
+        };
+        assert!(contains(&tar, marker), "{version}: no {marker:?}");
+        assert!(
+            tar.len() < 2 << 20,
+            "{version}: archive is {} bytes (holes stored?)",
+            tar.len()
+        );
+        let fx = Fx::new();
+        fx.apply(&tar).unwrap_or_else(|e| panic!("{version}: {e}"));
+        assert_same_files(&fx, src.path(), &names, version);
+        // No placeholder names (`GNUSparseFile.PID/…`) left behind.
+        let top: Vec<String> = fs::read_dir(&fx.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !top.iter().any(|n| n.starts_with("GNUSparseFile")),
+            "{version}: {top:?}"
+        );
+        let void = fx.lmeta("void");
+        assert_eq!((void.len(), void.blocks()), (1 << 20, 0), "{version}: void");
+        fx.assert_host_untouched();
+    }
+}
+
+#[test]
+fn old_gnu_sparse_entries_keep_holes() {
+    let (src, names) = sparse_sources();
+    let tar = gnu_tar(src.path(), &["--format=gnu", "--sparse"], &names);
+    // At least one old-GNU sparse header (type 'S' at offset 156).
+    assert!(
+        tar.chunks(512)
+            .any(|h| h.len() == 512 && h[156] == b'S' && h[257..262] == *b"ustar"),
+        "no type 'S' entry"
+    );
+    let fx = Fx::new();
+    fx.apply(&tar).unwrap();
+    assert_same_files(&fx, src.path(), &names, "old GNU");
+    fx.assert_host_untouched();
+}
+
+#[test]
+fn sparse_streams_cut_short_are_truncated_errors() {
+    let (src, _) = sparse_sources();
+    let names = vec!["ends".to_string()];
+    let tar = gnu_tar(
+        src.path(),
+        &["--format=posix", "--sparse", "--sparse-version=1.0"],
+        &names,
+    );
+    // PAX header + records, the entry's header, then the map block and data.
+    for cut in [1536 + 100, 1536 + 512 + 100] {
+        let fx = Fx::new();
+        let err = fx.apply(&tar[..cut]).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::Truncated { ref path, .. } if path == "ends"),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+/// A PAX sparse entry: records, then a regular header named `header_name`.
+fn sparse_tar(records: &[(&str, &[u8])], header_name: &str, data: &[u8]) -> Vec<u8> {
+    let mut t = TarW::new();
+    t.pax(records).file(header_name, data, 0o644);
+    t.finish()
+}
+
+/// A format 1.0 map as GNU tar stores it: decimal lines padded to 512 bytes.
+fn map_1_0(lines: &[u64]) -> Vec<u8> {
+    let mut v: Vec<u8> = lines
+        .iter()
+        .flat_map(|n| format!("{n}\n").into_bytes())
+        .collect();
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+#[test]
+fn hand_made_sparse_entries_apply() {
+    // 0.1 with the data in two segments and a trailing hole.
+    let fx = Fx::new();
+    let tar = sparse_tar(
+        &[
+            ("GNU.sparse.size", b"10000"),
+            ("GNU.sparse.numblocks", b"2"),
+            ("GNU.sparse.name", b"etc/real"),
+            ("GNU.sparse.map", b"0,3,5000,2"),
+        ],
+        "GNUSparseFile.1/real",
+        b"abcde",
+    );
+    let stats = fx.apply(&tar).unwrap();
+    assert_eq!(stats.bytes, 5);
+    let mut want = vec![0u8; 10_000];
+    want[..3].copy_from_slice(b"abc");
+    want[5000..5002].copy_from_slice(b"de");
+    assert_eq!(fx.read("etc/real"), want);
+    assert!(!fx.exists("GNUSparseFile.1"));
+
+    // 1.0: the map leads the data.
+    let fx = Fx::new();
+    let mut data = map_1_0(&[1, 4096, 4]);
+    data.extend_from_slice(b"wxyz");
+    let tar = sparse_tar(
+        &[
+            ("GNU.sparse.major", b"1"),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"v1"),
+            ("GNU.sparse.realsize", b"8192"),
+        ],
+        "GNUSparseFile.2/v1",
+        &data,
+    );
+    fx.apply(&tar).unwrap();
+    let got = fx.read("v1");
+    assert_eq!(got.len(), 8192);
+    assert_eq!(&got[4096..4100], b"wxyz");
+    assert!(got[..4096].iter().chain(&got[4100..]).all(|b| *b == 0));
+}
+
+#[test]
+fn malformed_sparse_entries_are_refused_naming_the_entry() {
+    let v1 = |map: Vec<u8>, data: &[u8]| {
+        let mut d = map;
+        d.extend_from_slice(data);
+        sparse_tar(
+            &[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.name", b"real-name"),
+                ("GNU.sparse.realsize", b"100"),
+            ],
+            "GNUSparseFile.9/real-name",
+            &d,
+        )
+    };
+    let v01 = |map: &[u8], count: &[u8], data: &[u8]| {
+        sparse_tar(
+            &[
+                ("GNU.sparse.size", b"100"),
+                ("GNU.sparse.numblocks", count),
+                ("GNU.sparse.name", b"real-name"),
+                ("GNU.sparse.map", map),
+            ],
+            "GNUSparseFile.9/real-name",
+            data,
+        )
+    };
+    // Pairs keep coming until the entry's data ends.
+    let mut unended = b"1000\n".to_vec();
+    unended.resize(512, b'\n');
+    unended[5..].iter_mut().step_by(2).for_each(|b| *b = b'7');
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "offset past realsize",
+            v01(b"200,1", b"1", b"x"),
+            "past the real size",
+        ),
+        (
+            "segment over the end",
+            v01(b"95,10", b"1", &[1; 10]),
+            "past the real size",
+        ),
+        ("overlapping", v01(b"0,10,5,10", b"2", &[1; 20]), "overlap"),
+        ("unsorted", v01(b"50,10,0,10", b"2", &[1; 20]), "not sorted"),
+        (
+            "numbytes past the data",
+            v01(b"0,50", b"1", &[1; 10]),
+            "covers 50",
+        ),
+        (
+            "unreferenced data",
+            v01(b"0,5", b"1", &[1; 10]),
+            "stores 10",
+        ),
+        ("count mismatch", v01(b"0,1", b"7", b"x"), "declares 7"),
+        (
+            "huge count",
+            v01(b"0,1", b"18446744073709551615", b"x"),
+            "declares 18446744073709551615",
+        ),
+        ("odd map", v01(b"0,1,2", b"1", b"x"), "odd number"),
+        ("not a number", v01(b"0,-1", b"1", b"x"), "not a decimal"),
+        (
+            "1.0 huge count",
+            v1(map_1_0(&[99_999_999_999]), b""),
+            "claims 99999999999",
+        ),
+        ("1.0 map past the data", v1(unended, b""), "runs past"),
+        (
+            "1.0 numbytes past the data",
+            v1(map_1_0(&[1, 0, 60]), &[1; 10]),
+            "covers 60",
+        ),
+        (
+            "1.0 offsets past realsize",
+            v1(map_1_0(&[1, 100, 1]), b"x"),
+            "past the real size",
+        ),
+        (
+            "1.0 unsorted",
+            v1(map_1_0(&[2, 50, 1, 10, 1]), b"xy"),
+            "not sorted",
+        ),
+        (
+            "unknown version",
+            sparse_tar(
+                &[
+                    ("GNU.sparse.major", b"2"),
+                    ("GNU.sparse.minor", b"0"),
+                    ("GNU.sparse.name", b"real-name"),
+                    ("GNU.sparse.realsize", b"1"),
+                ],
+                "GNUSparseFile.9/real-name",
+                b"",
+            ),
+            "version 2.0",
+        ),
+    ];
+    for (what, tar, msg) in cases {
+        let fx = Fx::new();
+        let err = fx.apply(&tar).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::Sparse { ref path, .. } if path == "real-name"),
+            "{what}: {err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(msg), "{what}: {text:?} lacks {msg:?}");
+        assert!(text.contains("\"real-name\""), "{what}: {text}");
+        // Refused before anything was created.
+        assert!(
+            !fx.exists("real-name") && !fx.exists("GNUSparseFile.9"),
+            "{what}"
+        );
+        fx.assert_host_untouched();
+    }
+}
+
+#[test]
+fn sparse_names_sizes_and_kinds_are_policed() {
+    // The real name goes through the same path checks as any name.
+    let fx = Fx::new();
+    let tar = sparse_tar(
+        &[
+            ("GNU.sparse.size", b"10"),
+            ("GNU.sparse.numblocks", b"1"),
+            ("GNU.sparse.name", b"../../victim/hello"),
+            ("GNU.sparse.map", b"0,1"),
+        ],
+        "GNUSparseFile.1/hello",
+        b"x",
+    );
+    let err = fx.apply(&tar).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::InvalidPath { ref path, .. } if path == "../../victim/hello"),
+        "{err}"
+    );
+    fx.assert_host_untouched();
+
+    // An absolute real name lands inside the root.
+    let fx = Fx::new();
+    let tar = sparse_tar(
+        &[
+            ("GNU.sparse.size", b"3"),
+            ("GNU.sparse.numblocks", b"1"),
+            (
+                "GNU.sparse.name",
+                fx.victim.join("hello").to_str().unwrap().as_bytes(),
+            ),
+            ("GNU.sparse.map", b"0,3"),
+        ],
+        "GNUSparseFile.1/hello",
+        b"abc",
+    );
+    fx.apply(&tar).unwrap();
+    assert_eq!(fx.read(fx.victim.join("hello").to_str().unwrap()), b"abc");
+    fx.assert_host_untouched();
+
+    // The real size counts against max_entry_bytes, not the stored bytes.
+    let fx = Fx::new();
+    let l = UnpackLimits {
+        max_entry_bytes: 1 << 20,
+        ..limits()
+    };
+    let tar = sparse_tar(
+        &[
+            ("GNU.sparse.size", b"1048577"),
+            ("GNU.sparse.numblocks", b"1"),
+            ("GNU.sparse.name", b"big"),
+            ("GNU.sparse.map", b"0,1"),
+        ],
+        "GNUSparseFile.1/big",
+        b"x",
+    );
+    let err = apply_layer(&tar[..], &fx.root, &l).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::Limit { ref path, .. } if path == "big"),
+        "{err}"
+    );
+    assert!(!fx.exists("big"));
+
+    // Sparse records on anything but a regular file are refused.
+    let fx = Fx::new();
+    let mut t = TarW::new();
+    t.pax(&[("GNU.sparse.size", b"1"), ("GNU.sparse.numblocks", b"0")])
+        .symlink("link", "target");
     let err = fx.apply(&t.finish()).unwrap_err();
-    assert!(matches!(err, UnpackError::Unsupported { .. }), "{err}");
+    assert!(
+        matches!(err, UnpackError::Unsupported { ref path, .. } if path == "link"),
+        "{err}"
+    );
+    assert!(!fx.exists("link"));
 }
 
 // ---- breakouts: containerd TestBreakouts (ideas) -------------------------

@@ -170,7 +170,10 @@ fn defaults_are_filled_in() {
     let s = &m.services["web"];
     assert_eq!(s.image.to_string(), "docker.io/library/busybox:latest");
     assert_eq!(s.replicas, 1);
-    assert_eq!(s.stop_signal.name, "SIGTERM");
+    assert_eq!(
+        s.stop_signal, None,
+        "unset: the image's StopSignal, else SIGTERM"
+    );
     assert_eq!(s.stop_timeout, defaults::STOP_TIMEOUT);
     assert_eq!(s.update.strategy, UpdateStrategy::StartFirst);
     assert_eq!((s.update.max_surge, s.update.max_unavailable), (1, 0));
@@ -358,11 +361,7 @@ fn unknown_keys_name_file_line_column_and_key() {
     let p = &err.problems()[0];
     assert_eq!((p.file.as_str(), p.line, p.column), ("m.toml", 3, 1));
     assert_eq!(p.key, "service.web.replica");
-    assert!(
-        p.message.contains("unknown field `replica`"),
-        "{}",
-        p.message
-    );
+    assert_eq!(p.message, "unknown key `replica`; did you mean `replicas`?");
     let err = Manifest::from_str_named(
         "m.toml",
         "[service.web]\nimage = \"busybox\"\n[service.web.resources]\nmemroy = \"1G\"\n",
@@ -677,4 +676,103 @@ fn problems_come_sorted_by_line() {
     let err = Manifest::from_str_named("m.toml", text).unwrap_err();
     let lines: Vec<usize> = err.problems().iter().map(|p| p.line).collect();
     assert_eq!(lines, vec![3, 5]);
+}
+
+#[test]
+fn signals_parse_as_docker_parse_signal() {
+    // (text, expected (name, number)); Docker's `signal.ParseSignal` with its
+    // Linux map (RTMIN = 34, RTMAX = 64) is the reference.
+    let cases: &[(&str, Option<(&str, i32)>)] = &[
+        ("SIGINT", Some(("SIGINT", 2))),
+        ("int", Some(("SIGINT", 2))),
+        ("SigQuit", Some(("SIGQUIT", 3))),
+        ("15", Some(("SIGTERM", 15))),
+        ("SIGRTMIN", Some(("SIGRTMIN", 34))),
+        ("SIGRTMIN+3", Some(("SIGRTMIN+3", 37))),
+        ("rtmin+15", Some(("SIGRTMIN+15", 49))),
+        ("37", Some(("SIGRTMIN+3", 37))),
+        ("RTMAX", Some(("SIGRTMAX", 64))),
+        ("SIGRTMAX-1", Some(("SIGRTMAX-1", 63))),
+        ("0", None),
+        ("32", None),
+        ("65", None),
+        ("SIGRTMIN+16", None),
+        ("SIGRTMIN-1", None),
+        ("SIGFOO", None),
+        ("", None),
+    ];
+    for (text, want) in cases {
+        let got = Signal::parse(text).map(|s| (s.name, s.number));
+        let want = want.map(|(n, k)| (n.to_string(), k));
+        assert_eq!(got, want, "{text:?}");
+    }
+}
+
+#[test]
+fn six_mistakes_of_six_kinds_in_one_run_in_line_order() {
+    let text = r#"[service.web]
+image = "busybox"
+replicas = "three"
+stop_timeout = "10 parsecs"
+port = { container = 80, host = 70000 }
+
+[service.api]
+image = "busybox"
+imgae = "typo"
+ports = [{ container = 81, host = 8080 }]
+
+[service.api.healthcheck]
+tcp = { port = 81 }
+
+[service.db]
+image = "busybox"
+ports = [{ container = 5432, host = 8080 }]
+"#;
+    let err = Manifest::from_str_named("m.toml", text).unwrap_err();
+    let got: Vec<(usize, &str)> = err
+        .problems()
+        .iter()
+        .map(|p| (p.line, p.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, "service.web.replicas"),
+            (4, "service.web.stop_timeout"),
+            (5, "service.web.port.host"),
+            (9, "service.api.imgae"),
+            (12, "service.api.healthcheck"),
+            (15, "service.db.ports[0].host"),
+        ],
+        "{err}"
+    );
+    let text_of = |line: usize| {
+        err.problems()
+            .iter()
+            .find(|p| p.line == line)
+            .unwrap()
+            .message
+            .clone()
+    };
+    assert!(text_of(3).contains("invalid type"), "{}", text_of(3));
+    assert_eq!(text_of(9), "unknown key `imgae`; did you mean `image`?");
+    assert_eq!(
+        text_of(12),
+        "unknown key `healthcheck`; did you mean `health`?"
+    );
+    assert!(
+        text_of(15).contains("already published by service `api`"),
+        "{}",
+        text_of(15)
+    );
+}
+
+#[test]
+fn did_you_mean_only_when_close() {
+    use crate::manifest::lenient::did_you_mean;
+    let keys = ["image", "replicas", "restart", "resources"];
+    assert_eq!(did_you_mean("imgae", &keys), Some("image"));
+    assert_eq!(did_you_mean("replica", &keys), Some("replicas"));
+    assert_eq!(did_you_mean("resource", &keys), Some("resources"));
+    assert_eq!(did_you_mean("zzz", &keys), None);
 }
