@@ -94,14 +94,16 @@ impl Dnat {
             source,
         };
         nft::apply(&probe(&table, bridge)).map_err(err)?;
-        nft::sync_group(
-            &table,
-            STATIC_GROUP,
-            &static_rules(bridge, subnet),
-            STATIC_CHAINS,
-        )
-        .map_err(err)?;
+        let statics = static_rules(bridge, subnet);
+        nft::sync_group(&table, STATIC_GROUP, &statics, STATIC_CHAINS).map_err(err)?;
         let installed = nft::read(&table).map_err(err)?;
+        // Changing rules by difference needs nft to list their comments.
+        if installed.shape(STATIC_GROUP) != nft::shape(&statics) {
+            return Err(err(NftError::Failed(
+                "the rules just installed are not listed with their comments (nftables too old?)"
+                    .into(),
+            )));
+        }
         let mut state = State::default();
         let mut adopted = BTreeSet::new();
         for (g, shape) in installed.groups() {
@@ -110,10 +112,12 @@ impl Dnat {
             }
         }
         for r in &installed.rules {
-            if r.group.as_deref().is_some_and(|g| g.starts_with("svc:")) {
-                adopted.extend(r.endpoints.iter().map(|e| *e.ip()));
+            if !SERVICE_CHAINS.contains(&r.chain.as_str()) {
+                continue;
             }
-            if r.group.is_none() && SERVICE_CHAINS.contains(&r.chain.as_str()) {
+            // An older agent's rules too: they serve until the first prune.
+            adopted.extend(r.endpoints.iter().map(|e| *e.ip()));
+            if r.group.is_none() {
                 state.strays = true;
             }
         }
