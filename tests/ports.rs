@@ -553,3 +553,41 @@ fn the_data_plane_outlives_the_agent_and_a_restart_rewrites_no_rule() {
     assert!(oks > 20, "{lines:?}");
     assert_eq!(fails, 0, "container-to-container calls failed: {oks} ok");
 }
+
+#[test]
+fn a_port_taken_while_the_agent_was_down_is_not_ready_until_it_is_free() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let mut agent = Agent::start();
+    let port = free_port();
+    let out = apply_wait(&agent, &one_port(&image, port));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(get(port, "/index.html").unwrap().trim(), "v1");
+
+    // While berthd is down its socket on the port is gone; another process
+    // takes the port. The restarted agent cannot publish it: not ready, and
+    // the error names the port and the holder.
+    agent.kill9();
+    let taker = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    agent.spawn();
+    let me = format!("held by pid {} (", std::process::id());
+    let detail = agent.wait_for(20, "not ready while the port is taken", |a| {
+        let r = a.http("GET", "/v1/services/web/ready");
+        (r.status == 503).then(|| r.text())
+    });
+    assert!(
+        detail.contains(&format!("0.0.0.0:{port}/tcp")) && detail.contains(&me),
+        "{detail}"
+    );
+    let status = agent.ctl(&["status"]).ok().stdout;
+    assert!(status.contains(&format!("0.0.0.0:{port}/tcp")), "{status}");
+    // The port is the taker's: no DNAT rule steals its connections.
+    assert!(!nft_table(&agent).contains(&format!("tcp dport {port} ")));
+
+    // Freed: published again, ready again, served by the replica.
+    drop(taker);
+    agent.wait_for(20, "ready again", |a| {
+        (a.http("GET", "/v1/services/web/ready").status == 200).then_some(())
+    });
+    assert_eq!(get(port, "/index.html").unwrap().trim(), "v1");
+}
