@@ -84,6 +84,10 @@ stop_berthd() {
     kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null || true
   fi
   AGENT_PID=
+  # berth-dns outlives berthd by design: stop it by its pid file.
+  local dns_pid
+  dns_pid=$(grep -o '"pid":[0-9]*' "$WORK/run/dns/berth-dns.pid" 2>/dev/null | cut -d: -f2)
+  [ -z "$dns_pid" ] || kill "$dns_pid" 2>/dev/null || true
   if [ -n "${BRIDGE:-}" ]; then
     for pin in "$WORK"/run/netns/*; do [ -e "$pin" ] && umount -l "$pin"; done 2>/dev/null || true
     umount -l "$WORK/run/netns" 2>/dev/null || true

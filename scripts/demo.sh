@@ -27,6 +27,9 @@ cleanup() {
     kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null
   fi
   [ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+  # berth-dns outlives berthd by design: stop it by its pid file.
+  dns_pid=$(grep -o '"pid":[0-9]*' "$WORK/run/dns/berth-dns.pid" 2>/dev/null | cut -d: -f2)
+  [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null
   for pin in "$WORK"/run/netns/*; do [ -e "$pin" ] && umount -l "$pin"; done 2>/dev/null
   umount -l "$WORK/run/netns" 2>/dev/null
   ip link del "$BRIDGE" 2>/dev/null

@@ -99,6 +99,9 @@ pub struct ConfigLayer {
     pub subnet: Option<String>,
     pub bridge: Option<String>,
     pub cgroup_parent: Option<String>,
+    /// Upstream resolvers of berth-dns (`ADDR` or `ADDR:PORT`); default: the
+    /// host's /etc/resolv.conf.
+    pub dns_upstream: Option<Vec<String>>,
 }
 
 impl ConfigLayer {
@@ -148,6 +151,7 @@ impl ConfigLayer {
             subnet: over.subnet.or(self.subnet),
             bridge: over.bridge.or(self.bridge),
             cgroup_parent: over.cgroup_parent.or(self.cgroup_parent),
+            dns_upstream: over.dns_upstream.or(self.dns_upstream),
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct AgentConfig {
     pub subnet: (std::net::Ipv4Addr, u8),
     pub bridge: String,
     pub cgroup_parent: String,
+    /// Upstream resolvers of berth-dns; empty: the host's /etc/resolv.conf.
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -298,6 +304,23 @@ impl AgentConfig {
                 why: "a relative cgroup path without `..`",
             });
         }
+        let dns_upstream = layer
+            .dns_upstream
+            .unwrap_or_default()
+            .into_iter()
+            .map(|text| {
+                text.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        text.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| ConfigError::Invalid {
+                        what: "--dns-upstream",
+                        value: text,
+                        why: "an IP address, optionally with :PORT",
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(AgentConfig {
             state_dir,
             run_dir,
@@ -314,6 +337,7 @@ impl AgentConfig {
             subnet,
             bridge,
             cgroup_parent,
+            dns_upstream,
         })
     }
 }
@@ -352,6 +376,27 @@ mod tests {
         assert_eq!(
             (c.git_ref.as_str(), c.git_path.as_str()),
             ("main", "manifests/")
+        );
+    }
+
+    #[test]
+    fn dns_upstreams_default_to_port_53() {
+        let c = AgentConfig::from_layer(ConfigLayer {
+            dns_upstream: Some(vec!["127.0.0.53".into(), "127.0.0.1:5353".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.dns_upstream,
+            vec![
+                "127.0.0.53:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
+        let empty = AgentConfig::from_layer(ConfigLayer::default()).unwrap();
+        assert!(
+            empty.dns_upstream.is_empty(),
+            "default: the host's resolv.conf"
         );
     }
 
@@ -435,6 +480,10 @@ mod tests {
             },
             ConfigLayer {
                 manifest_poll_interval: Some("soon".into()),
+                ..Default::default()
+            },
+            ConfigLayer {
+                dns_upstream: Some(vec!["resolver.example:53".into()]),
                 ..Default::default()
             },
         ] {

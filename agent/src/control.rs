@@ -180,6 +180,8 @@ pub struct Agent {
     pub network: Arc<Network>,
     /// Published ports: balanced over ready replicas, drain-aware.
     pub proxy: PortProxy,
+    /// Service discovery: berth-dns and the records it serves.
+    pub dns: Arc<crate::dns::Dns>,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -286,6 +288,13 @@ impl Agent {
         } else {
             PortProxy::new()
         };
+        let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
+            dir: config.run_dir.join("dns"),
+            exe: crate::dns::DnsConfig::default_exe(),
+            listen: subnet.gateway(),
+            subnet,
+            upstreams: config.dns_upstream.clone(),
+        });
         let runtime = Arc::new(Runtime::new(RuntimePaths::new(
             config.state_dir.clone(),
             config.run_dir.clone(),
@@ -310,6 +319,7 @@ impl Agent {
             log_archive,
             network: Arc::new(network),
             proxy,
+            dns: Arc::new(dns),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -214,6 +214,21 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         }
         Err(e) => tracing::warn!(error = %e, "cannot list containers at start"),
     }
+    // Service discovery: berth-dns runs (found again, started or replaced)
+    // before containers are started, so they get it as their nameserver;
+    // then it is checked every DNS_CHECK. It is never stopped with berthd.
+    let (dns_stop, mut dns_rx) = tokio::sync::watch::channel(false);
+    let mut dns_error = None;
+    ensure_dns(&agent, &mut dns_error).await;
+    let dns_agent = agent.clone();
+    let dns_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(DNS_CHECK) => ensure_dns(&dns_agent, &mut dns_error).await,
+                _ = dns_rx.changed() => return,
+            }
+        }
+    });
     // The first reconcile pass (re-adopting what runs) completes before the
     // agent reports ready.
     let (reconcile_stop, reconcile_rx) = tokio::sync::watch::channel(false);
@@ -249,6 +264,8 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let _ = shutdown_tx.send(());
     let _ = sources_stop.send(true);
     let _ = reconcile_stop.send(true);
+    let _ = dns_stop.send(true);
+    dns_task.abort();
     if tokio::time::timeout(std::time::Duration::from_secs(5), reconciler)
         .await
         .is_err()
@@ -280,6 +297,45 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often berthd checks that berth-dns still runs.
+pub const DNS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Makes sure berth-dns runs as configured (see `dns::Dns::ensure_server`);
+/// logs a failure once per distinct message.
+async fn ensure_dns(agent: &Arc<Agent>, last_error: &mut Option<String>) {
+    use crate::dns::Outcome;
+    let dns = agent.dns.clone();
+    let result = tokio::task::spawn_blocking(move || dns.ensure_server())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let m = &agent.metrics;
+    match result {
+        Ok(outcome) => {
+            match outcome {
+                Outcome::Running { .. } => {}
+                Outcome::Started { pid } => {
+                    m.dns_server_starts.with_label_values(&["missing"]).inc();
+                    tracing::info!(pid, listen = %agent.dns.config().listen, "berth-dns started");
+                }
+                Outcome::Replaced { old, new } => {
+                    m.dns_server_starts.with_label_values(&["replaced"]).inc();
+                    tracing::info!(old, new, "berth-dns replaced (binary or arguments changed)");
+                }
+            }
+            *last_error = None;
+            m.dns_server_up.set(1);
+        }
+        Err(e) => {
+            if last_error.as_deref() != Some(e.as_str()) {
+                tracing::warn!(error = %e, "service discovery is unavailable; new containers get the host's resolvers");
+                *last_error = Some(e);
+            }
+            m.dns_server_up.set(0);
+        }
+    }
 }
 
 /// Tells systemd (`Type=notify`) about readiness and shutdown; nothing without

@@ -6,6 +6,7 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 pub mod events;
 pub mod health;
 pub mod http;

@@ -25,6 +25,8 @@
 //! | `berth_health_check_failures_total` | counter | service | failed health probes (outside start_period) |
 //! | `berth_drift_total` | counter | service, kind | drift corrected: missing (replica gone), unwanted (replica nobody wants) |
 //! | `berth_service_image_info` | gauge | service, digest | 1 for the digest each service runs now |
+//! | `berth_dns_server_up` | gauge | | 1 while berth-dns (service discovery) serves the bridge gateway, checked every 2 s |
+//! | `berth_dns_server_starts_total` | counter | reason | berth-dns processes started: missing (none ran), replaced (binary or arguments changed) |
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -55,6 +57,8 @@ pub struct Metrics {
     pub health_check_failures: IntCounterVec,
     pub drift: IntCounterVec,
     pub service_image_info: IntGaugeVec,
+    pub dns_server_up: IntGauge,
+    pub dns_server_starts: IntCounterVec,
 }
 
 /// Source kinds used as the `source` label.
@@ -206,6 +210,22 @@ impl Metrics {
             "1 for the image digest each service runs now.",
             &["service", "digest"],
         );
+        let dns_server_up = IntGauge::new(
+            "berth_dns_server_up",
+            "1 while berth-dns serves the bridge gateway.",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(dns_server_up.clone()))
+            .expect("register");
+        let dns_server_starts = counter_vec(
+            "berth_dns_server_starts_total",
+            "berth-dns processes started, by reason: missing, replaced.",
+            &["reason"],
+        );
+        for reason in ["missing", "replaced"] {
+            dns_server_starts.with_label_values(&[reason]);
+        }
         // Pre-create the bounded label sets so the series exist from the start.
         for source in SOURCE_KINDS {
             manifest_apply_errors.with_label_values(&[source]);
@@ -233,6 +253,8 @@ impl Metrics {
             health_check_failures,
             drift,
             service_image_info,
+            dns_server_up,
+            dns_server_starts,
         }
     }
 

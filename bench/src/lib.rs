@@ -362,6 +362,8 @@ impl Berthd {
                 let _ = c.wait();
             }
         }
+        // berth-dns outlives berthd by design.
+        berth_agent::dns::stop_server(&self.dir.path().join("run/dns"));
         if let Some(bridge) = self.bridge.take() {
             let quiet = |argv: &[&str]| {
                 let _ = Command::new(argv[0])

@@ -3,6 +3,7 @@
 //! panics), run `berthctl`, and speak raw HTTP/1.1 to unix and TCP listeners.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dns;
 pub mod load;
 pub mod registry;
 
@@ -135,6 +136,11 @@ impl Agent {
 
     pub fn socket(&self) -> PathBuf {
         self.run_dir().join("berth.sock")
+    }
+
+    /// berth-dns's directory: records.json, its pid file and log.
+    pub fn dns_dir(&self) -> PathBuf {
+        self.run_dir().join("dns")
     }
 
     pub fn agent_flag(&self) -> String {
@@ -546,8 +552,10 @@ impl Agent {
     }
 
     /// Containers outlive the agent by design, so tests remove them (and the
-    /// agent's bridge, nftables table, netns mounts and cgroup parent) here.
+    /// agent's berth-dns, bridge, nftables table, netns mounts and cgroup
+    /// parent) here.
     pub fn remove_all_containers(&self) {
+        berth_agent::dns::stop_server(&self.dns_dir());
         let dir = self.state_dir().join("containers");
         if let Ok(entries) = std::fs::read_dir(&dir) {
             let rt = cleanup_runtime(self);
@@ -581,6 +589,37 @@ impl Agent {
             }
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(self.cgroup_parent()));
+    }
+}
+
+impl Agent {
+    /// Runs `args` inside container `id` straight through the runtime (works
+    /// while berthd is down); panics if it cannot be run at all.
+    pub fn exec(&self, id: &str, args: &[&str]) -> berth_agent::runtime::ExecOutput {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        cleanup_runtime(self)
+            .exec(id, &args, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("exec {args:?} in {id}: {e}"))
+    }
+
+    /// Everything container `id` wrote to stdout so far (read from its log
+    /// files, also while berthd is down).
+    pub fn stdout_of(&self, id: &str) -> String {
+        use berth_agent::runtime::crilog::{decode, Stream};
+        let mut out = String::new();
+        for file in cleanup_runtime(self).logs(id).unwrap() {
+            let bytes = std::fs::read(&file.path).unwrap_or_default();
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let r = decode(line, file.stream);
+                if r.stream == Stream::Stdout {
+                    out.push_str(&String::from_utf8_lossy(r.content));
+                    if !r.partial {
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
     }
 }
 

@@ -100,6 +100,10 @@ struct Flags {
         help = "Cgroup under which containers' cgroups are made [default: berth]"
     )]
     cgroup_parent: Option<String>,
+    /// Upstream resolver of the containers' DNS server, ADDR or ADDR:PORT;
+    /// repeatable. Default: the host's /etc/resolv.conf.
+    #[arg(long)]
+    dns_upstream: Vec<String>,
 }
 
 /// Writes berthd's man page (roff, section 8) to stdout.
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
             subnet: flags.subnet,
             bridge: flags.bridge,
             cgroup_parent: flags.cgroup_parent,
+            dns_upstream: (!flags.dns_upstream.is_empty()).then_some(flags.dns_upstream),
         }))
     });
     let config = match config {

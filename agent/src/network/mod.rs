@@ -496,7 +496,7 @@ mod nat {
     /// The group and the chains it owns (rules there without the agent's
     /// comment are an older agent's and are replaced with it).
     pub(super) const GROUP: &str = "nat";
-    const CHAINS: &[&str] = &["postrouting", "forward"];
+    const CHAINS: &[&str] = &["postrouting", "forward", "input"];
 
     fn err(bridge: &str) -> impl FnOnce(nft::NftError) -> NetError + '_ {
         move |e| NetError::Nat {
@@ -505,9 +505,13 @@ mod nat {
         }
     }
 
-    /// The rules of `bridge` and `subnet`, in order.
+    /// The rules of `bridge` and `subnet`, in order. The `input` rule keeps
+    /// berth-dns (the gateway's port 53) to the containers of the bridge and
+    /// the host itself: it is not an open resolver for whoever can route to
+    /// the gateway address.
     pub fn rules(bridge: &str, subnet: Ipv4Net) -> Vec<Rule> {
         let other = format!("oifname \"{bridge}\" iifname != \"{bridge}\"");
+        let gw = subnet.gateway();
         vec![
             Rule::new(
                 "postrouting",
@@ -519,6 +523,10 @@ mod nat {
             ),
             Rule::new("forward", format!("{other} ct status dnat accept")),
             Rule::new("forward", format!("{other} drop")),
+            Rule::new(
+                "input",
+                format!("ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 iifname != {{ \"{bridge}\", \"lo\" }} drop"),
+            ),
         ]
     }
 
@@ -572,5 +580,9 @@ mod tests {
         );
         assert!(r[1].body.contains("ct state established,related accept"));
         assert_eq!(r[3].body, "oifname \"berth0\" iifname != \"berth0\" drop");
+        assert_eq!(
+            r[4].body,
+            "ip daddr 10.89.0.1 meta l4proto { tcp, udp } th dport 53 iifname != { \"berth0\", \"lo\" } drop"
+        );
     }
 }

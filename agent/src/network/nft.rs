@@ -36,6 +36,10 @@ pub const CHAINS: &[(&str, &str)] = &[
         "type filter hook forward priority filter; policy accept;",
     ),
     (
+        "input",
+        "type filter hook input priority filter; policy accept;",
+    ),
+    (
         "published_prerouting",
         "type nat hook prerouting priority dstnat; policy accept;",
     ),

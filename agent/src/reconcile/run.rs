@@ -235,6 +235,7 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
     agent
         .proxy
         .prune(&manifest.services.keys().map(String::as_str).collect());
+    publish_dns(agent, &manifest, &containers, now);
     if all_converged && (rec.info.state == "applied" || rec.info.state == "rolling-out") {
         let mut done = rec.clone();
         done.info.state = "complete".into();
@@ -257,6 +258,38 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// Publishes each service's ready replicas (and running containers' names)
+/// to berth-dns; see `dns::build_records`.
+fn publish_dns(agent: &Agent, manifest: &Manifest, containers: &[ContainerInfo], now: SystemTime) {
+    use crate::dns::{Readiness, ReplicaView};
+    let addresses = agent.live().addresses.clone();
+    let replicas: Vec<ReplicaView> = containers
+        .iter()
+        .filter_map(|c| {
+            let service = c.labels.get(LABEL_SERVICE)?;
+            let phase = manifest
+                .services
+                .get(service)
+                .and_then(|svc| phase_of(agent, c, svc, now));
+            Some(ReplicaView {
+                service,
+                id: &c.id,
+                ip: addresses.get(&c.id).copied(),
+                running: matches!(c.state, ContainerState::Running { .. }),
+                readiness: match phase {
+                    Some(Phase::Ready) => Readiness::Ready,
+                    Some(Phase::Starting) => Readiness::Unknown,
+                    _ => Readiness::NotReady,
+                },
+            })
+        })
+        .collect();
+    let services = manifest.services.keys().map(String::as_str);
+    if let Err(e) = agent.dns.publish(services, &replicas) {
+        tracing::warn!(error = %e, "publishing DNS records failed");
+    }
 }
 
 /// Counts ready replicas of a service (any spec, not retiring) for status,
@@ -733,6 +766,7 @@ async fn start_replica(
         cfg.labels
             .insert(LABEL_EXPOSED_PORTS.into(), img.run.exposed_ports.join(","));
     }
+    cfg.dns_server = agent.dns.nameserver();
     let rt = agent.runtime.clone();
     let net = agent.network.clone();
     let (started, ip) = tokio::task::spawn_blocking(move || {
@@ -740,6 +774,7 @@ async fn start_replica(
             .attach(&cfg.id)
             .map_err(|e| AgentError::Runtime(format!("network: {e}")))?;
         cfg.netns = Some(att.netns_path.clone());
+        cfg.address = Some(att.ip);
         match rt.create_and_start(&cfg) {
             Ok(info) => Ok((info, att.ip)),
             Err(e) => {

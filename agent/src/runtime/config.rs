@@ -131,6 +131,14 @@ pub struct ContainerConfig {
     /// `network::Network::attach`); `None` gives the container a fresh one with only `lo`.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// The container's address on the bridge: `/etc/hosts` maps the hostname
+    /// to it (None: to 127.0.0.1, as without networking).
+    #[serde(default)]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// The only nameserver of `/etc/resolv.conf` (berth-dns on the bridge
+    /// gateway); None: the host's nameservers.
+    #[serde(default)]
+    pub dns_server: Option<std::net::Ipv4Addr>,
     /// Run Berth's minimal init as PID 1 (Docker's `--init`, Compose's
     /// `init`): it forwards signals to the workload (its child), reaps
     /// zombies and exits with the workload's status. See [`super::init`].
@@ -169,6 +177,8 @@ impl ContainerConfig {
             labels: BTreeMap::new(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             netns: None,
+            address: None,
+            dns_server: None,
             init: false,
             sysctls: BTreeMap::new(),
         }

@@ -329,16 +329,11 @@ impl Runtime {
             let p = dir.join(sub);
             std::fs::create_dir(&p).map_err(Self::io(id, "creating", &p))?;
         }
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let files = [
             ("hostname", format!("{}\n", cfg.name)),
-            (
-                "hosts",
-                format!(
-                    "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback {0}\n",
-                    cfg.name
-                ),
-            ),
-            ("resolv.conf", resolv_conf()),
+            ("hosts", hosts_file(&cfg.name, cfg.address)),
+            ("resolv.conf", resolv_conf(&host_resolv, cfg.dns_server)),
         ];
         for (name, content) in files {
             let p = dir.join(name);
@@ -912,18 +907,62 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// The host's resolv.conf without loopback nameservers (unreachable from the container's netns).
-fn resolv_conf() -> String {
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    host.lines()
-        .filter(|l| {
-            let mut w = l.split_whitespace();
-            !(w.next() == Some("nameserver")
-                && w.next()
-                    .is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
+/// The container's `/etc/hosts`, as Docker writes it: localhost lines, then
+/// the hostname mapped to the container's `address` (to 127.0.0.1 and ::1
+/// when it has none, i.e. without networking).
+fn hosts_file(name: &str, address: Option<std::net::Ipv4Addr>) -> String {
+    match address {
+        Some(ip) => format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+             ff02::2\tip6-allrouters\n{ip}\t{name}\n"
+        ),
+        None => format!(
+            "127.0.0.1\tlocalhost {name}\n::1\tlocalhost ip6-localhost ip6-loopback {name}\n"
+        ),
+    }
+}
+
+/// The container's `/etc/resolv.conf` from the host's (`host`).
+///
+/// With `dns_server` (berth-dns on the bridge gateway), as Docker writes it
+/// for its embedded DNS: that one nameserver, the host's `search`/`domain`
+/// and `options` lines, and `options ndots:0` unless the host sets ndots (so
+/// a service name is asked as is, first). Without, the host's file minus
+/// loopback nameservers (unreachable from the container's netns).
+fn resolv_conf(host: &str, dns_server: Option<std::net::Ipv4Addr>) -> String {
+    let keyword = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+    match dns_server {
+        Some(server) => {
+            let mut out = format!(
+                "# berth: service names resolve through berth-dns on the bridge gateway\nnameserver {server}\n"
+            );
+            for l in host.lines() {
+                if matches!(keyword(l).as_str(), "search" | "domain" | "options") {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            let has_ndots = host
+                .lines()
+                .filter(|l| keyword(l) == "options")
+                .any(|l| l.split_whitespace().any(|o| o.starts_with("ndots:")));
+            if !has_ndots {
+                out.push_str("options ndots:0\n");
+            }
+            out
+        }
+        None => host
+            .lines()
+            .filter(|l| {
+                let mut w = l.split_whitespace();
+                !(w.next() == Some("nameserver")
+                    && w.next()
+                        .is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    }
 }
 
 /// Mount points at or below `dir` in this mount namespace, deepest first.
@@ -978,8 +1017,45 @@ mod tests {
     }
 
     #[test]
-    fn resolv_conf_drops_loopback_nameservers() {
-        let s = resolv_conf();
-        assert!(!s.lines().any(|l| l.starts_with("nameserver 127.")));
+    fn resolv_conf_points_at_berth_dns_or_keeps_the_host_resolvers() {
+        let host = "# host\nnameserver 127.0.0.53\nnameserver 192.0.2.1\nsearch corp.example\noptions edns0 trust-ad\n";
+        let gw = "10.89.0.1".parse().ok();
+        let cases: &[(&str, Option<std::net::Ipv4Addr>, &str)] = &[
+            (
+                host,
+                gw,
+                "# berth: service names resolve through berth-dns on the bridge gateway\n\
+                 nameserver 10.89.0.1\nsearch corp.example\noptions edns0 trust-ad\noptions ndots:0\n",
+            ),
+            (
+                "nameserver 192.0.2.1\noptions ndots:2\n",
+                gw,
+                "# berth: service names resolve through berth-dns on the bridge gateway\n\
+                 nameserver 10.89.0.1\noptions ndots:2\n",
+            ),
+            (
+                host,
+                None,
+                "# host\nnameserver 192.0.2.1\nsearch corp.example\noptions edns0 trust-ad\n",
+            ),
+        ];
+        for (host, server, want) in cases {
+            assert_eq!(&resolv_conf(host, *server), want, "{host:?} {server:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_maps_the_hostname_to_the_container_address() {
+        let with = hosts_file("web-1", "10.89.0.7".parse().ok());
+        assert!(
+            with.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        );
+        assert!(with.ends_with("\n10.89.0.7\tweb-1\n"), "{with}");
+        assert!(!with.contains("127.0.0.1\tlocalhost web-1"));
+        let without = hosts_file("web-1", None);
+        assert_eq!(
+            without,
+            "127.0.0.1\tlocalhost web-1\n::1\tlocalhost ip6-localhost ip6-loopback web-1\n"
+        );
     }
 }
