@@ -132,6 +132,11 @@ pub struct Live {
     pub pulling: HashSet<String>,
     /// Container id → its address on the bridge (networking fills it in).
     pub addresses: HashMap<String, std::net::Ipv4Addr>,
+    /// Container id → its ports (from its own spec), for publishing.
+    pub ports: HashMap<String, Vec<berth_core::manifest::Port>>,
+    /// Replicas re-adopted at start that the DNAT rules were serving (Ready
+    /// before the restart): Ready until their first health result says otherwise.
+    pub adopted_ready: HashSet<String>,
 }
 
 /// One service's live state.
@@ -163,6 +168,14 @@ pub struct ServiceLive {
     pub image_failed: Option<(u64, String, String)>,
     /// Until then, a crash of a replica of the last rollout rolls it back.
     pub probation_until: Option<Instant>,
+    /// Running or created replicas (any spec) as of the last pass: their
+    /// ports are held.
+    pub members: Vec<String>,
+    /// The ports of the spec being rolled out (held even before a replica
+    /// has them); empty while the service is halted.
+    pub spec_ports: Vec<berth_core::manifest::Port>,
+    /// Host ports of this service that are not published, with why.
+    pub unpublished: Vec<String>,
 }
 
 /// The running agent's shared core.
@@ -280,7 +293,7 @@ impl Agent {
         // Published ports take the kernel's DNAT path where the bridge's
         // nftables table exists; the proxy alone otherwise.
         let proxy = if network.masquerade() {
-            match crate::network::dnat::Dnat::enable(network.bridge()) {
+            match crate::network::dnat::Dnat::enable(network.bridge(), network.subnet()) {
                 Ok(dnat) => PortProxy::with_dnat(tokio::runtime::Handle::current(), dnat),
                 Err(e) => {
                     tracing::warn!(error = %e, "published ports without the DNAT fast path");
@@ -815,7 +828,9 @@ impl Agent {
         }
         let live = self.live();
         let l = live.services.get(name).cloned().unwrap_or_default();
-        if l.ready > 0 {
+        if let Some(why) = l.unpublished.first() {
+            Ok((false, format!("a port is not published: {why}")))
+        } else if l.ready > 0 {
             Ok((true, format!("{}/{} replicas ready", l.ready, l.desired)))
         } else {
             Ok((false, format!("0/{} replicas ready", l.desired)))

@@ -202,9 +202,15 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "network reconcile failed"),
             }
+            // Replicas the DNAT rules were serving stay Ready until their
+            // first health result, so a restart takes none out of service.
+            let adopted = agent.proxy.adopted();
             let mut live = agent.live();
             for id in ids {
                 if let Some(att) = agent.network.get(&id) {
+                    if adopted.contains(&att.ip) {
+                        live.adopted_ready.insert(id.clone());
+                    }
                     live.addresses.insert(id, att.ip);
                 }
             }

@@ -121,10 +121,12 @@ impl Collector for ContainerStats {
 pub struct StoreSize {
     state_dir: std::path::PathBuf,
     desc: Desc,
-    cache: std::sync::Mutex<Option<(std::time::Instant, Vec<(&'static str, u64)>)>>,
+    cache: std::sync::Mutex<Option<CachedSizes>>,
 }
 
 const STORE: &str = "berth_store_bytes";
+/// When the state dir was walked, and bytes per part.
+type CachedSizes = (std::time::Instant, Vec<(&'static str, u64)>);
 /// How long a walk of the state dir is reused.
 const STORE_CACHE: std::time::Duration = std::time::Duration::from_secs(60);
 /// The parts of the state dir, as `part` label values.

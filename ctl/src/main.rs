@@ -790,7 +790,7 @@ fn print_containers(list: &[berth_core::api::ContainerView]) {
             state,
             c.health.clone(),
             c.ip.clone().unwrap_or_else(|| "-".into()),
-            c.ports.join(","),
+            c.ports.join(", "),
             c.revision.map(|r| r.to_string()).unwrap_or_default(),
         ]);
     }
