@@ -80,6 +80,17 @@ pub enum AgentError {
     Volume(#[from] crate::volumes::VolumeError),
 }
 
+/// Which restart generations a new revision gets (see [`Agent::restart`]).
+#[derive(Debug, Clone)]
+enum Restarts<'a> {
+    /// The latest revision's.
+    Carry,
+    /// The latest revision's with this service's bumped.
+    Bump(&'a str),
+    /// Exactly these (an automatic rollback restoring a revision).
+    Exact(BTreeMap<String, u64>),
+}
+
 /// Where a manifest came from; `label` is the bounded metric label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplySource {
@@ -617,7 +628,7 @@ impl Agent {
                 env_files,
                 source,
                 dry_run,
-                None,
+                Restarts::Carry,
             )
             .await?;
         self.note_image_volumes(&manifest, &digests, &mut resp);
@@ -636,19 +647,27 @@ impl Agent {
         env_files: BTreeMap<String, Vec<(String, String)>>,
         source: ApplySource,
         dry_run: bool,
-        restart: Option<&str>,
+        restart: Restarts<'_>,
     ) -> Result<ApplyResponse, AgentError> {
         let observed = self.observed().await?;
         let _guard = self.apply_lock.lock().await;
         let latest = self.store.latest_revision()?;
-        let mut restarts: BTreeMap<String, u64> = latest
-            .as_ref()
-            .map(|l| l.restarts.clone())
-            .unwrap_or_default();
+        let carried = || {
+            latest
+                .as_ref()
+                .map(|l| l.restarts.clone())
+                .unwrap_or_default()
+        };
+        let mut restarts: BTreeMap<String, u64> = match restart {
+            Restarts::Carry => carried(),
+            Restarts::Bump(name) => {
+                let mut r = carried();
+                *r.entry(name.to_string()).or_default() += 1;
+                r
+            }
+            Restarts::Exact(r) => r,
+        };
         restarts.retain(|name, _| manifest.services.contains_key(name));
-        if let Some(name) = restart {
-            *restarts.entry(name.to_string()).or_default() += 1;
-        }
         let desired = desired_services(manifest, &digests, &env_files, &restarts);
         let steps = plan::plan(&desired, &observed);
         let current_desired = match &latest {
@@ -756,6 +775,9 @@ impl Agent {
     }
 
     /// Records `rec`'s manifest, digests and env files as a new revision.
+    /// An automatic rollback also restores `rec`'s restart generations (what
+    /// ran before the failed rollout, including a failed `restart`); a
+    /// rollback asked for keeps the current ones (no extra replacement).
     pub(crate) async fn restore(
         &self,
         rec: &RevisionRecord,
@@ -768,9 +790,12 @@ impl Agent {
                 &manifest,
                 rec.info.digests.clone(),
                 rec.env_files.clone(),
-                source,
+                source.clone(),
                 false,
-                None,
+                match source {
+                    ApplySource::AutoRollback { .. } => Restarts::Exact(rec.restarts.clone()),
+                    _ => Restarts::Carry,
+                },
             )
             .await?;
         Ok(resp)
@@ -791,7 +816,7 @@ impl Agent {
             rec.env_files.clone(),
             ApplySource::PullCheck,
             false,
-            None,
+            Restarts::Carry,
         )
         .await
     }
@@ -822,7 +847,7 @@ impl Agent {
                 rec.env_files.clone(),
                 ApplySource::Restart(service.to_string()),
                 false,
-                Some(service),
+                Restarts::Bump(service),
             )
             .await?;
         Ok(resp)
