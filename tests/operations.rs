@@ -156,6 +156,9 @@ drain = "500ms"
 [service.other]
 image = "{image}"
 command = ["sleep", "3600"]
+
+[service.other.update]
+strategy = "stop-first"
 "#
     )
 }
@@ -223,6 +226,17 @@ fn restart_replaces_replicas_with_the_same_spec_without_downtime() {
     let out = agent.apply_text("m.toml", &web(&image, port)).ok();
     assert!(out.stdout.contains("unchanged"), "{}", out.stdout);
     std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ids(&agent, "web"), new);
+
+    // A stop-first service is restarted too (its old replica goes first); the
+    // other service is left alone.
+    let out = agent.ctl(&["restart", "other", "--wait", "--timeout", "60s"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let now = agent.wait_for(30, "other replaced", |a| {
+        let now = ids(a, "other");
+        (now.len() == 1 && now != other).then_some(now)
+    });
+    assert_ne!(now, other);
     assert_eq!(ids(&agent, "web"), new);
 
     // An unknown service is a clear error.
