@@ -73,7 +73,7 @@ fn run(net: &Network, rt: &Runtime, layer: &Path) -> anyhow::Result<()> {
     let direct = wrk_httpd(net, rt, layer, None, "bench-direct")?;
 
     // What berthd runs: the DNAT fast path with the proxy behind it.
-    let dnat = Dnat::enable(net.bridge())?;
+    let dnat = Dnat::enable(net.bridge(), net.subnet())?;
     let with_dnat = PortProxy::with_dnat(tokio_rt.handle().clone(), dnat);
     let published = wrk_httpd(net, rt, layer, Some(&with_dnat), "bench-dnat")?;
     // The fallback on hosts without nftables: the proxy alone.
@@ -208,7 +208,7 @@ fn wrk_httpd(
             let port = std::net::TcpListener::bind("0.0.0.0:0")?
                 .local_addr()?
                 .port();
-            proxy.set_service(
+            proxy.set_port(
                 "bench",
                 port,
                 vec![Endpoint {

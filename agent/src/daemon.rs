@@ -110,6 +110,9 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         .register_collector(Box::new(crate::stats::ContainerStats::new(
             agent.runtime.clone(),
         )));
+    if let Some(store_size) = crate::stats::StoreSize::new(config.state_dir.clone()) {
+        agent.metrics.register_collector(Box::new(store_size));
+    }
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = tokio::task::JoinSet::new();
@@ -199,9 +202,15 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "network reconcile failed"),
             }
+            // Replicas the DNAT rules were serving stay Ready until their
+            // first health result, so a restart takes none out of service.
+            let adopted = agent.proxy.adopted();
             let mut live = agent.live();
             for id in ids {
                 if let Some(att) = agent.network.get(&id) {
+                    if adopted.contains(&att.ip) {
+                        live.adopted_ready.insert(id.clone());
+                    }
                     live.addresses.insert(id, att.ip);
                 }
             }

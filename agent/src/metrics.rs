@@ -25,6 +25,12 @@
 //! | `berth_health_check_failures_total` | counter | service | failed health probes (outside start_period) |
 //! | `berth_drift_total` | counter | service, kind | drift corrected: missing (replica gone), unwanted (replica nobody wants) |
 //! | `berth_service_image_info` | gauge | service, digest | 1 for the digest each service runs now |
+//! | `berth_oom_kills_total` | counter | service | replicas the kernel OOM-killed |
+//! | `berth_host_draining` | gauge | | 1 while the host is drained (`berthctl drain on`) |
+//! | `berth_replicas_draining` | gauge | service | replicas being drained and stopped now |
+//! | `berth_last_reconcile_success_timestamp_seconds` | gauge | | Unix time the last reconcile pass succeeded |
+//! | `berth_store_bytes` | gauge | part | bytes on disk under the state dir: blobs, layers, containers, volumes, logs, db (cached 60 s) |
+//! | `process_*` | | | the agent's own CPU, memory, fds, start time (the prometheus crate's process collector) |
 //! | `berth_dns_server_up` | gauge | | 1 while berth-dns (service discovery) serves the bridge gateway, checked every 2 s |
 //! | `berth_dns_server_starts_total` | counter | reason | berth-dns processes started: missing (none ran), replaced (binary or arguments changed) |
 
@@ -57,6 +63,10 @@ pub struct Metrics {
     pub health_check_failures: IntCounterVec,
     pub drift: IntCounterVec,
     pub service_image_info: IntGaugeVec,
+    pub oom_kills: IntCounterVec,
+    pub host_draining: IntGauge,
+    pub replicas_draining: IntGaugeVec,
+    pub last_reconcile_success: IntGauge,
     pub dns_server_up: IntGauge,
     pub dns_server_starts: IntCounterVec,
 }
@@ -210,6 +220,35 @@ impl Metrics {
             "1 for the image digest each service runs now.",
             &["service", "digest"],
         );
+        let oom_kills = counter_vec(
+            "berth_oom_kills_total",
+            "Replicas the kernel OOM-killed.",
+            &["service"],
+        );
+        let replicas_draining = gauge_vec(
+            "berth_replicas_draining",
+            "Replicas being drained and stopped now.",
+            &["service"],
+        );
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let host_draining = gauge(
+            "berth_host_draining",
+            "1 while the host is drained (every readiness endpoint answers 503).",
+        );
+        let last_reconcile_success = gauge(
+            "berth_last_reconcile_success_timestamp_seconds",
+            "Unix time the last reconcile pass succeeded.",
+        );
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("register");
         let dns_server_up = IntGauge::new(
             "berth_dns_server_up",
             "1 while berth-dns serves the bridge gateway.",
@@ -253,9 +292,59 @@ impl Metrics {
             health_check_failures,
             drift,
             service_image_info,
+            oom_kills,
+            host_draining,
+            replicas_draining,
+            last_reconcile_success,
             dns_server_up,
             dns_server_starts,
         }
+    }
+
+    /// Every metric name berthd can export (series of a labelled metric appear
+    /// only once a label value is used; the name is declared from the start):
+    /// this registry's, the process collector's and the scrape-time ones.
+    pub fn declared_names(&self) -> std::collections::BTreeSet<String> {
+        use prometheus::core::Collector;
+        let fields: [&dyn Collector; 26] = [
+            &self.build_info,
+            &self.manifest_apply_errors,
+            &self.revisions_applied,
+            &self.current_revision,
+            &self.http_requests,
+            &self.events,
+            &self.image_pull_bytes,
+            &self.image_pull_duration,
+            &self.registry_errors,
+            &self.reconcile_duration,
+            &self.reconcile_errors,
+            &self.services_desired,
+            &self.services_ready,
+            &self.containers,
+            &self.container_restarts,
+            &self.rollouts,
+            &self.rollout_duration,
+            &self.health_check_failures,
+            &self.drift,
+            &self.service_image_info,
+            &self.oom_kills,
+            &self.host_draining,
+            &self.replicas_draining,
+            &self.last_reconcile_success,
+            &self.dns_server_up,
+            &self.dns_server_starts,
+        ];
+        let mut names: std::collections::BTreeSet<String> = fields
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect();
+        names.extend(self.registry.gather().iter().map(|f| f.name().to_string()));
+        names.extend(
+            crate::stats::SCRAPE_TIME_METRICS
+                .iter()
+                .map(|n| n.to_string()),
+        );
+        names
     }
 
     /// Registers a collector read at scrape time (per-container stats).

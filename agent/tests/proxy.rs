@@ -117,7 +117,7 @@ async fn new_connections_are_balanced_over_ready_endpoints() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service(
+        .set_port(
             "web",
             port,
             vec![
@@ -139,7 +139,10 @@ async fn new_connections_are_balanced_over_ready_endpoints() {
         assert!(Instant::now() < deadline, "connections never finished");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(proxy.published(), vec![("web".to_string(), port)]);
+    assert_eq!(
+        proxy.published(),
+        vec![("web".to_string(), berth_agent::network::HostPort::tcp(port))]
+    );
     assert!(proxy.remove_service("web"));
 }
 
@@ -150,14 +153,14 @@ async fn a_draining_endpoint_keeps_its_connections_and_gets_no_new_ones() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Ready)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Ready)])
         .unwrap();
     let mut long = Client::connect(port).await.unwrap();
     assert_eq!(long.ask().await.unwrap(), "A");
     assert_eq!(proxy.active("web", "a"), 1);
 
     proxy
-        .set_service(
+        .set_port(
             "web",
             port,
             vec![
@@ -188,7 +191,7 @@ async fn a_draining_endpoint_keeps_its_connections_and_gets_no_new_ones() {
     let mut busy = Client::connect(port).await.unwrap();
     assert_eq!(busy.ask().await.unwrap(), "B");
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Ready)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Ready)])
         .unwrap();
     assert_eq!(proxy.active("web", "b"), 1);
     assert_eq!(busy.ask().await.unwrap(), "B");
@@ -202,10 +205,10 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Draining)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Draining)])
         .unwrap();
     assert!(request(port).await.is_err(), "draining only: refused");
-    proxy.set_service("web", port, vec![]).unwrap();
+    proxy.set_port("web", port, vec![]).unwrap();
     assert!(request(port).await.is_err(), "no endpoints: refused");
     assert_eq!(proxy.refused("web"), 2);
     assert_eq!(a.accepted.load(Ordering::Relaxed), 0);
@@ -214,7 +217,7 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
     a.stop();
     tokio::time::sleep(Duration::from_millis(20)).await;
     proxy
-        .set_service(
+        .set_port(
             "web",
             port,
             vec![
@@ -230,7 +233,7 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
     // Moving the service to another port closes the old one.
     let port2 = free_port();
     proxy
-        .set_service("web", port2, vec![b.endpoint("b", EndpointState::Ready)])
+        .set_port("web", port2, vec![b.endpoint("b", EndpointState::Ready)])
         .unwrap();
     assert_eq!(request(port2).await.unwrap(), "B");
     assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port))
@@ -242,13 +245,13 @@ async fn no_ready_endpoint_means_refused_and_dead_endpoints_are_skipped() {
         .is_err());
     // The port is free again at once.
     proxy
-        .set_service("again", port2, vec![b.endpoint("b", EndpointState::Ready)])
+        .set_port("again", port2, vec![b.endpoint("b", EndpointState::Ready)])
         .unwrap();
     assert_eq!(request(port2).await.unwrap(), "B");
     // Two services cannot share a port.
     let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let taken = l.local_addr().unwrap().port();
-    assert!(proxy.set_service("other", taken, vec![]).is_err());
+    assert!(proxy.set_port("other", taken, vec![]).is_err());
 }
 
 /// 2000 one-shot requests from 8 concurrent clients (≤ 10 s) while the service
@@ -262,7 +265,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
     let proxy = PortProxy::new();
     let port = free_port();
     proxy
-        .set_service("web", port, vec![a.endpoint("a", EndpointState::Ready)])
+        .set_port("web", port, vec![a.endpoint("a", EndpointState::Ready)])
         .unwrap();
 
     let done = Arc::new(AtomicUsize::new(0));
@@ -299,7 +302,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
         wait_for(n).await;
         let new = Backend::start(host, name).await;
         proxy
-            .set_service(
+            .set_port(
                 "web",
                 port,
                 vec![
@@ -310,7 +313,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
             .unwrap();
         wait_for(n + 100).await;
         proxy
-            .set_service(
+            .set_port(
                 "web",
                 port,
                 vec![
@@ -323,7 +326,7 @@ async fn endpoint_swaps_under_load_lose_no_request() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         proxy
-            .set_service("web", port, vec![new.endpoint(id, EndpointState::Ready)])
+            .set_port("web", port, vec![new.endpoint(id, EndpointState::Ready)])
             .unwrap();
         old.0.stop();
         old = (new, id);
@@ -344,4 +347,94 @@ async fn endpoint_swaps_under_load_lose_no_request() {
     }
     assert_eq!(answers.last().map(String::as_str), Some("D"));
     assert_eq!(proxy.refused("web"), 0);
+}
+
+/// A request on a fresh connection to `addr`.
+async fn request_at(addr: SocketAddrV4) -> std::io::Result<String> {
+    let s = TcpStream::connect(addr).await?;
+    let (r, mut w) = s.into_split();
+    w.write_all(b"hi\n").await?;
+    let mut lines = BufReader::new(r).lines();
+    match tokio::time::timeout(Duration::from_secs(3), lines.next_line()).await {
+        Ok(Ok(Some(l))) => Ok(l),
+        Ok(Ok(None)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_ports_each_on_its_address_and_conflicts_are_named() {
+    use berth_agent::network::{HostPort, ProxyError};
+    use berth_core::manifest::Protocol;
+    use std::collections::BTreeMap;
+
+    let a = Backend::start(2, "A").await;
+    let b = Backend::start(3, "B").await;
+    let proxy = PortProxy::new();
+    let (p_local, p_any, p_udp) = (free_port(), free_port(), free_port());
+    let local = HostPort {
+        ip: Ipv4Addr::LOCALHOST,
+        port: p_local,
+        protocol: Protocol::Tcp,
+    };
+    let udp = HostPort {
+        protocol: Protocol::Udp,
+        ..HostPort::tcp(p_udp)
+    };
+    let mut ports = BTreeMap::new();
+    ports.insert(local, vec![a.endpoint("a", EndpointState::Ready)]);
+    ports.insert(
+        HostPort::tcp(p_any),
+        vec![b.endpoint("a", EndpointState::Ready)],
+    );
+    ports.insert(udp, vec![]);
+    assert!(proxy.set_service("web", ports.clone()).is_empty());
+    assert_eq!(request(p_local).await.unwrap(), "A");
+    assert_eq!(request(p_any).await.unwrap(), "B");
+    // 127.0.0.1 only: not on another local address; every address: there too.
+    let other = |p| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), p);
+    assert!(request_at(other(p_local)).await.is_err());
+    assert_eq!(request_at(other(p_any)).await.unwrap(), "B");
+    // Both connections count for the one container.
+    assert_eq!(proxy.stats("web")[0].total, 3);
+    // The UDP port is held: nothing else can bind it.
+    assert!(std::net::UdpSocket::bind(("0.0.0.0", p_udp)).is_err());
+
+    // Another service cannot take a port this one holds; the same service
+    // cannot hold an overlapping binding beside it.
+    let err = proxy.set_port("shop", p_local, vec![]).unwrap_err();
+    assert!(
+        matches!(&err, ProxyError::Taken { owner, .. } if owner == "web"),
+        "{err}"
+    );
+    let err = proxy.publish("web", &[HostPort::tcp(p_local)]).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "publishing 0.0.0.0:{p_local}/tcp: its running replicas publish 127.0.0.1:{p_local}/tcp"
+        )),
+        "{err}"
+    );
+    // A port held by another process: the error names it.
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken = l.local_addr().unwrap().port();
+    let err = proxy.publish("web", &[HostPort::tcp(taken)]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("held by pid {} (", std::process::id())),
+        "{err}"
+    );
+
+    // Ports no longer listed are closed at once.
+    ports.remove(&udp);
+    ports.remove(&local);
+    assert!(proxy.set_service("web", ports).is_empty());
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, p_local))
+        .await
+        .is_err());
+    drop(std::net::UdpSocket::bind(("0.0.0.0", p_udp)).expect("the UDP port is free"));
+    assert_eq!(
+        proxy.published(),
+        vec![("web".to_string(), HostPort::tcp(p_any))]
+    );
 }

@@ -7,10 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One HTTP GET; the body on 200.
+/// One HTTP GET to 127.0.0.1; the body on 200.
 pub fn get(port: u16, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
+    get_at(([127, 0, 0, 1], port).into(), path)
+}
+
+/// One HTTP GET to `addr`; the body on 200.
+pub fn get_at(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;

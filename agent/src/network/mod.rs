@@ -1,13 +1,16 @@
 //! Container networking: a Linux bridge with the subnet's gateway address, an
 //! address per container (IPAM in sled), a network namespace per container
 //! pinned under `<run_dir>/netns/<id>` with a veth pair (`eth0` inside, the
-//! host end on the bridge), optional outbound NAT, and the published-port TCP
-//! proxy ([`proxy`]). See docs/networking.md for the design.
+//! host end on the bridge), optional outbound NAT ([`nft`]), and published
+//! ports: DNAT ([`dnat`]) and the agent's sockets and TCP proxy ([`proxy`]).
+//! See docs/networking.md for the design.
 
 pub mod addr;
 pub mod dnat;
+pub mod holder;
 pub mod ipam;
 pub mod netns;
+pub mod nft;
 pub mod proxy;
 
 use std::collections::HashSet;
@@ -21,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use addr::{AddrError, Ipv4Net};
 pub use ipam::{Ipam, IpamError};
-pub use proxy::{Endpoint, EndpointState, PortProxy, ProxyError};
+pub use proxy::{Endpoint, EndpointState, HostPort, PortProxy, ProxyError};
 
 use crate::sys::netlink::Netlink;
 
@@ -484,83 +487,55 @@ fn teardown_worker(rx: mpsc::Receiver<Job>, ipam: Arc<Ipam>, pending: Arc<Mutex<
     }
 }
 
-/// Outbound NAT and forward isolation with one nftables table per bridge.
+/// Outbound NAT and forward isolation: group `nat` of the bridge's nftables
+/// table ([`nft`]), changed only where it differs.
 mod nat {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-
+    use super::nft::{self, Rule};
     use super::{Ipv4Net, NetError};
 
-    fn nft(bridge: &str, script: &str) -> Result<(), NetError> {
-        run_nft(script).map_err(|message| NetError::Nat {
+    /// The group and the chains it owns (rules there without the agent's
+    /// comment are an older agent's and are replaced with it).
+    pub(super) const GROUP: &str = "nat";
+    const CHAINS: &[&str] = &["postrouting", "forward", "input"];
+
+    fn err(bridge: &str) -> impl FnOnce(nft::NftError) -> NetError + '_ {
+        move |e| NetError::Nat {
             bridge: bridge.into(),
-            message,
-        })
-    }
-
-    /// Runs `nft -f -` with `script` (one atomic transaction); the error is nft's stderr.
-    pub(super) fn run_nft(script: &str) -> Result<(), String> {
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("running nft: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| format!("writing to nft: {e}"))?;
+            message: e.to_string(),
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("waiting for nft: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(())
     }
 
-    /// The nftables table of `bridge`; the published-port rules of
-    /// [`super::dnat`] live in it too, so removing it removes them.
-    pub(super) fn table(bridge: &str) -> String {
-        let safe: String = bridge
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        format!("berth_{safe}")
-    }
-
-    /// The ruleset installed for `bridge` and `subnet` (replaces any earlier one).
-    /// The `input` chain keeps berth-dns (the gateway's port 53) to the
-    /// containers of the bridge and the host itself: it is not an open
-    /// resolver for whoever can route to the gateway address.
-    pub fn ruleset(bridge: &str, subnet: Ipv4Net) -> String {
-        let t = table(bridge);
+    /// The rules of `bridge` and `subnet`, in order. The `input` rule keeps
+    /// berth-dns (the gateway's port 53) to the containers of the bridge and
+    /// the host itself: it is not an open resolver for whoever can route to
+    /// the gateway address.
+    pub fn rules(bridge: &str, subnet: Ipv4Net) -> Vec<Rule> {
+        let other = format!("oifname \"{bridge}\" iifname != \"{bridge}\"");
         let gw = subnet.gateway();
-        format!(
-            "table ip {t} {{}}\ndelete table ip {t}\n\
-             table ip {t} {{\n\
-             \tchain postrouting {{\n\
-             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\tip saddr {subnet} oifname != \"{bridge}\" masquerade\n\
-             \t}}\n\
-             \tchain forward {{\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\toifname \"{bridge}\" iifname != \"{bridge}\" ct state established,related accept\n\
-             \t\toifname \"{bridge}\" iifname != \"{bridge}\" ct status dnat accept\n\
-             \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
-             \t}}\n\
-             \tchain input {{\n\
-             \t\ttype filter hook input priority filter; policy accept;\n\
-             \t\tip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 iifname != {{ \"{bridge}\", \"lo\" }} drop\n\
-             \t}}\n\
-             }}\n"
-        )
+        vec![
+            Rule::new(
+                "postrouting",
+                format!("ip saddr {subnet} oifname != \"{bridge}\" masquerade"),
+            ),
+            Rule::new(
+                "forward",
+                format!("{other} ct state established,related accept"),
+            ),
+            Rule::new("forward", format!("{other} ct status dnat accept")),
+            Rule::new("forward", format!("{other} drop")),
+            Rule::new(
+                "input",
+                format!("ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 iifname != {{ \"{bridge}\", \"lo\" }} drop"),
+            ),
+        ]
     }
 
     pub fn install(bridge: &str, subnet: Ipv4Net) -> Result<(), NetError> {
-        nft(bridge, &ruleset(bridge, subnet))?;
+        let changed = nft::sync_group(&nft::table(bridge), GROUP, &rules(bridge, subnet), CHAINS)
+            .map_err(err(bridge))?;
+        if changed {
+            tracing::info!(bridge, "nftables: NAT and isolation rules installed");
+        }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetError::Nat {
             bridge: bridge.into(),
             message: format!("enabling net.ipv4.ip_forward: {e}"),
@@ -568,8 +543,8 @@ mod nat {
     }
 
     pub fn remove(bridge: &str) -> Result<(), NetError> {
-        let t = table(bridge);
-        nft(bridge, &format!("table ip {t} {{}}\ndelete table ip {t}\n"))
+        let t = nft::table(bridge);
+        nft::apply(&format!("table ip {t} {{}}\ndelete table ip {t}\n")).map_err(err(bridge))
     }
 }
 
@@ -597,12 +572,17 @@ mod tests {
     }
 
     #[test]
-    fn nat_ruleset_names_the_subnet_and_bridge() {
-        let r = nat::ruleset("berth0", "10.89.0.0/16".parse().expect("subnet"));
-        assert!(r.contains("table ip berth_berth0"));
-        assert!(r.contains("ip saddr 10.89.0.0/16 oifname != \"berth0\" masquerade"));
-        assert!(r.contains(
+    fn nat_rules_name_the_subnet_and_bridge_and_drop_last() {
+        let r = nat::rules("berth0", "10.89.0.0/16".parse().expect("subnet"));
+        assert_eq!(
+            r[0].body,
+            "ip saddr 10.89.0.0/16 oifname != \"berth0\" masquerade"
+        );
+        assert!(r[1].body.contains("ct state established,related accept"));
+        assert_eq!(r[3].body, "oifname \"berth0\" iifname != \"berth0\" drop");
+        assert_eq!(
+            r[4].body,
             "ip daddr 10.89.0.1 meta l4proto { tcp, udp } th dport 53 iifname != { \"berth0\", \"lo\" } drop"
-        ));
+        );
     }
 }

@@ -21,6 +21,7 @@ use crate::control::{
 };
 use crate::health;
 use crate::image::store::ImageRecord;
+use crate::network::HostPort;
 use crate::runtime::{ContainerConfig, ContainerInfo, ContainerState, Mount, User};
 use crate::state::RevisionRecord;
 
@@ -49,9 +50,31 @@ pub async fn run_loop(
     let mut first_pass = Some(first_pass);
     loop {
         let started = Instant::now();
-        if let Err(e) = reconcile_once(&agent).await {
-            agent.metrics.reconcile_errors.inc();
-            tracing::warn!(error = %e, "reconcile pass failed");
+        match reconcile_once(&agent).await {
+            Ok(()) => agent.metrics.last_reconcile_success.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            ),
+            Err(e) => {
+                agent.metrics.reconcile_errors.inc();
+                tracing::warn!(error = %e, "reconcile pass failed");
+            }
+        }
+        {
+            let mut draining: BTreeMap<String, i64> = BTreeMap::new();
+            for service in agent.live().retiring.values() {
+                *draining.entry(service.clone()).or_default() += 1;
+            }
+            agent.metrics.replicas_draining.reset();
+            for (service, n) in draining {
+                agent
+                    .metrics
+                    .replicas_draining
+                    .with_label_values(&[&service])
+                    .set(n);
+            }
         }
         agent
             .metrics
@@ -75,10 +98,14 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
     match &c.state {
         ContainerState::Running { started_at, .. } => {
             if health::of_container(svc.health.as_ref(), &c.labels).is_some() {
-                let status = agent.live().health.get(&c.id).map(|h| h.status);
+                let live = agent.live();
+                let status = live.health.get(&c.id).map(|h| h.status);
                 Some(match status {
                     Some(health::HealthStatus::Healthy) => Phase::Ready,
                     Some(health::HealthStatus::Unhealthy) => Phase::Unhealthy,
+                    // Served before the agent restarted: stays in service
+                    // until its checks say otherwise (as without a restart).
+                    _ if live.adopted_ready.contains(&c.id) => Phase::Ready,
                     _ => Phase::Starting,
                 })
             } else {
@@ -157,6 +184,13 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
     for id in stale {
         health::forget(agent, &id);
     }
+    {
+        let mut live = agent.live();
+        live.adopted_ready
+            .retain(|id| running.contains(id.as_str()));
+        let listed: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        live.ports.retain(|id, _| listed.contains(id.as_str()));
+    }
 
     maybe_check_tags(agent, &rec, &manifest);
 
@@ -166,6 +200,8 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
         if rec.halted.contains(&svc.name) {
             all_converged = false;
             update_ready(agent, svc, &list, now);
+            // What runs keeps its ports; the halted spec's are not held.
+            sync_ports(agent, &svc.name, &[]);
             continue;
         }
         let converged =
@@ -178,11 +214,15 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             if agent.live().retiring.contains_key(&c.id) {
                 continue;
             }
-            agent
-                .metrics
-                .drift
-                .with_label_values(&[&service, "unwanted"])
-                .inc();
+            // A service a revision removed goes as planned; only a container
+            // no revision ever asked for is drift.
+            if !removal_planned(agent, &service) {
+                agent
+                    .metrics
+                    .drift
+                    .with_label_values(&[&service, "unwanted"])
+                    .inc();
+            }
             match c.state {
                 ContainerState::Running { .. } | ContainerState::Created => retire(
                     agent,
@@ -208,16 +248,17 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             .ok();
         drop_image_info(agent, &service, None);
     }
-    // Published ports of services that no longer publish one.
+    // Published ports of services no longer in the manifest; then DNAT
+    // rules of services the agent no longer knows (after a full pass, so a
+    // restart never removes rules before their replacement exists).
     for (service, _) in agent.proxy.published() {
-        let wanted = manifest
-            .services
-            .get(&service)
-            .is_some_and(|s| first_published(s).is_some());
-        if !wanted {
+        if !manifest.services.contains_key(&service) {
             agent.proxy.remove_service(&service);
         }
     }
+    agent
+        .proxy
+        .prune(&manifest.services.keys().map(String::as_str).collect());
     publish_dns(agent, &manifest, &containers, now);
     if all_converged && (rec.info.state == "applied" || rec.info.state == "rolling-out") {
         let mut done = rec.clone();
@@ -229,9 +270,16 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             format!("revision {} is running everywhere", rec.info.number),
         );
     } else if !all_converged && rec.info.state == "applied" {
-        let mut rolling = rec.clone();
-        rolling.info.state = "rolling-out".into();
-        agent.store().update_revision(&rolling)?;
+        // Re-read: a rollout that failed in this very pass recorded it, and
+        // this pass's copy must not overwrite that.
+        if let Some(mut rolling) = agent
+            .store()
+            .revision(rec.info.number)?
+            .filter(|r| r.info.state == "applied")
+        {
+            rolling.info.state = "rolling-out".into();
+            agent.store().update_revision(&rolling)?;
+        }
     }
     Ok(())
 }
@@ -277,11 +325,27 @@ fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: Syste
         .map(|c| c.id.clone())
         .collect();
     let ready = ready_ids.len() as u32;
+    let members: Vec<&ContainerInfo> = list
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.state,
+                ContainerState::Running { .. } | ContainerState::Created
+            )
+        })
+        .collect();
     let mut live = agent.live();
+    for c in &members {
+        if !live.ports.contains_key(&c.id) {
+            let ports = stored_spec(c).map(|s| s.ports).unwrap_or_default();
+            live.ports.insert(c.id.clone(), ports);
+        }
+    }
     let l = live.services.entry(svc.name.clone()).or_default();
     l.desired = svc.replicas;
     l.ready = ready;
     l.ready_ids = ready_ids;
+    l.members = members.iter().map(|c| c.id.clone()).collect();
     drop(live);
     // Every per-service series exists from the start (at 0), so rates and
     // alerts work before the first event.
@@ -440,6 +504,25 @@ async fn reconcile_service(
     for action in decision.actions.clone() {
         match action {
             Action::Start => {
+                // The replica's host ports are bound before it starts; one
+                // that cannot be is the rollout's failure (Docker refuses
+                // to start such a container).
+                let ports: Vec<_> = spec.ports.iter().filter_map(HostPort::of).collect();
+                if let Err(e) = agent.proxy.publish(&svc.name, &ports) {
+                    let message = e.to_string();
+                    agent.emit("port-failed", Some(&svc.name), message.clone());
+                    if rec.info.state != "complete" {
+                        fail_rollout(agent, rec, svc, &message).await?;
+                        return Ok(false);
+                    }
+                    agent
+                        .live()
+                        .services
+                        .entry(svc.name.clone())
+                        .or_default()
+                        .last_error = Some(message);
+                    break;
+                }
                 if image_record.is_none() {
                     image_record = ensure_image(agent, rec, svc, &image).await;
                 }
@@ -507,6 +590,13 @@ async fn reconcile_service(
                     .container_restarts
                     .with_label_values(&[&svc.name])
                     .inc();
+                if oom {
+                    agent
+                        .metrics
+                        .oom_kills
+                        .with_label_values(&[&svc.name])
+                        .inc();
+                }
                 agent
                     .metrics
                     .drift
@@ -542,9 +632,9 @@ async fn reconcile_service(
         }
     }
     update_ready(agent, svc, list, now);
-    // The port comes from this pass's revision: no re-read and re-parse of
+    // The ports come from this pass's revision: no re-read and re-parse of
     // the whole manifest per service (that made a no-op pass O(services²)).
-    sync_proxy_port(agent, &svc.name, first_published(svc));
+    sync_ports(agent, &svc.name, &spec.ports);
     let (converged, rollout_started) = {
         let mut live = agent.live();
         let l = live.services.entry(svc.name.clone()).or_default();
@@ -990,7 +1080,11 @@ fn retire(
             (stopped, removed)
         })
         .await;
-        agent.live().addresses.remove(&id);
+        {
+            let mut live = agent.live();
+            live.addresses.remove(&id);
+            live.ports.remove(&id);
+        }
         health::forget(&agent, &id);
         match result {
             Ok((_, Ok(()))) => agent.emit_container(
@@ -1015,76 +1109,81 @@ fn retire(
     });
 }
 
-/// Points a service's published port at its ready replicas (new connections)
-/// and keeps retiring ones as draining (in-flight connections finish).
+/// Points a service's published ports at its replicas, with the ports
+/// of the spec its last pass rolled out (see [`sync_ports`]).
 pub fn sync_proxy(agent: &Agent, service: &str) {
-    let port = agent
-        .store()
-        .latest_revision()
-        .ok()
-        .flatten()
-        .and_then(|r| Agent::desired_of(&r).ok())
-        .and_then(|(m, _)| m.services.get(service).and_then(first_published));
-    sync_proxy_port(agent, service, port);
-}
-
-/// The one port the proxy publishes today: the service's first TCP port with a
-/// host port.
-fn first_published(svc: &Service) -> Option<berth_core::manifest::Port> {
-    svc.ports
-        .iter()
-        .find(|p| p.host.is_some() && p.protocol == berth_core::manifest::Protocol::Tcp)
-        .copied()
-}
-
-/// [`sync_proxy`] with the service's published port already known (from the
-/// revision the caller holds); nothing to do without one.
-fn sync_proxy_port(agent: &Agent, service: &str, port: Option<berth_core::manifest::Port>) {
-    use crate::network::proxy::{Endpoint, EndpointState};
-    let Some((port, host_port)) = port.and_then(|p| p.host.map(|h| (p, h))) else {
-        return;
+    let spec_ports = match agent.live().services.get(service) {
+        Some(l) => l.spec_ports.clone(),
+        None => return,
     };
-    let endpoints: Vec<Endpoint> = {
-        let live = agent.live();
-        let ready = live
-            .services
-            .get(service)
-            .map(|l| l.ready_ids.clone())
-            .unwrap_or_default();
-        let mut eps: Vec<Endpoint> = ready
-            .iter()
-            .filter(|id| !live.retiring.contains_key(*id))
-            .filter_map(|id| {
-                live.addresses.get(id).map(|ip| Endpoint {
-                    id: id.clone(),
-                    addr: std::net::SocketAddrV4::new(*ip, port.container),
-                    state: EndpointState::Ready,
-                })
-            })
-            .collect();
-        for (id, svc) in &live.retiring {
-            if svc == service {
-                if let Some(ip) = live.addresses.get(id) {
+    sync_ports(agent, service, &spec_ports);
+}
+
+/// Publishes `service`: each replica publishes the host ports of its own
+/// spec (so during a rollout that moves a port, the old port stays with the
+/// old replicas until they retire); Ready replicas take new connections,
+/// retiring ones drain; the ports of `spec_ports` (the spec being rolled
+/// out) are held even before a replica has them. Ports that cannot be
+/// published are recorded (status; readiness answers 503) and named in an event.
+fn sync_ports(agent: &Agent, service: &str, spec_ports: &[berth_core::manifest::Port]) {
+    use crate::network::proxy::{Endpoint, EndpointState};
+    let ports = {
+        let mut live = agent.live();
+        let live = &mut *live;
+        let Some(l) = live.services.get_mut(service) else {
+            return;
+        };
+        l.spec_ports = spec_ports.to_vec();
+        let mut ports: BTreeMap<HostPort, Vec<Endpoint>> = BTreeMap::new();
+        for hp in spec_ports.iter().filter_map(HostPort::of) {
+            ports.entry(hp).or_default();
+        }
+        for id in &l.members {
+            let state = if live.retiring.contains_key(id) {
+                Some(EndpointState::Draining)
+            } else if l.ready_ids.contains(id) {
+                Some(EndpointState::Ready)
+            } else {
+                None
+            };
+            let (Some(ip), Some(own)) = (live.addresses.get(id), live.ports.get(id)) else {
+                continue;
+            };
+            for p in own {
+                let Some(hp) = HostPort::of(p) else { continue };
+                let eps = ports.entry(hp).or_default();
+                if let Some(state) = state {
                     eps.push(Endpoint {
                         id: id.clone(),
-                        addr: std::net::SocketAddrV4::new(*ip, port.container),
-                        state: EndpointState::Draining,
+                        addr: std::net::SocketAddrV4::new(*ip, p.container),
+                        state,
                     });
                 }
             }
         }
-        eps
+        ports
     };
-    if let Err(e) = agent.proxy.set_service(service, host_port, endpoints) {
-        let message = format!("publishing port {host_port}: {e}");
-        let mut live = agent.live();
-        let l = live.services.entry(service.to_string()).or_default();
-        if l.last_error.as_deref() != Some(message.as_str()) {
-            l.last_error = Some(message.clone());
-            drop(live);
-            agent.emit("port-failed", Some(service), message);
-        }
+    let errors: Vec<String> = agent
+        .proxy
+        .set_service(service, ports)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let mut live = agent.live();
+    let Some(l) = live.services.get_mut(service) else {
+        return;
+    };
+    if l.unpublished == errors {
+        return;
     }
+    l.unpublished = errors.clone();
+    if errors.is_empty() {
+        return;
+    }
+    let message = errors.join("; ");
+    l.last_error = Some(message.clone());
+    drop(live);
+    agent.emit("port-failed", Some(service), message);
 }
 
 fn reason_text(r: RetireReason) -> &'static str {
@@ -1109,7 +1208,11 @@ async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
         removed
     })
     .await;
-    agent.live().addresses.remove(id);
+    {
+        let mut live = agent.live();
+        live.addresses.remove(id);
+        live.ports.remove(id);
+    }
     health::forget(agent, id);
     match result {
         Ok(Ok(())) => agent.emit_container(
@@ -1280,4 +1383,13 @@ fn maybe_check_tags(agent: &Arc<Agent>, rec: &RevisionRecord, manifest: &Manifes
             agent.emit("apply-refused", None, format!("pull-check: {e}"));
         }
     });
+}
+
+/// Whether some recorded revision ran `service` (so a container of it that no
+/// revision wants now was removed on purpose, not drift).
+fn removal_planned(agent: &Agent, service: &str) -> bool {
+    agent.store().revisions().is_ok_and(|revs| {
+        revs.iter()
+            .any(|r| Agent::desired_of(r).is_ok_and(|(m, _)| m.services.contains_key(service)))
+    })
 }

@@ -1,7 +1,8 @@
 //! A minimal synchronous rtnetlink client (`NETLINK_ROUTE`): create bridges and
 //! veth pairs (the peer directly in another network namespace), set flags and
-//! masters, add addresses and routes, look up, dump and delete links. Messages
-//! are built as plain byte buffers; the socket belongs to the network namespace
+//! masters, add addresses and routes, look up, dump and delete links; and, on
+//! a `NETLINK_NETFILTER` socket, delete one conntrack entry. Messages are
+//! built as plain byte buffers; the socket belongs to the network namespace
 //! of the thread that opened it, so one socket per namespace is enough.
 
 use std::io;
@@ -55,6 +56,18 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 
+/// ctnetlink (`linux/netfilter/nfnetlink_conntrack.h`).
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_CAP_ACK: libc::c_int = 10;
@@ -79,6 +92,17 @@ pub struct Route {
     pub dst_len: u8,
     pub gateway: Option<Ipv4Addr>,
     pub oif: Option<u32>,
+}
+
+/// The original direction of a conntrack entry (what the client sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackTuple {
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// A request under construction: netlink header, fixed header, attributes.
@@ -192,13 +216,22 @@ pub struct Netlink {
 }
 
 impl Netlink {
-    /// Opens a socket in the calling thread's network namespace.
+    /// Opens a `NETLINK_ROUTE` socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Netlink> {
+        Netlink::open_protocol(SockProtocol::NetlinkRoute)
+    }
+
+    /// Opens a `NETLINK_NETFILTER` socket (for [`Netlink::delete_conntrack`]).
+    pub fn open_netfilter() -> io::Result<Netlink> {
+        Netlink::open_protocol(SockProtocol::NetlinkNetFilter)
+    }
+
+    fn open_protocol(protocol: SockProtocol) -> io::Result<Netlink> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
+            protocol,
         )?;
         for opt in [NETLINK_CAP_ACK, NETLINK_EXT_ACK] {
             let one: libc::c_int = 1;
@@ -366,6 +399,33 @@ impl Netlink {
         let up = libc::IFF_UP as u32;
         let m = Msg::new(RTM_NEWLINK, NLM_F_ACK).ifinfo(index, up, up);
         self.exchange(m).map(drop)
+    }
+
+    /// Deletes the IPv4 conntrack entry whose original direction is `t`
+    /// (a netfilter socket); `Ok(false)` when there was none.
+    pub fn delete_conntrack(&mut self, t: &ConntrackTuple) -> io::Result<bool> {
+        let mut m = Msg::new(
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+            NLM_F_ACK,
+        );
+        // struct nfgenmsg: family, version, res_id (big endian).
+        m.buf.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        let orig = m.begin(CTA_TUPLE_ORIG);
+        let ip = m.begin(CTA_TUPLE_IP);
+        m.attr(CTA_IP_V4_SRC, &t.src.octets());
+        m.attr(CTA_IP_V4_DST, &t.dst.octets());
+        m.end(ip);
+        let proto = m.begin(CTA_TUPLE_PROTO);
+        m.attr(CTA_PROTO_NUM, &[t.protocol]);
+        m.attr(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
+        m.attr(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+        m.end(proto);
+        m.end(orig);
+        match self.exchange(m) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes link `name`; `Ok(false)` when there was none.
