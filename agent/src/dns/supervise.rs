@@ -134,7 +134,14 @@ pub enum Outcome {
 struct State {
     server: Option<PidFile>,
     published: Records,
+    /// When `published` was last written (berth-dns picks it up within its
+    /// reload interval).
+    written_at: Option<std::time::Instant>,
 }
+
+/// How long a records file takes to be served: berth-dns checks it every
+/// 100 ms; the rest is margin.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// berthd's handle on berth-dns. `Send + Sync`.
 #[derive(Debug)]
@@ -153,6 +160,7 @@ impl Dns {
             state: Mutex::new(State {
                 server: None,
                 published,
+                written_at: None,
             }),
         }
     }
@@ -302,7 +310,19 @@ impl Dns {
         std::fs::create_dir_all(&self.cfg.dir).map_err(DnsError::io("creating", &self.cfg.dir))?;
         records::write(&path, &next)?;
         st.published = next;
+        st.written_at = Some(std::time::Instant::now());
         Ok(true)
+    }
+
+    /// How many addresses berth-dns answers for `service` by now: those of
+    /// the records written at least [`SETTLE`] ago (it reloads every 100 ms),
+    /// 0 while a change is still on its way.
+    pub fn answering(&self, service: &str) -> usize {
+        let st = self.lock();
+        if st.written_at.is_some_and(|t| t.elapsed() < SETTLE) {
+            return 0;
+        }
+        st.published.services.get(service).map_or(0, Vec::len)
     }
 
     /// The records published last.

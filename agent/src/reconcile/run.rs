@@ -426,13 +426,28 @@ async fn reconcile_service(
     let spec_key = spec.canonical_json();
     let intent = {
         let clock = Instant::now();
+        // A dependency counts as ready once its name resolves too (an nginx
+        // with `proxy_pass http://app` exits if `app` does not resolve yet).
+        let answering: BTreeMap<&str, u32> = svc
+            .depends_on
+            .iter()
+            .map(|d| (d.as_str(), agent.dns.answering(d) as u32))
+            .collect();
+        let dns_serves = agent.dns.nameserver().is_some();
         let mut live = agent.live();
         let depends_on = svc
             .depends_on
             .iter()
             .map(|d| Dependency {
                 service: d.clone(),
-                ready: live.services.get(d).map(|l| l.ready).unwrap_or(0),
+                ready: {
+                    let ready = live.services.get(d).map(|l| l.ready).unwrap_or(0);
+                    if dns_serves {
+                        ready.min(answering.get(d.as_str()).copied().unwrap_or(0))
+                    } else {
+                        ready
+                    }
+                },
                 desired: manifest.services.get(d).map(|s| s.replicas).unwrap_or(0),
             })
             .collect();
