@@ -74,6 +74,10 @@ pub enum AgentError {
     Runtime(String),
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
+    /// The manifest drops services the current revision runs and the caller
+    /// did not ask to prune them.
+    #[error("this manifest would remove {}: apply again with --prune (API: ?prune=true) to remove them", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
+    WouldRemove(Vec<String>),
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.
@@ -531,11 +535,26 @@ impl Agent {
     /// Validates a manifest, resolves its tags to digests, plans it against
     /// what runs, and (unless `dry_run`) records it as a new revision,
     /// durably, before answering. The reconciler acts on it right after.
+    /// Whole-host semantics: services the manifest leaves out are removed
+    /// (manifest sources use this); API callers use [`Agent::apply_checked`].
     pub async fn apply(
         &self,
         files: SourceFiles,
         source: ApplySource,
         dry_run: bool,
+    ) -> Result<ApplyResponse, AgentError> {
+        self.apply_checked(files, source, dry_run, true).await
+    }
+
+    /// [`Agent::apply`], but unless `prune` a manifest that drops services
+    /// the current revision runs is refused with [`AgentError::WouldRemove`]
+    /// naming them (a dry run still shows the removal).
+    pub async fn apply_checked(
+        &self,
+        files: SourceFiles,
+        source: ApplySource,
+        dry_run: bool,
+        prune: bool,
     ) -> Result<ApplyResponse, AgentError> {
         if let (Some(owner), false, ApplySource::Api | ApplySource::Rollback(_)) =
             (&self.managed_source, dry_run, &source)
@@ -609,7 +628,7 @@ impl Agent {
                 digests.clone(),
                 env_files,
                 source,
-                dry_run,
+                RecordFlags { dry_run, prune },
             )
             .await?;
         self.note_image_volumes(&manifest, &digests, &mut resp);
@@ -624,8 +643,9 @@ impl Agent {
         digests: BTreeMap<String, String>,
         env_files: BTreeMap<String, Vec<(String, String)>>,
         source: ApplySource,
-        dry_run: bool,
+        flags: RecordFlags,
     ) -> Result<ApplyResponse, AgentError> {
+        let RecordFlags { dry_run, prune } = flags;
         let desired = desired_services(manifest, &digests, &env_files);
         let steps = plan::plan(&desired, &self.observed().await?);
         let _guard = self.apply_lock.lock().await;
@@ -635,6 +655,19 @@ impl Agent {
             None => Vec::new(),
         };
         let changes = plan::revision_diff(&current_desired, &desired);
+        let removed = would_remove(&current_desired, manifest);
+        if !prune && !dry_run && !removed.is_empty() {
+            self.emit(
+                "apply-refused",
+                None,
+                format!(
+                    "{} refused: would remove {}",
+                    source.describe(),
+                    removed.join(", ")
+                ),
+            );
+            return Err(AgentError::WouldRemove(removed));
+        }
         let identity = {
             let mut h = Sha256::new();
             h.update(manifest_identity(manifest).as_bytes());
@@ -744,7 +777,7 @@ impl Agent {
                 rec.info.digests.clone(),
                 rec.env_files.clone(),
                 source,
-                false,
+                RecordFlags::WHOLE_HOST,
             )
             .await?;
         Ok(resp)
@@ -764,7 +797,7 @@ impl Agent {
             digests,
             rec.env_files.clone(),
             ApplySource::PullCheck,
-            false,
+            RecordFlags::WHOLE_HOST,
         )
         .await
     }
@@ -849,6 +882,35 @@ impl Agent {
         self.events
             .emit(kind, Some(service), Some(container), message);
     }
+}
+
+/// How [`Agent::record`] treats a manifest.
+#[derive(Debug, Clone, Copy)]
+struct RecordFlags {
+    /// Plan only; record nothing.
+    dry_run: bool,
+    /// Services the current revision runs and the manifest leaves out may go.
+    prune: bool,
+}
+
+impl RecordFlags {
+    /// Record, removing what the manifest leaves out (sources, rollbacks).
+    const WHOLE_HOST: RecordFlags = RecordFlags {
+        dry_run: false,
+        prune: true,
+    };
+}
+
+/// The services `current` runs that `manifest` leaves out, sorted.
+pub fn would_remove(current: &[DesiredService], manifest: &Manifest) -> Vec<String> {
+    let mut out: Vec<String> = current
+        .iter()
+        .filter(|d| !manifest.services.contains_key(&d.name))
+        .map(|d| d.name.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The desired services of a manifest with resolved digests and env files.

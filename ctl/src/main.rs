@@ -62,13 +62,17 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
     },
-    /// Apply a manifest file or directory as a new revision.
+    /// Apply a manifest file or directory (`-`: stdin) as a new revision.
     Apply {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
         /// Show the plan without recording anything.
         #[arg(long)]
         dry_run: bool,
+        /// Remove services the current revision runs that the manifest leaves
+        /// out (without it, apply refuses and names them; on a terminal it asks).
+        #[arg(long)]
+        prune: bool,
         /// Follow the rollout until it completes or fails (non-zero exit on failure).
         #[arg(long)]
         wait: bool,
@@ -232,7 +236,27 @@ pub(crate) fn error_text(body: &[u8]) -> String {
     }
 }
 
+/// Reads a manifest file or directory; `-` reads one file from stdin, named
+/// `stdin.toml` in error locations.
 fn read_manifest(path: &Path) -> Result<manifest::SourceFiles> {
+    if path == Path::new("-") {
+        use std::io::Read;
+        let mut text = String::new();
+        std::io::stdin()
+            .take(manifest::MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .context("reading the manifest from stdin")?;
+        if text.len() as u64 > manifest::MAX_FILE_BYTES {
+            bail!(
+                "stdin: manifest larger than {} bytes",
+                manifest::MAX_FILE_BYTES
+            );
+        }
+        return Ok(manifest::SourceFiles::from([(
+            "stdin.toml".to_string(),
+            text,
+        )]));
+    }
     Ok(manifest::read_sources(path)?)
 }
 
@@ -285,10 +309,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply {
             path,
             dry_run,
+            prune,
             wait,
             timeout,
         } => {
-            let code = apply(&cli, path, *dry_run, false).await?;
+            let code = apply(&cli, path, *dry_run, *prune).await?;
             if code != ExitCode::SUCCESS || *dry_run || !*wait {
                 return Ok(code);
             }
@@ -485,7 +510,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Diff { path } => apply(&cli, path, true, true).await,
+        Command::Diff { path } => diff(&cli, path).await,
         Command::Status => {
             let reply = call(&cli, Method::GET, "/v1/status").await?;
             if cli.output == Output::Json {
@@ -577,22 +602,74 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<ExitCode> {
-    let files = read_manifest(path)?;
-    let body = serde_json::to_vec(&files)?;
-    let query = if dry_run {
-        "/v1/manifest?dry_run=true"
+/// Sends `files` to `PUT /v1/manifest` with the given query flags.
+async fn put_manifest(
+    cli: &Cli,
+    files: &manifest::SourceFiles,
+    dry_run: bool,
+    prune: bool,
+) -> Result<crate::client::Reply> {
+    let body = serde_json::to_vec(files)?;
+    let mut query = Vec::new();
+    if dry_run {
+        query.push("dry_run=true");
+    }
+    if prune {
+        query.push("prune=true");
+    }
+    let path = if query.is_empty() {
+        "/v1/manifest".to_string()
     } else {
-        "/v1/manifest"
+        format!("/v1/manifest?{}", query.join("&"))
     };
-    let reply = client(cli)?
+    client(cli)?
         .request(
             Method::PUT,
-            query,
+            &path,
             Some("application/json"),
             Bytes::from(body),
         )
-        .await?;
+        .await
+}
+
+/// The services a `would_remove` refusal names, if `body` is one.
+fn would_remove(body: &[u8]) -> Option<Vec<String>> {
+    let e: ErrorBody = serde_json::from_slice(body).ok()?;
+    if e.error.code != "would_remove" {
+        return None;
+    }
+    serde_json::from_value(e.error.details.get("services")?.clone()).ok()
+}
+
+/// Asks on the terminal whether to remove `services`; false when stdin or
+/// stderr is not a terminal.
+fn confirm_removal(services: &[String]) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    eprint!(
+        "this manifest removes {}. Remove? [y/N] ",
+        services.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
+
+async fn apply(cli: &Cli, path: &Path, dry_run: bool, prune: bool) -> Result<ExitCode> {
+    let files = read_manifest(path)?;
+    let mut reply = put_manifest(cli, &files, dry_run, prune).await?;
+    if reply.status.as_u16() == 409 && cli.output != Output::Json && path != Path::new("-") {
+        if let Some(services) = would_remove(&reply.body) {
+            if confirm_removal(&services) {
+                reply = put_manifest(cli, &files, dry_run, true).await?;
+            }
+        }
+    }
     if !reply.status.is_success() {
         if cli.output == Output::Json {
             outln!("{}", String::from_utf8_lossy(&reply.body));
@@ -610,9 +687,7 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<Exit
     print_changes(&resp.changes);
     outln!();
     print_plan(&resp.plan);
-    if diff {
-        // Nothing more: diff only shows the plan.
-    } else if dry_run {
+    if dry_run {
         outln!("dry run: nothing recorded");
     } else if resp.unchanged {
         outln!(
@@ -622,6 +697,30 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<Exit
     } else {
         outln!("applied as revision {}", resp.revision.unwrap_or(0));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berthctl diff`: the agent's dry-run plan, shown as changes and steps.
+async fn diff(cli: &Cli, path: &Path) -> Result<ExitCode> {
+    let files = read_manifest(path)?;
+    let reply = put_manifest(cli, &files, true, true).await?;
+    if !reply.status.is_success() {
+        if cli.output == Output::Json {
+            outln!("{}", String::from_utf8_lossy(&reply.body));
+        } else {
+            eprintln!("{}", error_text(&reply.body));
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    if cli.output == Output::Json {
+        outln!("{}", String::from_utf8_lossy(&reply.body));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let resp: ApplyResponse =
+        serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
+    print_changes(&resp.changes);
+    outln!();
+    print_plan(&resp.plan);
     Ok(ExitCode::SUCCESS)
 }
 
