@@ -131,3 +131,51 @@ fn apply_from_stdin_names_stdin_in_errors() {
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("stdin.toml:2"), "{}", out.stderr);
 }
+
+#[test]
+fn diff_shows_old_and_new_values_and_exit_code() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let v1 = write(
+        &agent,
+        "v1.toml",
+        &web(&image, 1, "env = { GREETING = \"hello\" }"),
+    );
+    agent.ctl(&["apply", "-f", &v1]).ok();
+    agent.wait_for(30, "web ready", |a| {
+        (a.ready_of("web") == (1, 1)).then_some(())
+    });
+
+    // The same manifest: no changes, --exit-code 0.
+    let out = agent.ctl(&["diff", "--exit-code", "-f", &v1]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    let v2 = write(
+        &agent,
+        "v2.toml",
+        &web(&image, 3, "env = { GREETING = \"s3cret-value\" }"),
+    );
+    let out = agent.ctl(&["diff", "--exit-code", "-f", &v2]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("replicas 1 -> 3"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("env.GREETING set -> changed"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("s3cret"),
+        "env values stay hidden: {}",
+        out.stdout
+    );
+    // Without --exit-code a diff with changes is a success.
+    let out = agent.ctl(&["diff", "-f", &v2]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // An error is 2 with --exit-code.
+    let out = agent.ctl(&["diff", "--exit-code", "-f", "/nonexistent/m.toml"]);
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    // Nothing was recorded.
+    let revs = agent.api("GET", "/v1/revisions", &[], b"").json();
+    assert_eq!(revs.as_array().unwrap().len(), 1, "{revs}");
+}

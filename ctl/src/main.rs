@@ -80,10 +80,14 @@ enum Command {
         #[arg(long, default_value = "5m")]
         timeout: String,
     },
-    /// Show what `apply` would do, per service and container.
+    /// Show what `apply` would do, per service and container, with old -> new values.
     Diff {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
+        /// Exit 1 when the manifest changes anything, 0 when not, 2 on errors
+        /// (as `git diff --exit-code` and `kubectl diff`).
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Services, replicas ready/desired and the current revision.
     #[command(alias = "ps")]
@@ -510,7 +514,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Diff { path } => diff(&cli, path).await,
+        Command::Diff { path, exit_code } => diff(&cli, path, *exit_code).await,
         Command::Status => {
             let reply = call(&cli, Method::GET, "/v1/status").await?;
             if cli.output == Output::Json {
@@ -685,6 +689,7 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, prune: bool) -> Result<Exi
     let resp: ApplyResponse =
         serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
     print_changes(&resp.changes);
+    print_values(&resp.changes);
     outln!();
     print_plan(&resp.plan);
     if dry_run {
@@ -700,28 +705,69 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, prune: bool) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// `berthctl diff`: the agent's dry-run plan, shown as changes and steps.
-async fn diff(cli: &Cli, path: &Path) -> Result<ExitCode> {
-    let files = read_manifest(path)?;
-    let reply = put_manifest(cli, &files, true, true).await?;
+/// `berthctl diff`: the agent's dry-run plan, shown as changes (with old ->
+/// new values) and steps. With `exit_code`: 1 when anything changes, 0 when
+/// not, 2 on errors.
+async fn diff(cli: &Cli, path: &Path, exit_code: bool) -> Result<ExitCode> {
+    let failed = if exit_code {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    };
+    let files = match read_manifest(path) {
+        Ok(f) => f,
+        Err(e) if exit_code => {
+            eprintln!("error: {e:#}");
+            return Ok(failed);
+        }
+        Err(e) => return Err(e),
+    };
+    let reply = match put_manifest(cli, &files, true, true).await {
+        Ok(r) => r,
+        Err(e) if exit_code => {
+            eprintln!("error: {e:#}");
+            return Ok(failed);
+        }
+        Err(e) => return Err(e),
+    };
     if !reply.status.is_success() {
         if cli.output == Output::Json {
             outln!("{}", String::from_utf8_lossy(&reply.body));
         } else {
             eprintln!("{}", error_text(&reply.body));
         }
-        return Ok(ExitCode::FAILURE);
-    }
-    if cli.output == Output::Json {
-        outln!("{}", String::from_utf8_lossy(&reply.body));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(failed);
     }
     let resp: ApplyResponse =
         serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
-    print_changes(&resp.changes);
-    outln!();
-    print_plan(&resp.plan);
-    Ok(ExitCode::SUCCESS)
+    if cli.output == Output::Json {
+        outln!("{}", String::from_utf8_lossy(&reply.body));
+    } else {
+        print_changes(&resp.changes);
+        print_values(&resp.changes);
+        outln!();
+        print_plan(&resp.plan);
+    }
+    let changed = resp
+        .changes
+        .iter()
+        .any(|c| c.change != ChangeKind::Unchanged);
+    Ok(if exit_code && changed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Per changed service, each changed value as `field old -> new`.
+fn print_values(changes: &[ServiceChange]) {
+    for c in changes.iter().filter(|c| !c.values.is_empty()) {
+        outln!();
+        outln!("{}:", c.service);
+        for v in &c.values {
+            outln!("  {} {} -> {}", v.field, v.from, v.to);
+        }
+    }
 }
 
 fn action_text(a: ServiceAction) -> &'static str {
