@@ -179,3 +179,144 @@ fn diff_shows_old_and_new_values_and_exit_code() {
     let revs = agent.api("GET", "/v1/revisions", &[], b"").json();
     assert_eq!(revs.as_array().unwrap().len(), 1, "{revs}");
 }
+
+/// The rows of the table starting at `header` (a line of `text`), as maps of
+/// column title → cell, cut at the header's column positions.
+fn table(text: &str, first_title: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(first_title))
+        .unwrap_or_else(|| panic!("no {first_title} table in:\n{text}"));
+    let header = lines[start];
+    // Titles are separated by two or more spaces.
+    let mut cols: Vec<(usize, String)> = Vec::new();
+    let mut i = 0;
+    while i < header.len() {
+        let rest = &header[i..];
+        let end = rest.find("  ").unwrap_or(rest.len());
+        cols.push((i, rest[..end].to_string()));
+        let after = &rest[end..];
+        i += end + (after.len() - after.trim_start().len());
+        if end == rest.len() {
+            break;
+        }
+    }
+    lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| {
+            cols.iter()
+                .enumerate()
+                .map(|(n, (at, title))| {
+                    let end = cols.get(n + 1).map(|c| c.0).unwrap_or(l.len()).min(l.len());
+                    let cell = l.get((*at).min(l.len())..end).unwrap_or("").trim();
+                    (title.clone(), cell.to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn status_json_carries_everything_the_table_shows() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let port = free_port();
+    let text = format!(
+        "{}\n[[service.web.ports]]\ncontainer = 8080\nhost = {port}\nhost_ip = \"127.0.0.1\"\n\n\
+         [service.web.health]\nhttp = {{ port = 8080, path = \"/index.html\" }}\ninterval = \"300ms\"\n\n{}",
+        web(&image, 2, ""),
+        worker(&image)
+    );
+    let path = write(&agent, "m.toml", &text);
+    agent.ctl(&["apply", "-f", &path]).ok();
+    agent.wait_for(30, "everything ready and healthy", |a| {
+        let ready = a.ready_of("web") == (2, 2) && a.ready_of("worker") == (1, 1);
+        let healthy = a
+            .containers()
+            .iter()
+            .filter(|c| c["service"] == "web")
+            .all(|c| c["health"] == "healthy");
+        let complete = a.api("GET", "/v1/revisions", &[], b"").json()[0]["state"] == "complete";
+        (ready && healthy && complete).then_some(())
+    });
+
+    let table_out = agent.ctl(&["status"]).ok().stdout;
+    let json: serde_json::Value =
+        serde_json::from_str(&agent.ctl(&["-o", "json", "status"]).ok().stdout).unwrap();
+
+    // The header line: version and revision.
+    let head = table_out.lines().next().unwrap();
+    assert!(
+        head.contains(json["agent"]["version"].as_str().unwrap()),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!(
+            "revision {} ({}, {})",
+            json["revision"]["number"],
+            json["revision"]["source"].as_str().unwrap(),
+            json["revision"]["state"].as_str().unwrap()
+        )),
+        "{head}\n{json}"
+    );
+
+    let services = table(&table_out, "SERVICE ");
+    let json_services = json["services"].as_array().unwrap();
+    assert_eq!(services.len(), json_services.len(), "{table_out}\n{json}");
+    assert_eq!(services.len(), 2);
+    for (row, s) in services.iter().zip(json_services) {
+        assert_eq!(row["SERVICE"], s["name"].as_str().unwrap());
+        assert_eq!(
+            row["READY"],
+            format!("{}/{}", s["replicas_ready"], s["replicas_desired"])
+        );
+        let digest = s["digest"].as_str().unwrap();
+        let hex = &digest.split_once(':').unwrap().1[..12];
+        assert_eq!(
+            row["IMAGE"],
+            format!("{} ({hex})", s["image"].as_str().unwrap())
+        );
+        assert_eq!(row["RESTARTS"], s["restarts"].to_string());
+        assert_eq!(row["LAST ERROR"], s["last_error"].as_str().unwrap_or(""));
+    }
+
+    let containers = table(&table_out, "CONTAINER ");
+    let json_containers = json["containers"].as_array().expect("containers in JSON");
+    assert_eq!(containers.len(), 3, "{table_out}");
+    assert_eq!(
+        containers.len(),
+        json_containers.len(),
+        "{table_out}\n{json}"
+    );
+    for (row, c) in containers.iter().zip(json_containers) {
+        assert_eq!(row["CONTAINER"], c["id"].as_str().unwrap());
+        assert_eq!(row["SERVICE"], c["service"].as_str().unwrap());
+        assert_eq!(row["STATE"], c["state"].as_str().unwrap());
+        assert_eq!(row["HEALTH"], c["health"].as_str().unwrap());
+        assert_eq!(row["IP"], c["ip"].as_str().unwrap_or("-"));
+        let ports: Vec<&str> = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(row["PORTS"], ports.join(", "));
+        assert_eq!(row["REV"], c["revision"].to_string());
+    }
+    // What the user checks: web's replicas are running, healthy, on the
+    // published port, with an address.
+    let web: Vec<_> = json_containers
+        .iter()
+        .filter(|c| c["service"] == "web")
+        .collect();
+    assert_eq!(web.len(), 2);
+    for c in web {
+        assert_eq!(c["state"], "running");
+        assert_eq!(c["health"], "healthy");
+        assert!(c["ip"].as_str().is_some_and(|ip| !ip.is_empty()), "{c}");
+        assert!(c["ports"].to_string().contains(&port.to_string()), "{c}");
+    }
+}

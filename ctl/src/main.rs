@@ -517,15 +517,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff { path, exit_code } => diff(&cli, path, *exit_code).await,
         Command::Status => {
             let reply = call(&cli, Method::GET, "/v1/status").await?;
+            let containers = client(&cli)?
+                .request(Method::GET, "/v1/containers", None, Bytes::new())
+                .await?;
             if cli.output == Output::Json {
-                outln!("{}", String::from_utf8_lossy(&reply.body));
+                // One document: the agent's status plus every container the
+                // table lists (docs/cli-json.md names the fields).
+                let mut doc: serde_json::Value =
+                    serde_json::from_slice(&reply.body).context("decoding status")?;
+                if !containers.status.is_success() {
+                    bail!("listing containers: {}", error_text(&containers.body));
+                }
+                let list: serde_json::Value =
+                    serde_json::from_slice(&containers.body).context("decoding containers")?;
+                if let Some(obj) = doc.as_object_mut() {
+                    obj.insert("containers".into(), list);
+                }
+                outln!("{doc}");
             } else {
                 let status: StatusResponse =
                     serde_json::from_slice(&reply.body).context("decoding status")?;
                 print_status(&status);
-                let containers = client(&cli)?
-                    .request(Method::GET, "/v1/containers", None, Bytes::new())
-                    .await?;
                 if containers.status.is_success() {
                     let list: Vec<berth_core::api::ContainerView> =
                         serde_json::from_slice(&containers.body).context("decoding containers")?;
