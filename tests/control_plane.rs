@@ -486,6 +486,59 @@ fn events_survive_kill9_and_filter_by_service_kind_and_since() {
     assert!(bad.stderr.contains("yesterday"), "{}", bad.stderr);
 }
 
+/// The observability kit under deploy/: the alert rules pass `promtool check
+/// rules`, and every `berth_*` / `process_*` metric the rules and the Grafana
+/// dashboard use is one berthd declares (other names — `up`, node_exporter's —
+/// come from elsewhere); the running agent exports the process metrics.
+#[test]
+fn alert_rules_and_dashboard_use_only_exported_metrics() {
+    let deploy = workspace_root().join("deploy");
+    let rules = deploy.join("prometheus/berth-alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dashboard = std::fs::read_to_string(deploy.join("grafana/berth-dashboard.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let text = std::fs::read_to_string(&rules).unwrap() + &dashboard;
+    let declared = berth_agent::metrics::Metrics::new().declared_names();
+    let mut used = std::collections::BTreeSet::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("berth_") || word.starts_with("process_") {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s).filter(|b| declared.contains(*b)))
+                .unwrap_or(word);
+            used.insert(base.to_string());
+        }
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    let unknown: Vec<&String> = used.iter().filter(|n| !declared.contains(*n)).collect();
+    assert!(unknown.is_empty(), "not exported by berthd: {unknown:?}");
+    // The process collector really runs in berthd.
+    let agent = Agent::start();
+    let metrics = http_tcp(agent.http_port, "GET", "/metrics", &[], b"")
+        .unwrap()
+        .text();
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "berth_store_bytes{part=\"blobs\"}",
+        "berth_last_reconcile_success_timestamp_seconds",
+        "berth_host_draining 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    assert_promtool_ok(&metrics);
+}
+
 /// `berthctl status | head -1`: every printing command whose reader has gone
 /// ends quietly with success, never a panic.
 #[test]

@@ -301,6 +301,48 @@ impl Metrics {
         }
     }
 
+    /// Every metric name berthd can export (series of a labelled metric appear
+    /// only once a label value is used; the name is declared from the start):
+    /// this registry's, the process collector's and the scrape-time ones.
+    pub fn declared_names(&self) -> std::collections::BTreeSet<String> {
+        use prometheus::core::Collector;
+        let fields: [&dyn Collector; 26] = [
+            &self.build_info,
+            &self.manifest_apply_errors,
+            &self.revisions_applied,
+            &self.current_revision,
+            &self.http_requests,
+            &self.events,
+            &self.image_pull_bytes,
+            &self.image_pull_duration,
+            &self.registry_errors,
+            &self.reconcile_duration,
+            &self.reconcile_errors,
+            &self.services_desired,
+            &self.services_ready,
+            &self.containers,
+            &self.container_restarts,
+            &self.rollouts,
+            &self.rollout_duration,
+            &self.health_check_failures,
+            &self.drift,
+            &self.service_image_info,
+            &self.oom_kills,
+            &self.host_draining,
+            &self.replicas_draining,
+            &self.last_reconcile_success,
+            &self.dns_server_up,
+            &self.dns_server_starts,
+        ];
+        let mut names: std::collections::BTreeSet<String> = fields
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect();
+        names.extend(self.registry.gather().iter().map(|f| f.name().to_string()));
+        names.extend(crate::stats::SCRAPE_TIME_METRICS.iter().map(|n| n.to_string()));
+        names
+    }
+
     /// Registers a collector read at scrape time (per-container stats).
     pub fn register_collector(&self, c: Box<dyn prometheus::core::Collector>) {
         if let Err(e) = self.registry.register(c) {

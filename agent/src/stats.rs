@@ -50,6 +50,9 @@ pub struct ContainerStats {
     descs: Vec<Desc>,
 }
 
+/// The metrics the collectors of this module add at scrape time.
+pub const SCRAPE_TIME_METRICS: &[&str] = &[CPU, MEM, STORE];
+
 const CPU: &str = "berth_container_cpu_seconds_total";
 const MEM: &str = "berth_container_memory_bytes";
 
