@@ -320,3 +320,72 @@ fn status_json_carries_everything_the_table_shows() {
         assert!(c["ports"].to_string().contains(&port.to_string()), "{c}");
     }
 }
+
+#[test]
+fn wait_says_rolled_out_only_once_removed_services_are_gone() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let both = write(
+        &agent,
+        "both.toml",
+        &format!("{}\n{}", web(&image, 1, ""), worker(&image)),
+    );
+    agent
+        .ctl(&["apply", "--wait", "--timeout", "60s", "-f", &both])
+        .ok();
+    let one = write(&agent, "one.toml", &web(&image, 1, ""));
+    let out = agent.ctl(&["apply", "--prune", "--wait", "--timeout", "60s", "-f", &one]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("revision 2 rolled out"),
+        "{}",
+        out.stdout
+    );
+    // The worker (sleep as PID 1 ignores SIGTERM, so it is killed after its
+    // grace period) is gone by the time wait says so.
+    let left: Vec<_> = agent
+        .containers()
+        .into_iter()
+        .filter(|c| c["service"] == "worker")
+        .collect();
+    assert!(left.is_empty(), "rolled out while worker remains: {left:?}");
+}
+
+#[test]
+fn a_revision_replaced_mid_rollout_is_superseded() {
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let health = "[service.web.health]\nhttp = { port = 8080, path = \"/index.html\" }\ninterval = \"300ms\"\n";
+    let v1 = write(
+        &agent,
+        "v1.toml",
+        &format!("{}{health}", web(&image, 1, "")),
+    );
+    agent
+        .ctl(&["apply", "--wait", "--timeout", "60s", "-f", &v1])
+        .ok();
+    let v2 = write(
+        &agent,
+        "v2.toml",
+        &format!("{}{health}", web(&image, 1, "env = { V = \"2\" }")),
+    );
+    let v3 = write(
+        &agent,
+        "v3.toml",
+        &format!("{}{health}", web(&image, 1, "env = { V = \"3\" }")),
+    );
+    agent.ctl(&["apply", "-f", &v2]).ok();
+    agent
+        .ctl(&["apply", "--wait", "--timeout", "60s", "-f", &v3])
+        .ok();
+    let revs = agent.api("GET", "/v1/revisions", &[], b"").json();
+    let states: Vec<&str> = revs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["complete", "superseded", "complete"], "{revs}");
+}

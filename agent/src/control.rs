@@ -687,7 +687,7 @@ impl Agent {
                 plan: steps,
             });
         }
-        let number = latest.map(|r| r.info.number + 1).unwrap_or(1);
+        let number = latest.as_ref().map(|r| r.info.number + 1).unwrap_or(1);
         let record = RevisionRecord {
             info: RevisionInfo {
                 number,
@@ -712,6 +712,16 @@ impl Agent {
                 .with_label_values(&[source.label()])
                 .inc();
             return Err(e.into());
+        }
+        // A revision still rolling out when a newer one is recorded never
+        // completes: it is `superseded` (not left `rolling-out` forever).
+        if let Some(mut prev) =
+            latest.filter(|l| l.info.state == "applied" || l.info.state == "rolling-out")
+        {
+            prev.info.state = "superseded".into();
+            if let Err(e) = self.store.update_revision(&prev) {
+                tracing::warn!(revision = prev.info.number, error = %e, "marking revision superseded");
+            }
         }
         self.metrics
             .revisions_applied

@@ -339,7 +339,11 @@ impl Metrics {
             .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
             .collect();
         names.extend(self.registry.gather().iter().map(|f| f.name().to_string()));
-        names.extend(crate::stats::SCRAPE_TIME_METRICS.iter().map(|n| n.to_string()));
+        names.extend(
+            crate::stats::SCRAPE_TIME_METRICS
+                .iter()
+                .map(|n| n.to_string()),
+        );
         names
     }
 
