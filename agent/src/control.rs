@@ -31,6 +31,7 @@ use crate::registry::RegistryClient;
 use crate::runtime::{ContainerInfo, Runtime, RuntimePaths};
 use crate::state::{RevisionRecord, StateError, Store};
 
+pub use containers::{ExecReply, MAX_EXEC_TIMEOUT};
 pub use containers::{LogFollow, LogTargetKind, LogsReply, LogsRequest, LABEL_SERVICE};
 pub use volumes::LABEL_VOLUMES;
 
@@ -70,6 +71,9 @@ pub enum AgentError {
     Image(#[from] Box<ImageError>),
     #[error("{0}")]
     BadRequest(String),
+    /// The request is valid but the object is not in a state to serve it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("runtime: {0}")]
     Runtime(String),
     #[error(transparent)]
@@ -78,6 +82,17 @@ pub enum AgentError {
     /// did not ask to prune them.
     #[error("this manifest would remove {}: apply again with --prune (API: ?prune=true) to remove them", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
     WouldRemove(Vec<String>),
+}
+
+/// Which restart generations a new revision gets (see [`Agent::restart`]).
+#[derive(Debug, Clone)]
+enum Restarts<'a> {
+    /// The latest revision's.
+    Carry,
+    /// The latest revision's with this service's bumped.
+    Bump(&'a str),
+    /// Exactly these (an automatic rollback restoring a revision).
+    Exact(BTreeMap<String, u64>),
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.
@@ -90,6 +105,8 @@ pub enum ApplySource {
         commit: String,
     },
     Rollback(u64),
+    /// `berthctl restart SERVICE`.
+    Restart(String),
     /// A `pull.check` found a new digest for a tag.
     PullCheck,
     /// A failed rollout restored an earlier revision.
@@ -102,7 +119,7 @@ pub enum ApplySource {
 impl ApplySource {
     pub fn label(&self) -> &'static str {
         match self {
-            ApplySource::Api | ApplySource::Rollback(_) => "api",
+            ApplySource::Api | ApplySource::Rollback(_) | ApplySource::Restart(_) => "api",
             ApplySource::File(_) => "file",
             ApplySource::Url(_) => "url",
             ApplySource::Git { .. } => "git",
@@ -117,6 +134,7 @@ impl ApplySource {
             ApplySource::Url(u) => format!("url:{u}"),
             ApplySource::Git { commit } => format!("git:{commit}"),
             ApplySource::Rollback(n) => format!("rollback:{n}"),
+            ApplySource::Restart(s) => format!("restart:{s}"),
             ApplySource::PullCheck => "pull-check".into(),
             ApplySource::AutoRollback { failed, restored } => {
                 format!("rollback:{restored} (revision {failed} failed)")
@@ -528,7 +546,7 @@ impl Agent {
                 rec.info.number
             ))
         })?;
-        let desired = desired_services(&manifest, &rec.info.digests, &rec.env_files);
+        let desired = desired_services(&manifest, &rec.info.digests, &rec.env_files, &rec.restarts);
         Ok((manifest, desired))
     }
 
@@ -629,13 +647,17 @@ impl Agent {
                 env_files,
                 source,
                 RecordFlags { dry_run, prune },
+                Restarts::Carry,
             )
             .await?;
         self.note_image_volumes(&manifest, &digests, &mut resp);
         Ok(resp)
     }
 
-    /// Plans and records an already validated and resolved manifest.
+    /// Plans and records an already validated and resolved manifest. The
+    /// latest revision's restart generations carry on; `restart` bumps one
+    /// service's (`berthctl restart`).
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
         files: SourceFiles,
@@ -644,12 +666,30 @@ impl Agent {
         env_files: BTreeMap<String, Vec<(String, String)>>,
         source: ApplySource,
         flags: RecordFlags,
+        restart: Restarts<'_>,
     ) -> Result<ApplyResponse, AgentError> {
         let RecordFlags { dry_run, prune } = flags;
-        let desired = desired_services(manifest, &digests, &env_files);
-        let steps = plan::plan(&desired, &self.observed().await?);
+        let observed = self.observed().await?;
         let _guard = self.apply_lock.lock().await;
         let latest = self.store.latest_revision()?;
+        let carried = || {
+            latest
+                .as_ref()
+                .map(|l| l.restarts.clone())
+                .unwrap_or_default()
+        };
+        let mut restarts: BTreeMap<String, u64> = match restart {
+            Restarts::Carry => carried(),
+            Restarts::Bump(name) => {
+                let mut r = carried();
+                *r.entry(name.to_string()).or_default() += 1;
+                r
+            }
+            Restarts::Exact(r) => r,
+        };
+        restarts.retain(|name, _| manifest.services.contains_key(name));
+        let desired = desired_services(manifest, &digests, &env_files, &restarts);
+        let steps = plan::plan(&desired, &observed);
         let current_desired = match &latest {
             Some(rec) => Self::desired_of(rec)?.1,
             None => Vec::new(),
@@ -673,6 +713,9 @@ impl Agent {
             h.update(manifest_identity(manifest).as_bytes());
             h.update(serde_json::to_vec(&digests).unwrap_or_default());
             h.update(serde_json::to_vec(&env_files).unwrap_or_default());
+            if !restarts.is_empty() {
+                h.update(serde_json::to_vec(&restarts).unwrap_or_default());
+            }
             hex::encode(h.finalize())
         };
         let unchanged = latest
@@ -701,6 +744,7 @@ impl Agent {
             files,
             env_files,
             halted: BTreeSet::new(),
+            restarts,
         };
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.put_revision(&record))
@@ -774,6 +818,9 @@ impl Agent {
     }
 
     /// Records `rec`'s manifest, digests and env files as a new revision.
+    /// An automatic rollback also restores `rec`'s restart generations (what
+    /// ran before the failed rollout, including a failed `restart`); a
+    /// rollback asked for keeps the current ones (no extra replacement).
     pub(crate) async fn restore(
         &self,
         rec: &RevisionRecord,
@@ -786,8 +833,12 @@ impl Agent {
                 &manifest,
                 rec.info.digests.clone(),
                 rec.env_files.clone(),
-                source,
+                source.clone(),
                 RecordFlags::WHOLE_HOST,
+                match source {
+                    ApplySource::AutoRollback { .. } => Restarts::Exact(rec.restarts.clone()),
+                    _ => Restarts::Carry,
+                },
             )
             .await?;
         Ok(resp)
@@ -808,8 +859,41 @@ impl Agent {
             rec.env_files.clone(),
             ApplySource::PullCheck,
             RecordFlags::WHOLE_HOST,
+            Restarts::Carry,
         )
         .await
+    }
+
+    /// `berthctl restart SERVICE`: records the current revision again with
+    /// the service's restart generation bumped, so the reconciler replaces
+    /// its replicas with the same spec through the service's normal,
+    /// health-gated rollout (start-first or stop-first). Allowed under a
+    /// managed manifest source: the manifest does not change.
+    pub async fn restart(&self, service: &str) -> Result<ApplyResponse, AgentError> {
+        let rec = self
+            .store
+            .latest_revision()?
+            .ok_or_else(|| AgentError::NotFound {
+                what: format!("service `{service}` (no revision is applied)"),
+            })?;
+        let (manifest, _) = Self::desired_of(&rec)?;
+        if !manifest.services.contains_key(service) {
+            return Err(AgentError::NotFound {
+                what: format!("service `{service}` in revision {}", rec.info.number),
+            });
+        }
+        let resp = self
+            .record(
+                rec.files.clone(),
+                &manifest,
+                rec.info.digests.clone(),
+                rec.env_files.clone(),
+                ApplySource::Restart(service.to_string()),
+                RecordFlags::WHOLE_HOST,
+                Restarts::Bump(service),
+            )
+            .await?;
+        Ok(resp)
     }
 
     /// Every revision, oldest first.
@@ -928,6 +1012,7 @@ pub fn desired_services(
     manifest: &Manifest,
     digests: &BTreeMap<String, String>,
     env_files: &BTreeMap<String, Vec<(String, String)>>,
+    restarts: &BTreeMap<String, u64>,
 ) -> Vec<DesiredService> {
     manifest
         .services
@@ -935,7 +1020,9 @@ pub fn desired_services(
         .map(|s| {
             let digest: Option<Digest> = digests.get(&s.name).and_then(|d| d.parse().ok());
             let env = env_files.get(&s.name).map(Vec::as_slice).unwrap_or(&[]);
-            DesiredService::of(s, digest.as_ref(), env)
+            let mut d = DesiredService::of(s, digest.as_ref(), env);
+            d.spec.restart_generation = restarts.get(&s.name).copied().unwrap_or(0);
+            d
         })
         .collect()
 }

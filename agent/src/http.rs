@@ -85,6 +85,7 @@ impl From<AgentError> for ApiError {
                 format!("{what} not found"),
             ),
             AgentError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            AgentError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AgentError::Volume(ref v) => match v {
                 crate::volumes::VolumeError::InUse { name, users } => ApiError(
                     StatusCode::CONFLICT,
@@ -176,6 +177,7 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/stats", get(get_stats))
         .route("/v1/containers/{id}", get(get_container))
         .route("/v1/rollback", post(post_rollback))
+        .route("/v1/services/{name}/restart", post(post_restart))
         .route("/v1/images", get(get_images))
         .route("/v1/gc", post(post_gc))
         .route("/v1/volumes", get(get_volumes))
@@ -190,6 +192,8 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/containers/{id}/logs", get(get_logs))
         .route("/v1/services/{name}/logs", get(get_service_logs))
         .route("/v1/images/pull", post(post_pull))
+        .route("/v1/containers/{id}/exec", post(post_exec))
+        .route("/v1/services/{name}/exec", post(post_exec))
         .merge(timed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -524,6 +528,53 @@ async fn post_rollback(State(ctx): State<Ctx>, body: Body) -> Result<Response, A
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?
     };
     let resp = ctx.agent.rollback(req.revision).await?;
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    cmd: Vec<String>,
+    /// Default 60 000; at most `MAX_EXEC_TIMEOUT`.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    /// Interactive (`-it`) exec is not supported yet: `true` is refused.
+    #[serde(default)]
+    tty: bool,
+}
+
+/// `POST /v1/containers/ID/exec` and `POST /v1/services/NAME/exec`:
+/// `{"cmd": [..], "timeout_ms": N}` runs the command in the container (a
+/// container id or prefix, or a service's running replica, ready first) and
+/// answers `{container, exit_code, output, timed_out}` (output: combined
+/// stdout+stderr, first 4 KiB). Not under the request timeout.
+async fn post_exec(
+    State(ctx): State<Ctx>,
+    Path(target): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let req: ExecBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    if req.tty {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_supported",
+            "interactive exec is not supported yet",
+        ));
+    }
+    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(60_000));
+    let reply = ctx.agent.exec(&target, req.cmd, timeout).await?;
+    Ok(Json(reply).into_response())
+}
+
+/// `POST /v1/services/NAME/restart`: records the current revision again with
+/// the service's restart generation bumped (201 with the apply response).
+async fn post_restart(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let resp = ctx.agent.restart(&name).await?;
     Ok((StatusCode::CREATED, Json(resp)).into_response())
 }
 

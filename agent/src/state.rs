@@ -55,6 +55,10 @@ pub struct RevisionRecord {
     /// reconciler leaves what runs for them alone until the next revision.
     #[serde(default)]
     pub halted: std::collections::BTreeSet<String>,
+    /// Each service's restart generation (`berthctl restart` bumps it; every
+    /// later revision carries it on), set on its desired spec.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub restarts: std::collections::BTreeMap<String, u64>,
 }
 
 /// What happened while opening the store, for the log.
@@ -359,6 +363,7 @@ mod tests {
             files,
             env_files: Default::default(),
             halted: Default::default(),
+            restarts: Default::default(),
         }
     }
 

@@ -62,6 +62,16 @@ pub struct ContainerSpec {
     /// Sorted; `shared` is a policy and always `false` here.
     pub volumes: Vec<Volume>,
     pub secrets: Vec<Secret>,
+    /// How many times `berthctl restart` asked for the service's replicas to
+    /// be replaced (the agent's count, not the manifest's): a new value makes
+    /// running replicas out of date. Left out of the stored form while 0, so
+    /// specs stored before it compare equal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ContainerSpec {
@@ -112,6 +122,7 @@ impl ContainerSpec {
             ports,
             volumes,
             secrets,
+            restart_generation: 0,
         }
     }
 
@@ -165,7 +176,8 @@ impl ContainerSpec {
             init,
             ports,
             volumes,
-            secrets
+            secrets,
+            restart_generation
         );
         out
     }
@@ -356,6 +368,17 @@ mod tests {
             ContainerSpec::from_stored(&future),
             Err(SpecError::FutureVersion { found: 99 })
         ));
+    }
+
+    #[test]
+    fn restart_generation_replaces_and_is_absent_while_zero() {
+        let s = spec("");
+        assert!(!s.canonical_json().contains("restart_generation"));
+        let mut r = s.clone();
+        r.restart_generation = 1;
+        assert_eq!(s.changed_fields(&r), vec!["restart_generation"]);
+        let stored: serde_json::Value = serde_json::from_str(&r.canonical_json()).unwrap();
+        assert_eq!(ContainerSpec::from_stored(&stored).unwrap(), r);
     }
 
     #[test]

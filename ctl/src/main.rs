@@ -137,6 +137,38 @@ enum Command {
         #[arg(short = 'p', long)]
         previous: bool,
     },
+    /// Run a command in a container (id or unique prefix) or in one running
+    /// replica of a SERVICE (a ready one first): the container's namespaces,
+    /// cgroup, user, capabilities and seccomp filter, as health checks run.
+    /// Prints the command's combined stdout+stderr (first 4 KiB) and exits
+    /// with its exit code (124 on timeout).
+    Exec {
+        /// Keep stdin open (interactive; not supported yet).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a terminal (not supported yet).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Kill the command after this long, e.g. 30s, 5m (at most 1h).
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+        /// A container id (or unique prefix) or a service name.
+        target: String,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Replace a service's replicas with new ones of the same spec, through
+    /// the service's health-gated rollout (start-first or stop-first).
+    Restart {
+        service: String,
+        /// Follow the rollout until it completes or fails (non-zero exit on failure).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
     /// Re-apply an earlier revision's exact manifest and digests.
     Rollback { revision: Option<u64> },
     /// Pull an image into the agent's store.
@@ -366,6 +398,77 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 })
                 .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            interactive,
+            tty,
+            timeout,
+            target,
+            cmd,
+        } => {
+            if *interactive || *tty {
+                bail!("interactive exec is not supported yet: run the command without -i/-t");
+            }
+            let limit = berth_core::units::parse_duration(timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            let body = serde_json::json!({
+                "cmd": cmd,
+                "timeout_ms": u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            });
+            let reply = client(&cli)?
+                .request(
+                    Method::POST,
+                    &format!("/v1/containers/{}/exec", query_escape(target)),
+                    Some("application/json"),
+                    Bytes::from(body.to_string()),
+                )
+                .await?;
+            if !reply.status.is_success() {
+                eprintln!("{}", error_text(&reply.body));
+                // Docker's code for "the command could not be run".
+                return Ok(ExitCode::from(125));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&reply.body).context("decoding the exec reply")?;
+            if cli.output == Output::Json {
+                outln!("{v}");
+            } else {
+                out::write_bytes(v["output"].as_str().unwrap_or_default().as_bytes());
+                if v["timed_out"].as_bool() == Some(true) {
+                    eprintln!("berthctl: exec: the command timed out after {timeout}");
+                }
+            }
+            let code = v["exit_code"].as_i64().unwrap_or(125);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(125)))
+        }
+        Command::Restart {
+            service,
+            wait,
+            timeout,
+        } => {
+            let reply = client(&cli)?
+                .request(
+                    Method::POST,
+                    &format!("/v1/services/{}/restart", query_escape(service)),
+                    None,
+                    Bytes::new(),
+                )
+                .await?;
+            if !reply.status.is_success() {
+                eprintln!("{}", error_text(&reply.body));
+                return Ok(ExitCode::FAILURE);
+            }
+            if cli.output == Output::Json && !*wait {
+                outln!("{}", String::from_utf8_lossy(&reply.body));
+            } else if cli.output != Output::Json {
+                outln!("restarting {service}");
+            }
+            if !*wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let limit = berth_core::units::parse_duration(timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            crate::wait::wait_for_rollout(&client(&cli)?, limit, cli.output == Output::Json).await
         }
         Command::Rollback { revision } => {
             let body = serde_json::json!({ "revision": revision });

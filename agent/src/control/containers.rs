@@ -514,3 +514,100 @@ pub fn port_text(p: &berth_core::manifest::Port) -> String {
         None => format!("{}/{}", p.container, p.protocol),
     }
 }
+
+/// Longest `exec` a client may ask for.
+pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What `berthctl exec` ran and how it ended.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExecReply {
+    /// The container the command ran in.
+    pub container: String,
+    /// Exit status; 128 + signal when signalled; 124 on timeout; 126/127
+    /// when the command could not be executed / found (as a shell).
+    pub exit_code: i32,
+    /// Combined stdout and stderr, the first 4 KiB (`runtime::exec::OUTPUT_CAP`).
+    pub output: String,
+    pub timed_out: bool,
+}
+
+impl Agent {
+    /// The running container `target` names: a container id (or unique
+    /// prefix), or a service, of which one running replica is picked (a
+    /// ready one first, then the newest).
+    pub async fn exec_target(&self, target: &str) -> Result<ContainerInfo, AgentError> {
+        let all = self.list_containers().await?;
+        if let Some(c) = all.iter().find(|c| c.id == target) {
+            return Ok(c.clone());
+        }
+        let mut replicas: Vec<&ContainerInfo> = all
+            .iter()
+            .filter(|c| c.labels.get(LABEL_SERVICE).is_some_and(|s| s == target))
+            .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+            .collect();
+        if !replicas.is_empty() {
+            let live = self.live();
+            let ready: Vec<String> = live
+                .services
+                .get(target)
+                .map(|s| s.ready_ids.clone())
+                .unwrap_or_default();
+            let retiring = live.retiring.clone();
+            drop(live);
+            replicas.sort_by_key(|c| {
+                (
+                    !ready.contains(&c.id),
+                    retiring.contains_key(&c.id),
+                    std::cmp::Reverse(c.created_at),
+                )
+            });
+            return Ok(replicas[0].clone());
+        }
+        if self.service_known(target, &all) {
+            return Err(AgentError::Conflict(format!(
+                "service `{target}` has no running replica"
+            )));
+        }
+        self.find_container(target).await
+    }
+
+    /// Runs `cmd` in `target`'s container (see [`Agent::exec_target`]) as its
+    /// health checks do: its namespaces, cgroup, user, capabilities and
+    /// seccomp filter (`Runtime::exec`), killed after `timeout`.
+    pub async fn exec(
+        &self,
+        target: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecReply, AgentError> {
+        if cmd.is_empty() || cmd[0].is_empty() {
+            return Err(AgentError::BadRequest("exec: the command is empty".into()));
+        }
+        if timeout.is_zero() || timeout > MAX_EXEC_TIMEOUT {
+            return Err(AgentError::BadRequest(format!(
+                "exec: timeout must be between 1 ms and {} s",
+                MAX_EXEC_TIMEOUT.as_secs()
+            )));
+        }
+        let c = self.exec_target(target).await?;
+        let (rt, id) = (self.runtime.clone(), c.id.clone());
+        let out = tokio::task::spawn_blocking(move || rt.exec(&id, &cmd, timeout))
+            .await
+            .map_err(|e| AgentError::Internal(format!("exec: {e}")))?
+            .map_err(|e| match e {
+                crate::runtime::RuntimeError::NotRunning { .. } => {
+                    AgentError::Conflict(e.to_string())
+                }
+                crate::runtime::RuntimeError::Exec { ref step, .. } if step == "arguments" => {
+                    AgentError::BadRequest(e.to_string())
+                }
+                other => AgentError::Runtime(other.to_string()),
+            })?;
+        Ok(ExecReply {
+            container: c.id,
+            exit_code: out.code,
+            output: out.output,
+            timed_out: out.timed_out,
+        })
+    }
+}
