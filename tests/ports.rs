@@ -406,6 +406,7 @@ fn apply_wait(agent: &Agent, text: &str) -> CtlOutput {
     std::fs::write(&path, text).unwrap();
     agent.ctl(&[
         "apply",
+        "--prune",
         "-f",
         path.to_str().unwrap(),
         "--wait",

@@ -596,6 +596,7 @@ fn apply_wait(agent: &Agent, name: &str, text: &str) -> (CtlOutput, std::time::D
     let started = std::time::Instant::now();
     let out = agent.ctl(&[
         "apply",
+        "--prune",
         "--wait",
         "--timeout",
         "60s",

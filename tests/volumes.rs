@@ -51,6 +51,7 @@ fn apply_wait(agent: &Agent, file: &str, text: &str) -> CtlOutput {
     std::fs::write(&path, text).unwrap();
     agent.ctl(&[
         "apply",
+        "--prune",
         "-f",
         path.to_str().unwrap(),
         "--wait",
@@ -219,6 +220,7 @@ fn a_non_root_image_writes_its_seeded_volume_and_keeps_its_data() {
     agent
         .ctl(&[
             "apply",
+            "--prune",
             "-f",
             path.to_str().unwrap(),
             "--wait",

@@ -78,6 +78,10 @@ pub enum AgentError {
     Runtime(String),
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
+    /// The manifest drops services the current revision runs and the caller
+    /// did not ask to prune them.
+    #[error("this manifest would remove {}: apply again with --prune (API: ?prune=true) to remove them", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
+    WouldRemove(Vec<String>),
 }
 
 /// Which restart generations a new revision gets (see [`Agent::restart`]).
@@ -549,11 +553,26 @@ impl Agent {
     /// Validates a manifest, resolves its tags to digests, plans it against
     /// what runs, and (unless `dry_run`) records it as a new revision,
     /// durably, before answering. The reconciler acts on it right after.
+    /// Whole-host semantics: services the manifest leaves out are removed
+    /// (manifest sources use this); API callers use [`Agent::apply_checked`].
     pub async fn apply(
         &self,
         files: SourceFiles,
         source: ApplySource,
         dry_run: bool,
+    ) -> Result<ApplyResponse, AgentError> {
+        self.apply_checked(files, source, dry_run, true).await
+    }
+
+    /// [`Agent::apply`], but unless `prune` a manifest that drops services
+    /// the current revision runs is refused with [`AgentError::WouldRemove`]
+    /// naming them (a dry run still shows the removal).
+    pub async fn apply_checked(
+        &self,
+        files: SourceFiles,
+        source: ApplySource,
+        dry_run: bool,
+        prune: bool,
     ) -> Result<ApplyResponse, AgentError> {
         if let (Some(owner), false, ApplySource::Api | ApplySource::Rollback(_)) =
             (&self.managed_source, dry_run, &source)
@@ -627,7 +646,7 @@ impl Agent {
                 digests.clone(),
                 env_files,
                 source,
-                dry_run,
+                RecordFlags { dry_run, prune },
                 Restarts::Carry,
             )
             .await?;
@@ -646,9 +665,10 @@ impl Agent {
         digests: BTreeMap<String, String>,
         env_files: BTreeMap<String, Vec<(String, String)>>,
         source: ApplySource,
-        dry_run: bool,
+        flags: RecordFlags,
         restart: Restarts<'_>,
     ) -> Result<ApplyResponse, AgentError> {
+        let RecordFlags { dry_run, prune } = flags;
         let observed = self.observed().await?;
         let _guard = self.apply_lock.lock().await;
         let latest = self.store.latest_revision()?;
@@ -675,6 +695,19 @@ impl Agent {
             None => Vec::new(),
         };
         let changes = plan::revision_diff(&current_desired, &desired);
+        let removed = would_remove(&current_desired, manifest);
+        if !prune && !dry_run && !removed.is_empty() {
+            self.emit(
+                "apply-refused",
+                None,
+                format!(
+                    "{} refused: would remove {}",
+                    source.describe(),
+                    removed.join(", ")
+                ),
+            );
+            return Err(AgentError::WouldRemove(removed));
+        }
         let identity = {
             let mut h = Sha256::new();
             h.update(manifest_identity(manifest).as_bytes());
@@ -697,7 +730,7 @@ impl Agent {
                 plan: steps,
             });
         }
-        let number = latest.map(|r| r.info.number + 1).unwrap_or(1);
+        let number = latest.as_ref().map(|r| r.info.number + 1).unwrap_or(1);
         let record = RevisionRecord {
             info: RevisionInfo {
                 number,
@@ -723,6 +756,16 @@ impl Agent {
                 .with_label_values(&[source.label()])
                 .inc();
             return Err(e.into());
+        }
+        // A revision still rolling out when a newer one is recorded never
+        // completes: it is `superseded` (not left `rolling-out` forever).
+        if let Some(mut prev) =
+            latest.filter(|l| l.info.state == "applied" || l.info.state == "rolling-out")
+        {
+            prev.info.state = "superseded".into();
+            if let Err(e) = self.store.update_revision(&prev) {
+                tracing::warn!(revision = prev.info.number, error = %e, "marking revision superseded");
+            }
         }
         self.metrics
             .revisions_applied
@@ -791,7 +834,7 @@ impl Agent {
                 rec.info.digests.clone(),
                 rec.env_files.clone(),
                 source.clone(),
-                false,
+                RecordFlags::WHOLE_HOST,
                 match source {
                     ApplySource::AutoRollback { .. } => Restarts::Exact(rec.restarts.clone()),
                     _ => Restarts::Carry,
@@ -815,7 +858,7 @@ impl Agent {
             digests,
             rec.env_files.clone(),
             ApplySource::PullCheck,
-            false,
+            RecordFlags::WHOLE_HOST,
             Restarts::Carry,
         )
         .await
@@ -846,7 +889,7 @@ impl Agent {
                 rec.info.digests.clone(),
                 rec.env_files.clone(),
                 ApplySource::Restart(service.to_string()),
-                false,
+                RecordFlags::WHOLE_HOST,
                 Restarts::Bump(service),
             )
             .await?;
@@ -933,6 +976,35 @@ impl Agent {
         self.events
             .emit(kind, Some(service), Some(container), message);
     }
+}
+
+/// How [`Agent::record`] treats a manifest.
+#[derive(Debug, Clone, Copy)]
+struct RecordFlags {
+    /// Plan only; record nothing.
+    dry_run: bool,
+    /// Services the current revision runs and the manifest leaves out may go.
+    prune: bool,
+}
+
+impl RecordFlags {
+    /// Record, removing what the manifest leaves out (sources, rollbacks).
+    const WHOLE_HOST: RecordFlags = RecordFlags {
+        dry_run: false,
+        prune: true,
+    };
+}
+
+/// The services `current` runs that `manifest` leaves out, sorted.
+pub fn would_remove(current: &[DesiredService], manifest: &Manifest) -> Vec<String> {
+    let mut out: Vec<String> = current
+        .iter()
+        .filter(|d| !manifest.services.contains_key(&d.name))
+        .map(|d| d.name.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The desired services of a manifest with resolved digests and env files.

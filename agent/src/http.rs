@@ -69,6 +69,16 @@ impl From<AgentError> for ApiError {
                     },
                 },
             ),
+            AgentError::WouldRemove(ref services) => ApiError(
+                StatusCode::CONFLICT,
+                ErrorBody {
+                    error: berth_core::api::ErrorDetail {
+                        code: "would_remove".into(),
+                        message: e.to_string(),
+                        details: serde_json::json!({ "services": services }),
+                    },
+                },
+            ),
             AgentError::NotFound { what } => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -298,6 +308,9 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
 struct ApplyQuery {
     #[serde(default)]
     dry_run: bool,
+    /// Remove services the current revision runs that the manifest leaves out.
+    #[serde(default)]
+    prune: bool,
 }
 
 /// `PUT /v1/manifest`: a TOML body, or a JSON map of file name → TOML.
@@ -345,7 +358,10 @@ async fn put_manifest(
         })?;
         BTreeMap::from([("manifest.toml".to_string(), text)])
     };
-    let resp = ctx.agent.apply(files, ApplySource::Api, q.dry_run).await?;
+    let resp = ctx
+        .agent
+        .apply_checked(files, ApplySource::Api, q.dry_run, q.prune)
+        .await?;
     let status = if resp.dry_run || resp.unchanged {
         StatusCode::OK
     } else {

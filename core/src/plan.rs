@@ -12,6 +12,9 @@ use crate::spec::ContainerSpec;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredService {
     pub name: String,
+    /// The image reference as the manifest writes it (with its tag), for
+    /// people; `spec.image` holds the resolved digest.
+    pub reference: String,
     pub replicas: u32,
     pub spec: ContainerSpec,
     /// How it is rolled out, for people ([`crate::manifest::Service::rollout_notes`]).
@@ -28,6 +31,7 @@ impl DesiredService {
     ) -> Self {
         DesiredService {
             name: service.name.clone(),
+            reference: service.image.to_string(),
             replicas: service.replicas,
             spec: ContainerSpec::for_service(service, digest, env_file),
             notes: service.rollout_notes(),
@@ -251,6 +255,102 @@ pub struct ServiceChange {
     /// How the new revision rolls it out (e.g. stop-first for a single-writer volume).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Old → new value per changed field (replicas included); env values
+    /// are never shown, only which keys were added, removed or changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<FieldChange>,
+}
+
+/// One changed value, as `diff` prints it: `field: from -> to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// The spec field (`image`, `replicas`, `memory_bytes`), or `env.KEY`.
+    pub field: String,
+    /// The old value, `-` when absent; for env keys `set`/`unset`.
+    pub from: String,
+    /// The new value, `-` when absent; for env keys `set`/`unset`/`changed`.
+    pub to: String,
+}
+
+/// How `diff` shows one image: the reference as written and its digest.
+fn image_text(reference: &str, spec_image: &str) -> String {
+    match spec_image.split_once('@') {
+        Some((_, digest)) if !reference.contains(digest) => format!("{reference} ({digest})"),
+        _ => reference.to_string(),
+    }
+}
+
+/// A port as Docker writes it: `[IP:]HOST:CONTAINER/PROTO` or `CONTAINER/PROTO`.
+fn port_text(p: &crate::manifest::Port) -> String {
+    let proto = p.protocol.as_str();
+    match p.host {
+        Some(h) if p.host_ip.is_unspecified() => format!("{h}:{}/{proto}", p.container),
+        Some(h) => format!("{}:{h}:{}/{proto}", p.host_ip, p.container),
+        None => format!("{}/{proto}", p.container),
+    }
+}
+
+/// Old → new values between two desired services of the same name: replicas,
+/// image (reference and digest), env keys (never values), ports, and every
+/// other changed spec field as JSON.
+pub fn field_changes(old: &DesiredService, new: &DesiredService) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    let change = |field: &str, from: String, to: String| FieldChange {
+        field: field.into(),
+        from,
+        to,
+    };
+    if old.replicas != new.replicas {
+        out.push(change(
+            "replicas",
+            old.replicas.to_string(),
+            new.replicas.to_string(),
+        ));
+    }
+    let old_json = serde_json::to_value(&old.spec).unwrap_or_default();
+    let new_json = serde_json::to_value(&new.spec).unwrap_or_default();
+    for field in old.spec.changed_fields(&new.spec) {
+        match field {
+            "image" => out.push(change(
+                "image",
+                image_text(&old.reference, &old.spec.image),
+                image_text(&new.reference, &new.spec.image),
+            )),
+            "env" => {
+                let keys: BTreeSet<&String> =
+                    old.spec.env.keys().chain(new.spec.env.keys()).collect();
+                for k in keys {
+                    let (from, to) = match (old.spec.env.get(k), new.spec.env.get(k)) {
+                        (None, Some(_)) => ("unset", "set"),
+                        (Some(_), None) => ("set", "unset"),
+                        (Some(a), Some(b)) if a != b => ("set", "changed"),
+                        _ => continue,
+                    };
+                    out.push(change(&format!("env.{k}"), from.into(), to.into()));
+                }
+            }
+            "ports" => {
+                let list = |s: &ContainerSpec| {
+                    let v: Vec<String> = s.ports.iter().map(port_text).collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                out.push(change("ports", list(&old.spec), list(&new.spec)));
+            }
+            other => {
+                let text = |v: &serde_json::Value| match v.get(other) {
+                    None | Some(serde_json::Value::Null) => "-".to_string(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                };
+                out.push(change(other, text(&old_json), text(&new_json)));
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +382,7 @@ pub fn revision_diff(current: &[DesiredService], next: &[DesiredService]) -> Vec
                 replicas_from: 0,
                 replicas_to: n.replicas,
                 notes: n.notes.clone(),
+                values: vec![],
             },
             (Some(o), None) => ServiceChange {
                 service: name.into(),
@@ -290,6 +391,7 @@ pub fn revision_diff(current: &[DesiredService], next: &[DesiredService]) -> Vec
                 replicas_from: o.replicas,
                 replicas_to: 0,
                 notes: vec![],
+                values: vec![],
             },
             (Some(o), Some(n)) => {
                 let fields: Vec<String> = o
@@ -317,6 +419,7 @@ pub fn revision_diff(current: &[DesiredService], next: &[DesiredService]) -> Vec
                     replicas_from: o.replicas,
                     replicas_to: n.replicas,
                     notes,
+                    values: field_changes(o, n),
                 }
             }
             (None, None) => unreachable!("name comes from one of the maps"),
@@ -357,6 +460,54 @@ mod tests {
     }
 
     const WEB: &str = "[service.web]\nimage = \"busybox:1\"\nreplicas = 2\n";
+
+    #[test]
+    fn field_changes_table() {
+        let values = |old: &str, new: &str| -> Vec<String> {
+            let d = revision_diff(&desired(old), &desired(new));
+            d[0].values
+                .iter()
+                .map(|v| format!("{} {} -> {}", v.field, v.from, v.to))
+                .collect()
+        };
+        let base = "[service.web]\nimage = \"busybox:1\"\nreplicas = 1\nenv = { A = \"s3cret\", B = \"x\" }\n";
+        let cases: Vec<(&str, String, Vec<&str>)> = vec![
+            ("unchanged", base.to_string(), vec![]),
+            (
+                "scaled",
+                base.replace("replicas = 1", "replicas = 3"),
+                vec!["replicas 1 -> 3"],
+            ),
+            (
+                "image tag",
+                base.replace("busybox:1", "busybox:2"),
+                vec!["image docker.io/library/busybox:1 -> docker.io/library/busybox:2"],
+            ),
+            (
+                "env keys, never values",
+                base.replace("A = \"s3cret\", B = \"x\"", "A = \"other\", C = \"y\""),
+                vec!["env.A set -> changed", "env.B set -> unset", "env.C unset -> set"],
+            ),
+            (
+                "limits",
+                base.replace("replicas = 1", "replicas = 1\nresources = { memory = \"64Mi\" }"),
+                vec!["memory_bytes - -> 67108864"],
+            ),
+            (
+                "ports",
+                format!(
+                    "{base}[[service.web.ports]]\ncontainer = 80\nhost = 8080\nhost_ip = \"127.0.0.1\"\n\
+                     [[service.web.ports]]\ncontainer = 53\nprotocol = \"udp\"\n"
+                ),
+                vec!["ports - -> 53/udp, 127.0.0.1:8080:80/tcp"],
+            ),
+        ];
+        for (name, new, want) in cases {
+            let got = values(base, &new);
+            assert_eq!(got, want, "{name}");
+            assert!(got.iter().all(|v| !v.contains("s3cret")), "{name}");
+        }
+    }
 
     fn actions(plans: &[ServicePlan]) -> Vec<(&str, ServiceAction)> {
         plans

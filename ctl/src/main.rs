@@ -62,13 +62,17 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
     },
-    /// Apply a manifest file or directory as a new revision.
+    /// Apply a manifest file or directory (`-`: stdin) as a new revision.
     Apply {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
         /// Show the plan without recording anything.
         #[arg(long)]
         dry_run: bool,
+        /// Remove services the current revision runs that the manifest leaves
+        /// out (without it, apply refuses and names them; on a terminal it asks).
+        #[arg(long)]
+        prune: bool,
         /// Follow the rollout until it completes or fails (non-zero exit on failure).
         #[arg(long)]
         wait: bool,
@@ -76,10 +80,14 @@ enum Command {
         #[arg(long, default_value = "5m")]
         timeout: String,
     },
-    /// Show what `apply` would do, per service and container.
+    /// Show what `apply` would do, per service and container, with old -> new values.
     Diff {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
+        /// Exit 1 when the manifest changes anything, 0 when not, 2 on errors
+        /// (as `git diff --exit-code` and `kubectl diff`).
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Services, replicas ready/desired and the current revision.
     #[command(alias = "ps")]
@@ -264,7 +272,27 @@ pub(crate) fn error_text(body: &[u8]) -> String {
     }
 }
 
+/// Reads a manifest file or directory; `-` reads one file from stdin, named
+/// `stdin.toml` in error locations.
 fn read_manifest(path: &Path) -> Result<manifest::SourceFiles> {
+    if path == Path::new("-") {
+        use std::io::Read;
+        let mut text = String::new();
+        std::io::stdin()
+            .take(manifest::MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .context("reading the manifest from stdin")?;
+        if text.len() as u64 > manifest::MAX_FILE_BYTES {
+            bail!(
+                "stdin: manifest larger than {} bytes",
+                manifest::MAX_FILE_BYTES
+            );
+        }
+        return Ok(manifest::SourceFiles::from([(
+            "stdin.toml".to_string(),
+            text,
+        )]));
+    }
     Ok(manifest::read_sources(path)?)
 }
 
@@ -317,10 +345,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply {
             path,
             dry_run,
+            prune,
             wait,
             timeout,
         } => {
-            let code = apply(&cli, path, *dry_run, false).await?;
+            let code = apply(&cli, path, *dry_run, *prune).await?;
             if code != ExitCode::SUCCESS || *dry_run || !*wait {
                 return Ok(code);
             }
@@ -588,18 +617,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Diff { path } => apply(&cli, path, true, true).await,
+        Command::Diff { path, exit_code } => diff(&cli, path, *exit_code).await,
         Command::Status => {
             let reply = call(&cli, Method::GET, "/v1/status").await?;
+            let containers = client(&cli)?
+                .request(Method::GET, "/v1/containers", None, Bytes::new())
+                .await?;
             if cli.output == Output::Json {
-                outln!("{}", String::from_utf8_lossy(&reply.body));
+                // One document: the agent's status plus every container the
+                // table lists (docs/cli-json.md names the fields).
+                let mut doc: serde_json::Value =
+                    serde_json::from_slice(&reply.body).context("decoding status")?;
+                if !containers.status.is_success() {
+                    bail!("listing containers: {}", error_text(&containers.body));
+                }
+                let list: serde_json::Value =
+                    serde_json::from_slice(&containers.body).context("decoding containers")?;
+                if let Some(obj) = doc.as_object_mut() {
+                    obj.insert("containers".into(), list);
+                }
+                outln!("{doc}");
             } else {
                 let status: StatusResponse =
                     serde_json::from_slice(&reply.body).context("decoding status")?;
                 print_status(&status);
-                let containers = client(&cli)?
-                    .request(Method::GET, "/v1/containers", None, Bytes::new())
-                    .await?;
                 if containers.status.is_success() {
                     let list: Vec<berth_core::api::ContainerView> =
                         serde_json::from_slice(&containers.body).context("decoding containers")?;
@@ -680,22 +721,74 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<ExitCode> {
-    let files = read_manifest(path)?;
-    let body = serde_json::to_vec(&files)?;
-    let query = if dry_run {
-        "/v1/manifest?dry_run=true"
+/// Sends `files` to `PUT /v1/manifest` with the given query flags.
+async fn put_manifest(
+    cli: &Cli,
+    files: &manifest::SourceFiles,
+    dry_run: bool,
+    prune: bool,
+) -> Result<crate::client::Reply> {
+    let body = serde_json::to_vec(files)?;
+    let mut query = Vec::new();
+    if dry_run {
+        query.push("dry_run=true");
+    }
+    if prune {
+        query.push("prune=true");
+    }
+    let path = if query.is_empty() {
+        "/v1/manifest".to_string()
     } else {
-        "/v1/manifest"
+        format!("/v1/manifest?{}", query.join("&"))
     };
-    let reply = client(cli)?
+    client(cli)?
         .request(
             Method::PUT,
-            query,
+            &path,
             Some("application/json"),
             Bytes::from(body),
         )
-        .await?;
+        .await
+}
+
+/// The services a `would_remove` refusal names, if `body` is one.
+fn would_remove(body: &[u8]) -> Option<Vec<String>> {
+    let e: ErrorBody = serde_json::from_slice(body).ok()?;
+    if e.error.code != "would_remove" {
+        return None;
+    }
+    serde_json::from_value(e.error.details.get("services")?.clone()).ok()
+}
+
+/// Asks on the terminal whether to remove `services`; false when stdin or
+/// stderr is not a terminal.
+fn confirm_removal(services: &[String]) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    eprint!(
+        "this manifest removes {}. Remove? [y/N] ",
+        services.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
+
+async fn apply(cli: &Cli, path: &Path, dry_run: bool, prune: bool) -> Result<ExitCode> {
+    let files = read_manifest(path)?;
+    let mut reply = put_manifest(cli, &files, dry_run, prune).await?;
+    if reply.status.as_u16() == 409 && cli.output != Output::Json && path != Path::new("-") {
+        if let Some(services) = would_remove(&reply.body) {
+            if confirm_removal(&services) {
+                reply = put_manifest(cli, &files, dry_run, true).await?;
+            }
+        }
+    }
     if !reply.status.is_success() {
         if cli.output == Output::Json {
             outln!("{}", String::from_utf8_lossy(&reply.body));
@@ -711,11 +804,10 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<Exit
     let resp: ApplyResponse =
         serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
     print_changes(&resp.changes);
+    print_values(&resp.changes);
     outln!();
     print_plan(&resp.plan);
-    if diff {
-        // Nothing more: diff only shows the plan.
-    } else if dry_run {
+    if dry_run {
         outln!("dry run: nothing recorded");
     } else if resp.unchanged {
         outln!(
@@ -726,6 +818,71 @@ async fn apply(cli: &Cli, path: &Path, dry_run: bool, diff: bool) -> Result<Exit
         outln!("applied as revision {}", resp.revision.unwrap_or(0));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `berthctl diff`: the agent's dry-run plan, shown as changes (with old ->
+/// new values) and steps. With `exit_code`: 1 when anything changes, 0 when
+/// not, 2 on errors.
+async fn diff(cli: &Cli, path: &Path, exit_code: bool) -> Result<ExitCode> {
+    let failed = if exit_code {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    };
+    let files = match read_manifest(path) {
+        Ok(f) => f,
+        Err(e) if exit_code => {
+            eprintln!("error: {e:#}");
+            return Ok(failed);
+        }
+        Err(e) => return Err(e),
+    };
+    let reply = match put_manifest(cli, &files, true, true).await {
+        Ok(r) => r,
+        Err(e) if exit_code => {
+            eprintln!("error: {e:#}");
+            return Ok(failed);
+        }
+        Err(e) => return Err(e),
+    };
+    if !reply.status.is_success() {
+        if cli.output == Output::Json {
+            outln!("{}", String::from_utf8_lossy(&reply.body));
+        } else {
+            eprintln!("{}", error_text(&reply.body));
+        }
+        return Ok(failed);
+    }
+    let resp: ApplyResponse =
+        serde_json::from_slice(&reply.body).context("decoding the agent's plan")?;
+    if cli.output == Output::Json {
+        outln!("{}", String::from_utf8_lossy(&reply.body));
+    } else {
+        print_changes(&resp.changes);
+        print_values(&resp.changes);
+        outln!();
+        print_plan(&resp.plan);
+    }
+    let changed = resp
+        .changes
+        .iter()
+        .any(|c| c.change != ChangeKind::Unchanged);
+    Ok(if exit_code && changed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Per changed service, each changed value as `field old -> new`.
+fn print_values(changes: &[ServiceChange]) {
+    for c in changes.iter().filter(|c| !c.values.is_empty()) {
+        outln!();
+        outln!("{}:", c.service);
+        for v in &c.values {
+            outln!("  {} {} -> {}", v.field, v.from, v.to);
+        }
+    }
 }
 
 fn action_text(a: ServiceAction) -> &'static str {

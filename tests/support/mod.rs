@@ -548,7 +548,7 @@ impl Agent {
     pub fn apply_text(&self, name: &str, text: &str) -> CtlOutput {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        self.ctl(&["apply", "-f", path.to_str().unwrap()])
+        self.ctl(&["apply", "--prune", "-f", path.to_str().unwrap()])
     }
 
     /// Containers outlive the agent by design, so tests remove them (and the

@@ -208,9 +208,11 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             reconcile_service(agent, &rec, &manifest, svc, &want.spec, &list, now).await?;
         all_converged &= converged;
     }
-    // Containers of services no revision wants.
+    // Containers of services no revision wants. While any is still there
+    // (draining included), the revision has not rolled out.
     for (service, list) in by_service {
         for c in list {
+            all_converged = false;
             if agent.live().retiring.contains_key(&c.id) {
                 continue;
             }
