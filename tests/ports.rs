@@ -402,17 +402,7 @@ retries = 2
 
 /// `apply --wait` of `text`.
 fn apply_wait(agent: &Agent, text: &str) -> CtlOutput {
-    let path = agent.dir.path().join("m.toml");
-    std::fs::write(&path, text).unwrap();
-    agent.ctl(&[
-        "apply",
-        "--prune",
-        "-f",
-        path.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "60s",
-    ])
+    agent.apply_wait("m.toml", text, "60s")
 }
 
 fn one_port(image: &str, host: u16) -> String {

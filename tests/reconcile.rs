@@ -591,18 +591,8 @@ fn event_times(agent: &Agent, kind: &str, service: &str) -> Vec<f64> {
 
 /// `berthctl apply --wait --timeout 60s` of `text`; the output and how long it took.
 fn apply_wait(agent: &Agent, name: &str, text: &str) -> (CtlOutput, std::time::Duration) {
-    let path = agent.dir.path().join(name);
-    std::fs::write(&path, text).unwrap();
     let started = std::time::Instant::now();
-    let out = agent.ctl(&[
-        "apply",
-        "--prune",
-        "--wait",
-        "--timeout",
-        "60s",
-        "-f",
-        path.to_str().unwrap(),
-    ]);
+    let out = agent.apply_wait(name, text, "60s");
     (out, started.elapsed())
 }
 

@@ -47,17 +47,7 @@ fn volume_entry(agent: &Agent, name: &str) -> Option<serde_json::Value> {
 }
 
 fn apply_wait(agent: &Agent, file: &str, text: &str) -> CtlOutput {
-    let path = agent.dir.path().join(file);
-    std::fs::write(&path, text).unwrap();
-    agent.ctl(&[
-        "apply",
-        "--prune",
-        "-f",
-        path.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "90s",
-    ])
+    agent.apply_wait(file, text, "90s")
 }
 
 /// A layer with util-linux `flock` and the libraries it links (busybox has no

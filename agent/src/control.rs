@@ -827,21 +827,34 @@ impl Agent {
         source: ApplySource,
     ) -> Result<ApplyResponse, AgentError> {
         let (manifest, _) = Self::desired_of(rec)?;
-        let resp = self
-            .record(
-                rec.files.clone(),
-                &manifest,
-                rec.info.digests.clone(),
-                rec.env_files.clone(),
-                source.clone(),
-                RecordFlags::WHOLE_HOST,
-                match source {
-                    ApplySource::AutoRollback { .. } => Restarts::Exact(rec.restarts.clone()),
-                    _ => Restarts::Carry,
-                },
-            )
-            .await?;
-        Ok(resp)
+        let restarts = match source {
+            ApplySource::AutoRollback { .. } => Restarts::Exact(rec.restarts.clone()),
+            _ => Restarts::Carry,
+        };
+        self.rerecord(rec, &manifest, rec.info.digests.clone(), source, restarts)
+            .await
+    }
+
+    /// Records a stored revision's files and env files again, with `digests`,
+    /// as a new whole-host revision (`manifest` is `rec`'s, already parsed).
+    async fn rerecord(
+        &self,
+        rec: &RevisionRecord,
+        manifest: &Manifest,
+        digests: BTreeMap<String, String>,
+        source: ApplySource,
+        restarts: Restarts<'_>,
+    ) -> Result<ApplyResponse, AgentError> {
+        self.record(
+            rec.files.clone(),
+            manifest,
+            digests,
+            rec.env_files.clone(),
+            source,
+            RecordFlags::WHOLE_HOST,
+            restarts,
+        )
+        .await
     }
 
     /// Records the current revision again with new digests (a `pull.check`
@@ -852,13 +865,11 @@ impl Agent {
         digests: BTreeMap<String, String>,
     ) -> Result<ApplyResponse, AgentError> {
         let (manifest, _) = Self::desired_of(rec)?;
-        self.record(
-            rec.files.clone(),
+        self.rerecord(
+            rec,
             &manifest,
             digests,
-            rec.env_files.clone(),
             ApplySource::PullCheck,
-            RecordFlags::WHOLE_HOST,
             Restarts::Carry,
         )
         .await
@@ -882,18 +893,14 @@ impl Agent {
                 what: format!("service `{service}` in revision {}", rec.info.number),
             });
         }
-        let resp = self
-            .record(
-                rec.files.clone(),
-                &manifest,
-                rec.info.digests.clone(),
-                rec.env_files.clone(),
-                ApplySource::Restart(service.to_string()),
-                RecordFlags::WHOLE_HOST,
-                Restarts::Bump(service),
-            )
-            .await?;
-        Ok(resp)
+        self.rerecord(
+            &rec,
+            &manifest,
+            rec.info.digests.clone(),
+            ApplySource::Restart(service.to_string()),
+            Restarts::Bump(service),
+        )
+        .await
     }
 
     /// Every revision, oldest first.

@@ -352,7 +352,9 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or SIGINT (berthd and berth-dns both stop on them);
+/// never, when the handlers cannot be installed.
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

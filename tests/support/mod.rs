@@ -546,9 +546,22 @@ impl Agent {
 
     /// Writes a manifest into the agent's temp dir and applies it.
     pub fn apply_text(&self, name: &str, text: &str) -> CtlOutput {
+        self.apply_file(name, text, &[])
+    }
+
+    /// [`Agent::apply_text`] with `--wait --timeout TIMEOUT`: returns once the
+    /// rollout completed or failed.
+    pub fn apply_wait(&self, name: &str, text: &str, timeout: &str) -> CtlOutput {
+        self.apply_file(name, text, &["--wait", "--timeout", timeout])
+    }
+
+    /// Writes `text` as `name` in the temp dir; `apply --prune -f` it with `extra`.
+    fn apply_file(&self, name: &str, text: &str, extra: &[&str]) -> CtlOutput {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        self.ctl(&["apply", "--prune", "-f", path.to_str().unwrap()])
+        let mut args = vec!["apply", "--prune", "-f", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.ctl(&args)
     }
 
     /// Containers outlive the agent by design, so tests remove them (and the

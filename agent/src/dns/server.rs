@@ -157,7 +157,7 @@ pub async fn serve(args: Args) -> Result<(), DnsError> {
     tracing::info!(listen = %args.listen, pid = me, version = env!("CARGO_PKG_VERSION"), "berth-dns serving");
 
     let reloader = tokio::spawn(reload_loop(shared, args.clone()));
-    wait_for_stop().await;
+    crate::daemon::wait_for_signal().await;
     tracing::info!("stopping");
     reloader.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
@@ -203,21 +203,6 @@ fn announce_ready(pid: i32) {
     ) {
         let _ = nix::unistd::dup2_stdin(null.as_fd());
         let _ = nix::unistd::dup2_stdout(null.as_fd());
-    }
-}
-
-async fn wait_for_stop() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
 

@@ -187,6 +187,19 @@ pub fn rootfs_plan<'a>(dir: &Path, cfg: &'a DiskConfig) -> RootfsPlan<'a> {
     }
 }
 
+/// `ProcessError::Setup` for a failed `step` of container `id`, as a
+/// `map_err` argument.
+fn setup_error<'a>(
+    id: &'a str,
+    step: &'static str,
+) -> impl FnOnce(nix::Error) -> ProcessError + 'a {
+    move |source| ProcessError::Setup {
+        id: id.into(),
+        step,
+        source,
+    }
+}
+
 /// Everything before the user changes: wait for the cgroup, namespaces,
 /// sysctls, rootfs, stdio.
 fn prepare(
@@ -198,13 +211,7 @@ fn prepare(
 ) -> Result<(), ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
-    let setup = |step: &'static str| {
-        move |source| ProcessError::Setup {
-            id: id.into(),
-            step,
-            source,
-        }
-    };
+    let setup = |step| setup_error(id, step);
     // Nothing may ptrace us or open our /proc entries while we still run agent code.
     nix::sys::prctl::set_dumpable(false).map_err(setup("set non-dumpable"))?;
 
@@ -239,13 +246,7 @@ fn prepare(
 fn exec_workload(cfg: &DiskConfig, filter: &Filter) -> Result<Infallible, ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
-    let setup = |step: &'static str| {
-        move |source| ProcessError::Setup {
-            id: id.into(),
-            step,
-            source,
-        }
-    };
+    let setup = |step| setup_error(id, step);
     set_identity_and_caps(cfg)?;
     let exe = find_executable(cfg)?;
     nix::sys::prctl::set_no_new_privs().map_err(setup("no_new_privs"))?;
@@ -315,13 +316,7 @@ pub(crate) fn set_identity_keeping(
             source,
         }
     };
-    let setup = |step: &'static str| {
-        move |source| ProcessError::Setup {
-            id: id.into(),
-            step,
-            source,
-        }
-    };
+    let setup = |step| setup_error(id, step);
     let keep: CapsHashSet = root_caps.iter().copied().collect();
 
     // Bounding set first: dropping needs CAP_SETPCAP, which a non-root uid loses.
