@@ -320,11 +320,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             serde_json::json!({ "valid": true, "services": m.services.keys().collect::<Vec<_>>() })
                         );
                     } else {
+                        let plural = |n: usize, one: &str, many: &str| {
+                            format!("{n} {}", if n == 1 { one } else { many })
+                        };
                         outln!(
-                            "{}: valid ({} services in {} files)",
+                            "{}: valid ({} in {})",
                             path.display(),
-                            m.services.len(),
-                            files.len()
+                            plural(m.services.len(), "service", "services"),
+                            plural(files.len(), "file", "files")
                         );
                     }
                     Ok(ExitCode::SUCCESS)

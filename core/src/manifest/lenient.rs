@@ -158,7 +158,7 @@ pub(super) fn read(text: &str) -> Read {
                         .map(|c| format!("{key}.{c}"))
                         .unwrap_or_else(|| key.clone());
                     out.problems
-                        .push((at, field, e.message().trim().to_string()));
+                        .push((at, field, plain_types(e.message().trim())));
                     match culprit {
                         Some(c) if set_aside.len() < 64 => {
                             retain(&mut table, |k, _| k != c.as_str());
@@ -194,6 +194,20 @@ fn retain(table: &mut DeTable<'_>, mut keep: impl FnMut(&str, Range<usize>) -> b
             table.insert(k, v);
         }
     }
+}
+
+/// serde's Rust type names in a type error, as a manifest author says them
+/// (`expected i64` → `expected an integer`).
+fn plain_types(message: &str) -> String {
+    [
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (rust, plain)| {
+        m.replace(rust, plain)
+    })
 }
 
 fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {

@@ -755,6 +755,11 @@ ports = [{ container = 5432, host = 8080 }]
             .clone()
     };
     assert!(text_of(3).contains("invalid type"), "{}", text_of(3));
+    assert!(
+        text_of(3).ends_with("expected an integer"),
+        "{}",
+        text_of(3)
+    );
     assert_eq!(text_of(9), "unknown key `imgae`; did you mean `image`?");
     assert_eq!(
         text_of(12),
