@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use berth_core::api::ImageView;
 use berth_core::image_ref::{Digest, ImageRef};
 
-use super::{Agent, AgentError, LABEL_IMAGE, RETAINED_REVISIONS};
+use super::{Agent, AgentError, RETAINED_REVISIONS};
 use crate::image::store::{GcReport, ImageRecord, PullEvent};
+use crate::labels::LABEL_IMAGE;
 
 /// GC runs by itself when the state filesystem is fuller than this.
 pub const AUTO_GC_USED_FRACTION: f64 = 0.90;
@@ -111,7 +112,7 @@ impl Agent {
             .list_containers()
             .await?
             .iter()
-            .filter_map(|c| c.labels.get(super::LABEL_SERVICE).cloned())
+            .filter_map(|c| c.labels.get(crate::labels::LABEL_SERVICE).cloned())
             .collect();
         let revisions = self.store().revisions()?;
         for rec in revisions.iter().rev().take(RETAINED_REVISIONS) {

@@ -15,12 +15,13 @@ use berth_core::spec::ContainerSpec;
 
 use super::backoff::BackoffPolicy;
 use super::decide::{decide, Action, Dependency, Intent, Phase, Replica, RetireReason};
-use crate::control::{
-    pinned_image, Agent, AgentError, ApplySource, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION,
-    LABEL_SERVICE, LABEL_SPEC, LABEL_VOLUMES,
-};
+use crate::control::{pinned_image, Agent, AgentError, ApplySource};
 use crate::health;
 use crate::image::store::ImageRecord;
+use crate::labels::{
+    stored_spec, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC,
+    LABEL_VOLUMES,
+};
 use crate::network::HostPort;
 use crate::runtime::{ContainerConfig, ContainerInfo, ContainerState, Mount, User};
 use crate::state::RevisionRecord;
@@ -130,13 +131,6 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
         }),
         ContainerState::NotFound => None,
     }
-}
-
-fn stored_spec(c: &ContainerInfo) -> Option<ContainerSpec> {
-    c.labels
-        .get(LABEL_SPEC)
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-        .and_then(|v| ContainerSpec::from_stored(&v).ok())
 }
 
 /// One pass over every service of the current revision.
@@ -339,7 +333,7 @@ fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: Syste
     let mut live = agent.live();
     for c in &members {
         if !live.ports.contains_key(&c.id) {
-            let ports = stored_spec(c).map(|s| s.ports).unwrap_or_default();
+            let ports = stored_spec(&c.labels).map(|s| s.ports).unwrap_or_default();
             live.ports.insert(c.id.clone(), ports);
         }
     }
@@ -396,7 +390,7 @@ async fn reconcile_service(
         .iter()
         .filter_map(|c| {
             let phase = phase_of(agent, c, svc, now)?;
-            let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
+            let current = stored_spec(&c.labels).is_some_and(|s| s.changed_fields(spec).is_empty());
             let probe = agent
                 .live()
                 .health
