@@ -4,6 +4,7 @@
 //! volumes), bind the listeners (root-only unix socket, token-guarded TCP,
 //! read-only HTTP), serve until SIGTERM/SIGINT, then shut down cleanly.
 
+use berth_core::vocab::EventKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -384,7 +385,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     if !*signalled.borrow() {
         agent.set_ready();
         agent.emit(
-            "agent-started",
+            EventKind::AgentStarted,
             None,
             format!("berthd {} ready", env!("CARGO_PKG_VERSION")),
         );
@@ -451,11 +452,11 @@ async fn ensure_dns(agent: &Arc<Agent>, last_error: &mut Option<String>) {
             match outcome {
                 Outcome::Running { .. } => {}
                 Outcome::Started { pid } => {
-                    m.dns_server_starts.with_label_values(&["missing"]).inc();
+                    m.dns_server_started("missing");
                     tracing::info!(pid, listen = %agent.dns.config().listen, "berth-dns started");
                 }
                 Outcome::Replaced { old, new } => {
-                    m.dns_server_starts.with_label_values(&["replaced"]).inc();
+                    m.dns_server_started("replaced");
                     tracing::info!(old, new, "berth-dns replaced (binary or arguments changed)");
                 }
             }

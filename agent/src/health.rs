@@ -5,6 +5,7 @@
 //! change wakes the reconciler. Which check applies is [`effective`]: the
 //! manifest's `[health]`, else the image's `Healthcheck` ([`from_image`]).
 
+use berth_core::vocab::EventKind;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,11 +297,7 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
             };
             if let Err(e) = &result {
                 if !in_start_period {
-                    agent
-                        .metrics
-                        .health_check_failures
-                        .with_label_values(&[&service])
-                        .inc();
+                    agent.metrics.health_check_failed(&service);
                 }
                 tracing::debug!(container = %id, error = %e, "health check failed");
             }
@@ -312,7 +309,7 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
                     .map(|h| h.status)
                     .unwrap_or(HealthStatus::Starting);
                 agent.emit_container(
-                    "health",
+                    EventKind::Health,
                     &service,
                     &id,
                     format!("{id} is {}", status.as_str()),

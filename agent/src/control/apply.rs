@@ -4,6 +4,7 @@
 //! and the agent's own re-records (pull-check, automatic rollback) go through
 //! the same `record`.
 
+use berth_core::vocab::{EventKind, RevisionState};
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_core::api::{ApplyResponse, RevisionInfo};
@@ -89,9 +90,7 @@ impl Agent {
                 }
                 Err(e) => {
                     self.metrics
-                        .registry_errors
-                        .with_label_values(&[svc.image.registry.as_str(), e.kind()])
-                        .inc();
+                        .registry_error(svc.image.registry.as_str(), e.kind());
                     if strict {
                         return Err(AgentError::ImageResolve {
                             service: svc.name.clone(),
@@ -179,7 +178,7 @@ impl Agent {
             (&self.managed_source, dry_run, &source)
         {
             self.emit(
-                "apply-refused",
+                EventKind::ApplyRefused,
                 None,
                 format!("{} refused: managed by {owner}", source.describe()),
             );
@@ -187,13 +186,10 @@ impl Agent {
         }
         let refuse = |problems: Vec<Problem>| {
             if !dry_run {
-                self.metrics
-                    .manifest_apply_errors
-                    .with_label_values(&[source.label()])
-                    .inc();
+                self.metrics.apply_refused(source.label());
                 let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
                 self.emit(
-                    "apply-refused",
+                    EventKind::ApplyRefused,
                     None,
                     format!("{} refused: {first}", source.describe()),
                 );
@@ -221,12 +217,9 @@ impl Agent {
             Ok(d) => d,
             Err(e) => {
                 if !dry_run {
-                    self.metrics
-                        .manifest_apply_errors
-                        .with_label_values(&[source.label()])
-                        .inc();
+                    self.metrics.apply_refused(source.label());
                     self.emit(
-                        "apply-refused",
+                        EventKind::ApplyRefused,
                         None,
                         format!("{} refused: {e}", source.describe()),
                     );
@@ -299,7 +292,7 @@ impl Agent {
         let removed = would_remove(&current_desired, manifest);
         if !prune && !dry_run && !removed.is_empty() {
             self.emit(
-                "apply-refused",
+                EventKind::ApplyRefused,
                 None,
                 format!(
                     "{} refused: would remove {}",
@@ -319,9 +312,9 @@ impl Agent {
             }
             hex::encode(h.finalize())
         };
-        let unchanged = latest
-            .as_ref()
-            .is_some_and(|l| l.info.manifest_sha256 == identity && l.info.state != "failed");
+        let unchanged = latest.as_ref().is_some_and(|l| {
+            l.info.manifest_sha256 == identity && l.info.state != RevisionState::Failed
+        });
         if dry_run || unchanged {
             return Ok(ApplyResponse {
                 revision: latest.map(|l| l.info.number),
@@ -340,7 +333,7 @@ impl Agent {
                 manifest_sha256: identity,
                 services: manifest.services.keys().cloned().collect(),
                 digests,
-                state: "applied".into(),
+                state: RevisionState::Applied,
             },
             files,
             env_files,
@@ -352,29 +345,22 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Internal(format!("storing revision: {e}")))?;
         if let Err(e) = stored {
-            self.metrics
-                .manifest_apply_errors
-                .with_label_values(&[source.label()])
-                .inc();
+            self.metrics.apply_refused(source.label());
             return Err(e.into());
         }
         // A revision still rolling out when a newer one is recorded never
         // completes: it is `superseded` (not left `rolling-out` forever).
-        if let Some(mut prev) =
-            latest.filter(|l| l.info.state == "applied" || l.info.state == "rolling-out")
-        {
-            prev.info.state = "superseded".into();
+        if let Some(mut prev) = latest.filter(|l| {
+            l.info.state == RevisionState::Applied || l.info.state == RevisionState::RollingOut
+        }) {
+            prev.info.state = RevisionState::Superseded;
             if let Err(e) = self.store.update_revision(&prev) {
                 tracing::warn!(revision = prev.info.number, error = %e, "marking revision superseded");
             }
         }
-        self.metrics
-            .revisions_applied
-            .with_label_values(&[source.label()])
-            .inc();
-        self.metrics.current_revision.set(number as i64);
+        self.metrics.revision_recorded(source.label(), number);
         self.emit(
-            "revision-applied",
+            EventKind::RevisionApplied,
             None,
             format!("revision {number} from {}", source.describe()),
         );
@@ -407,7 +393,7 @@ impl Agent {
             None => revisions
                 .iter()
                 .rev()
-                .find(|r| r.info.number < current && r.info.state == "complete")
+                .find(|r| r.info.number < current && r.info.state == RevisionState::Complete)
                 .or_else(|| revisions.iter().rev().find(|r| r.info.number < current))
                 .cloned()
                 .ok_or(AgentError::NotFound {

@@ -2,6 +2,7 @@
 //! (images of running containers and of the retained revisions), which also
 //! prunes the log archive.
 
+use berth_core::vocab::EventKind;
 use std::collections::BTreeSet;
 
 use berth_core::api::ImageView;
@@ -25,7 +26,7 @@ impl Agent {
             ImageRef::parse(reference).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let rec = self.images.pull(&image, progress).await.map_err(Box::new)?;
         self.emit(
-            "image-pulled",
+            EventKind::ImagePulled,
             None,
             format!("{} as {}", rec.reference, rec.digest),
         );
@@ -56,7 +57,7 @@ impl Agent {
         .await;
         match result {
             Ok(r) => self.emit(
-                "gc",
+                EventKind::Gc,
                 None,
                 format!(
                     "disk {:.0}% full: removed {} images, {} blobs, {} snapshots",

@@ -11,6 +11,7 @@ mod images;
 mod status;
 mod volumes;
 
+use berth_core::vocab::EventKind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -239,7 +240,7 @@ impl Agent {
         self.metrics.host_draining.set(i64::from(on));
         if was != on {
             self.emit(
-                "drain",
+                EventKind::Drain,
                 None,
                 if on {
                     "host drain on".into()
@@ -278,14 +279,14 @@ impl Agent {
     }
 
     /// Emits an event and counts it.
-    pub fn emit(&self, kind: &str, service: Option<&str>, message: String) {
-        self.metrics.events.with_label_values(&[kind]).inc();
+    pub fn emit(&self, kind: EventKind, service: Option<&str>, message: String) {
+        self.metrics.count_event(kind);
         self.events.emit(kind, service, None, message);
     }
 
     /// Emits an event about one container.
-    pub fn emit_container(&self, kind: &str, service: &str, container: &str, message: String) {
-        self.metrics.events.with_label_values(&[kind]).inc();
+    pub fn emit_container(&self, kind: EventKind, service: &str, container: &str, message: String) {
+        self.metrics.count_event(kind);
         self.events
             .emit(kind, Some(service), Some(container), message);
     }

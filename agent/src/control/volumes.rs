@@ -3,6 +3,7 @@
 //! check that an image `VOLUME` kept as a volume has one writer — core
 //! validates manifest volumes, but only the agent sees image configs.
 
+use berth_core::vocab::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_core::api::VolumeView;
@@ -174,7 +175,11 @@ impl Agent {
         })
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))??;
-        self.emit("volume-removed", None, format!("volume {name} removed"));
+        self.emit(
+            EventKind::VolumeRemoved,
+            None,
+            format!("volume {name} removed"),
+        );
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod dir;
 pub mod git;
 pub mod url;
 
+use berth_core::vocab::EventKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,7 +195,8 @@ impl Tracker {
     pub(crate) fn fetch_failed(&mut self, message: String) {
         if self.fetch_error.as_deref() != Some(message.as_str()) {
             tracing::warn!(source = self.kind, error = %message, "manifest source unreachable");
-            self.agent.emit("source-unreachable", None, message.clone());
+            self.agent
+                .emit(EventKind::SourceUnreachable, None, message.clone());
         }
         self.fetch_error = Some(message);
         self.publish();
@@ -212,14 +214,13 @@ impl Tracker {
     pub(crate) fn refuse(&mut self, what: &str, detail: &str) {
         let message = format!("{what} refused:\n{detail}");
         tracing::warn!(source = self.kind, error = %message, "manifest source refused");
-        self.agent
-            .metrics
-            .manifest_apply_errors
-            .with_label_values(&[self.kind])
-            .inc();
+        self.agent.metrics.apply_refused(self.kind);
         let first = detail.lines().next().unwrap_or_default();
-        self.agent
-            .emit("source-refused", None, format!("{what} refused: {first}"));
+        self.agent.emit(
+            EventKind::SourceRefused,
+            None,
+            format!("{what} refused: {first}"),
+        );
         self.refused = Some(message);
         self.publish();
     }
@@ -243,7 +244,7 @@ impl Tracker {
             Err(e) => {
                 // Validation passed, so this is a storage failure; apply counted it.
                 self.agent.emit(
-                    "source-refused",
+                    EventKind::SourceRefused,
                     None,
                     format!("{what} could not be applied: {e}"),
                 );
