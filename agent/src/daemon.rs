@@ -139,7 +139,10 @@ fn registry_config(config: &AgentConfig) -> Result<RegistryConfig, DaemonError> 
 /// Builds the agent of `config` over an open `store`: every part is made
 /// here and nowhere else. Without nftables the network runs without NAT and
 /// isolation, and published ports without the DNAT fast path (both logged).
-pub fn build_agent(config: AgentConfig, store: Store) -> Result<Arc<Agent>, DaemonError> {
+pub fn build_agent(
+    config: AgentConfig,
+    store: Store,
+) -> Result<(Arc<Agent>, Arc<Network>), DaemonError> {
     let metrics = Metrics::new();
     let registry = RegistryClient::new(registry_config(&config)?)?;
     let images = ImageStore::open(
@@ -202,7 +205,13 @@ pub fn build_agent(config: AgentConfig, store: Store) -> Result<Arc<Agent>, Daem
         crate::logs::ARCHIVE_MAX_BYTES,
     );
     let events = EventBus::persistent(store.tree(crate::events::TREE)?);
-    Ok(Agent::new(AgentParts {
+    let network = Arc::new(network);
+    let containers = Arc::new(crate::containers::RuntimeContainers::new(
+        runtime.clone(),
+        network.clone(),
+        log_archive.clone(),
+    ));
+    let agent = Agent::new(AgentParts {
         config,
         store,
         events,
@@ -210,11 +219,12 @@ pub fn build_agent(config: AgentConfig, store: Store) -> Result<Arc<Agent>, Daem
         images,
         runtime,
         log_archive,
-        network: Arc::new(network),
+        containers,
         proxy,
         dns: Arc::new(dns),
         volumes: Arc::new(volumes),
-    })?)
+    })?;
+    Ok((agent, network))
 }
 
 /// Longest start-up waits for the manifest source's first sync.
@@ -236,7 +246,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         tracing::error!(moved_to = %aside.display(), rebuilt_revisions = report.rebuilt_revisions,
             "started with a fresh state database; revisions were rebuilt from revisions/*.rev");
     }
-    let agent = build_agent(config.clone(), store)?;
+    let (agent, network) = build_agent(config.clone(), store)?;
     agent
         .metrics
         .register_collector(Box::new(crate::stats::ContainerStats::new(
@@ -327,7 +337,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     match agent.list_containers().await {
         Ok(list) => {
             let ids: Vec<String> = list.iter().map(|c| c.id.clone()).collect();
-            match agent.network.reconcile(ids.iter().map(String::as_str)) {
+            match network.reconcile(ids.iter().map(String::as_str)) {
                 Ok(r) if !r.namespaces_removed.is_empty() || !r.veths_deleted.is_empty() => {
                     tracing::info!(namespaces = ?r.namespaces_removed, veths = ?r.veths_deleted, "removed network leftovers")
                 }
@@ -339,7 +349,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             let adopted = agent.proxy.adopted();
             let mut live = agent.live();
             for id in ids {
-                if let Some(att) = agent.network.get(&id) {
+                if let Some(att) = network.get(&id) {
                     if adopted.contains(&att.ip) {
                         live.adopted_ready.insert(id.clone());
                     }

@@ -211,10 +211,10 @@ pub async fn check_once(
                 .map_err(|_| CheckError::Thread)?
         }
         HealthCheck::Exec { command } => {
-            let (rt, id, command) = (agent.runtime.clone(), id.to_string(), command.clone());
-            let out = tokio::task::spawn_blocking(move || rt.exec(&id, &command, timeout))
+            let out = agent
+                .containers
+                .exec(id, command, timeout)
                 .await
-                .map_err(|_| CheckError::Thread)?
                 .map_err(|e| CheckError::Exec(e.to_string()))?;
             if out.timed_out {
                 Err(CheckError::Exec(format!("timed out after {timeout:?}")))

@@ -3,6 +3,7 @@
 //! data flows from a manifest to a running container.
 
 pub mod config;
+pub mod containers;
 pub mod content;
 pub mod control;
 pub mod daemon;

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What the reconciler knows that is not on disk: readiness, health,
 /// restart backoff, replicas being retired and images being pulled.
@@ -35,27 +34,11 @@ pub struct ServiceLive {
     /// Ids of ready replicas (the proxy and readiness endpoint use them).
     pub ready_ids: Vec<String>,
     pub restarts: u64,
-    /// Consecutive failures and the restart backoff they set.
-    pub restart: crate::reconcile::backoff::RestartTracker,
-    /// The canonical desired spec of the last pass (a new one resets `restart`).
-    pub spec: Option<String>,
-    /// The canonical spec of which a replica was last seen ready: while it
-    /// differs from `spec`, the service is on its first deploy.
-    pub ready_spec: Option<String>,
     /// What the service waits for before starting replicas (`depends_on`).
     pub waiting: Option<String>,
     pub last_error: Option<String>,
-    pub rollout_started: Option<Instant>,
+    /// Every replica current and ready as of the last pass.
     pub converged: bool,
-    /// When tags were last re-resolved (`pull.check`).
-    pub last_check: Option<Instant>,
-    /// Transient pull failures of this service's image, for the retry backoff.
-    pub pull_retry: crate::reconcile::backoff::Backoff,
-    /// A permanent pull failure: (revision, image, message). Each revision
-    /// tries the pull again once.
-    pub image_failed: Option<(u64, String, String)>,
-    /// Until then, a crash of a replica of the last rollout rolls it back.
-    pub probation_until: Option<Instant>,
     /// Running or created replicas (any spec) as of the last pass: their
     /// ports are held.
     pub members: Vec<String>,

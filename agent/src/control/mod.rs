@@ -19,12 +19,12 @@ use std::time::Instant;
 use berth_core::manifest::Problem;
 
 use crate::config::AgentConfig;
+use crate::containers::Containers;
 use crate::events::EventBus;
 use crate::image::store::{ImageError, ImageStore};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::network::proxy::PortProxy;
-use crate::network::Network;
 use crate::runtime::{ContainerInfo, Runtime};
 use crate::state::{StateError, Store};
 
@@ -63,6 +63,8 @@ pub enum AgentError {
     Conflict(String),
     #[error("runtime: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Containers(#[from] crate::containers::ContainerError),
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
     /// The manifest drops services the current revision runs and the caller
@@ -130,8 +132,9 @@ pub struct Agent {
     pub runtime: Arc<Runtime>,
     /// Logs of removed containers, per service.
     pub log_archive: crate::logs::LogArchive,
-    /// The bridge, addresses and per-container network namespaces.
-    pub network: Arc<Network>,
+    /// What the reconciler and health checks do to containers (the runtime
+    /// on the bridge network, or a test's fake).
+    pub containers: Arc<dyn Containers>,
     /// Published ports: balanced over ready replicas, drain-aware.
     pub proxy: PortProxy,
     /// Service discovery: berth-dns and the records it serves.
@@ -163,7 +166,7 @@ pub struct AgentParts {
     pub images: ImageStore,
     pub runtime: Arc<Runtime>,
     pub log_archive: crate::logs::LogArchive,
-    pub network: Arc<Network>,
+    pub containers: Arc<dyn Containers>,
     pub proxy: PortProxy,
     pub dns: Arc<crate::dns::Dns>,
     pub volumes: Arc<crate::volumes::VolumeStore>,
@@ -180,7 +183,7 @@ impl Agent {
             images,
             runtime,
             log_archive,
-            network,
+            containers,
             proxy,
             dns,
             volumes,
@@ -195,7 +198,7 @@ impl Agent {
             images,
             runtime,
             log_archive,
-            network,
+            containers,
             proxy,
             dns,
             volumes,
@@ -271,11 +274,7 @@ impl Agent {
 
     /// Every container on disk (running or not), from the runtime.
     pub async fn list_containers(&self) -> Result<Vec<ContainerInfo>, AgentError> {
-        let rt = self.runtime.clone();
-        tokio::task::spawn_blocking(move || rt.list())
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
-            .map_err(|e| AgentError::Runtime(e.to_string()))
+        Ok(self.containers.list().await?)
     }
 
     /// Emits an event and counts it.

@@ -32,6 +32,10 @@ pub struct Intent {
     pub image_failed: Option<String>,
     /// The services named in `depends_on`, with their readiness on this host.
     pub depends_on: Vec<Dependency>,
+    /// Within the probation window after the service's last rollout: a
+    /// replica failing now fails that rollout (rolled back) instead of
+    /// being restarted.
+    pub on_probation: bool,
 }
 
 /// A service this one depends on, as observed on this host.
@@ -93,6 +97,29 @@ pub enum RetireReason {
     ScaleDown,
     Unhealthy,
     RolloutFailed,
+}
+
+impl RetireReason {
+    /// How long a replica retired for this reason keeps serving in-flight
+    /// work before it is stopped: the service's `update.drain` when it is
+    /// replaced or scaled down; nothing when it failed (unhealthy, or part
+    /// of a failed rollout).
+    pub fn drain(self, configured: Duration) -> Duration {
+        match self {
+            RetireReason::Replaced | RetireReason::ScaleDown => configured,
+            RetireReason::Unhealthy | RetireReason::RolloutFailed => Duration::ZERO,
+        }
+    }
+
+    /// How events and logs say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetireReason::Replaced => "replaced",
+            RetireReason::ScaleDown => "scaled down",
+            RetireReason::Unhealthy => "unhealthy",
+            RetireReason::RolloutFailed => "rollout failed",
+        }
+    }
 }
 
 /// The decision and a summary for status.
@@ -195,6 +222,15 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
                 }
             }
             _ => {}
+        }
+    }
+    if intent.on_probation {
+        if let Some((id, why, _)) = failed.first() {
+            // The rollout that just finished is not trusted yet.
+            d.actions.push(Action::FailRollout {
+                reason: format!("replica {id} {why} during probation"),
+            });
+            return d;
         }
     }
     let failures_now = intent.failures.saturating_add(failed.len() as u32);

@@ -1,8 +1,13 @@
 //! The reconciler: level-triggered, idempotent convergence of this host to the
-//! current revision. `decide` is the pure per-service decision; `backoff` the
-//! restart/retry bookkeeping it is fed from; `run` is the loop that observes,
-//! decides and executes.
+//! current revision. `decide` and `policy` are the pure rules (table-tested);
+//! `tracker` and `backoff` the per-service bookkeeping they are fed from;
+//! `run` the loop and pass that observe, decide and hand actions to
+//! `execute`; `publish` what a pass tells the proxy, DNS and metrics.
 
 pub mod backoff;
 pub mod decide;
+mod execute;
+pub mod policy;
+mod publish;
 pub mod run;
+pub mod tracker;

@@ -16,6 +16,7 @@ fn intent() -> Intent {
         first_deploy: false,
         image_failed: None,
         depends_on: vec![],
+        on_probation: false,
     }
 }
 
@@ -535,4 +536,69 @@ fn a_rollout_failure_names_the_probe_output() {
             reason: "new replica n1 failed its health check: HTTP 503".into()
         })
     );
+}
+
+#[test]
+fn probation_table() {
+    let exited = |code| Exited {
+        code,
+        oom_killed: false,
+    };
+    let probation = Intent {
+        on_probation: true,
+        ..intent()
+    };
+    let fail = |reason: &str| Action::FailRollout {
+        reason: reason.into(),
+    };
+    let cases: Vec<(&str, Intent, Vec<Replica>, Vec<Action>)> = vec![
+        (
+            "a crash during probation fails the rollout that just finished",
+            probation.clone(),
+            vec![r("a", true, Ready), r("b", true, exited(1))],
+            vec![fail("replica b exited with code 1 during probation")],
+        ),
+        (
+            "turning unhealthy during probation fails it too",
+            probation.clone(),
+            vec![
+                r("a", true, Ready),
+                probed("b", true, Unhealthy, "HTTP 500"),
+            ],
+            vec![fail(
+                "replica b failed its health check: HTTP 500 during probation",
+            )],
+        ),
+        (
+            "a clean exit under restart on-failure is no failure",
+            Intent {
+                restart: RestartPolicy::OnFailure,
+                replicas: 1,
+                ..probation.clone()
+            },
+            vec![r("a", true, exited(0))],
+            vec![],
+        ),
+        (
+            "probation over: a crash is restarted with backoff",
+            intent(),
+            vec![r("a", true, Ready), r("b", true, exited(1))],
+            vec![
+                Action::Failure {
+                    id: "b".into(),
+                    reason: "exited with code 1".into(),
+                },
+                Action::Remove { id: "b".into() },
+            ],
+        ),
+        (
+            "probation with everything healthy does nothing",
+            probation,
+            vec![r("a", true, Ready), r("b", true, Ready)],
+            vec![],
+        ),
+    ];
+    for (name, intent, replicas, want) in cases {
+        assert_eq!(decide(&intent, &replicas).actions, want, "{name}");
+    }
 }

@@ -1,0 +1,345 @@
+//! The rest of the reconcile policy beside `decide`, as pure functions with
+//! table tests: when a replica counts as ready (its [`Phase`]), how a
+//! revision's state moves, what happens to containers no revision wants,
+//! and what a replica that could not start means for its rollout.
+
+use std::time::{Duration, SystemTime};
+
+use berth_core::vocab::RevisionState;
+
+use super::decide::{Phase, RetireReason};
+use crate::live::HealthStatus;
+use crate::runtime::ContainerState;
+
+/// A replica without a health check is ready once it has run this long.
+/// (A check's `start_period` is a grace period for the check's failures,
+/// never a readiness delay: with a check, a replica is ready when it passes.)
+pub const MIN_READY_RUN: Duration = Duration::from_secs(1);
+
+/// How long a container of a service no revision runs gets to finish
+/// in-flight connections before it is stopped (it is stopped with its own
+/// stop signal and timeout).
+pub const UNWANTED_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the pass knows about one replica when judging its phase.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub state: &'a ContainerState,
+    /// Being drained and stopped.
+    pub retiring: bool,
+    /// A health check applies (the manifest's or the image's).
+    pub checked: bool,
+    /// Its checker's verdict so far, if it has one.
+    pub health: Option<HealthStatus>,
+    /// Re-adopted at start while the DNAT rules served it: ready until its
+    /// first health result says otherwise.
+    pub adopted_ready: bool,
+}
+
+/// The phase of a replica at `now`; `None` for a container that is gone.
+pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
+    if o.retiring {
+        return Some(Phase::Retiring);
+    }
+    Some(match o.state {
+        ContainerState::Running { started_at, .. } => {
+            if o.checked {
+                match o.health {
+                    Some(HealthStatus::Healthy) => Phase::Ready,
+                    Some(HealthStatus::Unhealthy) => Phase::Unhealthy,
+                    _ if o.adopted_ready => Phase::Ready,
+                    _ => Phase::Starting,
+                }
+            } else if now.duration_since(*started_at).unwrap_or_default() >= MIN_READY_RUN {
+                Phase::Ready
+            } else {
+                Phase::Starting
+            }
+        }
+        ContainerState::Created => Phase::Starting,
+        ContainerState::Exited {
+            code, oom_killed, ..
+        } => Phase::Exited {
+            code: *code,
+            oom_killed: *oom_killed,
+        },
+        ContainerState::Unknown { .. } => Phase::Exited {
+            code: -1,
+            oom_killed: false,
+        },
+        ContainerState::NotFound => return None,
+    })
+}
+
+/// The state the current revision moves to after a pass in which every
+/// service converged (`all_converged`) or not; `None`: it stays.
+pub fn revision_next(state: RevisionState, all_converged: bool) -> Option<RevisionState> {
+    match (state, all_converged) {
+        (RevisionState::Applied | RevisionState::RollingOut, true) => Some(RevisionState::Complete),
+        (RevisionState::Applied, false) => Some(RevisionState::RollingOut),
+        _ => None,
+    }
+}
+
+/// The state the latest revision moves to when a newer one is recorded: one
+/// still in progress never completes, so it is `superseded`.
+pub fn when_superseded(state: RevisionState) -> Option<RevisionState> {
+    state.in_progress().then_some(RevisionState::Superseded)
+}
+
+/// What happens to a container of a service no revision runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwanted {
+    /// Already being retired.
+    Leave,
+    /// Retire it: no drain, [`UNWANTED_STOP_TIMEOUT`] for in-flight work.
+    Retire {
+        reason: RetireReason,
+        drain: Duration,
+        stop_timeout: Duration,
+    },
+    /// It is not running: remove it now.
+    Remove,
+}
+
+/// What happens to a container of a service no revision runs.
+pub fn unwanted(state: &ContainerState, retiring: bool) -> Unwanted {
+    match state {
+        _ if retiring => Unwanted::Leave,
+        ContainerState::Running { .. } | ContainerState::Created => Unwanted::Retire {
+            reason: RetireReason::ScaleDown,
+            drain: Duration::ZERO,
+            stop_timeout: UNWANTED_STOP_TIMEOUT,
+        },
+        _ => Unwanted::Remove,
+    }
+}
+
+/// Why a `Start` could not be carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFailure {
+    /// A host port of the new replica is held by something else.
+    PortHeld,
+    /// Preparing or starting the container failed.
+    Start,
+}
+
+/// What a failed start means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStartFailure {
+    /// The rollout fails (rolled back, or halted).
+    FailRollout,
+    /// A failure of the service: restart backoff, then try again.
+    Backoff,
+    /// Reported in status; tried again on the next pass.
+    Report,
+}
+
+/// What a failed start means for the service: during a rollout (old
+/// replicas still serve) it fails the rollout; a port held elsewhere fails a
+/// revision that has not completed yet (as Docker refuses to start such a
+/// container) and is otherwise reported until the port frees; any other
+/// start failure of a running service backs off like a crash.
+pub fn after_start_failure(
+    why: StartFailure,
+    rolling_out: bool,
+    revision_complete: bool,
+) -> AfterStartFailure {
+    match why {
+        StartFailure::PortHeld if !revision_complete => AfterStartFailure::FailRollout,
+        StartFailure::PortHeld => AfterStartFailure::Report,
+        StartFailure::Start if rolling_out => AfterStartFailure::FailRollout,
+        StartFailure::Start => AfterStartFailure::Backoff,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(ran: Duration, now: SystemTime) -> ContainerState {
+        ContainerState::Running {
+            pid: 42,
+            started_at: now - ran,
+        }
+    }
+
+    #[test]
+    fn phase_table() {
+        let now = SystemTime::now();
+        let young = running(Duration::from_millis(200), now);
+        let old = running(Duration::from_secs(5), now);
+        let exited = ContainerState::Exited {
+            code: 3,
+            oom_killed: false,
+            finished_at: now,
+            signal: None,
+        };
+        let o = |state, checked, health, adopted_ready| Observed {
+            state,
+            retiring: false,
+            checked,
+            health,
+            adopted_ready,
+        };
+        use HealthStatus::*;
+        let cases: Vec<(&str, Observed<'_>, Option<Phase>)> = vec![
+            (
+                "no check, just started: not yet",
+                o(&young, false, None, false),
+                Some(Phase::Starting),
+            ),
+            (
+                "no check, ran past MIN_READY_RUN: ready",
+                o(&old, false, None, false),
+                Some(Phase::Ready),
+            ),
+            (
+                "a check: not ready before it passes, however long it ran",
+                o(&old, true, None, false),
+                Some(Phase::Starting),
+            ),
+            (
+                "a check still in its start period",
+                o(&old, true, Some(Starting), false),
+                Some(Phase::Starting),
+            ),
+            (
+                "a check passed: ready at once",
+                o(&young, true, Some(Healthy), false),
+                Some(Phase::Ready),
+            ),
+            (
+                "a check failed retries times",
+                o(&old, true, Some(Unhealthy), false),
+                Some(Phase::Unhealthy),
+            ),
+            (
+                "adopted while serving: ready until a result",
+                o(&young, true, None, true),
+                Some(Phase::Ready),
+            ),
+            (
+                "adopted, then the check fails",
+                o(&young, true, Some(Unhealthy), true),
+                Some(Phase::Unhealthy),
+            ),
+            (
+                "created",
+                o(&ContainerState::Created, false, None, false),
+                Some(Phase::Starting),
+            ),
+            (
+                "exited",
+                o(&exited, false, None, false),
+                Some(Phase::Exited {
+                    code: 3,
+                    oom_killed: false,
+                }),
+            ),
+            (
+                "gone",
+                o(&ContainerState::NotFound, false, None, false),
+                None,
+            ),
+            (
+                "retiring wins",
+                Observed {
+                    retiring: true,
+                    ..o(&old, false, None, false)
+                },
+                Some(Phase::Retiring),
+            ),
+        ];
+        for (name, observed, want) in cases {
+            assert_eq!(phase(observed, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn revision_state_table() {
+        use RevisionState::*;
+        let cases = [
+            (Applied, true, Some(Complete)),
+            (Applied, false, Some(RollingOut)),
+            (RollingOut, true, Some(Complete)),
+            (RollingOut, false, None),
+            (Complete, false, None),
+            (Failed, true, None),
+            (Superseded, true, None),
+        ];
+        for (state, converged, want) in cases {
+            assert_eq!(
+                revision_next(state, converged),
+                want,
+                "{state} converged={converged}"
+            );
+        }
+        let superseded = [
+            (Applied, Some(Superseded)),
+            (RollingOut, Some(Superseded)),
+            (Complete, None),
+            (Failed, None),
+        ];
+        for (state, want) in superseded {
+            assert_eq!(when_superseded(state), want, "{state}");
+        }
+    }
+
+    #[test]
+    fn unwanted_containers_table() {
+        let now = SystemTime::now();
+        let run = running(Duration::from_secs(1), now);
+        let exited = ContainerState::Exited {
+            code: 0,
+            oom_killed: false,
+            finished_at: now,
+            signal: None,
+        };
+        let retire = Unwanted::Retire {
+            reason: RetireReason::ScaleDown,
+            drain: Duration::ZERO,
+            stop_timeout: UNWANTED_STOP_TIMEOUT,
+        };
+        assert_eq!(unwanted(&run, false), retire);
+        assert_eq!(unwanted(&ContainerState::Created, false), retire);
+        assert_eq!(unwanted(&exited, false), Unwanted::Remove);
+        assert_eq!(unwanted(&run, true), Unwanted::Leave);
+    }
+
+    #[test]
+    fn drain_by_reason_table() {
+        let configured = Duration::from_secs(5);
+        for (reason, want) in [
+            (RetireReason::Replaced, configured),
+            (RetireReason::ScaleDown, configured),
+            (RetireReason::Unhealthy, Duration::ZERO),
+            (RetireReason::RolloutFailed, Duration::ZERO),
+        ] {
+            assert_eq!(reason.drain(configured), want, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn start_failure_table() {
+        use AfterStartFailure::*;
+        use StartFailure::*;
+        let cases = [
+            (PortHeld, false, false, FailRollout),
+            (PortHeld, true, false, FailRollout),
+            (PortHeld, false, true, Report),
+            (PortHeld, true, true, Report),
+            (Start, true, true, FailRollout),
+            (Start, true, false, FailRollout),
+            (Start, false, true, Backoff),
+            (Start, false, false, Backoff),
+        ];
+        for (why, rolling, complete, want) in cases {
+            assert_eq!(
+                after_start_failure(why, rolling, complete),
+                want,
+                "{why:?} rolling_out={rolling} complete={complete}"
+            );
+        }
+    }
+}
