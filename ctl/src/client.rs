@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
+use berth_core::api::ErrorBody;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -36,6 +37,27 @@ impl std::fmt::Display for AgentAddr {
             AgentAddr::Tcp(a) => write!(f, "http://{a}"),
         }
     }
+}
+
+/// The message of a JSON error body, or the raw text.
+pub fn error_text(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.error.message,
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+pub fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A response: status and body bytes.
@@ -179,7 +201,7 @@ impl Client {
         }
         if !resp.status().is_success() {
             let body = resp.into_body().collect().await?.to_bytes();
-            bail!("{}", crate::error_text(&body));
+            bail!("{}", error_text(&body));
         }
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
@@ -227,7 +249,7 @@ impl Client {
         }
         if !resp.status().is_success() {
             let body = resp.into_body().collect().await?.to_bytes();
-            bail!("{}", crate::error_text(&body));
+            bail!("{}", error_text(&body));
         }
         let mut body = resp.into_body();
         let mut pending = Vec::new();
@@ -242,5 +264,25 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_escape_keeps_only_unreserved_characters() {
+        assert_eq!(query_escape("a b/c"), "a%20b%2Fc");
+        assert_eq!(query_escape("web-1.x_y~z"), "web-1.x_y~z");
+    }
+
+    #[test]
+    fn error_text_is_the_json_message_or_the_raw_text() {
+        assert_eq!(
+            error_text(br#"{"error":{"code":"not_found","message":"no such service"}}"#),
+            "no such service"
+        );
+        assert_eq!(error_text(b" plain failure\n"), "plain failure");
     }
 }

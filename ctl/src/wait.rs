@@ -130,7 +130,7 @@ async fn get<T: serde::de::DeserializeOwned>(client: &Client, path: &str) -> Res
         .request(Method::GET, path, None, Bytes::new())
         .await?;
     if !reply.status.is_success() {
-        anyhow::bail!("{}", crate::error_text(&reply.body));
+        anyhow::bail!("{}", crate::client::error_text(&reply.body));
     }
     serde_json::from_slice(&reply.body).with_context(|| format!("decoding {path}"))
 }

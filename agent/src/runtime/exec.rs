@@ -1,7 +1,8 @@
 //! Running a command inside a running container (exec health checks, `docker
-//! exec`-like): the hidden `__exec` subcommand of the monitor binary.
+//! exec`-like): [`Runtime::exec`], the caller's side, and the hidden `__exec`
+//! subcommand of the monitor binary that does the work.
 //!
-//! [`super::Runtime::exec`] starts `berth-monitor __exec <dir> <timeout-ms> --
+//! [`Runtime::exec`] starts `berth-monitor __exec <dir> <timeout-ms> --
 //! args…` from a read-only, detached bind mount of the binary, exactly as it
 //! starts monitors, so no process the container can reach has a writable
 //! `/proc/<pid>/exe` (CVE-2019-5736). The agent never calls `setns` itself.
@@ -34,6 +35,7 @@ use std::ffi::CString;
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -49,6 +51,7 @@ use super::config::{self, DiskConfig, ExitFile, StateFile};
 use super::namespaces::Namespaces;
 use super::process::{self, InitFailure, ProcessError};
 use super::seccomp::{self, Filter, SeccompError};
+use super::{ContainerState, Runtime, RuntimeError};
 use crate::sys::process::{self as sysproc, Forked};
 
 /// The hidden subcommand (`berth-monitor __exec <dir> <timeout-ms> -- args…`).
@@ -133,6 +136,118 @@ pub fn cap_output(bytes: &[u8]) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// The result of [`Runtime::exec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// Exit status; 128 + signal when signalled; 124 on timeout; 127 when the
+    /// command was not found and 126 when it could not be executed (as a shell).
+    pub code: i32,
+    /// Combined stdout and stderr, the first 4 KiB ([`OUTPUT_CAP`]).
+    pub output: String,
+    pub timed_out: bool,
+}
+
+impl Runtime {
+    /// Runs `args` inside the running container `id` (all its namespaces, its
+    /// cgroup, user, capabilities, env and cwd, `no_new_privs`) and returns its
+    /// exit code and first 4 KiB of combined output. After `timeout` the
+    /// command is SIGKILLed (code 124, `timed_out`). Whatever it started in its
+    /// session is killed when it ends. A command missing in the container is
+    /// code 127 with a message in the output, not an error. The joining is done
+    /// by a fresh `monitor_exe exec_args…` process started from a read-only
+    /// mount (see the module doc); the calling process never changes namespaces.
+    pub fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+
+        let dir = self.container_dir(id);
+        if !config::valid_id(id) || !dir.is_dir() {
+            return Err(RuntimeError::NotFound { id: id.into() });
+        }
+        let bad_args = |message: &str| RuntimeError::Exec {
+            id: id.into(),
+            step: "arguments".into(),
+            message: message.into(),
+        };
+        if args.is_empty() || args[0].is_empty() {
+            return Err(bad_args("the command is empty"));
+        }
+        if args.iter().any(|a| a.contains('\0')) {
+            return Err(bad_args("arguments must not contain NUL"));
+        }
+        match self.state(id) {
+            ContainerState::Running { .. } => {}
+            other => {
+                return Err(RuntimeError::NotRunning {
+                    id: id.into(),
+                    state: other.name().into(),
+                })
+            }
+        }
+        let mut argv: Vec<std::ffi::OsString> =
+            self.paths.exec_args.iter().map(Into::into).collect();
+        argv.push(dir.clone().into());
+        argv.push(
+            timeout
+                .as_millis()
+                .min(u128::from(u64::MAX))
+                .to_string()
+                .into(),
+        );
+        argv.push("--".into());
+        argv.extend(args.iter().map(Into::into));
+        let exe = dir.join(format!(
+            "exec-{}-{}.exe",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = self.spawn_from_ro_mount(id, &exe, &argv, Stdio::piped(), |source| {
+            RuntimeError::Exec {
+                id: id.into(),
+                step: "starting the exec helper".into(),
+                message: source.to_string(),
+            }
+        })?;
+        let out = child.wait_with_output().map_err(|e| RuntimeError::Exec {
+            id: id.into(),
+            step: "waiting for the exec helper".into(),
+            message: e.to_string(),
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: ExecReport =
+            serde_json::from_str(stdout.trim()).map_err(|_| RuntimeError::Exec {
+                id: id.into(),
+                step: "reading the exec helper's report".into(),
+                message: format!(
+                    "{}: {stdout:?} {:?}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            })?;
+        match report.error {
+            None => Ok(ExecOutput {
+                code: report.code,
+                output: cap_output(report.output.as_bytes()),
+                timed_out: report.timed_out,
+            }),
+            Some(e) if e.step == STEP_NOT_RUNNING => Err(RuntimeError::NotRunning {
+                id: id.into(),
+                state: self.state(id).name().into(),
+            }),
+            Some(e) => Err(RuntimeError::Exec {
+                id: id.into(),
+                step: e.step,
+                message: e.message,
+            }),
+        }
+    }
 }
 
 /// Entry point of the hidden `__exec` subcommand; `args` follow it. Never returns.

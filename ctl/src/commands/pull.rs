@@ -7,11 +7,26 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
+use clap::Args;
 use hyper::Method;
 
+use super::client;
+use crate::cli::Cli;
 use crate::client::Client;
+use crate::table::{human_bytes, short_digest};
 
-pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> {
+/// The arguments of `berthctl pull` (its help text is on `cli::Command`).
+#[derive(Debug, Args)]
+pub struct Pull {
+    image: String,
+}
+
+/// Pulls `IMAGE`, showing progress; exit 1 when the pull failed.
+pub async fn run(cli: &Cli, args: &Pull) -> Result<ExitCode> {
+    pull(&client(cli)?, &args.image, cli.json()).await
+}
+
+async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> {
     let body = Bytes::from(serde_json::json!({ "image": image }).to_string());
     let tty = std::io::stderr().is_terminal() && !json;
     let multi = indicatif::MultiProgress::new();
@@ -30,7 +45,7 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
         if json {
             outln!("{line}");
         }
-        let short = |d: &serde_json::Value| crate::short_digest(d.as_str().unwrap_or(""));
+        let short = |d: &serde_json::Value| short_digest(d.as_str().unwrap_or(""));
         match v["event"].as_str().unwrap_or("") {
             "resolved" => {
                 if !json {
@@ -46,7 +61,7 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
                         let bar =
                             multi.add(indicatif::ProgressBar::new(l[1].as_u64().unwrap_or(0)));
                         bar.set_style(style.clone());
-                        bar.set_prefix(crate::short_digest(&digest));
+                        bar.set_prefix(short_digest(&digest));
                         bars.insert(digest, bar);
                     }
                 }
@@ -75,7 +90,7 @@ pub async fn pull(client: &Client, image: &str, json: bool) -> Result<ExitCode> 
                     "pulled {} in {:.2}s ({} downloaded)",
                     short(&v["digest"]),
                     v["seconds"].as_f64().unwrap_or(0.0),
-                    crate::human_bytes(v["fetched_bytes"].as_u64().unwrap_or(0))
+                    human_bytes(v["fetched_bytes"].as_u64().unwrap_or(0))
                 );
             }
             "record" => record = Some(v["image"].clone()),

@@ -5,11 +5,24 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use std::process::ExitCode;
+
 use anyhow::{Context, Result};
 use berth_core::api::ContainerStats;
+use clap::Args;
 use hyper::Method;
 
-use crate::{call, human_bytes, print_table, Cli, Output};
+use super::call;
+use crate::cli::Cli;
+use crate::table::{human_bytes, print_table};
+
+/// The arguments of `berthctl top` (its help text is on `cli::Command`).
+#[derive(Debug, Args)]
+pub struct Top {
+    /// How long to measure CPU use over, e.g. 1s, 500ms.
+    #[arg(long, default_value = "1s")]
+    interval: String,
+}
 
 /// One row of `top`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -49,16 +62,18 @@ async fn read(cli: &Cli) -> Result<Vec<ContainerStats>> {
     serde_json::from_slice(&reply.body).context("decoding stats")
 }
 
-/// Runs `top` once over `interval`.
-pub async fn run(cli: &Cli, interval: Duration) -> Result<()> {
+/// Runs `top` once over `--interval`.
+pub async fn run(cli: &Cli, args: &Top) -> Result<ExitCode> {
+    let interval = berth_core::units::parse_duration(&args.interval)
+        .map_err(|e| anyhow::anyhow!("--interval: {e}"))?;
     let before = read(cli).await?;
     let t0 = Instant::now();
     tokio::time::sleep(interval).await;
     let after = read(cli).await?;
     let rows = rows(&before, after, t0.elapsed());
-    if cli.output == Output::Json {
+    if cli.json() {
         outln!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let mut table = vec![[
         "CONTAINER".to_string(),
@@ -87,7 +102,7 @@ pub async fn run(cli: &Cli, interval: Duration) -> Result<()> {
         ]);
     }
     print_table(&table);
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
