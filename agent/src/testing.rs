@@ -16,8 +16,8 @@ pub const REQUIRE_ROOT_ENV: &str = "BERTH_REQUIRE_ROOT";
 /// printing `skipped (needs root): <crate::path::test>` to stderr. Under
 /// `BERTH_REQUIRE_ROOT=1` it panics instead of skipping.
 ///
-/// ```ignore
-/// #[test]
+/// ```no_run
+/// // #[test]
 /// fn containers_start() {
 ///     berth_agent::require_root!();
 ///     // … uses namespaces and cgroups …
