@@ -66,6 +66,7 @@ pub fn is_root() -> bool {
 /// (skip, reported on stderr) unless [`REQUIRE_ROOT_ENV`] is set, which
 /// panics naming the test. `probe` is the type name of a fn item declared in
 /// the test (`crate::module::test::here`).
+#[track_caller]
 pub fn skip_unless_required(probe: &str, reason: &str) -> bool {
     let set = std::env::var_os(REQUIRE_ROOT_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     if set {
