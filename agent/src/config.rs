@@ -165,14 +165,16 @@ pub struct AgentConfig {
     /// The bearer token for TCP API listeners (read from --api-token-file).
     pub api_token: Option<String>,
     pub http: SocketAddr,
-    pub manifests: Option<PathBuf>,
-    pub manifest_url: Option<String>,
-    pub git: Option<String>,
-    pub git_ref: String,
-    pub git_path: String,
+    /// Where the manifest comes from when it is not applied through the API.
+    pub source: Option<ManifestSource>,
     /// Poll interval of the URL and git sources (also the directory rescan).
     pub manifest_poll_interval: Duration,
     pub registry_config: Option<PathBuf>,
+    /// Docker's `config.json` (credentials and credential helpers), when
+    /// there is one: `$DOCKER_CONFIG/config.json`, else
+    /// `$HOME/.docker/config.json`. The binary reads the environment
+    /// ([`docker_config_from_env`]); the agent only this field.
+    pub docker_config: Option<PathBuf>,
     pub subnet: (std::net::Ipv4Addr, u8),
     pub bridge: String,
     pub cgroup_parent: String,
@@ -327,19 +329,68 @@ impl AgentConfig {
             api,
             api_token,
             http,
-            manifests: layer.manifests,
-            manifest_url: layer.manifest_url,
-            git: layer.git,
-            git_ref,
-            git_path,
+            source: match (layer.manifests, layer.manifest_url, layer.git) {
+                (Some(path), _, _) => Some(ManifestSource::Dir(path)),
+                (_, Some(url), _) => Some(ManifestSource::Url(url)),
+                (_, _, Some(repo)) => Some(ManifestSource::Git {
+                    repo,
+                    reference: git_ref,
+                    path: git_path,
+                }),
+                _ => None,
+            },
             manifest_poll_interval,
             registry_config: layer.registry_config,
+            docker_config: None,
             subnet,
             bridge,
             cgroup_parent,
             dns_upstream,
         })
     }
+}
+
+/// The one manifest source an agent may have (`--manifests`,
+/// `--manifest-url` and `--git` exclude each other). While one is set, it
+/// alone records revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestSource {
+    /// A file or directory, watched (`--manifests PATH`).
+    Dir(PathBuf),
+    /// An http(s) URL, polled with If-None-Match (`--manifest-url URL`).
+    Url(String),
+    /// A file or directory at `path` in `repo` at `reference` (`--git`,
+    /// `--git-ref`, `--git-path`).
+    Git {
+        repo: String,
+        reference: String,
+        path: String,
+    },
+}
+
+impl ManifestSource {
+    /// The source in operator terms, e.g. `--git REPO (ref main, path hosts/common)`.
+    pub fn describe(&self) -> String {
+        match self {
+            ManifestSource::Dir(path) => format!("--manifests {}", path.display()),
+            ManifestSource::Url(url) => format!("--manifest-url {url}"),
+            ManifestSource::Git {
+                repo,
+                reference,
+                path,
+            } => format!("--git {repo} (ref {reference}, path {path})"),
+        }
+    }
+}
+
+/// Docker's `config.json` as the Docker CLI finds it:
+/// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`; `None`
+/// when that file does not exist. Reads the environment: binaries call it.
+pub fn docker_config_from_env() -> Option<PathBuf> {
+    std::env::var_os("DOCKER_CONFIG")
+        .map(|d| PathBuf::from(d).join("config.json"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")))
+        .filter(|p| p.is_file())
 }
 
 fn parse_cidr(text: &str) -> Option<(std::net::Ipv4Addr, u8)> {
@@ -373,9 +424,23 @@ mod tests {
         assert_eq!(c.cgroup_parent, "berth");
         assert_eq!(c.subnet, ("10.89.0.0".parse().unwrap(), 16));
         assert_eq!(c.manifest_poll_interval, Duration::from_secs(30));
+        assert_eq!(c.source, None);
+        let git = AgentConfig::from_layer(ConfigLayer {
+            git: Some("/srv/repo.git".into()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(
-            (c.git_ref.as_str(), c.git_path.as_str()),
-            ("main", "manifests/")
+            git.source,
+            Some(ManifestSource::Git {
+                repo: "/srv/repo.git".into(),
+                reference: "main".into(),
+                path: "manifests/".into(),
+            })
+        );
+        assert_eq!(
+            git.source.unwrap().describe(),
+            "--git /srv/repo.git (ref main, path manifests/)"
         );
     }
 

@@ -1,7 +1,10 @@
-//! The daemon's lifecycle: take the state-dir lock, open the store, bind the
-//! listeners (root-only unix socket, token-guarded TCP, read-only HTTP), serve
-//! until SIGTERM/SIGINT, then shut down cleanly (flush state, remove socket).
+//! The daemon's lifecycle and the one composition root: take the state-dir
+//! lock, open the store, build the agent from its parts ([`build_agent`]:
+//! registry, images, network with its NAT/DNAT fallbacks, runtime, DNS,
+//! volumes), bind the listeners (root-only unix socket, token-guarded TCP,
+//! read-only HTTP), serve until SIGTERM/SIGINT, then shut down cleanly.
 
+use berth_core::vocab::EventKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,8 +12,16 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::{AgentConfig, ApiListen};
-use crate::control::{Agent, AgentError};
+use crate::control::{Agent, AgentError, AgentParts};
+use crate::events::EventBus;
 use crate::http::{api_router, read_only_router, Listener};
+use crate::image::store::{ImageError, ImageStore};
+use crate::metrics::Metrics;
+use crate::network::proxy::PortProxy;
+use crate::network::{NetConfig, NetError, Network};
+use crate::registry::config::RegistryConfig;
+use crate::registry::{RegistryClient, RegistryError};
+use crate::runtime::{Runtime, RuntimePaths};
 use crate::state::{private_dir, StateError, Store};
 
 /// Why the daemon could not start or stopped with an error.
@@ -20,6 +31,18 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("--registry-config: {0}")]
+    RegistryConfig(#[from] crate::registry::config::ConfigError),
+    #[error("registry client: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("image store: {0}")]
+    Images(#[from] Box<ImageError>),
+    #[error("--subnet: {0}")]
+    Subnet(#[from] crate::network::addr::AddrError),
+    #[error("network: {0}")]
+    Network(#[from] NetError),
+    #[error("volumes: {0}")]
+    Volumes(#[from] crate::volumes::VolumeError),
     #[error("another berthd already uses state dir {0} (lock held)")]
     Locked(PathBuf),
     #[error("another berthd is already serving {0}")]
@@ -85,6 +108,115 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// The monitor executable: `berth-monitor` beside the running binary, or
+/// the running binary itself (it understands the monitor subcommand too).
+fn monitor_exe() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| "berthd".into());
+    let sibling = me.with_file_name("berth-monitor");
+    if sibling.is_file() {
+        sibling
+    } else {
+        me
+    }
+}
+
+/// Registry settings: `--registry-config` plus Docker's `config.json`
+/// (`config.docker_config`; an unreadable one is logged and skipped, as the
+/// Docker CLI does).
+fn registry_config(config: &AgentConfig) -> Result<RegistryConfig, DaemonError> {
+    let mut rc = match &config.registry_config {
+        Some(path) => RegistryConfig::load(path)?,
+        None => RegistryConfig::new(),
+    };
+    if let Some(path) = &config.docker_config {
+        if let Err(e) = rc.load_docker_config(path) {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable Docker config");
+        }
+    }
+    Ok(rc)
+}
+
+/// Builds the agent of `config` over an open `store`: every part is made
+/// here and nowhere else. Without nftables the network runs without NAT and
+/// isolation, and published ports without the DNAT fast path (both logged).
+pub fn build_agent(config: AgentConfig, store: Store) -> Result<Arc<Agent>, DaemonError> {
+    let metrics = Metrics::new();
+    let registry = RegistryClient::new(registry_config(&config)?)?;
+    let images = ImageStore::open(
+        config.state_dir.clone(),
+        store.tree("images")?,
+        registry,
+        metrics.clone(),
+    )
+    .map_err(Box::new)?;
+    let subnet = crate::network::addr::Ipv4Net::new(config.subnet.0, config.subnet.1)?;
+    // Outbound NAT and isolation from other bridges (nftables), like
+    // Docker's default; without nftables the agent still runs, unisolated.
+    let net_config = |masquerade| -> Result<NetConfig, DaemonError> {
+        Ok(NetConfig {
+            bridge: config.bridge.clone(),
+            subnet,
+            run_dir: config.run_dir.clone(),
+            ipam_tree: store.tree("ipam")?,
+            masquerade,
+        })
+    };
+    let network = match Network::open(net_config(true)?) {
+        Ok(n) => n,
+        Err(e @ NetError::Nat { .. }) => {
+            tracing::warn!(error = %e, "no NAT or bridge isolation (is nftables installed?)");
+            Network::open(net_config(false)?)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Published ports take the kernel's DNAT path where the bridge's
+    // nftables table exists; the proxy alone otherwise.
+    let proxy = if network.masquerade() {
+        match crate::network::dnat::Dnat::enable(network.bridge(), network.subnet()) {
+            Ok(dnat) => PortProxy::with_dnat(tokio::runtime::Handle::current(), dnat),
+            Err(e) => {
+                tracing::warn!(error = %e, "published ports without the DNAT fast path");
+                PortProxy::new()
+            }
+        }
+    } else {
+        PortProxy::new()
+    };
+    let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
+        dir: config.run_dir.join("dns"),
+        exe: crate::dns::DnsConfig::default_exe(),
+        listen: subnet.gateway(),
+        subnet,
+        upstreams: config.dns_upstream.clone(),
+    });
+    let volumes = crate::volumes::VolumeStore::open(config.state_dir.join("volumes"))?;
+    let runtime = Arc::new(Runtime::new(RuntimePaths::new(
+        config.state_dir.clone(),
+        config.run_dir.clone(),
+        &config.cgroup_parent,
+        monitor_exe(),
+    )));
+    let log_archive = crate::logs::LogArchive::new(
+        config.state_dir.join("logs"),
+        crate::logs::ARCHIVE_KEEP,
+        crate::logs::ARCHIVE_MAX_BYTES,
+    );
+    let events = EventBus::persistent(store.tree(crate::events::TREE)?);
+    Ok(Agent::new(AgentParts {
+        config,
+        store,
+        events,
+        metrics,
+        images,
+        runtime,
+        log_archive,
+        network: Arc::new(network),
+        proxy,
+        dns: Arc::new(dns),
+        volumes: Arc::new(volumes),
+    })?)
+}
+
 /// Longest start-up waits for the manifest source's first sync.
 pub const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -94,7 +226,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     // down cleanly, not take the default action.
     let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         let _ = signalled_tx.send(true);
     });
     let _lock = lock_state_dir(&config.state_dir)?;
@@ -104,7 +236,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         tracing::error!(moved_to = %aside.display(), rebuilt_revisions = report.rebuilt_revisions,
             "started with a fresh state database; revisions were rebuilt from revisions/*.rev");
     }
-    let agent = Agent::new(config.clone(), store)?;
+    let agent = build_agent(config.clone(), store)?;
     agent
         .metrics
         .register_collector(Box::new(crate::stats::ContainerStats::new(
@@ -253,7 +385,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     if !*signalled.borrow() {
         agent.set_ready();
         agent.emit(
-            "agent-started",
+            EventKind::AgentStarted,
             None,
             format!("berthd {} ready", env!("CARGO_PKG_VERSION")),
         );
@@ -320,11 +452,11 @@ async fn ensure_dns(agent: &Arc<Agent>, last_error: &mut Option<String>) {
             match outcome {
                 Outcome::Running { .. } => {}
                 Outcome::Started { pid } => {
-                    m.dns_server_starts.with_label_values(&["missing"]).inc();
+                    m.dns_server_started("missing");
                     tracing::info!(pid, listen = %agent.dns.config().listen, "berth-dns started");
                 }
                 Outcome::Replaced { old, new } => {
-                    m.dns_server_starts.with_label_values(&["replaced"]).inc();
+                    m.dns_server_started("replaced");
                     tracing::info!(old, new, "berth-dns replaced (binary or arguments changed)");
                 }
             }
@@ -349,24 +481,6 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
     }
     if let Err(e) = sd_notify::notify(false, state) {
         tracing::warn!(error = %e, "sd_notify failed");
-    }
-}
-
-/// Returns on SIGTERM or SIGINT (berthd and berth-dns both stop on them);
-/// never, when the handlers cannot be installed.
-pub(crate) async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the agent could only be killed; keep serving.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
 

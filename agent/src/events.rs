@@ -4,6 +4,7 @@
 //! blocks; a slow follower misses events and is told so rather than stalling
 //! the agent. Filters (`service`, `kind`, `since`) are [`EventFilter`].
 
+use berth_core::vocab::EventKind;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,7 +119,7 @@ impl EventBus {
     /// Records and broadcasts an event.
     pub fn emit(
         &self,
-        kind: &str,
+        kind: EventKind,
         service: Option<&str>,
         container: Option<&str>,
         message: impl Into<String>,
@@ -127,7 +128,7 @@ impl EventBus {
         let event = Event {
             seq: inner.next_seq,
             time: crate::now_rfc3339(),
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             service: service.map(str::to_string),
             container: container.map(str::to_string),
             message: message.into(),
@@ -233,7 +234,7 @@ mod tests {
         let bus = EventBus::new();
         let mut rx = bus.subscribe();
         for i in 0..(HISTORY + 5) {
-            bus.emit("test", None, None, format!("{i}"));
+            bus.emit(EventKind::Health, None, None, format!("{i}"));
         }
         let h = bus.history();
         assert_eq!(h.len(), HISTORY);
@@ -250,13 +251,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let bus = EventBus::persistent(tree(dir.path()));
-            bus.emit("container-started", Some("web"), Some("web-1"), "a");
-            bus.emit("rollout-failed", Some("db"), None, "b");
-            bus.emit("container-started", Some("db"), Some("db-1"), "c");
+            bus.emit(EventKind::ContainerStarted, Some("web"), Some("web-1"), "a");
+            bus.emit(EventKind::RolloutFailed, Some("db"), None, "b");
+            bus.emit(EventKind::ContainerStarted, Some("db"), Some("db-1"), "c");
         }
         let bus = EventBus::persistent(tree(dir.path()));
         assert_eq!(bus.history().len(), 3);
-        assert_eq!(bus.emit("x", None, None, "d").seq, 4);
+        assert_eq!(bus.emit(EventKind::Drain, None, None, "d").seq, 4);
         let only = |f: EventFilter| -> Vec<String> {
             bus.query(&f).into_iter().map(|e| e.message).collect()
         };

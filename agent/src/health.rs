@@ -5,6 +5,7 @@
 //! change wakes the reconciler. Which check applies is [`effective`]: the
 //! manifest's `[health]`, else the image's `Healthcheck` ([`from_image`]).
 
+use berth_core::vocab::EventKind;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use berth_core::manifest::{Health, HealthCheck, OnUnhealthy};
 
 use crate::control::Agent;
 use crate::launch::ImageHealthcheck;
+pub use crate::live::{HealthLive, HealthStatus};
 
 /// Docker's interval for an image `Healthcheck` that leaves it 0.
 pub const IMAGE_INTERVAL: Duration = Duration::from_secs(30);
@@ -27,9 +29,7 @@ pub const IMAGE_RETRIES: u32 = 3;
 /// Shortest interval and timeout taken from an image (the manifest's minimums).
 const MIN_IMAGE_INTERVAL: Duration = Duration::from_millis(100);
 const MIN_IMAGE_TIMEOUT: Duration = Duration::from_millis(10);
-/// The label holding a container's image health check (JSON [`Health`]),
-/// written when it starts; absent when the image has none.
-pub const LABEL_IMAGE_HEALTH: &str = "berth.image-health";
+pub use crate::labels::LABEL_IMAGE_HEALTH;
 
 /// The check an image's `Healthcheck` asks for, as Docker runs it:
 /// `["CMD", arg…]` execs the args; `["CMD-SHELL", cmd…]` execs `/bin/sh -c
@@ -87,34 +87,6 @@ pub fn of_container(
         .get(LABEL_IMAGE_HEALTH)
         .and_then(|l| serde_json::from_str::<Health>(l).ok());
     effective(None, image.as_ref())
-}
-
-/// A replica's health as the checks see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HealthStatus {
-    Starting,
-    Healthy,
-    Unhealthy,
-}
-
-impl HealthStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthStatus::Starting => "starting",
-            HealthStatus::Healthy => "healthy",
-            HealthStatus::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-/// The live health of one container, owned by its checker task.
-#[derive(Debug, Clone)]
-pub struct HealthLive {
-    pub status: HealthStatus,
-    pub failures: u32,
-    pub last_output: Option<String>,
-    /// Set to stop the checker.
-    pub cancel: Arc<AtomicBool>,
 }
 
 /// Why one check failed.
@@ -325,11 +297,7 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
             };
             if let Err(e) = &result {
                 if !in_start_period {
-                    agent
-                        .metrics
-                        .health_check_failures
-                        .with_label_values(&[&service])
-                        .inc();
+                    agent.metrics.health_check_failed(&service);
                 }
                 tracing::debug!(container = %id, error = %e, "health check failed");
             }
@@ -341,7 +309,7 @@ pub fn ensure_checker(agent: &Arc<Agent>, service: &str, id: &str, pid: i32, hea
                     .map(|h| h.status)
                     .unwrap_or(HealthStatus::Starting);
                 agent.emit_container(
-                    "health",
+                    EventKind::Health,
                     &service,
                     &id,
                     format!("{id} is {}", status.as_str()),

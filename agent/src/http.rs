@@ -233,9 +233,7 @@ async fn count_requests(State(ctx): State<Ctx>, req: Request, next: Next) -> Res
     let resp = next.run(req).await;
     ctx.agent
         .metrics
-        .http_requests
-        .with_label_values(&[ctx.listener.label(), &route, resp.status().as_str()])
-        .inc();
+        .http_request(ctx.listener.label(), &route, resp.status().as_str());
     resp
 }
 

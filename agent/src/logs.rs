@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::{LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE};
+use crate::labels::{LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE};
 use crate::runtime::config::{self, StateFile};
 use crate::runtime::crilog::{self, Decoder, Entry, LogFile, Nanos, Stream};
 use crate::runtime::{ContainerInfo, ContainerState, Runtime, RuntimeError};

@@ -71,6 +71,25 @@ pub struct Metrics {
     pub dns_server_starts: IntCounterVec,
 }
 
+/// The `kind` label of `berth_drift_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// A replica that should run was gone.
+    Missing,
+    /// A replica nobody wants was running.
+    Unwanted,
+}
+
+impl Drift {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drift::Missing => "missing",
+            Drift::Unwanted => "unwanted",
+        }
+    }
+}
+
 /// Source kinds used as the `source` label.
 pub const SOURCE_KINDS: &[&str] = &["api", "file", "url", "git"];
 
@@ -298,6 +317,171 @@ impl Metrics {
             last_reconcile_success,
             dns_server_up,
             dns_server_starts,
+        }
+    }
+
+    /// Counts one emitted event (`berth_events_total{kind}`).
+    pub fn count_event(&self, kind: berth_core::vocab::EventKind) {
+        self.events.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Counts an HTTP request served: listener, route template, status code.
+    pub fn http_request(&self, listener: &str, route: &str, code: &str) {
+        self.http_requests
+            .with_label_values(&[listener, route, code])
+            .inc();
+    }
+
+    /// Counts a refused manifest from a source kind (`api`, `file`, `url`, `git`).
+    pub fn apply_refused(&self, source: &str) {
+        self.manifest_apply_errors
+            .with_label_values(&[source])
+            .inc();
+    }
+
+    /// Counts a recorded revision from a source kind and makes it current.
+    pub fn revision_recorded(&self, source: &str, number: u64) {
+        self.revisions_applied.with_label_values(&[source]).inc();
+        self.current_revision.set(number as i64);
+    }
+
+    /// Counts a registry failure by host and bounded kind.
+    pub fn registry_error(&self, registry: &str, kind: &str) {
+        self.registry_errors
+            .with_label_values(&[registry, kind])
+            .inc();
+    }
+
+    /// Counts a berth-dns process started, with why (`missing`, `replaced`).
+    pub fn dns_server_started(&self, reason: &str) {
+        self.dns_server_starts.with_label_values(&[reason]).inc();
+    }
+
+    /// A service's desired and ready replicas. Every per-service series
+    /// exists from the first pass (at 0), so rates and alerts work before
+    /// the first event.
+    pub fn service_replicas(&self, service: &str, desired: u32, ready: u32) {
+        self.container_restarts.with_label_values(&[service]);
+        self.health_check_failures.with_label_values(&[service]);
+        self.rollout_duration.with_label_values(&[service]);
+        for result in ["success", "failed"] {
+            self.rollouts.with_label_values(&[service, result]);
+        }
+        for kind in [Drift::Missing, Drift::Unwanted] {
+            self.drift.with_label_values(&[service, kind.as_str()]);
+        }
+        self.services_desired
+            .with_label_values(&[service])
+            .set(i64::from(desired));
+        self.services_ready
+            .with_label_values(&[service])
+            .set(i64::from(ready));
+    }
+
+    /// Drops a service no revision runs any more from the per-service gauges.
+    pub fn service_gone(&self, service: &str) {
+        self.services_desired.remove_label_values(&[service]).ok();
+        self.services_ready.remove_label_values(&[service]).ok();
+        self.set_image_info(service, None);
+    }
+
+    /// A finished rollout of `service` and how long it took, when known.
+    pub fn rollout_finished(
+        &self,
+        service: &str,
+        success: bool,
+        took: Option<std::time::Duration>,
+    ) {
+        let result = if success { "success" } else { "failed" };
+        self.rollouts.with_label_values(&[service, result]).inc();
+        if let Some(d) = took {
+            self.rollout_duration
+                .with_label_values(&[service])
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    /// Counts drift corrected for `service`.
+    pub fn drift(&self, service: &str, kind: Drift) {
+        self.drift
+            .with_label_values(&[service, kind.as_str()])
+            .inc();
+    }
+
+    /// Counts a replica replaced after an exit or a failed health check
+    /// (and an OOM kill, when the kernel killed it).
+    pub fn replica_failed(&self, service: &str, oom_killed: bool) {
+        self.container_restarts.with_label_values(&[service]).inc();
+        if oom_killed {
+            self.oom_kills.with_label_values(&[service]).inc();
+        }
+    }
+
+    /// Counts a failed health probe outside the start period.
+    pub fn health_check_failed(&self, service: &str) {
+        self.health_check_failures
+            .with_label_values(&[service])
+            .inc();
+    }
+
+    /// Containers on this host by state (`running`, `exited`, `created`, `unknown`).
+    pub fn containers_by_state(&self, counts: &std::collections::BTreeMap<&str, i64>) {
+        for state in ["running", "exited", "created", "unknown"] {
+            self.containers
+                .with_label_values(&[state])
+                .set(counts.get(state).copied().unwrap_or(0));
+        }
+    }
+
+    /// Replicas being drained now, per service (services without any vanish).
+    pub fn replicas_draining(&self, per_service: &std::collections::BTreeMap<String, i64>) {
+        self.replicas_draining.reset();
+        for (service, n) in per_service {
+            self.replicas_draining.with_label_values(&[service]).set(*n);
+        }
+    }
+
+    /// `berth_service_image_info{service,digest}` is 1 for the digest
+    /// `service` runs now (`None`: it runs none). Only this service's other
+    /// digests are dropped, and only when its digest changed, so a no-op
+    /// pass does one lookup.
+    pub fn set_image_info(&self, service: &str, digest: Option<&str>) {
+        use prometheus::core::Collector;
+        if let Some(d) = digest {
+            if self
+                .service_image_info
+                .with_label_values(&[service, d])
+                .get()
+                == 1
+            {
+                return;
+            }
+        }
+        let mut stale = Vec::new();
+        for family in self.service_image_info.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                if label("service").as_deref() == Some(service) {
+                    if let Some(d) = label("digest").filter(|d| Some(d.as_str()) != digest) {
+                        stale.push(d);
+                    }
+                }
+            }
+        }
+        for d in stale {
+            self.service_image_info
+                .remove_label_values(&[service, &d])
+                .ok();
+        }
+        if let Some(d) = digest {
+            self.service_image_info
+                .with_label_values(&[service, d])
+                .set(1);
         }
     }
 

@@ -358,7 +358,7 @@ mod tests {
                 manifest_sha256: "x".into(),
                 services: vec!["web".into()],
                 digests: Default::default(),
-                state: "applied".into(),
+                state: berth_core::vocab::RevisionState::Applied,
             },
             files,
             env_files: Default::default(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
-use crate::control::LABEL_SERVICE;
+use crate::labels::{stored_spec, LABEL_SERVICE};
 use crate::runtime::{ContainerState, Runtime};
 
 /// The running containers' stats now, in id order (`GET /v1/stats`). A
@@ -20,12 +20,7 @@ pub fn snapshot(runtime: &Runtime) -> Vec<berth_core::api::ContainerStats> {
         .filter(|c| matches!(c.state, ContainerState::Running { .. }))
         .filter_map(|c| {
             let stats = runtime.stats(&c.id).ok()?;
-            let memory_limit_bytes = c
-                .labels
-                .get(crate::control::LABEL_SPEC)
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-                .and_then(|v| berth_core::spec::ContainerSpec::from_stored(&v).ok())
-                .and_then(|spec| spec.memory_bytes);
+            let memory_limit_bytes = stored_spec(&c.labels).and_then(|spec| spec.memory_bytes);
             Some(berth_core::api::ContainerStats {
                 service: c.labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
                 id: c.id,

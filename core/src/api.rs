@@ -1,6 +1,7 @@
 //! JSON types of the HTTP API (`/v1`), shared by `berthd` and `berthctl`.
 //! Every error is `{ "error": { "code", "message", "details" } }`.
 
+use crate::vocab::RevisionState;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -80,8 +81,8 @@ pub struct RevisionInfo {
     /// Service → image digest it runs in this revision (filled once resolved).
     #[serde(default)]
     pub digests: BTreeMap<String, String>,
-    /// `applied`, `rolling-out`, `complete`, `failed`, `rolled-back`.
-    pub state: String,
+    /// See [`RevisionState`] (`applied`, `rolling-out`, `complete`, ...).
+    pub state: RevisionState,
 }
 
 /// Answer to `GET /v1/status`.

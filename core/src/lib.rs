@@ -10,3 +10,4 @@ pub mod manifest;
 pub mod plan;
 pub mod spec;
 pub mod units;
+pub mod vocab;

@@ -1087,7 +1087,7 @@ fn print_history(revs: &[RevisionInfo]) {
             r.number.to_string(),
             r.applied_at.clone(),
             r.source.clone(),
-            r.state.clone(),
+            r.state.to_string(),
             services,
         ]);
     }

@@ -4,6 +4,7 @@
 //! timeout passes. A failure prints the agent's reason: the replica's exit or
 //! the health probe's last output, or the image error.
 
+use berth_core::vocab::RevisionState;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,7 @@ pub async fn wait_for_rollout(client: &Client, timeout: Duration, json: bool) ->
             _ => {}
         }
         if revs.last().map(|r| r.number) != Some(target)
-            && rev.is_some_and(|r| r.state != "rolling-out")
+            && rev.is_some_and(|r| r.state != RevisionState::RollingOut)
         {
             eprintln!(
                 "revision {target} was superseded by revision {}",

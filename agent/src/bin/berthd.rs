@@ -174,7 +174,10 @@ fn main() -> ExitCode {
         }))
     });
     let config = match config {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.docker_config = berth_agent::config::docker_config_from_env();
+            c
+        }
         Err(e) => {
             eprintln!("berthd: {e}");
             return ExitCode::from(2);

@@ -6,15 +6,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_core::api::{ContainerDetail, ContainerView};
-use berth_core::spec::ContainerSpec;
 
-use super::{Agent, AgentError, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION, LABEL_SPEC};
+use super::{Agent, AgentError};
+use crate::labels::{
+    stored_spec, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC,
+};
 use crate::logs::{self, ContainerTail, LogQuery};
 use crate::runtime::crilog::{self, Entry, Nanos};
 use crate::runtime::{ContainerInfo, ContainerState};
-
-/// The label naming a container's service.
-pub const LABEL_SERVICE: &str = "berth.service";
 
 fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
@@ -24,11 +23,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 impl Agent {
     fn view(&self, c: &ContainerInfo) -> ContainerView {
-        let spec = c
-            .labels
-            .get(LABEL_SPEC)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| ContainerSpec::from_stored(&v).ok());
+        let spec = stored_spec(&c.labels);
         let (state, pid, exit_code, oom_killed, started_at, finished_at) = match &c.state {
             ContainerState::Created => ("created", None, None, false, None, None),
             ContainerState::Running { pid, started_at } => (

@@ -2,13 +2,15 @@
 //! (images of running containers and of the retained revisions), which also
 //! prunes the log archive.
 
+use berth_core::vocab::EventKind;
 use std::collections::BTreeSet;
 
 use berth_core::api::ImageView;
 use berth_core::image_ref::{Digest, ImageRef};
 
-use super::{Agent, AgentError, LABEL_IMAGE, RETAINED_REVISIONS};
+use super::{Agent, AgentError, RETAINED_REVISIONS};
 use crate::image::store::{GcReport, ImageRecord, PullEvent};
+use crate::labels::LABEL_IMAGE;
 
 /// GC runs by itself when the state filesystem is fuller than this.
 pub const AUTO_GC_USED_FRACTION: f64 = 0.90;
@@ -24,7 +26,7 @@ impl Agent {
             ImageRef::parse(reference).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let rec = self.images.pull(&image, progress).await.map_err(Box::new)?;
         self.emit(
-            "image-pulled",
+            EventKind::ImagePulled,
             None,
             format!("{} as {}", rec.reference, rec.digest),
         );
@@ -55,7 +57,7 @@ impl Agent {
         .await;
         match result {
             Ok(r) => self.emit(
-                "gc",
+                EventKind::Gc,
                 None,
                 format!(
                     "disk {:.0}% full: removed {} images, {} blobs, {} snapshots",
@@ -111,7 +113,7 @@ impl Agent {
             .list_containers()
             .await?
             .iter()
-            .filter_map(|c| c.labels.get(super::LABEL_SERVICE).cloned())
+            .filter_map(|c| c.labels.get(crate::labels::LABEL_SERVICE).cloned())
             .collect();
         let revisions = self.store().revisions()?;
         for rec in revisions.iter().rev().take(RETAINED_REVISIONS) {

@@ -3,22 +3,19 @@
 //! check that an image `VOLUME` kept as a volume has one writer — core
 //! validates manifest volumes, but only the agent sees image configs.
 
+use berth_core::vocab::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_core::api::VolumeView;
 use berth_core::image_ref::ImageRef;
 use berth_core::manifest::{Manifest, Problem, Service, SourceFiles, VolumeSource};
-use berth_core::spec::ContainerSpec;
 
-use super::{pinned_image, Agent, AgentError, LABEL_SERVICE, LABEL_SPEC};
+use super::{pinned_image, Agent, AgentError};
+use crate::labels::{stored_spec, LABEL_SERVICE, LABEL_VOLUMES};
 use crate::runtime::{ContainerInfo, ContainerState};
 use crate::state::RevisionRecord;
 use crate::volumes::implicit::{implicit_volumes, writer_problems, ImplicitVolume};
 use crate::volumes::{disk_usage, VolumeError};
-
-/// The label listing the named volumes a container mounts (comma-separated),
-/// image VOLUMEs included.
-pub const LABEL_VOLUMES: &str = "berth.volumes";
 
 /// What uses a volume: service names, and one line per user for messages.
 #[derive(Debug, Default)]
@@ -38,10 +35,7 @@ fn container_volumes(c: &ContainerInfo) -> Vec<String> {
             .map(str::to_string)
             .collect();
     }
-    c.labels
-        .get(LABEL_SPEC)
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-        .and_then(|v| ContainerSpec::from_stored(&v).ok())
+    stored_spec(&c.labels)
         .map(|s| {
             s.volumes
                 .iter()
@@ -181,7 +175,11 @@ impl Agent {
         })
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))??;
-        self.emit("volume-removed", None, format!("volume {name} removed"));
+        self.emit(
+            EventKind::VolumeRemoved,
+            None,
+            format!("volume {name} removed"),
+        );
         Ok(())
     }
 

@@ -157,7 +157,7 @@ pub async fn serve(args: Args) -> Result<(), DnsError> {
     tracing::info!(listen = %args.listen, pid = me, version = env!("CARGO_PKG_VERSION"), "berth-dns serving");
 
     let reloader = tokio::spawn(reload_loop(shared, args.clone()));
-    crate::daemon::wait_for_signal().await;
+    crate::shutdown::wait_for_signal().await;
     tracing::info!("stopping");
     reloader.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;

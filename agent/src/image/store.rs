@@ -396,11 +396,7 @@ impl ImageStore {
                     .observe(started.elapsed().as_secs_f64());
             }
             Err(ImageError::Registry(e)) => {
-                self.inner
-                    .metrics
-                    .registry_errors
-                    .with_label_values(&[registry, e.kind()])
-                    .inc();
+                self.inner.metrics.registry_error(registry, e.kind());
             }
             Err(_) => {}
         }

@@ -5,6 +5,7 @@
 //! pull missing images (transient errors retried with backoff, permanent ones
 //! fail the rollout) and re-resolve tags. It never asks why it woke.
 
+use berth_core::vocab::{EventKind, RevisionState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,12 +16,13 @@ use berth_core::spec::ContainerSpec;
 
 use super::backoff::BackoffPolicy;
 use super::decide::{decide, Action, Dependency, Intent, Phase, Replica, RetireReason};
-use crate::control::{
-    pinned_image, Agent, AgentError, ApplySource, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION,
-    LABEL_SERVICE, LABEL_SPEC, LABEL_VOLUMES,
-};
+use crate::control::{pinned_image, Agent, AgentError, ApplySource};
 use crate::health;
 use crate::image::store::ImageRecord;
+use crate::labels::{
+    stored_spec, LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC,
+    LABEL_VOLUMES,
+};
 use crate::network::HostPort;
 use crate::runtime::{ContainerConfig, ContainerInfo, ContainerState, Mount, User};
 use crate::state::RevisionRecord;
@@ -130,13 +132,6 @@ fn phase_of(agent: &Agent, c: &ContainerInfo, svc: &Service, now: SystemTime) ->
         }),
         ContainerState::NotFound => None,
     }
-}
-
-fn stored_spec(c: &ContainerInfo) -> Option<ContainerSpec> {
-    c.labels
-        .get(LABEL_SPEC)
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-        .and_then(|v| ContainerSpec::from_stored(&v).ok())
 }
 
 /// One pass over every service of the current revision.
@@ -262,24 +257,26 @@ pub async fn reconcile_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
         .proxy
         .prune(&manifest.services.keys().map(String::as_str).collect());
     publish_dns(agent, &manifest, &containers, now);
-    if all_converged && (rec.info.state == "applied" || rec.info.state == "rolling-out") {
+    if all_converged
+        && (rec.info.state == RevisionState::Applied || rec.info.state == RevisionState::RollingOut)
+    {
         let mut done = rec.clone();
-        done.info.state = "complete".into();
+        done.info.state = RevisionState::Complete;
         agent.store().update_revision(&done)?;
         agent.emit(
-            "revision-complete",
+            EventKind::RevisionComplete,
             None,
             format!("revision {} is running everywhere", rec.info.number),
         );
-    } else if !all_converged && rec.info.state == "applied" {
+    } else if !all_converged && rec.info.state == RevisionState::Applied {
         // Re-read: a rollout that failed in this very pass recorded it, and
         // this pass's copy must not overwrite that.
         if let Some(mut rolling) = agent
             .store()
             .revision(rec.info.number)?
-            .filter(|r| r.info.state == "applied")
+            .filter(|r| r.info.state == RevisionState::Applied)
         {
-            rolling.info.state = "rolling-out".into();
+            rolling.info.state = RevisionState::RollingOut;
             agent.store().update_revision(&rolling)?;
         }
     }
@@ -339,7 +336,7 @@ fn update_ready(agent: &Agent, svc: &Service, list: &[ContainerInfo], now: Syste
     let mut live = agent.live();
     for c in &members {
         if !live.ports.contains_key(&c.id) {
-            let ports = stored_spec(c).map(|s| s.ports).unwrap_or_default();
+            let ports = stored_spec(&c.labels).map(|s| s.ports).unwrap_or_default();
             live.ports.insert(c.id.clone(), ports);
         }
     }
@@ -396,7 +393,7 @@ async fn reconcile_service(
         .iter()
         .filter_map(|c| {
             let phase = phase_of(agent, c, svc, now)?;
-            let current = stored_spec(c).is_some_and(|s| s.changed_fields(spec).is_empty());
+            let current = stored_spec(&c.labels).is_some_and(|s| s.changed_fields(spec).is_empty());
             let probe = agent
                 .live()
                 .health
@@ -491,7 +488,7 @@ async fn reconcile_service(
             restart_wait: l.restart.wait(clock),
             failures: l.restart.failures(),
             // A complete revision had every service ready once.
-            first_deploy: rec.info.state != "complete"
+            first_deploy: rec.info.state != RevisionState::Complete
                 && l.ready_spec.as_deref() != Some(spec_key.as_str()),
             image_failed,
             depends_on,
@@ -505,7 +502,7 @@ async fn reconcile_service(
             l.rollout_started = Some(Instant::now());
             drop(live);
             agent.emit(
-                "rollout-started",
+                EventKind::RolloutStarted,
                 Some(&svc.name),
                 format!("rolling out revision {}", rec.info.number),
             );
@@ -527,8 +524,8 @@ async fn reconcile_service(
                 let ports: Vec<_> = spec.ports.iter().filter_map(HostPort::of).collect();
                 if let Err(e) = agent.proxy.publish(&svc.name, &ports) {
                     let message = e.to_string();
-                    agent.emit("port-failed", Some(&svc.name), message.clone());
-                    if rec.info.state != "complete" {
+                    agent.emit(EventKind::PortFailed, Some(&svc.name), message.clone());
+                    if rec.info.state != RevisionState::Complete {
                         fail_rollout(agent, rec, svc, &message).await?;
                         return Ok(false);
                     }
@@ -551,7 +548,11 @@ async fn reconcile_service(
                 let Some(img) = &image_record else { break };
                 if let Err(e) = start_replica(agent, rec, svc, spec, &image, img).await {
                     let message = format!("starting a replica: {e}");
-                    agent.emit("container-start-failed", Some(&svc.name), message.clone());
+                    agent.emit(
+                        EventKind::ContainerStartFailed,
+                        Some(&svc.name),
+                        message.clone(),
+                    );
                     let rolling = decision.rolling_out;
                     {
                         let mut live = agent.live();
@@ -629,9 +630,9 @@ async fn reconcile_service(
                 };
                 wake_after(agent, wait);
                 let kind = if oom {
-                    "container-oom-killed"
+                    EventKind::ContainerOomKilled
                 } else {
-                    "container-failed"
+                    EventKind::ContainerFailed
                 };
                 agent.emit_container(
                     kind,
@@ -684,7 +685,7 @@ async fn reconcile_service(
             .with_label_values(&[&svc.name])
             .observe(secs);
         agent.emit(
-            "rollout-complete",
+            EventKind::RolloutComplete,
             Some(&svc.name),
             format!("revision {} rolled out in {secs:.1}s", rec.info.number),
         );
@@ -800,11 +801,15 @@ async fn ensure_image(
         };
         match result {
             Ok(rec) => agent.emit(
-                "image-pulled",
+                EventKind::ImagePulled,
                 Some(&service),
                 format!("{} as {}", image, rec.digest),
             ),
-            Err(_) => agent.emit("pull-failed", Some(&service), failure.unwrap_or_default()),
+            Err(_) => agent.emit(
+                EventKind::PullFailed,
+                Some(&service),
+                failure.unwrap_or_default(),
+            ),
         }
         agent.wake.notify_one();
     });
@@ -840,9 +845,9 @@ fn note_waiting(agent: &Agent, svc: &Service, waiting: Option<&str>) {
         before
     };
     match waiting {
-        Some(w) => agent.emit("waiting", Some(&svc.name), w.to_string()),
+        Some(w) => agent.emit(EventKind::Waiting, Some(&svc.name), w.to_string()),
         None => agent.emit(
-            "dependencies-ready",
+            EventKind::DependenciesReady,
             Some(&svc.name),
             format!(
                 "every dependency ({}) has a ready replica; no longer {}",
@@ -956,7 +961,7 @@ async fn start_replica(
     }
     let _ = agent.images.touch(&img.digest);
     agent.emit_container(
-        "container-started",
+        EventKind::ContainerStarted,
         &svc.name,
         &started.id,
         format!("{} started from {image}", started.id),
@@ -1043,7 +1048,7 @@ async fn prepare_volumes(
                 None => "empty (nothing in the image there)".into(),
             };
             agent.emit(
-                "volume-created",
+                EventKind::VolumeCreated,
                 Some(&svc.name),
                 format!("volume {name} created, {how}"),
             );
@@ -1105,14 +1110,14 @@ fn retire(
         health::forget(&agent, &id);
         match result {
             Ok((_, Ok(()))) => agent.emit_container(
-                "container-removed",
+                EventKind::ContainerRemoved,
                 &service,
                 &id,
                 format!("{id} removed ({})", reason_text(reason)),
             ),
             Ok((_, Err(e))) => {
                 agent.emit_container(
-                    "container-remove-failed",
+                    EventKind::ContainerRemoveFailed,
                     &service,
                     &id,
                     format!("{id}: {e}"),
@@ -1200,7 +1205,7 @@ fn sync_ports(agent: &Agent, service: &str, spec_ports: &[berth_core::manifest::
     let message = errors.join("; ");
     l.last_error = Some(message.clone());
     drop(live);
-    agent.emit("port-failed", Some(service), message);
+    agent.emit(EventKind::PortFailed, Some(service), message);
 }
 
 fn reason_text(r: RetireReason) -> &'static str {
@@ -1233,14 +1238,17 @@ async fn remove_now(agent: &Arc<Agent>, service: &str, id: &str) {
     health::forget(agent, id);
     match result {
         Ok(Ok(())) => agent.emit_container(
-            "container-removed",
+            EventKind::ContainerRemoved,
             service,
             id,
             format!("{id} removed (exited)"),
         ),
-        Ok(Err(e)) => {
-            agent.emit_container("container-remove-failed", service, id, format!("{id}: {e}"))
-        }
+        Ok(Err(e)) => agent.emit_container(
+            EventKind::ContainerRemoveFailed,
+            service,
+            id,
+            format!("{id}: {e}"),
+        ),
         Err(e) => tracing::error!(container = %id, error = %e, "remove failed"),
     }
 }
@@ -1277,18 +1285,18 @@ async fn fail_rollout(
         .or_default()
         .last_error = Some(format!("rollout failed: {reason}"));
     agent.emit(
-        "rollout-failed",
+        EventKind::RolloutFailed,
         Some(&svc.name),
         format!("revision {}: {reason}", rec.info.number),
     );
     let mut failed = rec.clone();
-    failed.info.state = "failed".into();
+    failed.info.state = RevisionState::Failed;
     let previous = agent
         .store()
         .revisions()?
         .into_iter()
         .rev()
-        .find(|r| r.info.number < rec.info.number && r.info.state == "complete");
+        .find(|r| r.info.number < rec.info.number && r.info.state == RevisionState::Complete);
     match (svc.update.rollback_on_failure, previous) {
         (true, Some(prev)) => {
             agent.store().update_revision(&failed)?;
@@ -1302,7 +1310,7 @@ async fn fail_rollout(
                 )
                 .await?;
             agent.emit(
-                "rollback",
+                EventKind::Rollback,
                 Some(&svc.name),
                 format!(
                     "revision {} failed; restored revision {} as revision {}",
@@ -1316,7 +1324,7 @@ async fn fail_rollout(
             failed.halted.insert(svc.name.clone());
             agent.store().update_revision(&failed)?;
             agent.emit(
-                "rollout-halted",
+                EventKind::RolloutHalted,
                 Some(&svc.name),
                 format!(
                     "revision {} failed; {} keeps what runs until the next revision",
@@ -1395,9 +1403,9 @@ fn maybe_check_tags(agent: &Arc<Agent>, rec: &RevisionRecord, manifest: &Manifes
         if current != Some(rec.info.number) {
             return;
         }
-        agent.emit("tag-moved", None, moved.join(", "));
+        agent.emit(EventKind::TagMoved, None, moved.join(", "));
         if let Err(e) = agent.record_new_digests(&rec, digests).await {
-            agent.emit("apply-refused", None, format!("pull-check: {e}"));
+            agent.emit(EventKind::ApplyRefused, None, format!("pull-check: {e}"));
         }
     });
 }

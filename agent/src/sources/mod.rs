@@ -9,6 +9,7 @@ pub mod dir;
 pub mod git;
 pub mod url;
 
+use berth_core::vocab::EventKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::AgentConfig;
+use crate::config::ManifestSource;
 use crate::control::{Agent, ApplySource};
 use crate::state::{decode, encode, StateError};
 
@@ -50,22 +51,6 @@ pub struct SourceState {
     pub revision: Option<u64>,
 }
 
-/// The configured source in operator terms, e.g. `--git REPO (ref main, path hosts/common)`.
-pub fn describe(config: &AgentConfig) -> Option<String> {
-    if let Some(path) = &config.manifests {
-        Some(format!("--manifests {}", path.display()))
-    } else if let Some(url) = &config.manifest_url {
-        Some(format!("--manifest-url {url}"))
-    } else {
-        config.git.as_ref().map(|repo| {
-            format!(
-                "--git {repo} (ref {}, path {})",
-                config.git_ref, config.git_path
-            )
-        })
-    }
-}
-
 /// A running source task.
 #[derive(Debug)]
 pub struct Running {
@@ -79,20 +64,22 @@ pub fn spawn(agent: Arc<Agent>, shutdown: watch::Receiver<bool>) -> Option<Runni
     let config = agent.config.clone();
     let (done, first_sync) = oneshot::channel();
     let interval = config.manifest_poll_interval;
-    let task = if let Some(path) = config.manifests {
-        tokio::spawn(dir::run(agent, path, interval, shutdown, done))
-    } else if let Some(u) = config.manifest_url {
-        tokio::spawn(url::run(agent, u, interval, shutdown, done))
-    } else if let Some(repo) = config.git {
-        let spec = git::GitSpec {
+    let task = match config.source? {
+        ManifestSource::Dir(path) => tokio::spawn(dir::run(agent, path, interval, shutdown, done)),
+        ManifestSource::Url(u) => tokio::spawn(url::run(agent, u, interval, shutdown, done)),
+        ManifestSource::Git {
             repo,
-            reference: config.git_ref,
-            path: config.git_path,
-        };
-        let work = config.state_dir.join("sources").join("git");
-        tokio::spawn(git::run(agent, spec, work, interval, shutdown, done))
-    } else {
-        return None;
+            reference,
+            path,
+        } => {
+            let spec = git::GitSpec {
+                repo,
+                reference,
+                path,
+            };
+            let work = config.state_dir.join("sources").join("git");
+            tokio::spawn(git::run(agent, spec, work, interval, shutdown, done))
+        }
     };
     Some(Running { task, first_sync })
 }
@@ -208,7 +195,8 @@ impl Tracker {
     pub(crate) fn fetch_failed(&mut self, message: String) {
         if self.fetch_error.as_deref() != Some(message.as_str()) {
             tracing::warn!(source = self.kind, error = %message, "manifest source unreachable");
-            self.agent.emit("source-unreachable", None, message.clone());
+            self.agent
+                .emit(EventKind::SourceUnreachable, None, message.clone());
         }
         self.fetch_error = Some(message);
         self.publish();
@@ -226,14 +214,13 @@ impl Tracker {
     pub(crate) fn refuse(&mut self, what: &str, detail: &str) {
         let message = format!("{what} refused:\n{detail}");
         tracing::warn!(source = self.kind, error = %message, "manifest source refused");
-        self.agent
-            .metrics
-            .manifest_apply_errors
-            .with_label_values(&[self.kind])
-            .inc();
+        self.agent.metrics.apply_refused(self.kind);
         let first = detail.lines().next().unwrap_or_default();
-        self.agent
-            .emit("source-refused", None, format!("{what} refused: {first}"));
+        self.agent.emit(
+            EventKind::SourceRefused,
+            None,
+            format!("{what} refused: {first}"),
+        );
         self.refused = Some(message);
         self.publish();
     }
@@ -257,7 +244,7 @@ impl Tracker {
             Err(e) => {
                 // Validation passed, so this is a storage failure; apply counted it.
                 self.agent.emit(
-                    "source-refused",
+                    EventKind::SourceRefused,
                     None,
                     format!("{what} could not be applied: {e}"),
                 );

@@ -1,0 +1,293 @@
+//! The agent handle and its command surface. `Agent` is what every part of
+//! berthd shares: the store, events, metrics, images, runtime, network and the
+//! live state, with the handle's own verbs (emit, wake, ready, drain). The
+//! commands are plain methods grouped by room: `apply` (apply, rollback,
+//! restart), `status`, `containers`, `images`, `volumes`. The HTTP layer only
+//! turns requests into these calls; `daemon` constructs the agent.
+
+mod apply;
+mod containers;
+mod images;
+mod status;
+mod volumes;
+
+use berth_core::vocab::EventKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use berth_core::manifest::Problem;
+
+use crate::config::AgentConfig;
+use crate::events::EventBus;
+use crate::image::store::{ImageError, ImageStore};
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::network::proxy::PortProxy;
+use crate::network::Network;
+use crate::runtime::{ContainerInfo, Runtime};
+use crate::state::{StateError, Store};
+
+pub use apply::{desired_services, manifest_identity, pinned_image, would_remove, EnvFiles};
+pub use containers::{
+    ExecReply, LogFollow, LogTargetKind, LogsReply, LogsRequest, MAX_EXEC_TIMEOUT,
+};
+
+/// Revisions whose images GC keeps.
+pub const RETAINED_REVISIONS: usize = 5;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("manifest is invalid:\n{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    InvalidManifest(Vec<Problem>),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("this agent's manifest is managed by {0}: change the source instead (apply --dry-run and diff still work)")]
+    ManagedBySource(String),
+    #[error("service `{service}`: {source}")]
+    ImageResolve {
+        service: String,
+        source: Box<ImageError>,
+    },
+    #[error(transparent)]
+    Image(#[from] Box<ImageError>),
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is valid but the object is not in a state to serve it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("runtime: {0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
+    /// The manifest drops services the current revision runs and the caller
+    /// did not ask to prune them.
+    #[error("this manifest would remove {}: apply again with --prune (API: ?prune=true) to remove them", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
+    WouldRemove(Vec<String>),
+}
+
+/// Where a manifest came from; `label` is the bounded metric label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplySource {
+    Api,
+    File(String),
+    Url(String),
+    Git {
+        commit: String,
+    },
+    Rollback(u64),
+    /// `berthctl restart SERVICE`.
+    Restart(String),
+    /// A `pull.check` found a new digest for a tag.
+    PullCheck,
+    /// A failed rollout restored an earlier revision.
+    AutoRollback {
+        failed: u64,
+        restored: u64,
+    },
+}
+
+impl ApplySource {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApplySource::Api | ApplySource::Rollback(_) | ApplySource::Restart(_) => "api",
+            ApplySource::File(_) => "file",
+            ApplySource::Url(_) => "url",
+            ApplySource::Git { .. } => "git",
+            ApplySource::PullCheck | ApplySource::AutoRollback { .. } => "agent",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ApplySource::Api => "api".into(),
+            ApplySource::File(p) => format!("file:{p}"),
+            ApplySource::Url(u) => format!("url:{u}"),
+            ApplySource::Git { commit } => format!("git:{commit}"),
+            ApplySource::Rollback(n) => format!("rollback:{n}"),
+            ApplySource::Restart(s) => format!("restart:{s}"),
+            ApplySource::PullCheck => "pull-check".into(),
+            ApplySource::AutoRollback { failed, restored } => {
+                format!("rollback:{restored} (revision {failed} failed)")
+            }
+        }
+    }
+}
+
+/// The running agent's shared core.
+#[derive(Debug)]
+pub struct Agent {
+    pub config: AgentConfig,
+    store: Store,
+    pub events: EventBus,
+    pub metrics: Metrics,
+    pub images: ImageStore,
+    pub runtime: Arc<Runtime>,
+    /// Logs of removed containers, per service.
+    pub log_archive: crate::logs::LogArchive,
+    /// The bridge, addresses and per-container network namespaces.
+    pub network: Arc<Network>,
+    /// Published ports: balanced over ready replicas, drain-aware.
+    pub proxy: PortProxy,
+    /// Service discovery: berth-dns and the records it serves.
+    pub dns: Arc<crate::dns::Dns>,
+    /// Named volumes (`<state>/volumes`).
+    pub volumes: Arc<crate::volumes::VolumeStore>,
+    started: Instant,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    apply_lock: tokio::sync::Mutex<()>,
+    /// The configured manifest source (`--manifests`, `--manifest-url`, `--git`),
+    /// which alone may record revisions while it is set.
+    managed_source: Option<String>,
+    /// Why the source's newest version was not applied, for `status`.
+    source_error: std::sync::Mutex<Option<String>>,
+    /// Wakes the reconcile loop (apply, exits, health changes).
+    pub wake: tokio::sync::Notify,
+    pub live: std::sync::Mutex<Live>,
+}
+
+/// Everything an [`Agent`] is made of, built by `daemon` (the one
+/// composition root) or by a test.
+#[derive(Debug)]
+pub struct AgentParts {
+    pub config: AgentConfig,
+    pub store: Store,
+    pub events: EventBus,
+    pub metrics: Metrics,
+    pub images: ImageStore,
+    pub runtime: Arc<Runtime>,
+    pub log_archive: crate::logs::LogArchive,
+    pub network: Arc<Network>,
+    pub proxy: PortProxy,
+    pub dns: Arc<crate::dns::Dns>,
+    pub volumes: Arc<crate::volumes::VolumeStore>,
+}
+
+impl Agent {
+    /// The agent of `parts`, not yet ready or draining.
+    pub fn new(parts: AgentParts) -> Result<Arc<Agent>, AgentError> {
+        let AgentParts {
+            config,
+            store,
+            events,
+            metrics,
+            images,
+            runtime,
+            log_archive,
+            network,
+            proxy,
+            dns,
+            volumes,
+        } = parts;
+        let agent = Agent {
+            managed_source: config.source.as_ref().map(|s| s.describe()),
+            source_error: std::sync::Mutex::new(None),
+            config,
+            store,
+            events,
+            metrics,
+            images,
+            runtime,
+            log_archive,
+            network,
+            proxy,
+            dns,
+            volumes,
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            apply_lock: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+            live: std::sync::Mutex::new(Live::default()),
+        };
+        if let Some(rev) = agent.store.latest_revision()? {
+            agent.metrics.current_revision.set(rev.info.number as i64);
+        }
+        Ok(Arc::new(agent))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Locks the live state (a poisoned lock is still usable: it holds plain data).
+    pub fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the initial reconcile as done (`/readyz` turns 200).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Puts the whole host into drain (every readiness endpoint answers 503).
+    pub fn set_draining(&self, on: bool) {
+        let was = self.draining.swap(on, Ordering::SeqCst);
+        self.metrics.host_draining.set(i64::from(on));
+        if was != on {
+            self.emit(
+                EventKind::Drain,
+                None,
+                if on {
+                    "host drain on".into()
+                } else {
+                    "host drain off".into()
+                },
+            );
+            self.wake.notify_one();
+        }
+    }
+
+    /// The configured manifest source, if any (it owns the manifest).
+    pub fn managed_source(&self) -> Option<&str> {
+        self.managed_source.as_deref()
+    }
+
+    /// Sets or clears the error `status` shows for the manifest source.
+    pub fn set_source_error(&self, error: Option<String>) {
+        *self.source_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    pub(crate) fn source_error(&self) -> Option<String> {
+        self.source_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every container on disk (running or not), from the runtime.
+    pub async fn list_containers(&self) -> Result<Vec<ContainerInfo>, AgentError> {
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || rt.list())
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(|e| AgentError::Runtime(e.to_string()))
+    }
+
+    /// Emits an event and counts it.
+    pub fn emit(&self, kind: EventKind, service: Option<&str>, message: String) {
+        self.metrics.count_event(kind);
+        self.events.emit(kind, service, None, message);
+    }
+
+    /// Emits an event about one container.
+    pub fn emit_container(&self, kind: EventKind, service: &str, container: &str, message: String) {
+        self.metrics.count_event(kind);
+        self.events
+            .emit(kind, Some(service), Some(container), message);
+    }
+}

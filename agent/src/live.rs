@@ -1,0 +1,95 @@
+//! What the agent knows that is not on disk, as plain data shared between
+//! the reconcile pass, health checkers and the API: each service's readiness
+//! and errors, each container's health, address and ports, replicas being
+//! retired and images being pulled. No behaviour lives here; the reconcile
+//! pass and the checkers write it, commands read it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the reconciler knows that is not on disk: readiness, health,
+/// restart backoff, replicas being retired and images being pulled.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub services: BTreeMap<String, ServiceLive>,
+    pub health: HashMap<String, HealthLive>,
+    /// Replicas being drained and stopped: container id → service.
+    pub retiring: HashMap<String, String>,
+    pub pulling: HashSet<String>,
+    /// Container id → its address on the bridge (networking fills it in).
+    pub addresses: HashMap<String, std::net::Ipv4Addr>,
+    /// Container id → its ports (from its own spec), for publishing.
+    pub ports: HashMap<String, Vec<berth_core::manifest::Port>>,
+    /// Replicas re-adopted at start that the DNAT rules were serving (Ready
+    /// before the restart): Ready until their first health result says otherwise.
+    pub adopted_ready: HashSet<String>,
+}
+
+/// One service's live state.
+#[derive(Debug, Default, Clone)]
+pub struct ServiceLive {
+    pub desired: u32,
+    pub ready: u32,
+    /// Ids of ready replicas (the proxy and readiness endpoint use them).
+    pub ready_ids: Vec<String>,
+    pub restarts: u64,
+    /// Consecutive failures and the restart backoff they set.
+    pub restart: crate::reconcile::backoff::RestartTracker,
+    /// The canonical desired spec of the last pass (a new one resets `restart`).
+    pub spec: Option<String>,
+    /// The canonical spec of which a replica was last seen ready: while it
+    /// differs from `spec`, the service is on its first deploy.
+    pub ready_spec: Option<String>,
+    /// What the service waits for before starting replicas (`depends_on`).
+    pub waiting: Option<String>,
+    pub last_error: Option<String>,
+    pub rollout_started: Option<Instant>,
+    pub converged: bool,
+    /// When tags were last re-resolved (`pull.check`).
+    pub last_check: Option<Instant>,
+    /// Transient pull failures of this service's image, for the retry backoff.
+    pub pull_retry: crate::reconcile::backoff::Backoff,
+    /// A permanent pull failure: (revision, image, message). Each revision
+    /// tries the pull again once.
+    pub image_failed: Option<(u64, String, String)>,
+    /// Until then, a crash of a replica of the last rollout rolls it back.
+    pub probation_until: Option<Instant>,
+    /// Running or created replicas (any spec) as of the last pass: their
+    /// ports are held.
+    pub members: Vec<String>,
+    /// The ports of the spec being rolled out (held even before a replica
+    /// has them); empty while the service is halted.
+    pub spec_ports: Vec<berth_core::manifest::Port>,
+    /// Host ports of this service that are not published, with why.
+    pub unpublished: Vec<String>,
+}
+
+/// A replica's health as the checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Starting => "starting",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// The live health of one container, owned by its checker task.
+#[derive(Debug, Clone)]
+pub struct HealthLive {
+    pub status: HealthStatus,
+    pub failures: u32,
+    pub last_output: Option<String>,
+    /// Set to stop the checker.
+    pub cancel: Arc<AtomicBool>,
+}
