@@ -64,6 +64,7 @@ fn service_names(agent: &Agent) -> Vec<String> {
 
 #[test]
 fn apply_refuses_to_drop_a_service_without_prune() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -126,6 +127,7 @@ fn apply_refuses_to_drop_a_service_without_prune() {
 
 #[test]
 fn apply_from_stdin_names_stdin_in_errors() {
+    berth_agent::require_root!();
     let agent = Agent::start();
     let out = ctl_stdin(&agent, &["apply", "-f", "-"], "[service.web]\nimage = 1\n");
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
@@ -134,6 +136,7 @@ fn apply_from_stdin_names_stdin_in_errors() {
 
 #[test]
 fn diff_shows_old_and_new_values_and_exit_code() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -220,6 +223,7 @@ fn table(text: &str, first_title: &str) -> Vec<std::collections::BTreeMap<String
 
 #[test]
 fn status_json_carries_everything_the_table_shows() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -323,6 +327,7 @@ fn status_json_carries_everything_the_table_shows() {
 
 #[test]
 fn wait_says_rolled_out_only_once_removed_services_are_gone() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -354,6 +359,7 @@ fn wait_says_rolled_out_only_once_removed_services_are_gone() {
 
 #[test]
 fn a_revision_replaced_mid_rollout_is_superseded() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();

@@ -32,6 +32,7 @@ fn logs_containing(agent: &Agent, service: &str, needle: &str) -> String {
 
 #[test]
 fn command_replaces_cmd_only_and_entrypoint_replaces_both() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_entry_image(&reg);
     let agent = Agent::start();
@@ -79,6 +80,7 @@ entrypoint = ["/bin/busybox", "sh", "-c", "echo OVERRIDE $0; exec sleep 3600"]
 
 #[test]
 fn a_writable_volume_has_one_writer_unless_shared() {
+    berth_agent::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.toml");
     let body = "[service.db]\nimage = \"127.0.0.1:5000/db:1\"\nreplicas = 2\n\n[[service.db.volumes]]\nname = \"pgdata\"\ntarget = \"/var/lib/postgresql/data\"\n";

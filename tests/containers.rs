@@ -18,6 +18,7 @@ fn service_containers(agent: &Agent, service: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn inspect_and_logs_tail_and_follow() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -98,6 +99,7 @@ fn inspect_and_logs_tail_and_follow() {
 
 #[test]
 fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let mut agent = Agent::start();
@@ -158,6 +160,7 @@ fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
 /// and pids are the cgroup's, with the manifest's limit.
 #[test]
 fn top_shows_cpu_memory_and_pids_per_container() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();

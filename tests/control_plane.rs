@@ -77,6 +77,7 @@ fn validate_names_file_line_column_and_key() {
 
 #[test]
 fn apply_history_diff_and_kill9_after_ack() {
+    berth_agent::require_root!();
     let mut agent = Agent::start();
     let (reg, hello) = hello_manifest(&agent);
     let out = agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
@@ -154,6 +155,7 @@ fn apply_history_diff_and_kill9_after_ack() {
 
 #[test]
 fn metrics_pass_promtool_and_count_refusals() {
+    berth_agent::require_root!();
     let agent = Agent::start();
     let bad = agent.api("PUT", "/v1/manifest", &[], b"[service.x]\nimage = 1\n");
     assert_eq!(bad.status, 422);
@@ -170,6 +172,7 @@ fn metrics_pass_promtool_and_count_refusals() {
 
 #[test]
 fn health_and_readiness_endpoints() {
+    berth_agent::require_root!();
     let agent = Agent::start();
     let (_reg, hello) = hello_manifest(&agent);
     assert_eq!(agent.http("GET", "/healthz").status, 200);
@@ -203,6 +206,7 @@ fn health_and_readiness_endpoints() {
 
 #[test]
 fn tcp_api_requires_the_bearer_token() {
+    berth_agent::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
@@ -262,6 +266,7 @@ fn tcp_api_requires_the_bearer_token() {
 
 #[test]
 fn the_api_socket_is_root_only() {
+    berth_agent::require_root!();
     let agent = Agent::start();
     let mode = std::fs::metadata(agent.socket())
         .unwrap()
@@ -325,6 +330,7 @@ fn unreachable_agent_is_one_clear_line() {
 
 #[test]
 fn bad_input_gets_json_4xx_and_the_agent_keeps_serving() {
+    berth_agent::require_root!();
     let agent = Agent::start();
     let (_reg, hello) = hello_manifest(&agent);
     agent
@@ -388,6 +394,7 @@ fn bad_input_gets_json_4xx_and_the_agent_keeps_serving() {
 
 #[test]
 fn events_follow_streams_new_events() {
+    berth_agent::require_root!();
     let agent = Agent::start();
     let (_reg, hello) = hello_manifest(&agent);
     let mut child = Command::new(berthctl_bin())
@@ -435,6 +442,7 @@ fn events_follow_streams_new_events() {
 
 #[test]
 fn events_survive_kill9_and_filter_by_service_kind_and_since() {
+    berth_agent::require_root!();
     let mut agent = Agent::start();
     let (_reg, hello) = hello_manifest(&agent);
     agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
@@ -492,6 +500,7 @@ fn events_survive_kill9_and_filter_by_service_kind_and_since() {
 /// come from elsewhere); the running agent exports the process metrics.
 #[test]
 fn alert_rules_and_dashboard_use_only_exported_metrics() {
+    berth_agent::require_root!();
     let deploy = workspace_root().join("deploy");
     let rules = deploy.join("prometheus/berth-alerts.yml");
     let out = Command::new("promtool")
@@ -543,6 +552,7 @@ fn alert_rules_and_dashboard_use_only_exported_metrics() {
 /// ends quietly with success, never a panic.
 #[test]
 fn a_closed_pipe_ends_every_command_quietly() {
+    berth_agent::require_root!();
     let agent = Agent::start();
     let (_reg, hello) = hello_manifest(&agent);
     agent.ctl(&["apply", "-f", hello.to_str().unwrap()]).ok();
@@ -649,6 +659,7 @@ fn install_step_unit_man_pages_and_completions() {
 /// answers /readyz), STOPPING=1 on SIGTERM — over `$NOTIFY_SOCKET`.
 #[test]
 fn systemd_hears_ready_and_stopping() {
+    berth_agent::require_root!();
     let mut agent = Agent::create(&[]);
     let path = agent.dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -675,6 +686,7 @@ fn systemd_hears_ready_and_stopping() {
 
 #[test]
 fn sigterm_shuts_down_cleanly_and_a_second_agent_is_refused() {
+    berth_agent::require_root!();
     let mut agent = Agent::start();
     // A second agent on the same state dir must refuse to start.
     let out = Command::new(berthd_bin())
@@ -693,6 +705,7 @@ fn sigterm_shuts_down_cleanly_and_a_second_agent_is_refused() {
 
 #[test]
 fn a_broken_database_is_moved_aside_and_history_rebuilt() {
+    berth_agent::require_root!();
     let mut agent = Agent::start();
     let (_reg, hello) = hello_manifest(&agent);
     agent

@@ -37,6 +37,7 @@ fn ip(s: &str) -> Ipv4Addr {
 /// finding it again, and a replacement under a query loop.
 #[test]
 fn berth_dns_answers_reloads_and_is_replaced_without_dropping_queries() {
+    berth_agent::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pid = std::process::id();
     let listen = Ipv4Addr::new(127, 100 + (pid % 100) as u8, (pid >> 8) as u8, 1);
@@ -299,6 +300,7 @@ image = "{web}"
 
 #[test]
 fn services_reach_each_other_by_name_and_names_follow_a_rollout() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let db = push_web_image(&reg, "shop/db:1", "db-data");
     let app1 = push_web_image(&reg, "shop/app:1", "app-v1");
@@ -452,6 +454,7 @@ fn berth_dns_pid(agent: &Agent) -> i64 {
 
 #[test]
 fn lookups_keep_answering_while_berthd_is_killed_stopped_restarted_and_berth_dns_replaced() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let db = push_web_image(&reg, "shop/db:1", "db-data");
     let upstream = FakeUpstream::start(&[]);

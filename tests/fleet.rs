@@ -135,6 +135,7 @@ drain = "300ms"
 
 #[test]
 fn a_new_digest_rolls_host_by_host_behind_haproxy_without_a_failed_request() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let v1 = push_web_image(&reg, "shop/web:1", "v1");
     let v2 = push_web_image(&reg, "shop/web:2", "v2");

@@ -101,6 +101,7 @@ fn replace_file(path: &Path, text: &str) {
 
 #[test]
 fn watched_directory_applies_edits_refuses_broken_toml_and_recovers() {
+    berth_agent::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("manifests");
     std::fs::create_dir(&m).unwrap();
@@ -174,6 +175,7 @@ fn watched_directory_applies_edits_refuses_broken_toml_and_recovers() {
 
 #[test]
 fn a_rename_heavy_checkout_is_one_revision() {
+    berth_agent::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("manifests");
     std::fs::create_dir(&m).unwrap();
@@ -224,6 +226,7 @@ fn a_rename_heavy_checkout_is_one_revision() {
 
 #[test]
 fn apply_is_refused_while_a_source_is_configured() {
+    berth_agent::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("site.toml");
     std::fs::write(&m, service("web", 1)).unwrap();
@@ -312,6 +315,7 @@ fn commit_and_push(work: &Path, files: &[(&str, &str)], message: &str) -> String
 
 #[test]
 fn git_commits_become_revisions_and_a_broken_commit_is_refused() {
+    berth_agent::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let bare = dir.path().join("fleet.git");
     let work = dir.path().join("work");
@@ -514,6 +518,7 @@ impl Drop for ManifestServer {
 
 #[test]
 fn url_source_polls_with_etags_and_applies_changes() {
+    berth_agent::require_root!();
     let server = ManifestServer::start(&service("web", 1), "\"v1\"");
     let url = format!("http://127.0.0.1:{}/hosts/web.toml", server.port);
     let mut agent =
@@ -561,6 +566,7 @@ fn url_source_polls_with_etags_and_applies_changes() {
 
 #[test]
 fn sigterm_while_the_first_sync_hangs_shuts_down_cleanly() {
+    berth_agent::require_root!();
     // A manifest URL that accepts connections (the kernel's backlog) and
     // never answers: the agent's start-up waits for its first sync.
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -75,6 +75,7 @@ fn replace_and_time_the_stop(agent: &Agent, text: &str) -> Duration {
 
 #[test]
 fn the_image_stop_signal_stops_a_replica_at_once_and_the_manifest_wins() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_sigint_image(&reg);
     let mut agent = Agent::start();
@@ -129,6 +130,7 @@ fn sleeper(healthcheck: impl FnOnce(ImageBuilder) -> ImageBuilder) -> ImageBuild
 
 #[test]
 fn the_image_healthcheck_gates_readiness_unless_the_manifest_has_one() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let ms = Duration::from_millis;
     let failing =
@@ -236,6 +238,7 @@ fn the_image_healthcheck_gates_readiness_unless_the_manifest_has_one() {
 
 #[test]
 fn a_bare_uid_without_passwd_runs_with_gid_0_and_home_slash_and_inspect_shows_exposed_ports() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let img = ImageBuilder::busybox()
         .layer(

@@ -50,6 +50,7 @@ fn assert_nothing_half_written(agent: &Agent) {
 
 #[test]
 fn pull_by_tag_and_by_digest_then_list() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1.4", "v1");
     let agent = Agent::start();
@@ -102,6 +103,7 @@ fn pull_by_tag_and_by_digest_then_list() {
 
 #[test]
 fn shared_layers_are_stored_and_unpacked_once() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let a = push_web_image(&reg, "shop/a:1", "a");
     let b = push_web_image(&reg, "shop/b:1", "b");
@@ -119,6 +121,7 @@ fn shared_layers_are_stored_and_unpacked_once() {
 
 #[test]
 fn whiteouts_opaque_dirs_and_hardlinks_give_the_right_tree() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let img = ImageBuilder::busybox()
         .layer(
@@ -184,6 +187,7 @@ fn sparse_source(path: &Path, seed: u8) {
 
 #[test]
 fn sparse_files_in_layers_written_by_gnu_tar_run_with_their_holes() {
+    berth_agent::require_root!();
     // One layer per sparse encoding GNU tar writes: PAX 0.0, 0.1, 1.0, old GNU.
     let src = tempfile::tempdir().unwrap();
     std::fs::create_dir(src.path().join("sparse")).unwrap();
@@ -257,6 +261,7 @@ fn sparse_files_in_layers_written_by_gnu_tar_run_with_their_holes() {
 
 #[test]
 fn a_corrupted_blob_is_refused_and_nothing_half_written_is_kept() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/bad:1", "v1");
     // Flip bytes of the top layer in the registry's own storage: the registry
@@ -361,6 +366,7 @@ fn slow_proxy(upstream: String, bytes_per_sec: usize) -> u16 {
 
 #[test]
 fn kill9_of_the_agent_mid_pull_then_a_new_pull_succeeds() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     // A 6 MB incompressible layer through a 2 MB/s proxy takes ~3 s.
     let noise: Vec<u8> = (0..6_000_000u32)
@@ -398,6 +404,7 @@ fn kill9_of_the_agent_mid_pull_then_a_new_pull_succeeds() {
 
 #[test]
 fn gc_keeps_what_is_in_use_and_frees_the_rest() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let used = push_web_image(&reg, "shop/used:1", "used");
     let unused = push_web_image(&reg, "shop/unused:1", "unused");
@@ -445,6 +452,7 @@ fn gc_keeps_what_is_in_use_and_frees_the_rest() {
 
 #[test]
 fn gc_runs_by_itself_when_the_disk_fills_up() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let old = push_web_image(&reg, "shop/old:1", "old");
     let new = push_web_image(&reg, "shop/new:1", "new");
@@ -502,6 +510,7 @@ fn nix_free(path: &Path) -> (u64, u64) {
 /// "credentials not found"). The helper here logs what it was asked.
 #[test]
 fn credential_helpers_from_docker_config_json() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start_with_htpasswd("deploy", "s3cret-pw").unwrap();
     reg.push(
         "private/app",

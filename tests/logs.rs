@@ -58,6 +58,7 @@ fn events_of(agent: &Agent, kind: &str, service: &str) -> Vec<serde_json::Value>
 
 #[test]
 fn a_crashed_replica_keeps_its_interleaved_timestamped_logs() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -211,6 +212,7 @@ fn running_ids(agent: &Agent, service: &str) -> Vec<String> {
 
 #[test]
 fn logs_follow_of_a_service_continues_into_a_rollouts_new_replica() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -255,6 +257,7 @@ fn logs_follow_of_a_service_continues_into_a_rollouts_new_replica() {
 
 #[test]
 fn readopted_containers_keep_their_logs_including_pre_cri_files() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let mut agent = Agent::start();

@@ -151,6 +151,7 @@ fn dnat_rule(agent: &Agent, port: u16) -> String {
 
 #[test]
 fn start_first_rollout_behind_the_published_port_drops_no_request() {
+    berth_agent::require_root!();
     let (ok, failed, bodies, errors) = rollout_under_load("start-first");
     assert!(ok > 200, "too little load to prove anything: {ok}");
     assert_eq!(
@@ -165,6 +166,7 @@ fn start_first_rollout_behind_the_published_port_drops_no_request() {
 
 #[test]
 fn stop_first_rollout_has_the_documented_gap() {
+    berth_agent::require_root!();
     // With stop-first and max_unavailable = 1, one replica at a time is taken
     // down before its replacement starts: capacity halves for a moment, but
     // the other replica keeps answering, so requests still succeed; with a
@@ -181,6 +183,7 @@ fn stop_first_rollout_has_the_documented_gap() {
 
 #[test]
 fn stop_first_with_one_replica_has_a_gap() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let v1 = push_web_image(&reg, "shop/web:1", "v1");
     let v2 = push_web_image(&reg, "shop/web:2", "v2");
@@ -214,6 +217,7 @@ fn stop_first_with_one_replica_has_a_gap() {
 
 #[test]
 fn containers_reach_each_other_on_the_bridge_but_not_another_agents() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "c2c");
     let a = Agent::start();
@@ -266,6 +270,7 @@ fn containers_reach_each_other_on_the_bridge_but_not_another_agents() {
 
 #[test]
 fn nothing_is_left_after_removal_and_after_a_restart() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let mut agent = Agent::start();

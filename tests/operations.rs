@@ -31,6 +31,7 @@ fn identity(status: &str) -> Vec<String> {
 
 #[test]
 fn exec_runs_as_the_workload_and_returns_its_exit_code() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -165,6 +166,7 @@ strategy = "stop-first"
 
 #[test]
 fn restart_replaces_replicas_with_the_same_spec_without_downtime() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();

@@ -216,6 +216,7 @@ fn client(image: &str, script: &str) -> String {
 
 #[test]
 fn several_ports_each_on_its_address_tcp_udp_and_container_only() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "ports");
     let agent = Agent::start();
@@ -426,6 +427,7 @@ retries = 2
 
 #[test]
 fn a_port_held_by_another_process_fails_the_rollout_and_names_the_holder() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let v1 = push_web_image(&reg, "shop/web:1", "v1");
     let v2 = push_web_image(&reg, "shop/web:2", "v2");
@@ -472,6 +474,7 @@ fn a_port_held_by_another_process_fails_the_rollout_and_names_the_holder() {
 
 #[test]
 fn the_data_plane_outlives_the_agent_and_a_restart_rewrites_no_rule() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let mut agent = Agent::start();
@@ -547,6 +550,7 @@ fn the_data_plane_outlives_the_agent_and_a_restart_rewrites_no_rule() {
 
 #[test]
 fn a_port_taken_while_the_agent_was_down_is_not_ready_until_it_is_free() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let mut agent = Agent::start();

@@ -28,6 +28,7 @@ drain = "100ms"
 
 #[test]
 fn two_services_come_up_running_and_healthy() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -120,6 +121,7 @@ fn web_ready(agent: &Agent, service: &str, n: u64) -> Option<()> {
 
 #[test]
 fn a_new_digest_under_the_same_tag_rolls_out_with_pull_check() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:stable", "v1");
     let agent = Agent::start();
@@ -210,6 +212,7 @@ fn assert_rollout_fails_and_rolls_back(bad_extra: &str, what: &str) {
 
 #[test]
 fn a_command_that_exits_at_once_halts_the_rollout_and_rolls_back() {
+    berth_agent::require_root!();
     assert_rollout_fails_and_rolls_back(
         "command = [\"/bin/busybox\", \"sh\", \"-c\", \"exit 3\"]",
         "an exiting command",
@@ -218,6 +221,7 @@ fn a_command_that_exits_at_once_halts_the_rollout_and_rolls_back() {
 
 #[test]
 fn a_replica_that_never_passes_its_health_check_halts_the_rollout_and_rolls_back() {
+    berth_agent::require_root!();
     assert_rollout_fails_and_rolls_back(
         "command = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"9999\", \"-h\", \"/www\"]",
         "a failing health check",
@@ -226,6 +230,7 @@ fn a_replica_that_never_passes_its_health_check_halts_the_rollout_and_rolls_back
 
 #[test]
 fn a_crashing_service_restarts_with_growing_delays() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -274,6 +279,7 @@ fn time_of(t: &str) -> f64 {
 
 #[test]
 fn scaling_changes_only_the_count() {
+    berth_agent::require_root!();
     let (_reg, image, agent) = web_running("shop/web:1", 3);
     let three = ids_of(&agent, "web");
     agent
@@ -302,6 +308,7 @@ fn scaling_changes_only_the_count() {
 
 #[test]
 fn a_container_killed_by_hand_comes_back() {
+    berth_agent::require_root!();
     let (_reg, _image, agent) = web_running("shop/web:1", 1);
     let c = agent
         .containers()
@@ -328,6 +335,7 @@ fn a_container_killed_by_hand_comes_back() {
 
 #[test]
 fn rollback_runs_the_exact_digest_of_revision_1() {
+    berth_agent::require_root!();
     let (reg, image, agent) = web_running("shop/web:stable", 1);
     let d1 = revisions(&agent)[0]["digests"]["web"]
         .as_str()
@@ -362,6 +370,7 @@ fn rollback_runs_the_exact_digest_of_revision_1() {
 
 #[test]
 fn kill9_of_the_agent_during_a_rollout_converges_without_duplicates() {
+    berth_agent::require_root!();
     let (_reg, image, mut agent) = web_running("shop/web:1", 2);
     // Kill at several points: right after the apply, after the first new
     // replica exists, and in the middle of draining.
@@ -389,6 +398,7 @@ fn kill9_of_the_agent_during_a_rollout_converges_without_duplicates() {
 
 #[test]
 fn exec_and_tcp_health_checks_gate_readiness() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -440,6 +450,7 @@ interval = "200ms"
 
 #[test]
 fn apply_wait_follows_the_rollout_and_fails_on_failure() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -490,6 +501,7 @@ fn apply_wait_follows_the_rollout_and_fails_on_failure() {
 
 #[test]
 fn a_crash_during_probation_rolls_back_to_the_last_good_revision() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -539,6 +551,7 @@ fn a_crash_during_probation_rolls_back_to_the_last_good_revision() {
 
 #[test]
 fn every_spec_metric_is_exported_and_passes_promtool() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -598,6 +611,7 @@ fn apply_wait(agent: &Agent, name: &str, text: &str) -> (CtlOutput, std::time::D
 
 #[test]
 fn a_first_deploy_that_never_becomes_healthy_fails_apply_wait_early_with_the_probe_output() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -656,6 +670,7 @@ retries = 2
 
 #[test]
 fn a_never_healthy_replica_is_replaced_with_growing_delays_up_to_the_max() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
@@ -750,6 +765,7 @@ fn push_helm_chart(reg: &TestRegistry, repo: &str, tag: &str) -> String {
 
 #[test]
 fn a_tag_that_is_not_a_runnable_image_fails_apply_wait_at_once() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let chart = push_helm_chart(&reg, "charts/web", "1");
     let arm = berth_e2e::registry::ImageBuilder::busybox()
@@ -791,6 +807,7 @@ fn a_tag_that_is_not_a_runnable_image_fails_apply_wait_at_once() {
 
 #[test]
 fn depends_on_starts_a_service_once_its_dependency_is_ready() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();

@@ -224,6 +224,7 @@ async fn htpasswd_registry_needs_credentials() -> Result<()> {
 
 #[tokio::test]
 async fn umoci_and_skopeo_built_image_pulls() -> Result<()> {
+    berth_agent::require_root!();
     let reg = TestRegistry::start()?;
     let rootfs = tempfile::tempdir()?;
     busybox_rootfs(rootfs.path())?;

@@ -80,6 +80,7 @@ fn flock_layer() -> LayerBuilder {
 /// removes it once the service is gone.
 #[test]
 fn a_non_root_image_writes_its_seeded_volume_and_keeps_its_data() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let script = "if [ ! -e /data/runs ]; then echo changed > /data/seed.txt || exit 3; rm /data/deleteme || exit 3; fi; \
         echo \"run $GEN uid $(id -u)\" >> /data/runs || { echo CANNOT-WRITE; exit 3; }; \
@@ -245,6 +246,7 @@ fn a_non_root_image_writes_its_seeded_volume_and_keeps_its_data() {
 /// it. `replicas = 2` with the volume is refused with file:line:col.
 #[test]
 fn a_single_writer_volume_never_has_two_writers_across_updates() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let script = "exec 9>>/data/lock; if ! flock -n 9; then echo LOCK-TAKEN-BY-ANOTHER-WRITER; echo \"gen $GEN\" >> /data/failures; exit 99; fi; \
         echo \"gen $GEN\" >> /data/gens; echo \"LOCKED gen $GEN\"; exec sleep 3600";
@@ -333,6 +335,7 @@ fn a_single_writer_volume_never_has_two_writers_across_updates() {
 /// and the fix; a tmpfs at the path lifts it.
 #[test]
 fn an_image_volume_keeps_its_data_across_replacement() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let img = ImageBuilder::busybox()
         .layer(

@@ -31,6 +31,7 @@ fn get_at(ip: IpAddr, port: u16, path: &str) -> std::io::Result<String> {
 
 #[test]
 fn non_root_server_binds_port_80_unless_a_sysctl_says_otherwise() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "served as 1000");
     let agent = Agent::start();
@@ -98,6 +99,7 @@ policy = "never"
 
 #[test]
 fn init_stops_a_sleep_that_ignores_sigterm_at_once() {
+    berth_agent::require_root!();
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();

@@ -240,6 +240,7 @@ fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 #[test]
 fn attach_gives_eth0_routes_and_reachability() {
+    berth_agent::require_root!();
     let mut t = TestNet::new();
     let a = t.attach("c1");
     let b = t.attach("c2");
@@ -303,6 +304,7 @@ fn attach_gives_eth0_routes_and_reachability() {
 
 #[test]
 fn container_reaches_the_host_through_the_gateway() {
+    berth_agent::require_root!();
     let mut t = TestNet::new();
     let a = t.attach("gw");
     let listener = TcpListener::bind((t.subnet.gateway(), 0)).unwrap();
@@ -317,6 +319,7 @@ fn container_reaches_the_host_through_the_gateway() {
 /// from the other network's containers (the host does not forward for them).
 #[test]
 fn two_networks_are_isolated_and_nat_keeps_them_so() {
+    berth_agent::require_root!();
     let mut t1 = TestNet::new();
     let mut t2 = TestNet::new();
     let a = t1.attach("iso-a");
@@ -374,6 +377,7 @@ fn two_networks_are_isolated_and_nat_keeps_them_so() {
 
 #[test]
 fn restart_adopts_then_reconcile_removes_orphans() {
+    berth_agent::require_root!();
     let mut t = TestNet::new();
     let a = t.attach("keep");
     let b = t.attach("gone");
@@ -408,6 +412,7 @@ fn restart_adopts_then_reconcile_removes_orphans() {
 
 #[test]
 fn attach_refuses_an_attached_id_and_cleans_up_failures() {
+    berth_agent::require_root!();
     let mut t = TestNet::new();
     let a = t.attach("twice");
     assert!(t.net().attach(&a.id).is_err());
@@ -441,6 +446,7 @@ fn busybox_layer() -> &'static Path {
 
 #[test]
 fn a_container_joins_its_namespace_and_serves_http() {
+    berth_agent::require_root!();
     let mut t = TestNet::new();
     let att = t.attach("httpd");
     let state = tempfile::Builder::new()

@@ -215,6 +215,7 @@ fn exit_code(s: &ContainerState) -> i32 {
 
 #[test]
 fn isolation_from_inside() {
+    berth_agent::require_root!();
     let env = Env::new();
     let marker = tempfile::Builder::new()
         .prefix("berth-host-marker-")
@@ -304,6 +305,7 @@ fn isolation_from_inside() {
 
 #[test]
 fn only_stdio_reaches_the_workload() {
+    berth_agent::require_root!();
     // ls run directly as the workload: fds 0-2 are inherited, and the one it
     // opens itself to read the directory takes the lowest free number, 3. Any
     // leaked fd would show as an extra entry or push ls's own one higher.
@@ -342,6 +344,7 @@ fn only_stdio_reaches_the_workload() {
 
 #[test]
 fn non_root_user_gets_no_capabilities() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config(
         "user",
@@ -362,6 +365,7 @@ fn non_root_user_gets_no_capabilities() {
 
 #[test]
 fn memory_limit_oom_kill_is_reported() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config("oom", "");
     cfg.args = vec!["/bin/tail".into(), "/dev/zero".into()];
@@ -398,6 +402,7 @@ fn memory_limit_oom_kill_is_reported() {
 
 #[test]
 fn fork_bomb_stops_at_pids_limit() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config(
         "bomb",
@@ -456,6 +461,7 @@ fn fork_bomb_stops_at_pids_limit() {
 
 #[test]
 fn cpu_quota_holds() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config("cpu", "while :; do :; done");
     cfg.millicpus = Some(200);
@@ -474,6 +480,7 @@ fn cpu_quota_holds() {
 
 #[test]
 fn writes_land_in_the_upper_dir_only() {
+    berth_agent::require_root!();
     let env = Env::new();
     let cfg = env.config(
         "upper",
@@ -504,6 +511,7 @@ fn writes_land_in_the_upper_dir_only() {
 
 #[test]
 fn volumes_secrets_tmpfs_and_readonly_rootfs() {
+    berth_agent::require_root!();
     let env = Env::new();
     let host = tempfile::tempdir().unwrap();
     let vol = host.path().join("vol");
@@ -558,6 +566,7 @@ fn volumes_secrets_tmpfs_and_readonly_rootfs() {
 
 #[test]
 fn stop_sends_the_stop_signal_then_kills() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config(
         "stop",
@@ -591,6 +600,7 @@ fn stop_sends_the_stop_signal_then_kills() {
 
 #[test]
 fn failed_create_undoes_everything() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config("fail", "");
     cfg.args = vec!["no-such-command".into()];
@@ -656,6 +666,7 @@ fn assert_exe_not_writable(exe: &str, what: &str) {
 
 #[test]
 fn monitor_exe_is_not_writable_from_anywhere() {
+    berth_agent::require_root!();
     let env = Env::new();
     let c = env.start(&env.config("exe", "echo ready; sleep 100"));
     c.wait_output("ready");
@@ -720,6 +731,7 @@ fn helper_agent() {
 
 #[test]
 fn containers_outlive_a_killed_agent_and_are_readopted() {
+    berth_agent::require_root!();
     let env = Env::new();
     let long = unique("long");
     let short = unique("short");
@@ -820,6 +832,7 @@ fn rss_kib(pid: i32) -> (u64, u64) {
 
 #[test]
 fn measurements_start_latency_and_monitor_memory() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config("true", "");
     cfg.args = vec!["/bin/true".into()];
@@ -850,6 +863,7 @@ fn measurements_start_latency_and_monitor_memory() {
 
 #[test]
 fn logs_rotate_and_mounts_stay_in_the_container() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config(
         "logs",
@@ -902,6 +916,7 @@ fn logs_rotate_and_mounts_stay_in_the_container() {
 
 #[test]
 fn cgroup_v2_layer_works_on_the_unified_mount() {
+    berth_agent::require_root!();
     use berth_agent::runtime::cgroups::{Cgroup, Hierarchy, Limits};
     let root = PathBuf::from("/sys/fs/cgroup/unified");
     let is_v2 = nix::sys::statfs::statfs(&root)
@@ -911,8 +926,7 @@ fn cgroup_v2_layer_works_on_the_unified_mount() {
     } else if let Some(h @ Hierarchy::V2 { .. }) = Hierarchy::detect() {
         h
     } else {
-        eprintln!("no cgroup2 mount; skipping");
-        return;
+        berth_agent::skip_test!("no cgroup2 mount");
     };
     let id = unique("v2");
     let cg = Cgroup::new(hierarchy, CGROUP_PARENT, &id);
@@ -968,6 +982,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 #[test]
 fn exec_runs_inside_the_containers_namespaces_as_its_user() {
+    berth_agent::require_root!();
     let env = Env::new();
     let marker = tempfile::Builder::new()
         .prefix("berth-exec-marker-")
@@ -1074,6 +1089,7 @@ fn exec_runs_inside_the_containers_namespaces_as_its_user() {
 
 #[test]
 fn exec_is_in_the_containers_cgroup_and_limits_apply() {
+    berth_agent::require_root!();
     let env = Env::new();
     let mut cfg = env.config("exec-cg", "echo ready; sleep 100");
     cfg.memory_bytes = Some(32 << 20);
@@ -1148,6 +1164,7 @@ fn exec_is_in_the_containers_cgroup_and_limits_apply() {
 
 #[test]
 fn exec_exit_codes_missing_commands_and_timeouts() {
+    berth_agent::require_root!();
     let env = Env::new();
     let c = env.start(&env.config("exec-codes", "echo ready; sleep 100"));
     c.wait_output("ready");
@@ -1218,6 +1235,7 @@ fn exec_exit_codes_missing_commands_and_timeouts() {
 
 #[test]
 fn exec_needs_a_running_container() {
+    berth_agent::require_root!();
     let env = Env::new();
     let c = env.start(&env.config("exec-exited", "exit 0"));
     c.wait_exit(Duration::from_secs(10));
@@ -1240,6 +1258,7 @@ fn exec_needs_a_running_container() {
 
 #[test]
 fn exec_helper_exe_is_not_writable_and_runs_no_agent_code_in_the_container() {
+    berth_agent::require_root!();
     let env = Env::new();
     let c = env.start(&env.config("exec-cve", "echo ready; sleep 100"));
     c.wait_output("ready");
@@ -1311,6 +1330,7 @@ fn seccomp_lines(status: &str) -> Vec<&str> {
 
 #[test]
 fn seccomp_filter_holds_for_the_workload_and_exec() {
+    berth_agent::require_root!();
     let env = Env::new();
     // What a user checks: the mode, a denied syscall, and that an ordinary
     // workload (forks, execs, reads /proc) is unaffected.
@@ -1409,6 +1429,7 @@ fn host_run(path: &Path) -> i32 {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn seccomp_covers_clone3_x32_and_i386_syscalls() {
+    berth_agent::require_root!();
     let layer = tempfile::Builder::new()
         .prefix("berth-seccomp-layer-")
         .tempdir()
@@ -1516,6 +1537,7 @@ const ORPHAN_THEN_SLEEP: &str = "(sleep 0.1 &); echo ready; exec sleep 3600";
 
 #[test]
 fn init_forwards_signals_reaps_orphans_and_passes_the_exit_code() {
+    berth_agent::require_root!();
     let env = Env::new();
     // Without init: the orphan stays a zombie under `sleep`, which is PID 1.
     let mut cfg = env.config("no-init", ORPHAN_THEN_SLEEP);
@@ -1659,6 +1681,7 @@ fn host_sysctl(name: &str) -> String {
 
 #[test]
 fn sysctls_are_set_in_the_container_only() {
+    berth_agent::require_root!();
     let env = Env::new();
     let (somaxconn, shmmax) = ("net.core.somaxconn", "kernel.shmmax");
     let host_before = (host_sysctl(somaxconn), host_sysctl(shmmax));
@@ -1734,6 +1757,7 @@ const ICMP_SOCKET: &[u8] = b"\xb8\x29\x00\x00\x00\xbf\x02\x00\x00\x00\xbe\x02\x0
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn non_root_binds_low_ports_and_opens_ping_sockets_unless_overridden() {
+    berth_agent::require_root!();
     use std::os::unix::fs::PermissionsExt as _;
     let layer = tempfile::Builder::new()
         .prefix("berth-icmp-layer-")

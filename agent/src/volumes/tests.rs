@@ -64,6 +64,7 @@ fn a_new_volume_is_seeded_once_even_after_it_is_emptied() {
 
 #[test]
 fn an_unseeded_volume_starts_0755_root() {
+    crate::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let store = VolumeStore::open(dir.path().join("v")).unwrap();
     let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
@@ -99,6 +100,7 @@ fn a_failed_seed_leaves_no_volume_behind() {
 
 #[test]
 fn old_layout_volumes_are_migrated_without_loss() {
+    crate::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("volumes");
     let old = root.join("pgdata");

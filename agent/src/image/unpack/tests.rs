@@ -267,6 +267,7 @@ fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 
 #[test]
 fn unpacks_a_normal_layer_with_metadata() {
+    crate::require_root!();
     let fx = Fx::new();
     let mut t = TarW::new();
     t.dir("./", 0o751)
@@ -348,6 +349,7 @@ fn unpacks_a_normal_layer_with_metadata() {
 
 #[test]
 fn pax_mtime_uid_and_long_names() {
+    crate::require_root!();
     let fx = Fx::new();
     let long = format!("{}/file", "d".repeat(150));
     let mut t = TarW::new();
@@ -382,6 +384,7 @@ fn parses_pax_times() {
 
 #[test]
 fn a_thousand_entry_layer_works() {
+    crate::require_root!();
     let fx = Fx::new();
     let mut t = TarW::new();
     for d in 0..10 {
@@ -398,6 +401,7 @@ fn a_thousand_entry_layer_works() {
 
 #[test]
 fn xattr_policy() {
+    crate::require_root!();
     let fx = Fx::new();
     // VFS_CAP_REVISION_2 | effective, permitted = CAP_NET_BIND_SERVICE.
     let mut cap = Vec::new();
@@ -448,6 +452,7 @@ fn xattr_policy() {
 
 #[test]
 fn later_entries_replace_earlier_ones() {
+    crate::require_root!();
     let fx = Fx::new();
     let mut t = TarW::new();
     t.file("a", b"first", 0o644)
@@ -478,6 +483,7 @@ fn later_entries_replace_earlier_ones() {
 
 #[test]
 fn replacing_a_directory_never_follows_symlinks_inside_it() {
+    crate::require_root!();
     let fx = Fx::new();
     let victim = fx.victim.to_str().unwrap().to_owned();
     let mut t = TarW::new();
@@ -497,6 +503,7 @@ fn replacing_a_directory_never_follows_symlinks_inside_it() {
 
 #[test]
 fn whiteouts_become_overlay_form() {
+    crate::require_root!();
     let fx = Fx::new();
     let mut t = TarW::new();
     t.file("etc/.wh.passwd", b"", 0o644)
@@ -546,6 +553,7 @@ fn whiteouts_become_overlay_form() {
 
 #[test]
 fn invalid_whiteouts_are_refused() {
+    crate::require_root!();
     // containerd: WhiteoutRootParent, WhiteoutParent, WhiteoutRoot, WhiteoutCurrentDirectory.
     for name in [".wh...", "etc/.wh...", ".wh..", "etc/.wh..", ".wh."] {
         let fx = Fx::new();
@@ -570,6 +578,7 @@ fn limits() -> UnpackLimits {
 
 #[test]
 fn too_many_entries() {
+    crate::require_root!();
     let fx = Fx::new();
     let mut t = TarW::new();
     for i in 0..11 {
@@ -610,6 +619,7 @@ fn too_long_paths() {
 
 #[test]
 fn too_many_bytes() {
+    crate::require_root!();
     let l = UnpackLimits {
         max_total_bytes: 1000,
         max_entry_bytes: 600,
@@ -654,6 +664,7 @@ fn small_tar() -> Vec<u8> {
 
 #[test]
 fn truncated_streams_are_errors() {
+    crate::require_root!();
     let full = small_tar();
     // In the middle of a's data, of b's header, at the end of b's data
     // (no end-of-archive block), and with nothing at all.
@@ -686,6 +697,7 @@ fn truncated_streams_are_errors() {
 
 #[test]
 fn trailing_data_is_refused_but_zero_padding_is_fine() {
+    crate::require_root!();
     let mut padded = small_tar();
     padded.extend_from_slice(&[0u8; 10240 - 3072]);
     let fx = Fx::new();
@@ -727,6 +739,7 @@ fn bad_checksum_and_unsupported_types() {
 
 #[test]
 fn pre_posix_directories_end_in_a_slash() {
+    crate::require_root!();
     // Type '\0' with a trailing slash is a directory (as Go's archive/tar);
     // without one it is a regular file.
     let fx = Fx::new();
@@ -948,6 +961,7 @@ fn map_1_0(lines: &[u64]) -> Vec<u8> {
 
 #[test]
 fn hand_made_sparse_entries_apply() {
+    crate::require_root!();
     // 0.1 with the data in two segments and a trailing hole.
     let fx = Fx::new();
     let tar = sparse_tar(
@@ -1109,6 +1123,7 @@ fn malformed_sparse_entries_are_refused_naming_the_entry() {
 
 #[test]
 fn sparse_names_sizes_and_kinds_are_policed() {
+    crate::require_root!();
     // The real name goes through the same path checks as any name.
     let fx = Fx::new();
     let tar = sparse_tar(
@@ -1192,6 +1207,7 @@ fn sparse_names_sizes_and_kinds_are_policed() {
 
 #[test]
 fn symlink_absolute() {
+    crate::require_root!();
     let fx = Fx::new();
     let etc = fx.etc.clone();
     let mut t = TarW::new();
@@ -1206,6 +1222,7 @@ fn symlink_absolute() {
 
 #[test]
 fn symlink_absolute_to_host_path() {
+    crate::require_root!();
     let fx = Fx::new();
     let victim = fx.victim.to_str().unwrap().to_owned();
     let mut t = TarW::new();
@@ -1218,6 +1235,7 @@ fn symlink_absolute_to_host_path() {
 
 #[test]
 fn symlink_up_and_out_and_multiple() {
+    crate::require_root!();
     // SymlinkUpAndOut, SymlinkMultipleAbsolute, SymlinkMultipleRelative, and a
     // relative link that climbs far above the root.
     for case in 0..4 {
@@ -1263,6 +1281,7 @@ fn symlink_up_and_out_and_multiple() {
 
 #[test]
 fn symlink_empty_file() {
+    crate::require_root!();
     let fx = Fx::new();
     let etc = fx.etc.clone();
     let mut t = TarW::new();
@@ -1277,6 +1296,7 @@ fn symlink_empty_file() {
 
 #[test]
 fn hardlinks_through_symlinked_dirs_stay_inside() {
+    crate::require_root!();
     // HardlinkRelative, HardlinkDownAndOut, HardlinkAbsolute, HardlinkRelativeLong,
     // HardlinkDirectAbsolute.
     for case in 0..5 {
@@ -1327,6 +1347,7 @@ fn hardlinks_through_symlinked_dirs_stay_inside() {
 
 #[test]
 fn hardlink_relative_up_and_out_through_missing_dir_is_refused() {
+    crate::require_root!();
     // HardlinkRelativeUpAndOut: the kernel resolves `upandout/..` only if
     // `upandout` exists (containerd folds it lexically), so this is refused.
     let fx = Fx::new();
@@ -1343,6 +1364,7 @@ fn hardlink_relative_up_and_out_through_missing_dir_is_refused() {
 
 #[test]
 fn hardlink_direct_relative_is_refused() {
+    crate::require_root!();
     // HardlinkDirectRelative: containerd clamps, we refuse the escaping `..`.
     for target in [
         "../../../../../etc/passwd",
@@ -1378,6 +1400,7 @@ fn hardlink_to_host_absolute_path_is_refused() {
 
 #[test]
 fn symlink_parent_directory_and_empty_filename() {
+    crate::require_root!();
     // SymlinkParentDirectory, SymlinkEmptyFilename: a symlink named `..` or ``.
     for name in ["..", "", "/", "./", "a/../.."] {
         let fx = Fx::new();
@@ -1400,6 +1423,7 @@ fn symlink_parent_directory_and_empty_filename() {
 
 #[test]
 fn symlink_parent_relative_and_slash_ended() {
+    crate::require_root!();
     // SymlinkParentRelative: `localetc/sub/..` names `localetc`.
     let fx = Fx::new();
     let etc = fx.etc.clone();
@@ -1434,6 +1458,7 @@ fn symlink_parent_relative_and_slash_ended() {
 
 #[test]
 fn symlink_override_directory() {
+    crate::require_root!();
     // SymlinkOverrideDirectory(+Relative): a symlink replaces a directory.
     for relative in [false, true] {
         let fx = Fx::new();
@@ -1464,6 +1489,7 @@ fn symlink_override_directory() {
 
 #[test]
 fn directory_override_symlink() {
+    crate::require_root!();
     // DirectoryOverrideSymlink: a directory entry replaces a symlink (here one
     // pointing at the host) instead of merging through it.
     let fx = Fx::new();
@@ -1502,6 +1528,7 @@ fn directory_override_symlink() {
 
 #[test]
 fn whiteouts_never_reach_outside() {
+    crate::require_root!();
     // WhiteoutSymlink: whiting out a same-layer symlink to the host.
     let fx = Fx::new();
     let victim = fx.victim.to_str().unwrap().to_owned();
@@ -1552,6 +1579,7 @@ fn whiteouts_never_reach_outside() {
 
 #[test]
 fn hardlink_to_symlink_before_target_exists() {
+    crate::require_root!();
     // HardlinkSymlinkBeforeCreateTarget, HardlinkSymlinkRelative, HardlinkSymlinkAbsolute.
     let fx = Fx::new();
     let hello = fx.victim.join("hello");
@@ -1580,6 +1608,7 @@ fn hardlink_to_symlink_before_target_exists() {
 
 #[test]
 fn hardlink_symlink_chmod() {
+    crate::require_root!();
     // HardlinkSymlinkChmod: a symlink named after a host path, pointing at a
     // 0400 host file, then a hard link (mode 0777, other owner) to it.
     let fx = Fx::new();
@@ -1603,6 +1632,7 @@ fn hardlink_symlink_chmod() {
 
 #[test]
 fn files_over_host_symlinks_replace_the_link() {
+    crate::require_root!();
     // chmod/chown/truncate through an existing symlink must not happen.
     for ty in [b'0', b'5', b'3', b'6'] {
         let fx = Fx::new();
@@ -1625,6 +1655,7 @@ fn files_over_host_symlinks_replace_the_link() {
 
 #[test]
 fn symlink_to_parent_is_clamped_and_loops_fail() {
+    crate::require_root!();
     let fx = Fx::new();
     let mut t = TarW::new();
     t.symlink("up", "..").file("up/up/up/escape", b"x", 0o644);
@@ -1666,6 +1697,7 @@ fn untar_invalid_filenames() {
 
 #[test]
 fn untar_hardlink_to_symlink() {
+    crate::require_root!();
     let fx = Fx::new();
     let mut t = TarW::new();
     t.symlink("symlink1", "regfile")
@@ -1734,6 +1766,7 @@ type Step<'a> = (&'a str, u8, &'a str);
 
 #[test]
 fn untar_invalid_symlink() {
+    crate::require_root!();
     // (entries, expect an error?) — symlinks themselves may point anywhere.
     let cases: Vec<(Vec<Step>, bool)> = vec![
         // try reading victim/hello (../), (/../)

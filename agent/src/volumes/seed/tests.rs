@@ -54,6 +54,7 @@ fn layers() -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
 
 #[test]
 fn layers_merge_with_whiteouts_opaque_dirs_and_shadowing() {
+    crate::require_root!();
     let (_d, l, dest) = layers();
     let (top, bottom) = (&l[0], &l[1]);
     // Bottom layer.
@@ -134,6 +135,7 @@ fn layers_merge_with_whiteouts_opaque_dirs_and_shadowing() {
 
 #[test]
 fn owners_modes_xattrs_times_hard_links_and_symlinks_are_kept() {
+    crate::require_root!();
     let (d, l, dest) = layers();
     let top = &l[0];
     mkdir(&top.join("data/sub"), 0o755, 0, 0);
@@ -224,6 +226,7 @@ fn owners_modes_xattrs_times_hard_links_and_symlinks_are_kept() {
 
 #[test]
 fn the_target_is_resolved_inside_the_image_never_on_the_host() {
+    crate::require_root!();
     let (_d, l, dest) = layers();
     let (top, bottom) = (&l[0], &l[1]);
     // `/var/run -> ../run` (relative), `/srv/data -> /etc/app` (absolute,
@@ -257,6 +260,7 @@ fn the_target_is_resolved_inside_the_image_never_on_the_host() {
 
 #[test]
 fn missing_paths_files_whiteouts_and_loops() {
+    crate::require_root!();
     let (_d, l, dest) = layers();
     let (top, bottom) = (&l[0], &l[1]);
     file(&bottom.join("data/x"), "x", 0o644, 0, 0);
@@ -298,6 +302,7 @@ fn missing_paths_files_whiteouts_and_loops() {
 
 #[test]
 fn deep_trees_need_no_recursion_and_have_a_limit() {
+    crate::require_root!();
     let (_d, l, dest) = layers();
     let deep = |n: usize| vec!["d"; n].join("/");
     file(
