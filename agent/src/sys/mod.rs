@@ -3,6 +3,8 @@
 //! elsewhere in the crate stay safe Rust.
 #![allow(unsafe_code)]
 
+pub mod fdpass;
 pub mod net;
 pub mod netlink;
 pub mod process;
+pub mod tty;
