@@ -6,6 +6,7 @@
 
 use std::io::Read as _;
 use std::path::Path;
+use std::process::Stdio;
 
 use super::cgroups::Limits;
 use super::config::{self, ContainerConfig, DiskConfig};
@@ -105,6 +106,7 @@ impl Runtime {
             id,
             &dir.join("monitor.exe"),
             &args,
+            Stdio::piped(),
             stderr.into(),
             |source| RuntimeError::SpawnMonitor {
                 id: id.into(),
