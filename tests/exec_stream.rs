@@ -132,7 +132,7 @@ fn exec_streams_stdio_exit_codes_and_signals() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "exec-token\n").unwrap();
     let port = free_port();
-    let agent = Agent::start_with(&[
+    let mut agent = Agent::start_with(&[
         "--api",
         &format!("tcp:127.0.0.1:{port}"),
         "--api-token-file",
@@ -342,6 +342,28 @@ fn exec_streams_stdio_exit_codes_and_signals() {
     );
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("unauthorized"), "{}", out.stderr);
+
+    // Stopping berthd does not wait for open sessions: it ends them, and
+    // their commands die with them (the workload stays).
+    let mut run = Running::spawn(
+        &agent,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 1002",
+        ],
+    );
+    run.wait_stdout("ready");
+    assert!(agent.terminate().success());
+    assert_ne!(run.code_within(10), 0);
+    agent.spawn();
+    agent.wait_for(20, "the session's command killed with berthd", |a| {
+        let ps = ps(a);
+        (!ps.contains("sleep 1002") && ps.contains("sleep 3600")).then_some(())
+    });
 }
 
 /// A pty whose master the test drives, the slave being berthctl's terminal.

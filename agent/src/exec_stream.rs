@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
-use crate::runtime::exec::{ExecHandle, ExecProcess, ExecStdio};
+use crate::runtime::exec::{ExecHandle, ExecProcess, ExecReaper, ExecStdio};
 use crate::runtime::{ExecOutput, RuntimeError};
 
 /// How long a command keeps running after its client went away (its stdin
@@ -40,7 +40,7 @@ pub enum SessionError {
     },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("exec session: the exec waiter failed: {0}")]
+    #[error("exec session: reaping the exec helper: {0}")]
     Join(String),
 }
 
@@ -188,7 +188,10 @@ where
         waiter,
     } = process;
     let handle = Arc::new(handle);
-    let mut report = tokio::task::spawn_blocking(move || waiter.wait());
+    // The report is read here, not on a blocking thread: a runtime shutting
+    // down drops this task, and with it the socket, which kills the command.
+    let (control, reaper) = waiter.into_parts();
+    let mut report = Box::pin(read_report(control, reaper));
     let (client_rd, mut client_wr) = tokio::io::split(io);
 
     let setup = connect(stdio, stdin);
@@ -289,18 +292,37 @@ where
         return;
     }
     let last = match result {
-        Ok(Ok(ExecOutput {
+        Ok(ExecOutput {
             code, timed_out, ..
-        })) => Frame::Exit(ExitStatus {
+        }) => Frame::Exit(ExitStatus {
             container,
             exit_code: code,
             timed_out,
         }),
-        Ok(Err(e)) => error_frame("exec_failed", &e.to_string()),
-        Err(e) => error_frame("internal", &SessionError::Join(e.to_string()).to_string()),
+        Err(e) => error_frame("exec_failed", &e.to_string()),
     };
     let _ = client_wr.write_all(&last.encode()).await;
     let _ = client_wr.shutdown().await;
+}
+
+/// Reads the helper's report to its end, then reaps the helper.
+async fn read_report(
+    control: std::os::unix::net::UnixStream,
+    reaper: ExecReaper,
+) -> Result<ExecOutput, SessionError> {
+    control
+        .set_nonblocking(true)
+        .map_err(io_err("exec helper socket"))?;
+    let mut control =
+        tokio::net::UnixStream::from_std(control).map_err(io_err("exec helper socket"))?;
+    let mut text = Vec::new();
+    // An error leaves `text` short: `finish` reports it with what arrived.
+    let _ = control.read_to_end(&mut text).await;
+    drop(control);
+    tokio::task::spawn_blocking(move || reaper.finish(&text))
+        .await
+        .map_err(|e| SessionError::Join(e.to_string()))?
+        .map_err(SessionError::from)
 }
 
 fn error_frame(code: &str, message: &str) -> Frame {

@@ -251,11 +251,20 @@ impl ExecHandle {
     }
 }
 
-/// Waits for a streaming exec's end (see [`ExecWaiter::wait`]).
+/// Waits for a streaming exec's end: [`ExecWaiter::wait`] blocks; an async
+/// caller reads the helper's report from [`ExecWaiter::into_parts`]'s socket
+/// itself (so no thread is held while the command runs, and dropping the
+/// socket kills the command) and passes it to [`ExecReaper::finish`].
 #[derive(Debug)]
 pub struct ExecWaiter {
-    id: String,
     control: UnixStream,
+    reaper: ExecReaper,
+}
+
+/// Reaps the exec helper and reads its report (see [`ExecWaiter`]).
+#[derive(Debug)]
+pub struct ExecReaper {
+    id: String,
     helper: std::process::Child,
 }
 
@@ -266,26 +275,45 @@ impl ExecWaiter {
     pub fn wait(mut self) -> Result<ExecOutput, RuntimeError> {
         let mut text = Vec::new();
         let read = self.control.read_to_end(&mut text);
+        let id = self.reaper.id.clone();
+        let out = self.reaper.finish(&text);
+        read.map_err(|e| RuntimeError::Exec {
+            id,
+            step: "reading the exec helper's report".into(),
+            message: e.to_string(),
+        })?;
+        out
+    }
+
+    /// The socket the helper's report arrives on (read it to its end; the
+    /// command is killed when it is closed early) and the [`ExecReaper`].
+    pub fn into_parts(self) -> (UnixStream, ExecReaper) {
+        (self.control, self.reaper)
+    }
+}
+
+impl ExecReaper {
+    /// Reaps the helper (it exits right after its report; blocking until
+    /// then) and turns `report`, everything read from the socket, into the
+    /// command's result.
+    pub fn finish(mut self, report: &[u8]) -> Result<ExecOutput, RuntimeError> {
         let status = self.helper.wait();
         let id = self.id.as_str();
-        let broken = |detail: String| RuntimeError::Exec {
-            id: id.into(),
-            step: "reading the exec helper's report".into(),
-            message: detail,
-        };
-        read.map_err(|e| broken(e.to_string()))?;
-        let report: ExecReport = serde_json::from_slice(text.trim_ascii()).map_err(|_| {
-            broken(format!(
-                "{}: {:?}",
-                status.map(|s| s.to_string()).unwrap_or_default(),
-                String::from_utf8_lossy(&text)
-            ))
-        })?;
-        match report.error {
+        let parsed: ExecReport =
+            serde_json::from_slice(report.trim_ascii()).map_err(|_| RuntimeError::Exec {
+                id: id.into(),
+                step: "reading the exec helper's report".into(),
+                message: format!(
+                    "{}: {:?}",
+                    status.map(|s| s.to_string()).unwrap_or_default(),
+                    String::from_utf8_lossy(report)
+                ),
+            })?;
+        match parsed.error {
             None => Ok(ExecOutput {
-                code: report.code,
+                code: parsed.code,
                 output: String::new(),
-                timed_out: report.timed_out,
+                timed_out: parsed.timed_out,
             }),
             Some(e) => Err(RuntimeError::Exec {
                 id: id.into(),
@@ -518,9 +546,11 @@ impl Runtime {
                 control: handle_control,
             },
             waiter: ExecWaiter {
-                id: id.into(),
                 control,
-                helper,
+                reaper: ExecReaper {
+                    id: id.into(),
+                    helper,
+                },
             },
         })
     }
