@@ -37,6 +37,10 @@ pub struct ServiceLive {
     /// What the service waits for before starting replicas (`depends_on`).
     pub waiting: Option<String>,
     pub last_error: Option<String>,
+    /// The revision `last_error` belongs to (for a failed rollout that was
+    /// rolled back: the revision that restored the old one). The error
+    /// clears once the service converges on a later revision.
+    pub error_revision: u64,
     /// Every replica current and ready as of the last pass.
     pub converged: bool,
     /// Running or created replicas (any spec) as of the last pass: their

@@ -135,13 +135,13 @@ impl Reconciler {
     pub(super) fn replica_failed(
         &mut self,
         svc: &Service,
+        rec: &RevisionRecord,
         list: &[ContainerInfo],
         id: &str,
         reason: &str,
         policy: &BackoffPolicy,
-        now: Instant,
     ) {
-        let agent = self.agent.clone();
+        let (agent, now) = (self.agent.clone(), Instant::now());
         let oom = list.iter().any(|c| {
             c.id == id
                 && matches!(
@@ -162,6 +162,7 @@ impl Reconciler {
             let l = live.services.entry(svc.name.clone()).or_default();
             l.restarts += 1;
             l.last_error = Some(format!("replica {id} {reason}"));
+            l.error_revision = rec.info.number;
         }
         let kind = if oom {
             EventKind::ContainerOomKilled
@@ -187,7 +188,12 @@ impl Reconciler {
         let agent = self.agent.clone();
         let took = self.tracker(&svc.name).rollout_failed(Instant::now());
         agent.metrics.rollout_finished(&svc.name, false, took);
-        set_last_error(&agent, &svc.name, Some(format!("rollout failed: {reason}")));
+        set_last_error(
+            &agent,
+            &svc.name,
+            format!("rollout failed: {reason}"),
+            rec.info.number,
+        );
         agent.emit(
             EventKind::RolloutFailed,
             Some(&svc.name),
@@ -211,6 +217,12 @@ impl Reconciler {
                         },
                     )
                     .await?;
+                // The error stays while the restored revision runs.
+                if let (Some(l), Some(n)) =
+                    (agent.live().services.get_mut(&svc.name), resp.revision)
+                {
+                    l.error_revision = n;
+                }
                 agent.emit(
                     EventKind::Rollback,
                     Some(&svc.name),
@@ -386,14 +398,12 @@ impl Reconciler {
     }
 }
 
-/// Sets (or clears) the error `status` shows for a service.
-pub(super) fn set_last_error(agent: &Agent, service: &str, error: Option<String>) {
-    agent
-        .live()
-        .services
-        .entry(service.to_string())
-        .or_default()
-        .last_error = error;
+/// Sets the error `status` shows for a service, as of `revision`.
+pub(super) fn set_last_error(agent: &Agent, service: &str, error: String, revision: u64) {
+    let mut live = agent.live();
+    let l = live.services.entry(service.to_string()).or_default();
+    l.last_error = Some(error);
+    l.error_revision = revision;
 }
 
 /// Records (and announces once) what a service waits for before starting

@@ -98,6 +98,21 @@ pub fn unwanted(state: &ContainerState, retiring: bool) -> Unwanted {
     }
 }
 
+/// Whether a converged service's last error clears: the error belongs to
+/// an earlier revision than the one now converged (`error_revision <
+/// revision`) and the service has no failures pending, or the service just
+/// proved stable again after failures (`stable_again`). A port that is
+/// still not published keeps its error either way.
+pub fn error_clears(
+    error_revision: u64,
+    revision: u64,
+    failures: u32,
+    stable_again: bool,
+    port_unpublished: bool,
+) -> bool {
+    !port_unpublished && (stable_again || (error_revision < revision && failures == 0))
+}
+
 /// Why a `Start` could not be carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFailure {
@@ -270,6 +285,41 @@ mod tests {
             (RetireReason::RolloutFailed, Duration::ZERO),
         ] {
             assert_eq!(reason.drain(configured), want, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn last_error_table() {
+        // (error of revision, converged on revision, failures, stable again, port unpublished)
+        let cases = [
+            (
+                "a later revision converged: cleared",
+                (2, 3, 0, false, false),
+                true,
+            ),
+            (
+                "the same revision: kept (a crash loop converges between crashes)",
+                (3, 3, 0, false, false),
+                false,
+            ),
+            (
+                "a later revision still backing off: kept",
+                (2, 3, 1, false, false),
+                false,
+            ),
+            (
+                "stable again after failures: cleared",
+                (3, 3, 0, true, false),
+                true,
+            ),
+            ("a port still held: kept", (2, 3, 0, true, true), false),
+        ];
+        for (name, (err_rev, rev, failures, stable, port), want) in cases {
+            assert_eq!(
+                error_clears(err_rev, rev, failures, stable, port),
+                want,
+                "{name}"
+            );
         }
     }
 

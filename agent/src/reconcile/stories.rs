@@ -480,3 +480,35 @@ async fn state_left_by_a_killed_agent_converges_without_duplicates() {
     h.until("complete", |h| h.state(1) == RevisionState::Complete)
         .await;
 }
+
+#[tokio::test]
+async fn a_rollout_error_stays_through_the_rollback_and_clears_with_a_good_revision() {
+    let mut h = Harness::new();
+    h.apply(&web(1, r#"V = "1""#, "")).await;
+    h.until("v1 complete", |h| h.state(1) == RevisionState::Complete)
+        .await;
+    h.apply(&web(1, r#"V = "2", FAKE = "exit:4""#, "")).await;
+    h.until("rolled back", |h| {
+        h.states().len() == 3 && h.state(3) == RevisionState::Complete
+    })
+    .await;
+    for _ in 0..5 {
+        h.reconciler.pass().await.unwrap();
+    }
+    assert!(
+        h.last_error("web")
+            .is_some_and(|e| e.starts_with("rollout failed:") && e.contains("exited with code 4")),
+        "the reason stays while the restored revision runs: {:?}",
+        h.last_error("web")
+    );
+    let rev = h.apply(&web(1, r#"V = "5""#, "")).await;
+    h.until("the good revision complete", |h| {
+        h.state(rev) == RevisionState::Complete
+    })
+    .await;
+    assert_eq!(
+        h.last_error("web"),
+        None,
+        "a good revision clears the old error"
+    );
+}
