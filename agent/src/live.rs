@@ -31,6 +31,8 @@ pub struct Live {
 pub struct ServiceLive {
     pub desired: u32,
     pub ready: u32,
+    /// Replicas of the desired spec, alive and not retiring.
+    pub updated: u32,
     /// Ids of ready replicas (the proxy and readiness endpoint use them).
     pub ready_ids: Vec<String>,
     pub restarts: u64,

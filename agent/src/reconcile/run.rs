@@ -488,6 +488,13 @@ impl Reconciler {
         sync_ports(&agent, &svc.name, &spec.ports);
         if let Some(l) = agent.live().services.get_mut(&svc.name) {
             l.converged = decision.converged;
+            l.updated = replicas
+                .iter()
+                .filter(|r| {
+                    r.current
+                        && matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
+                })
+                .count() as u32;
         }
         if decision.converged {
             self.converged(rec, svc, stable_again);
