@@ -348,10 +348,10 @@ impl Agent {
         }
         // A revision still rolling out when a newer one is recorded never
         // completes: it is `superseded` (not left `rolling-out` forever).
-        if let Some(mut prev) = latest.filter(|l| {
-            l.info.state == RevisionState::Applied || l.info.state == RevisionState::RollingOut
-        }) {
-            prev.info.state = RevisionState::Superseded;
+        if let Some((mut prev, state)) =
+            latest.and_then(|l| l.info.state.when_superseded().map(|s| (l, s)))
+        {
+            prev.info.state = state;
             if let Err(e) = self.store.update_revision(&prev) {
                 tracing::warn!(revision = prev.info.number, error = %e, "marking revision superseded");
             }

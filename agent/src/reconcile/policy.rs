@@ -1,11 +1,10 @@
 //! The rest of the reconcile policy beside `decide`, as pure functions with
-//! table tests: when a replica counts as ready (its [`Phase`]), how a
-//! revision's state moves, what happens to containers no revision wants,
-//! and what a replica that could not start means for its rollout.
+//! table tests: when a replica counts as ready (its [`Phase`]), what
+//! happens to containers no revision wants, and what a replica that could
+//! not start means for its rollout. (How a revision's state moves is
+//! `RevisionState::after_pass` in core.)
 
 use std::time::{Duration, SystemTime};
-
-use berth_core::vocab::RevisionState;
 
 use super::decide::{Phase, RetireReason};
 use crate::live::HealthStatus;
@@ -69,22 +68,6 @@ pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
         },
         ContainerState::NotFound => return None,
     })
-}
-
-/// The state the current revision moves to after a pass in which every
-/// service converged (`all_converged`) or not; `None`: it stays.
-pub fn revision_next(state: RevisionState, all_converged: bool) -> Option<RevisionState> {
-    match (state, all_converged) {
-        (RevisionState::Applied | RevisionState::RollingOut, true) => Some(RevisionState::Complete),
-        (RevisionState::Applied, false) => Some(RevisionState::RollingOut),
-        _ => None,
-    }
-}
-
-/// The state the latest revision moves to when a newer one is recorded: one
-/// still in progress never completes, so it is `superseded`.
-pub fn when_superseded(state: RevisionState) -> Option<RevisionState> {
-    state.in_progress().then_some(RevisionState::Superseded)
 }
 
 /// What happens to a container of a service no revision runs.
@@ -253,36 +236,6 @@ mod tests {
         ];
         for (name, observed, want) in cases {
             assert_eq!(phase(observed, now), want, "{name}");
-        }
-    }
-
-    #[test]
-    fn revision_state_table() {
-        use RevisionState::*;
-        let cases = [
-            (Applied, true, Some(Complete)),
-            (Applied, false, Some(RollingOut)),
-            (RollingOut, true, Some(Complete)),
-            (RollingOut, false, None),
-            (Complete, false, None),
-            (Failed, true, None),
-            (Superseded, true, None),
-        ];
-        for (state, converged, want) in cases {
-            assert_eq!(
-                revision_next(state, converged),
-                want,
-                "{state} converged={converged}"
-            );
-        }
-        let superseded = [
-            (Applied, Some(Superseded)),
-            (RollingOut, Some(Superseded)),
-            (Complete, None),
-            (Failed, None),
-        ];
-        for (state, want) in superseded {
-            assert_eq!(when_superseded(state), want, "{state}");
         }
     }
 

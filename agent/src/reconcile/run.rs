@@ -247,14 +247,14 @@ impl Reconciler {
     }
 
     /// Moves the current revision's state after a pass (see
-    /// [`policy::revision_next`]).
+    /// [`RevisionState::after_pass`]).
     fn advance_revision(
         &self,
         rec: &RevisionRecord,
         all_converged: bool,
     ) -> Result<(), AgentError> {
         let agent = &self.agent;
-        match policy::revision_next(rec.info.state, all_converged) {
+        match rec.info.state.after_pass(all_converged) {
             Some(RevisionState::Complete) => {
                 let mut done = rec.clone();
                 done.info.state = RevisionState::Complete;
