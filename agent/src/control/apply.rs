@@ -140,12 +140,11 @@ impl Agent {
 
     /// The desired services of a revision (digests and env files included).
     pub fn desired_of(rec: &RevisionRecord) -> Result<(Manifest, Vec<DesiredService>), AgentError> {
-        let manifest = Manifest::from_sources(&rec.files).map_err(|e| {
-            AgentError::Internal(format!(
-                "revision {} no longer parses: {e}",
-                rec.info.number
-            ))
-        })?;
+        let manifest =
+            Manifest::from_sources(&rec.files).map_err(|e| AgentError::StoredRevision {
+                number: rec.info.number,
+                source: Box::new(e),
+            })?;
         let desired = desired_services(&manifest, &rec.info.digests, &rec.env_files, &rec.restarts);
         Ok((manifest, desired))
     }
@@ -341,9 +340,8 @@ impl Agent {
             restarts,
         };
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.put_revision(&record))
-            .await
-            .map_err(|e| AgentError::Internal(format!("storing revision: {e}")))?;
+        let stored =
+            super::blocking("storing revision", move || store.put_revision(&record)).await?;
         if let Err(e) = stored {
             self.metrics.apply_refused(source.label());
             return Err(e.into());

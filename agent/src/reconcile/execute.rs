@@ -465,7 +465,10 @@ async fn start_replica(
         &id,
         &lowerdirs,
     )
-    .map_err(|e| AgentError::BadRequest(format!("{image}: {e}")))?;
+    .map_err(|source| AgentError::Launch {
+        image: image.to_string(),
+        source,
+    })?;
     let (mut mounts, volume_names) = prepare_volumes(agent, rec, svc, spec, image, img).await?;
     for s in &spec.secrets {
         mounts.push(Mount::secret(&s.source, &s.target));
@@ -498,10 +501,8 @@ async fn start_replica(
     cfg.labels.insert(LABEL_IMAGE.into(), image.to_string());
     let image_health = health::from_image(img.run.healthcheck.as_ref());
     if let Some(h) = &image_health {
-        cfg.labels.insert(
-            health::LABEL_IMAGE_HEALTH.into(),
-            serde_json::to_string(h).map_err(|e| AgentError::Internal(e.to_string()))?,
-        );
+        cfg.labels
+            .insert(health::LABEL_IMAGE_HEALTH.into(), serde_json::to_string(h)?);
     }
     if !img.run.exposed_ports.is_empty() {
         cfg.labels
@@ -547,11 +548,10 @@ async fn prepare_volumes(
     if !implicit.is_empty() {
         let (manifest, _) = Agent::desired_of(rec)?;
         if let Some(p) = writer_problems(&manifest, svc, &implicit, false).first() {
-            return Err(AgentError::BadRequest(format!(
-                "{}: {}",
-                p.key(&svc.name),
-                p.message(&svc.name)
-            )));
+            return Err(AgentError::VolumeWriters {
+                service: svc.name.clone(),
+                problem: Box::new(p.clone()),
+            });
         }
     }
     // (name, target, readonly) of every named volume, then the rest in order.
@@ -596,7 +596,10 @@ async fn prepare_volumes(
         Ok::<_, crate::volumes::VolumeError>(out)
     })
     .await
-    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    .map_err(|source| AgentError::Task {
+        what: "preparing volumes",
+        source,
+    })??;
     for (name, target, readonly, e) in made {
         if e.created {
             let how = match &e.seeded_from {
