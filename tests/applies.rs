@@ -339,6 +339,12 @@ fn wait_says_rolled_out_only_once_removed_services_are_gone() {
     agent
         .ctl(&["apply", "--wait", "--timeout", "60s", "-f", &both])
         .ok();
+    let worker_id = agent
+        .containers()
+        .into_iter()
+        .find(|c| c["service"] == "worker")
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .unwrap();
     let one = write(&agent, "one.toml", &web(&image, 1, ""));
     let out = agent.ctl(&["apply", "--prune", "--wait", "--timeout", "60s", "-f", &one]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -346,6 +352,25 @@ fn wait_says_rolled_out_only_once_removed_services_are_gone() {
         out.stdout.contains("revision 2 rolled out"),
         "{}",
         out.stdout
+    );
+    // Progress names what still drains (not a terminal: one line per change).
+    assert!(
+        out.stderr
+            .contains("revision 2: web 1/1 ready, 1/1 updated, worker 1 draining (removed)"),
+        "{}",
+        out.stderr
+    );
+    // Its veth and mounts are gone too, not only the container.
+    let veth = berth_agent::network::veth_name(&agent.bridge(), &worker_id);
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&veth),
+        "veth {veth} of the removed worker remains"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&worker_id),
+        "mounts of the removed worker remain"
     );
     // The worker (sleep as PID 1 ignores SIGTERM, so it is killed after its
     // grace period) is gone by the time wait says so.
@@ -394,4 +419,47 @@ fn a_revision_replaced_mid_rollout_is_superseded() {
         .map(|r| r["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["complete", "superseded", "complete"], "{revs}");
+}
+
+#[test]
+fn rollback_wait_follows_the_rollout_back() {
+    berth_agent::require_root!();
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let v1 = write(&agent, "v1.toml", &web(&image, 2, "env = { V = \"1\" }"));
+    let v2 = write(&agent, "v2.toml", &web(&image, 2, "env = { V = \"2\" }"));
+    for f in [&v1, &v2] {
+        agent
+            .ctl(&["apply", "--wait", "--timeout", "60s", "-f", f])
+            .ok();
+    }
+    let out = agent.ctl(&["rollback", "--wait", "--timeout", "60s"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("rolled back as revision 3"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("revision 3 rolled out"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("revision 3: web 2/2 ready, 2/2 updated"),
+        "{}",
+        out.stderr
+    );
+    // Rolled out means only the restored spec runs: nothing of v2 is left.
+    let revisions: Vec<String> = agent
+        .containers()
+        .iter()
+        .map(|c| c["revision"].to_string())
+        .collect();
+    assert_eq!(revisions, ["3", "3"], "only replicas the rollback started");
+    let revs = agent.api("GET", "/v1/revisions", &[], b"").json();
+    assert_eq!(revs[2]["state"], "complete");
+    assert_eq!(revs[2]["source"], "rollback:1");
 }

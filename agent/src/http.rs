@@ -52,86 +52,104 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The status and error `code` of an [`AgentError`] (SPEC: errors are JSON
+/// with a fitting status). The caller's mistakes are 4xx; a module error is
+/// 5xx unless what it says is about the request (an unknown container, an
+/// image the registry does not have). Exhaustive: a new variant must be
+/// placed here.
+pub fn status_of(e: &AgentError) -> (StatusCode, &'static str) {
+    use crate::image::store::ImageError;
+    use crate::volumes::VolumeError;
+    const INTERNAL: (StatusCode, &str) = (StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    match e {
+        AgentError::InvalidManifest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest"),
+        AgentError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        AgentError::BadRequest(_) | AgentError::Reference(_) => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        AgentError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        AgentError::ManagedBySource(_) => (StatusCode::CONFLICT, "managed_by_source"),
+        AgentError::WouldRemove(_) => (StatusCode::CONFLICT, "would_remove"),
+        AgentError::ImageResolve { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "image_unresolvable"),
+        AgentError::Image(inner) => match inner.as_ref() {
+            ImageError::Registry(r) if r.kind() == "not_found" => {
+                (StatusCode::NOT_FOUND, "image_error")
+            }
+            // Storing what the registry sent is local storage.
+            ImageError::Registry(crate::registry::RegistryError::Store { .. }) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "image_error")
+            }
+            ImageError::Registry(_) => (StatusCode::BAD_GATEWAY, "image_error"),
+            ImageError::NotFound(_) => (StatusCode::NOT_FOUND, "image_error"),
+            ImageError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "image_error"),
+            // Content the agent refuses (too many layers, a bad config, a
+            // digest mismatch): pulling it again cannot help.
+            i if i.is_permanent() => (StatusCode::UNPROCESSABLE_ENTITY, "image_error"),
+            // Local storage, the state database.
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "image_error"),
+        },
+        AgentError::Volume(v) => match v {
+            VolumeError::InUse { .. } => (StatusCode::CONFLICT, "volume_in_use"),
+            VolumeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            VolumeError::InvalidName(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            VolumeError::Io { .. } | VolumeError::Seed { .. } => INTERNAL,
+        },
+        AgentError::Runtime(r) => runtime_status(r),
+        AgentError::Containers(c) => match c {
+            crate::containers::ContainerError::Runtime(r) => runtime_status(r),
+            _ => INTERNAL,
+        },
+        AgentError::Launch { .. } | AgentError::VolumeWriters { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "unrunnable")
+        }
+        AgentError::State(_)
+        | AgentError::StoredRevision { .. }
+        | AgentError::Json(_)
+        | AgentError::Task { .. } => INTERNAL,
+    }
+}
+
+/// A runtime error's status: an unknown container is 404, one that is not
+/// running 409, arguments exec cannot pass (a NUL byte) 400, the rest 500.
+fn runtime_status(e: &crate::runtime::RuntimeError) -> (StatusCode, &'static str) {
+    use crate::runtime::RuntimeError;
+    match e {
+        RuntimeError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        RuntimeError::NotRunning { .. } => (StatusCode::CONFLICT, "conflict"),
+        RuntimeError::Exec { step, .. } if step == "arguments" => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
 impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
-        match e {
-            AgentError::InvalidManifest(problems) => ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorBody::invalid_manifest(&problems),
-            ),
-            AgentError::ManagedBySource(ref owner) => ApiError(
-                StatusCode::CONFLICT,
-                ErrorBody {
-                    error: berth_core::api::ErrorDetail {
-                        code: "managed_by_source".into(),
-                        message: e.to_string(),
-                        details: serde_json::json!({ "source": owner }),
-                    },
-                },
-            ),
-            AgentError::WouldRemove(ref services) => ApiError(
-                StatusCode::CONFLICT,
-                ErrorBody {
-                    error: berth_core::api::ErrorDetail {
-                        code: "would_remove".into(),
-                        message: e.to_string(),
-                        details: serde_json::json!({ "services": services }),
-                    },
-                },
-            ),
-            AgentError::NotFound { what } => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("{what} not found"),
-            ),
-            AgentError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
-            AgentError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            AgentError::Volume(ref v) => match v {
-                crate::volumes::VolumeError::InUse { name, users } => ApiError(
-                    StatusCode::CONFLICT,
-                    ErrorBody {
-                        error: berth_core::api::ErrorDetail {
-                            code: "volume_in_use".into(),
-                            message: e.to_string(),
-                            details: serde_json::json!({ "volume": name, "users": users }),
-                        },
-                    },
-                ),
-                crate::volumes::VolumeError::NotFound(_) => {
-                    ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-                }
-                crate::volumes::VolumeError::InvalidName(_) => {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-                }
-                _ => {
-                    tracing::error!(error = %e, "volume request failed");
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                }
-            },
-            AgentError::ImageResolve { .. } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "image_unresolvable",
-                e.to_string(),
-            ),
-            AgentError::Image(ref inner) => {
-                let status = match inner.as_ref() {
-                    crate::image::store::ImageError::Registry(r) if r.kind() == "not_found" => {
-                        StatusCode::NOT_FOUND
-                    }
-                    crate::image::store::ImageError::Registry(_) => StatusCode::BAD_GATEWAY,
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
-                };
-                ApiError::new(status, "image_error", e.to_string())
-            }
-            other => {
-                tracing::error!(error = %other, "request failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    other.to_string(),
-                )
-            }
+        let (status, code) = status_of(&e);
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
         }
+        let details = match &e {
+            AgentError::InvalidManifest(problems) => {
+                return ApiError(status, ErrorBody::invalid_manifest(problems))
+            }
+            AgentError::ManagedBySource(owner) => serde_json::json!({ "source": owner }),
+            AgentError::WouldRemove(services) => serde_json::json!({ "services": services }),
+            AgentError::Volume(crate::volumes::VolumeError::InUse { name, users }) => {
+                serde_json::json!({ "volume": name, "users": users })
+            }
+            _ => serde_json::Value::Null,
+        };
+        ApiError(
+            status,
+            ErrorBody {
+                error: berth_core::api::ErrorDetail {
+                    code: code.into(),
+                    message: e.to_string(),
+                    details,
+                },
+            },
+        )
     }
 }
 
@@ -498,9 +516,8 @@ async fn get_containers(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
 /// `GET /v1/stats`: CPU, memory and pids of every running container.
 async fn get_stats(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     let runtime = ctx.agent.runtime.clone();
-    let stats = tokio::task::spawn_blocking(move || crate::stats::snapshot(&runtime))
-        .await
-        .map_err(|e| ApiError::from(AgentError::Runtime(format!("reading stats: {e}"))))?;
+    let stats =
+        crate::control::blocking("reading stats", move || crate::stats::snapshot(&runtime)).await?;
     Ok(Json(stats).into_response())
 }
 
@@ -848,5 +865,304 @@ async fn get_service_ready(
             "not_ready",
             format!("service `{name}`: {detail}"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::ContainerError;
+    use crate::image::store::ImageError;
+    use crate::registry::RegistryError;
+    use crate::runtime::RuntimeError;
+    use crate::state::StateError;
+    use crate::volumes::implicit::{ImplicitVolume, WriterProblem};
+    use crate::volumes::VolumeError;
+
+    fn image(e: ImageError) -> AgentError {
+        AgentError::Image(Box::new(e))
+    }
+
+    fn not_running() -> RuntimeError {
+        RuntimeError::NotRunning {
+            id: "web-1".into(),
+            state: "exited".into(),
+        }
+    }
+
+    /// The problems of a manifest whose image is a number.
+    fn invalid_manifest() -> Vec<berth_core::manifest::Problem> {
+        berth_core::manifest::Manifest::from_str_named("berth.toml", "[service.x]\nimage = 1\n")
+            .unwrap_err()
+            .problems()
+            .to_vec()
+    }
+
+    /// A `JoinError` as a cancelled blocking task gives.
+    async fn join_error() -> tokio::task::JoinError {
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        task.await.unwrap_err()
+    }
+
+    /// Every variant (and each module error's cases that differ) with the
+    /// status and code a client gets: the caller's mistakes 4xx, the
+    /// agent's own failures 5xx.
+    #[tokio::test]
+    async fn each_error_has_a_fitting_status() {
+        let problem = invalid_manifest();
+        let rows: Vec<(AgentError, StatusCode, &str)> = vec![
+            (
+                AgentError::InvalidManifest(problem.clone()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_manifest",
+            ),
+            (
+                AgentError::NotFound {
+                    what: "service `web`".into(),
+                },
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                AgentError::BadRequest("`a` matches 2 containers".into()),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                AgentError::Conflict("service `web` has no running replica".into()),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                AgentError::ManagedBySource("git:https://example.invalid/x".into()),
+                StatusCode::CONFLICT,
+                "managed_by_source",
+            ),
+            (
+                AgentError::WouldRemove(vec!["db".into()]),
+                StatusCode::CONFLICT,
+                "would_remove",
+            ),
+            (
+                AgentError::Reference(berth_core::image_ref::ReferenceError::Empty),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                AgentError::ImageResolve {
+                    service: "web".into(),
+                    source: Box::new(ImageError::Registry(RegistryError::NotFound {
+                        image: "shop/web:1".into(),
+                    })),
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "image_unresolvable",
+            ),
+            (
+                image(ImageError::Registry(RegistryError::NotFound {
+                    image: "shop/web:1".into(),
+                })),
+                StatusCode::NOT_FOUND,
+                "image_error",
+            ),
+            (
+                image(ImageError::Registry(RegistryError::Status {
+                    registry: "127.0.0.1:5000".into(),
+                    image: "shop/web:1".into(),
+                    what: "manifest".into(),
+                    status: 503,
+                })),
+                StatusCode::BAD_GATEWAY,
+                "image_error",
+            ),
+            (
+                image(ImageError::NotFound("shop/web:1".into())),
+                StatusCode::NOT_FOUND,
+                "image_error",
+            ),
+            (
+                image(ImageError::TooManyLayers {
+                    image: "shop/web:1".into(),
+                    count: 500,
+                }),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "image_error",
+            ),
+            (
+                image(ImageError::NoSpace {
+                    image: "shop/web:1".into(),
+                    need: 2,
+                    free: 1,
+                }),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "image_error",
+            ),
+            (
+                image(ImageError::Internal("sled".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "image_error",
+            ),
+            (
+                AgentError::State(StateError::Corrupt {
+                    tree: "revisions".into(),
+                    key: "3".into(),
+                    why: "bad json".into(),
+                }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                AgentError::StoredRevision {
+                    number: 3,
+                    source: Box::new(berth_core::manifest::ManifestError::Invalid(problem)),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                AgentError::from(RuntimeError::NotFound { id: "web-1".into() }),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                AgentError::from(not_running()),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                AgentError::from(RuntimeError::Exec {
+                    id: "web-1".into(),
+                    step: "arguments".into(),
+                    message: "NUL byte".into(),
+                }),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                AgentError::from(RuntimeError::MonitorLost { id: "web-1".into() }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                AgentError::Containers(ContainerError::from(not_running())),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                AgentError::Containers(ContainerError::Worker {
+                    what: "list",
+                    reason: "panicked".into(),
+                }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                AgentError::Volume(VolumeError::InUse {
+                    name: "data".into(),
+                    users: vec!["service `db`".into()],
+                }),
+                StatusCode::CONFLICT,
+                "volume_in_use",
+            ),
+            (
+                AgentError::Volume(VolumeError::NotFound("data".into())),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                AgentError::Volume(VolumeError::InvalidName("../x".into())),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                AgentError::Volume(VolumeError::Io {
+                    op: "remove",
+                    path: "/var/lib/berth/volumes/data".into(),
+                    source: std::io::Error::other("EIO"),
+                }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                AgentError::Launch {
+                    image: "shop/web:1".into(),
+                    source: crate::launch::LaunchError::NoCommand,
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unrunnable",
+            ),
+            (
+                AgentError::VolumeWriters {
+                    service: "db".into(),
+                    problem: Box::new(WriterProblem::Replicas {
+                        volume: ImplicitVolume {
+                            name: "db_data".into(),
+                            target: "/data".into(),
+                            declared: "/data/".into(),
+                        },
+                        replicas: 2,
+                    }),
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unrunnable",
+            ),
+            (
+                AgentError::Json(serde_json::from_str::<u8>("x").unwrap_err()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                AgentError::Task {
+                    what: "reading stats",
+                    source: join_error().await,
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (e, status, code) in rows {
+            let message = e.to_string();
+            assert_eq!(status_of(&e), (status, code), "{e:?}");
+            let ApiError(got, body) = ApiError::from(e);
+            assert_eq!((got, body.error.code.as_str()), (status, code), "{message}");
+            assert!(!body.error.message.is_empty(), "{code}");
+        }
+    }
+
+    /// The body carries the message users saw before and the details
+    /// clients read.
+    #[test]
+    fn bodies_keep_messages_and_details() {
+        let ApiError(_, body) = ApiError::from(AgentError::WouldRemove(vec!["db".into()]));
+        assert_eq!(body.error.details["services"], serde_json::json!(["db"]));
+        assert!(
+            body.error.message.contains("--prune"),
+            "{}",
+            body.error.message
+        );
+
+        let ApiError(_, body) = ApiError::from(AgentError::Volume(VolumeError::InUse {
+            name: "data".into(),
+            users: vec!["service `db`".into()],
+        }));
+        assert_eq!(body.error.details["volume"], "data");
+        assert_eq!(body.error.details["users"][0], "service `db`");
+
+        let ApiError(_, body) = ApiError::from(AgentError::NotFound {
+            what: "container `abc`".into(),
+        });
+        assert_eq!(body.error.message, "container `abc` not found");
+        assert!(body.error.details.is_null());
+
+        let ApiError(_, body) = ApiError::from(AgentError::from(not_running()));
+        assert_eq!(
+            body.error.message,
+            "container web-1: is exited, not running"
+        );
+
+        let problem = invalid_manifest();
+        let ApiError(_, body) = ApiError::from(AgentError::InvalidManifest(problem));
+        assert_eq!(body.error.details["problems"][0]["key"], "service.x.image");
     }
 }

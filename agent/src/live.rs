@@ -31,12 +31,18 @@ pub struct Live {
 pub struct ServiceLive {
     pub desired: u32,
     pub ready: u32,
+    /// Replicas of the desired spec, alive and not retiring.
+    pub updated: u32,
     /// Ids of ready replicas (the proxy and readiness endpoint use them).
     pub ready_ids: Vec<String>,
     pub restarts: u64,
     /// What the service waits for before starting replicas (`depends_on`).
     pub waiting: Option<String>,
     pub last_error: Option<String>,
+    /// The revision `last_error` belongs to (for a failed rollout that was
+    /// rolled back: the revision that restored the old one). The error
+    /// clears once the service converges on a later revision.
+    pub error_revision: u64,
     /// Every replica current and ready as of the last pass.
     pub converged: bool,
     /// Running or created replicas (any spec) as of the last pass: their

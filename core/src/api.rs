@@ -112,6 +112,10 @@ pub struct ServiceStatus {
     pub digest: Option<String>,
     pub replicas_desired: u32,
     pub replicas_ready: u32,
+    /// Replicas running the current revision's spec (ready or not, not
+    /// draining): `replicas_desired` of them once a rollout is done.
+    #[serde(default)]
+    pub replicas_updated: u32,
     #[serde(default)]
     pub restarts: u64,
     #[serde(default)]

@@ -43,6 +43,25 @@ impl RevisionState {
     pub fn in_progress(self) -> bool {
         matches!(self, RevisionState::Applied | RevisionState::RollingOut)
     }
+
+    /// The state the current revision moves to after a reconcile pass in
+    /// which every service converged (`all_converged`) or not; `None`: it
+    /// stays.
+    pub fn after_pass(self, all_converged: bool) -> Option<RevisionState> {
+        match (self, all_converged) {
+            (RevisionState::Applied | RevisionState::RollingOut, true) => {
+                Some(RevisionState::Complete)
+            }
+            (RevisionState::Applied, false) => Some(RevisionState::RollingOut),
+            _ => None,
+        }
+    }
+
+    /// The state the latest revision moves to when a newer one is recorded:
+    /// one still in progress never completes, so it is `superseded`.
+    pub fn when_superseded(self) -> Option<RevisionState> {
+        self.in_progress().then_some(RevisionState::Superseded)
+    }
 }
 
 impl std::fmt::Display for RevisionState {
@@ -162,6 +181,38 @@ mod tests {
             assert!(seen.insert(k.as_str()), "{k} twice");
         }
         assert_eq!(EventKind::parse("no-such-kind"), None);
+    }
+
+    #[test]
+    fn revision_transition_table() {
+        use RevisionState::*;
+        let after_pass = [
+            (Applied, true, Some(Complete)),
+            (Applied, false, Some(RollingOut)),
+            (RollingOut, true, Some(Complete)),
+            (RollingOut, false, None),
+            (Complete, false, None),
+            (Complete, true, None),
+            (Failed, true, None),
+            (Superseded, true, None),
+        ];
+        for (state, converged, want) in after_pass {
+            assert_eq!(
+                state.after_pass(converged),
+                want,
+                "{state} converged={converged}"
+            );
+        }
+        let superseded = [
+            (Applied, Some(Superseded)),
+            (RollingOut, Some(Superseded)),
+            (Complete, None),
+            (Failed, None),
+            (Superseded, None),
+        ];
+        for (state, want) in superseded {
+            assert_eq!(state.when_superseded(), want, "{state}");
+        }
     }
 
     #[test]

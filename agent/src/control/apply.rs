@@ -140,12 +140,11 @@ impl Agent {
 
     /// The desired services of a revision (digests and env files included).
     pub fn desired_of(rec: &RevisionRecord) -> Result<(Manifest, Vec<DesiredService>), AgentError> {
-        let manifest = Manifest::from_sources(&rec.files).map_err(|e| {
-            AgentError::Internal(format!(
-                "revision {} no longer parses: {e}",
-                rec.info.number
-            ))
-        })?;
+        let manifest =
+            Manifest::from_sources(&rec.files).map_err(|e| AgentError::StoredRevision {
+                number: rec.info.number,
+                source: Box::new(e),
+            })?;
         let desired = desired_services(&manifest, &rec.info.digests, &rec.env_files, &rec.restarts);
         Ok((manifest, desired))
     }
@@ -341,19 +340,18 @@ impl Agent {
             restarts,
         };
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.put_revision(&record))
-            .await
-            .map_err(|e| AgentError::Internal(format!("storing revision: {e}")))?;
+        let stored =
+            super::blocking("storing revision", move || store.put_revision(&record)).await?;
         if let Err(e) = stored {
             self.metrics.apply_refused(source.label());
             return Err(e.into());
         }
         // A revision still rolling out when a newer one is recorded never
         // completes: it is `superseded` (not left `rolling-out` forever).
-        if let Some(mut prev) = latest.filter(|l| {
-            l.info.state == RevisionState::Applied || l.info.state == RevisionState::RollingOut
-        }) {
-            prev.info.state = RevisionState::Superseded;
+        if let Some((mut prev, state)) =
+            latest.and_then(|l| l.info.state.when_superseded().map(|s| (l, s)))
+        {
+            prev.info.state = state;
             if let Err(e) = self.store.update_revision(&prev) {
                 tracing::warn!(revision = prev.info.number, error = %e, "marking revision superseded");
             }

@@ -141,10 +141,7 @@ impl Agent {
                 v
             })
             .unwrap_or(serde_json::Value::Null);
-        let logs = self
-            .runtime
-            .logs(&c.id)
-            .map_err(|e| AgentError::Runtime(e.to_string()))?;
+        let logs = self.runtime.logs(&c.id).map_err(AgentError::from)?;
         let last_health_output = self
             .live()
             .health
@@ -492,13 +489,11 @@ impl LogFollow {
     }
 }
 
-/// Runs blocking file work off the async threads.
+/// Runs blocking log file work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AgentError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AgentError::Internal(e.to_string()))
+    super::blocking("reading logs", f).await
 }
 
 /// A port as `docker ps` shows it: `127.0.0.1:8080->80/tcp`, or `80/tcp` for
@@ -588,7 +583,10 @@ impl Agent {
         let (rt, id) = (self.runtime.clone(), c.id.clone());
         let out = tokio::task::spawn_blocking(move || rt.exec(&id, &cmd, timeout))
             .await
-            .map_err(|e| AgentError::Internal(format!("exec: {e}")))?
+            .map_err(|source| AgentError::Task {
+                what: "exec",
+                source,
+            })?
             .map_err(exec_error)?;
         Ok(ExecReply {
             container: c.id,
@@ -606,7 +604,7 @@ fn exec_error(e: crate::runtime::RuntimeError) -> AgentError {
         crate::runtime::RuntimeError::Exec { ref step, .. } if step == "arguments" => {
             AgentError::BadRequest(e.to_string())
         }
-        other => AgentError::Runtime(other.to_string()),
+        other => AgentError::from(other),
     }
 }
 
@@ -649,9 +647,8 @@ impl Agent {
         };
         let c = self.exec_target(target).await?;
         let (rt, id, cmd) = (self.runtime.clone(), c.id.clone(), req.cmd.clone());
-        let process = tokio::task::spawn_blocking(move || rt.exec_stream(&id, &cmd, mode, timeout))
-            .await
-            .map_err(|e| AgentError::Internal(format!("exec: {e}")))?
+        let process = super::blocking("exec", move || rt.exec_stream(&id, &cmd, mode, timeout))
+            .await?
             .map_err(exec_error)?;
         Ok((c.id, process))
     }

@@ -22,8 +22,7 @@ impl Agent {
         reference: &str,
         progress: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
     ) -> Result<ImageRecord, AgentError> {
-        let image =
-            ImageRef::parse(reference).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let image = ImageRef::parse(reference)?;
         let rec = self.images.pull(&image, progress).await.map_err(Box::new)?;
         self.emit(
             EventKind::ImagePulled,
@@ -44,11 +43,7 @@ impl Agent {
         let result = async {
             let mut keep = self.keep_set().await?;
             keep.extend(protect.cloned());
-            let mut report = self
-                .images
-                .gc(&keep)
-                .await
-                .map_err(|e| AgentError::from(Box::new(e)))?;
+            let mut report = self.images.gc(&keep).await?;
             let logs = self.gc_logs().await?;
             report.log_archives_removed = logs.containers;
             report.bytes_freed += logs.bytes;
@@ -120,9 +115,7 @@ impl Agent {
             services.extend(rec.info.services.iter().cloned());
         }
         let archive = self.log_archive.clone();
-        tokio::task::spawn_blocking(move || archive.gc(&services))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))
+        super::blocking("removing log archives", move || archive.gc(&services)).await
     }
 
     /// The local images.

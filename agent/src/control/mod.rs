@@ -19,14 +19,17 @@ use std::time::Instant;
 use berth_core::manifest::Problem;
 
 use crate::config::AgentConfig;
-use crate::containers::Containers;
+use crate::containers::{ContainerError, Containers};
 use crate::events::EventBus;
 use crate::image::store::{ImageError, ImageStore};
+use crate::launch::LaunchError;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::network::proxy::PortProxy;
-use crate::runtime::{ContainerInfo, Runtime};
+use crate::runtime::{ContainerInfo, Runtime, RuntimeError};
 use crate::state::{StateError, Store};
+use crate::volumes::implicit::WriterProblem;
+use crate::volumes::VolumeError;
 
 pub use apply::{desired_services, manifest_identity, pinned_image, would_remove, EnvFiles};
 pub use containers::{
@@ -36,19 +39,34 @@ pub use containers::{
 /// Revisions whose images GC keeps.
 pub const RETAINED_REVISIONS: usize = 5;
 
-/// Why a command failed.
+/// Why a command failed. Each module's error is its own variant (the
+/// caller's mistakes: `InvalidManifest`, `NotFound`, `BadRequest`,
+/// `Conflict`, `ManagedBySource`, `WouldRemove`; the rest are the agent's or
+/// its parts'), so `http` picks the status from the variant, never from text
+/// (`http::status_of` is the table).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("manifest is invalid:\n{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     InvalidManifest(Vec<Problem>),
-    #[error(transparent)]
-    State(#[from] StateError),
+    /// The caller named something that does not exist.
     #[error("{what} not found")]
     NotFound { what: String },
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The request itself is wrong (ambiguous id, bad argument).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is valid but the object is not in a state to serve it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("this agent's manifest is managed by {0}: change the source instead (apply --dry-run and diff still work)")]
     ManagedBySource(String),
+    /// The manifest drops services the current revision runs and the caller
+    /// did not ask to prune them.
+    #[error("this manifest would remove {}: apply again with --prune (API: ?prune=true) to remove them", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
+    WouldRemove(Vec<String>),
+    /// An image reference the caller gave does not parse.
+    #[error(transparent)]
+    Reference(#[from] berth_core::image_ref::ReferenceError),
+    /// A tag of `service` could not be resolved to a digest at apply.
     #[error("service `{service}`: {source}")]
     ImageResolve {
         service: String,
@@ -56,21 +74,63 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Image(#[from] Box<ImageError>),
-    #[error("{0}")]
-    BadRequest(String),
-    /// The request is valid but the object is not in a state to serve it.
-    #[error("{0}")]
-    Conflict(String),
-    #[error("runtime: {0}")]
-    Runtime(String),
     #[error(transparent)]
-    Containers(#[from] crate::containers::ContainerError),
+    State(#[from] StateError),
+    /// A stored revision's manifest no longer validates (a newer manifest
+    /// rule, or a damaged store).
+    #[error("internal error: revision {number} no longer parses: {source}")]
+    StoredRevision {
+        number: u64,
+        source: Box<berth_core::manifest::ManifestError>,
+    },
     #[error(transparent)]
-    Volume(#[from] crate::volumes::VolumeError),
-    /// The manifest drops services the current revision runs and the caller
-    /// did not ask to prune them.
-    #[error("this manifest would remove {}: apply again with --prune (API: ?prune=true) to remove them", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
-    WouldRemove(Vec<String>),
+    Runtime(#[from] Box<RuntimeError>),
+    #[error(transparent)]
+    Containers(#[from] ContainerError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// The service's process cannot be built from `image`'s config and the
+    /// manifest (no command, unknown user, ...).
+    #[error("{image}: {source}")]
+    Launch { image: String, source: LaunchError },
+    /// An image VOLUME of `service` would get a second writer.
+    #[error("{}: {}", .problem.key(.service), .problem.message(.service))]
+    VolumeWriters {
+        service: String,
+        problem: Box<WriterProblem>,
+    },
+    #[error("internal error: JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Blocking work (`what`) run off the async threads panicked or was
+    /// cancelled.
+    #[error("internal error: {what}: {source}")]
+    Task {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+}
+
+impl From<RuntimeError> for AgentError {
+    fn from(e: RuntimeError) -> Self {
+        AgentError::Runtime(Box::new(e))
+    }
+}
+
+impl From<ImageError> for AgentError {
+    fn from(e: ImageError) -> Self {
+        AgentError::Image(Box::new(e))
+    }
+}
+
+/// Runs blocking work off the async threads; a panic in it is
+/// [`AgentError::Task`] naming `what`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| AgentError::Task { what, source })
 }
 
 /// Where a manifest came from; `label` is the bounded metric label.

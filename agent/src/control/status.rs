@@ -31,6 +31,7 @@ impl Agent {
                     digest: rec.info.digests.get(&s.name).cloned(),
                     replicas_desired: s.replicas,
                     replicas_ready: l.ready,
+                    replicas_updated: l.updated,
                     restarts: l.restarts,
                     last_error: l.last_error,
                 });

@@ -125,7 +125,7 @@ impl Agent {
         let containers = self.list_containers().await?;
         let mut users = self.all_volume_users(&containers)?;
         let store = self.volumes.clone();
-        tokio::task::spawn_blocking(move || {
+        super::blocking("listing volumes", move || {
             let mut out = Vec::new();
             for v in store.list()? {
                 let u = users.remove(&v.meta.name).unwrap_or_default();
@@ -143,8 +143,7 @@ impl Agent {
             }
             Ok(out)
         })
-        .await
-        .map_err(|e| AgentError::Internal(e.to_string()))?
+        .await?
     }
 
     /// Removes a volume and its data, refused (naming the users) while the
@@ -153,7 +152,7 @@ impl Agent {
     pub async fn remove_volume(self: &std::sync::Arc<Self>, name: &str) -> Result<(), AgentError> {
         let agent = self.clone();
         let name2 = name.to_string();
-        tokio::task::spawn_blocking(move || {
+        super::blocking("removing a volume", move || {
             agent.volumes.remove(&name2, || {
                 let containers = agent.runtime.list().map_err(|e| VolumeError::Io {
                     op: "list containers for",
@@ -173,8 +172,7 @@ impl Agent {
                     .unwrap_or_default())
             })
         })
-        .await
-        .map_err(|e| AgentError::Internal(e.to_string()))??;
+        .await??;
         self.emit(
             EventKind::VolumeRemoved,
             None,

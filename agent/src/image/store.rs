@@ -339,7 +339,9 @@ impl ImageStore {
         Ok(())
     }
 
-    fn put(&self, rec: &ImageRecord) -> Result<(), ImageError> {
+    /// Stores an image record (a pull's last step; tests put records of
+    /// layerless images directly).
+    pub(crate) fn put(&self, rec: &ImageRecord) -> Result<(), ImageError> {
         // A digest-only pull does not hide the tag an image was known by.
         let mut rec = rec.clone();
         if let Some(old) = self.get(&rec.digest)? {

@@ -135,13 +135,13 @@ impl Reconciler {
     pub(super) fn replica_failed(
         &mut self,
         svc: &Service,
+        rec: &RevisionRecord,
         list: &[ContainerInfo],
         id: &str,
         reason: &str,
         policy: &BackoffPolicy,
-        now: Instant,
     ) {
-        let agent = self.agent.clone();
+        let (agent, now) = (self.agent.clone(), Instant::now());
         let oom = list.iter().any(|c| {
             c.id == id
                 && matches!(
@@ -162,6 +162,7 @@ impl Reconciler {
             let l = live.services.entry(svc.name.clone()).or_default();
             l.restarts += 1;
             l.last_error = Some(format!("replica {id} {reason}"));
+            l.error_revision = rec.info.number;
         }
         let kind = if oom {
             EventKind::ContainerOomKilled
@@ -187,7 +188,12 @@ impl Reconciler {
         let agent = self.agent.clone();
         let took = self.tracker(&svc.name).rollout_failed(Instant::now());
         agent.metrics.rollout_finished(&svc.name, false, took);
-        set_last_error(&agent, &svc.name, Some(format!("rollout failed: {reason}")));
+        set_last_error(
+            &agent,
+            &svc.name,
+            format!("rollout failed: {reason}"),
+            rec.info.number,
+        );
         agent.emit(
             EventKind::RolloutFailed,
             Some(&svc.name),
@@ -211,6 +217,12 @@ impl Reconciler {
                         },
                     )
                     .await?;
+                // The error stays while the restored revision runs.
+                if let (Some(l), Some(n)) =
+                    (agent.live().services.get_mut(&svc.name), resp.revision)
+                {
+                    l.error_revision = n;
+                }
                 agent.emit(
                     EventKind::Rollback,
                     Some(&svc.name),
@@ -386,14 +398,12 @@ impl Reconciler {
     }
 }
 
-/// Sets (or clears) the error `status` shows for a service.
-pub(super) fn set_last_error(agent: &Agent, service: &str, error: Option<String>) {
-    agent
-        .live()
-        .services
-        .entry(service.to_string())
-        .or_default()
-        .last_error = error;
+/// Sets the error `status` shows for a service, as of `revision`.
+pub(super) fn set_last_error(agent: &Agent, service: &str, error: String, revision: u64) {
+    let mut live = agent.live();
+    let l = live.services.entry(service.to_string()).or_default();
+    l.last_error = Some(error);
+    l.error_revision = revision;
 }
 
 /// Records (and announces once) what a service waits for before starting
@@ -455,7 +465,10 @@ async fn start_replica(
         &id,
         &lowerdirs,
     )
-    .map_err(|e| AgentError::BadRequest(format!("{image}: {e}")))?;
+    .map_err(|source| AgentError::Launch {
+        image: image.to_string(),
+        source,
+    })?;
     let (mut mounts, volume_names) = prepare_volumes(agent, rec, svc, spec, image, img).await?;
     for s in &spec.secrets {
         mounts.push(Mount::secret(&s.source, &s.target));
@@ -488,10 +501,8 @@ async fn start_replica(
     cfg.labels.insert(LABEL_IMAGE.into(), image.to_string());
     let image_health = health::from_image(img.run.healthcheck.as_ref());
     if let Some(h) = &image_health {
-        cfg.labels.insert(
-            health::LABEL_IMAGE_HEALTH.into(),
-            serde_json::to_string(h).map_err(|e| AgentError::Internal(e.to_string()))?,
-        );
+        cfg.labels
+            .insert(health::LABEL_IMAGE_HEALTH.into(), serde_json::to_string(h)?);
     }
     if !img.run.exposed_ports.is_empty() {
         cfg.labels
@@ -537,11 +548,10 @@ async fn prepare_volumes(
     if !implicit.is_empty() {
         let (manifest, _) = Agent::desired_of(rec)?;
         if let Some(p) = writer_problems(&manifest, svc, &implicit, false).first() {
-            return Err(AgentError::BadRequest(format!(
-                "{}: {}",
-                p.key(&svc.name),
-                p.message(&svc.name)
-            )));
+            return Err(AgentError::VolumeWriters {
+                service: svc.name.clone(),
+                problem: Box::new(p.clone()),
+            });
         }
     }
     // (name, target, readonly) of every named volume, then the rest in order.
@@ -586,7 +596,10 @@ async fn prepare_volumes(
         Ok::<_, crate::volumes::VolumeError>(out)
     })
     .await
-    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    .map_err(|source| AgentError::Task {
+        what: "preparing volumes",
+        source,
+    })??;
     for (name, target, readonly, e) in made {
         if e.created {
             let how = match &e.seeded_from {

@@ -7,7 +7,11 @@
 pub mod backoff;
 pub mod decide;
 mod execute;
+#[cfg(test)]
+mod fake;
 pub mod policy;
 mod publish;
 pub mod run;
+#[cfg(test)]
+mod stories;
 pub mod tracker;

@@ -1,11 +1,10 @@
 //! The rest of the reconcile policy beside `decide`, as pure functions with
-//! table tests: when a replica counts as ready (its [`Phase`]), how a
-//! revision's state moves, what happens to containers no revision wants,
-//! and what a replica that could not start means for its rollout.
+//! table tests: when a replica counts as ready (its [`Phase`]), what
+//! happens to containers no revision wants, and what a replica that could
+//! not start means for its rollout. (How a revision's state moves is
+//! `RevisionState::after_pass` in core.)
 
 use std::time::{Duration, SystemTime};
-
-use berth_core::vocab::RevisionState;
 
 use super::decide::{Phase, RetireReason};
 use crate::live::HealthStatus;
@@ -71,22 +70,6 @@ pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
     })
 }
 
-/// The state the current revision moves to after a pass in which every
-/// service converged (`all_converged`) or not; `None`: it stays.
-pub fn revision_next(state: RevisionState, all_converged: bool) -> Option<RevisionState> {
-    match (state, all_converged) {
-        (RevisionState::Applied | RevisionState::RollingOut, true) => Some(RevisionState::Complete),
-        (RevisionState::Applied, false) => Some(RevisionState::RollingOut),
-        _ => None,
-    }
-}
-
-/// The state the latest revision moves to when a newer one is recorded: one
-/// still in progress never completes, so it is `superseded`.
-pub fn when_superseded(state: RevisionState) -> Option<RevisionState> {
-    state.in_progress().then_some(RevisionState::Superseded)
-}
-
 /// What happens to a container of a service no revision runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unwanted {
@@ -113,6 +96,21 @@ pub fn unwanted(state: &ContainerState, retiring: bool) -> Unwanted {
         },
         _ => Unwanted::Remove,
     }
+}
+
+/// Whether a converged service's last error clears: the error belongs to
+/// an earlier revision than the one now converged (`error_revision <
+/// revision`) and the service has no failures pending, or the service just
+/// proved stable again after failures (`stable_again`). A port that is
+/// still not published keeps its error either way.
+pub fn error_clears(
+    error_revision: u64,
+    revision: u64,
+    failures: u32,
+    stable_again: bool,
+    port_unpublished: bool,
+) -> bool {
+    !port_unpublished && (stable_again || (error_revision < revision && failures == 0))
 }
 
 /// Why a `Start` could not be carried out.
@@ -257,36 +255,6 @@ mod tests {
     }
 
     #[test]
-    fn revision_state_table() {
-        use RevisionState::*;
-        let cases = [
-            (Applied, true, Some(Complete)),
-            (Applied, false, Some(RollingOut)),
-            (RollingOut, true, Some(Complete)),
-            (RollingOut, false, None),
-            (Complete, false, None),
-            (Failed, true, None),
-            (Superseded, true, None),
-        ];
-        for (state, converged, want) in cases {
-            assert_eq!(
-                revision_next(state, converged),
-                want,
-                "{state} converged={converged}"
-            );
-        }
-        let superseded = [
-            (Applied, Some(Superseded)),
-            (RollingOut, Some(Superseded)),
-            (Complete, None),
-            (Failed, None),
-        ];
-        for (state, want) in superseded {
-            assert_eq!(when_superseded(state), want, "{state}");
-        }
-    }
-
-    #[test]
     fn unwanted_containers_table() {
         let now = SystemTime::now();
         let run = running(Duration::from_secs(1), now);
@@ -317,6 +285,41 @@ mod tests {
             (RetireReason::RolloutFailed, Duration::ZERO),
         ] {
             assert_eq!(reason.drain(configured), want, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn last_error_table() {
+        // (error of revision, converged on revision, failures, stable again, port unpublished)
+        let cases = [
+            (
+                "a later revision converged: cleared",
+                (2, 3, 0, false, false),
+                true,
+            ),
+            (
+                "the same revision: kept (a crash loop converges between crashes)",
+                (3, 3, 0, false, false),
+                false,
+            ),
+            (
+                "a later revision still backing off: kept",
+                (2, 3, 1, false, false),
+                false,
+            ),
+            (
+                "stable again after failures: cleared",
+                (3, 3, 0, true, false),
+                true,
+            ),
+            ("a port still held: kept", (2, 3, 0, true, true), false),
+        ];
+        for (name, (err_rev, rev, failures, stable, port), want) in cases {
+            assert_eq!(
+                error_clears(err_rev, rev, failures, stable, port),
+                want,
+                "{name}"
+            );
         }
     }
 

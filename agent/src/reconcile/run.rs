@@ -247,14 +247,14 @@ impl Reconciler {
     }
 
     /// Moves the current revision's state after a pass (see
-    /// [`policy::revision_next`]).
+    /// [`RevisionState::after_pass`]).
     fn advance_revision(
         &self,
         rec: &RevisionRecord,
         all_converged: bool,
     ) -> Result<(), AgentError> {
         let agent = &self.agent;
-        match policy::revision_next(rec.info.state, all_converged) {
+        match rec.info.state.after_pass(all_converged) {
             Some(RevisionState::Complete) => {
                 let mut done = rec.clone();
                 done.info.state = RevisionState::Complete;
@@ -348,7 +348,7 @@ impl Reconciler {
             }
             (_, Ok(_)) => return,
         };
-        set_last_error(&agent, service, Some(error));
+        set_last_error(&agent, service, error, revision);
         agent.emit(EventKind::PullFailed, Some(service), event);
     }
 
@@ -391,7 +391,9 @@ impl Reconciler {
         let current_ready = replicas
             .iter()
             .any(|r| r.current && r.phase == Phase::Ready);
-        if tracker.observe(clock, &spec.canonical_json(), ready, current_ready, &policy) {
+        let stable_again =
+            tracker.observe(clock, &spec.canonical_json(), ready, current_ready, &policy);
+        if stable_again {
             tracing::debug!(service = %svc.name, "stable again: restart backoff reset");
         }
         let intent = Intent {
@@ -455,10 +457,10 @@ impl Reconciler {
                         AfterStartFailure::Backoff => {
                             self.tracker(&svc.name)
                                 .replica_failed(Instant::now(), &policy);
-                            set_last_error(&agent, &svc.name, Some(message));
+                            set_last_error(&agent, &svc.name, message, rec.info.number);
                         }
                         AfterStartFailure::Report => {
-                            set_last_error(&agent, &svc.name, Some(message));
+                            set_last_error(&agent, &svc.name, message, rec.info.number);
                         }
                     }
                     break;
@@ -472,7 +474,7 @@ impl Reconciler {
                 ),
                 Action::Remove { id } => self.remove_now(&svc.name, &id).await,
                 Action::Failure { id, reason } => {
-                    self.replica_failed(svc, list, &id, &reason, &policy, clock)
+                    self.replica_failed(svc, rec, list, &id, &reason, &policy)
                 }
                 Action::FailRollout { reason } => {
                     self.fail_rollout(rec, svc, &reason).await?;
@@ -486,9 +488,16 @@ impl Reconciler {
         sync_ports(&agent, &svc.name, &spec.ports);
         if let Some(l) = agent.live().services.get_mut(&svc.name) {
             l.converged = decision.converged;
+            l.updated = replicas
+                .iter()
+                .filter(|r| {
+                    r.current
+                        && matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
+                })
+                .count() as u32;
         }
         if decision.converged {
-            self.converged(rec, svc);
+            self.converged(rec, svc, stable_again);
         }
         Ok(ServiceOutcome {
             converged: decision.converged,
@@ -497,15 +506,30 @@ impl Reconciler {
     }
 
     /// A service converged: a rollout in progress completed (its error
-    /// cleared, its probation begun, counted and announced), and the image
-    /// info metric names the digest it runs.
-    fn converged(&mut self, rec: &RevisionRecord, svc: &Service) {
+    /// cleared, its probation begun, counted and announced), an error of an
+    /// earlier revision (or, once stable again, of this one) is cleared, and
+    /// the image info metric names the digest it runs.
+    fn converged(&mut self, rec: &RevisionRecord, svc: &Service, stable_again: bool) {
         let agent = self.agent.clone();
+        let failures = self.tracker(&svc.name).failures();
+        if let Some(l) = agent.live().services.get_mut(&svc.name) {
+            if policy::error_clears(
+                l.error_revision,
+                rec.info.number,
+                failures,
+                stable_again,
+                !l.unpublished.is_empty(),
+            ) {
+                l.last_error = None;
+            }
+        }
         let took = self
             .tracker(&svc.name)
             .converged(Instant::now(), svc.update.probation);
         if let Some(took) = took {
-            set_last_error(&agent, &svc.name, None);
+            if let Some(l) = agent.live().services.get_mut(&svc.name) {
+                l.last_error = None;
+            }
             agent.metrics.rollout_finished(&svc.name, true, Some(took));
             agent.emit(
                 EventKind::RolloutComplete,
