@@ -512,4 +512,36 @@ fn exec_it_runs_an_interactive_shell_on_a_pty() {
         .contains(LocalFlags::ECHO | LocalFlags::ICANON));
     // Nothing of the session is left in the container.
     assert!(!ps(&agent).contains(" sh\n"), "{}", ps(&agent));
+
+    // SIGTERM to berthctl in a raw session: it ends with 143 and the local
+    // terminal is restored; the remote shell is hung up.
+    let child = Command::new("setsid")
+        .arg("-c")
+        .arg(berthctl_bin())
+        .args([
+            "--agent",
+            &agent.agent_flag(),
+            "exec",
+            "-it",
+            "web",
+            "--",
+            "sh",
+        ])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    let mut run = Running(child);
+    pty.type_in(b"echo S$((2+3))\n");
+    pty.wait_for("S5\r\n");
+    let raw = nix::sys::termios::tcgetattr(&slave).unwrap();
+    assert!(!raw.local_flags.contains(LocalFlags::ECHO));
+    run.signal("TERM");
+    assert_eq!(run.code_within(20), 128 + 15);
+    let after = nix::sys::termios::tcgetattr(&slave).unwrap();
+    assert_eq!(after.local_flags, before.local_flags);
+    agent.wait_for(20, "the hung-up shell gone", |a| {
+        (!ps(a).contains(" sh\n")).then_some(())
+    });
 }
