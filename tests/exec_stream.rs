@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::*;
 
-/// Runs berthctl with `--agent agent` and `args`, `input` on its stdin.
+/// Runs berthctl with `--agent agent` and `args`, `input` on its stdin;
+/// killed (and the test failed) if it takes more than a minute.
 fn ctl_stdin(agent: &str, args: &[&str], input: &[u8]) -> CtlOutput {
-    let mut child = Command::new(berthctl_bin())
+    let child = Command::new(berthctl_bin())
         .arg("--agent")
         .arg(agent)
         .args(args)
@@ -32,15 +33,30 @@ fn ctl_stdin(agent: &str, args: &[&str], input: &[u8]) -> CtlOutput {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    bounded_output(child, input).into()
+}
+
+/// Feeds `input` to `child`'s stdin while collecting its output; kills it
+/// and fails if it has not ended within a minute (a stuck stream).
+fn bounded_output(mut child: Child, input: &[u8]) -> std::process::Output {
+    let pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
     // A command that stops reading must not block the test.
-    let writer = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
-    let out = child.wait_with_output().unwrap();
-    let _ = writer.join();
-    out.into()
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("berthctl {pid} still running after 60 s");
+        }
+    }
 }
 
 /// A berthctl process killed when dropped (also when the test panics).
@@ -152,17 +168,13 @@ fn exec_streams_stdio_exit_codes_and_signals() {
     let data: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let mut child = Command::new(berthctl_bin())
+    let child = Command::new(berthctl_bin())
         .args(["--agent", &unix, "exec", "-i", "web", "--", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let sent = data.clone();
-    let writer = std::thread::spawn(move || stdin.write_all(&sent));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let out = bounded_output(child, &data);
     assert!(out.status.success());
     assert!(out.stdout == data, "{} bytes back", out.stdout.len());
 
@@ -234,6 +246,31 @@ fn exec_streams_stdio_exit_codes_and_signals() {
     assert_eq!(v["exit_code"], 3);
     assert_eq!(v["container"], id.as_str());
     assert_eq!(v["stdout"].as_str().unwrap().len(), 10_000);
+
+    // The one-shot JSON answer (no upgrade) keeps the health checks' 4 KiB
+    // capture; a pty or stdin needs the stream.
+    let body = br#"{"cmd": ["sh", "-c", "head -c 9000 /dev/zero | tr '\\0' o; exit 4"]}"#;
+    let r = agent.api(
+        "POST",
+        "/v1/services/web/exec",
+        &[("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["exit_code"].as_i64(), v["output"].as_str().map(str::len)),
+        (Some(4), Some(4096)),
+        "{v}"
+    );
+    let r = agent.api(
+        "POST",
+        "/v1/containers/web/exec",
+        &[("Content-Type", "application/json")],
+        br#"{"cmd": ["sh"], "tty": true}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("berth-exec.v1"), "{}", r.text());
 
     // -t without a local terminal: a pty of the container, default size.
     let out = agent.ctl(&[

@@ -248,21 +248,73 @@ fn watch_resizes(_tty: bool) -> Result<mpsc::Receiver<()>> {
     Ok(mpsc::channel(1).1)
 }
 
+/// Writes the client's frames: control frames (resize, signal) first, then
+/// stdin chunks as the stdin thread delivers them (`None`: its end). A task
+/// of its own, so that reading the command's output never waits for the
+/// agent to take more input (the command may be blocked writing output).
+async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
+    mut stdin: Option<mpsc::Receiver<Option<Vec<u8>>>>,
+    mut control: mpsc::UnboundedReceiver<Frame>,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = control.recv() => match f {
+                Some(f) => f,
+                None => return,
+            },
+            chunk = async {
+                match stdin.as_mut() {
+                    Some(rx) => rx.recv().await.flatten(),
+                    None => std::future::pending().await,
+                }
+            } => match chunk {
+                Some(data) => Frame::Stdin(data),
+                None => {
+                    stdin = None;
+                    Frame::CloseStdin
+                }
+            },
+        };
+        // A failed write shows as the connection's end on the read side.
+        if wr.write_all(&frame.encode()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the frame protocol on `io` until the exit status (or an error) arrives.
 async fn session(
     io: Upgraded,
     args: &Exec,
     raw: bool,
+    captured: Option<&mut Captured>,
+) -> Result<Outcome> {
+    let (mut rd, wr) = tokio::io::split(io);
+    let stdin = args.interactive.then(|| {
+        let (tx, rx) = mpsc::channel(8);
+        spawn_stdin_reader(tx);
+        rx
+    });
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(wr, stdin, control_rx));
+    let result = read_frames(&mut rd, raw, args.tty, &control, captured).await;
+    writer.abort();
+    result
+}
+
+/// Reads the agent's frames (output, then the exit status) and queues
+/// resizes and forwarded signals for [`write_frames`].
+async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    raw: bool,
+    tty: bool,
+    control: &mpsc::UnboundedSender<Frame>,
     mut captured: Option<&mut Captured>,
 ) -> Result<Outcome> {
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let (stdin_tx, mut stdin_rx) = mpsc::channel(8);
-    let mut stdin_open = args.interactive;
-    if stdin_open {
-        spawn_stdin_reader(stdin_tx);
-    }
     let mut signals = watch_signals(raw)?;
-    let mut resizes = watch_resizes(args.tty)?;
+    let mut resizes = watch_resizes(tty)?;
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -289,27 +341,16 @@ async fn session(
                     }
                 }
             }
-            chunk = stdin_rx.recv(), if stdin_open => {
-                let frame = match chunk.flatten() {
-                    Some(data) => Frame::Stdin(data),
-                    None => {
-                        stdin_open = false;
-                        Frame::CloseStdin
-                    }
-                };
-                // A failed write shows as the connection's end on the read side.
-                let _ = wr.write_all(&frame.encode()).await;
-            }
             Some(()) = resizes.recv() => {
                 if let Some(size) = terminal::size() {
-                    let _ = wr.write_all(&Frame::Resize(size).encode()).await;
+                    let _ = control.send(Frame::Resize(size));
                 }
             }
             Some((name, num)) = signals.recv() => {
                 if raw {
                     return Ok(Outcome::Signalled(num));
                 }
-                let _ = wr.write_all(&Frame::Signal(name.into()).encode()).await;
+                let _ = control.send(Frame::Signal(name.into()));
             }
         }
     }
