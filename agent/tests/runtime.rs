@@ -241,7 +241,7 @@ fn isolation_from_inside() {
          echo net=$(ls /sys/class/net | tr '\\n' ' '); echo lo=$(cat /sys/class/net/lo/operstate /sys/class/net/lo/flags | tr '\\n' ' '); \
          echo etc-hostname=$(cat /etc/hostname); echo devs=$(ls /dev | tr '\\n' ' '); \
          echo zero=$(head -c 4 /dev/zero | wc -c); \
-         mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo mknod=usable || echo mknod=unusable);"
+         mknod /tmp/mem c 1 1 2>/dev/null && echo mknod=made || echo mknod=refused;"
     );
     let mut cfg = env.config("iso", &script);
     cfg.name = "box-one".into();
@@ -298,8 +298,8 @@ fn isolation_from_inside() {
     assert_eq!(line("zero"), "4");
     assert_eq!(
         line("mknod"),
-        "unusable",
-        "device nodes made in the container must not work (nodev)"
+        "refused",
+        "the devices cgroup refuses nodes of host devices"
     );
 }
 
@@ -930,8 +930,50 @@ fn cgroup_v2_layer_works_on_the_unified_mount() {
     };
     let id = unique("v2");
     let cg = Cgroup::new(hierarchy, CGROUP_PARENT, &id);
+    let _cleanup = CgroupGuard(cg.clone());
     // On a hybrid host the unified hierarchy has no controllers: no limits here.
     cg.create(&Limits::default()).unwrap();
+    let dir = cg.paths().remove(0);
+
+    // The device filter is attached to the container's cgroup itself.
+    let dir_fd = std::fs::File::open(&dir).unwrap();
+    let attached =
+        berth_agent::sys::bpf::attached_cgroup_device(&std::os::fd::OwnedFd::from(dir_fd)).unwrap();
+    assert_eq!(attached, 1, "one device program on {}", dir.display());
+
+    // A process in it: the default devices work, a host device (/dev/kmsg,
+    // which this test process opens fine) and mknod of /dev/mem do not.
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::File::open("/dev/kmsg").expect("the host opens /dev/kmsg");
+    let script = format!(
+        "echo $$ > {procs}; \
+         head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null=ok; \
+         dd if=/dev/kmsg of=/dev/null count=0 2>&1; \
+         mknod {scratch}/mem c 1 1 2>&1; mknod {scratch}/loop b 7 0 2>&1; echo done",
+        procs = dir.join("cgroup.procs").display(),
+        scratch = scratch.path().display(),
+    );
+    let out = std::process::Command::new("/bin/busybox")
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    let out =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.starts_with("4\nnull=ok\n"), "{out}");
+    assert!(
+        out.contains("can't open '/dev/kmsg': Operation not permitted"),
+        "opening a host device must fail with EPERM: {out}"
+    );
+    assert_eq!(
+        out.matches("Operation not permitted").count(),
+        3,
+        "mknod of a char and a block device must fail with EPERM: {out}"
+    );
+    assert!(
+        !scratch.path().join("mem").exists() && out.ends_with("done\n"),
+        "{out}"
+    );
+
     let mut child = std::process::Command::new("/bin/sleep")
         .arg("100")
         .spawn()
@@ -942,6 +984,15 @@ fn cgroup_v2_layer_works_on_the_unified_mount() {
     assert!(child.wait().unwrap().signal().is_some());
     for p in cg.paths() {
         assert!(!p.exists());
+    }
+}
+
+/// Removes a cgroup made directly by a test, even when it fails.
+struct CgroupGuard(berth_agent::runtime::cgroups::Cgroup);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove(Duration::from_secs(5));
     }
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 mod create;
 pub mod crilog;
 mod delete;
+pub mod devices;
 pub mod exec;
 pub mod init;
 pub mod monitor;

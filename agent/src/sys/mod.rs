@@ -3,6 +3,7 @@
 //! elsewhere in the crate stay safe Rust.
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod net;
 pub mod netlink;
 pub mod process;
