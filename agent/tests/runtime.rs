@@ -1849,3 +1849,140 @@ fn non_root_binds_low_ports_and_opens_ping_sockets_unless_overridden() {
     assert_eq!(out, format!("bind=1\nicmp={}\n", libc::EACCES), "{err}");
     assert!(err.contains("Permission denied"), "{err}");
 }
+
+/// A tmpfs the test mounts on the host, unmounted (lazily) on drop.
+struct HostTmpfs(PathBuf);
+
+impl HostTmpfs {
+    /// A plain tmpfs at `at` (no nodev, no nosuid: what a host may have below a volume).
+    fn mount(at: &Path) -> HostTmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        HostTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for HostTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn no_device_can_be_made_or_opened_and_volume_flags_cover_submounts() {
+    berth_agent::require_root!();
+    use std::os::unix::fs::FileTypeExt as _;
+    let env = Env::new();
+    let host = tempfile::tempdir().unwrap();
+    let named = host.path().join("volumes/data/_data");
+    let hostvol = host.path().join("hostvol");
+    let rovol = host.path().join("rovol");
+    std::fs::create_dir_all(&named).unwrap();
+    // Host volumes with a tmpfs submount each, mounted as a host admin would:
+    // without nodev or nosuid. One holds a host device node (/dev/kmsg's).
+    let sub = HostTmpfs::mount(&hostvol.join("sub"));
+    let _ro_sub = HostTmpfs::mount(&rovol.join("sub"));
+    let kmsg = sub.0.join("kmsg");
+    nix::sys::stat::mknod(
+        &kmsg,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(1, 11),
+    )
+    .unwrap();
+    std::fs::File::open(&kmsg).expect("the host itself opens the node");
+    assert!(std::fs::metadata(&kmsg)
+        .unwrap()
+        .file_type()
+        .is_char_device());
+
+    let places = [
+        "/tmp",
+        "/dev",
+        "/dev/shm",
+        "/scratch",
+        "/named",
+        "/host",
+        "/host/sub",
+    ];
+    let script = format!(
+        "for d in {places}; do \
+           mknod $d/c c 1 1 2>/dev/null && echo \"$d char=made\" || echo \"$d char=$(mknod $d/c c 1 1 2>&1 | sed 's/.*: //')\"; \
+           mknod $d/b b 7 0 2>/dev/null && echo \"$d block=made\" || echo \"$d block=$(mknod $d/b b 7 0 2>&1 | sed 's/.*: //')\"; \
+         done; \
+         echo \"open=$(dd if=/host/sub/kmsg of=/dev/null count=0 2>&1 | sed 's/.*: //')\"; \
+         echo \"rosub=$(touch /ro/sub/x 2>&1 | sed 's/.*: //')\"; \
+         echo \"rotop=$(touch /ro/x 2>&1 | sed 's/.*: //')\"; \
+         grep -E ' /(host|ro)/sub ' /proc/self/mountinfo | cut -d' ' -f5,6 | sed 's/^/mount /'; \
+         echo null=$(head -c 3 /dev/zero | wc -c); echo x > /dev/null && echo devnull=ok",
+        places = places.join(" ")
+    );
+    let mut cfg = env.config("devices", &script);
+    cfg.mounts = vec![
+        Mount::tmpfs(None, "/scratch"),
+        Mount::bind(&named, "/named", false),
+        Mount::bind(&hostvol, "/host", false),
+        Mount::bind(&rovol, "/ro", true),
+    ];
+    let c = env.start(&cfg);
+    // From the host: the v1 devices cgroup lists only the defaults.
+    if let Ok(dir) = env.rt.cgroup(&c.id) {
+        if let Some(d) = dir
+            .paths()
+            .iter()
+            .find(|p| p.starts_with("/sys/fs/cgroup/devices"))
+        {
+            let list = std::fs::read_to_string(d.join("devices.list")).unwrap();
+            let want = berth_agent::runtime::devices::v1_allow_lines(
+                berth_agent::runtime::devices::ALLOWED,
+            );
+            assert_eq!(list.lines().collect::<Vec<_>>(), want, "{list}");
+        }
+    }
+    let state = c.wait_exit(Duration::from_secs(30));
+    let (out, err) = c.output();
+    c.remove();
+    assert_eq!(exit_code(&state), 0, "stdout {out} stderr {err}");
+    for place in places {
+        for kind in ["char", "block"] {
+            assert!(
+                out.lines()
+                    .any(|l| l == format!("{place} {kind}=Operation not permitted")),
+                "mknod of a {kind} device in {place} must fail with EPERM: {out}"
+            );
+        }
+    }
+    // Refused twice over: nodev on the submount (EACCES, checked first) and
+    // the devices cgroup (EPERM).
+    let open = out.lines().find_map(|l| l.strip_prefix("open=")).unwrap();
+    assert!(
+        ["Permission denied", "Operation not permitted"].contains(&open),
+        "a host device node on a volume's submount must not open: {out}"
+    );
+    assert!(out.contains("rosub=Read-only file system\n"), "{out}");
+    assert!(out.contains("rotop=Read-only file system\n"), "{out}");
+    let flags = |m: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("mount {m} ")))
+            .unwrap_or_else(|| panic!("{m} not mounted: {out}"))
+            .split(',')
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    for opt in ["rw", "nosuid", "nodev"] {
+        assert!(flags("/host/sub").contains(&opt.to_string()), "{out}");
+    }
+    for opt in ["ro", "nosuid", "nodev"] {
+        assert!(flags("/ro/sub").contains(&opt.to_string()), "{out}");
+    }
+    assert!(out.contains("null=3\ndevnull=ok\n"), "{out}");
+    // Nothing was made on the host side either.
+    assert!(!hostvol.join("sub/c").exists() && !named.join("b").exists());
+}

@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 pub mod bpf;
+pub mod mount;
 pub mod net;
 pub mod netlink;
 pub mod process;
