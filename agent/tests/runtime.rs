@@ -231,7 +231,7 @@ fn isolation_from_inside() {
     let script = format!(
         "echo pid=$$; echo host=$(hostname); echo procs=$(ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '); \
          test -e /tmp/{marker_name} && echo marker=present || echo marker=absent; \
-         grep -E '^(CapEff|CapBnd|CapPrm|CapAmb|NoNewPrivs)' /proc/self/status; \
+         grep -E '^(CapInh|CapEff|CapBnd|CapPrm|CapAmb|NoNewPrivs)' /proc/self/status; \
          echo kcore=$(cat /proc/kcore 2>/dev/null | wc -c); echo keys=$(cat /proc/keys 2>&1 | wc -c); \
          echo timer=$(cat /proc/timer_list 2>&1 | wc -c); echo masks=$(grep -c -E ' /proc/(keys|timer_list|acpi) ' /proc/self/mountinfo); \
          echo firmware=$(ls /sys/firmware | wc -l); \
@@ -274,6 +274,8 @@ fn isolation_from_inside() {
     for set in ["CapEff", "CapBnd", "CapPrm"] {
         assert_eq!(u64::from_str_radix(&line(set), 16).unwrap(), mask, "{set}");
     }
+    // Docker clears these (CVE-2022-24769).
+    assert_eq!(u64::from_str_radix(&line("CapInh"), 16).unwrap(), 0);
     assert_eq!(u64::from_str_radix(&line("CapAmb"), 16).unwrap(), 0);
     assert_eq!(line("NoNewPrivs"), "1");
     assert_eq!(line("kcore"), "0", "/proc/kcore must be masked");
@@ -1985,4 +1987,61 @@ fn no_device_can_be_made_or_opened_and_volume_flags_cover_submounts() {
     assert!(out.contains("null=3\ndevnull=ok\n"), "{out}");
     // Nothing was made on the host side either.
     assert!(!hostvol.join("sub/c").exists() && !named.join("b").exists());
+}
+
+#[test]
+fn cap_add_and_cap_drop_change_the_sets_and_inheritable_stays_empty() {
+    berth_agent::require_root!();
+    let env = Env::new();
+    let status = |cfg: &ContainerConfig| -> std::collections::BTreeMap<String, u64> {
+        let (state, out, err) = env.run(cfg);
+        assert_eq!(exit_code(&state), 0, "{out} {err}");
+        out.lines()
+            .filter_map(|l| l.split_once(":\t"))
+            .map(|(k, v)| (k.to_string(), u64::from_str_radix(v.trim(), 16).unwrap()))
+            .collect()
+    };
+    let script = "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status";
+    let net_admin = 1u64 << 12;
+    let chown = 1u64;
+    let default = berth_agent::runtime::process::default_caps_mask();
+
+    let mut cfg = env.config("caps", script);
+    cfg.cap_add = vec!["NET_ADMIN".into()];
+    cfg.cap_drop = vec!["chown".into()];
+    let s = status(&cfg);
+    let want = (default | net_admin) & !chown;
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(s[set], want, "{set}: {s:?}");
+    }
+    assert_eq!((s["CapInh"], s["CapAmb"]), (0, 0), "{s:?}");
+
+    // ALL drops everything but what is added back.
+    let mut cfg = env.config("caps-none", script);
+    cfg.cap_drop = vec!["ALL".into()];
+    cfg.cap_add = vec!["NET_BIND_SERVICE".into()];
+    let s = status(&cfg);
+    assert_eq!(s["CapEff"], 1 << 10, "{s:?}");
+    assert_eq!(s["CapBnd"], 1 << 10, "{s:?}");
+
+    // A non-root user has no effective capabilities; the bounding set follows cap_add.
+    let mut cfg = env.config("caps-user", script);
+    cfg.user = User {
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![],
+    };
+    cfg.cap_add = vec!["NET_ADMIN".into()];
+    let s = status(&cfg);
+    assert_eq!((s["CapEff"], s["CapPrm"], s["CapInh"]), (0, 0, 0), "{s:?}");
+    assert_eq!(s["CapBnd"], default | net_admin, "{s:?}");
+
+    // A name that is no capability is refused at create, naming it.
+    let mut cfg = env.config("caps-bad", script);
+    cfg.cap_add = vec!["NET_ADMN".into()];
+    let err = env.rt.create_and_start(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("`NET_ADMN` is not a Linux capability"),
+        "{err}"
+    );
 }

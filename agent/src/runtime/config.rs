@@ -149,6 +149,12 @@ pub struct ContainerConfig {
     /// workload starts, over [`super::sysctl::DEFAULTS`]. See [`super::sysctl`].
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// Capabilities added to and dropped from the default set, by name
+    /// (`NET_ADMIN`, `CAP_NET_ADMIN` or `ALL`); see [`super::capabilities`].
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
 }
 
 fn default_log_max() -> u64 {
@@ -181,6 +187,8 @@ impl ContainerConfig {
             dns_server: None,
             init: false,
             sysctls: BTreeMap::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
         }
     }
 
@@ -249,6 +257,9 @@ impl ContainerConfig {
             if let Err(reason) = super::sysctl::check(name, value) {
                 return bad(reason);
             }
+        }
+        if let Err(e) = super::capabilities::effective(&self.cap_add, &self.cap_drop) {
+            return bad(e.to_string());
         }
         Ok(())
     }

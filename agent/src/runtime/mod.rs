@@ -8,6 +8,7 @@
 //! list, logs, stats); `spawn` starts their helper processes.
 //! See docs/runtime.md for the design, including the CVE-2019-5736 mitigation.
 
+pub mod capabilities;
 pub mod cgroups;
 pub mod config;
 mod create;
