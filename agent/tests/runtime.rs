@@ -1393,7 +1393,7 @@ fn seccomp_filter_holds_for_the_workload_and_exec() {
     let out = c.wait_output("ready");
     assert_eq!(
         seccomp_lines(&out),
-        ["Seccomp:\t2", "Seccomp_filters:\t2"],
+        ["Seccomp:\t2", "Seccomp_filters:\t3"],
         "{out}"
     );
     assert!(
@@ -1430,7 +1430,7 @@ fn seccomp_filter_holds_for_the_workload_and_exec() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         r.output,
-        "Seccomp:\t2\nSeccomp_filters:\t2\n\
+        "Seccomp:\t2\nSeccomp_filters:\t3\n\
          unshare: unshare(0x10000000): Operation not permitted\nrc=1\n",
         "{r:?}"
     );
@@ -1475,7 +1475,18 @@ const EXIT_WITH_ERRNO: &[u8] = b"\xf7\xd8\x89\xc7\xb8\xe7\x00\x00\x00\x0f\x05";
 /// Exit code of a program run directly on the host (128 + signal when killed).
 #[cfg(target_arch = "x86_64")]
 fn host_run(path: &Path) -> i32 {
-    let st = std::process::Command::new(path).status().unwrap();
+    // ETXTBSY while a child forked by another test thread still holds the
+    // file's write fd between its fork and exec: try again.
+    let mut tries = 0;
+    let st = loop {
+        match std::process::Command::new(path).status() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     st.code().unwrap_or_else(|| 128 + st.signal().unwrap())
 }
 
@@ -1499,7 +1510,8 @@ fn seccomp_covers_clone3_x32_and_i386_syscalls() {
             .concat(),
         ),
         // unshare(CLONE_NEWUSER) through the x32 ABI (nr 272 | 0x40000000):
-        // the kernel alone succeeds, or says ENOSYS where x32 is off.
+        // the kernel alone succeeds, or says ENOSYS where x32 is off; the
+        // filter says ENOSYS (x32 numbers are above every native one).
         (
             "x32-unshare",
             [
@@ -1540,7 +1552,10 @@ fn seccomp_covers_clone3_x32_and_i386_syscalls() {
     let (state, out, err) = env.run(&cfg);
     assert_eq!(exit_code(&state), 0, "stdout {out} stderr {err}");
     assert!(out.contains("clone3=38\n"), "clone3 must get ENOSYS: {out}");
-    assert!(out.contains("x32=1\n"), "x32 unshare must get EPERM: {out}");
+    assert!(
+        out.contains("x32=38\n"),
+        "x32 unshare must get ENOSYS: {out}"
+    );
     if ia32 {
         // Killed by the arch check: SIGSYS (31).
         assert!(out.contains("i386=159\n"), "{out} {err}");
@@ -2044,4 +2059,118 @@ fn cap_add_and_cap_drop_change_the_sets_and_inheritable_stays_empty() {
         err.contains("`NET_ADMN` is not a Linux capability"),
         "{err}"
     );
+}
+
+/// `mov eax, nr; mov edi, arg0; syscall`, then exit with its errno.
+#[cfg(target_arch = "x86_64")]
+fn syscall_program(nr: u32, arg0: u32) -> Vec<u8> {
+    let mut code = vec![0xb8];
+    code.extend(nr.to_le_bytes());
+    code.push(0xbf);
+    code.extend(arg0.to_le_bytes());
+    code.extend([0x0f, 0x05]);
+    code.extend(EXIT_WITH_ERRNO);
+    code
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn seccomp_allowlist_enosys_eperm_unconfined_and_json_profiles() {
+    berth_agent::require_root!();
+    use std::os::unix::fs::PermissionsExt as _;
+    let layer = tempfile::Builder::new()
+        .prefix("berth-seccomp-probes-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir(layer.path().join("bin")).unwrap();
+    let programs = [
+        // A number no kernel has.
+        ("madeup", syscall_program(999, 0)),
+        // file_getattr (468, Linux 6.17): newer than the profile.
+        ("newer", syscall_program(468, 0)),
+        // keyctl(9999): EOPNOTSUPP from the kernel; Docker's profile denies keyctl.
+        ("keyctl", syscall_program(250, 9999)),
+        // unshare(CLONE_NEWUSER): denied with EPERM by Docker's argument filter.
+        ("userns", syscall_program(272, libc::CLONE_NEWUSER as u32)),
+    ];
+    let mut host = std::collections::BTreeMap::new();
+    for (name, code) in &programs {
+        let path = layer.path().join("bin").join(name);
+        std::fs::write(&path, tiny_elf(code)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        host.insert(*name, host_run(&path));
+    }
+    // What the kernel alone answers (else this test proves nothing).
+    assert_eq!(host["madeup"], libc::ENOSYS, "{host:?}");
+    assert_eq!(host["keyctl"], libc::EOPNOTSUPP, "{host:?}");
+    let kernel_has_file_getattr = host["newer"] != libc::ENOSYS;
+
+    let env = Env::new();
+    let script = "for p in madeup newer keyctl userns; do $p; echo $p=$?; done; grep ^Seccomp: /proc/self/status";
+    let probe = |cfg: &mut ContainerConfig| -> String {
+        cfg.lowerdirs = vec![layer.path().to_path_buf(), busybox_layer().to_path_buf()];
+        let (state, out, err) = env.run(cfg);
+        assert_eq!(exit_code(&state), 0, "stdout {out} stderr {err}");
+        out
+    };
+
+    // Default: unknown and newer syscalls ENOSYS, Docker's denials EPERM.
+    let out = probe(&mut env.config("seccomp-default", script));
+    assert!(out.contains("madeup=38\n"), "{out}");
+    assert!(out.contains("newer=38\n"), "{out}");
+    assert!(out.contains("keyctl=1\n"), "keyctl must get EPERM: {out}");
+    assert!(
+        out.contains("userns=1\n"),
+        "unshare(CLONE_NEWUSER) must get EPERM: {out}"
+    );
+    assert!(out.contains("Seccomp:\t2\n"), "{out}");
+
+    // Unconfined: the kernel answers.
+    let mut cfg = env.config("seccomp-unconfined", script);
+    cfg.seccomp = berth_agent::runtime::seccomp::Seccomp::Unconfined;
+    let out = probe(&mut cfg);
+    assert!(
+        out.contains(&format!("keyctl={}\n", libc::EOPNOTSUPP)),
+        "{out}"
+    );
+    if kernel_has_file_getattr {
+        assert!(out.contains(&format!("newer={}\n", host["newer"])), "{out}");
+    }
+    assert!(out.contains("Seccomp:\t0\n"), "{out}");
+
+    // A Docker-style JSON profile file: what it says.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["keyctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            {"names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+             "args": [{"index": 0, "value": 268435456, "valueTwo": 268435456, "op": "SCMP_CMP_MASKED_EQ"}]}
+        ]}"#,
+    )
+    .unwrap();
+    let mut cfg = env.config("seccomp-json", script);
+    cfg.seccomp = berth_agent::runtime::seccomp::Seccomp::Profile {
+        path: profile.clone(),
+    };
+    let out = probe(&mut cfg);
+    assert!(out.contains("keyctl=13\n"), "{out}");
+    assert!(out.contains("userns=22\n"), "{out}");
+    assert!(out.contains("madeup=38\n"), "{out}");
+
+    // A bad profile fails the create, naming the file and the entry.
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_EROR"}]}"#,
+    )
+    .unwrap();
+    let mut cfg = env.config("seccomp-bad", script);
+    cfg.seccomp = berth_agent::runtime::seccomp::Seccomp::Profile { path: profile };
+    let err = env.rt.create_and_start(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("profile.json: syscalls[0].action: unknown action \"SCMP_ACT_EROR\" (did you mean \"SCMP_ACT_ERRNO\"?)"),
+        "{err}"
+    );
+    assert_clean(&env.rt, &cfg.id);
 }
