@@ -4,6 +4,8 @@
 //! (unknown and newer syscalls `ENOSYS`, Docker's denials `EPERM`,
 //! `seccomp = "unconfined"` and a JSON profile file) and the checks at apply
 //! (bad capability names and profiles refused with their location).
+//! The probes are hand-made x86_64 binaries: the file builds on x86_64 only.
+#![cfg(target_arch = "x86_64")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use berth_e2e::registry::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
