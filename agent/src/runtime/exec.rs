@@ -763,7 +763,7 @@ fn run(
     let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     // Compiled here so the child only has to install it, right before execve.
-    let filter = seccomp::compile().map_err(|source| ExecError::Seccomp {
+    let filter = seccomp::compile_for(&cfg).map_err(|source| ExecError::Seccomp {
         id: id.clone(),
         source,
     })?;
