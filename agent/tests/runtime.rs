@@ -402,6 +402,76 @@ fn memory_limit_oom_kill_is_reported() {
     );
 }
 
+/// `/proc/<pid>/cgroup` as (hierarchy controllers, path) pairs.
+fn cgroups_of(pid: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            Some((ctrl.to_string(), path.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn monitor_lives_in_its_own_cgroup_outside_the_agents() {
+    berth_agent::require_root!();
+    let env = Env::new();
+    let c = env.start(&env.config("moncg", "echo up; sleep 30"));
+    c.wait_output("up");
+    let ContainerState::Running { pid, .. } = env.rt.state(&c.id) else {
+        panic!("not running: {:?}", env.rt.state(&c.id));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let monitor = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let want = format!("/{CGROUP_PARENT}/{}.monitor", c.id);
+    let agent = cgroups_of("self");
+    let mine = cgroups_of(&monitor);
+    assert!(!mine.is_empty());
+    // Every hierarchy this host mounts (memory, pids, name=systemd, unified,
+    // ...): the monitor is in its own cgroup, never in the agent's (its unit's).
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for (ctrl, path) in &mine {
+        let name = ctrl.strip_prefix("name=").unwrap_or(ctrl);
+        let is_mounted = if ctrl.is_empty() {
+            mounted.contains(" - cgroup2 ")
+        } else {
+            mounted
+                .lines()
+                .any(|l| l.contains(" - cgroup ") && l.split(',').any(|o| o.trim() == name))
+        };
+        if !is_mounted || ctrl == "cpuset" {
+            continue;
+        }
+        assert_eq!(
+            path, &want,
+            "hierarchy {ctrl:?} of monitor {monitor}: {mine:?}"
+        );
+        let theirs = agent.iter().find(|(c, _)| c == ctrl).map(|(_, p)| p);
+        assert_ne!(
+            theirs,
+            Some(path),
+            "monitor shares the agent's cgroup in {ctrl:?}"
+        );
+    }
+    let dirs: Vec<PathBuf> =
+        berth_agent::runtime::cgroups::MonitorCgroup::detect(CGROUP_PARENT, &c.id)
+            .paths()
+            .to_vec();
+    assert!(dirs.iter().all(|d| d.exists()), "{dirs:?}");
+    c.remove();
+    for d in dirs {
+        assert!(!d.exists(), "monitor cgroup {} left behind", d.display());
+    }
+}
+
 #[test]
 fn fork_bomb_stops_at_pids_limit() {
     berth_agent::require_root!();
