@@ -10,3 +10,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 # Root-only tests fail rather than skip if this ever runs as someone else.
 BERTH_REQUIRE_ROOT=1 cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-2}"
+# Pure cgroup v2 in a VM (Debian's cloud kernel under qemu TCG; about 2-3 minutes).
+BERTH_VM_NO_BUILD=1 bash scripts/vm-test.sh
