@@ -10,6 +10,7 @@ CG=/sys/fs/cgroup
 UNIT=$CG/system.slice/berthd.service
 PARENT=$CG/berth
 passed=0; failed=0
+up() { cut -d' ' -f1 /proc/uptime; }
 
 pass() { passed=$((passed + 1)); echo "vm-check PASS $1"; }
 fail() { failed=$((failed + 1)); echo "vm-check FAIL $1"; }
@@ -67,11 +68,11 @@ TOML
   fi
 }
 
-echo "== registry (docker-registry on 127.0.0.1:5000)"
+echo "== [$(up)s] registry (docker-registry on 127.0.0.1:5000)"
 docker-registry serve /etc/berth-vm/registry.yml > /tmp/registry.log 2>&1 &
 check registry-up wait_for 20 curl -fsS -m 2 -o /dev/null http://127.0.0.1:5000/v2/
 
-echo "== berthd in system.slice/berthd.service"
+echo "== [$(up)s] berthd in system.slice/berthd.service"
 check agent-ready start_agent
 manifest /tmp/v1.toml 1
 check apply-v1 berthctl apply --wait --timeout 3m -f /tmp/v1.toml
@@ -80,19 +81,19 @@ WEB=$(container_of web)
 echo "web container: $WEB"
 check web-serves-v1 served v1
 
-echo "== limits read back from the cgroup v2 files"
+echo "== [$(up)s] limits read back from the cgroup v2 files"
 check memory.max [ "$(cat "$PARENT/$WEB/memory.max")" = 67108864 ]
 check cpu.max [ "$(cat "$PARENT/$WEB/cpu.max")" = "50000 100000" ]
 check pids.max [ "$(cat "$PARENT/$WEB/pids.max")" = 64 ]
 check swap-off [ "$(cat "$PARENT/$WEB/memory.swap.max" 2>/dev/null || echo 0)" = 0 ]
 
-echo "== devices (v2 BPF program)"
+echo "== [$(up)s] devices (v2 BPF program)"
 out=$(berthctl exec "$WEB" -- sh -c 'mknod /tmp/mem c 1 1 2>/dev/null && echo mknod=made || echo mknod=refused; echo x > /dev/null && echo null=ok' 2>&1)
 echo "$out"
 check mknod-refused sh -c "echo '$out' | grep -q mknod=refused"
 check dev-null-usable sh -c "echo '$out' | grep -q null=ok"
 
-echo "== stats (berthctl top)"
+echo "== [$(up)s] stats (berthctl top)"
 berthctl exec "$WEB" -- sh -c 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done' >/dev/null 2>&1
 top=$(berthctl top -o json 2>&1)
 berthctl top 2>&1 | head -5
@@ -100,12 +101,12 @@ check top-shows-web sh -c "echo '$top' | grep -q '$WEB'"
 check top-memory sh -c "echo '$top' | grep -Eq '\"memory_bytes\": ?[1-9]'"
 check top-cpu sh -c "echo '$top' | grep -Eq '\"cpu_ns\": ?[1-9]'"
 
-echo "== the monitor lives in its own cgroup, outside the agent's unit"
+echo "== [$(up)s] the monitor lives in its own cgroup, outside the agent's unit"
 PID=$(init_pid "$WEB"); MON=$(ppid_of "$PID")
 echo "web init pid $PID, monitor pid $MON: $(cat /proc/$MON/cgroup)"
 check monitor-own-cgroup [ "$(cat /proc/$MON/cgroup)" = "0::/berth/$WEB.monitor" ]
 
-echo "== kill -9 berthd, restart: re-adopted, not restarted"
+echo "== [$(up)s] kill -9 berthd, restart: re-adopted, not restarted"
 AGENT=$(cat "$UNIT/cgroup.procs" | head -n1)
 kill -9 "$AGENT"
 check agent-gone wait_for 10 sh -c "! kill -0 $AGENT 2>/dev/null"
@@ -114,7 +115,7 @@ check same-container-after-kill9 wait_for 20 sh -c "[ \"\$(berthctl status 2>/de
 check same-pid-after-kill9 [ "$(init_pid "$WEB")" = "$PID" ]
 check serves-after-kill9 served v1
 
-echo "== cgroup.kill of berthd.service (systemctl stop with KillMode=control-group)"
+echo "== [$(up)s] cgroup.kill of berthd.service (systemctl stop with KillMode=control-group)"
 echo 1 > "$UNIT/cgroup.kill"
 check unit-emptied wait_for 10 empty "$UNIT"
 check monitor-survives kill -0 "$MON"
@@ -125,7 +126,7 @@ check same-container-after-unit-kill wait_for 20 sh -c "[ \"\$(berthctl status 2
 check same-pid-after-unit-kill [ "$(init_pid "$WEB")" = "$PID" ]
 check monitor-still-holds-init [ "$(ppid_of "$PID")" = "$MON" ]
 
-echo "== rollout of a new digest under the published port, with a request loop"
+echo "== [$(up)s] rollout of a new digest under the published port, with a request loop"
 rm -f /tmp/loop.stop /tmp/loop.out
 ( i=0; bad=0
   while [ ! -e /tmp/loop.stop ] && [ $i -lt 5000 ]; do
@@ -145,19 +146,19 @@ check web-serves-v2 served v2
 WEB2=$(container_of web)
 check old-cgroup-removed wait_for 20 sh -c "[ ! -e $PARENT/$WEB ] && [ ! -e $PARENT/$WEB.monitor ]"
 
-echo "== OOM kill reported"
+echo "== [$(up)s] OOM kill reported"
 manifest /tmp/hog.toml 2 with-hog
 berthctl apply -f /tmp/hog.toml >/dev/null
 check oom-event wait_for 60 sh -c "berthctl events --kind container-oom-killed 2>/dev/null | grep -q hog"
 berthctl events --kind container-oom-killed 2>&1 | tail -3
 
-echo "== removal leaves no cgroup behind"
+echo "== [$(up)s] removal leaves no cgroup behind"
 printf '# nothing\n' > /tmp/empty.toml
 check apply-empty berthctl apply --prune --wait --timeout 2m -f /tmp/empty.toml
 check no-cgroups-left wait_for 30 no_container_cgroups
 ls "$PARENT"
 
-echo "== summary: $passed passed, $failed failed"
+echo "== [$(up)s] summary: $passed passed, $failed failed"
 if [ "$failed" != 0 ]; then
   echo "--- berthd log (tail)"; tail -n 60 /tmp/berthd.log
   exit 1
