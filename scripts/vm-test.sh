@@ -135,7 +135,7 @@ timeout $((BOOT_TIMEOUT + 120)) qemu-system-x86_64 -accel tcg -smp 2 -m "$MEM" -
   -nic none > "$WORK/console.log" 2>&1 &
 QEMU_PID=$!
 # Stream the guest's check lines as they come.
-tail -n +1 -f --pid="$QEMU_PID" "$WORK/console.log" | grep --line-buffered -E '^(vm-check|vm-init|==|BERTH-VM-RESULT)' || true
+tail -n +1 -f --pid="$QEMU_PID" "$WORK/console.log" | grep --line-buffered -E '^(vm-check|vm-figure|vm-init|==|BERTH-VM-RESULT)' || true
 QEMU_RC=0; wait "$QEMU_PID" || QEMU_RC=$?; QEMU_PID=""
 RUN=$(($(date +%s) - BOOT_START))
 BOOTED=$(grep -o 'booted in [0-9.]*s' "$WORK/console.log" | head -n1 || true)

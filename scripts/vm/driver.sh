@@ -127,10 +127,15 @@ check same-pid-after-unit-kill [ "$(init_pid "$WEB")" = "$PID" ]
 check monitor-still-holds-init [ "$(ppid_of "$PID")" = "$MON" ]
 
 echo "== [$(up)s] rollout of a new digest under the published port, with a request loop"
-rm -f /tmp/loop.stop /tmp/loop.out
+rm -f /tmp/loop.stop /tmp/loop.out /tmp/loop.err
 ( i=0; bad=0
   while [ ! -e /tmp/loop.stop ] && [ $i -lt 5000 ]; do
-    curl -fsS -m 5 -o /dev/null http://127.0.0.1:18080/ 2>/dev/null || bad=$((bad + 1))
+    # A request that fails is logged with curl's exit code and message
+    # (7: refused, 28: timed out, 52/56: empty reply/reset, 22: HTTP error).
+    rc=0; curl -fsS -m 10 -o /dev/null http://127.0.0.1:18080/ 2>/tmp/loop.curl || rc=$?
+    if [ "$rc" != 0 ]; then
+      bad=$((bad + 1)); echo "request $i at $(up)s: curl exit $rc: $(cat /tmp/loop.curl)" >> /tmp/loop.err
+    fi
     i=$((i + 1))
   done
   echo "$i $bad" > /tmp/loop.out ) &
@@ -139,7 +144,8 @@ manifest /tmp/v2.toml 2
 check apply-v2 berthctl apply --wait --timeout 3m -f /tmp/v2.toml
 sleep 1; touch /tmp/loop.stop; wait "$LOOP"
 read total lost < /tmp/loop.out
-echo "requests during the rollout: $total, failed: $lost"
+echo "vm-figure rollout: $total requests during the rollout, $lost failed"
+[ -s /tmp/loop.err ] && sed 's/^/vm-figure rollout failure: /' /tmp/loop.err
 check rollout-requests-made [ "$total" -gt 0 ]
 check rollout-lost-none [ "$lost" = 0 ]
 check web-serves-v2 served v2
@@ -150,6 +156,7 @@ echo "== [$(up)s] OOM kill reported"
 manifest /tmp/hog.toml 2 with-hog
 berthctl apply -f /tmp/hog.toml >/dev/null
 check oom-event wait_for 60 sh -c "berthctl events --kind container-oom-killed 2>/dev/null | grep -q hog"
+echo "vm-figure oom: $(berthctl events --kind container-oom-killed 2>/dev/null | grep -c hog) container-oom-killed events for hog"
 berthctl events --kind container-oom-killed 2>&1 | tail -3
 
 echo "== [$(up)s] removal leaves no cgroup behind"
