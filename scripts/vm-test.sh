@@ -84,6 +84,7 @@ printf 'root:x:0:\nnogroup:x:65534:\n' > "$ROOT/etc/group"
 printf '127.0.0.1 localhost\n' > "$ROOT/etc/hosts"
 printf 'nameserver 127.0.0.1\n' > "$ROOT/etc/resolv.conf"
 echo "$BOOT_TIMEOUT" > "$ROOT/etc/berth-vm/timeout"
+[ -z "${BERTH_VM_STRICT_ROLLOUT:-}" ] || touch "$ROOT/etc/berth-vm/strict-rollout"
 install -m 755 scripts/vm/init.sh "$ROOT/init"
 install -m 755 scripts/vm/driver.sh "$ROOT/driver.sh"
 
@@ -135,7 +136,7 @@ timeout $((BOOT_TIMEOUT + 120)) qemu-system-x86_64 -accel tcg -smp 2 -m "$MEM" -
   -nic none > "$WORK/console.log" 2>&1 &
 QEMU_PID=$!
 # Stream the guest's check lines as they come.
-tail -n +1 -f --pid="$QEMU_PID" "$WORK/console.log" | grep --line-buffered -E '^(vm-check|vm-figure|vm-init|==|BERTH-VM-RESULT)' || true
+tail -n +1 -f --pid="$QEMU_PID" "$WORK/console.log" | grep --line-buffered -E '^(vm-check|vm-figure|vm-known-issue|vm-init|==|BERTH-VM-RESULT)' || true
 QEMU_RC=0; wait "$QEMU_PID" || QEMU_RC=$?; QEMU_PID=""
 RUN=$(($(date +%s) - BOOT_START))
 BOOTED=$(grep -o 'booted in [0-9.]*s' "$WORK/console.log" | head -n1 || true)
@@ -149,4 +150,5 @@ if [ "$RESULT" != "BERTH-VM-RESULT rc=0" ] || [ "$FAILED" != 0 ] || [ "$PASSED" 
   cp "$WORK/console.log" "${BERTH_VM_FAILED_LOG:-/tmp/berth-vm-failed-console.log}" 2>/dev/null && echo "vm-test: whole console log kept in ${BERTH_VM_FAILED_LOG:-/tmp/berth-vm-failed-console.log}" >&2
   exit 1
 fi
+grep -a '^vm-known-issue' "$WORK/console.log" || true
 echo "vm-test: ok"
