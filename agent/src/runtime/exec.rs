@@ -1204,6 +1204,11 @@ fn child(
     // Root and cwd become the container's (the mount namespace's root).
     let flags = Namespaces::default().init_flags();
     nix::sched::setns(fds.target.as_fd(), flags).map_err(sys("setns"))?;
+    // The user namespace last: the others are owned by the host's.
+    if c.userns.is_some() {
+        nix::sched::setns(fds.target.as_fd(), CloneFlags::CLONE_NEWUSER)
+            .map_err(sys("setns(user)"))?;
+    }
 
     connect_stdio(cfg, &fds.stdio)?;
 
