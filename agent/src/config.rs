@@ -449,6 +449,20 @@ mod tests {
         assert_eq!(c.subnet, ("10.89.0.0".parse().unwrap(), 16));
         assert_eq!(c.manifest_poll_interval, Duration::from_secs(30));
         assert_eq!(c.source, None);
+        assert_eq!(
+            (c.userns_pool.start, c.userns_pool.count, c.userns_fallback),
+            (0x1000_0000, 0x1000_0000, false)
+        );
+        let e = AgentConfig::from_layer(ConfigLayer {
+            userns_range: Some("0:65536".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--userns-range: ") && e.contains("host root"),
+            "{e}"
+        );
         let git = AgentConfig::from_layer(ConfigLayer {
             git: Some("/srv/repo.git".into()),
             ..Default::default()

@@ -2199,10 +2199,17 @@ fn user_namespace_maps_root_to_an_unprivileged_range() {
          echo v > /data/by-root && echo vol=ok; touch /mine && echo rootfs=ok; \
          mknod /dev/shm/c c 1 3 2>/dev/null && echo mknod=ok || echo mknod=denied; \
          mknod /data/c c 1 3 2>/dev/null && echo mknod2=ok || echo mknod2=denied; \
+         echo secret=$(cat /run/secrets/pw) $(stat -c %u /run/secrets/pw); \
          echo ready; sleep 30",
     );
+    let secret = host.path().join("pw");
+    std::fs::write(&secret, "hunter2").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
     cfg.userns = Some(IdRange { base, len: 65536 });
-    cfg.mounts = vec![Mount::bind(&vol, "/data", false)];
+    cfg.mounts = vec![
+        Mount::bind(&vol, "/data", false),
+        Mount::secret(&secret, "pw"),
+    ];
     let c = env.start(&cfg);
     let out = c.wait_output("ready");
     let words: Vec<&str> = out.split_whitespace().collect();
@@ -2230,6 +2237,7 @@ fn user_namespace_maps_root_to_an_unprivileged_range() {
         "rootfs=ok".into(),
         "mknod=denied".into(),
         "mknod2=denied".into(),
+        "secret=hunter2 0".into(),
     ] {
         assert!(out.contains(&want), "want {want:?} in {out}");
     }
