@@ -1,6 +1,6 @@
 //! `berthctl`: the operator CLI. It validates manifests offline with
 //! `berth-core` and talks to `berthd`'s API over the root-only unix socket or
-//! TCP with a bearer token. It has no Linux-only dependency. This file parses
+//! HTTPS with a bearer token and/or a client certificate. It has no Linux-only dependency. This file parses
 //! the command line and dispatches to `commands/`, one module per command.
 
 #[macro_use]
@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod docs;
 mod table;
+mod tls;
 mod wait;
 
 use std::process::ExitCode;
