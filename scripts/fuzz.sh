@@ -29,6 +29,7 @@ cargo afl build --locked -p berth-fuzz --features afl "${bins[@]}"
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_NO_AFFINITY=1 AFL_QUIET=1
 failed=0
+passed=0
 for t in "${targets[@]}"; do
   rm -rf "${out:?}/$t"
   mkdir -p "$out/$t"
@@ -38,7 +39,7 @@ for t in "${targets[@]}"; do
       "$CARGO_TARGET_DIR/debug/fuzz_$t" >"$out/$t.log" 2>&1; then
     echo "fuzz: afl-fuzz failed on $t:" >&2
     tail -n 30 "$out/$t.log" >&2
-    failed=1
+    failed=$((failed + 1))
     continue
   fi
   stats="$out/$t/default/fuzzer_stats"
@@ -48,7 +49,10 @@ for t in "${targets[@]}"; do
   echo "fuzz: $t: $(field execs_done) execs in $(field run_time)s, $(field corpus_count) paths, edges $(field edges_found), crashes ${crashes}, hangs ${hangs}"
   if [ "${crashes:-0}" != 0 ] || [ "${hangs:-0}" != 0 ]; then
     echo "fuzz: $t found crashes or hangs: see $out/$t/default/{crashes,hangs}/" >&2
-    failed=1
+    failed=$((failed + 1))
+  else
+    passed=$((passed + 1))
   fi
 done
-exit "$failed"
+echo "fuzz: $passed passed, $failed failed"
+[ "$failed" = 0 ]

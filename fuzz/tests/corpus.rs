@@ -2,6 +2,8 @@
 //! fuzzer ever crashed on (`fuzz/regressions/TARGET/`) through the targets'
 //! bodies, so a plain `cargo test` checks their properties on all of them.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 fn replay(kind: &str) -> usize {
