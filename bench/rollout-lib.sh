@@ -75,7 +75,7 @@ stop_berthd() {
   local wait_s=${1:-60}
   if [ -n "${AGENT_PID:-}" ] && kill -0 "$AGENT_PID" 2>/dev/null; then
     printf '# nothing\n' > "$WORK/empty.toml"
-    "$BIN/berthctl" apply -f "$WORK/empty.toml" >/dev/null 2>&1 || true
+    "$BIN/berthctl" apply --prune -f "$WORK/empty.toml" >/dev/null 2>&1 || true
     for _ in $(seq $((wait_s * 10))); do
       [ -z "$(ls -A "$WORK/state/containers" 2>/dev/null)" ] && break; sleep 0.1
     done

@@ -530,3 +530,42 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
 
 /// Shared agent handle type for binaries and tests.
 pub type AgentHandle = Arc<Agent>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::ConfigLayer;
+
+    #[tokio::test]
+    async fn a_bad_registry_config_is_a_start_up_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("registries.toml");
+        std::fs::write(&bad, "[registry.\"r.test\"\nmirrors = 3\n").unwrap();
+        let config = AgentConfig::from_layer(ConfigLayer {
+            state_dir: Some(dir.path().join("state")),
+            run_dir: Some(dir.path().join("run")),
+            registry_config: Some(bad.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let (store, _) = Store::open(&config.state_dir).unwrap();
+        let err = build_agent(config, store).err().unwrap();
+        assert!(
+            matches!(err, DaemonError::RegistryConfig(_)),
+            "a start-up error, not a bad request: {err:?}"
+        );
+        assert!(err.to_string().starts_with("--registry-config: "), "{err}");
+        let missing = dir.path().join("nope.toml");
+        let config = AgentConfig::from_layer(ConfigLayer {
+            state_dir: Some(dir.path().join("state2")),
+            run_dir: Some(dir.path().join("run2")),
+            registry_config: Some(missing.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let (store, _) = Store::open(&config.state_dir).unwrap();
+        let err = build_agent(config, store).err().unwrap().to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
+}
