@@ -232,6 +232,14 @@ fn https_with_client_certificates_instead_of_or_besides_the_token() {
         &out,
         &[&url, "refused the client certificate", "unknown CA"],
     );
+    // An expired one from the right CA.
+    let expired = [
+        flag("--cert", pki.arg("client-expired")),
+        flag("--key", pki.arg("client-expired-key")),
+    ]
+    .concat();
+    let out = ctl_at(&url, &[ca.clone(), expired].concat(), &["status"]);
+    assert_fails_with(&out, &[&url, "refused the client certificate (expired)"]);
     // The agent logged the refused handshakes.
     assert!(
         agent.log().contains("API TLS handshake failed"),
@@ -265,4 +273,32 @@ fn https_with_client_certificates_instead_of_or_besides_the_token() {
     assert_fails_with(&out, &["requires a client certificate"]);
     let out = ctl_at(&url, &[ca, client, tok].concat(), &["status"]).ok();
     assert!(out.stdout.contains("berthd"), "{}", out.stdout);
+}
+
+#[test]
+fn an_expired_agent_certificate_is_named() {
+    berth_agent::require_root!();
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t\n").unwrap();
+    let port = free_port();
+    let _agent = Agent::start_with(&[
+        "--api",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--api-token-file",
+        token.to_str().unwrap(),
+        "--api-tls-cert",
+        &pki.arg("server-expired"),
+        "--api-tls-key",
+        &pki.arg("server-expired-key"),
+    ]);
+    let url = format!("https://127.0.0.1:{port}");
+    let flags = [
+        flag("--ca-file", pki.arg("ca")),
+        flag("--token-file", token.display().to_string()),
+    ]
+    .concat();
+    let out = ctl_at(&url, &flags, &["status"]);
+    assert_fails_with(&out, &[&url, "has expired"]);
 }

@@ -28,18 +28,25 @@ fn leaf(
     names: &[&str],
     purpose: ExtendedKeyUsagePurpose,
     issuer: &Issuer<'static, KeyPair>,
+    expired: bool,
 ) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut params =
         CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     params.extended_key_usages = vec![purpose];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
     let cert = params.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
 
 impl TestPki {
-    /// Files: `ca` (signs `server`), `client-ca` (signs `client`), `other-ca`
-    /// (signs `other-client`), each leaf with its `-key`.
+    /// Files: `ca` (signs `server` and `server-expired`), `client-ca`
+    /// (signs `client` and `client-expired`), `other-ca` (signs
+    /// `other-client`), each leaf with its `-key`; the expired ones were
+    /// valid in 2020.
     pub fn new() -> TestPki {
         let dir = tempfile::Builder::new()
             .prefix("berth-pki-")
@@ -58,20 +65,39 @@ impl TestPki {
             &["127.0.0.1"],
             ExtendedKeyUsagePurpose::ServerAuth,
             &server_issuer,
+            false,
         );
         write("server", &cert);
         write("server-key", &key);
         let (cert, key) = leaf(
+            &["127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            &server_issuer,
+            true,
+        );
+        write("server-expired", &cert);
+        write("server-expired-key", &key);
+        let (cert, key) = leaf(
             &["operator"],
             ExtendedKeyUsagePurpose::ClientAuth,
             &client_issuer,
+            false,
         );
         write("client", &cert);
         write("client-key", &key);
         let (cert, key) = leaf(
+            &["operator"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &client_issuer,
+            true,
+        );
+        write("client-expired", &cert);
+        write("client-expired-key", &key);
+        let (cert, key) = leaf(
             &["intruder"],
             ExtendedKeyUsagePurpose::ClientAuth,
             &other_issuer,
+            false,
         );
         write("other-client", &cert);
         write("other-client-key", &key);

@@ -35,7 +35,7 @@ struct Flags {
     #[arg(
         long,
         value_name = "LISTEN",
-        help = "Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT [default: unix:<run-dir>/berth.sock]"
+        help = "Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT (HTTPS: --api-tls-cert, --api-tls-key; plain only with --api-insecure) [default: unix:<run-dir>/berth.sock]"
     )]
     api: Vec<String>,
     /// Bearer token file: a tcp API listener requires this token (unless
