@@ -17,8 +17,10 @@ if ! command -v cargo-afl >/dev/null; then
   echo "fuzz.sh: cargo-afl is missing (bash scripts/deps.sh installs it)" >&2
   exit 1
 fi
-# Instrumented builds use other compiler flags: keep them out of target/.
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_AFL:-target/afl}
+# Instrumented builds use other compiler flags, so they get their own target
+# dir; it lives in the machine's cache (not the checkout), so a fresh clone on
+# the same machine (CI) rebuilds only Berth's crates, not every dependency.
+export CARGO_TARGET_DIR=${BERTH_AFL_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/afl-target}
 export CARGO_INCREMENTAL=0
 bins=()
 for t in "${targets[@]}"; do bins+=(--bin "fuzz_$t"); done
@@ -28,6 +30,11 @@ cargo afl build --locked -p berth-fuzz --features afl "${bins[@]}"
 # to a core other processes share, stop at the time budget.
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_NO_AFFINITY=1 AFL_QUIET=1
+# The layer target unpacks (chrooted, see fuzz/src/lib.rs) below a scratch
+# dir on tmpfs of its own, removed at the end.
+scratch=$(mktemp -d "$( [ -d /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")/berth-fuzz.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+export BERTH_FUZZ_SCRATCH=$scratch
 failed=0
 passed=0
 for t in "${targets[@]}"; do

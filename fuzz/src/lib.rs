@@ -220,6 +220,26 @@ const LAYER_LIMITS: UnpackLimits = UnpackLimits {
     max_entry_bytes: 16 << 20,
 };
 
+/// Confines the layer target before it starts fuzzing: as root, the process
+/// chroots into a fresh directory on tmpfs (`/dev/shm/berth-fuzz-jail.*`,
+/// left for the caller to remove), so even an applier bug that escaped its
+/// root could not touch the host; the sentinel check then reports it. Not
+/// root, or `BERTH_FUZZ_NO_JAIL=1`: nothing happens. Returns the jail's
+/// path outside the chroot, if one was made.
+pub fn jail_layer_target() -> std::io::Result<Option<PathBuf>> {
+    if !nix::unistd::geteuid().is_root() || std::env::var_os("BERTH_FUZZ_NO_JAIL").is_some() {
+        return Ok(None);
+    }
+    let jail = tempfile::Builder::new()
+        .prefix("berth-fuzz-jail.")
+        .tempdir_in(scratch_dir())?
+        .keep();
+    nix::unistd::chroot(&jail)?;
+    std::env::set_current_dir("/")?;
+    std::env::set_var("BERTH_FUZZ_SCRATCH", "/");
+    Ok(Some(jail))
+}
+
 /// Where the layer target unpacks: `$BERTH_FUZZ_SCRATCH`, else `/dev/shm`
 /// (tmpfs: fast, with xattrs), else the temp dir.
 fn scratch_dir() -> PathBuf {
