@@ -4,6 +4,8 @@
 #   FUZZ_SECONDS   seconds per target (default 25)
 #   FUZZ_TARGETS   targets to run (default: all four)
 #   FUZZ_OUT       where AFL++ writes its queues and findings (default target/fuzz)
+#   FUZZ_SEEDS     dir with a seed dir per target (default fuzz/corpus; e.g. an
+#                  earlier run's queues to go on from, see docs/testing.md)
 # A crash is kept under $FUZZ_OUT/TARGET/default/crashes/: copy it into
 # fuzz/regressions/TARGET/ (replayed by `cargo test -p berth-fuzz`) with the
 # fix. Needs cargo-afl (scripts/deps.sh installs it) and runs as root so the
@@ -42,7 +44,8 @@ for t in "${targets[@]}"; do
   mkdir -p "$out/$t"
   echo "fuzz: $t for ${secs}s"
   # -t: a single input over 5 s is a hang; -V: stop after the budget.
-  if ! cargo afl fuzz -i "fuzz/corpus/$t" -o "$out/$t" -t 5000 -V "$secs" \
+  seeds=${FUZZ_SEEDS:-fuzz/corpus}/$t
+  if ! cargo afl fuzz -i "$seeds" -o "$out/$t" -t 5000 -V "$secs" \
       "$CARGO_TARGET_DIR/debug/fuzz_$t" >"$out/$t.log" 2>&1; then
     echo "fuzz: afl-fuzz failed on $t:" >&2
     tail -n 30 "$out/$t.log" >&2
