@@ -20,10 +20,12 @@ cleanup() {
   if [ -n "${AGENT_PID:-}" ] && kill -0 "$AGENT_PID" 2>/dev/null; then
     # An empty manifest retires every container before the agent stops.
     printf '# nothing\n' > "$WORK/empty.toml"
-    "$BIN/berthctl" apply -f "$WORK/empty.toml" >/dev/null 2>&1
+    "$BIN/berthctl" apply --prune -f "$WORK/empty.toml" >/dev/null 2>&1
     for _ in $(seq 100); do
       [ -z "$(ls -A "$WORK/state/containers" 2>/dev/null)" ] && break; sleep 0.1
     done
+    left=$(ls -A "$WORK/state/containers" 2>/dev/null | wc -l)
+    [ "$left" = 0 ] || echo "demo: $left containers were not retired" >&2
     kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null
   fi
   [ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null

@@ -372,6 +372,30 @@ fn wait_says_rolled_out_only_once_removed_services_are_gone() {
         !mounts.contains(&worker_id),
         "mounts of the removed worker remain"
     );
+    // An empty manifest: rolled out once nothing of the host's is left.
+    let web_id = agent.containers()[0]["id"].as_str().unwrap().to_string();
+    let empty = write(&agent, "empty.toml", "# nothing\n");
+    let out = agent.ctl(&[
+        "apply",
+        "--prune",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-f",
+        &empty,
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("revision 3 rolled out"),
+        "{}",
+        out.stdout
+    );
+    assert!(agent.containers().is_empty());
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let veth = berth_agent::network::veth_name(&agent.bridge(), &web_id);
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&veth));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&web_id), "mounts of {web_id} remain");
     // The worker (sleep as PID 1 ignores SIGTERM, so it is killed after its
     // grace period) is gone by the time wait says so.
     let left: Vec<_> = agent

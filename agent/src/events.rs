@@ -242,8 +242,21 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().seq, 1);
     }
 
+    /// The events tree of the database in `dir`. A database just closed
+    /// may still be locked for a moment by sled's flusher thread: reopening
+    /// waits for it (up to 5 s), as a restarted agent would.
     fn tree(dir: &std::path::Path) -> sled::Tree {
-        sled::open(dir).unwrap().open_tree(TREE).unwrap()
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return db.open_tree(TREE).unwrap(),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("opening {}: {e}", dir.display()),
+            }
+        }
     }
 
     #[test]

@@ -549,36 +549,90 @@ async fn post_rollback(State(ctx): State<Ctx>, body: Body) -> Result<Response, A
     Ok((StatusCode::CREATED, Json(resp)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecBody {
-    cmd: Vec<String>,
-    /// Default 60 000; at most `MAX_EXEC_TIMEOUT`.
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-    /// Interactive (`-it`) exec is not supported yet: `true` is refused.
-    #[serde(default)]
-    tty: bool,
+/// Whether a request asks to upgrade to the streaming exec protocol
+/// (`Connection: upgrade` and `Upgrade: berth-exec.v1`).
+fn wants_exec_stream(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, berth_core::exec::UPGRADE_PROTOCOL)
 }
 
-/// `POST /v1/containers/ID/exec` and `POST /v1/services/NAME/exec`:
-/// `{"cmd": [..], "timeout_ms": N}` runs the command in the container (a
-/// container id or prefix, or a service's running replica, ready first) and
-/// answers `{container, exit_code, output, timed_out}` (output: combined
-/// stdout+stderr, first 4 KiB). Not under the request timeout.
+/// `POST /v1/containers/ID/exec` and `POST /v1/services/NAME/exec` with a
+/// JSON `ExecRequest` (`{"cmd": [..], "timeout_ms", "tty", "stdin", "size"}`)
+/// runs the command in the container (a container id or prefix, or a
+/// service's running replica, ready first). With `Connection: upgrade` and
+/// `Upgrade: berth-exec.v1` the answer is `101 Switching Protocols` once the
+/// command has started, and the connection carries the frames of
+/// docs/exec.md (stdio streamed, no cap, no default timeout). Otherwise the
+/// answer is `{container, exit_code, output, timed_out}` once it has ended
+/// (output: combined stdout+stderr, first 4 KiB; default timeout 60 s;
+/// `tty`/`stdin` need the upgrade). Not under the request timeout.
 async fn post_exec(
     State(ctx): State<Ctx>,
     Path(target): Path<String>,
-    body: Body,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    let stream = wants_exec_stream(req.headers());
+    let (mut parts, body) = req.into_parts();
     let bytes = read_body(body).await?;
-    let req: ExecBody = serde_json::from_slice(&bytes)
+    let req: berth_core::exec::ExecRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
-    if req.tty {
+    if stream {
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "this connection cannot be upgraded (HTTP/1.1 needed)",
+                )
+            })?;
+        let (container, process) = ctx.agent.exec_stream(&target, &req).await?;
+        let stdin = req.stdin;
+        let id = container.clone();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    crate::exec_stream::serve(
+                        hyper_util::rt::TokioIo::new(upgraded),
+                        container,
+                        process,
+                        stdin,
+                    )
+                    .await
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "exec: the upgrade failed");
+                    crate::exec_stream::abandon(process).await
+                }
+            }
+        });
+        let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(
+            header::UPGRADE,
+            HeaderValue::from_static(berth_core::exec::UPGRADE_PROTOCOL),
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert("berth-container", v);
+        }
+        return Ok(resp);
+    }
+    if req.tty || req.stdin {
         return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_supported",
-            "interactive exec is not supported yet",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "\"tty\" and \"stdin\" need a streaming exec: send Connection: upgrade and Upgrade: {}",
+                berth_core::exec::UPGRADE_PROTOCOL
+            ),
         ));
     }
     let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(60_000));

@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod events;
+pub mod exec_stream;
 pub mod health;
 pub mod http;
 pub mod image;

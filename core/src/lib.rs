@@ -5,6 +5,7 @@
 //! anywhere (an operator's laptop) and validates manifests offline.
 
 pub mod api;
+pub mod exec;
 pub mod image_ref;
 pub mod manifest;
 pub mod plan;

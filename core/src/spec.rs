@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::image_ref::Digest;
-use crate::manifest::{Port, Protocol, Secret, Service, Volume};
+use crate::manifest::{Port, Protocol, SeccompProfile, Secret, Service, Volume};
 
 /// The version written into every spec this build stores.
 ///
@@ -62,6 +62,17 @@ pub struct ContainerSpec {
     /// Sorted; `shared` is a policy and always `false` here.
     pub volumes: Vec<Volume>,
     pub secrets: Vec<Secret>,
+    /// Capabilities added and dropped (normalized, sorted). Like every field
+    /// added after version 2, left out of the stored form while empty, so
+    /// specs stored before it compare equal and keep their hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// The seccomp profile; left out while `default`. For a profile file,
+    /// its path: a changed file content takes effect as replicas are replaced.
+    #[serde(default, skip_serializing_if = "SeccompProfile::is_default")]
+    pub seccomp: SeccompProfile,
     /// How many times `berthctl restart` asked for the service's replicas to
     /// be replaced (the agent's count, not the manifest's): a new value makes
     /// running replicas out of date. Left out of the stored form while 0, so
@@ -122,6 +133,9 @@ impl ContainerSpec {
             ports,
             volumes,
             secrets,
+            cap_add: service.cap_add.clone(),
+            cap_drop: service.cap_drop.clone(),
+            seccomp: service.seccomp.clone(),
             restart_generation: 0,
         }
     }
@@ -177,6 +191,9 @@ impl ContainerSpec {
             ports,
             volumes,
             secrets,
+            cap_add,
+            cap_drop,
+            seccomp,
             restart_generation
         );
         out
@@ -327,6 +344,10 @@ mod tests {
                 "[[service.web.secrets]]\nsource = \"/s\"\ntarget = \"s\"",
                 "secrets",
             ),
+            ("cap_add = [\"NET_ADMIN\"]", "cap_add"),
+            ("cap_drop = [\"CHOWN\"]", "cap_drop"),
+            ("seccomp = \"unconfined\"", "seccomp"),
+            ("seccomp = \"/etc/berth/p.json\"", "seccomp"),
         ];
         for (extra, field) in cases {
             let changed = base.changed_fields(&spec(extra));
@@ -368,6 +389,29 @@ mod tests {
             ContainerSpec::from_stored(&future),
             Err(SpecError::FutureVersion { found: 99 })
         ));
+    }
+
+    #[test]
+    fn security_fields_are_absent_while_default_so_stored_specs_keep_their_hash() {
+        let s = spec("");
+        let text = s.canonical_json();
+        for key in ["cap_add", "cap_drop", "seccomp"] {
+            assert!(!text.contains(key), "{text}");
+        }
+        // Writing the defaults out is the same container.
+        let same = spec("cap_add = []\ncap_drop = []\nseccomp = \"default\"");
+        assert_eq!(s.changed_fields(&same), Vec::<&str>::new());
+        assert_eq!(s.short_hash(), same.short_hash());
+        // Order, case and the CAP_ prefix do not matter.
+        let a = spec("cap_add = [\"NET_ADMIN\", \"sys_time\"]");
+        let b = spec("cap_add = [\"CAP_SYS_TIME\", \"net_admin\", \"NET_ADMIN\"]");
+        assert_eq!(a.changed_fields(&b), Vec::<&str>::new());
+        assert_eq!(a.cap_add, ["NET_ADMIN", "SYS_TIME"]);
+        // A stored form with them reads back.
+        let c = spec("cap_drop = [\"ALL\"]\nseccomp = \"/p.json\"");
+        let stored: serde_json::Value = serde_json::from_str(&c.canonical_json()).unwrap();
+        assert_eq!(stored["seccomp"], "/p.json");
+        assert_eq!(ContainerSpec::from_stored(&stored).unwrap(), c);
     }
 
     #[test]

@@ -89,8 +89,9 @@ pub enum Command {
     /// Run a command in a container (id or unique prefix) or in one running
     /// replica of a SERVICE (a ready one first): the container's namespaces,
     /// cgroup, user, capabilities and seccomp filter, as health checks run.
-    /// Prints the command's combined stdout+stderr (first 4 KiB) and exits
-    /// with its exit code (124 on timeout).
+    /// Streams its stdout and stderr (-i: and stdin; -t: on a pty of the
+    /// container, window size followed) and exits with its exit code (125
+    /// when it could not be run, 124 after --timeout).
     Exec(exec::Exec),
     /// Replace a service's replicas with new ones of the same spec, through
     /// the service's health-gated rollout (start-first or stop-first).

@@ -78,6 +78,9 @@ pub fn query_escape(value: &str) -> String {
         .collect()
 }
 
+/// A connection switched to another protocol (see [`Client::upgrade`]).
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
 /// A response: status and body bytes.
 #[derive(Debug)]
 pub struct Reply {
@@ -252,6 +255,64 @@ impl Client {
             .context("reading the agent's reply")?
             .to_bytes();
         Ok(Reply { status, body })
+    }
+
+    /// Sends `body` (JSON) to `path` asking to switch the connection to
+    /// `protocol` (HTTP/1.1 `Upgrade`). `Ok(Ok(io))`: the agent answered 101
+    /// and `io` is the raw connection; `Ok(Err(reply))`: any other answer
+    /// (an error body). `Err` only for transport failures and 401.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+        body: Bytes,
+    ) -> Result<std::result::Result<Upgraded, Reply>> {
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.transport_error(format!("talking to berthd at {}", self.addr), e))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", self.addr.host())
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(body)).context("building request")?)
+            .await
+            .map_err(|e| {
+                self.transport_error(format!("berthd at {} closed the connection", self.addr), e)
+            })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)",
+                self.addr
+            );
+        }
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .context("reading the agent's reply")?
+                .to_bytes();
+            return Ok(Err(Reply { status, body }));
+        }
+        let upgraded = hyper::upgrade::on(resp).await.with_context(|| {
+            format!(
+                "switching the connection to berthd at {} to {protocol}",
+                self.addr
+            )
+        })?;
+        Ok(Ok(TokioIo::new(upgraded)))
     }
 
     /// Sends a request and hands each body chunk to `on_chunk` as it arrives

@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod docs;
 mod table;
+mod terminal;
 mod tls;
 mod wait;
 

@@ -138,6 +138,35 @@ impl Agent {
         }
     }
 
+    /// Reads every service's seccomp profile file, so a missing or bad one
+    /// refuses the apply (the file and entry named) rather than every start.
+    fn check_seccomp_profiles(manifest: &Manifest) -> Result<(), Vec<Problem>> {
+        use berth_core::manifest::SeccompProfile;
+        let problems: Vec<Problem> = manifest
+            .services
+            .values()
+            .filter_map(|svc| match &svc.seccomp {
+                SeccompProfile::File(path) => {
+                    crate::runtime::seccomp::Profile::load(std::path::Path::new(path))
+                        .err()
+                        .map(|e| Problem {
+                            file: svc.file.clone(),
+                            line: 1,
+                            column: 1,
+                            key: format!("service.{}.seccomp", svc.name),
+                            message: e.to_string(),
+                        })
+                }
+                SeccompProfile::Default | SeccompProfile::Unconfined => None,
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
     /// The desired services of a revision (digests and env files included).
     pub fn desired_of(rec: &RevisionRecord) -> Result<(Manifest, Vec<DesiredService>), AgentError> {
         let manifest =
@@ -212,6 +241,7 @@ impl Agent {
             }
         };
         let env_files = Self::read_env_files(&manifest).map_err(refuse)?;
+        Self::check_seccomp_profiles(&manifest).map_err(refuse)?;
         let digests = match self.resolve_digests(&manifest, !dry_run).await {
             Ok(d) => d,
             Err(e) => {

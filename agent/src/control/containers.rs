@@ -587,20 +587,69 @@ impl Agent {
                 what: "exec",
                 source,
             })?
-            .map_err(|e| match e {
-                crate::runtime::RuntimeError::NotRunning { .. } => {
-                    AgentError::Conflict(e.to_string())
-                }
-                crate::runtime::RuntimeError::Exec { ref step, .. } if step == "arguments" => {
-                    AgentError::BadRequest(e.to_string())
-                }
-                other => AgentError::from(other),
-            })?;
+            .map_err(exec_error)?;
         Ok(ExecReply {
             container: c.id,
             exit_code: out.code,
             output: out.output,
             timed_out: out.timed_out,
         })
+    }
+}
+
+/// The API error of a runtime exec failure.
+fn exec_error(e: crate::runtime::RuntimeError) -> AgentError {
+    match e {
+        crate::runtime::RuntimeError::NotRunning { .. } => AgentError::Conflict(e.to_string()),
+        crate::runtime::RuntimeError::Exec { ref step, .. } if step == "arguments" => {
+            AgentError::BadRequest(e.to_string())
+        }
+        other => AgentError::from(other),
+    }
+}
+
+impl Agent {
+    /// Starts `req.cmd` in `target`'s container (see [`Agent::exec_target`])
+    /// for a streaming session (`exec_stream::serve`): on its pipes, or on a
+    /// new pty of `req.size` (default 24x80) with `req.tty`; killed after
+    /// `req.timeout_ms` when given. Returns the container's id and the
+    /// started command.
+    pub async fn exec_stream(
+        &self,
+        target: &str,
+        req: &berth_core::exec::ExecRequest,
+    ) -> Result<(String, crate::runtime::exec::ExecProcess), AgentError> {
+        use crate::runtime::exec::StreamMode;
+        if req.cmd.is_empty() || req.cmd[0].is_empty() {
+            return Err(AgentError::BadRequest("exec: the command is empty".into()));
+        }
+        let timeout = req.timeout_ms.map(Duration::from_millis);
+        if timeout.is_some_and(|t| t.is_zero() || t > MAX_EXEC_TIMEOUT) {
+            return Err(AgentError::BadRequest(format!(
+                "exec: timeout must be between 1 ms and {} s",
+                MAX_EXEC_TIMEOUT.as_secs()
+            )));
+        }
+        let mode = if req.tty {
+            let size = req.size.unwrap_or_default();
+            if size.rows == 0 || size.cols == 0 {
+                return Err(AgentError::BadRequest(format!(
+                    "exec: window size {}x{}: rows and columns must be at least 1",
+                    size.rows, size.cols
+                )));
+            }
+            StreamMode::Tty {
+                rows: size.rows,
+                cols: size.cols,
+            }
+        } else {
+            StreamMode::Pipes
+        };
+        let c = self.exec_target(target).await?;
+        let (rt, id, cmd) = (self.runtime.clone(), c.id.clone(), req.cmd.clone());
+        let process = super::blocking("exec", move || rt.exec_stream(&id, &cmd, mode, timeout))
+            .await?
+            .map_err(exec_error)?;
+        Ok((c.id, process))
     }
 }

@@ -494,6 +494,9 @@ async fn start_replica(
     cfg.stop_timeout = svc.stop_timeout;
     cfg.init = spec.init;
     cfg.sysctls = spec.sysctls.clone();
+    cfg.cap_add = spec.cap_add.clone();
+    cfg.cap_drop = spec.cap_drop.clone();
+    cfg.seccomp = (&spec.seccomp).into();
     cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
     cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
     cfg.labels

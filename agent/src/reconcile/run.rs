@@ -64,6 +64,28 @@ pub struct Reconciler {
     trackers: BTreeMap<String, ServiceTracker>,
     pub(super) reporter: mpsc::UnboundedSender<Report>,
     reports: mpsc::UnboundedReceiver<Report>,
+    /// What never changes for a revision number or a container id, kept so
+    /// a no-op pass does not parse it again (see [`Memo`]).
+    memo: Memo,
+}
+
+/// Parsed forms of immutable inputs: a revision's manifest and desired
+/// specs (its files, digests, env files and restart generations never
+/// change once recorded), each container's stored spec (labels never change
+/// after create), and the VOLUMEs of each image pinned by digest.
+#[derive(Debug, Default)]
+struct Memo {
+    revision: Option<(u64, Arc<Desired>)>,
+    specs: std::collections::HashMap<String, Option<ContainerSpec>>,
+    image_volumes: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// A revision's manifest, desired services and their canonical specs.
+#[derive(Debug)]
+struct Desired {
+    manifest: Manifest,
+    desired: Vec<berth_core::plan::DesiredService>,
+    canonical: Vec<String>,
 }
 
 /// One service after its part of a pass.
@@ -148,6 +170,7 @@ impl Reconciler {
             trackers: BTreeMap::new(),
             reporter,
             reports,
+            memo: Memo::default(),
         }
     }
 
@@ -165,8 +188,17 @@ impl Reconciler {
         let Some(rec) = agent.store().latest_revision()? else {
             return Ok(None);
         };
-        let (manifest, desired) = Agent::desired_of(&rec)?;
+        let parsed = self.desired_of(&rec)?;
+        let (manifest, desired) = (&parsed.manifest, &parsed.desired);
         let containers = agent.list_containers().await?;
+        self.memo
+            .specs
+            .retain(|id, _| containers.iter().any(|c| &c.id == id));
+        for c in &containers {
+            if !self.memo.specs.contains_key(&c.id) {
+                self.memo.specs.insert(c.id.clone(), stored_spec(&c.labels));
+            }
+        }
         let now = SystemTime::now();
         let clock = Instant::now();
         let mut by_service: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
@@ -185,11 +217,16 @@ impl Reconciler {
         }
         agent.metrics.containers_by_state(&state_counts);
         forget_gone(&agent, &containers);
-        self.check_tags(&rec, &manifest, clock);
+        self.check_tags(&rec, manifest, clock);
 
         let mut all_converged = true;
         let mut next = None;
-        for (svc, want) in manifest.services.values().zip(desired.iter()) {
+        for ((svc, want), canonical) in manifest
+            .services
+            .values()
+            .zip(desired.iter())
+            .zip(parsed.canonical.iter())
+        {
             let list = by_service.remove(&svc.name).unwrap_or_default();
             if rec.halted.contains(&svc.name) {
                 all_converged = false;
@@ -199,7 +236,15 @@ impl Reconciler {
                 continue;
             }
             let out = self
-                .reconcile_service(&rec, &manifest, svc, &want.spec, &list, now, clock)
+                .reconcile_service(
+                    &rec,
+                    manifest,
+                    svc,
+                    (&want.spec, canonical),
+                    &list,
+                    now,
+                    clock,
+                )
                 .await?;
             all_converged &= out.converged;
             next = earliest(next, out.next);
@@ -241,9 +286,44 @@ impl Reconciler {
         agent
             .proxy
             .prune(&manifest.services.keys().map(String::as_str).collect());
-        publish_dns(&agent, &manifest, &containers, now);
+        publish_dns(&agent, manifest, &containers, now);
         self.advance_revision(&rec, all_converged)?;
         Ok(next)
+    }
+
+    /// The parsed manifest and desired specs of `rec` (parsed once per
+    /// revision number).
+    fn desired_of(&mut self, rec: &RevisionRecord) -> Result<Arc<Desired>, AgentError> {
+        if let Some((n, d)) = &self.memo.revision {
+            if *n == rec.info.number {
+                return Ok(d.clone());
+            }
+        }
+        let (manifest, desired) = Agent::desired_of(rec)?;
+        let canonical = desired.iter().map(|d| d.spec.canonical_json()).collect();
+        let d = Arc::new(Desired {
+            manifest,
+            desired,
+            canonical,
+        });
+        self.memo.revision = Some((rec.info.number, d.clone()));
+        Ok(d)
+    }
+
+    /// The VOLUMEs the image declares, once its config is here (`None`: not
+    /// pulled yet); remembered for images pinned by digest.
+    fn image_volumes(&mut self, image: &ImageRef) -> Option<Vec<String>> {
+        let key = image.to_string();
+        if let Some(v) = self.memo.image_volumes.get(&key) {
+            return Some(v.clone());
+        }
+        let agent = &self.agent;
+        let rec = agent.images.find(image).ok().flatten()?;
+        let declared = agent.volumes.image_volumes(&agent.images, &rec);
+        if image.digest.is_some() {
+            self.memo.image_volumes.insert(key, declared.clone());
+        }
+        Some(declared)
     }
 
     /// Moves the current revision's state after a pass (see
@@ -359,14 +439,14 @@ impl Reconciler {
         rec: &RevisionRecord,
         manifest: &Manifest,
         svc: &Service,
-        spec: &ContainerSpec,
+        (spec, canonical): (&ContainerSpec, &str),
         list: &[ContainerInfo],
         now: SystemTime,
         clock: Instant,
     ) -> Result<ServiceOutcome, AgentError> {
         let agent = self.agent.clone();
         ensure_checkers(&agent, svc, list);
-        let replicas = observe_replicas(&agent, svc, spec, list, now);
+        let replicas = observe_replicas(&agent, svc, spec, list, &self.memo.specs, now);
         // The check that judges its replicas: the manifest's, else the image's.
         let check = svc.health.clone().or_else(|| {
             list.iter()
@@ -376,7 +456,9 @@ impl Reconciler {
         let image = pinned_image(&svc.image, rec.info.digests.get(&svc.name));
         // Image VOLUMEs kept as volumes have one writer: such a service
         // updates stop-first. Until the image's config is known, nothing starts.
-        let implicit = agent.implicit_volumes(svc, &image);
+        let implicit = self
+            .image_volumes(&image)
+            .map(|declared| crate::volumes::implicit::implicit_volumes(svc, &declared));
         let strategy = match &implicit {
             Some(v) if !v.is_empty() => berth_core::manifest::UpdateStrategy::StopFirst,
             _ => svc.update.strategy,
@@ -391,8 +473,7 @@ impl Reconciler {
         let current_ready = replicas
             .iter()
             .any(|r| r.current && r.phase == Phase::Ready);
-        let stable_again =
-            tracker.observe(clock, &spec.canonical_json(), ready, current_ready, &policy);
+        let stable_again = tracker.observe(clock, canonical, ready, current_ready, &policy);
         if stable_again {
             tracing::debug!(service = %svc.name, "stable again: restart backoff reset");
         }
@@ -591,12 +672,17 @@ fn observe_replicas(
     svc: &Service,
     spec: &ContainerSpec,
     list: &[ContainerInfo],
+    specs: &std::collections::HashMap<String, Option<ContainerSpec>>,
     now: SystemTime,
 ) -> Vec<Replica> {
     list.iter()
         .filter_map(|c| {
             let phase = phase_of(agent, c, svc, now)?;
-            let current = stored_spec(&c.labels).is_some_and(|s| s.changed_fields(spec).is_empty());
+            let stored = match specs.get(&c.id) {
+                Some(s) => s.clone(),
+                None => stored_spec(&c.labels),
+            };
+            let current = stored.is_some_and(|s| s.changed_fields(spec).is_empty());
             let probe = agent
                 .live()
                 .health

@@ -1,19 +1,22 @@
 //! Cgroups for containers under `<cgroup_parent>/<id>`, on v1 (each controller
 //! hierarchy, incl. hybrid hosts) and the v2 unified hierarchy: memory limit
-//! (swap disabled), CPU quota and weight, pids limit, OOM-kill detection and
-//! usage stats. A small own layer instead of cgroups-rs: we need only a dozen
+//! (swap disabled), CPU quota and weight, pids limit, the devices allowed
+//! ([`super::devices`]: `devices.deny`/`devices.allow` on v1, an attached eBPF
+//! program on v2), OOM-kill detection and usage stats. A small own layer instead of cgroups-rs: we need only a dozen
 //! files, exact v1/v2 semantics (memory.oom_control's `oom_kill`, memsw) and
 //! error messages naming the file, without pulling its dependency tree.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::devices;
+
 /// Mount point of the cgroup filesystems.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// CFS period used for CPU quotas (100 ms, as Docker).
 pub const CFS_PERIOD_US: u64 = 100_000;
 /// v1 controllers a container gets a cgroup in.
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
 
 /// A cgroup operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,13 @@ pub enum CgroupError {
     },
     #[error("container {id}: cgroup {path} still has processes after being killed")]
     Busy { id: String, path: PathBuf },
+    #[error("container {id}: device filter for {path}: {step}: {source}")]
+    Devices {
+        id: String,
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The host's cgroup layout.
@@ -232,8 +242,15 @@ impl Cgroup {
                 if let Some(n) = limits.pids {
                     self.write(&dir, "pids.max", &n.to_string())?;
                 }
+                self.attach_device_filter(&dir)?;
             }
             Hierarchy::V1 { .. } => {
+                // Deny every device first, then allow the defaults back.
+                let dir = self.dir_for("devices")?;
+                self.write(&dir, "devices.deny", "a")?;
+                for line in devices::v1_allow_lines(devices::ALLOWED) {
+                    self.write(&dir, "devices.allow", &line)?;
+                }
                 if let Some(m) = limits.memory_bytes {
                     let dir = self.dir_for("memory")?;
                     self.write(&dir, "memory.limit_in_bytes", &m.to_string())?;
@@ -258,9 +275,47 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Loads the v2 device program of [`devices::ALLOWED`] and attaches it to
+    /// the cgroup directory `dir`.
+    fn attach_device_filter(&self, dir: &Path) -> Result<(), CgroupError> {
+        let err = |step: &'static str| {
+            let (id, path) = (self.id.clone(), dir.to_path_buf());
+            move |source| CgroupError::Devices {
+                id,
+                step,
+                path,
+                source,
+            }
+        };
+        let insns = devices::bpf_program(devices::ALLOWED)
+            .map_err(|e| err("assembling")(std::io::Error::other(e.to_string())))?;
+        let prog = crate::sys::bpf::load_cgroup_device(&insns, "berth_devices")
+            .map_err(err("loading (bpf BPF_PROG_LOAD)"))?;
+        let cgroup = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| err("opening")(e.into()))?;
+        crate::sys::bpf::attach_cgroup_device(&prog, &cgroup)
+            .map_err(err("attaching (bpf BPF_PROG_ATTACH)"))
+    }
+
     /// Moves process `pid` (a host pid) into every directory of the cgroup.
+    /// A v1 `devices` directory that does not exist is skipped: containers
+    /// created before Berth had a devices cgroup have none (their exec'd
+    /// commands stay as unrestricted as their workload).
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        let devices = match &self.hierarchy {
+            Hierarchy::V1 { .. } => self.dir_for("devices").ok(),
+            Hierarchy::V2 { .. } => None,
+        };
         for p in self.paths() {
+            if devices.as_ref() == Some(&p) && !p.exists() {
+                continue;
+            }
             self.write(&p, "cgroup.procs", &pid.to_string())?;
         }
         Ok(())

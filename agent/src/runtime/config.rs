@@ -149,6 +149,15 @@ pub struct ContainerConfig {
     /// workload starts, over [`super::sysctl::DEFAULTS`]. See [`super::sysctl`].
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// Capabilities added to and dropped from the default set, by name
+    /// (`NET_ADMIN`, `CAP_NET_ADMIN` or `ALL`); see [`super::capabilities`].
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// The seccomp filter: Berth's default profile, none, or a JSON profile file.
+    #[serde(default)]
+    pub seccomp: super::seccomp::Seccomp,
 }
 
 fn default_log_max() -> u64 {
@@ -181,6 +190,9 @@ impl ContainerConfig {
             dns_server: None,
             init: false,
             sysctls: BTreeMap::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            seccomp: super::seccomp::Seccomp::Default,
         }
     }
 
@@ -250,6 +262,17 @@ impl ContainerConfig {
                 return bad(reason);
             }
         }
+        if let Err(e) = super::capabilities::effective(&self.cap_add, &self.cap_drop) {
+            return bad(e.to_string());
+        }
+        if let super::seccomp::Seccomp::Profile { path } = &self.seccomp {
+            if !path.is_absolute() {
+                return bad(format!(
+                    "seccomp profile {} must be absolute",
+                    path.display()
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -271,6 +294,10 @@ pub struct DiskConfig {
     pub container: ContainerConfig,
     pub cgroup_parent: String,
     pub created_at_ms: u64,
+    /// The JSON profile of `container.seccomp`, read at create (so the
+    /// monitor and every `exec` use the one the container started with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<super::seccomp::Profile>,
 }
 
 /// `state.json`, written by the monitor once the workload has been exec'd.

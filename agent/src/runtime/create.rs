@@ -6,10 +6,12 @@
 
 use std::io::Read as _;
 use std::path::Path;
+use std::process::Stdio;
 
 use super::cgroups::Limits;
 use super::config::{self, ContainerConfig, DiskConfig};
 use super::monitor::MonitorReport;
+use super::seccomp::{Profile, Seccomp};
 use super::{ContainerInfo, Runtime, RuntimeError};
 
 impl Runtime {
@@ -60,11 +62,23 @@ impl Runtime {
             let p = dir.join(name);
             std::fs::write(&p, content).map_err(Self::io(id, "writing", &p))?;
         }
+        let seccomp_profile = match &cfg.seccomp {
+            Seccomp::Profile { path } => {
+                let profile = Profile::load(path).map_err(|e| RuntimeError::Start {
+                    id: id.into(),
+                    step: "seccomp".into(),
+                    message: e.to_string(),
+                })?;
+                Some(profile)
+            }
+            Seccomp::Default | Seccomp::Unconfined => None,
+        };
         let disk = DiskConfig {
             version: config::CONFIG_VERSION,
             container: cfg.clone(),
             cgroup_parent: self.paths.cgroup_parent.clone(),
             created_at_ms: config::now_ms(),
+            seccomp_profile,
         };
         config::write_json(id, &dir.join("config.json"), &disk)?;
         let cgroup = self.cgroup(id)?;
@@ -105,6 +119,7 @@ impl Runtime {
             id,
             &dir.join("monitor.exe"),
             &args,
+            Stdio::piped(),
             stderr.into(),
             |source| RuntimeError::SpawnMonitor {
                 id: id.into(),

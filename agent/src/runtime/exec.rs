@@ -1,8 +1,10 @@
-//! Running a command inside a running container (exec health checks, `docker
-//! exec`-like): [`Runtime::exec`], the caller's side, and the hidden `__exec`
+//! Running a command inside a running container: [`Runtime::exec`] (exec
+//! health checks and the one-shot API: output captured, first 4 KiB) and
+//! [`Runtime::exec_stream`] (`berthctl exec [-it]`: the command's stdio, or a
+//! pty, handed to the agent), the caller's side; and the hidden `__exec`
 //! subcommand of the monitor binary that does the work.
 //!
-//! [`Runtime::exec`] starts `berth-monitor __exec <dir> <timeout-ms> --
+//! Both start `berth-monitor __exec <dir> <timeout-ms> [--pipes|--tty=RxC] --
 //! args…` from a read-only, detached bind mount of the binary, exactly as it
 //! starts monitors, so no process the container can reach has a writable
 //! `/proc/<pid>/exe` (CVE-2019-5736). The agent never calls `setns` itself.
@@ -15,25 +17,35 @@
 //! 3. forks the child, moves it into the container's cgroup (from the host's
 //!    view of cgroupfs; the helper itself stays outside, so it does not count
 //!    against the container's limits) and releases it through a pipe;
-//! 4. relays the child's combined stdout+stderr (first [`OUTPUT_CAP`] bytes kept,
-//!    the rest read and dropped), enforces the timeout (SIGKILL, code 124),
-//!    then SIGKILLs whatever is left of the child's session and reaps it;
-//! 5. prints one JSON [`ExecReport`] on its stdout and exits with the child's code.
+//! 4. capture: relays the child's combined stdout+stderr (first [`OUTPUT_CAP`]
+//!    bytes kept, the rest read and dropped); streaming (its stdout is a unix
+//!    socket to the agent): sends the agent one byte `S` with the child's pidfd
+//!    and the other ends of its stdin/stdout/stderr pipes, or the pty master
+//!    (`SCM_RIGHTS`), then waits; the agent closing that socket kills the
+//!    command (the client went away, or the agent died);
+//! 5. enforces the timeout (SIGKILL, code 124), then SIGKILLs whatever is left
+//!    of the child's session and reaps it;
+//! 6. prints one JSON [`ExecReport`] on its stdout and exits with the child's code.
 //!
 //! The child: non-dumpable, parent-death signal SIGKILL, `setsid` (its own
 //! session, so the helper can kill everything it started), `setns(pidfd,
 //! mnt|net|uts|ipc|cgroup)` (root and cwd become the container's), stdio
-//! (stdin the host's `/dev/null`, stdout/stderr the pipe), the container's
+//! (capture: stdin the host's `/dev/null`, stdout/stderr the pipe; `--pipes`:
+//! three pipes; `--tty`: a new pty opened in the container's `/dev/ptmx`,
+//! sized as asked, the slave owned by the command's user and made the
+//! controlling terminal, the master sent to the helper), the container's
 //! user/groups and reduced capabilities, cwd, `no_new_privs`, default signals,
 //! only fds 0/1/2 survive, the seccomp filter (compiled by the helper before
-//! the fork), `execve` of the command with the container's env.
+//! the fork), `execve` of the command with the container's env (plus
+//! `TERM=xterm` on a pty when the env has no `TERM`, as Docker).
 //! A command that cannot be found or executed ends with 127/126 and a message
-//! in the output, as a shell would; other failures are reported as errors.
+//! on its stderr, as a shell would; other failures are reported as errors.
 
 use std::convert::Infallible;
-use std::ffi::CString;
-use std::io::Write as _;
+use std::ffi::{CString, OsString};
+use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -52,7 +64,9 @@ use super::namespaces::Namespaces;
 use super::process::{self, InitFailure, ProcessError};
 use super::seccomp::{self, Filter, SeccompError};
 use super::{ContainerState, Runtime, RuntimeError};
+use crate::sys::fdpass;
 use crate::sys::process::{self as sysproc, Forked};
+use crate::sys::tty;
 
 /// The hidden subcommand (`berth-monitor __exec <dir> <timeout-ms> -- args…`).
 pub const EXEC_SUBCOMMAND: &str = "__exec";
@@ -62,11 +76,55 @@ pub const OUTPUT_CAP: usize = 4096;
 pub const TIMEOUT_CODE: i32 = 124;
 /// The report's `error.step` when the container is not (or no longer) running.
 pub const STEP_NOT_RUNNING: &str = "not running";
+/// The byte the helper sends with the descriptors of a started streaming exec.
+const STARTED: u8 = b'S';
+/// The byte the child sends with the pty master.
+const PTY_MASTER: u8 = b'P';
+
+/// How a streaming exec connects the command's stdio (see [`Runtime::exec_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    /// stdin, stdout and stderr are three pipes; the agent gets their other ends.
+    Pipes,
+    /// A new pty of the container, `rows` x `cols`, is the command's stdio and
+    /// controlling terminal; the agent gets its master.
+    Tty { rows: u16, cols: u16 },
+}
+
+impl StreamMode {
+    /// The helper's flag for this mode.
+    fn arg(self) -> String {
+        match self {
+            StreamMode::Pipes => "--pipes".into(),
+            StreamMode::Tty { rows, cols } => format!("--tty={rows}x{cols}"),
+        }
+    }
+
+    fn parse(arg: &str) -> Option<StreamMode> {
+        if arg == "--pipes" {
+            return Some(StreamMode::Pipes);
+        }
+        let (rows, cols) = arg.strip_prefix("--tty=")?.split_once('x')?;
+        Some(StreamMode::Tty {
+            rows: rows.parse().ok()?,
+            cols: cols.parse().ok()?,
+        })
+    }
+}
+
+/// What the helper does with the command's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Keeps the first [`OUTPUT_CAP`] bytes for its report.
+    Capture,
+    /// Hands the command's stdio to the agent.
+    Stream(StreamMode),
+}
 
 /// An exec step that failed (in the helper or in its child before `execve`).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("exec: usage: __exec <container-dir> <timeout-ms> -- <command> [args...]")]
+    #[error("exec: usage: __exec <container-dir> <timeout-ms> [--pipes|--tty=ROWSxCOLS] -- <command> [args...]")]
     Usage,
     #[error("container {id}: is not running")]
     NotRunning { id: String },
@@ -120,7 +178,7 @@ impl ExecError {
 pub struct ExecReport {
     /// Exit status, 128 + signal when signalled, [`TIMEOUT_CODE`] on timeout.
     pub code: i32,
-    /// Combined stdout+stderr, at most [`OUTPUT_CAP`] bytes.
+    /// Combined stdout+stderr, at most [`OUTPUT_CAP`] bytes (empty when streaming).
     pub output: String,
     pub timed_out: bool,
     /// Set when the command could not be run at all.
@@ -149,21 +207,141 @@ pub struct ExecOutput {
     pub timed_out: bool,
 }
 
+/// The command's stdio ends the agent holds while a streaming exec runs.
+#[derive(Debug)]
+pub enum ExecStdio {
+    /// Write end of the command's stdin, read ends of its stdout and stderr.
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// The master of the command's pty (its stdin, stdout and stderr).
+    Tty { master: OwnedFd },
+}
+
+/// Signals a running streaming exec, or ends it.
+#[derive(Debug)]
+pub struct ExecHandle {
+    id: String,
+    /// A pidfd of the command (immune to pid reuse).
+    pidfd: OwnedFd,
+    /// A clone of the socket to the helper.
+    control: UnixStream,
+}
+
+impl ExecHandle {
+    /// Sends signal `sig` to the command (not to the rest of its session).
+    /// A command that has already ended is not an error.
+    pub fn signal(&self, sig: i32) -> Result<(), RuntimeError> {
+        match sysproc::pidfd_send_signal(&self.pidfd, sig) {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(RuntimeError::Signal {
+                id: self.id.clone(),
+                signal: sig,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the agent's side of the helper's socket: the helper SIGKILLs
+    /// the command and its session and reports (code 137).
+    pub fn abandon(&self) {
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Waits for a streaming exec's end: [`ExecWaiter::wait`] blocks; an async
+/// caller reads the helper's report from [`ExecWaiter::into_parts`]'s socket
+/// itself (so no thread is held while the command runs, and dropping the
+/// socket kills the command) and passes it to [`ExecReaper::finish`].
+#[derive(Debug)]
+pub struct ExecWaiter {
+    control: UnixStream,
+    reaper: ExecReaper,
+}
+
+/// Reaps the exec helper and reads its report (see [`ExecWaiter`]).
+#[derive(Debug)]
+pub struct ExecReaper {
+    id: String,
+    helper: std::process::Child,
+}
+
+impl ExecWaiter {
+    /// Blocks until the command has ended (or was killed after the timeout,
+    /// or after [`ExecHandle::abandon`]), the helper has killed what was left
+    /// of its session and reported, and the helper is reaped. `output` is empty.
+    pub fn wait(mut self) -> Result<ExecOutput, RuntimeError> {
+        let mut text = Vec::new();
+        let read = self.control.read_to_end(&mut text);
+        let id = self.reaper.id.clone();
+        let out = self.reaper.finish(&text);
+        read.map_err(|e| RuntimeError::Exec {
+            id,
+            step: "reading the exec helper's report".into(),
+            message: e.to_string(),
+        })?;
+        out
+    }
+
+    /// The socket the helper's report arrives on (read it to its end; the
+    /// command is killed when it is closed early) and the [`ExecReaper`].
+    pub fn into_parts(self) -> (UnixStream, ExecReaper) {
+        (self.control, self.reaper)
+    }
+}
+
+impl ExecReaper {
+    /// Reaps the helper (it exits right after its report; blocking until
+    /// then) and turns `report`, everything read from the socket, into the
+    /// command's result.
+    pub fn finish(mut self, report: &[u8]) -> Result<ExecOutput, RuntimeError> {
+        let status = self.helper.wait();
+        let id = self.id.as_str();
+        let parsed: ExecReport =
+            serde_json::from_slice(report.trim_ascii()).map_err(|_| RuntimeError::Exec {
+                id: id.into(),
+                step: "reading the exec helper's report".into(),
+                message: format!(
+                    "{}: {:?}",
+                    status.map(|s| s.to_string()).unwrap_or_default(),
+                    String::from_utf8_lossy(report)
+                ),
+            })?;
+        match parsed.error {
+            None => Ok(ExecOutput {
+                code: parsed.code,
+                output: String::new(),
+                timed_out: parsed.timed_out,
+            }),
+            Some(e) => Err(RuntimeError::Exec {
+                id: id.into(),
+                step: e.step,
+                message: e.message,
+            }),
+        }
+    }
+}
+
+/// A command started by [`Runtime::exec_stream`].
+#[derive(Debug)]
+pub struct ExecProcess {
+    pub stdio: ExecStdio,
+    pub handle: ExecHandle,
+    pub waiter: ExecWaiter,
+}
+
 impl Runtime {
-    /// Runs `args` inside the running container `id` (all its namespaces, its
-    /// cgroup, user, capabilities, env and cwd, `no_new_privs`) and returns its
-    /// exit code and first 4 KiB of combined output. After `timeout` the
-    /// command is SIGKILLed (code 124, `timed_out`). Whatever it started in its
-    /// session is killed when it ends. A command missing in the container is
-    /// code 127 with a message in the output, not an error. The joining is done
-    /// by a fresh `monitor_exe exec_args…` process started from a read-only
-    /// mount (see the module doc); the calling process never changes namespaces.
-    pub fn exec(
+    /// Checks `args` and that `id` runs; the helper's argv and the path of
+    /// the read-only mount point of its executable.
+    fn exec_argv(
         &self,
         id: &str,
         args: &[String],
-        timeout: Duration,
-    ) -> Result<ExecOutput, RuntimeError> {
+        timeout: Option<Duration>,
+        mode: Mode,
+    ) -> Result<(Vec<OsString>, PathBuf), RuntimeError> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -191,16 +369,14 @@ impl Runtime {
                 })
             }
         }
-        let mut argv: Vec<std::ffi::OsString> =
-            self.paths.exec_args.iter().map(Into::into).collect();
+        let mut argv: Vec<OsString> = self.paths.exec_args.iter().map(Into::into).collect();
         argv.push(dir.clone().into());
-        argv.push(
-            timeout
-                .as_millis()
-                .min(u128::from(u64::MAX))
-                .to_string()
-                .into(),
-        );
+        // 0: no limit.
+        let ms = timeout.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)));
+        argv.push(ms.to_string().into());
+        if let Mode::Stream(m) = mode {
+            argv.push(m.arg().into());
+        }
         argv.push("--".into());
         argv.extend(args.iter().map(Into::into));
         let exe = dir.join(format!(
@@ -208,13 +384,48 @@ impl Runtime {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = self.spawn_from_ro_mount(id, &exe, &argv, Stdio::piped(), |source| {
+        Ok((argv, exe))
+    }
+
+    /// The error a helper's [`InitFailure`] stands for.
+    fn exec_failure(&self, id: &str, e: InitFailure) -> RuntimeError {
+        if e.step == STEP_NOT_RUNNING {
+            RuntimeError::NotRunning {
+                id: id.into(),
+                state: self.state(id).name().into(),
+            }
+        } else {
             RuntimeError::Exec {
                 id: id.into(),
-                step: "starting the exec helper".into(),
-                message: source.to_string(),
+                step: e.step,
+                message: e.message,
             }
-        })?;
+        }
+    }
+
+    /// Runs `args` inside the running container `id` (all its namespaces, its
+    /// cgroup, user, capabilities, env and cwd, `no_new_privs`) and returns its
+    /// exit code and first 4 KiB of combined output. After `timeout` the
+    /// command is SIGKILLed (code 124, `timed_out`). Whatever it started in its
+    /// session is killed when it ends. A command missing in the container is
+    /// code 127 with a message in the output, not an error. The joining is done
+    /// by a fresh `monitor_exe exec_args…` process started from a read-only
+    /// mount (see the module doc); the calling process never changes namespaces.
+    pub fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let (argv, exe) = self.exec_argv(id, args, Some(timeout), Mode::Capture)?;
+        let child =
+            self.spawn_from_ro_mount(id, &exe, &argv, Stdio::piped(), Stdio::piped(), |source| {
+                RuntimeError::Exec {
+                    id: id.into(),
+                    step: "starting the exec helper".into(),
+                    message: source.to_string(),
+                }
+            })?;
         let out = child.wait_with_output().map_err(|e| RuntimeError::Exec {
             id: id.into(),
             step: "waiting for the exec helper".into(),
@@ -237,16 +448,111 @@ impl Runtime {
                 output: cap_output(report.output.as_bytes()),
                 timed_out: report.timed_out,
             }),
-            Some(e) if e.step == STEP_NOT_RUNNING => Err(RuntimeError::NotRunning {
-                id: id.into(),
-                state: self.state(id).name().into(),
-            }),
-            Some(e) => Err(RuntimeError::Exec {
-                id: id.into(),
-                step: e.step,
-                message: e.message,
-            }),
+            Some(e) => Err(self.exec_failure(id, e)),
         }
+    }
+
+    /// Starts `args` inside the running container `id` exactly as [`exec`]
+    /// runs it, but hands its stdio to the caller ([`StreamMode`]): returns
+    /// once the command has been exec'd (or failed to: 127/126 with a
+    /// message on its stderr, as a shell). The command is SIGKILLed after
+    /// `timeout` (none: no limit), after [`ExecHandle::abandon`], or when
+    /// every copy of the returned [`ExecWaiter`]'s socket is closed (an agent
+    /// that dies takes its execs with it). Blocking; errors as [`exec`].
+    ///
+    /// [`exec`]: Runtime::exec
+    pub fn exec_stream(
+        &self,
+        id: &str,
+        args: &[String],
+        mode: StreamMode,
+        timeout: Option<Duration>,
+    ) -> Result<ExecProcess, RuntimeError> {
+        let (argv, exe) = self.exec_argv(id, args, timeout, Mode::Stream(mode))?;
+        let io_err = |step: &'static str| {
+            move |e: std::io::Error| RuntimeError::Exec {
+                id: id.into(),
+                step: step.into(),
+                message: e.to_string(),
+            }
+        };
+        let (control, theirs) = UnixStream::pair().map_err(io_err("socketpair"))?;
+        let mut helper = self.spawn_from_ro_mount(
+            id,
+            &exe,
+            &argv,
+            Stdio::from(OwnedFd::from(theirs)),
+            // Nothing but a panic ends up here: keep it in the agent's log.
+            Stdio::inherit(),
+            io_err("starting the exec helper"),
+        )?;
+        let first = fdpass::recv_fds(control.as_fd(), 4);
+        let started = match first {
+            Ok(Some((STARTED, fds))) => Some(fds),
+            Ok(Some((byte, fds))) if fds.is_empty() => {
+                // No command: the helper's report follows.
+                let mut text = vec![byte];
+                let _ = (&control).read_to_end(&mut text);
+                let status = helper.wait();
+                let report: Option<ExecReport> = serde_json::from_slice(text.trim_ascii()).ok();
+                return Err(match report.and_then(|r| r.error) {
+                    Some(e) => self.exec_failure(id, e),
+                    None => RuntimeError::Exec {
+                        id: id.into(),
+                        step: "reading the exec helper's report".into(),
+                        message: format!(
+                            "{}: {:?}",
+                            status.map(|s| s.to_string()).unwrap_or_default(),
+                            String::from_utf8_lossy(&text)
+                        ),
+                    },
+                });
+            }
+            _ => None,
+        };
+        let parts = started.and_then(|fds| {
+            let mut fds = fds.into_iter();
+            let pidfd = fds.next()?;
+            let stdio = match (mode, fds.next(), fds.next(), fds.next()) {
+                (StreamMode::Pipes, Some(stdin), Some(stdout), Some(stderr)) => ExecStdio::Pipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                (StreamMode::Tty { .. }, Some(master), None, None) => ExecStdio::Tty { master },
+                _ => return None,
+            };
+            Some((pidfd, stdio))
+        });
+        let Some((pidfd, stdio)) = parts else {
+            // Closing our end makes the helper kill whatever it started.
+            drop(control);
+            let status = helper.wait();
+            return Err(RuntimeError::Exec {
+                id: id.into(),
+                step: "starting the exec helper".into(),
+                message: format!(
+                    "no usable start message ({})",
+                    status.map(|s| s.to_string()).unwrap_or_default()
+                ),
+            });
+        };
+        let handle_control = control.try_clone().map_err(io_err("socket"))?;
+        Ok(ExecProcess {
+            stdio,
+            handle: ExecHandle {
+                id: id.into(),
+                pidfd,
+                control: handle_control,
+            },
+            waiter: ExecWaiter {
+                control,
+                reaper: ExecReaper {
+                    id: id.into(),
+                    helper,
+                },
+            },
+        })
     }
 }
 
@@ -265,7 +571,7 @@ pub fn exec_main(args: &[String]) -> ! {
     ]);
     // Pin no mount of the agent's working directory.
     let _ = nix::unistd::chdir("/");
-    let report = match parse_args(args).and_then(|(dir, timeout, cmd)| run(dir, timeout, cmd)) {
+    let report = match parse_args(args).and_then(|a| run(a.dir, a.timeout, a.mode, a.cmd)) {
         Ok(r) => r,
         Err(e) => ExecReport {
             code: 125,
@@ -284,32 +590,150 @@ pub fn exec_main(args: &[String]) -> ! {
     sysproc::exit_now(report.code)
 }
 
-fn parse_args(args: &[String]) -> Result<(&Path, Duration, &[String]), ExecError> {
-    match args {
-        [dir, ms, sep, cmd @ ..] if sep == "--" && !cmd.is_empty() => {
+/// The helper's arguments.
+#[derive(Debug, PartialEq, Eq)]
+struct HelperArgs<'a> {
+    dir: &'a Path,
+    timeout: Option<Duration>,
+    mode: Mode,
+    cmd: &'a [String],
+}
+
+/// `<dir> <timeout-ms> [--pipes|--tty=RxC] -- cmd…`; a timeout of 0 is none.
+fn parse_args(args: &[String]) -> Result<HelperArgs<'_>, ExecError> {
+    let [dir, ms, rest @ ..] = args else {
+        return Err(ExecError::Usage);
+    };
+    let (mode, rest) = match rest {
+        [flag, rest @ ..] if flag != "--" => (
+            Mode::Stream(StreamMode::parse(flag).ok_or(ExecError::Usage)?),
+            rest,
+        ),
+        _ => (Mode::Capture, rest),
+    };
+    match rest {
+        [sep, cmd @ ..] if sep == "--" && !cmd.is_empty() => {
             let ms: u64 = ms.parse().map_err(|_| ExecError::Usage)?;
-            Ok((Path::new(dir), Duration::from_millis(ms), cmd))
+            Ok(HelperArgs {
+                dir: Path::new(dir),
+                timeout: (ms > 0).then(|| Duration::from_millis(ms)),
+                mode,
+                cmd,
+            })
         }
         _ => Err(ExecError::Usage),
     }
+}
+
+/// The child's stdio, by mode (its ends; the helper keeps or forwards the others).
+enum ChildStdio {
+    /// stdin the host's `/dev/null`, stdout and stderr the output pipe.
+    Capture { null: OwnedFd, output: OwnedFd },
+    /// Read end of the stdin pipe, write ends of the stdout and stderr pipes.
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// A socket to send the pty master on; the pty is opened in the container.
+    Tty {
+        socket: OwnedFd,
+        rows: u16,
+        cols: u16,
+    },
+}
+
+/// The helper's ends of the child's stdio.
+enum HelperStdio {
+    Capture {
+        output: OwnedFd,
+    },
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Tty {
+        socket: OwnedFd,
+    },
 }
 
 /// The fds the exec child gets from the helper.
 struct ChildFds {
     /// pidfd of the container's PID 1 (the namespaces to join).
     target: OwnedFd,
-    /// The host's `/dev/null` (stdin).
-    null: OwnedFd,
-    /// Write end of the output pipe (stdout and stderr).
-    output: OwnedFd,
+    stdio: ChildStdio,
     /// Read end: one byte once the child is in the cgroup; EOF means abort.
     go: OwnedFd,
     /// Write end (close-on-exec): an [`InitFailure`] on error, EOF on exec.
     report: OwnedFd,
 }
 
-fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, ExecError> {
-    let deadline = Instant::now() + timeout;
+/// Pipes and sockets for the child's stdio in `mode`.
+fn stdio_for(mode: Mode, id: &str) -> Result<(ChildStdio, HelperStdio), ExecError> {
+    let sys = |step: &'static str| {
+        let id = id.to_string();
+        move |source| ExecError::Sys { id, step, source }
+    };
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"));
+    Ok(match mode {
+        Mode::Capture => {
+            let null = nix::fcntl::open(
+                "/dev/null",
+                OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(sys("open /dev/null"))?;
+            let (r, w) = pipe()?;
+            (
+                ChildStdio::Capture { null, output: w },
+                HelperStdio::Capture { output: r },
+            )
+        }
+        Mode::Stream(StreamMode::Pipes) => {
+            let (in_r, in_w) = pipe()?;
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (
+                ChildStdio::Pipes {
+                    stdin: in_r,
+                    stdout: out_w,
+                    stderr: err_w,
+                },
+                HelperStdio::Pipes {
+                    stdin: in_w,
+                    stdout: out_r,
+                    stderr: err_r,
+                },
+            )
+        }
+        Mode::Stream(StreamMode::Tty { rows, cols }) => {
+            let (ours, theirs) = UnixStream::pair().map_err(|source| ExecError::Io {
+                id: id.into(),
+                step: "socketpair",
+                source,
+            })?;
+            (
+                ChildStdio::Tty {
+                    socket: theirs.into(),
+                    rows,
+                    cols,
+                },
+                HelperStdio::Tty {
+                    socket: ours.into(),
+                },
+            )
+        }
+    })
+}
+
+fn run(
+    dir: &Path,
+    timeout: Option<Duration>,
+    mode: Mode,
+    cmd: &[String],
+) -> Result<ExecReport, ExecError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let id_hint = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -334,18 +758,12 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
     let hierarchy = Hierarchy::detect().ok_or_else(|| ExecError::NoCgroups { id: id.clone() })?;
     let cgroup = Cgroup::new(hierarchy, &cfg.cgroup_parent, &id);
 
-    let null = nix::fcntl::open(
-        "/dev/null",
-        OFlag::O_RDWR | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(sys("open /dev/null"))?;
+    let (child_stdio, stdio) = stdio_for(mode, &id)?;
     let cloexec = OFlag::O_CLOEXEC;
-    let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     // Compiled here so the child only has to install it, right before execve.
-    let filter = seccomp::compile().map_err(|source| ExecError::Seccomp {
+    let filter = seccomp::compile_for(&cfg).map_err(|source| ExecError::Seccomp {
         id: id.clone(),
         source,
     })?;
@@ -354,14 +772,13 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
     nix::sched::setns(target.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("setns(pid)"))?;
     let child = match sysproc::fork_single_threaded() {
         Ok(Forked::Child) => {
-            drop((out_r, go_w, rep_r));
+            drop((stdio, go_w, rep_r));
             child_main(
                 &cfg,
                 cmd,
                 ChildFds {
                     target,
-                    null,
-                    output: out_w,
+                    stdio: child_stdio,
                     go: go_r,
                     report: rep_w,
                 },
@@ -379,7 +796,7 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
             })
         }
     };
-    drop((out_w, go_r, rep_w, null, target));
+    drop((child_stdio, go_r, rep_w, target));
     // From here on every error path kills and reaps the child.
     let abort = |e: ExecError| {
         let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
@@ -400,7 +817,7 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
     drop(go_w);
 
     // EOF without data: the command was exec'd (or the child exited with a
-    // 126/127 message in the output).
+    // 126/127 message on its stderr).
     let failure = read_to_end(&rep_r);
     if !failure.is_empty() {
         let _ = waitpid(child, None);
@@ -415,7 +832,44 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
         });
     }
 
-    let (output, exited) = relay(&out_r, &child_fd, deadline);
+    let (output, exited) = match stdio {
+        HelperStdio::Capture { output } => {
+            let (out, exited) = relay(&output, &child_fd, deadline);
+            (Some((output, out)), exited)
+        }
+        HelperStdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let fds = [
+                child_fd.as_fd(),
+                stdin.as_fd(),
+                stdout.as_fd(),
+                stderr.as_fd(),
+            ];
+            hand_over(&fds, &id).map_err(&abort)?;
+            drop((stdin, stdout, stderr));
+            (None, wait_streaming(&child_fd, deadline))
+        }
+        HelperStdio::Tty { socket } => {
+            let master = match fdpass::recv_fds(socket.as_fd(), 1) {
+                Ok(Some((PTY_MASTER, fds))) if fds.len() == 1 => fds.into_iter().next(),
+                _ => None,
+            };
+            let Some(master) = master else {
+                return Err(abort(ExecError::Child {
+                    id,
+                    step: "pty".into(),
+                    message: "the child sent no pty master".into(),
+                }));
+            };
+            drop(socket);
+            hand_over(&[child_fd.as_fd(), master.as_fd()], &id).map_err(&abort)?;
+            drop(master);
+            (None, wait_streaming(&child_fd, deadline))
+        }
+    };
     let timed_out = !exited;
     // The child is still unreaped (a zombie at worst), so its pid — the id of
     // its session and process group — cannot have been recycled yet.
@@ -435,15 +889,70 @@ fn run(dir: &Path, timeout: Duration, cmd: &[String]) -> Result<ExecReport, Exec
             }
         }
     };
-    // Whatever the session's members wrote before they died.
-    let mut output = output;
-    drain(&out_r, &mut output);
+    let output = match output {
+        Some((pipe, mut output)) => {
+            // Whatever the session's members wrote before they died.
+            drain(&pipe, &mut output);
+            cap_output(&output)
+        }
+        None => String::new(),
+    };
     Ok(ExecReport {
         code: if timed_out { TIMEOUT_CODE } else { status },
-        output: cap_output(&output),
+        output,
         timed_out,
         error: None,
     })
+}
+
+/// Sends the agent (our stdout, a unix socket) [`STARTED`] with `fds`.
+fn hand_over(fds: &[std::os::fd::BorrowedFd<'_>], id: &str) -> Result<(), ExecError> {
+    fdpass::send_fds(std::io::stdout().as_fd(), STARTED, fds).map_err(|source| ExecError::Io {
+        id: id.into(),
+        step: "handing the command's stdio to the agent",
+        source,
+    })
+}
+
+/// Waits until the child exits (`true`), or the deadline passes or the agent
+/// closes its socket (our stdout) (`false`: the command is to be killed).
+fn wait_streaming(child: &OwnedFd, deadline: Option<Instant>) -> bool {
+    let agent = std::io::stdout();
+    loop {
+        let Some(timeout) = poll_timeout(deadline) else {
+            return false;
+        };
+        let mut fds = [
+            PollFd::new(child.as_fd(), PollFlags::POLLIN),
+            PollFd::new(agent.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return false,
+        }
+        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) {
+            return true;
+        }
+        // The agent never writes to us: readable means it closed its end.
+        if ready(&fds[1]) {
+            return false;
+        }
+    }
+}
+
+/// How long to poll before `deadline` (none: forever); `None` once it has passed.
+fn poll_timeout(deadline: Option<Instant>) -> Option<PollTimeout> {
+    let Some(d) = deadline else {
+        return Some(PollTimeout::NONE);
+    };
+    let left = d.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    Some(PollTimeout::from(
+        u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX),
+    ))
 }
 
 fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
@@ -465,21 +974,19 @@ fn keep(out: &mut Vec<u8>, data: &[u8]) {
 }
 
 /// Copies the pipe until the child exits (`true`) or the deadline passes (`false`).
-fn relay(pipe: &OwnedFd, child: &OwnedFd, deadline: Instant) -> (Vec<u8>, bool) {
+fn relay(pipe: &OwnedFd, child: &OwnedFd, deadline: Option<Instant>) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let mut pipe_open = true;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let Some(timeout) = poll_timeout(deadline) else {
             return (out, false);
-        }
-        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        };
         let mut fds = vec![PollFd::new(child.as_fd(), PollFlags::POLLIN)];
         if pipe_open {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+        match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(_) => return (out, false),
         }
@@ -603,6 +1110,74 @@ fn child_main(cfg: &DiskConfig, cmd: &[String], fds: ChildFds, filter: &Filter) 
     }
 }
 
+/// Makes fds 0, 1 and 2 the command's stdio; with a pty, first opens it in
+/// the container's `/dev/ptmx` (the caller's root is the container's),
+/// gives the slave to the command's user (as runc), makes it the controlling
+/// terminal of the child's session and sends the master to the helper.
+fn connect_stdio(cfg: &DiskConfig, stdio: &ChildStdio) -> Result<(), ExecError> {
+    let id = cfg.container.id.as_str();
+    let sys = |step: &'static str| {
+        move |source| ExecError::Sys {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
+    let io = |step: &'static str| {
+        move |source| ExecError::Io {
+            id: id.into(),
+            step,
+            source,
+        }
+    };
+    let (stdin, stdout, stderr) = match stdio {
+        ChildStdio::Capture { null, output } => (null.as_fd(), output.as_fd(), output.as_fd()),
+        ChildStdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => (stdin.as_fd(), stdout.as_fd(), stderr.as_fd()),
+        ChildStdio::Tty { socket, rows, cols } => {
+            let size = nix::pty::Winsize {
+                ws_row: *rows,
+                ws_col: *cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let pty = nix::pty::openpty(&size, None).map_err(sys("opening a pty"))?;
+            let user = &cfg.container.user;
+            nix::unistd::fchown(
+                &pty.slave,
+                Some(nix::unistd::Uid::from_raw(user.uid)),
+                Some(nix::unistd::Gid::from_raw(user.gid)),
+            )
+            .map_err(sys("chown of the pty"))?;
+            tty::set_controlling_terminal(pty.slave.as_fd()).map_err(io("TIOCSCTTY"))?;
+            fdpass::send_fds(socket.as_fd(), PTY_MASTER, &[pty.master.as_fd()])
+                .map_err(io("sending the pty master"))?;
+            drop(pty.master);
+            let slave = pty.slave;
+            for (fd, step) in [(0, "stdin"), (1, "stdout"), (2, "stderr")] {
+                dup_to(slave.as_fd(), fd).map_err(sys(step))?;
+            }
+            return Ok(());
+        }
+    };
+    dup_to(stdin, 0).map_err(sys("stdin"))?;
+    dup_to(stdout, 1).map_err(sys("stdout"))?;
+    dup_to(stderr, 2).map_err(sys("stderr"))?;
+    Ok(())
+}
+
+/// `dup2(fd, target)` for target 0, 1 or 2.
+fn dup_to(fd: std::os::fd::BorrowedFd<'_>, target: i32) -> nix::Result<()> {
+    match target {
+        0 => nix::unistd::dup2_stdin(fd),
+        1 => nix::unistd::dup2_stdout(fd),
+        _ => nix::unistd::dup2_stderr(fd),
+    }
+}
+
 fn child(
     cfg: &DiskConfig,
     cmd: &[String],
@@ -630,9 +1205,7 @@ fn child(
     let flags = Namespaces::default().init_flags();
     nix::sched::setns(fds.target.as_fd(), flags).map_err(sys("setns"))?;
 
-    nix::unistd::dup2_stdin(fds.null.as_fd()).map_err(sys("stdin"))?;
-    nix::unistd::dup2_stdout(fds.output.as_fd()).map_err(sys("stdout"))?;
-    nix::unistd::dup2_stderr(fds.output.as_fd()).map_err(sys("stderr"))?;
+    connect_stdio(cfg, &fds.stdio)?;
 
     process::set_identity_and_caps(cfg)?;
     // As the container's user, like the workload's start.
@@ -664,7 +1237,12 @@ fn child(
 
     let cstr = |s: &str| CString::new(s.as_bytes()).unwrap_or_default();
     let args: Vec<CString> = cmd.iter().map(|a| cstr(a)).collect();
-    let env: Vec<CString> = c.env.iter().map(|e| cstr(e)).collect();
+    let mut env: Vec<CString> = c.env.iter().map(|e| cstr(e)).collect();
+    // As Docker: a terminal gets a TERM unless the container sets one.
+    if matches!(fds.stdio, ChildStdio::Tty { .. }) && !c.env.iter().any(|e| e.starts_with("TERM="))
+    {
+        env.push(cstr("TERM=xterm"));
+    }
     let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
     // Last: from here on the denied syscalls fail, and nothing but execve follows.
     filter.apply().map_err(|e| ExecError::Sys {
@@ -718,17 +1296,62 @@ mod tests {
     fn args_need_a_separator_and_a_command() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let ok = a(&["/d", "300", "--", "echo", "hi"]);
-        let (dir, t, cmd) = parse_args(&ok).unwrap();
         assert_eq!(
-            (dir, t, cmd),
-            (Path::new("/d"), Duration::from_millis(300), &ok[3..])
+            parse_args(&ok).unwrap(),
+            HelperArgs {
+                dir: Path::new("/d"),
+                timeout: Some(Duration::from_millis(300)),
+                mode: Mode::Capture,
+                cmd: &ok[3..]
+            }
+        );
+        let ok = a(&["/d", "0", "--pipes", "--", "cat"]);
+        let got = parse_args(&ok).unwrap();
+        assert_eq!(
+            (got.timeout, got.mode, got.cmd),
+            (None, Mode::Stream(StreamMode::Pipes), &ok[4..])
+        );
+        let ok = a(&["/d", "5", "--tty=40x132", "--", "sh", "-i"]);
+        let got = parse_args(&ok).unwrap();
+        assert_eq!(
+            (got.mode, got.cmd),
+            (
+                Mode::Stream(StreamMode::Tty {
+                    rows: 40,
+                    cols: 132
+                }),
+                &ok[4..]
+            )
         );
         for bad in [
             &["/d", "300", "--"][..],
             &["/d", "x", "--", "a"],
             &["/d", "1", "a"],
+            &["/d", "1", "--tty", "--", "a"],
+            &["/d", "1", "--tty=40", "--", "a"],
+            &["/d", "1", "--tty=40x", "--", "a"],
+            &["/d", "1", "--tty=99999x1", "--", "a"],
+            &["/d", "1", "--pipe", "--", "a"],
+            &["/d", "1", "--pipes", "a"],
         ] {
-            assert!(matches!(parse_args(&a(bad)), Err(ExecError::Usage)));
+            assert!(
+                matches!(parse_args(&a(bad)), Err(ExecError::Usage)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_modes_round_trip_through_their_flag() {
+        for m in [
+            StreamMode::Pipes,
+            StreamMode::Tty { rows: 1, cols: 2 },
+            StreamMode::Tty {
+                rows: u16::MAX,
+                cols: 80,
+            },
+        ] {
+            assert_eq!(StreamMode::parse(&m.arg()), Some(m));
         }
     }
 }

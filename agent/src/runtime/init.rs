@@ -3,7 +3,7 @@
 //! ([`super::process`]) forks once more after building the rootfs: the child
 //! becomes the workload as without `init`; the parent stays PID 1 as agent
 //! code (no binary in the image needed), drops to the container's user with at
-//! most `CAP_KILL`, installs the seccomp filter, and then only waits for
+//! most `CAP_KILL` (if the container has it), installs the seccomp filter, and then only waits for
 //! signals: it forwards each to the workload (tini's default: the workload's
 //! pid), reaps every child (orphans of the PID namespace are reparented to it)
 //! and exits with the workload's status (128 + signal when signalled, as tini)
@@ -115,7 +115,14 @@ pub fn become_init(cfg: &DiskConfig, filter: &Filter) -> Result<(), ProcessError
             source,
         }
     };
-    process::set_identity_keeping(cfg, INIT_CAPS)?;
+    // At most CAP_KILL, and only when the container has it.
+    let caps = process::container_caps(cfg)?;
+    let keep = INIT_CAPS
+        .iter()
+        .copied()
+        .filter(|c| caps.contains(c))
+        .collect();
+    process::set_identity_keeping(cfg, &keep)?;
     // A uid change may have reset it (to fs.suid_dumpable).
     nix::sys::prctl::set_dumpable(false).map_err(setup("set non-dumpable"))?;
     nix::sys::prctl::set_name(COMM).map_err(setup("set name"))?;

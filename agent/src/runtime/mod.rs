@@ -8,11 +8,13 @@
 //! list, logs, stats); `spawn` starts their helper processes.
 //! See docs/runtime.md for the design, including the CVE-2019-5736 mitigation.
 
+pub mod capabilities;
 pub mod cgroups;
 pub mod config;
 mod create;
 pub mod crilog;
 mod delete;
+pub mod devices;
 pub mod exec;
 pub mod init;
 pub mod monitor;

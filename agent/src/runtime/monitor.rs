@@ -161,7 +161,7 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
 
     // Compiled here so the init only has to install it, right before execve.
-    let filter = seccomp::compile().map_err(|source| MonitorError::Seccomp {
+    let filter = seccomp::compile_for(&cfg).map_err(|source| MonitorError::Seccomp {
         id: id.clone(),
         source,
     })?;

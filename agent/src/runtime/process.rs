@@ -1,7 +1,7 @@
 //! The container's init: the monitor's child that becomes the container's
 //! PID 1. It waits for the monitor to place it in its cgroup, enters the other
 //! namespaces, writes the sysctls, builds the rootfs, applies stdio, user,
-//! capabilities (Docker's default set without NET_RAW), `no_new_privs`, closes
+//! capabilities ([`super::capabilities`]), `no_new_privs`, closes
 //! every fd but 0/1/2, installs the seccomp filter and `execve`s the workload
 //! directly: no agent code runs after exec. With `init = true` it forks the
 //! workload after the rootfs and stays PID 1 ([`super::init`]). Any failure
@@ -12,7 +12,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use caps::{CapSet, Capability, CapsHashSet};
+use caps::{CapSet, CapsHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::config::DiskConfig;
@@ -23,26 +23,11 @@ use super::syscall::RealSys;
 use super::sysctl::{self, SysctlError};
 use crate::sys::process::{self as sysproc, Forked};
 
-/// Docker's default capabilities minus `CAP_NET_RAW`.
-pub const DEFAULT_CAPS: &[Capability] = &[
-    Capability::CAP_CHOWN,
-    Capability::CAP_DAC_OVERRIDE,
-    Capability::CAP_FSETID,
-    Capability::CAP_FOWNER,
-    Capability::CAP_MKNOD,
-    Capability::CAP_SETGID,
-    Capability::CAP_SETUID,
-    Capability::CAP_SETFCAP,
-    Capability::CAP_SETPCAP,
-    Capability::CAP_NET_BIND_SERVICE,
-    Capability::CAP_SYS_CHROOT,
-    Capability::CAP_KILL,
-    Capability::CAP_AUDIT_WRITE,
-];
+pub use super::capabilities::DEFAULT_CAPS;
 
-/// The `CapEff` mask a root workload ends up with (`/proc/<pid>/status` format).
+/// The `CapEff` mask a root workload ends up with by default (`/proc/<pid>/status` format).
 pub fn default_caps_mask() -> u64 {
-    DEFAULT_CAPS.iter().fold(0, |m, c| m | c.bitmask())
+    super::capabilities::mask(&DEFAULT_CAPS.iter().copied().collect())
 }
 
 /// PATH used when the config's env has none.
@@ -64,6 +49,11 @@ pub enum ProcessError {
         id: String,
         step: &'static str,
         source: nix::Error,
+    },
+    #[error("container {id}: {source}")]
+    BadCapability {
+        id: String,
+        source: super::capabilities::CapabilityError,
     },
     #[error("container {id}: capabilities ({step}): {source}")]
     Capabilities {
@@ -94,7 +84,9 @@ impl ProcessError {
             ProcessError::Rootfs(_) => "rootfs",
             ProcessError::Sysctl(_) => "sysctl",
             ProcessError::Setup { step, .. } => step,
-            ProcessError::Capabilities { .. } => "capabilities",
+            ProcessError::Capabilities { .. } | ProcessError::BadCapability { .. } => {
+                "capabilities"
+            }
             ProcessError::NotFound { .. } => "find executable",
             ProcessError::Exec { .. } => "exec",
         }
@@ -294,18 +286,32 @@ pub(crate) fn io_errno(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Sets the container's user and groups and reduces the capabilities to
-/// [`DEFAULT_CAPS`] (none for a non-root uid); the bounding set is always reduced.
+/// Sets the container's user and groups and its capabilities
+/// ([`super::capabilities::effective`] of its `cap_add`/`cap_drop`; none in
+/// the effective set for a non-root uid); the bounding set is always reduced.
 pub(crate) fn set_identity_and_caps(cfg: &DiskConfig) -> Result<(), ProcessError> {
-    set_identity_keeping(cfg, DEFAULT_CAPS)
+    set_identity_keeping(cfg, &container_caps(cfg)?)
+}
+
+/// The container's capability set (see [`super::capabilities`]).
+pub(crate) fn container_caps(cfg: &DiskConfig) -> Result<CapsHashSet, ProcessError> {
+    let c = &cfg.container;
+    super::capabilities::effective(&c.cap_add, &c.cap_drop).map_err(|source| {
+        ProcessError::BadCapability {
+            id: c.id.clone(),
+            source,
+        }
+    })
 }
 
 /// Sets the container's user and groups and reduces the bounding set to
-/// `root_caps`; the permitted, effective and inheritable sets become
-/// `root_caps` for uid 0 and empty for any other uid (as Docker).
+/// `root_caps`; the permitted and effective sets become `root_caps` for
+/// uid 0 and empty for any other uid (as Docker); the inheritable and
+/// ambient sets are always emptied (Docker clears them: CVE-2022-24769).
+/// Capabilities the running kernel does not have are left out.
 pub(crate) fn set_identity_keeping(
     cfg: &DiskConfig,
-    root_caps: &[Capability],
+    root_caps: &CapsHashSet,
 ) -> Result<(), ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
@@ -317,12 +323,13 @@ pub(crate) fn set_identity_keeping(
         }
     };
     let setup = |step| setup_error(id, step);
-    let keep: CapsHashSet = root_caps.iter().copied().collect();
+    let supported = caps::runtime::thread_all_supported();
+    let keep: CapsHashSet = root_caps.intersection(&supported).copied().collect();
 
     // Bounding set first: dropping needs CAP_SETPCAP, which a non-root uid loses.
-    for cap in caps::runtime::thread_all_supported() {
-        if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(capserr("drop bounding"))?;
+    for cap in &supported {
+        if !keep.contains(cap) {
+            caps::drop(None, CapSet::Bounding, *cap).map_err(capserr("drop bounding"))?;
         }
     }
     let gids: Vec<nix::unistd::Gid> = c
@@ -338,13 +345,12 @@ pub(crate) fn set_identity_keeping(
     nix::unistd::setresuid(uid, uid, uid).map_err(setup("setresuid"))?;
 
     caps::clear(None, CapSet::Ambient).map_err(capserr("clear ambient"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(capserr("inheritable"))?;
     if c.user.uid == 0 {
         caps::set(None, CapSet::Effective, &keep).map_err(capserr("effective"))?;
         caps::set(None, CapSet::Permitted, &keep).map_err(capserr("permitted"))?;
-        caps::set(None, CapSet::Inheritable, &keep).map_err(capserr("inheritable"))?;
     } else {
         // As Docker: a non-root workload starts with no capabilities (bounding still reduced).
-        caps::clear(None, CapSet::Inheritable).map_err(capserr("inheritable"))?;
         caps::clear(None, CapSet::Effective).map_err(capserr("effective"))?;
         caps::clear(None, CapSet::Permitted).map_err(capserr("permitted"))?;
     }
@@ -384,17 +390,4 @@ pub(crate) fn find_in_path(cmd: &str, env: &[String]) -> Result<PathBuf, String>
         }
     }
     Err(path.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_caps_are_dockers_without_net_raw() {
-        assert_eq!(default_caps_mask(), 0xa80425fb & !(1 << 13));
-        assert_eq!(default_caps_mask(), 0xa80405fb);
-        assert!(!DEFAULT_CAPS.contains(&Capability::CAP_NET_RAW));
-        assert!(!DEFAULT_CAPS.contains(&Capability::CAP_SYS_ADMIN));
-    }
 }

@@ -155,8 +155,9 @@ impl Ctx<'_, '_> {
         )
     }
 
-    /// Bind-mounts host `source` at in-container `path`, then remounts it with
-    /// `extra` flags (a bind mount ignores flags on creation).
+    /// Bind-mounts host `source` at in-container `path` with its submounts,
+    /// then sets `extra` flags on the whole subtree (a bind mount ignores
+    /// flags on creation) and makes it private ([`Ctx::set_recursive`]).
     fn bind(&mut self, source: &Path, path: &str, extra: MsFlags) -> Result<(), RootfsError> {
         let create = if source.is_dir() {
             Create::Dir
@@ -176,19 +177,125 @@ impl Ctx<'_, '_> {
         if !extra.is_empty() {
             // Resolve again: the old fd names the directory under the new mount.
             let t = self.resolve(path, Create::No)?;
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
-            self.mount(
-                "remount bind",
-                path,
-                None,
-                &t.proc_path(),
-                None,
-                flags,
-                None,
-            )?;
+            self.set_recursive(&t, path, extra)?;
         }
         Ok(())
     }
+
+    /// Sets `flags` on the mount at `t` and every submount it brought along
+    /// (a host volume with a tmpfs below it), and makes them private, so a
+    /// mount the host adds there later does not propagate in without them:
+    /// one `mount_setattr(AT_RECURSIVE)`; before Linux 5.12 a bind remount
+    /// of each mount found in mountinfo (keeping its own flags) and a
+    /// recursive `MS_PRIVATE`.
+    fn set_recursive(
+        &mut self,
+        t: &Resolved,
+        path: &str,
+        flags: MsFlags,
+    ) -> Result<(), RootfsError> {
+        match self.sys.mount_setattr(t, flags) {
+            Ok(()) => return Ok(()),
+            Err(nix::Error::ENOSYS) => {}
+            Err(source) => {
+                return Err(RootfsError::Mount {
+                    id: self.plan.id.into(),
+                    step: "mount_setattr",
+                    path: path.into(),
+                    source,
+                })
+            }
+        }
+        let info = self.sys.mountinfo().map_err(|source| RootfsError::Mount {
+            id: self.plan.id.into(),
+            step: "read mountinfo",
+            path: path.into(),
+            source,
+        })?;
+        for (mount_point, own) in submounts(&info, &t.real) {
+            let display = mount_point.display().to_string();
+            self.mount(
+                "remount bind",
+                &display,
+                None,
+                &mount_point,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | own | flags,
+                None,
+            )?;
+        }
+        self.mount(
+            "make rprivate",
+            path,
+            None,
+            &t.proc_path(),
+            None,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None,
+        )
+    }
+}
+
+/// The per-mount flags a bind remount must keep, from mountinfo's mount
+/// options (field 6: `rw,nosuid,nodev,relatime`).
+pub fn mount_flags(options: &str) -> MsFlags {
+    options
+        .split(',')
+        .map(|o| match o {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            "strictatime" => MsFlags::MS_STRICTATIME,
+            _ => MsFlags::empty(),
+        })
+        .fold(MsFlags::empty(), |a, b| a | b)
+}
+
+/// mountinfo's octal escapes (`\040` for a space) decoded.
+fn unescape(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// The mounts at and below `target` in `mountinfo` text, parents first, each
+/// with the flags it has now.
+pub fn submounts(mountinfo: &str, target: &Path) -> Vec<(PathBuf, MsFlags)> {
+    // A later line at the same mount point is stacked on top: it wins.
+    let found: std::collections::BTreeMap<PathBuf, MsFlags> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let mount_point = unescape(f.nth(4)?);
+            let options = f.next()?;
+            mount_point
+                .starts_with(target)
+                .then(|| (mount_point, mount_flags(options)))
+        })
+        .collect();
+    let mut out: Vec<(PathBuf, MsFlags)> = found.into_iter().collect();
+    out.sort_by_key(|(p, _)| p.components().count());
+    out
 }
 
 fn overlay_options(plan: &RootfsPlan<'_>) -> Result<String, RootfsError> {
@@ -565,12 +672,22 @@ mod tests {
             "the ../../ symlink must resolve to the rootfs itself"
         );
         assert!(has("run/secrets/db", None));
-        let secret_remount = mounts
-            .iter()
-            .filter(|(t, _, _)| t == &merged.join("run/secrets/db"))
-            .nth(1)
-            .unwrap();
-        assert!(secret_remount.2.contains(MsFlags::MS_RDONLY));
+        // Every bind gets nosuid,nodev (and ro when asked) on its whole subtree.
+        let setattr = |path: &str| {
+            calls
+                .iter()
+                .find_map(|c| match c {
+                    Call::MountSetattr { target, flags } if target == &merged.join(path) => {
+                        Some(*flags)
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no mount_setattr on {path}"))
+        };
+        let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        assert_eq!(setattr("run/secrets/db"), nosuid_nodev | MsFlags::MS_RDONLY);
+        assert_eq!(setattr("etc/host-thing"), nosuid_nodev, "the /data volume");
+        assert_eq!(setattr("etc/hosts"), nosuid_nodev);
         for (t, _, _) in &mounts {
             assert!(
                 t == Path::new("/") || t.starts_with(&merged),
@@ -602,6 +719,108 @@ mod tests {
         );
         assert!(merged.join("srv/app").is_dir());
         assert!(calls.iter().any(|c| matches!(c, Call::Symlink { target, link } if target == "pts/ptmx" && link.ends_with("dev/ptmx"))));
+    }
+
+    #[test]
+    fn submounts_of_a_target_come_parents_first_with_their_flags() {
+        let info = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:40 / /m/data rw,relatime - ext4 /dev/vda rw
+31 30 0:41 / /m/data/tmp rw,noexec,relatime - tmpfs tmpfs rw
+32 31 0:42 / /m/data/tmp/deep\\040dir ro,nosuid - tmpfs tmpfs rw
+33 22 0:43 / /m/data2 rw - tmpfs tmpfs rw
+34 30 0:44 / /m/data/tmp rw,nodev - tmpfs tmpfs rw
+";
+        let subs = submounts(info, Path::new("/m/data"));
+        let r = MsFlags::MS_RELATIME;
+        assert_eq!(
+            subs,
+            vec![
+                (PathBuf::from("/m/data"), r),
+                // The later mount at the same point is the one on top.
+                (PathBuf::from("/m/data/tmp"), MsFlags::MS_NODEV),
+                (
+                    PathBuf::from("/m/data/tmp/deep dir"),
+                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+                ),
+            ]
+        );
+        assert_eq!(
+            mount_flags("ro,nosuid,nodev,noexec,noatime,strictatime,seclabel"),
+            MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_NOATIME
+                | MsFlags::MS_STRICTATIME
+        );
+    }
+
+    #[test]
+    fn before_mount_setattr_each_submount_is_remounted() {
+        let host = tempfile::tempdir().unwrap();
+        let merged = host.path().join("merged");
+        std::fs::create_dir_all(merged.join("etc")).unwrap();
+        let vol = host.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        let etc: Vec<PathBuf> = ["hostname", "hosts", "resolv.conf"]
+            .iter()
+            .map(|f| host.path().join(f))
+            .collect();
+        for f in &etc {
+            std::fs::write(f, "").unwrap();
+        }
+        let mounts = vec![Mount::bind(&vol, "/data", true)];
+        let lower = vec![PathBuf::from("/layers/a")];
+        let plan = RootfsPlan {
+            id: "c1",
+            lowerdirs: &lower,
+            upper: host.path().join("upper"),
+            work: host.path().join("work"),
+            merged: merged.clone(),
+            etc_files: [
+                (etc[0].clone(), "/etc/hostname"),
+                (etc[1].clone(), "/etc/hosts"),
+                (etc[2].clone(), "/etc/resolv.conf"),
+            ],
+            mounts: &mounts,
+            readonly_rootfs: false,
+            cwd: Path::new("/"),
+        };
+        let data = merged.join("data");
+        let mut sys = RecordingSys {
+            no_mount_setattr: true,
+            // What the bind brought along: the volume and a tmpfs below it.
+            mountinfo: format!(
+                "40 1 0:50 / {d} rw,relatime - ext4 /dev/vda rw\n\
+                 41 40 0:51 / {d}/cache rw,noexec - tmpfs tmpfs rw\n",
+                d = data.display()
+            ),
+            ..Default::default()
+        };
+        setup(&mut sys, &plan).unwrap();
+        let remounts: Vec<(PathBuf, MsFlags)> = mount_targets(&sys.calls)
+            .into_iter()
+            .filter(|(t, _, f)| t.starts_with(&data) && f.contains(MsFlags::MS_REMOUNT))
+            .map(|(t, _, f)| (t, f))
+            .collect();
+        let want = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
+        assert_eq!(
+            remounts,
+            vec![
+                (data.clone(), want | MsFlags::MS_RELATIME),
+                (data.join("cache"), want | MsFlags::MS_NOEXEC),
+            ]
+        );
+        assert!(mount_targets(&sys.calls).contains(&(
+            data.clone(),
+            None,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE
+        )));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use nix::mount::{MntFlags, MsFlags};
 use super::{Runtime, RuntimeError};
 
 impl Runtime {
-    /// Runs `monitor_exe args...` (stdin `/dev/null`, stdout piped, empty env)
+    /// Runs `monitor_exe args...` (stdin `/dev/null`, `stdout` and `stderr` as
+    /// given, empty env)
     /// from a read-only bind mount of it at `exe` that is lazily detached and
     /// removed as soon as the process has exec'd: its `/proc/<pid>/exe` then
     /// names a read-only mount nothing else can reach (CVE-2019-5736).
@@ -20,6 +21,7 @@ impl Runtime {
         id: &str,
         exe: &Path,
         args: &[std::ffi::OsString],
+        stdout: Stdio,
         stderr: Stdio,
         spawn_err: impl FnOnce(std::io::Error) -> RuntimeError,
     ) -> Result<std::process::Child, RuntimeError> {
@@ -57,7 +59,7 @@ impl Runtime {
                     .args(args)
                     .env_clear()
                     .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
+                    .stdout(stdout)
                     .stderr(stderr)
                     .spawn()
                     .map_err(spawn_err)

@@ -1,5 +1,5 @@
-//! The syscall seam of rootfs setup: the [`Sys`] trait (mount, umount, pivot_root,
-//! chdir, safe in-root resolution, symlink), [`RealSys`] that performs them, and
+//! The syscall seam of rootfs setup: the [`Sys`] trait (mount, recursive mount
+//! flags, umount, pivot_root, chdir, safe in-root resolution, symlink), [`RealSys`] that performs them, and
 //! [`RecordingSys`] that only records them so the exact mount sequence can be
 //! unit-tested without privileges. Resolution is real in both: it is the
 //! `openat2(RESOLVE_IN_ROOT)` walk that keeps mount targets inside the rootfs.
@@ -54,6 +54,12 @@ pub trait Sys {
         flags: MsFlags,
         data: Option<&str>,
     ) -> nix::Result<()>;
+    /// Sets `flags` (`MS_RDONLY`, `MS_NOSUID`, `MS_NODEV`, `MS_NOEXEC`) on
+    /// the mount at `target` and on every mount below it, and makes them all
+    /// private (`mount_setattr` with `AT_RECURSIVE`). `ENOSYS` before Linux 5.12.
+    fn mount_setattr(&mut self, target: &Resolved, flags: MsFlags) -> nix::Result<()>;
+    /// The calling process's `/proc/self/mountinfo`.
+    fn mountinfo(&mut self) -> nix::Result<String>;
     fn umount(&mut self, target: &Path, flags: MntFlags) -> nix::Result<()>;
     /// Makes `new_root` the root: `chdir(new_root); pivot_root(".", "."); umount2(".", MNT_DETACH); chdir("/")`.
     fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()>;
@@ -78,6 +84,19 @@ impl Sys for RealSys {
         data: Option<&str>,
     ) -> nix::Result<()> {
         nix::mount::mount(source, target, fstype, flags, data)
+    }
+    fn mount_setattr(&mut self, target: &Resolved, flags: MsFlags) -> nix::Result<()> {
+        crate::sys::mount::mount_setattr(
+            target.fd.as_fd(),
+            mount_attr_bits(flags),
+            libc::MS_PRIVATE,
+            true,
+        )
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
+    fn mountinfo(&mut self) -> nix::Result<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
     }
     fn umount(&mut self, target: &Path, flags: MntFlags) -> nix::Result<()> {
         nix::mount::umount2(target, flags)
@@ -112,6 +131,11 @@ pub enum Call {
         flags: MsFlags,
         data: Option<String>,
     },
+    /// A recursive `mount_setattr` (flags set, propagation private).
+    MountSetattr {
+        target: PathBuf,
+        flags: MsFlags,
+    },
     Umount {
         target: PathBuf,
     },
@@ -134,6 +158,10 @@ pub enum Call {
 #[derive(Debug, Default)]
 pub struct RecordingSys {
     pub calls: Vec<Call>,
+    /// Answer `mount_setattr` with `ENOSYS`, as a kernel before 5.12.
+    pub no_mount_setattr: bool,
+    /// What [`Sys::mountinfo`] returns.
+    pub mountinfo: String,
 }
 
 fn real_target(p: &Path) -> PathBuf {
@@ -161,6 +189,19 @@ impl Sys for RecordingSys {
             data: data.map(str::to_owned),
         });
         Ok(())
+    }
+    fn mount_setattr(&mut self, target: &Resolved, flags: MsFlags) -> nix::Result<()> {
+        if self.no_mount_setattr {
+            return Err(Errno::ENOSYS);
+        }
+        self.calls.push(Call::MountSetattr {
+            target: target.real.clone(),
+            flags,
+        });
+        Ok(())
+    }
+    fn mountinfo(&mut self) -> nix::Result<String> {
+        Ok(self.mountinfo.clone())
     }
     fn umount(&mut self, target: &Path, _flags: MntFlags) -> nix::Result<()> {
         self.calls.push(Call::Umount {
@@ -190,6 +231,20 @@ impl Sys for RecordingSys {
         });
         Ok(())
     }
+}
+
+/// The `MOUNT_ATTR_*` bits of the per-mount flags in `flags`.
+pub fn mount_attr_bits(flags: MsFlags) -> u64 {
+    use crate::sys::mount::{ATTR_NODEV, ATTR_NOEXEC, ATTR_NOSUID, ATTR_RDONLY};
+    [
+        (MsFlags::MS_RDONLY, ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, ATTR_NOSUID),
+        (MsFlags::MS_NODEV, ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, ATTR_NOEXEC),
+    ]
+    .iter()
+    .filter(|(f, _)| flags.contains(*f))
+    .fold(0, |bits, (_, b)| bits | b)
 }
 
 fn how() -> OpenHow {

@@ -3,6 +3,10 @@
 //! elsewhere in the crate stay safe Rust.
 #![allow(unsafe_code)]
 
+pub mod bpf;
+pub mod fdpass;
+pub mod mount;
 pub mod net;
 pub mod netlink;
 pub mod process;
+pub mod tty;

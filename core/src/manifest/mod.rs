@@ -65,6 +65,14 @@ pub struct Service {
     pub depends_on: Vec<String>,
     /// Run a minimal init as PID 1 (Compose's `init`).
     pub init: bool,
+    /// Capabilities added to the default set (Docker's `--cap-add`): names
+    /// as [`CAPABILITIES`] spells them (no `CAP_` prefix), or `ALL`; sorted.
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from it (`--cap-drop`), the same way; `ALL`
+    /// starts from none.
+    pub cap_drop: Vec<String>,
+    /// The seccomp profile (`--security-opt seccomp=`).
+    pub seccomp: SeccompProfile,
     pub resources: Resources,
     /// Published and container-only ports, in manifest order.
     pub ports: Vec<Port>,
@@ -99,6 +107,119 @@ impl Service {
             ));
         }
         notes
+    }
+}
+
+/// The Linux capabilities, in their kernel order (`CAP_CHOWN` is 0), without
+/// the `CAP_` prefix: what `cap_add` and `cap_drop` accept (any case, with or
+/// without `CAP_`), as Docker does.
+pub const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// `cap_add = ["ALL"]` / `cap_drop = ["ALL"]`: every capability.
+pub const ALL_CAPABILITIES: &str = "ALL";
+
+/// The seccomp filter of a service's containers, written as a string:
+/// `"default"`, `"unconfined"` or the absolute path of a Docker/OCI JSON
+/// profile (read by the agent when it starts a replica).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SeccompProfile {
+    /// Berth's default: Docker's default profile as an allowlist.
+    #[default]
+    Default,
+    /// No filter at all (Docker's `seccomp=unconfined`).
+    Unconfined,
+    /// A JSON profile file on the agent's host.
+    File(String),
+}
+
+impl SeccompProfile {
+    /// Whether it is [`SeccompProfile::Default`] (left out of stored specs).
+    pub fn is_default(&self) -> bool {
+        *self == SeccompProfile::Default
+    }
+
+    /// The manifest text: `default`, `unconfined` or the path.
+    pub fn as_str(&self) -> &str {
+        match self {
+            SeccompProfile::Default => "default",
+            SeccompProfile::Unconfined => "unconfined",
+            SeccompProfile::File(p) => p,
+        }
+    }
+
+    /// Reads the manifest text back (`None` for anything else).
+    pub fn parse(text: &str) -> Option<SeccompProfile> {
+        match text {
+            "default" => Some(SeccompProfile::Default),
+            "unconfined" => Some(SeccompProfile::Unconfined),
+            p if p.starts_with('/') => Some(SeccompProfile::File(p.to_string())),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SeccompProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SeccompProfile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SeccompProfile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        SeccompProfile::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not \"default\", \"unconfined\" or an absolute path"
+            ))
+        })
     }
 }
 

@@ -548,6 +548,21 @@ fn validate_service(
         .as_ref()
         .map(|s| validate_sysctls(ctx, s, &k("sysctls")))
         .unwrap_or_default();
+    let cap_add = ws
+        .cap_add
+        .as_ref()
+        .map(|c| validate_caps(ctx, c, &k("cap_add")))
+        .unwrap_or_default();
+    let cap_drop = ws
+        .cap_drop
+        .as_ref()
+        .map(|c| validate_caps(ctx, c, &k("cap_drop")))
+        .unwrap_or_default();
+    let seccomp = ws
+        .seccomp
+        .as_ref()
+        .map(|s| validate_seccomp(ctx, s, &k("seccomp")))
+        .unwrap_or_default();
     let depends_on: Vec<String> = ws
         .depends_on
         .as_ref()
@@ -741,6 +756,9 @@ fn validate_service(
         sysctls,
         depends_on,
         init: ws.init.unwrap_or(false),
+        cap_add,
+        cap_drop,
+        seccomp,
         resources,
         ports,
         health,
@@ -1002,6 +1020,61 @@ fn validate_sysctls(
         out.insert(n.clone(), text);
     }
     out
+}
+
+/// `cap_add` / `cap_drop`: each name a Linux capability (any case, `CAP_`
+/// prefix optional, as Docker's `NormalizeLegacyCapabilities`) or `ALL`;
+/// normalized to [`CAPABILITIES`]' spelling, sorted, duplicates removed.
+fn validate_caps(
+    ctx: &mut FileCtx<'_>,
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in list.get_ref() {
+        let upper = name.get_ref().trim().to_ascii_uppercase();
+        let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+        if bare == ALL_CAPABILITIES || CAPABILITIES.contains(&bare) {
+            out.push(bare.to_string());
+            continue;
+        }
+        let hint = super::lenient::did_you_mean(bare, CAPABILITIES)
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default();
+        ctx.at(
+            name.span(),
+            key,
+            format!(
+                "`{}` is not a Linux capability{hint}; write e.g. `NET_ADMIN`, or `ALL`",
+                name.get_ref()
+            ),
+        );
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `seccomp`: `"default"`, `"unconfined"`, or the absolute path of a JSON profile.
+fn validate_seccomp(ctx: &mut FileCtx<'_>, s: &Spanned<String>, key: &str) -> SeccompProfile {
+    let text = s.get_ref();
+    if let Some(p) = SeccompProfile::parse(text) {
+        if let SeccompProfile::File(path) = &p {
+            if let Err(msg) = check_abs_path(path) {
+                ctx.at(s.span(), key, msg);
+            }
+        }
+        return p;
+    }
+    let hint = super::lenient::did_you_mean(text, &["default", "unconfined"])
+        .map(|c| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default();
+    ctx.at(
+        s.span(),
+        key,
+        format!("`{text}` is not \"default\", \"unconfined\" or the absolute path of a JSON profile{hint}"),
+    );
+    SeccompProfile::Default
 }
 
 /// How a volume is named in messages: `volume `pgdata``, `host path `/srv``.

@@ -37,7 +37,7 @@ pub async fn run(cli: &Cli, args: &Volumes) -> Result<ExitCode> {
 async fn list(cli: &Cli) -> Result<ExitCode> {
     let reply = call(cli, Method::GET, "/v1/volumes").await?;
     if cli.json() {
-        println!("{}", String::from_utf8_lossy(&reply.body));
+        outln!("{}", String::from_utf8_lossy(&reply.body));
     } else {
         let list: Vec<berth_core::api::VolumeView> =
             serde_json::from_slice(&reply.body).context("decoding volumes")?;
@@ -74,9 +74,9 @@ async fn remove(cli: &Cli, name: &str) -> Result<ExitCode> {
     }
     let reply = call(cli, Method::DELETE, &format!("/v1/volumes/{name}")).await?;
     if cli.json() {
-        println!("{}", String::from_utf8_lossy(&reply.body));
+        outln!("{}", String::from_utf8_lossy(&reply.body));
     } else {
-        println!("removed volume {name}");
+        outln!("removed volume {name}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -571,6 +571,61 @@ fn entrypoint_command_env_names_and_sysctls() {
 }
 
 #[test]
+fn capabilities_and_seccomp_as_docker_names_them() {
+    let m = ok(&svc(
+        "cap_add = [\"net_admin\", \"CAP_SYS_TIME\", \"NET_ADMIN\"]\ncap_drop = [\"ALL\"]\nseccomp = \"unconfined\"",
+    ));
+    let web = &m.services["web"];
+    assert_eq!(web.cap_add, ["NET_ADMIN", "SYS_TIME"]);
+    assert_eq!(web.cap_drop, ["ALL"]);
+    assert_eq!(web.seccomp, SeccompProfile::Unconfined);
+    let m = ok(&svc("seccomp = \"/etc/berth/seccomp.json\""));
+    assert_eq!(
+        m.services["web"].seccomp,
+        SeccompProfile::File("/etc/berth/seccomp.json".into())
+    );
+    let m = ok(&svc(""));
+    assert_eq!(m.services["web"].seccomp, SeccompProfile::Default);
+    assert!(m.services["web"].cap_add.is_empty() && m.services["web"].cap_drop.is_empty());
+    bad(
+        &svc("cap_add = [\"NET_ADMN\"]"),
+        "service.web.cap_add",
+        3,
+        "`NET_ADMN` is not a Linux capability (did you mean `NET_ADMIN`?)",
+    );
+    bad(
+        &svc("cap_drop = [\"CHOWN\", \"frobnicate\"]"),
+        "service.web.cap_drop",
+        3,
+        "`frobnicate` is not a Linux capability;",
+    );
+    bad(
+        &svc("seccomp = \"unconfind\""),
+        "service.web.seccomp",
+        3,
+        "(did you mean `unconfined`?)",
+    );
+    bad(
+        &svc("seccomp = \"profiles/x.json\""),
+        "service.web.seccomp",
+        3,
+        "absolute path of a JSON profile",
+    );
+    bad(
+        &svc("seccomp = \"/etc/../x.json\""),
+        "service.web.seccomp",
+        3,
+        "must not contain `..`",
+    );
+    bad(
+        &svc("cap_add = \"NET_ADMIN\""),
+        "service.web.cap_add",
+        3,
+        "",
+    );
+}
+
+#[test]
 fn depends_on_names_services_without_cycles() {
     let m = ok("[service.web]\nimage = \"busybox\"\ndepends_on = [\"app\", \"app\"]\n[service.app]\nimage = \"busybox\"\ndepends_on = [\"db\"]\n[service.db]\nimage = \"busybox\"\n");
     assert_eq!(m.services["web"].depends_on, vec!["app".to_string()]);
