@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: dependencies, formatting, lints, then
+# each fuzz target for a short budget (FUZZ_SECONDS, default 20 s), then
 # every unit and end-to-end test (real registry, real kernel; needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
 # Root-only tests fail rather than skip if this ever runs as someone else.
 BERTH_REQUIRE_ROOT=1 cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-2}"
 # Pure cgroup v2 in a VM (Debian's cloud kernel under qemu TCG; about 2-3 minutes).

@@ -204,6 +204,8 @@ fn health_and_readiness_endpoints() {
     assert!(r.status == 404 || r.status == 405, "{}", r.status);
 }
 
+/// Plain TCP (`--api-insecure`, warned about at start) still requires the
+/// token; HTTPS is tested in api_tls.rs.
 #[test]
 fn tcp_api_requires_the_bearer_token() {
     berth_agent::require_root!();
@@ -216,7 +218,13 @@ fn tcp_api_requires_the_bearer_token() {
         &format!("tcp:127.0.0.1:{port}"),
         "--api-token-file",
         token_file.to_str().unwrap(),
+        "--api-insecure",
     ]);
+    assert!(
+        agent.log().contains("plain HTTP (--api-insecure)") && agent.log().contains("WARN"),
+        "{}",
+        agent.log()
+    );
     let none = http_tcp(port, "GET", "/v1/status", &[], b"").unwrap();
     assert_eq!(none.status, 401);
     assert_eq!(none.json()["error"]["code"], "unauthorized");

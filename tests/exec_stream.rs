@@ -2,7 +2,7 @@
 //! and container. Piped stdin reaches the command (`-i`), stdout and stderr
 //! stay apart and arrive whole (no 4 KiB cap), exit codes and timeouts come
 //! back, signals sent to berthctl reach the command, a vanished client's
-//! command is killed, and the same works over TCP with a bearer token. Under
+//! command is killed, and the same works over HTTPS with a bearer token. Under
 //! a real pty (`-it`) the command gets a `/dev/pts` terminal of the
 //! container with the window size the local terminal has (and follows a
 //! resize), ^C is a byte the remote terminal turns into SIGINT, a shell
@@ -148,11 +148,16 @@ fn exec_streams_stdio_exit_codes_and_signals() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "exec-token\n").unwrap();
     let port = free_port();
+    let pki = berth_e2e::pki::TestPki::new();
     let mut agent = Agent::start_with(&[
         "--api",
         &format!("tcp:127.0.0.1:{port}"),
         "--api-token-file",
         token_file.to_str().unwrap(),
+        "--api-tls-cert",
+        &pki.arg("server"),
+        "--api-tls-key",
+        &pki.arg("server-key"),
     ]);
     agent.apply_text("m.toml", &manifest(&image)).ok();
     let id = web_running(&agent);
@@ -341,11 +346,15 @@ fn exec_streams_stdio_exit_codes_and_signals() {
         (!ps(a).contains("sleep 1001")).then_some(())
     });
 
-    // The same over TCP with the bearer token; a wrong token is refused.
-    let tcp = format!("http://127.0.0.1:{port}");
+    // The same over HTTPS with the bearer token (the upgraded connection
+    // is the TLS stream); a wrong token is refused.
+    let tcp = format!("https://127.0.0.1:{port}");
+    let ca = pki.arg("ca");
     let out = ctl_stdin(
         &tcp,
         &[
+            "--ca-file",
+            &ca,
             "--token-file",
             token_file.to_str().unwrap(),
             "exec",
@@ -368,6 +377,8 @@ fn exec_streams_stdio_exit_codes_and_signals() {
     let out = ctl_stdin(
         &tcp,
         &[
+            "--ca-file",
+            &ca,
             "--token-file",
             wrong.to_str().unwrap(),
             "exec",

@@ -30,9 +30,17 @@ pub enum ConfigError {
     #[error("--api `{0}`: expected unix:PATH or tcp:ADDR:PORT")]
     BadApi(String),
     #[error(
-        "--api tcp:{0} needs --api-token-file: the TCP API is never served without a bearer token"
+        "--api tcp:{0} needs --api-token-file or --api-tls-client-ca: the TCP API is never served without a bearer token or client certificates"
     )]
     TcpWithoutToken(SocketAddr),
+    #[error(
+        "--api tcp:{0} serves HTTPS: give --api-tls-cert and --api-tls-key (or --api-insecure for plain HTTP, which sends the token and manifests in clear text)"
+    )]
+    TcpWithoutTls(SocketAddr),
+    #[error("--api-insecure needs --api-token-file: client certificates need TLS")]
+    InsecureWithoutToken,
+    #[error("{0}")]
+    TlsFlags(&'static str),
     #[error("cannot read token file {path}: {source}")]
     TokenRead {
         path: PathBuf,
@@ -89,6 +97,15 @@ pub struct ConfigLayer {
     pub run_dir: Option<PathBuf>,
     pub api: Option<Vec<String>>,
     pub api_token_file: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) the TCP API serves HTTPS with.
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `api_tls_cert`.
+    pub api_tls_key: Option<PathBuf>,
+    /// PEM CA certificates; when set, TCP API clients must present a
+    /// certificate they signed (mTLS).
+    pub api_tls_client_ca: Option<PathBuf>,
+    /// Serve the TCP API as plain HTTP (bearer token still required).
+    pub api_insecure: Option<bool>,
     pub http: Option<String>,
     pub manifests: Option<PathBuf>,
     pub manifest_url: Option<String>,
@@ -148,6 +165,10 @@ impl ConfigLayer {
             run_dir: over.run_dir.or(self.run_dir),
             api: over.api.or(self.api),
             api_token_file: over.api_token_file.or(self.api_token_file),
+            api_tls_cert: over.api_tls_cert.or(self.api_tls_cert),
+            api_tls_key: over.api_tls_key.or(self.api_tls_key),
+            api_tls_client_ca: over.api_tls_client_ca.or(self.api_tls_client_ca),
+            api_insecure: over.api_insecure.or(self.api_insecure),
             http: over.http.or(self.http),
             manifests: over.manifests.or(self.manifests),
             manifest_url: over.manifest_url.or(self.manifest_url),
@@ -174,6 +195,9 @@ pub struct AgentConfig {
     pub api: Vec<ApiListen>,
     /// The bearer token for TCP API listeners (read from --api-token-file).
     pub api_token: Option<String>,
+    /// How TCP API listeners speak: HTTPS with these files, or plain HTTP
+    /// (`None`, only with `--api-insecure`). Unused without a TCP listener.
+    pub api_tls: Option<ApiTls>,
     pub http: SocketAddr,
     /// Where the manifest comes from when it is not applied through the API.
     pub source: Option<ManifestSource>,
@@ -224,11 +248,17 @@ impl AgentConfig {
                 Some(token)
             }
         };
-        if let Some(ApiListen::Tcp(addr)) = api.iter().find(|a| matches!(a, ApiListen::Tcp(_))) {
-            if api_token.is_none() {
-                return Err(ConfigError::TcpWithoutToken(*addr));
-            }
-        }
+        let api_tls = api_tls(
+            api.iter().find_map(|a| match a {
+                ApiListen::Tcp(addr) => Some(*addr),
+                ApiListen::Unix(_) => None,
+            }),
+            api_token.is_some(),
+            layer.api_insecure.unwrap_or(false),
+            layer.api_tls_cert,
+            layer.api_tls_key,
+            layer.api_tls_client_ca,
+        )?;
         let http_text = layer.http.unwrap_or_else(|| "127.0.0.1:9480".into());
         let http = http_text
             .parse()
@@ -350,6 +380,7 @@ impl AgentConfig {
             run_dir,
             api,
             api_token,
+            api_tls,
             http,
             source: match (layer.manifests, layer.manifest_url, layer.git) {
                 (Some(path), _, _) => Some(ManifestSource::Dir(path)),
@@ -371,6 +402,71 @@ impl AgentConfig {
             userns_pool,
             userns_fallback: layer.userns_fallback.unwrap_or(false),
         })
+    }
+}
+
+/// The files of the TCP API's HTTPS (PEM; read when the agent starts, see
+/// `crate::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key.
+    pub key: PathBuf,
+    /// CA certificates client certificates must chain to (mTLS); `None`:
+    /// no client certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Decides how TCP API listeners are secured. `tcp` is the first TCP
+/// listener, if any. HTTPS needs a certificate and key; plain HTTP needs
+/// `--api-insecure`, and a token. Clients authenticate with the bearer
+/// token, a client certificate (`--api-tls-client-ca`), or both; never with
+/// neither. TLS files without a TCP listener, or with `--api-insecure`, are
+/// refused as the mistakes they are.
+fn api_tls(
+    tcp: Option<SocketAddr>,
+    has_token: bool,
+    insecure: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<ApiTls>, ConfigError> {
+    let any_tls = cert.is_some() || key.is_some() || client_ca.is_some();
+    let Some(addr) = tcp else {
+        if any_tls || insecure {
+            return Err(ConfigError::TlsFlags(
+                "--api-tls-* and --api-insecure apply to a tcp: API listener, and there is none",
+            ));
+        }
+        return Ok(None);
+    };
+    if insecure {
+        if any_tls {
+            return Err(ConfigError::TlsFlags(
+                "--api-insecure and --api-tls-* exclude each other: plain HTTP or HTTPS",
+            ));
+        }
+        if !has_token {
+            return Err(ConfigError::InsecureWithoutToken);
+        }
+        return Ok(None);
+    }
+    match (cert, key) {
+        (None, None) => Err(ConfigError::TcpWithoutTls(addr)),
+        (Some(_), None) | (None, Some(_)) => Err(ConfigError::TlsFlags(
+            "--api-tls-cert and --api-tls-key go together",
+        )),
+        (Some(cert), Some(key)) => {
+            if !has_token && client_ca.is_none() {
+                return Err(ConfigError::TcpWithoutToken(addr));
+            }
+            Ok(Some(ApiTls {
+                cert,
+                key,
+                client_ca,
+            }))
+        }
     }
 }
 
@@ -507,12 +603,155 @@ mod tests {
     fn tcp_api_requires_a_token() {
         let layer = ConfigLayer {
             api: Some(vec!["tcp:127.0.0.1:9000".into()]),
+            api_insecure: Some(true),
             ..Default::default()
         };
         assert!(matches!(
             AgentConfig::from_layer(layer),
-            Err(ConfigError::TcpWithoutToken(_))
+            Err(ConfigError::InsecureWithoutToken)
         ));
+    }
+
+    /// (tcp listener, token, insecure, cert, key, client CA) → TLS or the error.
+    #[test]
+    fn how_the_tcp_api_is_secured() {
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let p = |s: &str| Some(PathBuf::from(s));
+        let tls = |ca: Option<PathBuf>| -> Result<Option<ApiTls>, &'static str> {
+            Ok(Some(ApiTls {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: ca,
+            }))
+        };
+        type Row = (
+            Option<SocketAddr>,
+            bool,
+            bool,
+            Option<PathBuf>,
+            Option<PathBuf>,
+            Option<PathBuf>,
+            Result<Option<ApiTls>, &'static str>,
+        );
+        let rows: Vec<Row> = vec![
+            // No TCP listener: nothing to secure, and TLS flags are a mistake.
+            (None, false, false, None, None, None, Ok(None)),
+            (
+                None,
+                true,
+                false,
+                p("c.pem"),
+                p("k.pem"),
+                None,
+                Err("there is none"),
+            ),
+            (None, true, true, None, None, None, Err("there is none")),
+            // HTTPS with the token, with client certificates, with both.
+            (
+                Some(addr),
+                true,
+                false,
+                p("c.pem"),
+                p("k.pem"),
+                None,
+                tls(None),
+            ),
+            (
+                Some(addr),
+                false,
+                false,
+                p("c.pem"),
+                p("k.pem"),
+                p("ca.pem"),
+                tls(p("ca.pem")),
+            ),
+            (
+                Some(addr),
+                true,
+                false,
+                p("c.pem"),
+                p("k.pem"),
+                p("ca.pem"),
+                tls(p("ca.pem")),
+            ),
+            // HTTPS with neither token nor client certificates.
+            (
+                Some(addr),
+                false,
+                false,
+                p("c.pem"),
+                p("k.pem"),
+                None,
+                Err("needs --api-token-file or --api-tls-client-ca"),
+            ),
+            // Plain TCP: only when asked for, and with a token.
+            (
+                Some(addr),
+                true,
+                false,
+                None,
+                None,
+                None,
+                Err("--api-insecure for plain HTTP"),
+            ),
+            (Some(addr), true, true, None, None, None, Ok(None)),
+            (
+                Some(addr),
+                false,
+                true,
+                None,
+                None,
+                None,
+                Err("--api-insecure needs --api-token-file"),
+            ),
+            (
+                Some(addr),
+                true,
+                true,
+                p("c.pem"),
+                p("k.pem"),
+                None,
+                Err("exclude each other"),
+            ),
+            // Half a key pair; a client CA without a server certificate.
+            (
+                Some(addr),
+                true,
+                false,
+                p("c.pem"),
+                None,
+                None,
+                Err("go together"),
+            ),
+            (
+                Some(addr),
+                true,
+                false,
+                None,
+                p("k.pem"),
+                None,
+                Err("go together"),
+            ),
+            (
+                Some(addr),
+                true,
+                false,
+                None,
+                None,
+                p("ca.pem"),
+                Err("--api-tls-cert and --api-tls-key"),
+            ),
+        ];
+        for (tcp, token, insecure, cert, key, ca, want) in rows {
+            let got = api_tls(tcp, token, insecure, cert, key, ca);
+            match (&got, &want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{e} lacks {w:?}"),
+                _ => {
+                    panic!("{tcp:?} token={token} insecure={insecure}: got {got:?}, want {want:?}")
+                }
+            }
+        }
     }
 
     #[test]

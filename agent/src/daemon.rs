@@ -1,7 +1,8 @@
 //! The daemon's lifecycle and the one composition root: take the state-dir
 //! lock, open the store, build the agent from its parts ([`build_agent`]:
 //! registry, images, network with its NAT/DNAT fallbacks, runtime, DNS,
-//! volumes), bind the listeners (root-only unix socket, token-guarded TCP,
+//! volumes), bind the listeners (root-only unix socket, HTTPS TCP behind a
+//! token and/or client certificates — plain TCP only when asked for —,
 //! read-only HTTP), serve until SIGTERM/SIGINT, then shut down cleanly.
 
 use berth_core::vocab::EventKind;
@@ -43,6 +44,8 @@ pub enum DaemonError {
     Network(#[from] NetError),
     #[error("volumes: {0}")]
     Volumes(#[from] crate::volumes::VolumeError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("another berthd already uses state dir {0} (lock held)")]
     Locked(PathBuf),
     #[error("another berthd is already serving {0}")]
@@ -239,6 +242,13 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         crate::shutdown::wait_for_signal().await;
         let _ = signalled_tx.send(true);
     });
+    // The TCP API's certificates are read before anything else, so a bad
+    // file stops the start with its name, before state is touched.
+    let has_tcp = config.api.iter().any(|a| matches!(a, ApiListen::Tcp(_)));
+    let tls = match &config.api_tls {
+        Some(tls) if has_tcp => Some(crate::tls::server_config(tls)?),
+        _ => None,
+    };
     let _lock = lock_state_dir(&config.state_dir)?;
     private_dir(&config.run_dir)?;
     let (store, report) = Store::open(&config.state_dir)?;
@@ -283,16 +293,40 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                             what: format!("tcp:{addr}"),
                             source,
                         })?;
-                tracing::info!(%addr, "API listening (tcp, bearer token required)");
                 let router = api_router(agent.clone(), Listener::Tcp, config.api_token.clone());
                 let mut rx = shutdown_tx.subscribe();
-                servers.spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.recv().await;
-                        })
-                        .await
-                });
+                let shutdown = async move {
+                    let _ = rx.recv().await;
+                };
+                match &tls {
+                    Some(tls) => {
+                        let client_certs = config
+                            .api_tls
+                            .as_ref()
+                            .is_some_and(|t| t.client_ca.is_some());
+                        tracing::info!(%addr, token = config.api_token.is_some(), client_certs,
+                            "API listening (tcp, HTTPS)");
+                        let listener = crate::tls::TlsListener::new(listener, tls.clone())
+                            .map_err(|source| DaemonError::Bind {
+                                what: format!("tcp:{addr}"),
+                                source,
+                            })?;
+                        servers.spawn(async move {
+                            axum::serve(listener, router)
+                                .with_graceful_shutdown(shutdown)
+                                .await
+                        });
+                    }
+                    None => {
+                        tracing::warn!(%addr,
+                            "API listening on plain HTTP (--api-insecure): the bearer token, manifests and secret paths cross the network in clear text; use --api-tls-cert and --api-tls-key");
+                        servers.spawn(async move {
+                            axum::serve(listener, router)
+                                .with_graceful_shutdown(shutdown)
+                                .await
+                        });
+                    }
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The HTTP layer: turns requests into calls on the agent core and results
-//! into JSON. Two routers: the mutating API (root-only unix socket, or TCP
-//! behind a bearer token) and the read-only listener (metrics, health,
-//! readiness) that a load balancer or Prometheus may reach.
+//! into JSON. Two routers: the mutating API (root-only unix socket, or TCP —
+//! HTTPS, see `tls` — behind a bearer token and/or client certificates) and
+//! the read-only listener (metrics, health, readiness) that a load balancer
+//! or Prometheus may reach.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -182,7 +183,9 @@ struct Ctx {
     token: Option<Arc<String>>,
 }
 
-/// The mutating API. `token` is required on TCP listeners.
+/// The mutating API. With `token`, every request must carry it (TCP
+/// listeners; client certificates, when required, are checked by the TLS
+/// handshake before a request is read).
 pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) -> Router {
     let ctx = Ctx {
         agent,

@@ -29,6 +29,7 @@ pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod testing;
+pub mod tls;
 pub mod volumes;
 
 /// The current time as RFC 3339 UTC, e.g. `2026-11-23T16:00:00Z`.

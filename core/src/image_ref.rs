@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 pub const DOCKER_HUB: &str = "docker.io";
 /// The API host actually spoken to for Docker Hub.
 pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
-const MAX_REFERENCE_LEN: usize = 255;
+/// Longest image name, `registry/repository` as normalized (`busybox` counts
+/// as `docker.io/library/busybox`): Docker's `NameTotalLengthMax`.
+const MAX_NAME_LEN: usize = 255;
+/// Longest reference worth parsing: the longest name, `:` tag, `@` digest.
+const MAX_REFERENCE_LEN: usize = MAX_NAME_LEN + 1 + 128 + 1 + "sha512:".len() + 128;
 
 /// Why an image reference or digest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +25,8 @@ pub enum ReferenceError {
     Empty,
     #[error("image reference is longer than {MAX_REFERENCE_LEN} characters")]
     TooLong,
+    #[error("`{reference}`: the image name (registry/repository) is {len} characters, over the limit of {MAX_NAME_LEN}")]
+    NameTooLong { reference: String, len: usize },
     #[error("`{reference}`: repository component `{component}` is invalid (lowercase letters, digits and separators `.`, `_`, `__`, `-` only)")]
     BadRepository {
         reference: String,
@@ -220,6 +226,15 @@ impl ImageRef {
                 });
             }
         }
+        // Checked on the normalized name, so a parsed reference always prints
+        // as one that parses again.
+        let len = registry.len() + 1 + repository.len();
+        if len > MAX_NAME_LEN {
+            return Err(ReferenceError::NameTooLong {
+                reference: reference.into(),
+                len,
+            });
+        }
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".into())
         } else {
@@ -340,7 +355,14 @@ fn valid_registry(host: &str) -> bool {
                 if ip6.parse::<std::net::Ipv6Addr>().is_err() {
                     return false;
                 }
-                (None, after.strip_prefix(':'))
+                match after {
+                    "" => (None, None),
+                    // Nothing but a port may follow the address.
+                    _ => match after.strip_prefix(':') {
+                        Some(port) => (None, Some(port)),
+                        None => return false,
+                    },
+                }
             }
             None => return false,
         }
@@ -425,8 +447,60 @@ mod tests {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(
-            ImageRef::parse(&"a".repeat(300)),
+            ImageRef::parse(&"a".repeat(600)),
             Err(ReferenceError::TooLong)
+        );
+    }
+
+    /// Found by the `image_ref` fuzz target (fuzz/regressions/image_ref/):
+    /// a 237-character name was accepted, but its normalized form
+    /// (`docker.io/library/…:latest`) was over the old 255-character cap
+    /// on the whole reference, so a stored reference no longer parsed. The
+    /// limit is now Docker's: 255 characters of normalized name.
+    #[test]
+    fn the_name_limit_counts_the_normalized_name() {
+        let long = "b".repeat(230);
+        let r = ImageRef::parse(&long).unwrap();
+        assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
+        let stored = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<ImageRef>(&stored).unwrap(), r);
+        let pinned = r.pinned(D.parse().unwrap());
+        assert_eq!(ImageRef::parse(&pinned.to_string()).unwrap(), pinned);
+        // `docker.io/library/` + 237 = 255 characters: the longest name.
+        assert!(ImageRef::parse(&"c".repeat(237)).is_ok());
+        assert!(matches!(
+            ImageRef::parse(&"c".repeat(238)),
+            Err(ReferenceError::NameTooLong { len: 256, .. })
+        ));
+        let at_limit = format!("{}:{}@{D}", "c".repeat(237), "t".repeat(128));
+        let r = ImageRef::parse(&at_limit).unwrap();
+        assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
+    }
+
+    /// Found by the `image_ref` fuzz target: after a bracketed IPv6 address
+    /// anything was taken as part of the host (`[::1]evil/x`, which also
+    /// counted as loopback, reached over plain http).
+    #[test]
+    fn only_a_port_may_follow_a_bracketed_address() {
+        for bad in [
+            "[::1]evil/x",
+            "[::1].example.com/x",
+            "[::1]:/x",
+            "[::1]5000/x",
+        ] {
+            assert!(
+                matches!(
+                    ImageRef::parse(bad),
+                    Err(ReferenceError::BadRegistry { .. })
+                ),
+                "{bad:?}: {:?}",
+                ImageRef::parse(bad)
+            );
+        }
+        assert_eq!(ImageRef::parse("[::1]/x:1").unwrap().registry, "[::1]");
+        assert_eq!(
+            ImageRef::parse("[::1]:5000/x").unwrap().registry,
+            "[::1]:5000"
         );
     }
 

@@ -1,5 +1,5 @@
 //! berthctl's command line: the global flags (agent address, token file,
-//! output format) and the list of commands. Each command's own flags and
+//! TLS files, output format) and the list of commands. Each command's own flags and
 //! help text live with the command in `commands/`; `docs` renders man pages
 //! and completions from this definition.
 
@@ -16,7 +16,8 @@ use crate::commands::{
 #[derive(Debug, Parser)]
 #[command(name = "berthctl", version, about = "Operate a Berth agent")]
 pub struct Cli {
-    /// Agent API: unix:PATH or http://ADDR:PORT.
+    /// Agent API: unix:PATH, https://HOST:PORT, or http://HOST:PORT for an
+    /// agent started with --api-insecure.
     #[arg(
         long,
         env = "BERTH_AGENT",
@@ -27,6 +28,16 @@ pub struct Cli {
     /// Bearer token file for a TCP agent.
     #[arg(long, env = "BERTH_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificates the https:// agent's certificate must chain to
+    /// (default: the Mozilla roots).
+    #[arg(long, value_name = "FILE", env = "BERTH_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for an agent that requires one (mTLS).
+    #[arg(long, value_name = "FILE", env = "BERTH_CERT_FILE", global = true)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", env = "BERTH_KEY_FILE", global = true)]
+    pub key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
     pub output: Output,

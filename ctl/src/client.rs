@@ -1,8 +1,10 @@
-//! A small HTTP/1.1 client for the agent API over a unix socket or TCP, built
-//! on hyper. It turns transport failures into one clear line: unreachable,
-//! not permitted, or the token refused.
+//! A small HTTP/1.1 client for the agent API over a unix socket, HTTPS
+//! (rustls, see `tls`) or plain HTTP, built on hyper. It turns transport
+//! failures into one clear line: unreachable, not permitted, a certificate
+//! problem, or the token refused.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use berth_core::api::ErrorBody;
@@ -11,21 +13,36 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use crate::tls::TlsFiles;
+
 /// Where the agent's API is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddr {
     Unix(PathBuf),
-    Tcp(String),
+    /// `https://HOST:PORT`: TLS, as berthd serves TCP by default.
+    Https(String),
+    /// `http://HOST:PORT`: an agent started with `--api-insecure`.
+    Http(String),
 }
 
 impl AgentAddr {
     pub fn parse(text: &str) -> Result<AgentAddr> {
         if let Some(path) = text.strip_prefix("unix:") {
             Ok(AgentAddr::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = text.strip_prefix("https://") {
+            Ok(AgentAddr::Https(addr.trim_end_matches('/').to_string()))
         } else if let Some(addr) = text.strip_prefix("http://") {
-            Ok(AgentAddr::Tcp(addr.trim_end_matches('/').to_string()))
+            Ok(AgentAddr::Http(addr.trim_end_matches('/').to_string()))
         } else {
-            bail!("--agent `{text}`: expected unix:PATH or http://ADDR:PORT")
+            bail!("--agent `{text}`: expected unix:PATH or https://HOST:PORT (http:// for an agent started with --api-insecure)")
+        }
+    }
+
+    /// `HOST:PORT` of a TCP address, for the `Host` header.
+    fn host(&self) -> &str {
+        match self {
+            AgentAddr::Unix(_) => "berthd",
+            AgentAddr::Https(a) | AgentAddr::Http(a) => a,
         }
     }
 }
@@ -34,7 +51,8 @@ impl std::fmt::Display for AgentAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AgentAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            AgentAddr::Tcp(a) => write!(f, "http://{a}"),
+            AgentAddr::Https(a) => write!(f, "https://{a}"),
+            AgentAddr::Http(a) => write!(f, "http://{a}"),
         }
     }
 }
@@ -71,18 +89,56 @@ pub struct Reply {
 }
 
 /// The API client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     pub addr: AgentAddr,
     token: Option<String>,
+    /// The TLS config of an `https://` agent.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 impl Client {
-    pub fn new(addr: AgentAddr, token: Option<String>) -> Client {
-        Client { addr, token }
+    /// A client of `addr`; `tls` files apply to an `https://` agent only
+    /// (given with `http://`, they are a mistake worth saying).
+    pub fn new(addr: AgentAddr, token: Option<String>, tls: &TlsFiles) -> Result<Client> {
+        let tls = match &addr {
+            AgentAddr::Https(_) => Some(crate::tls::client_config(tls)?),
+            AgentAddr::Http(a) if tls.any() => {
+                bail!("--ca-file, --cert and --key are for an https:// agent, not http://{a}")
+            }
+            _ => None,
+        };
+        Ok(Client { addr, token, tls })
+    }
+
+    /// A transport error as one line: a TLS failure says what is wrong with
+    /// which certificate; anything else keeps `what` and the cause.
+    fn transport_error(
+        &self,
+        what: String,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> anyhow::Error {
+        if let Some(line) = crate::tls::explain(&self.addr.to_string(), &e) {
+            return anyhow!(line);
+        }
+        let hint = match &self.addr {
+            AgentAddr::Http(_) => " (if the agent serves HTTPS, use --agent https://)",
+            _ => "",
+        };
+        anyhow!("{what}: {e}{hint}")
     }
 
     async fn connect(&self) -> Result<Box<dyn Io>> {
@@ -90,10 +146,12 @@ impl Client {
             match e.kind() {
                 std::io::ErrorKind::PermissionDenied => match &self.addr {
                     AgentAddr::Unix(p) => anyhow!(
-                        "permission denied on {}: the API socket is root-only (run as root, or use --agent http://ADDR with --token-file)",
+                        "permission denied on {}: the API socket is root-only (run as root, or use --agent https://HOST:PORT with --token-file)",
                         p.display()
                     ),
-                    AgentAddr::Tcp(a) => anyhow!("permission denied connecting to {a}"),
+                    AgentAddr::Https(a) | AgentAddr::Http(a) => {
+                        anyhow!("permission denied connecting to {a}")
+                    }
                 },
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                     anyhow!("cannot reach berthd at {}: {e} (is berthd running?)", self.addr)
@@ -112,16 +170,61 @@ impl Client {
                 }
                 #[cfg(not(unix))]
                 {
-                    bail!("unix sockets are not available here; use --agent http://ADDR")
+                    bail!("unix sockets are not available here; use --agent https://HOST:PORT")
                 }
             }
-            AgentAddr::Tcp(addr) => {
+            AgentAddr::Http(addr) => {
                 let s = tokio::net::TcpStream::connect(addr.as_str())
                     .await
                     .map_err(describe)?;
                 Ok(Box::new(s))
             }
+            AgentAddr::Https(addr) => {
+                let name = crate::tls::server_name(addr)?;
+                let tcp = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(describe)?;
+                let config = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| anyhow!("no TLS config for {}", self.addr))?;
+                let s = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        self.transport_error(
+                            format!("TLS handshake with berthd at {}", self.addr),
+                            e,
+                        )
+                    })?;
+                Ok(Box::new(s))
+            }
         }
+    }
+
+    /// Connects and sends `req`: the response head, or one line saying
+    /// why not.
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.transport_error(format!("talking to berthd at {}", self.addr), e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender.send_request(req).await.map_err(|e| {
+            self.transport_error(format!("berthd at {} closed the connection", self.addr), e)
+        })?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            bail!(
+                "berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)",
+                self.addr
+            );
+        }
+        Ok(resp)
     }
 
     /// Sends one request; `Err` only for transport failures and 401.
@@ -132,21 +235,10 @@ impl Client {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Reply> {
-        let io = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .with_context(|| format!("talking to berthd at {}", self.addr))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let host = match &self.addr {
-            AgentAddr::Unix(_) => "berthd".to_string(),
-            AgentAddr::Tcp(a) => a.clone(),
-        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", host);
+            .header("host", self.addr.host());
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -154,17 +246,8 @@ impl Client {
             req = req.header("authorization", format!("Bearer {token}"));
         }
         let req = req.body(Full::new(body)).context("building request")?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .with_context(|| format!("berthd at {} closed the connection", self.addr))?;
+        let resp = self.send(req).await?;
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED {
-            bail!(
-                "berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)",
-                self.addr
-            );
-        }
         let body = resp
             .into_body()
             .collect()
@@ -187,14 +270,14 @@ impl Client {
         let io = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .with_context(|| format!("talking to berthd at {}", self.addr))?;
+            .map_err(|e| self.transport_error(format!("talking to berthd at {}", self.addr), e))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(path)
-            .header("host", "berthd")
+            .header("host", self.addr.host())
             .header("connection", "upgrade")
             .header("upgrade", protocol)
             .header("content-type", "application/json");
@@ -204,7 +287,9 @@ impl Client {
         let resp = sender
             .send_request(req.body(Full::new(body)).context("building request")?)
             .await
-            .with_context(|| format!("berthd at {} closed the connection", self.addr))?;
+            .map_err(|e| {
+                self.transport_error(format!("berthd at {} closed the connection", self.addr), e)
+            })?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED {
             bail!(
@@ -239,25 +324,17 @@ impl Client {
         body: Bytes,
         mut on_chunk: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let io = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "berthd");
+            .header("host", self.addr.host());
         if !body.is_empty() {
             req = req.header("content-type", "application/json");
         }
         if let Some(token) = &self.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let resp = sender.send_request(req.body(Full::new(body))?).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            bail!("berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)", self.addr);
-        }
+        let resp = self.send(req.body(Full::new(body))?).await?;
         if !resp.status().is_success() {
             let body = resp.into_body().collect().await?.to_bytes();
             bail!("{}", error_text(&body));
@@ -288,24 +365,14 @@ impl Client {
         path: &str,
         mut on_line: impl FnMut(&str) -> Result<()>,
     ) -> Result<()> {
-        let io = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let mut req = Request::builder()
             .method(Method::GET)
             .uri(path)
-            .header("host", "berthd");
+            .header("host", self.addr.host());
         if let Some(token) = &self.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let resp = sender
-            .send_request(req.body(Full::new(Bytes::new()))?)
-            .await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            bail!("berthd at {} refused the request: unauthorized (check --token-file or BERTH_TOKEN_FILE)", self.addr);
-        }
+        let resp = self.send(req.body(Full::new(Bytes::new()))?).await?;
         if !resp.status().is_success() {
             let body = resp.into_body().collect().await?.to_bytes();
             bail!("{}", error_text(&body));
@@ -329,6 +396,36 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_addresses_parse_by_scheme() {
+        assert_eq!(
+            AgentAddr::parse("https://h:9481/").unwrap(),
+            AgentAddr::Https("h:9481".into())
+        );
+        assert_eq!(
+            AgentAddr::parse("http://h:9481").unwrap(),
+            AgentAddr::Http("h:9481".into())
+        );
+        assert_eq!(
+            AgentAddr::parse("unix:/run/b.sock").unwrap(),
+            AgentAddr::Unix("/run/b.sock".into())
+        );
+        let e = AgentAddr::parse("tcp://h:1").unwrap_err().to_string();
+        assert!(e.contains("https://HOST:PORT"), "{e}");
+        assert_eq!(AgentAddr::Https("h:1".into()).to_string(), "https://h:1");
+    }
+
+    #[test]
+    fn tls_files_with_a_plain_http_agent_are_refused() {
+        let files = TlsFiles {
+            ca_file: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        let e = Client::new(AgentAddr::Http("h:1".into()), None, &files).unwrap_err();
+        assert!(e.to_string().contains("https://"), "{e}");
+        assert!(Client::new(AgentAddr::Unix("/s".into()), None, &files).is_ok());
+    }
 
     #[test]
     fn query_escape_keeps_only_unreserved_characters() {

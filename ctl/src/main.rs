@@ -1,6 +1,6 @@
 //! `berthctl`: the operator CLI. It validates manifests offline with
 //! `berth-core` and talks to `berthd`'s API over the root-only unix socket or
-//! TCP with a bearer token. It has no Linux-only dependency. This file parses
+//! HTTPS with a bearer token and/or a client certificate. It has no Linux-only dependency. This file parses
 //! the command line and dispatches to `commands/`, one module per command.
 
 #[macro_use]
@@ -11,6 +11,7 @@ mod commands;
 mod docs;
 mod table;
 mod terminal;
+mod tls;
 mod wait;
 
 use std::process::ExitCode;

@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod load;
+pub mod pki;
 pub mod registry;
 
 use std::io::{Read, Write};
@@ -312,6 +313,9 @@ pub fn ctl(args: &[String]) -> CtlOutput {
         .args(args)
         .env_remove("BERTH_AGENT")
         .env_remove("BERTH_TOKEN_FILE")
+        .env_remove("BERTH_CA_FILE")
+        .env_remove("BERTH_CERT_FILE")
+        .env_remove("BERTH_KEY_FILE")
         .stdin(Stdio::null())
         .output()
         .expect("run berthctl")

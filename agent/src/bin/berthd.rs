@@ -29,16 +29,34 @@ struct Flags {
         help = "Runtime directory [default: /run/berth]"
     )]
     run_dir: Option<PathBuf>,
-    /// Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT (tcp needs --api-token-file).
+    /// Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT (tcp is
+    /// HTTPS: needs --api-tls-cert/--api-tls-key, and --api-token-file or
+    /// --api-tls-client-ca).
     #[arg(
         long,
         value_name = "LISTEN",
-        help = "Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT [default: unix:<run-dir>/berth.sock]"
+        help = "Mutating API listener, repeatable: unix:PATH or tcp:ADDR:PORT (HTTPS: --api-tls-cert, --api-tls-key; plain only with --api-insecure) [default: unix:<run-dir>/berth.sock]"
     )]
     api: Vec<String>,
-    /// Bearer token file, required for a tcp API listener.
+    /// Bearer token file: a tcp API listener requires this token (unless
+    /// client certificates alone authenticate, see --api-tls-client-ca).
     #[arg(long, value_name = "FILE")]
     api_token_file: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) the tcp API listener serves HTTPS with.
+    #[arg(long, value_name = "FILE")]
+    api_tls_cert: Option<PathBuf>,
+    /// PEM private key of --api-tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    api_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: tcp API clients must present a certificate one of
+    /// them signed (mTLS), in addition to the token when --api-token-file is
+    /// given, instead of it otherwise.
+    #[arg(long, value_name = "FILE")]
+    api_tls_client_ca: Option<PathBuf>,
+    /// Serve the tcp API listener as plain HTTP, without TLS: the token and
+    /// every manifest cross the network in clear text (logged as a warning).
+    #[arg(long)]
+    api_insecure: bool,
     /// Read-only listener: /metrics, /healthz, /readyz, /v1/services/NAME/ready.
     #[arg(
         long,
@@ -172,6 +190,10 @@ fn main() -> ExitCode {
             run_dir: flags.run_dir,
             api: (!flags.api.is_empty()).then_some(flags.api),
             api_token_file: flags.api_token_file,
+            api_tls_cert: flags.api_tls_cert,
+            api_tls_key: flags.api_tls_key,
+            api_tls_client_ca: flags.api_tls_client_ca,
+            api_insecure: flags.api_insecure.then_some(true),
             http: flags.http,
             manifests: flags.manifests,
             manifest_url: flags.manifest_url,

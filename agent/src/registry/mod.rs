@@ -460,7 +460,7 @@ fn is_manifest_type(mt: &str) -> bool {
 
 /// The media type of a manifest body: the header when it names a manifest type,
 /// else the body's `mediaType`, else guessed from its shape.
-fn sniff_media_type(header: Option<&str>, body: &[u8]) -> String {
+pub fn sniff_media_type(header: Option<&str>, body: &[u8]) -> String {
     let header = header.map(bare_media_type).unwrap_or_default();
     if is_manifest_type(&header) {
         return header;
@@ -594,6 +594,88 @@ fn store_error(image: &ImageRef, digest: &Digest, e: ContentError) -> RegistryEr
             source: other,
         },
     }
+}
+
+/// A layer as an image manifest describes it, before the config pairs it
+/// with its diff_id: digest, size, media type, compression.
+pub type LayerDescriptor = (Digest, u64, String, LayerCompression);
+
+/// The config digest and the layers an image manifest names, checked: the
+/// config is an OCI or Docker image config, every digest parses and every
+/// layer has a media type this agent can unpack. Pure (no I/O), so the
+/// checks are fuzzed (`fuzz/`) as well as unit-tested.
+pub fn manifest_parts(
+    image: &ImageRef,
+    manifest_digest: &Digest,
+    manifest: &ImageManifest,
+) -> Result<(Digest, Vec<LayerDescriptor>), RegistryError> {
+    let config_desc = manifest.config();
+    let config_type = config_desc.media_type().to_string();
+    if config_type != MEDIA_OCI_CONFIG && config_type != MEDIA_DOCKER_CONFIG {
+        return Err(RegistryError::UnsupportedMediaType {
+            image: image.to_string(),
+            what: format!("the config of manifest {manifest_digest}"),
+            media_type: config_type,
+        });
+    }
+    let config_digest = parse_digest(image, config_desc.digest().as_ref(), "config descriptor")?;
+    let mut layer_descs = Vec::new();
+    for (i, l) in manifest.layers().iter().enumerate() {
+        let mt = l.media_type().to_string();
+        let digest = parse_digest(image, l.digest().as_ref(), &format!("layers[{i}]"))?;
+        let compression =
+            layer_compression(&mt).ok_or_else(|| RegistryError::UnsupportedMediaType {
+                image: image.to_string(),
+                what: format!("layer {digest} (layers[{i}] of manifest {manifest_digest})"),
+                media_type: mt.clone(),
+            })?;
+        layer_descs.push((digest, l.size(), mt, compression));
+    }
+    Ok((config_digest, layer_descs))
+}
+
+/// Parses an image config blob (verified against `config_digest`) and pairs
+/// its `rootfs.diff_ids` with the manifest's layers, in order: there must be
+/// exactly one valid diff_id per layer. Pure, like [`manifest_parts`].
+pub fn parse_config(
+    image: &ImageRef,
+    config_digest: &Digest,
+    config_bytes: &[u8],
+    layer_descs: Vec<LayerDescriptor>,
+) -> Result<(ImageConfiguration, Vec<Layer>), RegistryError> {
+    let invalid_config = |reason: String| RegistryError::InvalidConfig {
+        image: image.to_string(),
+        digest: config_digest.clone(),
+        reason,
+    };
+    let config: ImageConfiguration =
+        serde_json::from_slice(config_bytes).map_err(|e| invalid_config(e.to_string()))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != layer_descs.len() {
+        return Err(invalid_config(format!(
+            "{} diff_ids for {} layers",
+            diff_ids.len(),
+            layer_descs.len()
+        )));
+    }
+    let mut layers = Vec::with_capacity(layer_descs.len());
+    for (i, ((digest, size, media_type, compression), diff_id)) in
+        layer_descs.into_iter().zip(diff_ids).enumerate()
+    {
+        let diff_id = parse_digest(
+            image,
+            diff_id,
+            &format!("rootfs.diff_ids[{i}] of config {config_digest}"),
+        )?;
+        layers.push(Layer {
+            digest,
+            diff_id,
+            size,
+            media_type,
+            compression,
+        });
+    }
+    Ok((config, layers))
 }
 
 impl RegistryClient {
@@ -1328,29 +1410,8 @@ impl RegistryClient {
                 }
             }
         };
+        let (config_digest, layer_descs) = manifest_parts(image, &manifest_digest, &manifest)?;
         let config_desc = manifest.config();
-        let config_type = config_desc.media_type().to_string();
-        if config_type != MEDIA_OCI_CONFIG && config_type != MEDIA_DOCKER_CONFIG {
-            return Err(RegistryError::UnsupportedMediaType {
-                image: image.to_string(),
-                what: format!("the config of manifest {manifest_digest}"),
-                media_type: config_type,
-            });
-        }
-        let config_digest =
-            parse_digest(image, config_desc.digest().as_ref(), "config descriptor")?;
-        let mut layer_descs = Vec::new();
-        for (i, l) in manifest.layers().iter().enumerate() {
-            let mt = l.media_type().to_string();
-            let digest = parse_digest(image, l.digest().as_ref(), &format!("layers[{i}]"))?;
-            let compression =
-                layer_compression(&mt).ok_or_else(|| RegistryError::UnsupportedMediaType {
-                    image: image.to_string(),
-                    what: format!("layer {digest} (layers[{i}] of manifest {manifest_digest})"),
-                    media_type: mt.clone(),
-                })?;
-            layer_descs.push((digest, l.size(), mt, compression));
-        }
         let config_limit = self.inner.options.config_limit;
         if config_desc.size() > config_limit {
             return Err(RegistryError::InvalidConfig {
@@ -1365,41 +1426,10 @@ impl RegistryClient {
         let fetched = self
             .pull_blob(store, image, &config_digest, Some(config_desc.size()))
             .await?;
-        let invalid_config = |reason: String| RegistryError::InvalidConfig {
-            image: image.to_string(),
-            digest: config_digest.clone(),
-            reason,
-        };
         let config_bytes = store
             .read_capped(&config_digest, config_limit)
             .map_err(|e| store_error(image, &config_digest, e))?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|e| invalid_config(e.to_string()))?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != layer_descs.len() {
-            return Err(invalid_config(format!(
-                "{} diff_ids for {} layers",
-                diff_ids.len(),
-                layer_descs.len()
-            )));
-        }
-        let mut layers = Vec::with_capacity(layer_descs.len());
-        for (i, ((digest, size, media_type, compression), diff_id)) in
-            layer_descs.into_iter().zip(diff_ids).enumerate()
-        {
-            let diff_id = parse_digest(
-                image,
-                diff_id,
-                &format!("rootfs.diff_ids[{i}] of config {config_digest}"),
-            )?;
-            layers.push(Layer {
-                digest,
-                diff_id,
-                size,
-                media_type,
-                compression,
-            });
-        }
+        let (config, layers) = parse_config(image, &config_digest, &config_bytes, layer_descs)?;
         Ok((
             PulledImage {
                 reference: image.pinned(top.clone()),

@@ -36,7 +36,7 @@ pub mod top;
 pub mod validate;
 pub mod volumes;
 
-/// The agent client for `--agent` and `--token-file`.
+/// The agent client for `--agent`, `--token-file` and the TLS files.
 pub fn client(cli: &Cli) -> Result<Client> {
     let token = match &cli.token_file {
         Some(path) => Some(
@@ -47,7 +47,12 @@ pub fn client(cli: &Cli) -> Result<Client> {
         ),
         None => None,
     };
-    Ok(Client::new(AgentAddr::parse(&cli.agent)?, token))
+    let tls = crate::tls::TlsFiles {
+        ca_file: cli.ca_file.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    Client::new(AgentAddr::parse(&cli.agent)?, token, &tls)
 }
 
 /// One request whose non-2xx answer becomes the error (its JSON message).
