@@ -810,6 +810,15 @@ fn run(
             source,
         })
     })?;
+    // The container's init runs in its monitor's cgroup in every hierarchy
+    // berthd does not manage and in the container's own in the rest: the
+    // command joins exactly the same ones (when the monitor's exist).
+    let monitor = super::cgroups::MonitorCgroup::detect(&cfg.cgroup_parent, &id);
+    if monitor.paths().iter().all(|d| d.is_dir()) {
+        monitor
+            .enter(child.as_raw())
+            .map_err(|e| abort(e.into()))?;
+    }
     cgroup
         .add_pid(child.as_raw())
         .map_err(|e| abort(e.into()))?;
