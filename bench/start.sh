@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/start.sh — start-to-exit of /bin/true from an already-present image:
+# bench/start.sh — start-to-exit of /bin/true from an already-present image
+# (Berth in its own user namespace, the default, and with userns = "host"):
 # Berth (runtime library) beside `runc run`, `docker run --rm`, `podman run --rm`;
 # then berthd's idle RSS and the memory each running container adds.
 # Run as root from anywhere. Env: RUNS (50), WARMUP (3), COUNT (100), OUT (a

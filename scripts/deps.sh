@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what Berth's tests, demo and benchmarks need on a fresh Debian
 # machine (as root): the registry, image tools, busybox, promtool, haproxy, wrk,
+# qemu for the VM test tier (which downloads its kernel package itself),
 # and the fuzzer (cargo-afl with AFL++).
 set -euo pipefail
 PKGS=(docker-registry busybox-static skopeo umoci prometheus haproxy wrk runc
       apache2-utils iproute2 nftables git curl libseccomp-dev pkg-config util-linux
-      man-db groff-base systemd build-essential)
+      man-db groff-base systemd build-essential
+      qemu-system-x86 cpio binutils)  # the VM test tier (scripts/vm-test.sh)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,3 +12,5 @@ cargo build --workspace --bins --locked
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
 # Root-only tests fail rather than skip if this ever runs as someone else.
 BERTH_REQUIRE_ROOT=1 cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-2}"
+# Pure cgroup v2 in a VM (Debian's cloud kernel under qemu TCG; about 2-3 minutes).
+BERTH_VM_NO_BUILD=1 bash scripts/vm-test.sh

@@ -73,11 +73,16 @@ policy = "never"
             && reply.ends_with("served as 1000\n"),
         "{reply}"
     );
-    // It runs as uid 1000 (not root), with no capabilities.
+    // It runs as uid 1000 (not root), with no capabilities: in its own user
+    // namespace (the default), uid 1000 is host uid base + 1000.
     let pid = web["pid"].as_i64().unwrap();
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let base: u32 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(base >= 65536, "not in an own user namespace: {map}");
+    let host = base + 1000;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
-        status.contains("\nUid:\t1000\t1000\t1000\t1000\n")
+        status.contains(&format!("\nUid:\t{host}\t{host}\t{host}\t{host}\n"))
             && status.contains("\nCapEff:\t0000000000000000\n"),
         "{status}"
     );

@@ -54,6 +54,8 @@ pub enum ConfigError {
     BadSubnet(String),
     #[error("{0} are both set: an agent follows at most one manifest source")]
     ConflictingSources(String),
+    #[error("--userns-range: {0}")]
+    UsernsRange(String),
     #[error("{what} `{value}` is invalid: {why}")]
     Invalid {
         what: &'static str,
@@ -119,6 +121,12 @@ pub struct ConfigLayer {
     /// Upstream resolvers of berth-dns (`ADDR` or `ADDR:PORT`); default: the
     /// host's /etc/resolv.conf.
     pub dns_upstream: Option<Vec<String>>,
+    /// The pool of subordinate ids for services' user namespaces,
+    /// `START:COUNT` (default `0x10000000:0x10000000`).
+    pub userns_range: Option<String>,
+    /// Run `userns = "auto"` services in the host's user namespace when the
+    /// kernel cannot give them their own (default: they fail to start).
+    pub userns_fallback: Option<bool>,
 }
 
 impl ConfigLayer {
@@ -173,6 +181,8 @@ impl ConfigLayer {
             bridge: over.bridge.or(self.bridge),
             cgroup_parent: over.cgroup_parent.or(self.cgroup_parent),
             dns_upstream: over.dns_upstream.or(self.dns_upstream),
+            userns_range: over.userns_range.or(self.userns_range),
+            userns_fallback: over.userns_fallback.or(self.userns_fallback),
         }
     }
 }
@@ -204,6 +214,10 @@ pub struct AgentConfig {
     pub cgroup_parent: String,
     /// Upstream resolvers of berth-dns; empty: the host's /etc/resolv.conf.
     pub dns_upstream: Vec<SocketAddr>,
+    /// Subordinate ids for services' user namespaces (65536 per service).
+    pub userns_pool: crate::runtime::userns::Pool,
+    /// See [`ConfigLayer::userns_fallback`].
+    pub userns_fallback: bool,
 }
 
 impl AgentConfig {
@@ -353,6 +367,14 @@ impl AgentConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let userns_pool = match &layer.userns_range {
+            None => crate::runtime::userns::Pool::default(),
+            Some(text) => text
+                .parse()
+                .map_err(|e: crate::runtime::userns::UsernsError| {
+                    ConfigError::UsernsRange(e.to_string())
+                })?,
+        };
         Ok(AgentConfig {
             state_dir,
             run_dir,
@@ -377,6 +399,8 @@ impl AgentConfig {
             bridge,
             cgroup_parent,
             dns_upstream,
+            userns_pool,
+            userns_fallback: layer.userns_fallback.unwrap_or(false),
         })
     }
 }
@@ -521,6 +545,20 @@ mod tests {
         assert_eq!(c.subnet, ("10.89.0.0".parse().unwrap(), 16));
         assert_eq!(c.manifest_poll_interval, Duration::from_secs(30));
         assert_eq!(c.source, None);
+        assert_eq!(
+            (c.userns_pool.start, c.userns_pool.count, c.userns_fallback),
+            (0x1000_0000, 0x1000_0000, false)
+        );
+        let e = AgentConfig::from_layer(ConfigLayer {
+            userns_range: Some("0:65536".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--userns-range: ") && e.contains("host root"),
+            "{e}"
+        );
         let git = AgentConfig::from_layer(ConfigLayer {
             git: Some("/srv/repo.git".into()),
             ..Default::default()

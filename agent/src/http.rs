@@ -103,6 +103,10 @@ pub fn status_of(e: &AgentError) -> (StatusCode, &'static str) {
         AgentError::Launch { .. } | AgentError::VolumeWriters { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, "unrunnable")
         }
+        AgentError::IdRange(r) => match r {
+            crate::idranges::IdRangeError::Db(_) => INTERNAL,
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "unrunnable"),
+        },
         AgentError::State(_)
         | AgentError::StoredRevision { .. }
         | AgentError::Json(_)

@@ -12,6 +12,7 @@ pub mod events;
 pub mod exec_stream;
 pub mod health;
 pub mod http;
+pub mod idranges;
 pub mod image;
 pub mod labels;
 pub mod launch;

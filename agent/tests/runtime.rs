@@ -14,6 +14,7 @@ use berth_agent::runtime::{
     ContainerConfig, ContainerState, Mount, Runtime, RuntimeError, RuntimePaths, Stream, User,
 };
 
+use berth_agent::runtime::userns::IdRange;
 const CGROUP_PARENT: &str = "berth-test";
 
 /// A busybox-only image layer shared by every container of this test process,
@@ -400,6 +401,76 @@ fn memory_limit_oom_kill_is_reported() {
         ),
         "{state:?}"
     );
+}
+
+/// `/proc/<pid>/cgroup` as (hierarchy controllers, path) pairs.
+fn cgroups_of(pid: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            Some((ctrl.to_string(), path.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn monitor_lives_in_its_own_cgroup_outside_the_agents() {
+    berth_agent::require_root!();
+    let env = Env::new();
+    let c = env.start(&env.config("moncg", "echo up; sleep 30"));
+    c.wait_output("up");
+    let ContainerState::Running { pid, .. } = env.rt.state(&c.id) else {
+        panic!("not running: {:?}", env.rt.state(&c.id));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let monitor = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let want = format!("/{CGROUP_PARENT}/{}.monitor", c.id);
+    let agent = cgroups_of("self");
+    let mine = cgroups_of(&monitor);
+    assert!(!mine.is_empty());
+    // Every hierarchy this host mounts (memory, pids, name=systemd, unified,
+    // ...): the monitor is in its own cgroup, never in the agent's (its unit's).
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for (ctrl, path) in &mine {
+        let name = ctrl.strip_prefix("name=").unwrap_or(ctrl);
+        let is_mounted = if ctrl.is_empty() {
+            mounted.contains(" - cgroup2 ")
+        } else {
+            mounted
+                .lines()
+                .any(|l| l.contains(" - cgroup ") && l.split(',').any(|o| o.trim() == name))
+        };
+        if !is_mounted || ctrl == "cpuset" {
+            continue;
+        }
+        assert_eq!(
+            path, &want,
+            "hierarchy {ctrl:?} of monitor {monitor}: {mine:?}"
+        );
+        let theirs = agent.iter().find(|(c, _)| c == ctrl).map(|(_, p)| p);
+        assert_ne!(
+            theirs,
+            Some(path),
+            "monitor shares the agent's cgroup in {ctrl:?}"
+        );
+    }
+    let dirs: Vec<PathBuf> =
+        berth_agent::runtime::cgroups::MonitorCgroup::detect(CGROUP_PARENT, &c.id)
+            .paths()
+            .to_vec();
+    assert!(dirs.iter().all(|d| d.exists()), "{dirs:?}");
+    c.remove();
+    for d in dirs {
+        assert!(!d.exists(), "monitor cgroup {} left behind", d.display());
+    }
 }
 
 #[test]
@@ -2173,4 +2244,118 @@ fn seccomp_allowlist_enosys_eperm_unconfined_and_json_profiles() {
         "{err}"
     );
     assert_clean(&env.rt, &cfg.id);
+}
+
+/// With a user namespace: container root is the range's base on the host,
+/// the shared layer is read through an idmapped mount (same inode, shows as
+/// root's), a volume keeps on-disk ownership as the container sees it, the
+/// container's own writes land as the base uid, mknod stays refused, and an
+/// exec'd process joins the same namespace.
+#[test]
+fn user_namespace_maps_root_to_an_unprivileged_range() {
+    berth_agent::require_root!();
+    let env = Env::new();
+    let host = tempfile::tempdir().unwrap();
+    let vol = host.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("by-host-1000"), "x").unwrap();
+    std::os::unix::fs::chown(vol.join("by-host-1000"), Some(1000), Some(1000)).unwrap();
+    let base: u32 = 0x7f00_0000;
+    let mut cfg = env.config(
+        "userns",
+        "cat /proc/self/uid_map /proc/self/gid_map; echo id=$(id -u):$(id -g); \
+         echo root=$(stat -c %u:%g /) image=$(stat -c %u:%g:%i /etc/image-file) data=$(stat -c %u:%g /data); \
+         echo h1000=$(stat -c %u /data/by-host-1000); \
+         echo v > /data/by-root && echo vol=ok; touch /mine && echo rootfs=ok; \
+         mknod /dev/shm/c c 1 3 2>/dev/null && echo mknod=ok || echo mknod=denied; \
+         mknod /data/c c 1 3 2>/dev/null && echo mknod2=ok || echo mknod2=denied; \
+         echo secret=$(cat /run/secrets/pw) $(stat -c %u /run/secrets/pw); \
+         echo ready; sleep 30",
+    );
+    let secret = host.path().join("pw");
+    std::fs::write(&secret, "hunter2").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    cfg.userns = Some(IdRange { base, len: 65536 });
+    cfg.mounts = vec![
+        Mount::bind(&vol, "/data", false),
+        Mount::secret(&secret, "pw"),
+    ];
+    let c = env.start(&cfg);
+    let out = c.wait_output("ready");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        &words[..6],
+        &[
+            "0",
+            &base.to_string(),
+            "65536",
+            "0",
+            &base.to_string(),
+            "65536"
+        ],
+        "{out}"
+    );
+    use std::os::unix::fs::MetadataExt as _;
+    let layer_ino = std::fs::metadata(busybox_layer().join("etc/image-file"))
+        .unwrap()
+        .ino();
+    for want in [
+        "id=0:0".to_string(),
+        format!("root=0:0 image=0:0:{layer_ino} data=0:0"),
+        "h1000=1000".into(),
+        "vol=ok".into(),
+        "rootfs=ok".into(),
+        "mknod=denied".into(),
+        "mknod2=denied".into(),
+        "secret=hunter2 0".into(),
+    ] {
+        assert!(out.contains(&want), "want {want:?} in {out}");
+    }
+    // On the host: the volume file is root's, as without a user namespace
+    // (idmapped); the rootfs write is the range's base uid; the layer is untouched.
+    assert_eq!(std::fs::metadata(vol.join("by-root")).unwrap().uid(), 0);
+    let upper = env.rt.container_dir(&c.id).join("upper");
+    assert_eq!(std::fs::metadata(upper.join("mine")).unwrap().uid(), base);
+    assert_eq!(
+        std::fs::metadata(busybox_layer().join("etc/image-file"))
+            .unwrap()
+            .uid(),
+        0
+    );
+    // The workload, seen from the host, runs as the base uid.
+    let ContainerState::Running { pid, .. } = env.rt.state(&c.id) else {
+        panic!("not running: {:?}", env.rt.state(&c.id));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains(&format!("Uid:\t{base}\t{base}\t{base}\t{base}")),
+        "{status}"
+    );
+    let r = env
+        .rt
+        .exec(
+            &c.id,
+            &[
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat /proc/self/uid_map; id -u".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let exec_out = r.output.clone();
+    let w: Vec<&str> = exec_out.split_whitespace().collect();
+    assert_eq!(w, ["0", &base.to_string(), "65536", "0"], "{exec_out}");
+    c.remove();
+}
+
+/// Without a user namespace the map is the identity.
+#[test]
+fn host_user_namespace_is_the_identity_map() {
+    berth_agent::require_root!();
+    let env = Env::new();
+    let (state, out, _) = env.run(&env.config("hostns", "cat /proc/self/uid_map"));
+    assert_eq!(exit_code(&state), 0);
+    let w: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(w, ["0", "0", "4294967295"], "{out}");
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::image_ref::Digest;
-use crate::manifest::{Port, Protocol, SeccompProfile, Secret, Service, Volume};
+use crate::manifest::{Port, Protocol, SeccompProfile, Secret, Service, UsernsMode, Volume};
 
 /// The version written into every spec this build stores.
 ///
@@ -73,6 +73,9 @@ pub struct ContainerSpec {
     /// its path: a changed file content takes effect as replicas are replaced.
     #[serde(default, skip_serializing_if = "SeccompProfile::is_default")]
     pub seccomp: SeccompProfile,
+    /// The user namespace mode; left out while `auto` (the default).
+    #[serde(default, skip_serializing_if = "UsernsMode::is_default")]
+    pub userns: UsernsMode,
     /// How many times `berthctl restart` asked for the service's replicas to
     /// be replaced (the agent's count, not the manifest's): a new value makes
     /// running replicas out of date. Left out of the stored form while 0, so
@@ -136,6 +139,7 @@ impl ContainerSpec {
             cap_add: service.cap_add.clone(),
             cap_drop: service.cap_drop.clone(),
             seccomp: service.seccomp.clone(),
+            userns: service.userns,
             restart_generation: 0,
         }
     }
@@ -194,6 +198,7 @@ impl ContainerSpec {
             cap_add,
             cap_drop,
             seccomp,
+            userns,
             restart_generation
         );
         out
@@ -348,6 +353,7 @@ mod tests {
             ("cap_drop = [\"CHOWN\"]", "cap_drop"),
             ("seccomp = \"unconfined\"", "seccomp"),
             ("seccomp = \"/etc/berth/p.json\"", "seccomp"),
+            ("userns = \"host\"", "userns"),
         ];
         for (extra, field) in cases {
             let changed = base.changed_fields(&spec(extra));
@@ -395,11 +401,11 @@ mod tests {
     fn security_fields_are_absent_while_default_so_stored_specs_keep_their_hash() {
         let s = spec("");
         let text = s.canonical_json();
-        for key in ["cap_add", "cap_drop", "seccomp"] {
+        for key in ["cap_add", "cap_drop", "seccomp", "userns"] {
             assert!(!text.contains(key), "{text}");
         }
         // Writing the defaults out is the same container.
-        let same = spec("cap_add = []\ncap_drop = []\nseccomp = \"default\"");
+        let same = spec("cap_add = []\ncap_drop = []\nseccomp = \"default\"\nuserns = \"auto\"");
         assert_eq!(s.changed_fields(&same), Vec::<&str>::new());
         assert_eq!(s.short_hash(), same.short_hash());
         // Order, case and the CAP_ prefix do not matter.

@@ -122,6 +122,19 @@ struct Flags {
     /// repeatable. Default: the host's /etc/resolv.conf.
     #[arg(long)]
     dns_upstream: Vec<String>,
+    /// Subordinate ids for the services' user namespaces, START:COUNT
+    /// (65536 per service; multiples of 65536).
+    #[arg(
+        long,
+        value_name = "START:COUNT",
+        help = "Subordinate id pool of the services' user namespaces [default: 0x10000000:0x10000000]"
+    )]
+    userns_range: Option<String>,
+    /// On a kernel without user namespaces or idmapped mounts, run
+    /// `userns = "auto"` services in the host's user namespace instead of
+    /// failing them.
+    #[arg(long)]
+    userns_fallback: bool,
 }
 
 /// Writes berthd's man page (roff, section 8) to stdout.
@@ -193,6 +206,8 @@ fn main() -> ExitCode {
             bridge: flags.bridge,
             cgroup_parent: flags.cgroup_parent,
             dns_upstream: (!flags.dns_upstream.is_empty()).then_some(flags.dns_upstream),
+            userns_range: flags.userns_range,
+            userns_fallback: flags.userns_fallback.then_some(true),
         }))
     });
     let config = match config {

@@ -89,6 +89,9 @@ pub enum AgentError {
     Containers(#[from] ContainerError),
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// A service's user namespace cannot be given (no kernel support, pool full).
+    #[error(transparent)]
+    IdRange(#[from] crate::idranges::IdRangeError),
     /// The service's process cannot be built from `image`'s config and the
     /// manifest (no command, unknown user, ...).
     #[error("{image}: {source}")]
@@ -213,6 +216,11 @@ pub struct Agent {
     /// Wakes the reconcile loop (apply, exits, health changes).
     pub wake: tokio::sync::Notify,
     pub live: std::sync::Mutex<Live>,
+    /// The services' user-namespace id ranges (persisted).
+    pub id_ranges: crate::idranges::IdRanges,
+    /// Whether this kernel can run services in their own user namespace
+    /// (`Err`: why not), probed once at start.
+    pub userns_support: Result<(), String>,
 }
 
 /// Everything an [`Agent`] is made of, built by `daemon` (the one
@@ -248,7 +256,18 @@ impl Agent {
             dns,
             volumes,
         } = parts;
+        let id_ranges = crate::idranges::IdRanges::open(&store, config.userns_pool)?;
+        let userns_support = crate::runtime::userns::probe();
+        if let Err(why) = &userns_support {
+            if config.userns_fallback {
+                tracing::warn!(%why, "user namespaces unavailable: userns = \"auto\" services run in the host's user namespace (--userns-fallback)");
+            } else {
+                tracing::warn!(%why, "user namespaces unavailable: userns = \"auto\" services will fail to start (set userns = \"host\" or pass --userns-fallback)");
+            }
+        }
         let agent = Agent {
+            id_ranges,
+            userns_support,
             managed_source: config.source.as_ref().map(|s| s.describe()),
             source_error: std::sync::Mutex::new(None),
             config,

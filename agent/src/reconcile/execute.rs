@@ -497,6 +497,14 @@ async fn start_replica(
     cfg.cap_add = spec.cap_add.clone();
     cfg.cap_drop = spec.cap_drop.clone();
     cfg.seccomp = (&spec.seccomp).into();
+    if crate::idranges::decide(
+        &svc.name,
+        spec.userns,
+        &agent.userns_support,
+        agent.config.userns_fallback,
+    )? {
+        cfg.userns = Some(agent.id_ranges.range_for(&svc.name)?);
+    }
     cfg.labels.insert(LABEL_SERVICE.into(), svc.name.clone());
     cfg.labels.insert(LABEL_SPEC.into(), spec.canonical_json());
     cfg.labels

@@ -83,6 +83,7 @@ pub(super) fn update_ready(
     svc: &Service,
     list: &[ContainerInfo],
     now: SystemTime,
+    updated: Option<u32>,
 ) -> u32 {
     let ready_ids: Vec<String> = list
         .iter()
@@ -109,6 +110,11 @@ pub(super) fn update_ready(
     let l = live.services.entry(svc.name.clone()).or_default();
     l.desired = svc.replicas;
     l.ready = ready;
+    if let Some(updated) = updated {
+        // With `ready`, under the same lock: status never shows more ready
+        // replicas than updated ones of a pass.
+        l.updated = updated;
+    }
     l.ready_ids = ready_ids;
     l.members = members.iter().map(|c| c.id.clone()).collect();
     drop(live);

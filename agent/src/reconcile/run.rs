@@ -230,7 +230,7 @@ impl Reconciler {
             let list = by_service.remove(&svc.name).unwrap_or_default();
             if rec.halted.contains(&svc.name) {
                 all_converged = false;
-                update_ready(&agent, svc, &list, now);
+                update_ready(&agent, svc, &list, now, None);
                 // What runs keeps its ports; the halted spec's are not held.
                 sync_ports(&agent, &svc.name, &[]);
                 continue;
@@ -563,19 +563,18 @@ impl Reconciler {
                 }
             }
         }
-        update_ready(&agent, svc, list, now);
+        let updated = replicas
+            .iter()
+            .filter(|r| {
+                r.current && matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
+            })
+            .count() as u32;
+        update_ready(&agent, svc, list, now, Some(updated));
         // The ports come from this pass's revision: no re-read and re-parse
         // of the whole manifest per service (that made a no-op pass O(services²)).
         sync_ports(&agent, &svc.name, &spec.ports);
         if let Some(l) = agent.live().services.get_mut(&svc.name) {
             l.converged = decision.converged;
-            l.updated = replicas
-                .iter()
-                .filter(|r| {
-                    r.current
-                        && matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
-                })
-                .count() as u32;
         }
         if decision.converged {
             self.converged(rec, svc, stable_again);

@@ -512,3 +512,19 @@ async fn a_rollout_error_stays_through_the_rollback_and_clears_with_a_good_revis
         "a good revision clears the old error"
     );
 }
+
+#[tokio::test]
+async fn status_counts_updated_replicas_as_they_start() {
+    let mut h = Harness::new();
+    h.apply(&web(2, r#"V = "1""#, "")).await;
+    h.reconciler.pass().await.unwrap();
+    h.reconciler.pass().await.unwrap();
+    let s = h.agent.status().unwrap();
+    let web = &s.services[0];
+    assert_eq!(
+        (web.replicas_updated, web.replicas_desired),
+        (2, 2),
+        "both started replicas run the new spec: {web:?}"
+    );
+    assert!(web.replicas_ready <= web.replicas_updated, "{web:?}");
+}

@@ -96,6 +96,127 @@ impl Hierarchy {
     }
 }
 
+/// Suffix of a monitor's own cgroup, a sibling of its container's:
+/// `<cgroup_parent>/<id>.monitor` (as podman's `libpod-conmon-<id>.scope`).
+pub const MONITOR_SUFFIX: &str = ".monitor";
+
+/// Mount points of every cgroup hierarchy in mountinfo text: each v1 one
+/// (controllers and named ones such as `name=systemd`) and cgroup2 (the pure
+/// v2 root, or hybrid's `unified`). A service manager tracks a unit's
+/// processes in these, so a process that must outlive the unit leaves all of
+/// them. v1 `cpuset` is left out: a new cpuset cgroup takes no process until
+/// its CPUs and memory nodes are set, and no manager kills through it.
+pub fn hierarchy_mounts(info: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mut post = post.split(' ');
+            let fstype = post.next()?;
+            let cpuset = post.nth(1)?.split(',').any(|o| o == "cpuset");
+            (fstype == "cgroup2" || (fstype == "cgroup" && !cpuset))
+                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap_or_default()))
+        })
+        .filter(|p| p.starts_with(CGROUP_ROOT))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The cgroup a container's monitor moves itself into before the container
+/// starts: `<cgroup_parent>/<id>.monitor` in every hierarchy, outside the
+/// agent's own cgroup, so stopping or OOM-killing the agent's unit
+/// (systemd's `KillMode=control-group`, `cgroup.kill`) leaves monitors alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorCgroup {
+    id: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl MonitorCgroup {
+    /// The monitor cgroup of container `id` under `parent` in each of `mounts`
+    /// (no filesystem access).
+    pub fn new(mounts: &[PathBuf], parent: &str, id: &str) -> Self {
+        let rel = Path::new(parent.trim_matches('/')).join(format!("{id}{MONITOR_SUFFIX}"));
+        MonitorCgroup {
+            id: id.into(),
+            dirs: mounts.iter().map(|m| m.join(&rel)).collect(),
+        }
+    }
+
+    /// [`MonitorCgroup::new`] over this host's hierarchies (`/proc/self/mountinfo`).
+    pub fn detect(parent: &str, id: &str) -> Self {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::new(&hierarchy_mounts(&info), parent, id)
+    }
+
+    /// Its directories, one per hierarchy.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Creates the directories and moves process `pid` into each.
+    pub fn enter(&self, pid: i32) -> Result<(), CgroupError> {
+        for d in &self.dirs {
+            let io = |step: &'static str, path: &Path| {
+                let (id, path) = (self.id.clone(), path.to_path_buf());
+                move |source| CgroupError::Io {
+                    id,
+                    step,
+                    path,
+                    source,
+                }
+            };
+            std::fs::create_dir_all(d).map_err(io("creating", d))?;
+            let procs = d.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(io("writing", &procs))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every directory (idempotent), SIGKILLing what is still in
+    /// them (a monitor past its exit record); fails if one stays busy for `timeout`.
+    pub fn remove(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + timeout;
+        for d in &self.dirs {
+            loop {
+                match std::fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        if Instant::now() >= deadline {
+                            return Err(CgroupError::Busy {
+                                id: self.id.clone(),
+                                path: d.clone(),
+                            });
+                        }
+                        let procs = std::fs::read_to_string(d.join("cgroup.procs"));
+                        for pid in procs.unwrap_or_default().lines() {
+                            if let Ok(pid) = pid.trim().parse() {
+                                let _ = nix::sys::signal::kill(
+                                    nix::unistd::Pid::from_raw(pid),
+                                    nix::sys::signal::Signal::SIGKILL,
+                                );
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        return Err(CgroupError::Io {
+                            id: self.id.clone(),
+                            step: "removing",
+                            path: d.clone(),
+                            source: e,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Limits applied at creation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -441,6 +562,7 @@ mod tests {
 34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 35 30 0:31 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
 36 30 0:32 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+37 30 0:33 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset
 ";
 
     #[test]
@@ -466,6 +588,31 @@ mod tests {
             Hierarchy::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
             None
         );
+    }
+
+    #[test]
+    fn monitor_cgroup_is_a_sibling_in_every_hierarchy() {
+        let mounts = hierarchy_mounts(HYBRID);
+        assert_eq!(mounts.len(), 5, "{mounts:?}");
+        let m = MonitorCgroup::new(&mounts, "/berth/", "c1");
+        assert!(m
+            .paths()
+            .contains(&PathBuf::from("/sys/fs/cgroup/systemd/berth/c1.monitor")));
+        assert!(m
+            .paths()
+            .contains(&PathBuf::from("/sys/fs/cgroup/unified/berth/c1.monitor")));
+        assert!(m
+            .paths()
+            .contains(&PathBuf::from("/sys/fs/cgroup/memory/berth/c1.monitor")));
+        let v2 = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let m = MonitorCgroup::new(&hierarchy_mounts(v2), "system.slice/berth", "c1");
+        assert_eq!(
+            m.paths(),
+            [PathBuf::from(
+                "/sys/fs/cgroup/system.slice/berth/c1.monitor"
+            )]
+        );
+        assert!(hierarchy_mounts("1 0 0:1 / / rw - ext4 /dev/sda rw\n").is_empty());
     }
 
     #[test]

@@ -158,6 +158,11 @@ pub struct ContainerConfig {
     /// The seccomp filter: Berth's default profile, none, or a JSON profile file.
     #[serde(default)]
     pub seccomp: super::seccomp::Seccomp,
+    /// `Some`: run in an own user namespace with this id map (container
+    /// root is host uid `base`); `None`: in the host's (identity map). See
+    /// [`super::userns`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<super::userns::IdRange>,
 }
 
 fn default_log_max() -> u64 {
@@ -193,6 +198,7 @@ impl ContainerConfig {
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             seccomp: super::seccomp::Seccomp::Default,
+            userns: None,
         }
     }
 

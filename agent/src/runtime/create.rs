@@ -62,6 +62,15 @@ impl Runtime {
             let p = dir.join(name);
             std::fs::write(&p, content).map_err(Self::io(id, "writing", &p))?;
         }
+        // In a user namespace the container's root is host uid `base`: it
+        // owns the rootfs's own layer (so `/` is root's) and its /etc files.
+        if let Some(r) = cfg.userns {
+            for name in ["upper", "hostname", "hosts", "resolv.conf"] {
+                let p = dir.join(name);
+                std::os::unix::fs::chown(&p, Some(r.base), Some(r.base))
+                    .map_err(Self::io(id, "chown", &p))?;
+            }
+        }
         let seccomp_profile = match &cfg.seccomp {
             Seccomp::Profile { path } => {
                 let profile = Profile::load(path).map_err(|e| RuntimeError::Start {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::MntFlags;
 
+use super::cgroups::MonitorCgroup;
 use super::config::{self, StateFile};
 use super::crilog::LogFile;
 use super::state::alive;
@@ -63,6 +64,10 @@ impl Runtime {
             }
             Err(RuntimeError::NoCgroups { .. }) => {}
             Err(e) => failures.push(e.to_string()),
+        }
+        let monitor = MonitorCgroup::detect(&self.paths.cgroup_parent, id);
+        if let Err(e) = monitor.remove(Duration::from_secs(5)) {
+            failures.push(e.to_string());
         }
         for m in mounts_under(dir) {
             if let Err(e) = nix::mount::umount2(&m, MntFlags::MNT_DETACH) {

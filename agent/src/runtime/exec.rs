@@ -1146,10 +1146,16 @@ fn connect_stdio(cfg: &DiskConfig, stdio: &ChildStdio) -> Result<(), ExecError> 
             };
             let pty = nix::pty::openpty(&size, None).map_err(sys("opening a pty"))?;
             let user = &cfg.container.user;
+            // Still outside the user namespace: its ids as the host sees them.
+            let host = |id: u32| {
+                cfg.container
+                    .userns
+                    .map_or(id, |r| r.base.saturating_add(id))
+            };
             nix::unistd::fchown(
                 &pty.slave,
-                Some(nix::unistd::Uid::from_raw(user.uid)),
-                Some(nix::unistd::Gid::from_raw(user.gid)),
+                Some(nix::unistd::Uid::from_raw(host(user.uid))),
+                Some(nix::unistd::Gid::from_raw(host(user.gid))),
             )
             .map_err(sys("chown of the pty"))?;
             tty::set_controlling_terminal(pty.slave.as_fd()).map_err(io("TIOCSCTTY"))?;
@@ -1206,6 +1212,12 @@ fn child(
     nix::sched::setns(fds.target.as_fd(), flags).map_err(sys("setns"))?;
 
     connect_stdio(cfg, &fds.stdio)?;
+    // The user namespace last: the others are owned by the host's (and the
+    // pty is chowned as host root).
+    if c.userns.is_some() {
+        nix::sched::setns(fds.target.as_fd(), CloneFlags::CLONE_NEWUSER)
+            .map_err(sys("setns(user)"))?;
+    }
 
     process::set_identity_and_caps(cfg)?;
     // As the container's user, like the workload's start.

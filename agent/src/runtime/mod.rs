@@ -27,6 +27,7 @@ mod state;
 mod stop;
 pub mod syscall;
 pub mod sysctl;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

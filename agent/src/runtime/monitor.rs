@@ -1,7 +1,8 @@
 //! The per-container monitor: `berthd __monitor <container-dir>` re-executed by
 //! the runtime. It double-forks (setsid, the first child exits) so it is
 //! reparented away from berthd and outlives it, forks the container's init
-//! into a new PID namespace, reports the start result on its stdout, then runs a
+//! into a new PID namespace (after moving itself into its own cgroup,
+//! [`MonitorCgroup`], outside the agent's), reports the start result on its stdout, then runs a
 //! single-threaded poll loop writing the workload's stdout/stderr as CRI log
 //! records (see [`super::crilog`]) into one size-rotated `logs/container.log`,
 //! in the order it reads them, and finally records `exit.json` (code, signal,
@@ -18,7 +19,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use serde::{Deserialize, Serialize};
 
-use super::cgroups::{Cgroup, Hierarchy};
+use super::cgroups::{Cgroup, Hierarchy, MonitorCgroup};
 use super::config::{self, ExitFile, StateFile};
 use super::crilog::{self, LineSplitter, Stream};
 use super::namespaces::Namespaces;
@@ -153,6 +154,9 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let hierarchy =
         Hierarchy::detect().ok_or_else(|| MonitorError::NoCgroups { id: id.clone() })?;
     let cgroup = Cgroup::new(hierarchy, &cfg.cgroup_parent, &id);
+    // Leave the agent's cgroup (its unit) before the container exists, so
+    // stopping or killing the agent's unit leaves the monitor and its logs alone.
+    MonitorCgroup::detect(&cfg.cgroup_parent, &id).enter(std::process::id() as i32)?;
 
     let cloexec = OFlag::O_CLOEXEC;
     let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;

@@ -1,9 +1,10 @@
 //! The namespaces a container gets: mount, PID (the command is PID 1), UTS
 //! (hostname = container name), IPC, network (only `lo`, up) and cgroup. The
 //! PID namespace is entered by the monitor before it forks the init (so the
-//! init is PID 1); the rest are unshared by the init itself. User namespaces
-//! are modelled but not yet supported (they would need clone3 + id maps). A
-//! container given a pinned network namespace joins it with `setns` instead.
+//! init is PID 1); the rest are unshared by the init itself. The user
+//! namespace (`ContainerConfig::userns`) is made and joined by
+//! [`super::userns`], after all of these. A container given a pinned network
+//! namespace joins it with `setns` instead.
 
 use nix::sched::CloneFlags;
 

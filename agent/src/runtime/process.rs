@@ -44,6 +44,8 @@ pub enum ProcessError {
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Userns(#[from] super::userns::UsernsError),
     #[error("container {id}: {step}: {source}")]
     Setup {
         id: String,
@@ -83,6 +85,7 @@ impl ProcessError {
             ProcessError::Namespaces(_) => "namespaces",
             ProcessError::Rootfs(_) => "rootfs",
             ProcessError::Sysctl(_) => "sysctl",
+            ProcessError::Userns(_) => "user namespace",
             ProcessError::Setup { step, .. } => step,
             ProcessError::Capabilities { .. } | ProcessError::BadCapability { .. } => {
                 "capabilities"
@@ -212,6 +215,11 @@ fn prepare(
         return Err(ProcessError::MonitorGone { id: id.into() });
     }
 
+    // Made while this process still sees the host's /proc.
+    let userns = match c.userns {
+        Some(range) => Some(super::userns::create(id, range)?),
+        None => None,
+    };
     if let Some(netns) = &c.netns {
         Namespaces::join_net(id, netns)?;
     }
@@ -219,7 +227,17 @@ fn prepare(
     // In the container's net/ipc/uts namespaces now; the rootfs's /proc/sys
     // will be read-only, so through the host's /proc (which shows ours).
     sysctl::apply(id, Path::new("/proc/sys"), &sysctl::plan(&c.sysctls))?;
-    crate::runtime::rootfs::setup(&mut RealSys, &rootfs_plan(dir, cfg))?;
+    match &userns {
+        Some(ns) => {
+            let (lowers, mounts) =
+                super::userns::idmap_sources(id, dir, &c.lowerdirs, &c.mounts, ns)?;
+            let mut plan = rootfs_plan(dir, cfg);
+            plan.lowerdirs = &lowers;
+            plan.mounts = &mounts;
+            crate::runtime::rootfs::setup(&mut RealSys, &plan)?;
+        }
+        None => crate::runtime::rootfs::setup(&mut RealSys, &rootfs_plan(dir, cfg))?,
+    }
 
     let null = nix::fcntl::open(
         "/dev/null",
@@ -230,6 +248,11 @@ fn prepare(
     nix::unistd::dup2_stdin(null.as_fd()).map_err(setup("stdin"))?;
     nix::unistd::dup2_stdout(stdout.as_fd()).map_err(setup("stdout"))?;
     nix::unistd::dup2_stderr(stderr.as_fd()).map_err(setup("stderr"))?;
+    // Last: from here on this process has capabilities only over its own
+    // user namespace, which owns none of the others.
+    if let Some(ns) = &userns {
+        super::userns::join(id, ns)?;
+    }
     Ok(())
 }
 

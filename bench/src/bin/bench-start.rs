@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use berth_agent::runtime::userns::IdRange;
 use berth_agent::runtime::{ContainerConfig, ContainerState, Runtime, RuntimePaths};
 use berth_bench::{
     emit, fmt_dur, fmt_kib, mounts_under, proc_mem, processes, ratio, run_output, run_quiet,
@@ -179,8 +180,11 @@ struct BerthRun {
 }
 
 /// create_and_start → poll `state()` until Exited → remove: what berthd does.
-fn berth_once(rt: &Runtime, rootfs: &Path, id: &str) -> Result<BerthRun> {
-    let cfg = ContainerConfig::new(id, vec![rootfs.to_path_buf()], vec!["/bin/true".into()]);
+/// `userns`: its own user namespace with this map (berthd's default,
+/// `userns = "auto"`), or `None` for the host's (`userns = "host"`).
+fn berth_once(rt: &Runtime, rootfs: &Path, id: &str, userns: Option<IdRange>) -> Result<BerthRun> {
+    let mut cfg = ContainerConfig::new(id, vec![rootfs.to_path_buf()], vec!["/bin/true".into()]);
+    cfg.userns = userns;
     let t0 = Instant::now();
     rt.create_and_start(&cfg)
         .with_context(|| format!("create_and_start {id}"))?;
@@ -244,6 +248,11 @@ fn run(
         })
         .collect::<Result<_>>()?;
     let mut berth = Samples::new("Berth (runtime library)");
+    let mut berth_host = Samples::new("Berth, userns = \"host\"");
+    let userns = Some(IdRange {
+        base: berth_agent::runtime::userns::DEFAULT_POOL_START,
+        len: berth_agent::runtime::userns::RANGE_LEN,
+    });
     let mut phases = Vec::new();
     let mut n = 0u64;
     let mut next_id = || {
@@ -252,7 +261,8 @@ fn run(
     };
     // Warm-up (page cache, first-run costs of every daemon), not counted.
     for _ in 0..warmup {
-        berth_once(&rt, &rootfs, &next_id())?;
+        berth_once(&rt, &rootfs, &next_id(), userns)?;
+        berth_once(&rt, &rootfs, &next_id(), None)?;
         for p in peers.iter_mut().filter(|p| p.error.is_none()) {
             let argv = split_cmd(&p.cmd.replace("{n}", &next_id()));
             if let Err(e) = time_cmd(&argv) {
@@ -263,9 +273,11 @@ fn run(
     }
     // Interleaved rounds so drift on a noisy machine hits every case alike.
     for round in 0..runs {
-        let r = berth_once(&rt, &rootfs, &next_id())?;
+        let r = berth_once(&rt, &rootfs, &next_id(), userns)?;
         berth.times.push(r.create + r.wait + r.remove);
         phases.push(r);
+        let h = berth_once(&rt, &rootfs, &next_id(), None)?;
+        berth_host.times.push(h.create + h.wait + h.remove);
         for p in peers.iter_mut().filter(|p| p.error.is_none()) {
             let argv = split_cmd(&p.cmd.replace("{n}", &next_id()));
             match time_cmd(&argv) {
@@ -291,6 +303,13 @@ fn run(
         fmt_dur(berth.mean()),
         "1.00×".into(),
     ]];
+    rows.push(vec![
+        berth_host.name.clone(),
+        fmt_dur(berth_host.p50()),
+        fmt_dur(berth_host.p99()),
+        fmt_dur(berth_host.mean()),
+        format!("{:.2}×", ratio(berth_host.p50(), b50)),
+    ]);
     for p in &peers {
         if let Some(e) = &p.error {
             rows.push(vec![
@@ -349,6 +368,11 @@ fn run(
             .iter()
             .find(|p| p.name.starts_with(prefix) && p.error.is_none())
     };
+    let r = ratio(b50, berth_host.p50());
+    md.push_str(&format!(
+        "- Goal user namespace (default `userns = \"auto\"`) p50 within 20% of `userns = \"host\"`: auto/host = {r:.2}× — **{}**\n",
+        verdict(r <= 1.2)
+    ));
     match find("runc") {
         Some(p) => {
             let r = ratio(b50, p.samples.p50());
@@ -374,7 +398,7 @@ fn run(
         ),
     }
     md.push_str("\nCommands:\n\n");
-    md.push_str("- Berth: `Runtime::create_and_start` (busybox rootfs as the only lowerdir, `berth-monitor` from target/release) → poll `Runtime::state` every 0.5 ms until Exited → `Runtime::remove`\n");
+    md.push_str("- Berth: `Runtime::create_and_start` (busybox rootfs as the only lowerdir, `berth-monitor` from target/release) → poll `Runtime::state` every 0.5 ms until Exited → `Runtime::remove`; in its own user namespace (range 0x10000000, idmapped layer) as berthd's default, and with `userns = \"host\"` (identity map)\n");
     for p in &peers {
         md.push_str(&format!("- {}: `{}`\n", p.name, p.cmd));
     }

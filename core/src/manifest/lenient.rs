@@ -34,6 +34,7 @@ fn allowed(path: &str) -> Option<&'static [&'static str]> {
             "cap_add",
             "cap_drop",
             "seccomp",
+            "userns",
             "resources",
             "port",
             "ports",

@@ -73,6 +73,8 @@ pub struct Service {
     pub cap_drop: Vec<String>,
     /// The seccomp profile (`--security-opt seccomp=`).
     pub seccomp: SeccompProfile,
+    /// Own user namespace (`auto`, the default) or the host's (`host`).
+    pub userns: UsernsMode,
     pub resources: Resources,
     /// Published and container-only ports, in manifest order.
     pub ports: Vec<Port>,
@@ -219,6 +221,57 @@ impl<'de> Deserialize<'de> for SeccompProfile {
             serde::de::Error::custom(format!(
                 "`{text}` is not \"default\", \"unconfined\" or an absolute path"
             ))
+        })
+    }
+}
+
+/// Which user namespace a service's containers run in: `"auto"` (default):
+/// an own one with a range of 65536 subordinate ids the agent allocates for
+/// the service, container root an unprivileged host uid (Docker's
+/// `userns-remap`, podman's `--userns=auto`); `"host"`: the host's
+/// (`--userns=host`), container root is host root.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UsernsMode {
+    #[default]
+    Auto,
+    Host,
+}
+
+impl UsernsMode {
+    /// Whether it is [`UsernsMode::Auto`] (left out of stored specs).
+    pub fn is_default(&self) -> bool {
+        *self == UsernsMode::Auto
+    }
+
+    /// The manifest text: `auto` or `host`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UsernsMode::Auto => "auto",
+            UsernsMode::Host => "host",
+        }
+    }
+
+    /// Reads the manifest text back (`None` for anything else).
+    pub fn parse(text: &str) -> Option<UsernsMode> {
+        match text {
+            "auto" => Some(UsernsMode::Auto),
+            "host" => Some(UsernsMode::Host),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for UsernsMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for UsernsMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        UsernsMode::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{text}` is not \"auto\" or \"host\""))
         })
     }
 }

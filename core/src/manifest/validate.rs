@@ -563,6 +563,11 @@ fn validate_service(
         .as_ref()
         .map(|s| validate_seccomp(ctx, s, &k("seccomp")))
         .unwrap_or_default();
+    let userns = ws
+        .userns
+        .as_ref()
+        .map(|s| validate_userns(ctx, s, &k("userns")))
+        .unwrap_or_default();
     let depends_on: Vec<String> = ws
         .depends_on
         .as_ref()
@@ -759,6 +764,7 @@ fn validate_service(
         cap_add,
         cap_drop,
         seccomp,
+        userns,
         resources,
         ports,
         health,
@@ -1075,6 +1081,23 @@ fn validate_seccomp(ctx: &mut FileCtx<'_>, s: &Spanned<String>, key: &str) -> Se
         format!("`{text}` is not \"default\", \"unconfined\" or the absolute path of a JSON profile{hint}"),
     );
     SeccompProfile::Default
+}
+
+/// `userns`: `"auto"` or `"host"`.
+fn validate_userns(ctx: &mut FileCtx<'_>, s: &Spanned<String>, key: &str) -> UsernsMode {
+    let text = s.get_ref();
+    if let Some(m) = UsernsMode::parse(text) {
+        return m;
+    }
+    let hint = super::lenient::did_you_mean(text, &["auto", "host"])
+        .map(|c| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default();
+    ctx.at(
+        s.span(),
+        key,
+        format!("`{text}` is not \"auto\" or \"host\"{hint}"),
+    );
+    UsernsMode::Auto
 }
 
 /// How a volume is named in messages: `volume `pgdata``, `host path `/srv``.

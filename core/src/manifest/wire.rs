@@ -28,6 +28,7 @@ pub(super) struct WireService {
     pub cap_add: Option<Spanned<Vec<Spanned<String>>>>,
     pub cap_drop: Option<Spanned<Vec<Spanned<String>>>>,
     pub seccomp: Option<Spanned<String>>,
+    pub userns: Option<Spanned<String>>,
     pub resources: Option<WireResources>,
     pub port: Option<Spanned<WirePort>>,
     pub ports: Option<Spanned<Vec<Spanned<WirePorts>>>>,

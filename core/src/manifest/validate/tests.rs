@@ -836,3 +836,17 @@ fn did_you_mean_only_when_close() {
     assert_eq!(did_you_mean("resource", &keys), Some("resources"));
     assert_eq!(did_you_mean("zzz", &keys), None);
 }
+
+#[test]
+fn userns_is_auto_by_default_host_on_request_and_anything_else_is_refused() {
+    let m = ok(&svc(""));
+    assert_eq!(m.services["web"].userns, UsernsMode::Auto);
+    let m = ok(&svc("userns = \"host\""));
+    assert_eq!(m.services["web"].userns, UsernsMode::Host);
+    bad(
+        &svc("userns = \"hots\""),
+        "service.web.userns",
+        3,
+        "`hots` is not \"auto\" or \"host\" (did you mean `host`?)",
+    );
+}
