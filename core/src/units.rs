@@ -117,16 +117,23 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     u64::try_from(bytes).map_err(|_| UnitError::Overflow(text.to_string()))
 }
 
-/// Formats a duration the way manifests write it (`"1m30s"`, `"500ms"`).
+/// Formats a duration the way manifests write it (`"1m30s"`, `"500ms"`),
+/// exactly: [`parse_duration`] reads back the same duration (stored
+/// manifests depend on it), so a duration that is no whole number of
+/// milliseconds is written in microseconds or nanoseconds (`"1500us"`).
 pub fn format_duration(d: Duration) -> String {
-    let total_ms = d.as_millis();
-    if total_ms == 0 {
-        return if d.is_zero() {
-            "0s".into()
+    if d.is_zero() {
+        return "0s".into();
+    }
+    let nanos = d.as_nanos();
+    if !nanos.is_multiple_of(1_000_000) {
+        return if nanos.is_multiple_of(1_000) {
+            format!("{}us", nanos / 1_000)
         } else {
-            format!("{}ns", d.as_nanos())
+            format!("{nanos}ns")
         };
     }
+    let total_ms = d.as_millis();
     if !total_ms.is_multiple_of(1000) {
         return format!("{total_ms}ms");
     }
@@ -208,9 +215,27 @@ mod tests {
 
     #[test]
     fn durations_format_round_trip() {
-        for text in ["500ms", "2s", "5m", "1h", "1m30s", "1h2m3s"] {
+        for text in [
+            "500ms", "2s", "5m", "1h", "1m30s", "1h2m3s", "1500us", "7ns", "0s",
+        ] {
             let d = parse_duration(text).unwrap();
             assert_eq!(format_duration(d), text);
         }
+    }
+
+    /// Found by the `manifest` fuzz target (fuzz/regressions/manifest/):
+    /// a health `timeout = "50ns10ms"` was stored as `"10ms"`, so the
+    /// revision read back held another manifest than the one applied.
+    #[test]
+    fn durations_below_a_millisecond_are_stored_exactly() {
+        for text in ["50ns10ms", "1.5ms", "2s1us", "1h1ns", "0.000001s"] {
+            let d = parse_duration(text).unwrap();
+            let shown = format_duration(d);
+            assert_eq!(parse_duration(&shown).unwrap(), d, "{text} -> {shown}");
+        }
+        assert_eq!(
+            format_duration(parse_duration("50ns10ms").unwrap()),
+            "10000050ns"
+        );
     }
 }
