@@ -815,9 +815,7 @@ fn run(
     // command joins exactly the same ones (when the monitor's exist).
     let monitor = super::cgroups::MonitorCgroup::detect(&cfg.cgroup_parent, &id);
     if monitor.paths().iter().all(|d| d.is_dir()) {
-        monitor
-            .enter(child.as_raw())
-            .map_err(|e| abort(e.into()))?;
+        monitor.enter(child.as_raw()).map_err(|e| abort(e.into()))?;
     }
     cgroup
         .add_pid(child.as_raw())
