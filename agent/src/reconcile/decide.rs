@@ -65,6 +65,14 @@ pub enum Phase {
     Exited { code: i32, oom_killed: bool },
 }
 
+impl Phase {
+    /// Running (starting, ready or unhealthy): it occupies a slot and may
+    /// be replaced or retired.
+    pub fn running(self) -> bool {
+        matches!(self, Phase::Starting | Phase::Ready | Phase::Unhealthy)
+    }
+}
+
 /// One observed replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replica {
@@ -169,9 +177,7 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
     let want = intent.replicas as usize;
     let old_running = replicas
         .iter()
-        .filter(|r| {
-            !r.current && matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
-        })
+        .filter(|r| !r.current && r.phase.running())
         .count();
     let rolling_out = old_running > 0;
     let retiring_exists = replicas.iter().any(|r| r.phase == Phase::Retiring);
@@ -289,10 +295,7 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
             _ => None,
         })
         .collect();
-    let alive = |r: &&Replica| {
-        matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
-            && !retiring_now.contains(&r.id.as_str())
-    };
+    let alive = |r: &&Replica| r.phase.running() && !retiring_now.contains(&r.id.as_str());
     let cur: Vec<&Replica> = replicas
         .iter()
         .filter(|r| r.current)

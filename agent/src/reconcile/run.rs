@@ -565,9 +565,7 @@ impl Reconciler {
         }
         let updated = replicas
             .iter()
-            .filter(|r| {
-                r.current && matches!(r.phase, Phase::Starting | Phase::Ready | Phase::Unhealthy)
-            })
+            .filter(|r| r.current && r.phase.running())
             .count() as u32;
         update_ready(&agent, svc, list, now, Some(updated));
         // The ports come from this pass's revision: no re-read and re-parse
