@@ -252,11 +252,24 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&config.state_dir)?;
     private_dir(&config.run_dir)?;
     let (store, report) = Store::open(&config.state_dir)?;
-    if let Some(aside) = &report.moved_aside {
-        tracing::error!(moved_to = %aside.display(), rebuilt_revisions = report.rebuilt_revisions,
-            "started with a fresh state database; revisions were rebuilt from revisions/*.rev");
+    if let Some(lost) = &report.lost {
+        tracing::error!(reason = %lost.describe(), moved_to = ?report.moved_aside,
+            rebuilt_revisions = report.rebuilt_revisions,
+            "the state database was lost; revisions were rebuilt from revisions/*.rev, the rest follows from the kernel and the disk");
     }
     let (agent, network) = build_agent(config.clone(), store)?;
+    // What a lost database held comes back before anything can hand out an
+    // address or id range, collect an image or answer the API.
+    let rebuilt = {
+        let (agent, network) = (agent.clone(), network.clone());
+        crate::control::blocking("rebuilding state", move || {
+            crate::rebuild::run(&agent, &network, &report)
+        })
+        .await?
+    };
+    if let Some(r) = rebuilt {
+        let _ = agent.rebuilt.set(r);
+    }
     agent
         .metrics
         .register_collector(Box::new(crate::stats::ContainerStats::new(

@@ -91,6 +91,30 @@ impl IdRanges {
             .collect()
     }
 
+    /// Records `range` as the range of `service` (durably), replacing its
+    /// record: its containers were found using it after the records were
+    /// lost (see `crate::rebuild`, which decides what is adopted).
+    pub fn adopt(&self, service: &str, range: IdRange) -> Result<(), IdRangeError> {
+        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let db = |e: sled::Error| IdRangeError::Db(e.to_string());
+        self.tree
+            .insert(service.as_bytes(), &range.base.to_be_bytes())
+            .map_err(db)?;
+        self.tree.flush().map_err(db)?;
+        Ok(())
+    }
+
+    /// Drops the record of `service` (durably): it collided with a range
+    /// containers of another service were found using. The service gets a
+    /// free range when it next starts a replica.
+    pub fn forget(&self, service: &str) -> Result<(), IdRangeError> {
+        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let db = |e: sled::Error| IdRangeError::Db(e.to_string());
+        self.tree.remove(service.as_bytes()).map_err(db)?;
+        self.tree.flush().map_err(db)?;
+        Ok(())
+    }
+
     /// The range of `service`: the stored one (even if the pool changed
     /// since: its files may be on disk), else the lowest free one of the
     /// pool, stored and flushed before it is returned.
@@ -147,6 +171,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn adopted_ranges_are_kept_and_skipped_by_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            start: 0x10000,
+            count: 3 * RANGE_LEN,
+        };
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let r = IdRanges::open(&store, pool).unwrap();
+        let first = IdRange {
+            base: 0x10000,
+            len: RANGE_LEN,
+        };
+        r.adopt("web", first).unwrap();
+        let db = r.range_for("db").unwrap();
+        assert_eq!(db.base, 0x20000, "the adopted range is taken");
+        assert_eq!(r.range_for("web").unwrap(), first);
+        r.forget("db").unwrap();
+        assert_eq!(r.all().len(), 1);
+        drop(r);
+        let r = IdRanges::open(&store, pool).unwrap();
+        assert_eq!(r.range_for("web").unwrap(), first);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod network;
+pub mod rebuild;
 pub mod reconcile;
 pub mod registry;
 pub mod runtime;

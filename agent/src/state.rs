@@ -1,8 +1,10 @@
-//! Durable agent state in sled 0.34: applied revisions now, image records and
-//! container/IPAM indexes later. Values are wrapped in a versioned envelope
-//! with a sha256 checksum; a format-version key guards the layout. Revisions
-//! are also written as files under `revisions/`, so a database that fails to
-//! open is moved aside and the revision history is rebuilt from disk.
+//! Durable agent state in sled 0.34: applied revisions, image records, IPAM
+//! leases, user-namespace id ranges, events, source state ([`LAYOUT`]).
+//! Values are wrapped in a versioned envelope with a sha256 checksum; a
+//! format-version key guards the layout. Revisions are also written as files
+//! under `revisions/`. A database that fails to open or holds a corrupt
+//! record is moved aside, and one that is missing while the state dir shows
+//! it existed is noticed too ([`Lost`]); `crate::rebuild` restores the rest.
 
 use std::path::{Path, PathBuf};
 
@@ -61,13 +63,147 @@ pub struct RevisionRecord {
     pub restarts: std::collections::BTreeMap<String, u64>,
 }
 
-/// What happened while opening the store, for the log.
+/// What happened while opening the store, for the log and `status`.
 #[derive(Debug, Default, Clone)]
 pub struct OpenReport {
-    /// Where an unopenable database was moved.
+    /// Where an unopenable or corrupt database was moved.
     pub moved_aside: Option<PathBuf>,
-    /// Revisions restored from `revisions/*.json`.
+    /// Revisions restored from `revisions/*.rev`.
     pub rebuilt_revisions: usize,
+    /// Why the database's content was found lost, if it was.
+    pub lost: Option<Lost>,
+}
+
+/// Why the state database's content is gone: everything it held is rebuilt
+/// from what the kernel and the disk still know (see `crate::rebuild`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// sled could not open it (moved aside); the error.
+    Unopenable(String),
+    /// It opened but a record failed its check (moved aside); which and why.
+    Corrupt(String),
+    /// A new, empty database was created where the state dir shows one
+    /// existed (it was deleted, or sled found nothing readable in its
+    /// files); what shows it.
+    Missing(String),
+    /// It opened but records were missing that the disk shows were written
+    /// (sled drops a damaged log tail on recovery); which.
+    Incomplete(String),
+}
+
+impl Lost {
+    /// One line for the log, the event and `status` (`database missing: ...`).
+    pub fn describe(&self) -> String {
+        match self {
+            Lost::Unopenable(e) => format!("database unopenable: {e}"),
+            Lost::Corrupt(r) => format!("database corrupt: {r}"),
+            Lost::Missing(t) => format!("database missing: {t}"),
+            Lost::Incomplete(t) => format!("database incomplete: {t}"),
+        }
+    }
+}
+
+/// How the values of one tree are shaped, checked record by record at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Every value is an envelope ([`encode`]).
+    Envelope,
+    /// Envelopes under 8-byte keys (big-endian revision numbers).
+    Revisions,
+    /// Keys `d/<digest>` hold envelopes, keys `r/<reference>` a digest's text
+    /// (the image store's tree).
+    Images,
+    /// Every value is a big-endian u32 (the user-namespace ranges' bases).
+    U32,
+}
+
+/// Every tree of the database and the shape of its values; the format
+/// version is bumped when this changes meaning. The default tree holds only
+/// the format version.
+pub const LAYOUT: &[(&str, Shape)] = &[
+    ("revisions", Shape::Revisions),
+    ("images", Shape::Images),
+    ("ipam", Shape::Envelope),
+    ("userns", Shape::U32),
+    ("events", Shape::Envelope),
+    ("sources", Shape::Envelope),
+];
+
+/// Checks one record against its tree's shape; `Err` says what is wrong.
+/// Pure (the open-time check calls it on every record).
+pub fn check_record(tree: &str, shape: Shape, key: &[u8], value: &[u8]) -> Result<(), String> {
+    let name = || format!("{tree}/{}", String::from_utf8_lossy(key));
+    let envelope = || {
+        verify_envelope(value)
+            .map(|_| ())
+            .map_err(|why| format!("{}: {why}", name()))
+    };
+    match shape {
+        Shape::Envelope => envelope(),
+        Shape::Revisions if key.len() != 8 => {
+            Err(format!("{}: key is not a revision number", name()))
+        }
+        Shape::Revisions => envelope(),
+        Shape::Images if key.starts_with(b"d/") => envelope(),
+        Shape::Images if key.starts_with(b"r/") => std::str::from_utf8(value)
+            .ok()
+            .and_then(|t| t.parse::<berth_core::image_ref::Digest>().ok())
+            .map(|_| ())
+            .ok_or_else(|| format!("{}: not a digest", name())),
+        Shape::Images => Err(format!("{}: unknown key", name())),
+        Shape::U32 if value.len() == 4 => Ok(()),
+        Shape::U32 => Err(format!("{}: {} bytes, expected 4", name(), value.len())),
+    }
+}
+
+/// What in the state dir shows that a database existed before: revision
+/// files, containers, pulled blobs. Counted by [`Traces::scan`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traces {
+    pub revision_files: usize,
+    pub containers: usize,
+    pub blobs: usize,
+}
+
+impl Traces {
+    /// Counts the traces under `state_dir` (missing directories count 0).
+    pub fn scan(state_dir: &Path) -> Traces {
+        let count = |dir: PathBuf, keep: &dyn Fn(&str) -> bool| {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| keep(&e.file_name().to_string_lossy()))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        Traces {
+            revision_files: count(state_dir.join("revisions"), &|n| n.ends_with(".rev")),
+            containers: count(state_dir.join("containers"), &|n| !n.starts_with('.')),
+            blobs: count(state_dir.join("blobs/sha256"), &|n| !n.starts_with('.')),
+        }
+    }
+
+    /// Whether the database a fresh open found empty must have existed: a
+    /// database without its format-version key is new, and a new database
+    /// beside revision files, containers or blobs lost its content. `None`
+    /// for a first start. Pure.
+    pub fn missing(&self, format_present: bool) -> Option<Lost> {
+        if format_present {
+            return None;
+        }
+        let mut seen = Vec::new();
+        for (n, what) in [
+            (self.revision_files, "revision files"),
+            (self.containers, "containers"),
+            (self.blobs, "blobs"),
+        ] {
+            if n > 0 {
+                seen.push(format!("{n} {what}"));
+            }
+        }
+        (!seen.is_empty()).then(|| Lost::Missing(format!("{} on disk", seen.join(", "))))
+    }
 }
 
 /// The sled-backed store.
@@ -106,6 +242,27 @@ pub fn encode<T: Serialize>(tree: &str, value: &T) -> Result<Vec<u8>, StateError
     Ok(out)
 }
 
+/// Checks an envelope's header and checksum; returns its payload.
+fn verify_envelope(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() < ENVELOPE_HEADER {
+        return Err(format!(
+            "{} bytes is shorter than the envelope header",
+            bytes.len()
+        ));
+    }
+    let version = u16::from_le_bytes([bytes[0], bytes[1]]);
+    if version != ENVELOPE_VERSION {
+        return Err(format!(
+            "envelope version {version}, expected {ENVELOPE_VERSION}"
+        ));
+    }
+    let payload = &bytes[ENVELOPE_HEADER..];
+    if Sha256::digest(payload).as_slice() != &bytes[2..ENVELOPE_HEADER] {
+        return Err("checksum mismatch".into());
+    }
+    Ok(payload)
+}
+
 /// Unwraps and verifies a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(tree: &str, key: &str, bytes: &[u8]) -> Result<T, StateError> {
     let corrupt = |why: String| StateError::Corrupt {
@@ -113,82 +270,74 @@ pub fn decode<T: DeserializeOwned>(tree: &str, key: &str, bytes: &[u8]) -> Resul
         key: key.into(),
         why,
     };
-    if bytes.len() < ENVELOPE_HEADER {
-        return Err(corrupt(format!(
-            "{} bytes is shorter than the envelope header",
-            bytes.len()
-        )));
-    }
-    let version = u16::from_le_bytes([bytes[0], bytes[1]]);
-    if version != ENVELOPE_VERSION {
-        return Err(corrupt(format!(
-            "envelope version {version}, expected {ENVELOPE_VERSION}"
-        )));
-    }
-    let payload = &bytes[ENVELOPE_HEADER..];
-    if Sha256::digest(payload).as_slice() != &bytes[2..ENVELOPE_HEADER] {
-        return Err(corrupt("checksum mismatch".into()));
-    }
+    let payload = verify_envelope(bytes).map_err(corrupt)?;
     serde_json::from_slice(payload).map_err(|e| corrupt(format!("payload: {e}")))
 }
 
 impl Store {
-    /// Opens (or creates) the store under `state_dir`. A database that fails to
-    /// open is renamed to `db.broken-<unix time>` and a fresh one is rebuilt
-    /// from the revision files. The caller must hold the state-dir lock, so a
-    /// locked database is never mistaken for a broken one.
+    /// Opens (or creates) the store under `state_dir`. A database that fails
+    /// to open, or opens with a record that fails its check
+    /// ([`check_record`]), is renamed to `db.broken-<unix time>` or
+    /// `db.corrupt-<unix time>` and a fresh one is made; a fresh database
+    /// where [`Traces`] show an earlier one is reported missing. Either way
+    /// the revision history is rebuilt from the revision files and
+    /// [`OpenReport::lost`] says why, for `crate::rebuild`. A database of a
+    /// newer format is refused untouched. The caller must hold the
+    /// state-dir lock, so a locked database is never mistaken for a broken one.
     pub fn open(state_dir: &Path) -> Result<(Store, OpenReport), StateError> {
         private_dir(state_dir)?;
         let db_path = state_dir.join("db");
         let revision_dir = state_dir.join("revisions");
         private_dir(&revision_dir)?;
+        // Counted before sled creates anything.
+        let traces = Traces::scan(state_dir);
         let mut report = OpenReport::default();
-        let db = match sled::Config::new()
-            .path(&db_path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-        {
-            Ok(db) => db,
-            Err(e) => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let aside = state_dir.join(format!("db.broken-{stamp}"));
-                tracing::error!(db = %db_path.display(), moved_to = %aside.display(), error = %e,
-                    "state database failed to open; moving it aside and rebuilding from disk");
-                std::fs::rename(&db_path, &aside).map_err(io_err(&db_path))?;
-                report.moved_aside = Some(aside);
-                sled::open(&db_path).map_err(|source| StateError::Db {
-                    path: db_path.clone(),
-                    source,
-                })?
-            }
-        };
-        private_dir(&db_path)?;
         let db_err = |source| StateError::Db {
             path: db_path.clone(),
             source,
         };
-        match db.get(FORMAT_KEY).map_err(db_err)? {
-            Some(v) => {
-                let found =
-                    u32::from_le_bytes(v.as_ref().try_into().map_err(|_| StateError::Corrupt {
-                        tree: "meta".into(),
-                        key: "format_version".into(),
-                        why: "not 4 bytes".into(),
-                    })?);
-                if found > FORMAT_VERSION {
-                    return Err(StateError::FutureFormat {
-                        path: db_path,
-                        found,
-                    });
+        let db = match open_db(&db_path) {
+            Ok(db) => {
+                let format = db.get(FORMAT_KEY).map_err(db_err)?;
+                if let Some(found) = format
+                    .as_ref()
+                    .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+                    .map(u32::from_le_bytes)
+                {
+                    if found > FORMAT_VERSION {
+                        return Err(StateError::FutureFormat {
+                            path: db_path,
+                            found,
+                        });
+                    }
+                }
+                match check_db(&db) {
+                    Ok(()) => db,
+                    Err(why) => {
+                        drop(db);
+                        tracing::error!(db = %db_path.display(), record = %why,
+                            "state database holds a corrupt record; moving it aside and rebuilding from disk");
+                        report.moved_aside = Some(move_aside(state_dir, &db_path, "corrupt")?);
+                        report.lost = Some(Lost::Corrupt(why));
+                        open_db(&db_path).map_err(db_err)?
+                    }
                 }
             }
-            None => {
-                db.insert(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
-                    .map_err(db_err)?;
+            Err(e) => {
+                tracing::error!(db = %db_path.display(), error = %e,
+                    "state database failed to open; moving it aside and rebuilding from disk");
+                report.moved_aside = Some(move_aside(state_dir, &db_path, "broken")?);
+                report.lost = Some(Lost::Unopenable(e.to_string()));
+                open_db(&db_path).map_err(db_err)?
             }
+        };
+        private_dir(&db_path)?;
+        if db.get(FORMAT_KEY).map_err(db_err)?.is_none() {
+            if report.lost.is_none() {
+                report.lost = traces.missing(false);
+            }
+            db.insert(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
+                .map_err(db_err)?;
         }
         let revisions = db.open_tree("revisions").map_err(db_err)?;
         let store = Store {
@@ -198,6 +347,12 @@ impl Store {
             revision_dir,
         };
         report.rebuilt_revisions = store.rebuild_revisions()?;
+        if report.lost.is_none() && report.rebuilt_revisions > 0 {
+            report.lost = Some(Lost::Incomplete(format!(
+                "{} revision records missing beside their files",
+                report.rebuilt_revisions
+            )));
+        }
         store.flush()?;
         Ok((store, report))
     }
@@ -342,6 +497,69 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .map_err(io_err(dir))
 }
 
+/// Opens the sled database at `path`; a panic inside sled (it has some on
+/// garbage input) is an error like any other.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let path = path.to_path_buf();
+    std::panic::catch_unwind(move || {
+        sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+    })
+    .unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "no message".into());
+        Err(sled::Error::ReportableBug(format!("sled panicked: {why}")))
+    })
+}
+
+/// Checks every record of every tree in [`LAYOUT`] (and the format-version
+/// key); `Err` names the first bad record.
+fn check_db(db: &sled::Db) -> Result<(), String> {
+    for kv in db.iter() {
+        let (k, v) = kv.map_err(|e| format!("reading the database: {e}"))?;
+        if k.as_ref() == FORMAT_KEY && v.len() != 4 {
+            return Err(format!("format_version: {} bytes, expected 4", v.len()));
+        }
+    }
+    let names = db.tree_names();
+    for (name, shape) in LAYOUT {
+        if !names.iter().any(|n| n.as_ref() == name.as_bytes()) {
+            continue;
+        }
+        let tree = db
+            .open_tree(name)
+            .map_err(|e| format!("opening tree {name}: {e}"))?;
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(|e| format!("reading tree {name}: {e}"))?;
+            check_record(name, *shape, &k, &v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Renames the database at `db_path` to `db.<why>-<unix time>` beside it
+/// (a suffix keeps two in one second apart); returns the new path.
+fn move_aside(state_dir: &Path, db_path: &Path, why: &str) -> Result<PathBuf, StateError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut aside = state_dir.join(format!("db.{why}-{stamp}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = state_dir.join(format!("db.{why}-{stamp}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(db_path, &aside).map_err(io_err(db_path))?;
+    tracing::error!(moved_to = %aside.display(), "state database moved aside");
+    Ok(aside)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -429,6 +647,260 @@ mod tests {
         assert!(aside.exists());
         assert_eq!(report.rebuilt_revisions, 2);
         assert_eq!(store.revisions().unwrap().len(), 2);
+    }
+
+    /// Every kind of lost database, and a first start that is not one.
+    #[test]
+    fn lost_databases_are_told_apart_from_a_first_start() {
+        // A first start: nothing on disk, nothing lost.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, report) = Store::open(dir.path()).unwrap();
+        assert_eq!(report.lost, None);
+        assert_eq!(report.moved_aside, None);
+
+        let populated = || {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store.put_revision(&record(1)).unwrap();
+            store.put_revision(&record(2)).unwrap();
+            store
+                .tree("ipam")
+                .unwrap()
+                .insert(
+                    "c1",
+                    encode("net", &serde_json::json!({"ip": "10.0.0.2"})).unwrap(),
+                )
+                .unwrap();
+            store.flush().unwrap();
+            drop(store);
+            dir
+        };
+
+        // Deleted: a fresh database beside revision files.
+        let dir = populated();
+        std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+        let (store, report) = Store::open(dir.path()).unwrap();
+        assert!(
+            matches!(&report.lost, Some(Lost::Missing(t)) if t.contains("2 revision files")),
+            "{report:?}"
+        );
+        assert_eq!(report.moved_aside, None);
+        assert_eq!(report.rebuilt_revisions, 2);
+        assert_eq!(store.revisions().unwrap().len(), 2);
+        drop(store);
+        // Reopened again, it is whole: nothing lost any more.
+        let (_, report) = Store::open(dir.path()).unwrap();
+        assert_eq!(report.lost, None);
+        assert_eq!(report.rebuilt_revisions, 0);
+
+        // A record that fails its check: moved aside, history rebuilt.
+        let dir = populated();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let mut bad = encode("net", &serde_json::json!({"ip": "10.0.0.3"})).unwrap();
+            let last = bad.len() - 2;
+            bad[last] ^= 1;
+            store.tree("ipam").unwrap().insert("c2", bad).unwrap();
+            store.flush().unwrap();
+        }
+        let (store, report) = Store::open(dir.path()).unwrap();
+        assert!(
+            matches!(&report.lost, Some(Lost::Corrupt(r)) if r.contains("ipam/c2") && r.contains("checksum")),
+            "{report:?}"
+        );
+        let aside = report.moved_aside.unwrap();
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("db.corrupt-"));
+        assert!(aside.is_dir());
+        assert_eq!(report.rebuilt_revisions, 2);
+        assert_eq!(store.revisions().unwrap().len(), 2);
+        assert!(store.tree("ipam").unwrap().is_empty());
+
+        // Garbage over every file of the database, over its data file only,
+        // and over the second half of its data file.
+        for (what, mut files) in [
+            (
+                "every file",
+                Box::new(|_: &Path| true) as Box<dyn FnMut(&Path) -> bool>,
+            ),
+            ("the data file", Box::new(|p: &Path| p.ends_with("db/db"))),
+            (
+                "half the data file",
+                Box::new(|p: &Path| p.ends_with("db/db")),
+            ),
+        ] {
+            let dir = populated();
+            let half = what.starts_with("half");
+            for f in walk(&dir.path().join("db"))
+                .into_iter()
+                .filter(|p| files(p))
+            {
+                overwrite_with_garbage(&f, half);
+            }
+            let (store, report) = Store::open(dir.path()).unwrap();
+            match what {
+                "every file" => {
+                    assert!(
+                        matches!(report.lost, Some(Lost::Unopenable(_))),
+                        "{report:?}"
+                    );
+                    assert!(report.moved_aside.is_some());
+                }
+                // sled finds nothing readable and starts empty, or drops
+                // the damaged tail of its log: either way it is noticed.
+                _ => assert!(
+                    matches!(report.lost, Some(Lost::Missing(_) | Lost::Incomplete(_))),
+                    "{what}: {report:?}"
+                ),
+            }
+            assert_eq!(store.revisions().unwrap().len(), 2, "{what}");
+        }
+    }
+
+    /// Writes pseudo-random bytes over `file` (or its second half), keeping its size.
+    fn overwrite_with_garbage(file: &Path, half: bool) {
+        use std::io::{Seek, Write};
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let len = std::fs::metadata(file).unwrap().len().max(64);
+        let from = if half { len / 2 } else { 0 };
+        let bytes: Vec<u8> = (from..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        f.seek(std::io::SeekFrom::Start(from)).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn record_checks_by_shape() {
+        let env = encode("t", &1u32).unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        type Case<'a> = (&'a str, Shape, &'a [u8], &'a [u8], Option<&'a str>);
+        let cases: &[Case] = &[
+            ("ipam", Shape::Envelope, b"c1", &env, None),
+            (
+                "ipam",
+                Shape::Envelope,
+                b"c1",
+                b"short",
+                Some("ipam/c1: 5 bytes"),
+            ),
+            (
+                "revisions",
+                Shape::Revisions,
+                &7u64.to_be_bytes(),
+                &env,
+                None,
+            ),
+            (
+                "revisions",
+                Shape::Revisions,
+                b"7",
+                &env,
+                Some("not a revision number"),
+            ),
+            ("images", Shape::Images, b"d/sha256:x", &env, None),
+            (
+                "images",
+                Shape::Images,
+                b"d/sha256:x",
+                b"{}",
+                Some("images/d/sha256:x"),
+            ),
+            (
+                "images",
+                Shape::Images,
+                b"r/busybox:1",
+                digest.as_bytes(),
+                None,
+            ),
+            (
+                "images",
+                Shape::Images,
+                b"r/busybox:1",
+                b"sha256:zz",
+                Some("not a digest"),
+            ),
+            (
+                "images",
+                Shape::Images,
+                b"x/what",
+                &env,
+                Some("unknown key"),
+            ),
+            ("userns", Shape::U32, b"web", &65536u32.to_be_bytes(), None),
+            (
+                "userns",
+                Shape::U32,
+                b"web",
+                b"12345",
+                Some("5 bytes, expected 4"),
+            ),
+        ];
+        for (tree, shape, key, value, want) in cases {
+            let got = check_record(tree, *shape, key, value);
+            match want {
+                None => assert_eq!(got, Ok(()), "{tree} {shape:?}"),
+                Some(w) => {
+                    let e = got.unwrap_err();
+                    assert!(e.contains(w), "{tree} {shape:?}: {e}");
+                }
+            }
+        }
+        let mut flipped = env.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(check_record("events", Shape::Envelope, b"1", &flipped)
+            .unwrap_err()
+            .contains("checksum"));
+    }
+
+    #[test]
+    fn a_fresh_database_is_missing_only_beside_traces() {
+        let none = Traces::default();
+        let revs = Traces {
+            revision_files: 3,
+            ..Traces::default()
+        };
+        let all = Traces {
+            revision_files: 1,
+            containers: 2,
+            blobs: 4,
+        };
+        assert_eq!(none.missing(false), None, "a first start");
+        assert_eq!(none.missing(true), None);
+        assert_eq!(revs.missing(true), None, "an intact database");
+        assert_eq!(
+            revs.missing(false),
+            Some(Lost::Missing("3 revision files on disk".into()))
+        );
+        assert_eq!(
+            all.missing(false),
+            Some(Lost::Missing(
+                "1 revision files, 2 containers, 4 blobs on disk".into()
+            ))
+        );
     }
 
     #[test]

@@ -94,6 +94,52 @@ pub struct StatusResponse {
     /// The last manifest a configured source offered that was refused, if any.
     #[serde(default)]
     pub source_error: Option<String>,
+    /// What this agent rebuilt at start because its state database was lost
+    /// (deleted, corrupt, unopenable) or missed records; `null` otherwise.
+    #[serde(default)]
+    pub rebuilt: Option<StateRebuild>,
+}
+
+/// What berthd rebuilt at start from what the kernel and the disk still
+/// know, after finding its state database lost (`status.rebuilt`, the
+/// `state-rebuilt` event). Counts are of records written, except
+/// `containers` (running replicas re-adopted) and `volumes` (named volumes
+/// found on disk, which live outside the database).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRebuild {
+    /// Why: `database missing: …`, `database corrupt: …` or `database
+    /// unopenable: …`; `null` when the database was whole but lacked records.
+    pub reason: Option<String>,
+    /// Where the old database was moved (corrupt, unopenable).
+    pub moved_aside: Option<String>,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// Revisions restored from `revisions/*.rev`.
+    pub revisions: u64,
+    /// Running containers re-adopted (none restarted).
+    pub containers: u64,
+    /// Address leases recorded from the containers' network namespaces.
+    pub leases: u64,
+    /// User-namespace id ranges recorded from the containers' id maps.
+    pub id_ranges: u64,
+    /// Image records rebuilt from the content store.
+    pub images: u64,
+    /// Named volumes found on disk.
+    pub volumes: u64,
+    /// What could not be rebuilt or disagreed, one line each.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+impl StateRebuild {
+    /// The counts in one line: `3 revisions, 3 containers re-adopted, 3
+    /// leases, 2 id ranges, 1 images, 1 volumes`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} revisions, {} containers re-adopted, {} leases, {} id ranges, {} images, {} volumes",
+            self.revisions, self.containers, self.leases, self.id_ranges, self.images, self.volumes
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -107,6 +107,8 @@ macro_rules! event_kinds {
 event_kinds! {
     /// berthd finished its first reconcile pass and serves.
     AgentStarted = "agent-started",
+    /// berthd found its state database lost and rebuilt it from the kernel and the disk (counts in the message, `status.rebuilt`).
+    StateRebuilt = "state-rebuilt",
     /// A revision was recorded (apply, source, rollback, restart, pull check).
     RevisionApplied = "revision-applied",
     /// Every service of the current revision runs its desired replicas, ready.

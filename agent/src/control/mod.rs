@@ -221,6 +221,9 @@ pub struct Agent {
     /// Whether this kernel can run services in their own user namespace
     /// (`Err`: why not), probed once at start.
     pub userns_support: Result<(), String>,
+    /// What was rebuilt at start after the state database was found lost
+    /// (`crate::rebuild`), shown in `status`; set once.
+    pub rebuilt: std::sync::OnceLock<berth_core::api::StateRebuild>,
 }
 
 /// Everything an [`Agent`] is made of, built by `daemon` (the one
@@ -287,6 +290,7 @@ impl Agent {
             apply_lock: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
             live: std::sync::Mutex::new(Live::default()),
+            rebuilt: std::sync::OnceLock::new(),
         };
         if let Some(rev) = agent.store.latest_revision()? {
             agent.metrics.current_revision.set(rev.info.number as i64);

@@ -362,6 +362,64 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Rebuilds the lost record of a pinned image from what a pull left in
+    /// the content store (manifests and config; see
+    /// [`RegistryClient::metadata_from_store`]) and stores it; no network.
+    /// `pulled_at` is the config blob's modification time when readable.
+    /// [`ImageError::NotFound`] when `image` has no digest.
+    pub fn rebuild_record(&self, image: &ImageRef) -> Result<ImageRecord, ImageError> {
+        let Some(top) = &image.digest else {
+            return Err(ImageError::NotFound(image.to_string()));
+        };
+        let inner = &self.inner;
+        let pulled = inner
+            .registry
+            .metadata_from_store(&inner.content, image, top)?;
+        let name = image.to_string();
+        let run = ImageRunConfig::from_config_json(&pulled.config_json).map_err(|e| {
+            ImageError::InvalidConfig {
+                image: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let diff_ids: Vec<Digest> = pulled.layers.iter().map(|l| l.diff_id.clone()).collect();
+        let pulled_at = std::fs::metadata(inner.content.path(&pulled.config_digest))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| {
+                time::OffsetDateTime::from(t)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(crate::now_rfc3339);
+        let rec = ImageRecord {
+            reference: name,
+            digest: pulled.digest.clone(),
+            manifest_digest: pulled.manifest_digest.clone(),
+            config_digest: pulled.config_digest.clone(),
+            layers: pulled
+                .layers
+                .iter()
+                .zip(chain_ids(&diff_ids))
+                .map(|(l, chain_id)| LayerRecord {
+                    digest: l.digest.clone(),
+                    diff_id: l.diff_id.clone(),
+                    chain_id,
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                })
+                .collect(),
+            run,
+            os: pulled.config.os().to_string(),
+            architecture: pulled.config.architecture().to_string(),
+            size: pulled.layers.iter().map(|l| l.size).sum(),
+            pulled_at: pulled_at.clone(),
+            last_used: crate::now_rfc3339(),
+        };
+        self.put(&rec)?;
+        Ok(rec)
+    }
+
     /// Returns the local image when it is complete and pinned (or `always` is
     /// false and the tag was pulled before); otherwise pulls.
     pub async fn ensure(

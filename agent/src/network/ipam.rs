@@ -25,6 +25,8 @@ pub enum IpamError {
     Record(#[from] state::StateError),
     #[error("address store: key {0:?} is not a container id")]
     BadKey(Vec<u8>),
+    #[error("address {ip} is held by container {holder}")]
+    Taken { ip: Ipv4Addr, holder: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +114,32 @@ impl Ipam {
         maps.by_ip.insert(candidate, id.into());
         maps.by_id.insert(id.into(), ip);
         Ok(ip)
+    }
+
+    /// Records `ip` as the address of `id` (durably): a container found
+    /// holding it after the records were lost (see `crate::rebuild`).
+    /// Replaces a different record of `id`; [`IpamError::Taken`] when another
+    /// id holds `ip`. Outside the subnet is allowed: the kernel has it.
+    pub fn adopt(&self, id: &str, ip: Ipv4Addr) -> Result<(), IpamError> {
+        let mut maps = self.maps();
+        match maps.by_ip.get(&u32::from(ip)) {
+            Some(holder) if holder == id => return Ok(()),
+            Some(holder) => {
+                return Err(IpamError::Taken {
+                    ip,
+                    holder: holder.clone(),
+                })
+            }
+            None => {}
+        }
+        self.tree
+            .insert(id.as_bytes(), state::encode(TREE, &IpRecord { ip })?)?;
+        self.tree.flush()?;
+        if let Some(old) = maps.by_id.insert(id.into(), ip) {
+            maps.by_ip.remove(&u32::from(old));
+        }
+        maps.by_ip.insert(ip.into(), id.into());
+        Ok(())
     }
 
     /// The address `id` holds, if any.
@@ -204,6 +232,31 @@ mod tests {
         ips.dedup();
         ips.sort();
         assert_eq!(ips, vec![ip(2), ip(3), ip(4), ip(5), ip(6)]);
+    }
+
+    #[test]
+    fn adopted_addresses_are_never_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("net").unwrap();
+        let ipam = Ipam::open(tree.clone(), net()).unwrap();
+        ipam.adopt("a", ip(2)).unwrap();
+        ipam.adopt("b", ip(4)).unwrap();
+        ipam.adopt("b", ip(4)).unwrap();
+        let e = ipam.adopt("c", ip(2)).unwrap_err().to_string();
+        assert!(e.contains("10.200.7.2") && e.contains("container a"), "{e}");
+        // A new container gets neither, before or after a reopen.
+        assert_eq!(ipam.allocate("c").unwrap(), ip(5));
+        let ipam = Ipam::open(tree, net()).unwrap();
+        assert_eq!(ipam.get("a"), Some(ip(2)));
+        assert_eq!(ipam.get("b"), Some(ip(4)));
+        assert_eq!(ipam.allocate("d").unwrap(), ip(6));
+        assert_eq!(ipam.allocate("e").unwrap(), ip(3));
+        assert!(matches!(ipam.allocate("f"), Err(IpamError::Exhausted(_))));
+        // Adopting a different address of a known id moves it.
+        ipam.adopt("a", ip(7)).unwrap();
+        assert_eq!(ipam.get("a"), Some(ip(7)));
+        assert_eq!(ipam.allocate("f").unwrap(), ip(2));
     }
 
     #[test]

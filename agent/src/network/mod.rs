@@ -232,6 +232,12 @@ impl Network {
         netns::is_pinned(&a.netns_path).then_some(a)
     }
 
+    /// Whether container `id` has a pinned network namespace here (it is
+    /// attached, whatever the address records say).
+    pub fn is_attached(&self, id: &str) -> bool {
+        netns::is_pinned(&self.netns_dir.join(id))
+    }
+
     /// Gives container `id` an address, a pinned network namespace with `lo`
     /// and `eth0` (address, default route via the gateway) and a veth to the bridge.
     pub fn attach(&self, id: &str) -> Result<Attachment, NetError> {

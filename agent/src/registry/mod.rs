@@ -562,6 +562,18 @@ fn artifact_hint(media_type: &str) -> &'static str {
     }
 }
 
+/// The media type of a stored manifest: its `mediaType` field, else (OCI
+/// allows leaving it out) an index when it lists `manifests`, a manifest
+/// otherwise. The registry's header is not stored with the blob.
+fn stored_media_type(bytes: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    match value.get("mediaType").and_then(|m| m.as_str()) {
+        Some(m) => m.to_string(),
+        None if value.get("manifests").is_some() => MEDIA_OCI_INDEX.into(),
+        None => MEDIA_OCI_MANIFEST.into(),
+    }
+}
+
 fn parse_digest(image: &ImageRef, raw: &str, context: &str) -> Result<Digest, RegistryError> {
     raw.parse::<Digest>().map_err(|e| RegistryError::BadDigest {
         image: image.to_string(),
@@ -1375,6 +1387,75 @@ impl RegistryClient {
             }
         }
         Ok(written)
+    }
+
+    /// An image's metadata read back from the content store alone (no
+    /// network): the manifest or index stored as `top`, the platform's
+    /// manifest under an index, and the config, each checked against its
+    /// digest, as [`RegistryClient::pull_metadata`] would have returned it
+    /// (`fetched_bytes` 0). Used to rebuild a lost image record (see
+    /// `crate::rebuild`); a missing blob is [`RegistryError::Store`] naming it.
+    pub fn metadata_from_store(
+        &self,
+        store: &ContentStore,
+        image: &ImageRef,
+        top: &Digest,
+    ) -> Result<PulledImage, RegistryError> {
+        let read = |digest: &Digest, limit: u64| -> Result<Vec<u8>, RegistryError> {
+            let bytes = store
+                .read_capped(digest, limit)
+                .map_err(|e| store_error(image, digest, e))?;
+            let actual = crate::content::digest_like(digest, &bytes);
+            if &actual != digest {
+                return Err(RegistryError::DigestMismatch {
+                    image: image.to_string(),
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            Ok(bytes)
+        };
+        let limit = self.inner.options.manifest_limit;
+        let bytes = read(top, limit)?;
+        let media_type = stored_media_type(&bytes);
+        let (manifest_digest, manifest) = match Manifest::parse(image, top, &bytes, &media_type)? {
+            Manifest::Image(m) => (top.clone(), m),
+            Manifest::Index(index) => {
+                let desc = select_platform(image, &index, &self.inner.options.platform)?;
+                let child = parse_digest(image, desc.digest().as_ref(), "index entry")?;
+                let child_bytes = read(&child, limit)?;
+                match Manifest::parse(
+                    image,
+                    &child,
+                    &child_bytes,
+                    &stored_media_type(&child_bytes),
+                )? {
+                    Manifest::Image(m) => (child, m),
+                    Manifest::Index(_) => {
+                        return Err(RegistryError::InvalidManifest {
+                            image: image.to_string(),
+                            digest: child,
+                            reason: "an index entry points at another index".into(),
+                        })
+                    }
+                }
+            }
+        };
+        let (config_digest, layer_descs) = manifest_parts(image, &manifest_digest, &manifest)?;
+        let config_bytes = read(&config_digest, self.inner.options.config_limit)?;
+        let (config, layers) = parse_config(image, &config_digest, &config_bytes, layer_descs)?;
+        Ok(PulledImage {
+            reference: image.pinned(top.clone()),
+            digest: top.clone(),
+            media_type,
+            manifest_digest,
+            manifest,
+            config_digest,
+            config,
+            config_json: config_bytes,
+            layers,
+            fetched_bytes: 0,
+        })
     }
 
     /// Everything of a pull but the layers: resolves the reference, fetches and

@@ -115,6 +115,16 @@ impl Runtime {
         })
     }
 
+    /// The configuration container `id` was created with (its
+    /// `config.json`): address, network namespace, id map, labels.
+    pub fn config(&self, id: &str) -> Result<super::ContainerConfig, RuntimeError> {
+        let dir = self.container_dir(id);
+        if !config::valid_id(id) || !dir.is_dir() {
+            return Err(RuntimeError::NotFound { id: id.into() });
+        }
+        Ok(config::read_disk_config(id, &dir.join("config.json"))?.container)
+    }
+
     /// Every container on disk, oldest first, with its current state.
     pub fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let dir = self.containers_dir();

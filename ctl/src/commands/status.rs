@@ -1,6 +1,7 @@
 //! `berthctl status` (alias `ps`): the agent's version, current revision and
-//! readiness, each service's ready/desired replicas, image, restarts and last
-//! error, then every container; with `-o json` one document of both.
+//! readiness, what it rebuilt after losing its state database, each
+//! service's ready/desired replicas, image, restarts and last error, then
+//! every container; with `-o json` one document of both.
 
 use std::process::ExitCode;
 
@@ -69,6 +70,20 @@ fn print_status(s: &StatusResponse) {
     );
     if let Some(err) = &s.source_error {
         outln!("source error: {err}");
+    }
+    if let Some(r) = &s.rebuilt {
+        outln!(
+            "state rebuilt at {} ({}): {}",
+            r.at,
+            r.reason.as_deref().unwrap_or("records were missing"),
+            r.summary()
+        );
+        if let Some(aside) = &r.moved_aside {
+            outln!("  old database kept at {aside}");
+        }
+        for p in &r.problems {
+            outln!("  {p}");
+        }
     }
     let mut rows = vec![[
         "SERVICE".to_string(),
