@@ -53,6 +53,9 @@ pub struct Observations {
     pub images: BTreeSet<Digest>,
     /// The pinned images of the retained revisions (GC keeps them).
     pub revision_images: Vec<String>,
+    /// Digests (of the containers' and those revisions' images) whose
+    /// manifest or index a pull left in the content store.
+    pub blobs: BTreeSet<Digest>,
     /// Named volumes on disk.
     pub volumes: BTreeSet<String>,
 }
@@ -179,6 +182,10 @@ pub fn plan(obs: &Observations) -> Plan {
         let Some(digest) = ImageRef::parse(text).ok().and_then(|r| r.digest) else {
             continue;
         };
+        // Never pulled (a failed rollout's image): nothing to rebuild from.
+        if !obs.blobs.contains(&digest) {
+            continue;
+        }
         if !obs.images.contains(&digest) && wanted.insert(digest) {
             p.images.push(text.clone());
         }
@@ -259,6 +266,15 @@ pub fn observe(agent: &Agent, network: &Network) -> Observations {
             }
         }
     }
+    let content = agent.images.content();
+    obs.blobs = obs
+        .containers
+        .iter()
+        .filter_map(|c| c.image.as_ref())
+        .chain(&obs.revision_images)
+        .filter_map(|t| ImageRef::parse(t).ok().and_then(|r| r.digest))
+        .filter(|d| content.has(d))
+        .collect();
     obs.volumes = agent
         .volumes
         .list()
@@ -397,7 +413,9 @@ mod tests {
                 container("d1", "db", 4, Some(2)),
                 container("h1", "host", 5, None),
             ],
-            revision_images: vec![image('a'), image('b')],
+            revision_images: vec![image('a'), image('b'), image('c')],
+            // c was never pulled (its rollout failed): nothing to rebuild.
+            blobs: [digest('a'), digest('b')].into(),
             ..Default::default()
         };
         let p = plan(&obs);
@@ -429,6 +447,9 @@ mod tests {
         obs.leases.insert("w1".into(), ip(2));
         obs.ranges.insert("web".into(), range(1));
         obs.images.insert(digest('a'));
+        obs.blobs.insert(digest('a'));
+        // A failed revision's image that was never pulled changes nothing.
+        obs.revision_images.push(image('f'));
         let p = plan(&obs);
         assert_eq!(p, Plan::default());
         let open = OpenReport::default();
@@ -620,6 +641,7 @@ mod tests {
                 image('c'),
             ],
             images: [digest('c')].into(),
+            blobs: [digest('b'), digest('c')].into(),
             volumes: ["data".to_string()].into(),
             ..Default::default()
         };

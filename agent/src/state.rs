@@ -497,8 +497,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .map_err(io_err(dir))
 }
 
-/// Opens the sled database at `path`; a panic inside sled (it has some on
-/// garbage input) is an error like any other.
+/// Opens the sled database at `path`. A panic inside sled on garbage input
+/// is turned into an error like any other where panics unwind (debug
+/// builds, tests); release builds abort on panic, so there it stops berthd.
 fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
     let path = path.to_path_buf();
     std::panic::catch_unwind(move || {
