@@ -191,6 +191,13 @@ fn converged(agent: &Agent) -> Option<Snapshot> {
     .then_some(snap)
 }
 
+/// `GET /v1/events`.
+fn events(agent: &Agent) -> Vec<serde_json::Value> {
+    let r = agent.api("GET", "/v1/events", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().as_array().cloned().unwrap_or_default()
+}
+
 /// `berth_reconcile_duration_seconds_count`: reconcile passes so far.
 fn passes(agent: &Agent) -> u64 {
     let text = agent.http("GET", "/metrics").text();
@@ -226,6 +233,12 @@ fn containers_of_the_previous_release_are_adopted_without_replacement() {
     let (_reg, mut agent, text, port, before) = previous_release_running(&old_bins);
     _sweep = CgroupSweep(agent.cgroup_parent());
     let old_version = agent.status_json()["agent"]["version"].clone();
+    // Events are kept across restarts: only those after the upgrade count.
+    let last_seq = events(&agent)
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
 
     // The upgrade as a package manager does it: stop the old berthd
     // (containers live on), start the new one on the same state.
@@ -251,10 +264,15 @@ fn containers_of_the_previous_release_are_adopted_without_replacement() {
         "this build changed what the previous release ran"
     );
     assert_eq!(later, before, "this build replaced containers later on");
-    let events = agent.api("GET", "/v1/events", &[], b"").json();
-    let moves: Vec<_> = events
-        .as_array()
-        .unwrap()
+    let since: Vec<_> = events(&agent)
+        .into_iter()
+        .filter(|e| e["seq"].as_u64().unwrap_or(0) > last_seq)
+        .collect();
+    assert!(
+        since.iter().any(|e| e["kind"] == "agent-started"),
+        "no agent-started event of this build after seq {last_seq}: {since:?}"
+    );
+    let moves: Vec<_> = since
         .iter()
         .filter(|e| {
             matches!(
