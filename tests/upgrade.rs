@@ -247,7 +247,11 @@ fn containers_of_the_previous_release_are_adopted_without_replacement() {
     agent.bins = bin_dir();
     agent.spawn();
     let new_version = agent.status_json()["agent"]["version"].clone();
-    eprintln!("upgrade: berthd {old_version} → {new_version}");
+    eprintln!(
+        "upgrade: berthd {old_version} of {} ({}) → {new_version} of this build",
+        release.version,
+        &release.commit[..7]
+    );
 
     let after = agent.wait_for(30, "this build converged on the adopted containers", |a| {
         converged(a)
