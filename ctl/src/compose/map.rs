@@ -1536,6 +1536,12 @@ fn long_volume(
     })
 }
 
+/// [`normalize`], for the fixture tests' expected paths.
+#[cfg(test)]
+pub(super) fn tests_normalize(p: &Path) -> String {
+    normalize(p).display().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
