@@ -97,7 +97,6 @@ command = ["sleep", "3600"]
 /// start again and check everything; `want_reason` starts the reason
 /// `status` gives, `moved` says whether the old database was moved aside.
 fn lost_database(case: &str, damage: fn(&Path), want_reason: &str, moved: bool) {
-    let userns = berth_agent::runtime::userns::probe().is_ok();
     let reg = TestRegistry::start().unwrap();
     let img = ImageBuilder::busybox()
         .layer(
@@ -112,12 +111,18 @@ fn lost_database(case: &str, damage: fn(&Path), want_reason: &str, moved: bool) 
     let digest = reg.push("shop/web", "1", &img).unwrap();
     // Pinned, so nothing after the registry is gone needs to resolve a tag.
     let image = format!("{}@{digest}", reg.image("shop/web:1"));
-    let mut agent = if userns {
-        Agent::start()
-    } else {
-        eprintln!("user namespaces unsupported here: running with --userns-fallback");
-        Agent::start_with(&["--userns-fallback"])
-    };
+    // User namespaces where this kernel and the state dir's filesystem
+    // take them (as berthd decides), the host's otherwise.
+    let mut agent = Agent::create(&[]);
+    std::fs::create_dir_all(agent.state_dir()).unwrap();
+    let support =
+        berth_agent::daemon::userns_support(&bin_dir().join("berth-monitor"), &agent.state_dir());
+    let userns = support.is_ok();
+    if let Err(why) = support {
+        eprintln!("no user namespaces here ({why}): running with --userns-fallback");
+        agent.extra_args.push("--userns-fallback".into());
+    }
+    agent.spawn();
     let port = free_port();
     agent
         .apply_wait("m.toml", &manifest(&image, port, 1, false), "90s")
