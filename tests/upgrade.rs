@@ -246,7 +246,14 @@ fn containers_of_the_previous_release_are_adopted_without_replacement() {
     assert!(status.success(), "the previous berthd exited with {status}");
     agent.bins = bin_dir();
     agent.spawn();
-    let new_version = agent.status_json()["agent"]["version"].clone();
+    let new_status = agent.status_json();
+    let new_version = new_status["agent"]["version"].clone();
+    // The release's database is whole: this build rebuilds nothing from it.
+    assert_eq!(
+        new_status["rebuilt"],
+        serde_json::Value::Null,
+        "the previous release's state database taken for a lost one"
+    );
     eprintln!(
         "upgrade: berthd {old_version} of {} ({}) → {new_version} of this build",
         release.version,
