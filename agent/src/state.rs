@@ -124,9 +124,9 @@ pub const LAYOUT: &[(&str, Shape)] = &[
     ("revisions", Shape::Revisions),
     ("images", Shape::Images),
     ("ipam", Shape::Envelope),
-    ("userns", Shape::U32),
-    ("events", Shape::Envelope),
-    ("sources", Shape::Envelope),
+    (crate::idranges::TREE, Shape::U32),
+    (crate::events::TREE, Shape::Envelope),
+    (crate::sources::TREE, Shape::Envelope),
 ];
 
 /// Checks one record against its tree's shape; `Err` says what is wrong.
@@ -323,6 +323,9 @@ impl Store {
                     }
                 }
             }
+            // Held by another sled instance (one just dropped in this
+            // process still closing): not broken, so never moved aside.
+            Err(e) if is_lock_error(&e) => return Err(db_err(e)),
             Err(e) => {
                 tracing::error!(db = %db_path.display(), error = %e,
                     "state database failed to open; moving it aside and rebuilding from disk");
@@ -500,7 +503,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// Opens the sled database at `path`. A panic inside sled on garbage input
 /// is turned into an error like any other where panics unwind (debug
 /// builds, tests); release builds abort on panic, so there it stops berthd.
+/// A database whose lock another instance holds is waited for up to
+/// [`LOCK_WAIT`] (sled closes its files on a background thread after the
+/// last handle is dropped), then reported as [`is_lock_error`].
 fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match open_db_once(path) {
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Longest wait for another instance's lock on the database file.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether sled refused to open because another instance holds the
+/// database's file lock (its message; sled has no kind for it).
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+fn open_db_once(path: &Path) -> Result<sled::Db, sled::Error> {
     let path = path.to_path_buf();
     std::panic::catch_unwind(move || {
         sled::Config::new()
@@ -902,6 +929,31 @@ mod tests {
                 "1 revision files, 2 containers, 4 blobs on disk".into()
             ))
         );
+    }
+
+    #[test]
+    fn a_locked_database_is_waited_for_and_never_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        store.put_revision(&record(1)).unwrap();
+        // Held for good: an error after the wait, the database untouched.
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("could not acquire lock"), "{err}");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with("db.")), "{names:?}");
+        // Released while waiting (as when a dropped instance closes late).
+        let opener = {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || Store::open(&path))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(store);
+        let (store, report) = opener.join().unwrap().unwrap();
+        assert_eq!(report.lost, None);
+        assert_eq!(store.revisions().unwrap().len(), 1);
     }
 
     #[test]
