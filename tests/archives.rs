@@ -134,6 +134,22 @@ impl Drop for Dockerd {
     }
 }
 
+/// skopeo's `oci-archive:` of a busybox image pushed to a registry that is
+/// stopped again before this returns.
+fn oci_archive(path: &Path) {
+    let reg = TestRegistry::start().unwrap();
+    reg.push(
+        "shop/busybox",
+        "1",
+        &ImageBuilder::busybox().build().unwrap(),
+    )
+    .unwrap();
+    sh(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/shop/busybox:1", reg.host()))
+        .arg(format!("oci-archive:{}:shop/busybox:1", path.display())));
+}
+
 const NEVER: &str = "[service.NAME.pull]\npolicy = \"never\"\n";
 
 fn manifest(name: &str, image: &str) -> String {
@@ -258,4 +274,24 @@ fn never_refuses_an_image_that_is_not_loaded() {
         r.stderr
     );
     assert!(agent.containers().is_empty());
+}
+
+#[test]
+fn a_manifest_directory_ships_the_archive_of_its_image() {
+    berth_agent::require_root!();
+    let mut agent = Agent::create(&[]);
+    let dir = agent.dir.path().join("gitops");
+    std::fs::create_dir_all(&dir).unwrap();
+    oci_archive(&dir.join("busybox.tar"));
+    std::fs::write(dir.join("app.toml"), manifest("app", "shop/busybox:1")).unwrap();
+    agent.extra_args = vec!["--manifests".into(), dir.display().to_string()];
+    agent.spawn();
+    agent.wait_for(60, "app running from the shipped archive", |ag| {
+        running(ag, "app")
+    });
+    let images = agent.ctl(&["-o", "json", "images"]).ok().stdout;
+    assert!(images.contains("docker.io/shop/busybox:1"), "{images}");
+    let events = agent.ctl(&["events"]).ok().stdout;
+    assert!(events.contains("image-loaded"), "{events}");
+    agent.remove_all_containers();
 }
