@@ -295,3 +295,56 @@ fn a_manifest_directory_ships_the_archive_of_its_image() {
     assert!(events.contains("image-loaded"), "{events}");
     agent.remove_all_containers();
 }
+
+fn git(dir: &Path, args: &[&str]) {
+    sh(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args));
+}
+
+#[test]
+fn a_git_source_ships_the_archive_of_its_image() {
+    berth_agent::require_root!();
+    let mut agent = Agent::create(&[]);
+    let bare = agent.dir.path().join("fleet.git");
+    let work = agent.dir.path().join("work");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::create_dir_all(work.join("hosts")).unwrap();
+    git(&bare, &["init", "-q", "--bare"]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    oci_archive(&work.join("hosts/busybox.tar"));
+    std::fs::write(
+        work.join("hosts/app.toml"),
+        manifest("app", "shop/busybox:1"),
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "app and its image"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    agent.extra_args = [
+        "--git",
+        &format!("file://{}", bare.display()),
+        "--git-ref",
+        "main",
+        "--git-path",
+        "hosts",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    agent.spawn();
+    agent.wait_for(60, "app running from the archive in git", |ag| {
+        running(ag, "app")
+    });
+    agent.remove_all_containers();
+}
