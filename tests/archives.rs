@@ -187,6 +187,28 @@ fn archives_from_skopeo_and_docker_load_and_run_without_a_registry() {
     let r = agent.ctl(&["load", bad.to_str().unwrap()]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains(&digest), "names {digest}: {}", r.stderr);
+    assert!(
+        r.stderr.contains("shop/busybox:1 in the archive") && !r.stderr.contains("127.0.0.1"),
+        "names the image, not the loopback server: {}",
+        r.stderr
+    );
+    // Not an archive at all: one readable line, no bytes of it.
+    let junk = work.join("junk.tar");
+    std::fs::write(
+        &junk,
+        (0..4096u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let r = agent.ctl(&["load", junk.to_str().unwrap()]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("not a readable tar archive"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains('\u{fffd}'), "{}", r.stderr);
     let images = agent.ctl(&["-o", "json", "images"]).ok().stdout;
     assert!(!images.contains("shop/busybox"), "{images}");
 
