@@ -799,3 +799,141 @@ fn assert_no_orphans(agent: &Agent, seen: &BTreeSet<String>) {
         referenced.len()
     );
 }
+
+/// Whether `pid` is a live (not zombie) process.
+fn live_process(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 2..].split(' ').next())
+        .unwrap_or("");
+    !matches!(state, "Z" | "X" | "")
+}
+
+/// Nothing of container `id` is left: its directory, mounts, cgroups (the
+/// container's and its monitor's, every hierarchy), veth and netns pin.
+fn assert_container_gone(agent: &Agent, id: &str) {
+    let mut left = Vec::new();
+    let dir = agent.state_dir().join("containers").join(id);
+    if dir.exists() {
+        left.push(format!("dir {}", dir.display()));
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(4).is_some_and(|m| m.contains(id)) {
+            left.push(format!("mount {}", fields[4]));
+        }
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if matches!(fields.get(sep + 1), Some(&"cgroup") | Some(&"cgroup2")) {
+            let parent = PathBuf::from(fields[4]).join(agent.cgroup_parent());
+            for name in [id.to_string(), format!("{id}.monitor")] {
+                if parent.join(&name).exists() {
+                    left.push(format!("cgroup {}", parent.join(&name).display()));
+                }
+            }
+        }
+    }
+    let veth = berth_agent::network::veth_name(&agent.bridge(), id);
+    if Path::new("/sys/class/net").join(&veth).exists() {
+        left.push(format!("veth {veth}"));
+    }
+    if agent.run_dir().join("netns").join(id).exists() {
+        left.push(format!("netns pin of {id}"));
+    }
+    assert!(left.is_empty(), "left of {id}: {left:?}");
+}
+
+#[test]
+fn a_killed_monitor_is_reported_and_its_container_replaced_cleanly() {
+    berth_agent::require_root!();
+    let reg = TestRegistry::start().unwrap();
+    push_worker(&reg);
+    let agent = Agent::start();
+    let text = format!(
+        "[service.worker]\nimage = \"{}\"\ninit = true\nstop_timeout = \"2s\"\n",
+        reg.image("chaos/worker:1")
+    );
+    agent.apply_text("m.toml", &text).ok();
+    let old = agent.wait_for(30, "worker 1/1", |a| {
+        let ids = running_ids(a).remove("worker").unwrap_or_default();
+        (a.ready_of("worker") == (1, 1) && ids.len() == 1).then(|| ids.into_iter().next().unwrap())
+    });
+    let st: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            agent
+                .state_dir()
+                .join("containers")
+                .join(&old)
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (pid, monitor) = (
+        st["pid"].as_i64().unwrap() as i32,
+        st["monitor_pid"].as_i64().unwrap() as i32,
+    );
+    assert!(live_process(pid) && live_process(monitor));
+    let killed = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &monitor.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    // The agent says which container lost its monitor ...
+    let event = agent.wait_for(
+        10,
+        "a container-monitor-lost event naming the container",
+        |a| {
+            let events = a
+                .api("GET", "/v1/events?kind=container-monitor-lost", &[], b"")
+                .json();
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["container"] == old.as_str() && e["kind"] == "container-monitor-lost")
+                .cloned()
+        },
+    );
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains(&old) && message.contains(&monitor.to_string()),
+        "{message}"
+    );
+    // ... stops the unsupervised workload and replaces the replica.
+    let new = agent.wait_for(30, "a new worker replica ready", |a| {
+        let ids = running_ids(a).remove("worker").unwrap_or_default();
+        (a.ready_of("worker") == (1, 1) && ids.len() == 1 && !ids.contains(&old))
+            .then(|| ids.into_iter().next().unwrap())
+    });
+    let replaced = killed.elapsed();
+    agent.wait_for(10, "the old replica removed", |a| {
+        (!a.state_dir().join("containers").join(&old).exists()).then_some(())
+    });
+    assert!(
+        !live_process(pid),
+        "the old workload (pid {pid}) still runs unsupervised"
+    );
+    assert_container_gone(&agent, &old);
+    let failed = agent
+        .api("GET", "/v1/events?kind=container-failed", &[], b"")
+        .json();
+    assert!(
+        failed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["container"] == old.as_str()),
+        "the replacement is counted as a failure of the old replica: {failed}"
+    );
+    eprintln!(
+        "monitor kill: {old} (monitor {monitor}, workload {pid}) replaced by {new} in {replaced:?}; event: {message}"
+    );
+}

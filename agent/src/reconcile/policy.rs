@@ -56,6 +56,12 @@ pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
             }
         }
         ContainerState::Created => Phase::Starting,
+        // Stopped by the pass before `decide` sees it (see `unsupervised`);
+        // if that failed, it has ended as far as the service is concerned.
+        ContainerState::MonitorLost { .. } => Phase::Exited {
+            code: 128 + libc::SIGKILL,
+            oom_killed: false,
+        },
         ContainerState::Exited {
             code, oom_killed, ..
         } => Phase::Exited {
@@ -68,6 +74,14 @@ pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
         },
         ContainerState::NotFound => return None,
     })
+}
+
+/// Whether a container must be stopped at once because its monitor died
+/// while its workload ran: nothing captures its output or can record its
+/// exit, so it is stopped and its exit recorded (as containerd ends a task
+/// whose shim died); then the restart policy decides as for any exit.
+pub fn unsupervised(state: &ContainerState) -> bool {
+    matches!(state, ContainerState::MonitorLost { .. })
 }
 
 /// What happens to a container of a service no revision runs.
@@ -89,7 +103,9 @@ pub enum Unwanted {
 pub fn unwanted(state: &ContainerState, retiring: bool) -> Unwanted {
     match state {
         _ if retiring => Unwanted::Leave,
-        ContainerState::Running { .. } | ContainerState::Created => Unwanted::Retire {
+        ContainerState::Running { .. }
+        | ContainerState::MonitorLost { .. }
+        | ContainerState::Created => Unwanted::Retire {
             reason: RetireReason::ScaleDown,
             drain: Duration::ZERO,
             stop_timeout: UNWANTED_STOP_TIMEOUT,
@@ -173,6 +189,11 @@ mod tests {
             finished_at: now,
             signal: None,
         };
+        let lost = ContainerState::MonitorLost {
+            pid: 42,
+            monitor_pid: 41,
+            started_at: now,
+        };
         let o = |state, checked, health, adopted_ready| Observed {
             state,
             retiring: false,
@@ -241,6 +262,14 @@ mod tests {
                 None,
             ),
             (
+                "its monitor died (not stopped yet): ended, as SIGKILLed",
+                o(&lost, true, Some(Healthy), false),
+                Some(Phase::Exited {
+                    code: 137,
+                    oom_killed: false,
+                }),
+            ),
+            (
                 "retiring wins",
                 Observed {
                     retiring: true,
@@ -271,8 +300,50 @@ mod tests {
         };
         assert_eq!(unwanted(&run, false), retire);
         assert_eq!(unwanted(&ContainerState::Created, false), retire);
+        let lost = ContainerState::MonitorLost {
+            pid: 42,
+            monitor_pid: 41,
+            started_at: now,
+        };
+        assert_eq!(unwanted(&lost, false), retire);
         assert_eq!(unwanted(&exited, false), Unwanted::Remove);
         assert_eq!(unwanted(&run, true), Unwanted::Leave);
+    }
+
+    #[test]
+    fn only_a_workload_without_its_monitor_is_stopped_at_once() {
+        let now = SystemTime::now();
+        let cases = [
+            (running(Duration::from_secs(1), now), false),
+            (
+                ContainerState::MonitorLost {
+                    pid: 42,
+                    monitor_pid: 41,
+                    started_at: now,
+                },
+                true,
+            ),
+            (ContainerState::Created, false),
+            (
+                ContainerState::Exited {
+                    code: 0,
+                    oom_killed: false,
+                    finished_at: now,
+                    signal: None,
+                },
+                false,
+            ),
+            (
+                ContainerState::Unknown {
+                    reason: "gone".into(),
+                },
+                false,
+            ),
+            (ContainerState::NotFound, false),
+        ];
+        for (state, want) in cases {
+            assert_eq!(unsupervised(&state), want, "{state:?}");
+        }
     }
 
     #[test]

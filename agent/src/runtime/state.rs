@@ -51,6 +51,15 @@ pub enum ContainerState {
         oom_killed: bool,
         finished_at: SystemTime,
     },
+    /// The workload runs but its monitor died (it was killed): nothing
+    /// captures its output or will record its exit. [`Runtime::stop`] stops
+    /// it and records the exit itself, as containerd ends a task whose shim
+    /// died; the reconciler does so at once and reports it.
+    MonitorLost {
+        pid: i32,
+        monitor_pid: i32,
+        started_at: SystemTime,
+    },
     /// The process is gone but no exit status was recorded (the monitor was killed).
     Unknown {
         reason: String,
@@ -63,6 +72,7 @@ impl ContainerState {
         match self {
             ContainerState::Created => "created",
             ContainerState::Running { .. } => "running",
+            ContainerState::MonitorLost { .. } => "running without its monitor",
             ContainerState::Exited { .. } => "exited",
             ContainerState::Unknown { .. } => "unknown",
             ContainerState::NotFound => "not found",
@@ -173,6 +183,15 @@ impl Runtime {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             if alive(st.pid, st.pid_start) {
+                // The monitor exits only after the workload: one gone while
+                // the workload runs was killed.
+                if !alive(st.monitor_pid, st.monitor_start) {
+                    return ContainerState::MonitorLost {
+                        pid: st.pid,
+                        monitor_pid: st.monitor_pid,
+                        started_at: config::ms_to_time(st.started_at_ms),
+                    };
+                }
                 return ContainerState::Running {
                     pid: st.pid,
                     started_at: config::ms_to_time(st.started_at_ms),
