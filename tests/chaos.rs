@@ -937,3 +937,75 @@ fn a_killed_monitor_is_reported_and_its_container_replaced_cleanly() {
         "monitor kill: {old} (monitor {monitor}, workload {pid}) replaced by {new} in {replaced:?}; event: {message}"
     );
 }
+
+/// A kill of berthd between writing a new replica's `config.json` and
+/// starting its monitor leaves a directory that never starts (`created`).
+/// The restarted agent must not count it as a replica starting forever: it
+/// removes it and the service converges.
+#[test]
+fn a_create_cut_short_by_a_kill_is_removed_and_the_service_converges() {
+    berth_agent::require_root!();
+    let reg = TestRegistry::start().unwrap();
+    push_worker(&reg);
+    let mut agent = Agent::start();
+    let text = |replicas: u32| {
+        format!(
+            "[service.worker]\nimage = \"{}\"\nreplicas = {replicas}\ninit = true\nstop_timeout = \"2s\"\n",
+            reg.image("chaos/worker:1")
+        )
+    };
+    agent.apply_text("m.toml", &text(2)).ok();
+    let ids = agent.wait_for(30, "worker 2/2", |a| {
+        let ids = running_ids(a).remove("worker").unwrap_or_default();
+        (a.ready_of("worker") == (2, 2) && ids.len() == 2).then_some(ids)
+    });
+    let mut ids = ids.into_iter();
+    let (old, second) = (ids.next().unwrap(), ids.next().unwrap());
+    agent.kill9();
+    // As if the kill had landed while the second replica was created: its
+    // directory with its config (same spec and labels), no monitor, no
+    // state.json.
+    let rt = runtime_of(&agent);
+    rt.stop(&second, Some(9), Some(Duration::from_secs(2)))
+        .unwrap();
+    rt.remove(&second).unwrap();
+    let cut = "worker-0123456789ab";
+    let containers = agent.state_dir().join("containers");
+    std::fs::create_dir(containers.join(cut)).unwrap();
+    for sub in ["upper", "work", "merged", "logs"] {
+        std::fs::create_dir(containers.join(cut).join(sub)).unwrap();
+    }
+    let config = std::fs::read_to_string(containers.join(&old).join("config.json")).unwrap();
+    std::fs::write(
+        containers.join(cut).join("config.json"),
+        config.replace(&old, cut),
+    )
+    .unwrap();
+    agent.spawn();
+    let started = Instant::now();
+    agent.wait_for(30, "worker 2/2 without the cut-short replica", |a| {
+        let ids = running_ids(a).remove("worker").unwrap_or_default();
+        let revs = a.api("GET", "/v1/revisions", &[], b"").json();
+        (a.ready_of("worker") == (2, 2)
+            && ids.len() == 2
+            && ids.contains(&old)
+            && !containers.join(cut).exists()
+            && revs.as_array().unwrap().last().unwrap()["state"] == "complete")
+            .then_some(())
+    });
+    assert_container_gone(&agent, cut);
+    let removed = agent
+        .api("GET", "/v1/events?kind=container-removed", &[], b"")
+        .json();
+    let event = removed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["container"] == cut)
+        .unwrap_or_else(|| panic!("no container-removed event for {cut}: {removed}"));
+    eprintln!(
+        "cut-short create: removed and converged in {:?}; event: {}",
+        started.elapsed(),
+        event["message"]
+    );
+}

@@ -335,6 +335,39 @@ impl Reconciler {
         }
     }
 
+    /// Removes every container whose create was cut short
+    /// ([`policy::abandoned_create`]) and drops it from `containers`, so
+    /// the pass does not count it as a replica starting forever.
+    pub(super) async fn remove_abandoned(
+        &self,
+        containers: &mut Vec<ContainerInfo>,
+        now: std::time::SystemTime,
+    ) {
+        let mut removed = Vec::new();
+        for c in containers
+            .iter()
+            .filter(|c| policy::abandoned_create(&c.state, c.created_at, now))
+        {
+            let service = c.labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
+            let result = self
+                .agent
+                .containers
+                .remove(&c.id)
+                .await
+                .map_err(|e| e.to_string());
+            if result.is_ok() {
+                removed.push(c.id.clone());
+            }
+            self.removed(
+                &service,
+                &c.id,
+                "never started: berthd stopped while creating it",
+                result,
+            );
+        }
+        containers.retain(|c| !removed.contains(&c.id));
+    }
+
     /// Removes a replica that is no longer running, now.
     pub(super) async fn remove_now(&self, service: &str, id: &str) {
         let result = self

@@ -20,6 +20,11 @@ pub const MIN_READY_RUN: Duration = Duration::from_secs(1);
 /// stop signal and timeout).
 pub const UNWANTED_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a container may stay `created` (directory and config written,
+/// workload not started) before it counts as a create cut short. A start
+/// takes well under a second; see [`abandoned_create`].
+pub const CREATE_GRACE: Duration = Duration::from_secs(10);
+
 /// What the pass knows about one replica when judging its phase.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -82,6 +87,19 @@ pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
 /// whose shim died); then the restart policy decides as for any exit.
 pub fn unsupervised(state: &ContainerState) -> bool {
     matches!(state, ContainerState::MonitorLost { .. })
+}
+
+/// Whether a container is a create that will never finish: still
+/// `created` [`CREATE_GRACE`] after its config was written (a directory
+/// without a config counts as created at the epoch). Starts run inside a
+/// pass, so when a pass lists containers none of this agent's is in flight:
+/// one left `created` is what a `kill -9` of berthd mid-create (or a failed
+/// undo) leaves. Only a monitor the dead agent had just spawned could still
+/// finish it, and does so in far less than the grace. Such a container
+/// would otherwise count as a replica starting forever.
+pub fn abandoned_create(state: &ContainerState, created_at: SystemTime, now: SystemTime) -> bool {
+    matches!(state, ContainerState::Created)
+        && now.duration_since(created_at).unwrap_or_default() >= CREATE_GRACE
 }
 
 /// What happens to a container of a service no revision runs.
@@ -343,6 +361,64 @@ mod tests {
         ];
         for (state, want) in cases {
             assert_eq!(unsupervised(&state), want, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn abandoned_create_table() {
+        let now = SystemTime::now();
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let cases = [
+            (
+                "created just now: a monitor may still start it",
+                ContainerState::Created,
+                ago(0),
+                false,
+            ),
+            (
+                "created within the grace",
+                ContainerState::Created,
+                ago(9),
+                false,
+            ),
+            (
+                "created past the grace",
+                ContainerState::Created,
+                ago(10),
+                true,
+            ),
+            (
+                "no config (epoch)",
+                ContainerState::Created,
+                SystemTime::UNIX_EPOCH,
+                true,
+            ),
+            (
+                "created in the future (clock step)",
+                ContainerState::Created,
+                now + Duration::from_secs(60),
+                false,
+            ),
+            (
+                "running, however old",
+                running(Duration::from_secs(100), now),
+                ago(100),
+                false,
+            ),
+            (
+                "exited, however old",
+                ContainerState::Exited {
+                    code: 0,
+                    oom_killed: false,
+                    finished_at: now,
+                    signal: None,
+                },
+                ago(100),
+                false,
+            ),
+        ];
+        for (name, state, created_at, want) in cases {
+            assert_eq!(abandoned_create(&state, created_at, now), want, "{name}");
         }
     }
 

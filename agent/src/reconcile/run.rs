@@ -192,6 +192,8 @@ impl Reconciler {
         let (manifest, desired) = (&parsed.manifest, &parsed.desired);
         let mut containers = agent.list_containers().await?;
         self.stop_unsupervised(&mut containers).await;
+        self.remove_abandoned(&mut containers, SystemTime::now())
+            .await;
         self.memo
             .specs
             .retain(|id, _| containers.iter().any(|c| &c.id == id));
