@@ -238,6 +238,10 @@ pub struct AgentParts {
     pub proxy: PortProxy,
     pub dns: Arc<crate::dns::Dns>,
     pub volumes: Arc<crate::volumes::VolumeStore>,
+    /// Whether `userns = "auto"` services can get user namespaces here
+    /// (`Err` says why not): the kernel's and the state dir's filesystem's
+    /// answer, found by `daemon::userns_support`.
+    pub userns_support: Result<(), String>,
 }
 
 impl Agent {
@@ -255,9 +259,9 @@ impl Agent {
             proxy,
             dns,
             volumes,
+            userns_support,
         } = parts;
         let id_ranges = crate::idranges::IdRanges::open(&store, config.userns_pool)?;
-        let userns_support = crate::runtime::userns::probe();
         if let Err(why) = &userns_support {
             if config.userns_fallback {
                 tracing::warn!(%why, "user namespaces unavailable: userns = \"auto\" services run in the host's user namespace (--userns-fallback)");

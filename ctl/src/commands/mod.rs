@@ -17,6 +17,7 @@ use crate::client::{error_text, AgentAddr, Client, Reply};
 
 pub mod apply;
 pub mod completions;
+pub mod convert;
 pub mod diff;
 pub mod drain;
 pub mod events;
