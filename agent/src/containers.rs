@@ -1,6 +1,6 @@
 //! The runtime seam: everything the reconciler and the health checks do to
 //! containers (list, start with the network attached, stop-and-remove,
-//! remove, exec) behind one async trait, as youki keeps syscalls behind one
+//! kill, remove, exec) behind one async trait, as youki keeps syscalls behind one
 //! trait. [`RuntimeContainers`] is the real one: it owns the runtime, the
 //! network and the log archive, and makes their blocking calls off the async
 //! threads. Reconcile tests drive the same code with a scripted fake.
