@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    apply, completions, convert, diff, drain, events, exec, inspect, logs, man_pages, pull,
-    restart, rollback, top, validate, volumes,
+    apply, completions, convert, diff, drain, events, exec, inspect, load, logs, man_pages, pull,
+    restart, rollback, save, top, validate, volumes,
 };
 
 /// The whole command line: global flags and one command.
@@ -105,6 +105,12 @@ pub enum Command {
     Pull(pull::Pull),
     /// Images in the agent's store.
     Images,
+    /// Import images from an archive (OCI image layout or `docker save`
+    /// tar, optionally compressed) into the agent's store, every digest
+    /// checked as on a pull; run them with `pull.policy = "never"`.
+    Load(load::Load),
+    /// Write an image of the agent's store as an OCI image layout tar.
+    Save(save::Save),
     /// Free blobs and layers that no kept image uses.
     Gc,
     /// Named volumes: size, the services using them, creation time.
