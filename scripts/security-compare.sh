@@ -77,10 +77,13 @@ for v in vol ro; do
 done
 mknod "$WORK/vol/sub/kmsg" c 1 11
 
-log "Berth"
-"$BIN/bench-security" --rootfs "$ROOTFS" --state "$WORK/berth" --monitor "$BIN/berth-monitor" \
-    --volume "$WORK/vol:/vol" --volume "$WORK/ro:/ro:ro" -- /bin/sh /probe.sh >"$WORK/berth.out"
-rm -f "$WORK/vol/sub/mem"
+for userns in auto host; do
+    log "Berth, userns = \"$userns\""
+    "$BIN/bench-security" --rootfs "$ROOTFS" --state "$WORK/berth" --monitor "$BIN/berth-monitor" \
+        --userns "$userns" --volume "$WORK/vol:/vol" --volume "$WORK/ro:/ro:ro" \
+        -- /bin/sh /probe.sh >"$WORK/berth-$userns.out"
+    rm -f "$WORK/vol/sub/mem"
+done
 
 log "docker"
 DOCKER_OUT="docker unavailable"
@@ -92,13 +95,14 @@ if start_dockerd "$WORK"; then
     DOCKER_OUT=
 fi
 
-printf '\n%-44s | %-28s | %s\n' "probe (errno numbers: 1 EPERM, 38 ENOSYS)" "Berth" "docker run ${DOCKER_VERSION:-}"
-printf '%s\n' "$(printf -- '-%.0s' $(seq 1 110))"
+printf '\n%-44s | %-24s | %-24s | %s\n' "probe (errno numbers: 1 EPERM, 38 ENOSYS)" "Berth (default)" "Berth userns=host" "docker run ${DOCKER_VERSION:-}"
+printf '%s\n' "$(printf -- '-%.0s' $(seq 1 130))"
 while IFS= read -r line; do
     key=${line%%=*}
     b=${line#*=}
+    h=$(grep -F "$key=" "$WORK/berth-host.out" | head -1 | cut -d= -f2-)
     d=${DOCKER_OUT:-$(grep -F "$key=" "$WORK/docker.out" | head -1 | cut -d= -f2-)}
-    printf '%-44s | %-28s | %s\n' "$key" "$b" "$d"
-done <"$WORK/berth.out"
+    printf '%-44s | %-24s | %-24s | %s\n' "$key" "$b" "$h" "$d"
+done <"$WORK/berth-auto.out"
 echo
 echo "kernel $(uname -r); cgroup: $(stat -fc %T /sys/fs/cgroup)"

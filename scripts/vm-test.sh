@@ -49,10 +49,10 @@ mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,etc/berth-vm,lib/modul
 
 echo "== modules"
 MODS=(overlay veth bridge br_netfilter nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_ipv4
-      nft_fib_inet nft_reject_inet nft_numgen nft_limit nf_conntrack nf_nat)
+      nft_fib_inet nft_reject_inet nft_numgen nft_limit nf_conntrack nf_nat loop)
 KMOD=$WORK/kernel/lib/modules/$KVER
 mkdir -p "$ROOT/lib/modules/$KVER/kernel"
-for d in fs/overlayfs net/netfilter net/ipv4/netfilter net/ipv6/netfilter net/bridge net/802 net/llc drivers/net/veth.ko lib/libcrc32c.ko; do
+for d in fs/overlayfs net/netfilter net/ipv4/netfilter net/ipv6/netfilter net/bridge net/802 net/llc drivers/net/veth.ko drivers/block/loop.ko lib/libcrc32c.ko; do
   mkdir -p "$ROOT/lib/modules/$KVER/kernel/$(dirname "$d")"
   cp -a "$KMOD/kernel/$d" "$ROOT/lib/modules/$KVER/kernel/$d"
 done
@@ -71,7 +71,11 @@ cp "$(command -v nft)" "$ROOT/usr/sbin/nft"
 cp "$(command -v docker-registry)" "$ROOT/usr/bin/docker-registry"
 # busybox-static's wget crashes without glibc's NSS modules; curl is the HTTP client.
 cp "$(command -v curl)" "$ROOT/usr/bin/curl"
-for f in "$ROOT"/usr/local/bin/* "$ROOT"/usr/sbin/nft "$ROOT"/usr/bin/*; do
+# The state dir is an ext4 filesystem on a loop device (ext4 is built into
+# the kernel): tmpfs takes idmapped mounts only from Linux 6.3, and user
+# namespaces (Berth's default) need them for layers and volumes.
+cp "$(command -v mkfs.ext4)" "$ROOT/usr/sbin/mkfs.ext4"
+for f in "$ROOT"/usr/local/bin/* "$ROOT"/usr/sbin/nft "$ROOT"/usr/sbin/mkfs.ext4 "$ROOT"/usr/bin/*; do
   ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true
 done | sort -u | while read -r lib; do
   mkdir -p "$ROOT$(dirname "$lib")"

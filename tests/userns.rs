@@ -121,3 +121,84 @@ userns = "host"
     assert_eq!(ma2, ma);
     agent.remove_all_containers();
 }
+
+/// A 128 MiB ext2 filesystem (its driver takes no id-mapped mounts) on a
+/// loop device mounted at a path; unmounted (the loop device freed with it)
+/// and its image removed on drop.
+struct Ext2Mount(std::path::PathBuf, std::path::PathBuf);
+
+impl Ext2Mount {
+    fn new(path: &std::path::Path, image: &std::path::Path) -> Ext2Mount {
+        let sh = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+        };
+        std::fs::create_dir_all(path).unwrap();
+        sh(std::process::Command::new("truncate")
+            .args(["-s", "128M"])
+            .arg(image));
+        sh(std::process::Command::new("mkfs.ext2")
+            .args(["-q", "-F"])
+            .arg(image));
+        let guard = Ext2Mount(path.to_path_buf(), image.to_path_buf());
+        sh(std::process::Command::new("mount")
+            .args(["-t", "ext2", "-o", "loop"])
+            .arg(image)
+            .arg(path));
+        guard
+    }
+}
+
+impl Drop for Ext2Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_idmapped_is_found_at_start_and_named() {
+    berth_agent::require_root!();
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "userns-fs");
+    let mut agent = Agent::create(&[]);
+    let _ext2 = Ext2Mount::new(&agent.state_dir(), &agent.dir.path().join("ext2.img"));
+    agent.spawn();
+    // Said once at start, naming the state dir and what to do.
+    let state = agent.state_dir().display().to_string();
+    let log = agent.wait_for(10, "the start-up warning", |ag| {
+        let log = ag.log();
+        log.contains("user namespaces unavailable").then_some(log)
+    });
+    assert!(
+        log.contains(&format!("{state} cannot be id-mapped")),
+        "{log}"
+    );
+    // A userns = "auto" service fails with that reason instead of at
+    // container start with a bare EINVAL; nothing runs.
+    agent
+        .apply_text(
+            "m.toml",
+            &format!("[service.a]\nimage = \"{image}\"\ncommand = [\"sleep\", \"3600\"]\n"),
+        )
+        .ok();
+    let err = agent.wait_for(30, "a's error", |ag| {
+        let s = ag.status_json();
+        s["services"]
+            .as_array()?
+            .iter()
+            .find(|x| x["name"] == "a")
+            .and_then(|x| x["last_error"].as_str().map(String::from))
+            .filter(|e| !e.is_empty())
+    });
+    assert!(
+        err.contains("user namespaces are unavailable") && err.contains("cannot be id-mapped"),
+        "{err}"
+    );
+    assert!(err.contains("--userns-fallback"), "{err}");
+    assert!(running(&agent, "a").is_none());
+    agent.remove_all_containers();
+}

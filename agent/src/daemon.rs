@@ -214,6 +214,7 @@ pub fn build_agent(
         network.clone(),
         log_archive.clone(),
     ));
+    let userns_support = userns_support(&runtime.paths().monitor_exe, &config.state_dir);
     let agent = Agent::new(AgentParts {
         config,
         store,
@@ -226,8 +227,18 @@ pub fn build_agent(
         proxy,
         dns: Arc::new(dns),
         volumes: Arc::new(volumes),
+        userns_support,
     })?;
     Ok((agent, network))
+}
+
+/// Whether `userns = "auto"` services can run here: the kernel's support
+/// ([`crate::runtime::userns::probe`]), then whether the filesystem under
+/// `state_dir` takes id-mapped mounts (probed through `monitor_exe`, since
+/// making a user namespace needs a single-threaded process).
+pub fn userns_support(monitor_exe: &Path, state_dir: &Path) -> Result<(), String> {
+    crate::runtime::userns::probe()?;
+    crate::runtime::userns::probe_filesystem(monitor_exe, state_dir)
 }
 
 /// Longest start-up waits for the manifest source's first sync.

@@ -45,9 +45,6 @@ manifest() { # manifest FILE IMAGE_TAG [with-hog]
 image    = "127.0.0.1:5000/berth/demo:$2"
 replicas = 1
 command  = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
-# The guest's state dir is on tmpfs, which has idmapped mounts only from
-# Linux 6.3 (this is 6.1): userns = "auto" fails there (docs/testing.md).
-userns   = "host"
 [service.web.resources]
 memory = "64Mi"
 cpus   = 0.5
@@ -65,7 +62,6 @@ TOML
 [service.hog]
 image    = "127.0.0.1:5000/berth/demo:1"
 command  = ["/bin/sh", "-c", "echo hog up; sleep 1; tail /dev/zero"]
-userns   = "host"
 [service.hog.resources]
 memory = "32Mi"
 TOML
@@ -84,6 +80,12 @@ berthctl status
 WEB=$(container_of web)
 echo "web container: $WEB"
 check web-serves-v1 served v1
+
+echo "== [$(up)s] user namespace (the default): root is an unprivileged host uid"
+map=$(berthctl exec "$WEB" -- /bin/busybox cat /proc/self/uid_map 2>&1 | tr -s ' ' | sed 's/^ //')
+echo "web uid_map: $map; web init runs as host uid $(awk '/^Uid:/ {print $2}' /proc/$(init_pid "$WEB")/status)"
+check userns-mapped sh -c "echo '$map' | grep -Eq '^0 [1-9][0-9]* 65536$'"
+check userns-host-uid [ "$(awk '/^Uid:/ {print $2}' /proc/$(init_pid "$WEB")/status)" != 0 ]
 
 echo "== [$(up)s] limits read back from the cgroup v2 files"
 check memory.max [ "$(cat "$PARENT/$WEB/memory.max")" = 67108864 ]

@@ -38,6 +38,12 @@ ip link set lo up
 for m in $(cat /etc/berth-vm/modules); do
   modprobe "$m" || echo "vm-init: modprobe $m failed"
 done
+# The agent's state dir: ext4 on a loop device over a sparse file in tmpfs
+# (what a user's host has: a filesystem that takes idmapped mounts).
+truncate -s 1G /tmp/state.img
+mkfs.ext4 -q -F /tmp/state.img
+mkdir -p /var/lib/berth
+mount -t ext4 -o loop /tmp/state.img /var/lib/berth || echo "vm-init: mounting the ext4 state dir failed"
 echo "vm-init: kernel $(uname -r), booted in $(cut -d' ' -f1 /proc/uptime)s, $(nproc) CPUs, cgroup controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 timeout "$(cat /etc/berth-vm/timeout)" sh /driver.sh
 rc=$?

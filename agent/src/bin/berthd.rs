@@ -171,6 +171,10 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(berth_agent::runtime::MONITOR_SUBCOMMAND) {
         berth_agent::runtime::monitor_main(&args[2..]);
     }
+    // Hidden: the start-up check of the state dir's filesystem for id-mapped mounts.
+    if args.get(1).map(String::as_str) == Some(berth_agent::runtime::userns::PROBE_SUBCOMMAND) {
+        berth_agent::runtime::userns::probe_main(&args[2..]);
+    }
     // Hidden: a command run inside a running container (see berth_agent::runtime::exec).
     if args.get(1).map(String::as_str) == Some(berth_agent::runtime::EXEC_SUBCOMMAND) {
         berth_agent::runtime::exec_main(&args[2..]);

@@ -67,6 +67,10 @@ pub enum AgentError {
     #[error(transparent)]
     Reference(#[from] berth_core::image_ref::ReferenceError),
     /// A tag of `service` could not be resolved to a digest at apply.
+    #[error(transparent)]
+    Archive(#[from] crate::image::archive::ArchiveError),
+    #[error("service `{service}`: {image} is not in the agent's store and its pull.policy is \"never\": load it first with `berthctl load ARCHIVE`")]
+    NotLoaded { service: String, image: String },
     #[error("service `{service}`: {source}")]
     ImageResolve {
         service: String,
@@ -110,6 +114,12 @@ pub enum AgentError {
     Task {
         what: &'static str,
         source: tokio::task::JoinError,
+    },
+    /// Writing an image archive (`save`) into `path` failed.
+    #[error("writing the image archive {path}: {source}")]
+    SaveIo {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
 }
 
@@ -238,6 +248,10 @@ pub struct AgentParts {
     pub proxy: PortProxy,
     pub dns: Arc<crate::dns::Dns>,
     pub volumes: Arc<crate::volumes::VolumeStore>,
+    /// Whether `userns = "auto"` services can get user namespaces here
+    /// (`Err` says why not): the kernel's and the state dir's filesystem's
+    /// answer, found by `daemon::userns_support`.
+    pub userns_support: Result<(), String>,
 }
 
 impl Agent {
@@ -255,9 +269,9 @@ impl Agent {
             proxy,
             dns,
             volumes,
+            userns_support,
         } = parts;
         let id_ranges = crate::idranges::IdRanges::open(&store, config.userns_pool)?;
-        let userns_support = crate::runtime::userns::probe();
         if let Err(why) = &userns_support {
             if config.userns_fallback {
                 tracing::warn!(%why, "user namespaces unavailable: userns = \"auto\" services run in the host's user namespace (--userns-fallback)");

@@ -97,6 +97,7 @@ impl Harness {
             events: EventBus::new(),
             metrics,
             images,
+            userns_support: Ok(()),
         })
         .unwrap();
         Harness {

@@ -143,6 +143,67 @@ pub fn probe() -> Result<(), String> {
     kernel_support(&release, max)
 }
 
+/// The hidden subcommand that checks a directory's filesystem for id-mapped
+/// mounts (`berth-monitor __probe-idmap <dir>`; see [`probe_filesystem`]).
+pub const PROBE_SUBCOMMAND: &str = "__probe-idmap";
+
+/// The name of the empty directory below the state dir that
+/// [`probe_filesystem`] id-maps (kept, so the probe never races a container).
+pub const PROBE_DIR: &str = ".idmap-probe";
+
+/// Whether the filesystem holding `state_dir` (image layers and volumes)
+/// accepts id-mapped mounts: runs `exe PROBE_SUBCOMMAND <state_dir>/.idmap-probe`,
+/// which must be single-threaded to make a user namespace. `Err` names the
+/// directory and the kernel's answer; tmpfs, for one, needs Linux 6.3+.
+pub fn probe_filesystem(exe: &Path, state_dir: &Path) -> Result<(), String> {
+    let dir = state_dir.join(PROBE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let out = std::process::Command::new(exe)
+        .arg(PROBE_SUBCOMMAND)
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running {} {PROBE_SUBCOMMAND}: {e}", exe.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(format!(
+        "{} cannot be id-mapped ({why}); the state dir needs a filesystem with idmapped-mount support (ext4, xfs, btrfs; tmpfs from Linux 6.3)",
+        state_dir.display()
+    ))
+}
+
+/// The body of [`PROBE_SUBCOMMAND`]: makes a user namespace and gives a
+/// detached clone of `args[0]` its id mapping; the clone is dropped
+/// unattached, so nothing stays mounted. Exits 0 on success, 1 with the
+/// failed step on stderr otherwise.
+pub fn probe_main(args: &[String]) -> ! {
+    let Some(dir) = args.first() else {
+        eprintln!("usage: {PROBE_SUBCOMMAND} <dir>");
+        std::process::exit(2);
+    };
+    let range = IdRange {
+        base: DEFAULT_POOL_START,
+        len: 1,
+    };
+    let result = create("idmap-probe", range)
+        .map_err(|e| e.to_string())
+        .and_then(|userns| {
+            let tree = crate::sys::mount::open_tree_clone(Path::new(dir))
+                .map_err(|e| format!("open_tree {dir}: {e}"))?;
+            crate::sys::mount::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
+                .map_err(|e| format!("mount_setattr(MOUNT_ATTR_IDMAP) {dir}: {e}"))
+        });
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Makes a user namespace with `range` as its uid and gid map and returns an
 /// fd of it. Must run in a single-threaded process with the host's `/proc`:
 /// a helper child unshares the namespace and reports its host pid; this

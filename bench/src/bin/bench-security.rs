@@ -26,6 +26,10 @@ struct Cli {
     /// `HOST:TARGET[:ro]` bind mounts.
     #[arg(long)]
     volume: Vec<String>,
+    /// `auto`: its own user namespace (berthd's default, a 65536-id range
+    /// from the default pool); `host`: the host's.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "host"])]
+    userns: String,
     /// The command.
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
@@ -41,6 +45,12 @@ fn main() -> Result<()> {
     ));
     let id = format!("security-probe-{}", std::process::id());
     let mut cfg = ContainerConfig::new(&id, vec![a.rootfs.clone()], a.cmd.clone());
+    if a.userns == "auto" {
+        cfg.userns = Some(berth_agent::runtime::userns::IdRange {
+            base: berth_agent::runtime::userns::DEFAULT_POOL_START,
+            len: berth_agent::runtime::userns::RANGE_LEN,
+        });
+    }
     for v in &a.volume {
         let parts: Vec<&str> = v.split(':').collect();
         let (host, target, ro) = match parts[..] {
