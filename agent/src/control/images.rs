@@ -195,6 +195,9 @@ impl Agent {
         }
         .await;
         match result {
+            Ok(r) if r.bytes_freed == 0 && r.images_removed.is_empty() => {
+                tracing::debug!(used, "disk check: nothing for GC to free");
+            }
             Ok(r) => self.emit(
                 EventKind::Gc,
                 None,
