@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    apply, completions, diff, drain, events, exec, inspect, logs, man_pages, pull, restart,
+    apply, completions, diff, drain, events, exec, fleet, inspect, logs, man_pages, pull, restart,
     rollback, top, validate, volumes,
 };
 
@@ -108,4 +108,6 @@ pub enum Command {
     Volumes(volumes::Volumes),
     /// Take this host out of (on) or back into (off) load balancer rotation.
     Drain(drain::Drain),
+    /// The fleet this agent is in (berthd --fleet-etcd): status, pause, resume.
+    Fleet(fleet::Fleet),
 }

@@ -21,8 +21,8 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 use crate::commands::{
-    apply, completions, diff, drain, events, exec, gc, history, images, inspect, logs, man_pages,
-    pull, restart, rollback, status, top, validate, volumes,
+    apply, completions, diff, drain, events, exec, fleet, gc, history, images, inspect, logs,
+    man_pages, pull, restart, rollback, status, top, validate, volumes,
 };
 
 fn main() -> ExitCode {
@@ -68,5 +68,6 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Gc => gc::run(cli).await,
         Command::Volumes(args) => volumes::run(cli, args).await,
         Command::Drain(args) => drain::run(cli, args).await,
+        Command::Fleet(args) => fleet::run(cli, args).await,
     }
 }

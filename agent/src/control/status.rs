@@ -47,6 +47,7 @@ impl Agent {
             revision: latest.map(|r| r.info),
             services,
             source_error: self.source_error(),
+            fleet: self.fleet.as_ref().map(|f| f.agent_status()),
         })
     }
 
