@@ -139,12 +139,14 @@ bake = "3s"
 
 [service.web]
 image = "{image}"
+stop_timeout = "1s"
 [service.web.health]
 http = {{ port = 8080, path = "/index.html" }}
 interval = "200ms"
 retries = 2
 [service.web.update]
 probation = "1s"
+drain = "200ms"
 "#
     )
 }
@@ -235,15 +237,31 @@ fn metric(a: &Agent, name: &str) -> f64 {
         .unwrap()
 }
 
+/// Waits until no host holds a slot (the last rollout passed probation).
+fn wait_slots_free(a: &Agent) {
+    a.wait_for(30, "every slot released", |a| {
+        let f = fleet_status(a);
+        f["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["slot_held"] == false)
+            .then_some(())
+    });
+}
+
 /// The (acquired, released) times of each slot the agent took, in order.
 fn slots(a: &Agent) -> Vec<(f64, f64)> {
     let acq = events(a, "fleet-slot-acquired");
     let rel = events(a, "fleet-slot-released");
-    assert_eq!(
-        acq.len(),
-        rel.len(),
-        "every slot taken was released: {acq:?} {rel:?}"
-    );
+    if acq.len() != rel.len() {
+        let out = a.ctl(&["-o", "json", "events"]).ok();
+        panic!(
+            "every slot taken was released:\n{}\nfleet: {}",
+            out.stdout,
+            serde_json::to_string_pretty(&fleet_status(a)).unwrap()
+        );
+    }
     acq.iter().zip(&rel).map(|(x, y)| (at(x), at(y))).collect()
 }
 
@@ -282,6 +300,7 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
     for a in all {
         a.wait_for(60, "v1 on every host", |a| runs(a, &v1).then_some(()));
     }
+    wait_slots_free(&c);
     let f = fleet_status(&c);
     assert_eq!(f["hosts"].as_array().unwrap().len(), 3, "{f}");
 
@@ -290,6 +309,7 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
     for a in all {
         a.wait_for(60, "v2 on every host", |a| runs(a, &v2).then_some(()));
     }
+    wait_slots_free(&c);
     let canary_done = events(&c, "revision-complete").last().map(at).unwrap();
     let mut windows: Vec<(&str, f64, f64)> = Vec::new();
     for (name, a) in [("c", &c), ("d1", &d1), ("d2", &d2)] {
@@ -408,5 +428,6 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
         assert_eq!(metric(a, "berth_fleet_etcd_up"), 1.0);
         assert!(!events(a, "fleet-reachable").is_empty());
     }
+    wait_slots_free(&c);
     assert!(slots(&d1).len() >= 4 && slots(&d2).len() >= 4);
 }

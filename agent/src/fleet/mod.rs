@@ -434,10 +434,13 @@ impl Fleet {
                     None
                 }
                 Some((hash, reason)) => {
+                    // One event per kind of wait, not per second baked.
+                    let kind =
+                        |r: &str| -> String { r.chars().filter(|c| !c.is_ascii_digit()).collect() };
                     let same = s
                         .pending
                         .as_ref()
-                        .is_some_and(|(h, r, _)| h == hash && *r == reason);
+                        .is_some_and(|(h, r, _)| h == hash && kind(r) == kind(&reason));
                     let since = s
                         .pending
                         .as_ref()

@@ -276,7 +276,7 @@ impl Tracker {
         {
             Ok(r) => r,
             Err(crate::control::AgentError::FleetWait(reason)) => {
-                tracing::info!(source = %what, %reason, "manifest waits for the fleet");
+                tracing::debug!(source = %what, %reason, "manifest waits for the fleet");
                 self.pending = Some(PendingOffer {
                     files,
                     source,
