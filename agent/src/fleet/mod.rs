@@ -932,3 +932,72 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
     }
     fleet.leave().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(pairs: &str) -> ConfigLayer {
+        toml::from_str(pairs).expect("layer")
+    }
+
+    #[test]
+    fn fleet_flags_are_validated_and_default() {
+        assert_eq!(FleetConfig::from_layer(&layer("")).ok(), Some(None));
+        let c = FleetConfig::from_layer(&layer(
+            "fleet_etcd = [\"http://127.0.0.1:2379,http://127.0.0.2:2379\"]\nfleet = \"shop\"\nfleet_host = \"h1\"\nfleet_groups = [\"canary,default\"]\nfleet_bake = \"3s\"",
+        ))
+        .expect("valid")
+        .expect("a fleet");
+        assert_eq!(
+            c.endpoints,
+            ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]
+        );
+        assert_eq!(c.group, "default");
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(
+            c.policy.groups.as_deref(),
+            Some(&["canary".to_string(), "default".to_string()][..])
+        );
+        let bad = [
+            ("fleet = \"shop\"", "need --fleet-etcd"),
+            ("fleet_etcd = [\"127.0.0.1:2379\"]\nfleet = \"s\"", "--fleet-etcd `127.0.0.1:2379`"),
+            ("fleet_etcd = [\"http://e:2379\"]", "needs --fleet NAME"),
+            ("fleet_etcd = [\"http://e:2379\"]\nfleet = \"a/b\"", "--fleet `a/b`"),
+            ("fleet_etcd = [\"https://e:2379\"]\nfleet = \"s\"\nfleet_host = \"h\"", "needs --fleet-etcd-ca"),
+            ("fleet_etcd = [\"http://e:2379\"]\nfleet = \"s\"\nfleet_host = \"h\"\nfleet_etcd_cert = \"/c\"", "go together"),
+            ("fleet_etcd = [\"http://e:2379\"]\nfleet = \"s\"\nfleet_host = \"h\"\nfleet_etcd_user = \"u\"", "go together"),
+            ("fleet_etcd = [\"http://e:2379\"]\nfleet = \"s\"\nfleet_host = \"h\"\nfleet_max_parallel = 0", "--fleet-max-parallel"),
+            ("fleet_etcd = [\"http://e:2379\"]\nfleet = \"s\"\nfleet_host = \"h\"\nfleet_groups = [\"a,a\"]", "--fleet-groups"),
+            ("fleet_etcd = [\"http://e:2379\"]\nfleet = \"s\"\nfleet_host = \"h\"\nfleet_lease_ttl = \"1s\"", "--fleet-lease-ttl"),
+        ];
+        for (text, needle) in bad {
+            let err = FleetConfig::from_layer(&layer(text))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_manifest_policy_wins_key_by_key() {
+        let c = FleetConfig::from_layer(&layer(
+            "fleet_etcd = [\"http://e:2379\"]\nfleet = \"s\"\nfleet_host = \"h\"\nfleet_max_parallel = 5\nfleet_bake = \"1m\"",
+        ))
+        .expect("valid")
+        .expect("a fleet");
+        let p = c.policy(Some(&FleetPolicy {
+            max_parallel: Some(2),
+            ..Default::default()
+        }));
+        assert_eq!(p.max_parallel, 2, "manifest over config");
+        assert_eq!(
+            p.bake,
+            Duration::from_secs(60),
+            "config where the manifest is silent"
+        );
+        assert!(p.groups.is_empty() && !p.auto_revert, "defaults");
+        assert_eq!(c.policy(None).max_parallel, 5);
+    }
+}
