@@ -8,6 +8,7 @@ PKGS=(docker-registry busybox-static skopeo umoci prometheus haproxy wrk runc
       apache2-utils iproute2 nftables git curl libseccomp-dev pkg-config util-linux
       man-db groff-base systemd build-essential
       qemu-system-x86 cpio binutils  # the VM test tier (scripts/vm-test.sh)
+      docker.io  # `docker save` archives for tests/archives.rs (a private dockerd)
       protobuf-compiler etcd-server)  # etcd-client builds its protos; fleet tests run etcd
 missing=()
 for p in "${PKGS[@]}"; do
@@ -21,6 +22,8 @@ if ((${#missing[@]})); then
 fi
 # The Debian registry package starts a system service; tests run their own.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Docker's service too: the archive test starts a private dockerd.
+systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
 # The fuzzer (scripts/fuzz.sh): cargo-afl, and AFL++ built from its sources
 # for this rustc (needs make and a C compiler: build-essential).
 if ! command -v cargo-afl >/dev/null; then

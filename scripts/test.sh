@@ -9,6 +9,12 @@ bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
+# The previous release's binaries for tests/upgrade.rs, built from its commit
+# (cached under ~/.cache/berth/upgrade; fails if a shallow clone lacks it).
+upgrade_start=$(date +%s)
+BERTH_PREV_BIN_DIR=$(bash scripts/upgrade-base.sh | tail -n 1)
+export BERTH_PREV_BIN_DIR
+echo "test.sh: previous release's binaries ready in $(( $(date +%s) - upgrade_start )) s: $BERTH_PREV_BIN_DIR"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
 # Root-only tests fail rather than skip if this ever runs as someone else.
 BERTH_REQUIRE_ROOT=1 cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-2}"

@@ -73,6 +73,18 @@ pub fn status_of(e: &AgentError) -> (StatusCode, &'static str) {
         AgentError::ManagedBySource(_) => (StatusCode::CONFLICT, "managed_by_source"),
         AgentError::WouldRemove(_) => (StatusCode::CONFLICT, "would_remove"),
         AgentError::ImageResolve { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "image_unresolvable"),
+        AgentError::NotLoaded { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "image_not_loaded"),
+        AgentError::Archive(a) => match a {
+            crate::image::archive::ArchiveError::NoSpace { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "no_space")
+            }
+            crate::image::archive::ArchiveError::Entry { .. }
+            | crate::image::archive::ArchiveError::Format(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "bad_archive")
+            }
+            _ => INTERNAL,
+        },
+        AgentError::SaveIo { .. } => INTERNAL,
         AgentError::Image(inner) => match inner.as_ref() {
             ImageError::Registry(r) if r.kind() == "not_found" => {
                 (StatusCode::NOT_FOUND, "image_error")
@@ -221,6 +233,8 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/containers/{id}/logs", get(get_logs))
         .route("/v1/services/{name}/logs", get(get_service_logs))
         .route("/v1/images/pull", post(post_pull))
+        .route("/v1/images/load", post(post_load))
+        .route("/v1/images/save", get(get_save))
         .route("/v1/containers/{id}/exec", post(post_exec))
         .route("/v1/services/{name}/exec", post(post_exec))
         .merge(timed)
@@ -740,6 +754,149 @@ async fn post_fleet_resume(State(ctx): State<Ctx>) -> Result<Response, ApiError>
 
 async fn get_drain(State(ctx): State<Ctx>) -> Response {
     Json(serde_json::json!({ "draining": ctx.agent.is_draining() })).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoadQuery {
+    tag: Option<String>,
+}
+
+/// A file below the state dir's `tmp/` for one request, removed on drop.
+struct RequestFile(std::path::PathBuf);
+
+impl RequestFile {
+    fn new(agent: &Agent, what: &str) -> Result<RequestFile, ApiError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = agent.config.state_dir.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("{}: {e}", dir.display()),
+            )
+        })?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(RequestFile(
+            dir.join(format!("{what}-{}-{n}", std::process::id())),
+        ))
+    }
+}
+
+impl Drop for RequestFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(file = %self.0.display(), error = %e, "could not remove a request's scratch file")
+            }
+        }
+    }
+}
+
+/// Streams an open file as a response body.
+fn file_body(f: tokio::fs::File) -> Body {
+    let chunks = futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 16];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Body::from_stream(chunks)
+}
+
+/// `POST /v1/images/load[?tag=REF]`: the body is an image archive (OCI
+/// layout or `docker save` tar, optionally gzip/zstd), written to the state
+/// dir's `tmp/` (507 when it and its unpacked copy would not fit above the
+/// pull reserve), then loaded. Answers the loaded image records.
+async fn post_load(
+    State(ctx): State<Ctx>,
+    Query(q): Query<LoadQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let file = RequestFile::new(&ctx.agent, "load")?;
+    let state_dir = ctx.agent.config.state_dir.clone();
+    let room = crate::image::store::free_bytes(&state_dir)
+        .saturating_sub(crate::image::store::disk_reserve(&state_dir));
+    let io = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("storing the upload: {e}"),
+        )
+    };
+    let mut out = tokio::fs::File::create(&file.0).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("reading the archive: {e}"),
+            )
+        })?;
+        total += chunk.len() as u64;
+        if total > room / 2 {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "no_space",
+                format!(
+                    "the archive ({total}+ bytes) and its unpacked copy do not fit the free space of {}",
+                    state_dir.display()
+                ),
+            ));
+        }
+        out.write_all(&chunk).await.map_err(io)?;
+    }
+    out.flush().await.map_err(io)?;
+    drop(out);
+    let recs = ctx.agent.load(&file.0, q.tag.as_deref()).await?;
+    Ok(Json(recs).into_response())
+}
+
+#[derive(Deserialize)]
+struct SaveQuery {
+    image: String,
+}
+
+/// `GET /v1/images/save?image=REF`: an OCI image layout tar of a stored
+/// image (`application/x-tar`; header `Berth-Image-Digest`), streamed from a
+/// scratch file that is unlinked once open.
+async fn get_save(
+    State(ctx): State<Ctx>,
+    Query(q): Query<SaveQuery>,
+) -> Result<Response, ApiError> {
+    let file = RequestFile::new(&ctx.agent, "save")?;
+    let rec = ctx.agent.save(&q.image, &file.0).await?;
+    let f = tokio::fs::File::open(&file.0).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("opening the archive: {e}"),
+        )
+    })?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    drop(file);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::HeaderName::from_static("berth-image-digest"),
+                rec.digest.to_string(),
+            ),
+        ],
+        file_body(f),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

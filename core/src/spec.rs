@@ -3,7 +3,8 @@
 //! of its stored spec with the desired one, after upgrading the stored form to
 //! the current version, so a new `berthd` never replaces a container whose
 //! manifest did not change. Policies applied by the agent (replicas, health,
-//! restart, update, pull, stop_timeout) are not part of it.
+//! restart, update, pull, stop_timeout) are not part of it. `tests/upgrade.rs`
+//! holds every release's stored specs (`tests/fixtures/upgrade/`) to that.
 
 use std::collections::BTreeMap;
 
@@ -434,7 +435,8 @@ mod tests {
     #[test]
     fn canonical_form_is_stable() {
         // A change to this text means stored specs no longer compare equal:
-        // bump SPEC_VERSION and add an upgrade step instead.
+        // bump SPEC_VERSION and add an upgrade step instead (the upgrade
+        // tests in tests/upgrade.rs fail on what a release stored).
         let s = spec("");
         assert_eq!(
             s.canonical_json(),

@@ -139,6 +139,8 @@ event_kinds! {
     Health = "health",
     /// An image was pulled.
     ImagePulled = "image-pulled",
+    /// An image was loaded from an archive (`berthctl load`).
+    ImageLoaded = "image-loaded",
     /// Pulling an image failed.
     PullFailed = "pull-failed",
     /// A `pull.check` found a tag on a new digest.

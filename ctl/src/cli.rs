@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    apply, completions, diff, drain, events, exec, fleet, inspect, logs, man_pages, pull, restart,
-    rollback, top, validate, volumes,
+    apply, completions, convert, diff, drain, events, exec, fleet, inspect, load, logs, man_pages,
+    pull, restart, rollback, save, top, validate, volumes,
 };
 
 /// The whole command line: global flags and one command.
@@ -69,6 +69,9 @@ pub enum Command {
     ManPages(man_pages::ManPages),
     /// Check a manifest file or directory offline; errors name file, line and column.
     Validate(validate::Validate),
+    /// Convert a Compose file to a Berth manifest (offline); keys Berth
+    /// cannot express are named with line and column.
+    Convert(convert::Convert),
     /// Apply a manifest file or directory (`-`: stdin) as a new revision.
     Apply(apply::Apply),
     /// Show what `apply` would do, per service and container, with old -> new values.
@@ -102,6 +105,12 @@ pub enum Command {
     Pull(pull::Pull),
     /// Images in the agent's store.
     Images,
+    /// Import images from an archive (OCI image layout or `docker save`
+    /// tar, optionally compressed) into the agent's store, every digest
+    /// checked as on a pull; run them with `pull.policy = "never"`.
+    Load(load::Load),
+    /// Write an image of the agent's store as an OCI image layout tar.
+    Save(save::Save),
     /// Free blobs and layers that no kept image uses.
     Gc,
     /// Named volumes: size, the services using them, creation time.

@@ -8,6 +8,7 @@ mod out;
 mod cli;
 mod client;
 mod commands;
+mod compose;
 mod docs;
 mod table;
 mod terminal;
@@ -21,8 +22,8 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 use crate::commands::{
-    apply, completions, diff, drain, events, exec, fleet, gc, history, images, inspect, logs,
-    man_pages, pull, restart, rollback, status, top, validate, volumes,
+    apply, completions, convert, diff, drain, events, exec, fleet, gc, history, images, inspect,
+    load, logs, man_pages, pull, restart, rollback, save, status, top, validate, volumes,
 };
 
 fn main() -> ExitCode {
@@ -52,6 +53,7 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Completions(args) => Ok(completions::run(args)),
         Command::ManPages(args) => man_pages::run(args),
         Command::Validate(args) => validate::run(cli, args),
+        Command::Convert(args) => convert::run(cli, args),
         Command::Apply(args) => apply::run(cli, args).await,
         Command::Diff(args) => diff::run(cli, args).await,
         Command::Status => status::run(cli).await,
@@ -65,6 +67,8 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Rollback(args) => rollback::run(cli, args).await,
         Command::Pull(args) => pull::run(cli, args).await,
         Command::Images => images::run(cli).await,
+        Command::Load(args) => load::run(cli, args).await,
+        Command::Save(args) => save::run(cli, args).await,
         Command::Gc => gc::run(cli).await,
         Command::Volumes(args) => volumes::run(cli, args).await,
         Command::Drain(args) => drain::run(cli, args).await,

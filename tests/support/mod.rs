@@ -7,6 +7,7 @@ pub mod dns;
 pub mod load;
 pub mod pki;
 pub mod registry;
+pub mod upgrade;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -59,6 +60,10 @@ pub struct Agent {
     pub extra_args: Vec<String>,
     /// Extra environment for the berthd process.
     pub env: Vec<(String, String)>,
+    /// The directory whose `berthd` is started and whose `berthctl` runs
+    /// [`Agent::ctl`]: [`bin_dir`], or a released version's (the upgrade
+    /// tests start an older berthd, then this build's, on the same dirs).
+    pub bins: PathBuf,
     child: Option<Child>,
 }
 
@@ -123,6 +128,7 @@ impl Agent {
             http_port: free_port(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            bins: bin_dir(),
             child: None,
         }
     }
@@ -166,7 +172,7 @@ impl Agent {
             .open(self.dir.path().join("berthd.log"))
             .unwrap();
         std::fs::write(self.dir.path().join("no-config.toml"), "").unwrap();
-        let child = Command::new(berthd_bin())
+        let child = Command::new(self.bins.join("berthd"))
             .arg("--config")
             .arg(self.dir.path().join("no-config.toml"))
             .arg("--state-dir")
@@ -250,7 +256,7 @@ impl Agent {
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         let mut full = vec!["--agent".to_string(), self.agent_flag()];
         full.extend(args.iter().map(|s| s.to_string()));
-        ctl(&full)
+        ctl_with(&self.bins.join("berthctl"), &full)
     }
 
     /// A raw request on the API socket.
@@ -309,7 +315,12 @@ impl From<Output> for CtlOutput {
 
 /// Runs berthctl with the given arguments (no agent flag added).
 pub fn ctl(args: &[String]) -> CtlOutput {
-    Command::new(berthctl_bin())
+    ctl_with(&berthctl_bin(), args)
+}
+
+/// Runs the `berthctl` at `bin` with the given arguments.
+pub fn ctl_with(bin: &Path, args: &[String]) -> CtlOutput {
+    Command::new(bin)
         .args(args)
         .env_remove("BERTH_AGENT")
         .env_remove("BERTH_TOKEN_FILE")

@@ -83,6 +83,23 @@ impl Agent {
                 out.insert(svc.name.clone(), d.clone());
                 continue;
             }
+            if svc.pull.policy == berth_core::manifest::PullPolicy::Never {
+                // Resolved in the store only: no registry is asked.
+                match self.images.find(&svc.image).map_err(Box::new)? {
+                    Some(rec) => {
+                        cache.insert(key, rec.digest.to_string());
+                        out.insert(svc.name.clone(), rec.digest.to_string());
+                    }
+                    None if strict => {
+                        return Err(AgentError::NotLoaded {
+                            service: svc.name.clone(),
+                            image: svc.image.to_string(),
+                        })
+                    }
+                    None => {}
+                }
+                continue;
+            }
             match self.images.registry().resolve(&svc.image).await {
                 Ok(r) => {
                     cache.insert(key, r.digest.to_string());

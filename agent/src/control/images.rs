@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use berth_core::api::ImageView;
 use berth_core::image_ref::{Digest, ImageRef};
 
-use super::{Agent, AgentError, RETAINED_REVISIONS};
+use super::{blocking, Agent, AgentError, RETAINED_REVISIONS};
 use crate::image::store::{GcReport, ImageRecord, PullEvent};
 use crate::labels::LABEL_IMAGE;
 
@@ -16,6 +16,134 @@ use crate::labels::LABEL_IMAGE;
 pub const AUTO_GC_USED_FRACTION: f64 = 0.90;
 
 impl Agent {
+    /// Loads the images of the archive at `path` (see
+    /// [`crate::image::archive`]): each is pulled from a loopback server of
+    /// the archive through the verified pull path, then recorded under its
+    /// own name, or `tag` (an archive of one image only). Returns the records.
+    pub async fn load(
+        &self,
+        path: &std::path::Path,
+        tag: Option<&str>,
+    ) -> Result<Vec<ImageRecord>, AgentError> {
+        use crate::image::archive::Archive;
+        let scratch = self.config.state_dir.join("tmp");
+        let reserve = crate::image::store::disk_reserve(&self.config.state_dir);
+        let p = path.to_path_buf();
+        let archive = blocking("unpacking an image archive", move || {
+            Archive::unpack(&p, &scratch, reserve)
+        })
+        .await??;
+        if tag.is_some() && archive.images.len() != 1 {
+            return Err(AgentError::BadRequest(format!(
+                "--tag names one image; the archive holds {}",
+                archive.images.len()
+            )));
+        }
+        let names: Vec<ImageRef> = archive
+            .images
+            .iter()
+            .map(|img| {
+                let name = tag.map(String::from).or(img.name.clone()).ok_or_else(|| {
+                    AgentError::BadRequest(format!(
+                        "the archive does not name image {} (no reference in its index): load it with --tag NAME:TAG",
+                        img.digest
+                    ))
+                })?;
+                let mut r = ImageRef::parse(&name)?;
+                r.digest = None;
+                Ok(r)
+            })
+            .collect::<Result<_, AgentError>>()?;
+        let archive = std::sync::Arc::new(archive);
+        let served = archive.clone().serve().await?;
+        let mut out = Vec::new();
+        for (img, name) in archive.images.iter().zip(names) {
+            let from = ImageRef::parse(&format!("{}/load:{}", served.addr, img.served_tag))?;
+            let rec = self.images.pull(&from, None).await.map_err(Box::new)?;
+            let rec = self
+                .images
+                .retag(&rec, &name.to_string(), &from.to_string())
+                .map_err(Box::new)?;
+            self.emit(
+                EventKind::ImageLoaded,
+                None,
+                format!("{} as {} (from an archive)", rec.reference, rec.digest),
+            );
+            out.push(rec);
+        }
+        drop(served);
+        Ok(out)
+    }
+
+    /// Writes an OCI image layout tar of the stored image `reference` (a tag
+    /// as pulled or loaded, or a digest) into `out` (a file the caller
+    /// streams and removes). Returns the image's record.
+    pub async fn save(
+        &self,
+        reference: &str,
+        out: &std::path::Path,
+    ) -> Result<ImageRecord, AgentError> {
+        let image = ImageRef::parse(reference)?;
+        let rec = self
+            .images
+            .find(&image)?
+            .ok_or_else(|| AgentError::NotFound {
+                what: format!("image {reference} in the agent's store"),
+            })?;
+        let content = self.images.content();
+        let mut digests = vec![
+            rec.digest.clone(),
+            rec.manifest_digest.clone(),
+            rec.config_digest.clone(),
+        ];
+        digests.extend(rec.layers.iter().map(|l| l.digest.clone()));
+        let mut blobs = Vec::new();
+        for d in digests {
+            if !content.has(&d) {
+                return Err(AgentError::Conflict(format!(
+                    "blob {d} of {} is no longer stored (collected by GC?): pull the image again, then save",
+                    rec.reference
+                )));
+            }
+            blobs.push((d.clone(), content.path(&d)));
+        }
+        let top_path = content.path(&rec.digest);
+        let top = std::fs::read(&top_path).map_err(|source| AgentError::SaveIo {
+            path: top_path,
+            source,
+        })?;
+        let media_type = serde_json::from_slice::<serde_json::Value>(&top)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(String::from))
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let tag = ImageRef::parse(&rec.reference).ok().and_then(|r| r.tag);
+        let (reference, out_path, top_len) =
+            (rec.reference.clone(), out.to_path_buf(), top.len() as u64);
+        let top_digest = rec.digest.clone();
+        let shown = out.to_path_buf();
+        blocking("writing an image archive", move || {
+            let f = std::fs::File::create(&out_path)?;
+            crate::image::archive::write_layout(
+                std::io::BufWriter::new(f),
+                &reference,
+                tag.as_deref(),
+                &top_digest,
+                &media_type,
+                top_len,
+                &blobs,
+            )?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
+        })
+        .await?
+        .map_err(|source| AgentError::SaveIo {
+            path: shown,
+            source,
+        })?;
+        Ok(rec)
+    }
+
     /// Pulls an image by reference, reporting progress on `progress`.
     pub async fn pull(
         &self,

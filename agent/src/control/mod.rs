@@ -71,6 +71,10 @@ pub enum AgentError {
     #[error(transparent)]
     Reference(#[from] berth_core::image_ref::ReferenceError),
     /// A tag of `service` could not be resolved to a digest at apply.
+    #[error(transparent)]
+    Archive(#[from] crate::image::archive::ArchiveError),
+    #[error("service `{service}`: {image} is not in the agent's store and its pull.policy is \"never\": load it first with `berthctl load ARCHIVE`")]
+    NotLoaded { service: String, image: String },
     #[error("service `{service}`: {source}")]
     ImageResolve {
         service: String,
@@ -114,6 +118,12 @@ pub enum AgentError {
     Task {
         what: &'static str,
         source: tokio::task::JoinError,
+    },
+    /// Writing an image archive (`save`) into `path` failed.
+    #[error("writing the image archive {path}: {source}")]
+    SaveIo {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
 }
 

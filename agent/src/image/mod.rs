@@ -3,6 +3,7 @@
 //! orchestrates a pull and keeps records; `layer` streams one layer through
 //! decompression and diff_id checks into `unpack`; `snapshot` owns the dirs.
 
+pub mod archive;
 pub mod layer;
 pub mod snapshot;
 pub mod store;

@@ -26,7 +26,8 @@ use crate::state::{decode, encode, StateError};
 pub const MAX_LAYERS: usize = 127;
 /// Free space always left on the state filesystem: 256 MiB, or 5% of a
 /// small filesystem.
-fn disk_reserve(path: &std::path::Path) -> u64 {
+/// Bytes a pull (or a load) leaves free on the state filesystem.
+pub fn disk_reserve(path: &std::path::Path) -> u64 {
     let total = nix::sys::statvfs::statvfs(path)
         .map(|s| s.blocks().saturating_mul(s.fragment_size()))
         .unwrap_or(u64::MAX);
@@ -337,6 +338,24 @@ impl ImageStore {
             self.put(&rec)?;
         }
         Ok(())
+    }
+
+    /// Gives the record of `rec` the reference `reference` (a loaded image's
+    /// own name) and forgets the reference `drop` it was pulled as.
+    pub(crate) fn retag(
+        &self,
+        rec: &ImageRecord,
+        reference: &str,
+        drop: &str,
+    ) -> Result<ImageRecord, ImageError> {
+        let mut rec = rec.clone();
+        rec.reference = reference.to_string();
+        self.inner
+            .records
+            .remove(ref_key(drop))
+            .map_err(|e| ImageError::Internal(e.to_string()))?;
+        self.put(&rec)?;
+        Ok(rec)
     }
 
     /// Stores an image record (a pull's last step; tests put records of

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use berth_core::manifest::{OnUnhealthy, RestartPolicy, UpdateStrategy};
+use berth_core::spec::ContainerSpec;
 
 /// What one service should be, as the decision needs it.
 #[derive(Debug, Clone)]
@@ -82,6 +83,15 @@ pub struct Replica {
     pub phase: Phase,
     /// The health probe's last output (error or success text), if any.
     pub probe: Option<String>,
+}
+
+/// Whether a replica started with `stored` (its stored spec, already
+/// upgraded to the current version by [`ContainerSpec::from_stored`]) runs
+/// `desired` — [`Replica::current`]: no field differs. One without a
+/// readable stored spec (a future version, not berthd's) never does. The
+/// upgrade tests hold every released berthd's stored specs to this rule.
+pub fn is_current(stored: Option<&ContainerSpec>, desired: &ContainerSpec) -> bool {
+    stored.is_some_and(|s| s.changed_fields(desired).is_empty())
 }
 
 /// What to do next for the service.

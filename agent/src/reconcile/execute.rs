@@ -103,6 +103,26 @@ impl Reconciler {
         }
         let key = image.to_string();
         let revision = rec.info.number;
+        if svc.pull.policy == PullPolicy::Never {
+            // Never pulled: the failure is reported once per revision, as a
+            // permanent pull failure (the rollout fails with it).
+            if self
+                .tracker(&svc.name)
+                .pull_may_start(Instant::now(), revision, &key)
+            {
+                let _ = self.reporter.send(Report::Pulled {
+                    service: svc.name.clone(),
+                    image: image.clone(),
+                    revision,
+                    result: Err((
+                        true,
+                        format!("{image} is not in the agent's store and pull.policy is \"never\": load it with `berthctl load ARCHIVE`"),
+                    )),
+                });
+                agent.wake.notify_one();
+            }
+            return None;
+        }
         if agent.live().pulling.contains(&key)
             || !self
                 .tracker(&svc.name)
@@ -347,7 +367,7 @@ impl Reconciler {
                 let every = match (s.pull.check, s.pull.policy) {
                     (Some(d), _) => d,
                     (None, PullPolicy::Always) => ALWAYS_CHECK,
-                    (None, PullPolicy::IfMissing) => return false,
+                    (None, PullPolicy::IfMissing | PullPolicy::Never) => return false,
                 };
                 self.tracker(&s.name).tag_check_due(now, every)
             })

@@ -679,7 +679,7 @@ fn observe_replicas(
                 Some(s) => s.clone(),
                 None => stored_spec(&c.labels),
             };
-            let current = stored.is_some_and(|s| s.changed_fields(spec).is_empty());
+            let current = super::decide::is_current(stored.as_ref(), spec);
             let probe = agent
                 .live()
                 .health

@@ -107,12 +107,31 @@ impl DirSource {
             }
         };
         self.read_error = None;
-        let hash = content_hash(&files);
+        // Image archives beside the manifest are part of the version.
+        let archives = super::archives_in(&self.path);
+        let mut hash = content_hash(&files);
+        if !archives.is_empty() {
+            let ids: Vec<String> = archives
+                .iter()
+                .map(|(p, id)| format!("{}={id}", p.display()))
+                .collect();
+            hash = format!(
+                "{hash}+{:x}",
+                <sha2::Sha256 as sha2::Digest>::digest(ids.join("\n").as_bytes())
+            );
+        }
         if self.last_seen.as_deref() == Some(hash.as_str()) {
             return;
         }
         self.last_seen = Some(hash.clone());
         let source = ApplySource::File(self.path.display().to_string());
+        if !self
+            .tracker
+            .load_archives(&archives, &source.describe())
+            .await
+        {
+            return;
+        }
         self.tracker.offer(files, source, hash, None).await;
     }
 }

@@ -36,6 +36,37 @@ pub enum SourceError {
     Db { key: String, source: sled::Error },
 }
 
+/// Image archives shipped in a manifest directory for hosts without a
+/// registry: its `*.tar`, `*.tar.gz`, `*.tgz` and `*.tar.zst` files, sorted,
+/// each with an identity (size and modification time) that changes when the
+/// file is replaced. Empty when `dir` is not a directory.
+pub fn archives_in(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(std::path::PathBuf, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_archive = [".tar", ".tar.gz", ".tgz", ".tar.zst"]
+                .iter()
+                .any(|s| name.ends_with(s));
+            if name.starts_with('.') || !is_archive {
+                return None;
+            }
+            let m = e.metadata().ok().filter(|m| m.is_file())?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            Some((e.path(), format!("{}:{mtime}", m.len())))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// What a source applied last, persisted under its kind (`file`, `url`, `git`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceState {
@@ -254,6 +285,41 @@ impl Tracker {
         );
         self.refused = Some(message);
         self.publish();
+    }
+
+    /// Loads the image archives shipped beside the manifest (see
+    /// [`archives_in`]) that were not loaded before (by path, size and
+    /// modification time, kept in the `sources` tree); a failure refuses the
+    /// version, naming the archive. Returns whether every archive is loaded.
+    pub(crate) async fn load_archives(
+        &mut self,
+        archives: &[(std::path::PathBuf, String)],
+        what: &str,
+    ) -> bool {
+        let tree = self.agent.store().tree(TREE).ok();
+        for (path, identity) in archives {
+            let key = format!("archive:{}", path.display());
+            let seen = tree
+                .as_ref()
+                .and_then(|t| t.get(&key).ok().flatten())
+                .is_some_and(|v| v.as_ref() == identity.as_bytes());
+            if seen {
+                continue;
+            }
+            match self.agent.load(path, None).await {
+                Ok(recs) => {
+                    tracing::info!(archive = %path.display(), images = recs.len(), "loaded an image archive shipped with the manifest");
+                    if let Some(t) = &tree {
+                        let _ = t.insert(key.as_bytes(), identity.as_bytes());
+                    }
+                }
+                Err(e) => {
+                    self.refuse(what, &format!("image archive {}: {e}", path.display()));
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Validates a new version and, if valid, applies it; persists what was

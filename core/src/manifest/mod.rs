@@ -517,6 +517,9 @@ pub struct Pull {
 pub enum PullPolicy {
     IfMissing,
     Always,
+    /// Only what is in the agent's store (loaded with `berthctl load`): tags
+    /// resolve there, and a missing image fails instead of being pulled.
+    Never,
 }
 
 /// One problem found in a manifest, located in its source.

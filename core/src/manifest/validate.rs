@@ -796,11 +796,12 @@ fn validate_service(
             Some(p) => match p.get_ref().as_str() {
                 "if-missing" => PullPolicy::IfMissing,
                 "always" => PullPolicy::Always,
+                "never" => PullPolicy::Never,
                 other => {
                     ctx.at(
                         p.span(),
                         k("pull.policy"),
-                        format!("`{other}` is not one of \"if-missing\", \"always\""),
+                        format!("`{other}` is not one of \"if-missing\", \"always\", \"never\""),
                     );
                     PullPolicy::IfMissing
                 }
