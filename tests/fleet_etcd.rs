@@ -431,3 +431,88 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
     wait_slots_free(&c);
     assert!(slots(&d1).len() >= 4 && slots(&d2).len() >= 4);
 }
+
+/// An agent in the fleet without a manifest source (`berthctl apply` is gated).
+fn api_host(name: &str, etcd: &str) -> Agent {
+    Agent::start_with(&[
+        "--fleet-etcd",
+        etcd,
+        "--fleet",
+        "api",
+        "--fleet-host",
+        name,
+        "--fleet-interval",
+        "200ms",
+        "--fleet-lease-ttl",
+        "3s",
+    ])
+}
+
+fn hosts(a: &Agent) -> Vec<String> {
+    fleet_status(a)["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn apply_is_gated_by_a_pause_and_a_dead_host_leaves_the_fleet_after_its_lease() {
+    berth_agent::require_root!();
+    let etcd = Etcd::start();
+    let reg = TestRegistry::start().unwrap();
+    let v1 = push_web_image(&reg, "shop/web:1", "v1");
+    let a = api_host("a", &etcd.url());
+    let mut b = api_host("b", &etcd.url());
+    a.wait_for(10, "both hosts in the fleet", |a| {
+        (hosts(a) == ["a", "b"]).then_some(())
+    });
+
+    // Paused: `apply` is refused with the reason, nothing is recorded.
+    let paused = a.ctl(&["fleet", "pause"]).ok();
+    assert!(paused.stdout.contains("PAUSED"), "{}", paused.stdout);
+    let out = a.apply_text("web.toml", &manifest(&v1));
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("not applied yet") && out.stderr.contains("paused"),
+        "{}",
+        out.stderr
+    );
+    assert!(a.status_json()["revision"].is_null());
+    assert!(a.status_json()["fleet"]["pending"]
+        .as_str()
+        .is_some_and(|p| p.contains("paused")));
+    let r = a.api("PUT", "/v1/manifest", &[], manifest(&v1).as_bytes());
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "fleet_wait", "{}", r.text());
+
+    // Resumed: the same apply goes through the gate and rolls out.
+    a.ctl(&["fleet", "resume"]).ok();
+    a.apply_wait("web.toml", &manifest(&v1), "60s").ok();
+    a.wait_for(30, "v1 complete", |a| runs(a, &v1).then_some(()));
+    a.wait_for(30, "the slot released", |a| {
+        (!events(a, "fleet-slot-released").is_empty()).then_some(())
+    });
+    assert_eq!(slots(&a).len(), 1);
+    assert_eq!(metric(&a, "berth_fleet_slots_held"), 0.0);
+
+    // A host killed without leaving disappears once its lease expires (3s).
+    b.kill9();
+    assert!(
+        hosts(&a).contains(&"b".to_string()),
+        "b's record outlives it until the TTL"
+    );
+    let t = Instant::now();
+    a.wait_for(15, "b's record gone", |a| (hosts(a) == ["a"]).then_some(()));
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "gone by its lease, not at once"
+    );
+
+    // An agent in no fleet says so.
+    let lone = Agent::start();
+    let out = lone.ctl(&["fleet", "status"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("in no fleet"), "{}", out.stderr);
+}
