@@ -194,6 +194,57 @@ pub fn may_release(complete_for: Option<Duration>, probation: Duration) -> bool 
     complete_for.is_some_and(|d| d >= probation)
 }
 
+/// What to do with the slot held for revision `n`, from that revision's
+/// state (`None`: it was never recorded), whether it is still the current
+/// revision, and how long it has been complete with every replica ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotNext {
+    /// Still rolling out, or on probation.
+    Hold,
+    /// Done (or nothing to do): free the slot.
+    Release(String),
+    /// The rollout failed: halt its manifest for the fleet, then free the slot.
+    Halt,
+}
+
+/// See [`SlotNext`].
+pub fn slot_next(
+    n: u64,
+    state: Option<berth_core::vocab::RevisionState>,
+    current: bool,
+    complete_for: Option<Duration>,
+    probation: Duration,
+) -> SlotNext {
+    use berth_core::vocab::RevisionState as S;
+    match state {
+        None => SlotNext::Release("nothing was recorded".into()),
+        Some(S::Failed | S::RolledBack) => SlotNext::Halt,
+        Some(S::Superseded) => SlotNext::Release(format!("revision {n} superseded")),
+        Some(S::Applied | S::RollingOut) => SlotNext::Hold,
+        Some(S::Complete) if !current => SlotNext::Release(format!("revision {n} complete")),
+        Some(S::Complete) if may_release(complete_for, probation) => {
+            SlotNext::Release(format!("revision {n} complete and past probation"))
+        }
+        Some(S::Complete) => SlotNext::Hold,
+    }
+}
+
+/// The revision `auto_revert` restores on a host whose current manifest was
+/// halted: the newest complete one of another manifest. `revisions` are
+/// (number, state, fleet hash), oldest first.
+pub fn revert_target(
+    revisions: &[(u64, berth_core::vocab::RevisionState, String)],
+    halted: &str,
+) -> Option<u64> {
+    revisions
+        .iter()
+        .rev()
+        .find(|(_, state, hash)| {
+            *state == berth_core::vocab::RevisionState::Complete && hash != halted
+        })
+        .map(|(n, _, _)| *n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +427,77 @@ mod tests {
         );
         assert!(may_release(Some(p), p));
         assert!(may_release(Some(Duration::ZERO), Duration::ZERO));
+    }
+
+    #[test]
+    fn what_a_held_slot_does() {
+        use berth_core::vocab::RevisionState::*;
+        let p = Duration::from_secs(1);
+        let s = Some(Duration::from_secs(2));
+        let cases = [
+            (
+                None,
+                true,
+                None,
+                SlotNext::Release("nothing was recorded".into()),
+            ),
+            (Some(Applied), true, None, SlotNext::Hold),
+            (Some(RollingOut), true, None, SlotNext::Hold),
+            (Some(Complete), true, Some(Duration::ZERO), SlotNext::Hold),
+            (Some(Complete), true, None, SlotNext::Hold),
+            (
+                Some(Complete),
+                true,
+                s,
+                SlotNext::Release("revision 7 complete and past probation".into()),
+            ),
+            (
+                Some(Complete),
+                false,
+                None,
+                SlotNext::Release("revision 7 complete".into()),
+            ),
+            (Some(Failed), true, None, SlotNext::Halt),
+            (Some(RolledBack), false, None, SlotNext::Halt),
+            (
+                Some(Superseded),
+                false,
+                None,
+                SlotNext::Release("revision 7 superseded".into()),
+            ),
+        ];
+        for (state, current, complete_for, want) in cases {
+            assert_eq!(
+                slot_next(7, state, current, complete_for, p),
+                want,
+                "{state:?} {current}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_revert_restores_the_newest_complete_revision_of_another_manifest() {
+        use berth_core::vocab::RevisionState::*;
+        let r = |n, s, h: &str| (n, s, h.to_string());
+        let revs = [
+            r(1, Complete, "a"),
+            r(2, Complete, "b"),
+            r(3, Failed, "c"),
+            r(4, Complete, "b"),
+            r(5, Complete, "x"),
+        ];
+        assert_eq!(revert_target(&revs, "x"), Some(4));
+        assert_eq!(
+            revert_target(&revs, "b"),
+            Some(5),
+            "the halted hash is skipped, not older ones"
+        );
+        assert_eq!(
+            revert_target(&revs[..1], "a"),
+            None,
+            "nothing else to restore"
+        );
+        assert_eq!(revert_target(&[], "a"), None);
     }
 
     #[test]

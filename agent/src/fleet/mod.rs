@@ -741,57 +741,49 @@ impl Fleet {
             return Ok(()); // the gated apply is still recording
         };
         let rec = agent.store().revision(n).ok().flatten();
-        let latest = agent.store().latest_revision().ok().flatten();
+        let current = agent
+            .store()
+            .latest_revision()
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.info.number == n);
+        let state = rec.as_ref().map(|r| r.info.state);
+        let complete_for = if state == Some(RevisionState::Complete) && current {
+            let healthy = self.record(agent).healthy;
+            let mut s = self.state();
+            match s.slot.as_mut() {
+                Some(sl) if healthy => {
+                    Some(sl.complete_since.get_or_insert_with(Instant::now).elapsed())
+                }
+                Some(sl) => {
+                    sl.complete_since = None;
+                    None
+                }
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
+        let probation = rec
+            .as_ref()
+            .and_then(|r| Agent::desired_of(r).ok())
+            .and_then(|(m, _)| m.services.values().map(|s| s.update.probation).max())
+            .unwrap_or_default();
         enum Next {
             Wait,
             Release(String),
             Halt(String),
         }
-        let next = match &rec {
-            None => Next::Release("nothing was recorded".into()),
-            Some(r) => match r.info.state {
-                RevisionState::Failed | RevisionState::RolledBack => {
-                    let reason = {
-                        let live = agent.live();
-                        live.services
-                            .values()
-                            .find_map(|l| l.last_error.clone())
-                            .unwrap_or_else(|| format!("revision {n} failed"))
-                    };
-                    Next::Halt(reason)
-                }
-                RevisionState::Superseded => Next::Release(format!("revision {n} superseded")),
-                RevisionState::Applied | RevisionState::RollingOut => Next::Wait,
-                RevisionState::Complete => {
-                    let current = latest.as_ref().is_some_and(|l| l.info.number == n);
-                    let healthy = current && self.record(agent).healthy;
-                    let probation = Agent::desired_of(r)
-                        .ok()
-                        .and_then(|(m, _)| m.services.values().map(|s| s.update.probation).max())
-                        .unwrap_or_default();
-                    let since = {
-                        let mut s = self.state();
-                        let sl = s.slot.as_mut();
-                        match sl {
-                            Some(sl) if healthy => {
-                                *sl.complete_since.get_or_insert_with(Instant::now)
-                            }
-                            Some(sl) => {
-                                sl.complete_since = None;
-                                return Ok(());
-                            }
-                            None => return Ok(()),
-                        }
-                    };
-                    if !current {
-                        Next::Release(format!("revision {n} complete"))
-                    } else if decide::may_release(Some(since.elapsed()), probation) {
-                        Next::Release(format!("revision {n} complete and past probation"))
-                    } else {
-                        Next::Wait
-                    }
-                }
-            },
+        let next = match decide::slot_next(n, state, current, complete_for, probation) {
+            decide::SlotNext::Hold => Next::Wait,
+            decide::SlotNext::Release(why) => Next::Release(why),
+            decide::SlotNext::Halt => Next::Halt({
+                let live = agent.live();
+                live.services
+                    .values()
+                    .find_map(|l| l.last_error.clone())
+                    .unwrap_or_else(|| format!("revision {n} failed"))
+            }),
         };
         match next {
             Next::Wait => {}
@@ -860,13 +852,18 @@ impl Fleet {
         let Ok(revisions) = agent.store().revisions() else {
             return;
         };
-        let previous = revisions.iter().rev().find(|r| {
-            r.info.state == RevisionState::Complete
-                && Agent::desired_of(r)
-                    .ok()
-                    .is_some_and(|(m, _)| &fleet_hash(&m) != hash)
-        });
+        let summary: Vec<(u64, RevisionState, String)> = revisions
+            .iter()
+            .map(|r| {
+                let h = Agent::desired_of(r)
+                    .map(|(m, _)| fleet_hash(&m))
+                    .unwrap_or_default();
+                (r.info.number, r.info.state, h)
+            })
+            .collect();
         self.state().reverted.insert(hash.clone());
+        let previous = decide::revert_target(&summary, hash)
+            .and_then(|n| revisions.iter().find(|r| r.info.number == n));
         let Some(prev) = previous else {
             tracing::warn!("auto_revert: no earlier complete revision to restore");
             return;
