@@ -41,6 +41,9 @@ pub enum ConfigError {
     InsecureWithoutToken,
     #[error("{0}")]
     TlsFlags(&'static str),
+    /// The `--fleet-*` flags do not fit together.
+    #[error("{0}")]
+    Fleet(&'static str),
     #[error("cannot read token file {path}: {source}")]
     TokenRead {
         path: PathBuf,

@@ -117,13 +117,18 @@ impl FleetConfig {
                 || layer.fleet_group.is_some()
                 || layer.fleet_host.is_some()
                 || layer.fleet_etcd_user.is_some()
+                || layer.fleet_etcd_password_file.is_some()
                 || layer.fleet_etcd_ca.is_some()
                 || layer.fleet_etcd_cert.is_some()
+                || layer.fleet_etcd_key.is_some()
+                || layer.fleet_auto_revert.is_some()
+                || layer.fleet_interval.is_some()
+                || layer.fleet_lease_ttl.is_some()
                 || layer.fleet_max_parallel.is_some()
                 || layer.fleet_groups.is_some()
                 || layer.fleet_bake.is_some();
             if stray {
-                return Err(ConfigError::TlsFlags(
+                return Err(ConfigError::Fleet(
                     "--fleet, --fleet-group, --fleet-host and the other --fleet-* flags need --fleet-etcd",
                 ));
             }
@@ -151,7 +156,7 @@ impl FleetConfig {
                 ));
             }
         }
-        let name = layer.fleet.clone().ok_or(ConfigError::TlsFlags(
+        let name = layer.fleet.clone().ok_or(ConfigError::Fleet(
             "--fleet-etcd needs --fleet NAME: the fleet this host joins",
         ))?;
         if !valid_fleet_name(&name) {
@@ -193,7 +198,7 @@ impl FleetConfig {
                 Some((user.clone(), password))
             }
             _ => {
-                return Err(ConfigError::TlsFlags(
+                return Err(ConfigError::Fleet(
                     "--fleet-etcd-user and --fleet-etcd-password-file go together",
                 ))
             }
@@ -205,19 +210,19 @@ impl FleetConfig {
             &layer.fleet_etcd_key,
         ) {
             (_, Some(_), None) | (_, None, Some(_)) => {
-                return Err(ConfigError::TlsFlags(
+                return Err(ConfigError::Fleet(
                     "--fleet-etcd-cert and --fleet-etcd-key go together",
                 ))
             }
             (None, None, None) if !https => None,
             (None, None, None) => {
-                return Err(ConfigError::TlsFlags(
+                return Err(ConfigError::Fleet(
                     "an https:// --fleet-etcd endpoint needs --fleet-etcd-ca (the CA that signs etcd's certificate)",
                 ))
             }
             (ca, cert, key) => {
                 if !https {
-                    return Err(ConfigError::TlsFlags(
+                    return Err(ConfigError::Fleet(
                         "--fleet-etcd-ca/-cert/-key need https:// --fleet-etcd endpoints",
                     ));
                 }
@@ -482,8 +487,20 @@ impl Fleet {
             self.set_pending(agent, None);
             return Ok(());
         }
-        if self.state().slot.as_ref().is_some_and(|s| s.hash == hash) {
-            return Ok(());
+        let held = self.state().slot.as_ref().map(|s| s.hash.clone());
+        match held {
+            Some(h) if h == hash => return Ok(()),
+            // One rollout per host at a time: the slot stays with the one in
+            // progress (it ends complete, or failed and halted).
+            Some(h) => {
+                let reason = format!(
+                    "manifest {} is still rolling out here; the new one waits for it",
+                    short(&h)
+                );
+                self.set_pending(agent, Some((hash, reason.clone())));
+                return Err(reason);
+            }
+            None => {}
         }
         let policy = self.config.policy(manifest_policy);
         let result = self.try_gate(hash, &policy).await;
