@@ -187,6 +187,28 @@ fn archives_from_skopeo_and_docker_load_and_run_without_a_registry() {
     let r = agent.ctl(&["load", bad.to_str().unwrap()]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains(&digest), "names {digest}: {}", r.stderr);
+    assert!(
+        r.stderr.contains("shop/busybox:1 in the archive") && !r.stderr.contains("127.0.0.1"),
+        "names the image, not the loopback server: {}",
+        r.stderr
+    );
+    // Not an archive at all: one readable line, no bytes of it.
+    let junk = work.join("junk.tar");
+    std::fs::write(
+        &junk,
+        (0..4096u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let r = agent.ctl(&["load", junk.to_str().unwrap()]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("not a readable tar archive"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains('\u{fffd}'), "{}", r.stderr);
     let images = agent.ctl(&["-o", "json", "images"]).ok().stdout;
     assert!(!images.contains("shop/busybox"), "{images}");
 
@@ -293,5 +315,58 @@ fn a_manifest_directory_ships_the_archive_of_its_image() {
     assert!(images.contains("docker.io/shop/busybox:1"), "{images}");
     let events = agent.ctl(&["events"]).ok().stdout;
     assert!(events.contains("image-loaded"), "{events}");
+    agent.remove_all_containers();
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    sh(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args));
+}
+
+#[test]
+fn a_git_source_ships_the_archive_of_its_image() {
+    berth_agent::require_root!();
+    let mut agent = Agent::create(&[]);
+    let bare = agent.dir.path().join("fleet.git");
+    let work = agent.dir.path().join("work");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::create_dir_all(work.join("hosts")).unwrap();
+    git(&bare, &["init", "-q", "--bare"]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    oci_archive(&work.join("hosts/busybox.tar"));
+    std::fs::write(
+        work.join("hosts/app.toml"),
+        manifest("app", "shop/busybox:1"),
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "app and its image"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    agent.extra_args = [
+        "--git",
+        &format!("file://{}", bare.display()),
+        "--git-ref",
+        "main",
+        "--git-path",
+        "hosts",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    agent.spawn();
+    agent.wait_for(60, "app running from the archive in git", |ag| {
+        running(ag, "app")
+    });
     agent.remove_all_containers();
 }

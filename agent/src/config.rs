@@ -117,6 +117,9 @@ pub struct ConfigLayer {
     pub git_path: Option<String>,
     /// How often a `--manifest-url` or `--git` source is polled, e.g. `"30s"`.
     pub manifest_poll_interval: Option<String>,
+    /// How often the state filesystem's usage is checked (automatic image
+    /// GC above 90% used), e.g. `"10s"`.
+    pub disk_check_interval: Option<String>,
     pub registry_config: Option<PathBuf>,
     pub subnet: Option<String>,
     pub bridge: Option<String>,
@@ -206,6 +209,7 @@ impl ConfigLayer {
             git_ref: over.git_ref.or(self.git_ref),
             git_path: over.git_path.or(self.git_path),
             manifest_poll_interval: over.manifest_poll_interval.or(self.manifest_poll_interval),
+            disk_check_interval: over.disk_check_interval.or(self.disk_check_interval),
             registry_config: over.registry_config.or(self.registry_config),
             subnet: over.subnet.or(self.subnet),
             bridge: over.bridge.or(self.bridge),
@@ -250,6 +254,9 @@ pub struct AgentConfig {
     pub source: Option<ManifestSource>,
     /// Poll interval of the URL and git sources (also the directory rescan).
     pub manifest_poll_interval: Duration,
+    /// How often the state filesystem's usage is checked: automatic GC
+    /// when it is fuller than `control::images::AUTO_GC_USED_FRACTION`.
+    pub disk_check_interval: Duration,
     pub registry_config: Option<PathBuf>,
     /// Docker's `config.json` (credentials and credential helpers), when
     /// there is one: `$DOCKER_CONFIG/config.json`, else
@@ -389,6 +396,17 @@ impl AgentConfig {
                 })
             }
         };
+        let disk_text = layer.disk_check_interval.unwrap_or_else(|| "10s".into());
+        let disk_check_interval = match berth_core::units::parse_duration(&disk_text) {
+            Ok(d) if d >= Duration::from_millis(100) => d,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    what: "--disk-check-interval",
+                    value: disk_text,
+                    why: "a duration of at least 100ms, like \"10s\"",
+                })
+            }
+        };
         let cgroup_parent = layer.cgroup_parent.unwrap_or_else(|| "berth".into());
         if cgroup_parent.is_empty()
             || cgroup_parent
@@ -444,6 +462,7 @@ impl AgentConfig {
                 _ => None,
             },
             manifest_poll_interval,
+            disk_check_interval,
             registry_config: layer.registry_config,
             docker_config: None,
             subnet,
@@ -596,6 +615,7 @@ mod tests {
         assert_eq!(c.cgroup_parent, "berth");
         assert_eq!(c.subnet, ("10.89.0.0".parse().unwrap(), 16));
         assert_eq!(c.manifest_poll_interval, Duration::from_secs(30));
+        assert_eq!(c.disk_check_interval, Duration::from_secs(10));
         assert_eq!(c.source, None);
         assert_eq!(
             (c.userns_pool.start, c.userns_pool.count, c.userns_fallback),

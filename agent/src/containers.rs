@@ -1,6 +1,6 @@
 //! The runtime seam: everything the reconciler and the health checks do to
 //! containers (list, start with the network attached, stop-and-remove,
-//! remove, exec) behind one async trait, as youki keeps syscalls behind one
+//! kill, remove, exec) behind one async trait, as youki keeps syscalls behind one
 //! trait. [`RuntimeContainers`] is the real one: it owns the runtime, the
 //! network and the log archive, and makes their blocking calls off the async
 //! threads. Reconcile tests drive the same code with a scripted fake.
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::logs::LogArchive;
 use crate::network::{NetError, Network};
-use crate::runtime::{ContainerConfig, ContainerInfo, ExecOutput, Runtime, RuntimeError};
+use crate::runtime::{ContainerConfig, ContainerInfo, ExecOutput, ExitInfo, Runtime, RuntimeError};
 
 /// Why a container operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,10 @@ pub trait Containers: Send + Sync + Debug {
     /// removes it keeping its logs in the archive, and detaches its network.
     /// The result is the removal's; a failed detach is logged.
     async fn stop_and_remove(&self, id: &str) -> Result<(), ContainerError>;
+
+    /// SIGKILLs a container (PID 1 and its cgroup) and keeps it, its exit
+    /// recorded (by the runtime itself for a workload whose monitor died).
+    async fn kill(&self, id: &str) -> Result<ExitInfo, ContainerError>;
 
     /// Removes a container that is no longer running, keeping its logs, and
     /// detaches its network (a failed detach is logged).
@@ -158,6 +162,16 @@ impl Containers for RuntimeContainers {
                 tracing::debug!(container = %id, error = %e, "stop before removal");
             }
             me.remove_and_detach(&id)
+        })
+        .await
+    }
+
+    async fn kill(&self, id: &str) -> Result<ExitInfo, ContainerError> {
+        let id = id.to_string();
+        self.blocking("killing a container", move |me| {
+            Ok(me
+                .runtime
+                .stop(&id, Some(libc::SIGKILL), Some(Duration::ZERO))?)
         })
         .await
     }

@@ -425,6 +425,21 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             }
         }
     });
+    // The state filesystem, every --disk-check-interval: fuller than
+    // AUTO_GC_USED_FRACTION, GC removes unused images and prunes the log
+    // archive; the database's headroom is renewed (see
+    // `Store::reserve_headroom`).
+    let disk_agent = agent.clone();
+    let disk_every = config.disk_check_interval;
+    let disk_task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(disk_every).await;
+            if let Err(e) = disk_agent.store().reserve_headroom() {
+                tracing::debug!(error = %e, "state database headroom not renewed");
+            }
+            disk_agent.maybe_auto_gc(None).await;
+        }
+    });
     // The first reconcile pass (re-adopting what runs) completes before the
     // agent reports ready.
     let (reconcile_stop, reconcile_rx) = tokio::sync::watch::channel(false);
@@ -462,6 +477,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let _ = reconcile_stop.send(true);
     let _ = dns_stop.send(true);
     dns_task.abort();
+    disk_task.abort();
     if let Some(task) = fleet_task {
         // Leaving revokes the lease: the record and any slot go at once.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;

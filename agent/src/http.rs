@@ -62,6 +62,15 @@ pub fn status_of(e: &AgentError) -> (StatusCode, &'static str) {
     use crate::image::store::ImageError;
     use crate::volumes::VolumeError;
     const INTERNAL: (StatusCode, &str) = (StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    // A full state filesystem, whatever step hit it: 507, retry once there
+    // is room (the message names the path).
+    if crate::state::is_no_space(e) {
+        let code = match e {
+            AgentError::Image(_) => "image_error",
+            _ => "no_space",
+        };
+        return (StatusCode::INSUFFICIENT_STORAGE, code);
+    }
     match e {
         AgentError::InvalidManifest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest"),
         AgentError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
@@ -95,7 +104,7 @@ pub fn status_of(e: &AgentError) -> (StatusCode, &'static str) {
             }
             ImageError::Registry(_) => (StatusCode::BAD_GATEWAY, "image_error"),
             ImageError::NotFound(_) => (StatusCode::NOT_FOUND, "image_error"),
-            ImageError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "image_error"),
+            i if i.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "image_error"),
             // Content the agent refuses (too many layers, a bad config, a
             // digest mismatch): pulling it again cannot help.
             i if i.is_permanent() => (StatusCode::UNPROCESSABLE_ENTITY, "image_error"),
@@ -1199,11 +1208,54 @@ mod tests {
             (
                 image(ImageError::NoSpace {
                     image: "shop/web:1".into(),
+                    path: "/var/lib/berth".into(),
                     need: 2,
                     free: 1,
                 }),
                 StatusCode::INSUFFICIENT_STORAGE,
                 "image_error",
+            ),
+            // The disk filled during the pull (ingest, snapshot) or a
+            // state write: 507 as well; other I/O errors stay 500.
+            (
+                image(ImageError::Content {
+                    image: "shop/web:1".into(),
+                    source: crate::content::ContentError::Io {
+                        op: "writing",
+                        path: "/var/lib/berth/ingest/x".into(),
+                        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    },
+                }),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "image_error",
+            ),
+            (
+                image(ImageError::Content {
+                    image: "shop/web:1".into(),
+                    source: crate::content::ContentError::Io {
+                        op: "writing",
+                        path: "/var/lib/berth/ingest/x".into(),
+                        source: std::io::Error::from_raw_os_error(libc::EIO),
+                    },
+                }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "image_error",
+            ),
+            (
+                AgentError::State(StateError::Db {
+                    path: "/var/lib/berth/db".into(),
+                    source: sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+                }),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "no_space",
+            ),
+            (
+                AgentError::State(StateError::Io {
+                    path: "/var/lib/berth/revisions/3.rev".into(),
+                    source: std::io::Error::from_raw_os_error(libc::EDQUOT),
+                }),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "no_space",
             ),
             (
                 image(ImageError::Internal("sled".into())),

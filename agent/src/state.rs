@@ -12,6 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+/// Room kept allocated past the end of sled's log file (see
+/// [`Store::reserve_headroom`]): 16 MiB, weeks of events and records.
+pub const DB_HEADROOM: u64 = 16 << 20;
 /// Layout version of the database; bumped when keys or trees change meaning.
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &[u8] = b"format_version";
@@ -84,6 +87,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// True when `error` or any error it wraps is `ENOSPC` or `EDQUOT` (an
+/// `io::Error` or sled's I/O error): the filesystem, or the quota, is full.
+pub fn is_no_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let full = |e: &std::io::Error| {
+        e.kind() == std::io::ErrorKind::StorageFull
+            || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    };
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if full(io) {
+                return true;
+            }
+        }
+        if let Some(sled::Error::Io(io)) = e.downcast_ref::<sled::Error>() {
+            if full(io) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Creates a directory (and parents) and makes it root-only (0700).
@@ -199,7 +226,38 @@ impl Store {
         };
         report.rebuilt_revisions = store.rebuild_revisions()?;
         store.flush()?;
+        if let Err(e) = store.reserve_headroom() {
+            tracing::warn!(error = %e, "no room reserved for the state database; it may fail when the disk fills");
+        }
         Ok((store, report))
+    }
+
+    /// Allocates [`DB_HEADROOM`] bytes past the end of sled's log file
+    /// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so the database keeps writing
+    /// when the filesystem fills: sled 0.34 turns one failed log write
+    /// (`ENOSPC`) into an error of every later operation until the process
+    /// restarts. Called at open and by the agent's disk check (the log
+    /// grows); nothing to do while the room is still there. Fails (retried
+    /// at the next check) when the filesystem has no room for it.
+    pub fn reserve_headroom(&self) -> Result<(), StateError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let log = self.db_path.join("db");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .map_err(io_err(&log))?;
+        let meta = f.metadata().map_err(io_err(&log))?;
+        let want = meta.len().saturating_add(DB_HEADROOM);
+        if meta.blocks().saturating_mul(512) >= want {
+            return Ok(());
+        }
+        nix::fcntl::fallocate(
+            &f,
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            i64::try_from(want).unwrap_or(i64::MAX),
+        )
+        .map_err(|e| io_err(&log)(std::io::Error::from(e)))
     }
 
     /// Restores revisions whose file exists but whose record is missing.
@@ -319,6 +377,8 @@ impl Store {
 }
 
 /// Writes a file atomically and durably: temp file, fsync, rename, fsync dir.
+/// On failure (a full disk) the temp file is removed and `path` keeps what
+/// it held.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -327,16 +387,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
-    let mut f = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(io_err(&tmp));
+    if let Err(e) = written {
+        // A half-written temp file (a full disk) is not left behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
@@ -365,6 +435,60 @@ mod tests {
             halted: Default::default(),
             restarts: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_write_that_meets_a_full_disk_leaves_no_temp_file_and_the_old_content() {
+        crate::require_root!();
+        let fs = crate::testing::SmallFs::mount("64k").unwrap();
+        let path = fs.path().join("3.rev");
+        write_atomic(&path, b"old").unwrap();
+        fs.fill("filler");
+        let err = write_atomic(&path, &vec![7u8; 256 << 10]).unwrap_err();
+        assert!(is_no_space(&err), "{err}");
+        assert!(
+            err.to_string().contains(".3.rev.tmp"),
+            "names the file: {err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        let mut left: Vec<String> = std::fs::read_dir(fs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["3.rev", "filler"]);
+    }
+
+    #[test]
+    fn the_database_keeps_working_on_a_full_disk() {
+        crate::require_root!();
+        let fs = crate::testing::SmallFs::mount("32m").unwrap();
+        let (store, _) = Store::open(fs.path()).unwrap();
+        store.put_revision(&record(1)).unwrap();
+        let tree = store.tree("images").unwrap();
+        assert!(fs.fill("filler") > 0);
+        assert_eq!(crate::image::store::free_bytes(fs.path()), 0);
+        // Records of the agent's size (events, image records, addresses):
+        // without the headroom sled's first log write fails here and every
+        // later operation returns that error until a restart.
+        for i in 0..2048u32 {
+            tree.insert(i.to_be_bytes(), vec![1u8; 512 + (i as usize % 8) * 512])
+                .unwrap();
+            if i % 64 == 0 {
+                tree.flush().unwrap();
+            }
+        }
+        tree.flush().unwrap();
+        // A revision needs its file: refused while full, naming it ...
+        let err = store.put_revision(&record(2)).unwrap_err();
+        assert!(is_no_space(&err), "{err}");
+        // ... and fine once there is room.
+        std::fs::remove_file(fs.path().join("filler")).unwrap();
+        tree.insert(b"after", b"x".to_vec()).unwrap();
+        tree.flush().unwrap();
+        store.put_revision(&record(2)).unwrap();
+        assert_eq!(store.latest_revision().unwrap().unwrap(), record(2));
+        assert_eq!(tree.get(b"after").unwrap().unwrap(), b"x".to_vec());
     }
 
     #[test]

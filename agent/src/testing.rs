@@ -134,3 +134,73 @@ mod tests {
         );
     }
 }
+
+/// A tmpfs of a few KiB or MiB mounted on a fresh temp dir (root only), for
+/// tests of what happens when a write meets a full filesystem. Unmounted
+/// (lazily if busy) on drop, also when the test panics.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `"64k"`).
+    pub fn mount(size: &str) -> std::io::Result<SmallFs> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-smallfs-")
+            .tempdir()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()?
+            .success();
+        if !ok {
+            return Err(std::io::Error::other(format!(
+                "mount tmpfs at {}",
+                dir.path().display()
+            )));
+        }
+        Ok(SmallFs { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes zeros into `name` until the filesystem is full; returns the
+    /// bytes written.
+    pub fn fill(&self, name: &str) -> u64 {
+        let mut f = match std::fs::File::create(self.path().join(name)) {
+            Ok(f) => f,
+            Err(_) => return 0,
+        };
+        let block = vec![0u8; 4096];
+        let mut n = 0;
+        while let Ok(w) = f.write(&block) {
+            if w == 0 {
+                break;
+            }
+            n += w as u64;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -131,6 +131,8 @@ event_kinds! {
     ContainerFailed = "container-failed",
     /// A replica was killed by the kernel's OOM killer and will be replaced.
     ContainerOomKilled = "container-oom-killed",
+    /// A replica's monitor died while its workload ran (nothing captured its output or could record its exit): the workload was stopped, and the restart policy replaces it.
+    ContainerMonitorLost = "container-monitor-lost",
     /// A replica was stopped and removed.
     ContainerRemoved = "container-removed",
     /// Removing a replica failed.

@@ -3,9 +3,11 @@
 //! panics), run `berthctl`, and speak raw HTTP/1.1 to unix and TCP listeners.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod disk;
 pub mod dns;
 pub mod load;
 pub mod pki;
+pub mod proxy;
 pub mod registry;
 pub mod upgrade;
 

@@ -94,6 +94,13 @@ struct Flags {
         help = "How often --manifest-url and --git are polled, and --manifests rescanned [default: 30s]"
     )]
     manifest_poll_interval: Option<String>,
+    /// How often the state filesystem's usage is checked.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        help = "How often the state filesystem is checked; above 90% used, unused images are removed [default: 10s]"
+    )]
+    disk_check_interval: Option<String>,
     /// Registry credentials, mirrors and plain-http registries (TOML).
     #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
@@ -271,6 +278,7 @@ fn main() -> ExitCode {
             git_ref: flags.git_ref,
             git_path: flags.git_path,
             manifest_poll_interval: flags.manifest_poll_interval,
+            disk_check_interval: flags.disk_check_interval,
             registry_config: flags.registry_config,
             subnet: flags.subnet,
             bridge: flags.bridge,

@@ -26,7 +26,10 @@ impl Agent {
         let spec = stored_spec(&c.labels);
         let (state, pid, exit_code, oom_killed, started_at, finished_at) = match &c.state {
             ContainerState::Created => ("created", None, None, false, None, None),
-            ContainerState::Running { pid, started_at } => (
+            ContainerState::Running { pid, started_at }
+            | ContainerState::MonitorLost {
+                pid, started_at, ..
+            } => (
                 "running",
                 Some(*pid),
                 None,

@@ -49,8 +49,12 @@ impl Agent {
                         img.digest
                     ))
                 })?;
-                let mut r = ImageRef::parse(&name)?;
-                r.digest = None;
+                let r = ImageRef::parse(&name)?;
+                if r.digest.is_some() || name.starts_with("sha256:") {
+                    return Err(AgentError::BadRequest(format!(
+                        "{name}: a loaded image is named REPOSITORY[:TAG]; its digest comes from its content"
+                    )));
+                }
                 Ok(r)
             })
             .collect::<Result<_, AgentError>>()?;
@@ -59,7 +63,19 @@ impl Agent {
         let mut out = Vec::new();
         for (img, name) in archive.images.iter().zip(names) {
             let from = ImageRef::parse(&format!("{}/load:{}", served.addr, img.served_tag))?;
-            let rec = self.images.pull(&from, None).await.map_err(Box::new)?;
+            let rec = self.images.pull(&from, None).await.map_err(|e| {
+                // The loopback server is an implementation detail: the
+                // error names the image in the archive and its digest.
+                let text = e
+                    .to_string()
+                    .replace(&from.to_string(), &format!("{name} in the archive"));
+                match e {
+                    crate::image::store::ImageError::NoSpace { .. } => {
+                        AgentError::Image(Box::new(e))
+                    }
+                    _ => AgentError::Archive(crate::image::archive::ArchiveError::Format(text)),
+                }
+            })?;
             let rec = self
                 .images
                 .retag(&rec, &name.to_string(), &from.to_string())
@@ -179,6 +195,9 @@ impl Agent {
         }
         .await;
         match result {
+            Ok(r) if r.bytes_freed == 0 && r.images_removed.is_empty() => {
+                tracing::debug!(used, "disk check: nothing for GC to free");
+            }
             Ok(r) => self.emit(
                 EventKind::Gc,
                 None,

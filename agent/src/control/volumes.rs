@@ -51,7 +51,7 @@ fn container_volumes(c: &ContainerInfo) -> Vec<String> {
 fn state_text(s: &ContainerState) -> &'static str {
     match s {
         ContainerState::Created => "created",
-        ContainerState::Running { .. } => "running",
+        ContainerState::Running { .. } | ContainerState::MonitorLost { .. } => "running",
         ContainerState::Exited { .. } => "exited",
         ContainerState::Unknown { .. } => "unknown",
         ContainerState::NotFound => "removed",

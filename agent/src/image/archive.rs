@@ -115,12 +115,30 @@ impl Archive {
         let dir = ScratchDir::new(scratch).map_err(io(scratch))?;
         let root = dir.path().to_path_buf();
         let mut tar = tar::Archive::new(decoder(path)?);
+        // A tar error quotes what it could not read: keep it printable.
+        let unreadable = |e: std::io::Error| {
+            let text: String = e
+                .to_string()
+                .chars()
+                .map(|c| {
+                    if c.is_control() || c == '\u{fffd}' {
+                        '?'
+                    } else {
+                        c
+                    }
+                })
+                .take(200)
+                .collect();
+            ArchiveError::Format(format!(
+                "not a readable tar archive (plain, gzip or zstd): {text}"
+            ))
+        };
         let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
         let mut total = 0u64;
         let free = super::store::free_bytes(scratch);
-        for entry in tar.entries().map_err(io(path))? {
-            let mut entry = entry.map_err(io(path))?;
-            let name = entry.path().map_err(io(path))?.into_owned();
+        for entry in tar.entries().map_err(unreadable)? {
+            let mut entry = entry.map_err(unreadable)?;
+            let name = entry.path().map_err(unreadable)?.into_owned();
             let shown = name.display().to_string();
             let rel = safe_relative(&name).ok_or(ArchiveError::Entry {
                 entry: shown.clone(),
@@ -143,7 +161,7 @@ impl Archive {
                         std::fs::create_dir_all(parent).map_err(io(parent))?;
                     }
                     let mut out = std::fs::File::create(&target).map_err(io(&target))?;
-                    std::io::copy(&mut entry, &mut out).map_err(io(&target))?;
+                    std::io::copy(&mut entry, &mut out).map_err(unreadable)?;
                 }
                 // The classic format links a repeated layer to its first copy.
                 tar::EntryType::Symlink | tar::EntryType::Link => {

@@ -51,14 +51,20 @@ pub enum ImageError {
         image: String,
         source: SnapshotError,
     },
-    #[error("{image}: content store: {source}")]
+    #[error("{image}: {source}")]
     Content { image: String, source: ContentError },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{image}: {count} layers, more than the {MAX_LAYERS} allowed")]
     TooManyLayers { image: String, count: usize },
-    #[error("{image}: needs at least {need} bytes on the state filesystem, {free} free")]
-    NoSpace { image: String, need: u64, free: u64 },
+    #[error("{image}: no space left on the state filesystem {}: needs at least {need} bytes, {free} free", path.display())]
+    NoSpace {
+        image: String,
+        /// The state dir (whose filesystem is full).
+        path: PathBuf,
+        need: u64,
+        free: u64,
+    },
     #[error("{image}: config: {reason}")]
     InvalidConfig { image: String, reason: String },
     #[error("image {0} is not in the local store (pull it first)")]
@@ -99,6 +105,15 @@ impl ImageError {
             | ImageError::NotFound(_)
             | ImageError::Internal(_) => false,
         }
+    }
+}
+
+impl ImageError {
+    /// True when the state filesystem is full: the pre-pull check, or
+    /// `ENOSPC`/`EDQUOT` from any write of the pull (content store,
+    /// snapshot, state database). The API answers 507 for these.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, ImageError::NoSpace { .. }) || crate::state::is_no_space(self)
     }
 }
 
@@ -470,6 +485,7 @@ impl ImageStore {
         if need.saturating_add(reserve) > free {
             return Err(ImageError::NoSpace {
                 image: name,
+                path: inner.state_dir.clone(),
                 need: need + reserve,
                 free,
             });
@@ -649,6 +665,7 @@ impl ImageStore {
             let mut done = 0u64;
             let mut last_report = 0u64;
             let mut download: Result<(), ImageError> = Ok(());
+            let mut unpacker_stopped = false;
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {
                     Ok(c) => c,
@@ -677,6 +694,7 @@ impl ImageStore {
                     );
                 }
                 if tx.send(chunk).await.is_err() {
+                    unpacker_stopped = true;
                     break; // the unpacker stopped: its error says why
                 }
             }
@@ -685,6 +703,19 @@ impl ImageStore {
                 .await
                 .map_err(|e| ImageError::Internal(e.to_string()))?;
             download?;
+            let layer_err = |source| ImageError::Layer {
+                image: name.clone(),
+                source: Box::new(source),
+            };
+            // Writing the snapshot failed (a full disk) and cut the download
+            // short: that is the reason, not the blob's size.
+            if unpacker_stopped {
+                if let Err(e) = &unpacked {
+                    if !e.is_permanent() {
+                        return unpacked.map(|_| 0).map_err(layer_err);
+                    }
+                }
+            }
             // The digest check comes first: bytes that are not the blob are
             // reported as such, not as a tar error.
             ingest
@@ -694,10 +725,7 @@ impl ImageStore {
                     image: name.clone(),
                     source,
                 })?;
-            unpacked.map_err(|source| ImageError::Layer {
-                image: name.clone(),
-                source: Box::new(source),
-            })?;
+            unpacked.map_err(layer_err)?;
             Ok(done)
         }
         .await;
@@ -1037,6 +1065,7 @@ mod classify_tests {
                 "not enough disk yet",
                 ImageError::NoSpace {
                     image: image(),
+                    path: "/var/lib/berth".into(),
                     need: 10,
                     free: 1,
                 },

@@ -320,6 +320,16 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
     let old_ready = old.iter().filter(|r| r.phase == Phase::Ready).count();
     let cur_count = cur.len() + satisfied_exits;
     d.ready = cur_ready as u32;
+    // Replicas being retired still run until they are removed: they count
+    // against `replicas + max_surge` (Kubernetes' `podReplacementPolicy:
+    // TerminationComplete`), so no sampling of what runs ever sees more.
+    let draining = replicas
+        .iter()
+        .filter(|r| r.phase == Phase::Retiring)
+        .count()
+        + retiring_now.len();
+    let surge_room =
+        |running: usize| (want + intent.max_surge as usize).saturating_sub(running + draining);
     let can_start = intent.restart_wait.is_none() && !replaced_now;
     let mut retire = Vec::new();
     let mut starts = 0usize;
@@ -328,7 +338,7 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
         // Steady state: scale to the wanted count.
         let stop_first_wait = intent.strategy == UpdateStrategy::StopFirst && retiring_exists;
         if cur_count < want && can_start && !stop_first_wait {
-            starts = want - cur_count;
+            starts = (want - cur_count).min(surge_room(cur.len()));
         } else if cur_count > want {
             // Retire not-ready replicas first, then the newest (highest id).
             let mut extra: Vec<&Replica> = cur.clone();
@@ -349,8 +359,9 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
         let min_available = want.saturating_sub(intent.max_unavailable as usize);
         match intent.strategy {
             UpdateStrategy::StartFirst => {
-                let total = cur.len() + old_ready;
-                let room = (want + intent.max_surge as usize).saturating_sub(total);
+                // Every old replica runs until removed, the unready ones
+                // retired just now included.
+                let room = surge_room(cur.len() + old.len());
                 starts = want.saturating_sub(cur.len()).min(room);
                 let excess = (cur_ready + old_ready).saturating_sub(min_available);
                 for r in old.iter().filter(|r| r.phase == Phase::Ready).take(excess) {

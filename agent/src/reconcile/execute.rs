@@ -15,7 +15,7 @@ use berth_core::vocab::{EventKind, RevisionState};
 
 use super::backoff::BackoffPolicy;
 use super::decide::RetireReason;
-use super::policy::StartFailure;
+use super::policy::{self, StartFailure};
 use super::run::{Reconciler, Report, ALWAYS_CHECK};
 use crate::containers::Started;
 use crate::control::{Agent, AgentError, ApplySource};
@@ -316,6 +316,76 @@ impl Reconciler {
             });
             agent.wake.notify_one();
         });
+    }
+
+    /// Stops every container whose monitor died while its workload ran
+    /// ([`policy::unsupervised`]) and announces it, naming the container;
+    /// the pass then sees it exited, and the restart policy replaces it.
+    pub(super) async fn stop_unsupervised(&self, containers: &mut [ContainerInfo]) {
+        for c in containers
+            .iter_mut()
+            .filter(|c| policy::unsupervised(&c.state))
+        {
+            let ContainerState::MonitorLost {
+                pid, monitor_pid, ..
+            } = c.state
+            else {
+                continue;
+            };
+            let id = c.id.clone();
+            let lost = format!(
+                "{id}: its monitor (pid {monitor_pid}) died while the workload (pid {pid}) ran, so nothing captured its output or could record its exit"
+            );
+            let message = match self.agent.containers.kill(&id).await {
+                Ok(exit) => {
+                    c.state = ContainerState::Exited {
+                        code: exit.code,
+                        signal: exit.signal,
+                        oom_killed: exit.oom_killed,
+                        finished_at: exit.finished_at,
+                    };
+                    format!("{lost}; the workload was stopped (exit {})", exit.code)
+                }
+                Err(e) => format!("{lost}; stopping the workload failed: {e}"),
+            };
+            tracing::warn!(container = %id, "{message}");
+            let service = c.labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
+            self.agent
+                .emit_container(EventKind::ContainerMonitorLost, &service, &id, message);
+        }
+    }
+
+    /// Removes every container whose create was cut short
+    /// ([`policy::abandoned_create`]) and drops it from `containers`, so
+    /// the pass does not count it as a replica starting forever.
+    pub(super) async fn remove_abandoned(
+        &self,
+        containers: &mut Vec<ContainerInfo>,
+        now: std::time::SystemTime,
+    ) {
+        let mut removed = Vec::new();
+        for c in containers
+            .iter()
+            .filter(|c| policy::abandoned_create(&c.state, c.created_at, now))
+        {
+            let service = c.labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
+            let result = self
+                .agent
+                .containers
+                .remove(&c.id)
+                .await
+                .map_err(|e| e.to_string());
+            if result.is_ok() {
+                removed.push(c.id.clone());
+            }
+            self.removed(
+                &service,
+                &c.id,
+                "never started: berthd stopped while creating it",
+                result,
+            );
+        }
+        containers.retain(|c| !removed.contains(&c.id));
     }
 
     /// Removes a replica that is no longer running, now.

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::containers::{ContainerError, Containers, Started};
 use crate::labels::LABEL_SERVICE;
-use crate::runtime::{ContainerConfig, ContainerInfo, ContainerState, ExecOutput, RuntimeError};
+use crate::runtime::{
+    ContainerConfig, ContainerInfo, ContainerState, ExecOutput, ExitInfo, RuntimeError,
+};
 
 /// What the fake holds.
 #[derive(Debug, Default)]
@@ -180,6 +182,18 @@ impl Containers for FakeContainers {
             .remove(id)
             .map(|_| ())
             .ok_or_else(|| not_found(id))
+    }
+
+    async fn kill(&self, id: &str) -> Result<ExitInfo, ContainerError> {
+        let mut st = self.lock();
+        let c = st.containers.get_mut(id).ok_or_else(|| not_found(id))?;
+        c.state = exited(137);
+        Ok(ExitInfo {
+            code: 137,
+            signal: Some(libc::SIGKILL),
+            oom_killed: false,
+            finished_at: SystemTime::now(),
+        })
     }
 
     async fn remove(&self, id: &str) -> Result<(), ContainerError> {

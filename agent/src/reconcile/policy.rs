@@ -20,6 +20,11 @@ pub const MIN_READY_RUN: Duration = Duration::from_secs(1);
 /// stop signal and timeout).
 pub const UNWANTED_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a container may stay `created` (directory and config written,
+/// workload not started) before it counts as a create cut short. A start
+/// takes well under a second; see [`abandoned_create`].
+pub const CREATE_GRACE: Duration = Duration::from_secs(10);
+
 /// What the pass knows about one replica when judging its phase.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -56,6 +61,12 @@ pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
             }
         }
         ContainerState::Created => Phase::Starting,
+        // Stopped by the pass before `decide` sees it (see `unsupervised`);
+        // if that failed, it has ended as far as the service is concerned.
+        ContainerState::MonitorLost { .. } => Phase::Exited {
+            code: 128 + libc::SIGKILL,
+            oom_killed: false,
+        },
         ContainerState::Exited {
             code, oom_killed, ..
         } => Phase::Exited {
@@ -68,6 +79,27 @@ pub fn phase(o: Observed<'_>, now: SystemTime) -> Option<Phase> {
         },
         ContainerState::NotFound => return None,
     })
+}
+
+/// Whether a container must be stopped at once because its monitor died
+/// while its workload ran: nothing captures its output or can record its
+/// exit, so it is stopped and its exit recorded (as containerd ends a task
+/// whose shim died); then the restart policy decides as for any exit.
+pub fn unsupervised(state: &ContainerState) -> bool {
+    matches!(state, ContainerState::MonitorLost { .. })
+}
+
+/// Whether a container is a create that will never finish: still
+/// `created` [`CREATE_GRACE`] after its config was written (a directory
+/// without a config counts as created at the epoch). Starts run inside a
+/// pass, so when a pass lists containers none of this agent's is in flight:
+/// one left `created` is what a `kill -9` of berthd mid-create (or a failed
+/// undo) leaves. Only a monitor the dead agent had just spawned could still
+/// finish it, and does so in far less than the grace. Such a container
+/// would otherwise count as a replica starting forever.
+pub fn abandoned_create(state: &ContainerState, created_at: SystemTime, now: SystemTime) -> bool {
+    matches!(state, ContainerState::Created)
+        && now.duration_since(created_at).unwrap_or_default() >= CREATE_GRACE
 }
 
 /// What happens to a container of a service no revision runs.
@@ -89,7 +121,9 @@ pub enum Unwanted {
 pub fn unwanted(state: &ContainerState, retiring: bool) -> Unwanted {
     match state {
         _ if retiring => Unwanted::Leave,
-        ContainerState::Running { .. } | ContainerState::Created => Unwanted::Retire {
+        ContainerState::Running { .. }
+        | ContainerState::MonitorLost { .. }
+        | ContainerState::Created => Unwanted::Retire {
             reason: RetireReason::ScaleDown,
             drain: Duration::ZERO,
             stop_timeout: UNWANTED_STOP_TIMEOUT,
@@ -173,6 +207,11 @@ mod tests {
             finished_at: now,
             signal: None,
         };
+        let lost = ContainerState::MonitorLost {
+            pid: 42,
+            monitor_pid: 41,
+            started_at: now,
+        };
         let o = |state, checked, health, adopted_ready| Observed {
             state,
             retiring: false,
@@ -241,6 +280,14 @@ mod tests {
                 None,
             ),
             (
+                "its monitor died (not stopped yet): ended, as SIGKILLed",
+                o(&lost, true, Some(Healthy), false),
+                Some(Phase::Exited {
+                    code: 137,
+                    oom_killed: false,
+                }),
+            ),
+            (
                 "retiring wins",
                 Observed {
                     retiring: true,
@@ -271,8 +318,108 @@ mod tests {
         };
         assert_eq!(unwanted(&run, false), retire);
         assert_eq!(unwanted(&ContainerState::Created, false), retire);
+        let lost = ContainerState::MonitorLost {
+            pid: 42,
+            monitor_pid: 41,
+            started_at: now,
+        };
+        assert_eq!(unwanted(&lost, false), retire);
         assert_eq!(unwanted(&exited, false), Unwanted::Remove);
         assert_eq!(unwanted(&run, true), Unwanted::Leave);
+    }
+
+    #[test]
+    fn only_a_workload_without_its_monitor_is_stopped_at_once() {
+        let now = SystemTime::now();
+        let cases = [
+            (running(Duration::from_secs(1), now), false),
+            (
+                ContainerState::MonitorLost {
+                    pid: 42,
+                    monitor_pid: 41,
+                    started_at: now,
+                },
+                true,
+            ),
+            (ContainerState::Created, false),
+            (
+                ContainerState::Exited {
+                    code: 0,
+                    oom_killed: false,
+                    finished_at: now,
+                    signal: None,
+                },
+                false,
+            ),
+            (
+                ContainerState::Unknown {
+                    reason: "gone".into(),
+                },
+                false,
+            ),
+            (ContainerState::NotFound, false),
+        ];
+        for (state, want) in cases {
+            assert_eq!(unsupervised(&state), want, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn abandoned_create_table() {
+        let now = SystemTime::now();
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let cases = [
+            (
+                "created just now: a monitor may still start it",
+                ContainerState::Created,
+                ago(0),
+                false,
+            ),
+            (
+                "created within the grace",
+                ContainerState::Created,
+                ago(9),
+                false,
+            ),
+            (
+                "created past the grace",
+                ContainerState::Created,
+                ago(10),
+                true,
+            ),
+            (
+                "no config (epoch)",
+                ContainerState::Created,
+                SystemTime::UNIX_EPOCH,
+                true,
+            ),
+            (
+                "created in the future (clock step)",
+                ContainerState::Created,
+                now + Duration::from_secs(60),
+                false,
+            ),
+            (
+                "running, however old",
+                running(Duration::from_secs(100), now),
+                ago(100),
+                false,
+            ),
+            (
+                "exited, however old",
+                ContainerState::Exited {
+                    code: 0,
+                    oom_killed: false,
+                    finished_at: now,
+                    signal: None,
+                },
+                ago(100),
+                false,
+            ),
+        ];
+        for (name, state, created_at, want) in cases {
+            assert_eq!(abandoned_create(&state, created_at, now), want, "{name}");
+        }
     }
 
     #[test]

@@ -190,7 +190,10 @@ impl Reconciler {
         };
         let parsed = self.desired_of(&rec)?;
         let (manifest, desired) = (&parsed.manifest, &parsed.desired);
-        let containers = agent.list_containers().await?;
+        let mut containers = agent.list_containers().await?;
+        self.stop_unsupervised(&mut containers).await;
+        self.remove_abandoned(&mut containers, SystemTime::now())
+            .await;
         self.memo
             .specs
             .retain(|id, _| containers.iter().any(|c| &c.id == id));

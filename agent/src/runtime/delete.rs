@@ -33,7 +33,8 @@ impl Runtime {
         if !config::valid_id(id) || !dir.is_dir() {
             return Err(RuntimeError::NotFound { id: id.into() });
         }
-        if let ContainerState::Running { .. } = self.state(id) {
+        if let ContainerState::Running { .. } | ContainerState::MonitorLost { .. } = self.state(id)
+        {
             match self.stop(id, Some(libc::SIGKILL), Some(Duration::ZERO)) {
                 Ok(_) | Err(RuntimeError::MonitorLost { .. }) => {}
                 Err(e) => return Err(e),

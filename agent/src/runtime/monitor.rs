@@ -324,14 +324,24 @@ impl RotatingLog {
     }
 
     /// Writes the queued records. A full disk drops them rather than
-    /// blocking the workload.
+    /// blocking the workload: what a failed write left of them is cut off
+    /// again, so the file holds whole records only, and a file that could
+    /// not be opened is tried again at the next flush.
     pub fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
+        if self.file.is_none() {
+            *self = RotatingLog {
+                pending: std::mem::take(&mut self.pending),
+                ..RotatingLog::open(self.path.clone(), self.max)
+            };
+        }
         if let Some(f) = &mut self.file {
             if f.write_all(&self.pending).is_ok() {
                 self.size += self.pending.len() as u64;
+            } else {
+                let _ = f.set_len(self.size);
             }
         }
         self.pending.clear();
@@ -424,6 +434,29 @@ fn pump_logs<const N: usize>(streams: [(OwnedFd, Stream); N], mut log: RotatingL
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_full_disk_drops_whole_records_and_logging_resumes_when_there_is_room() {
+        crate::require_root!();
+        let fs = crate::testing::SmallFs::mount("64k").unwrap();
+        let p = fs.path().join("container.log");
+        let mut log = RotatingLog::open(p.clone(), 1 << 20);
+        log.push(b"first\n");
+        log.flush();
+        fs.fill("filler");
+        // 40 KiB of records meet the full disk part-way (tmpfs pages).
+        let record = [b'x'; 1023];
+        for _ in 0..40 {
+            log.push(&record);
+            log.push(b"\n");
+        }
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "first\n");
+        std::fs::remove_file(fs.path().join("filler")).unwrap();
+        log.push(b"again\n");
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "first\nagain\n");
+    }
 
     #[test]
     fn logs_rotate_keeping_two_files_without_splitting_records() {

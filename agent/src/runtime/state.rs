@@ -51,6 +51,15 @@ pub enum ContainerState {
         oom_killed: bool,
         finished_at: SystemTime,
     },
+    /// The workload runs but its monitor died (it was killed): nothing
+    /// captures its output or will record its exit. [`Runtime::stop`] stops
+    /// it and records the exit itself, as containerd ends a task whose shim
+    /// died; the reconciler does so at once and reports it.
+    MonitorLost {
+        pid: i32,
+        monitor_pid: i32,
+        started_at: SystemTime,
+    },
     /// The process is gone but no exit status was recorded (the monitor was killed).
     Unknown {
         reason: String,
@@ -63,6 +72,7 @@ impl ContainerState {
         match self {
             ContainerState::Created => "created",
             ContainerState::Running { .. } => "running",
+            ContainerState::MonitorLost { .. } => "running without its monitor",
             ContainerState::Exited { .. } => "exited",
             ContainerState::Unknown { .. } => "unknown",
             ContainerState::NotFound => "not found",
@@ -173,6 +183,15 @@ impl Runtime {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             if alive(st.pid, st.pid_start) {
+                // The monitor exits only after the workload: one gone while
+                // the workload runs was killed.
+                if !alive(st.monitor_pid, st.monitor_start) {
+                    return ContainerState::MonitorLost {
+                        pid: st.pid,
+                        monitor_pid: st.monitor_pid,
+                        started_at: config::ms_to_time(st.started_at_ms),
+                    };
+                }
                 return ContainerState::Running {
                     pid: st.pid,
                     started_at: config::ms_to_time(st.started_at_ms),
@@ -250,6 +269,59 @@ fn exit_state(e: ExitFile) -> ContainerState {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A workload alive with its monitor gone reads `MonitorLost`; with the
+    /// monitor alive, `Running`; an `exit.json` wins over both.
+    #[test]
+    fn a_live_workload_without_its_monitor_is_monitor_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(super::super::RuntimePaths::new(
+            tmp.path().join("state"),
+            tmp.path().join("run"),
+            "berth-test",
+            "/nonexistent",
+        ));
+        let id = "web-1";
+        let dir = rt.container_dir(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id() as i32;
+        let my_start = proc_start(me).unwrap();
+        // A monitor that has exited: a reaped child's pid, its start time.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id() as i32;
+        let dead_start = proc_start(dead).unwrap_or(1);
+        child.wait().unwrap();
+        let state = |monitor_pid, monitor_start| StateFile {
+            pid: me,
+            pid_start: my_start,
+            monitor_pid,
+            monitor_start,
+            started_at_ms: 1_000,
+        };
+        config::write_json(id, &dir.join("state.json"), &state(dead, dead_start)).unwrap();
+        assert_eq!(
+            rt.state(id),
+            ContainerState::MonitorLost {
+                pid: me,
+                monitor_pid: dead,
+                started_at: config::ms_to_time(1_000),
+            }
+        );
+        config::write_json(id, &dir.join("state.json"), &state(me, my_start)).unwrap();
+        assert!(matches!(rt.state(id), ContainerState::Running { pid, .. } if pid == me));
+        config::write_json(id, &dir.join("state.json"), &state(dead, dead_start)).unwrap();
+        let exit = ExitFile {
+            code: 137,
+            signal: Some(9),
+            oom_killed: false,
+            finished_at_ms: 2_000,
+        };
+        config::write_json(id, &dir.join("exit.json"), &exit).unwrap();
+        assert!(matches!(
+            rt.state(id),
+            ContainerState::Exited { code: 137, .. }
+        ));
+    }
 
     #[test]
     fn proc_start_reads_live_processes_only() {

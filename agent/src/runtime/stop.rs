@@ -1,10 +1,11 @@
 //! Stopping a container (`stop`): its stop signal to PID 1 through a pidfd
 //! (never a recycled pid), the stop timeout, then SIGKILL to PID 1 and to
-//! anything left in its cgroup, and the exit status as the monitor recorded it.
+//! anything left in its cgroup, and the exit status as the monitor recorded
+//! it — or, for a workload whose monitor died, as `stop` records it itself.
 
 use std::time::{Duration, Instant};
 
-use super::config::{self, StateFile};
+use super::config::{self, ExitFile, StateFile};
 use super::state::alive;
 use super::{ContainerState, ExitInfo, Runtime, RuntimeError};
 
@@ -25,6 +26,9 @@ impl Runtime {
         let timeout = timeout.unwrap_or(cfg.container.stop_timeout);
         match self.state(id) {
             ContainerState::Running { .. } => {}
+            ContainerState::MonitorLost { .. } => {
+                return self.stop_unsupervised(id, signal, timeout);
+            }
             ContainerState::Exited {
                 code,
                 signal,
@@ -67,6 +71,58 @@ impl Runtime {
             }))
     }
 
+    /// Stops a workload whose monitor died (no one else will record its
+    /// exit): its stop signal, `timeout`, SIGKILL to PID 1 and the cgroup,
+    /// then `exit.json` written here with 128 + the last signal sent (its
+    /// real status went to whoever reaps orphans), as containerd reports a
+    /// task whose shim died. Afterwards the container reads `Exited`.
+    fn stop_unsupervised(
+        &self,
+        id: &str,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<ExitInfo, RuntimeError> {
+        let dir = self.container_dir(id);
+        let st: StateFile = config::read_json(id, &dir.join("state.json"))?
+            .ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
+        let gone = |within: Duration| {
+            let deadline = Instant::now() + within;
+            loop {
+                if !alive(st.pid, st.pid_start) {
+                    return true;
+                }
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let mut last = signal;
+        self.signal(id, &st, signal)?;
+        if !gone(timeout) {
+            last = libc::SIGKILL;
+            self.signal(id, &st, libc::SIGKILL)?;
+            if let Ok(cg) = self.cgroup(id) {
+                cg.kill_all();
+            }
+            let waited = Duration::from_secs(10);
+            if !gone(waited) {
+                return Err(RuntimeError::StopTimeout {
+                    id: id.into(),
+                    waited,
+                });
+            }
+        }
+        let exit = ExitFile {
+            code: 128 + last,
+            signal: Some(last),
+            oom_killed: false,
+            finished_at_ms: config::now_ms(),
+        };
+        config::write_json(id, &dir.join("exit.json"), &exit)?;
+        Ok(exit.into())
+    }
+
     /// Signals the container's PID 1 through a pidfd after checking its start
     /// time, so a recycled pid is never signalled.
     fn signal(&self, id: &str, st: &StateFile, signal: i32) -> Result<(), RuntimeError> {
@@ -106,7 +162,7 @@ impl Runtime {
                         finished_at,
                     }))
                 }
-                ContainerState::Running { .. } => {}
+                ContainerState::Running { .. } | ContainerState::MonitorLost { .. } => {}
                 ContainerState::Unknown { .. } => {
                     return Some(Err(RuntimeError::MonitorLost { id: id.into() }))
                 }

@@ -220,6 +220,53 @@ async fn read_files(dir: &Path, commit: &str, path: &str) -> Result<SourceFiles,
     Ok(files)
 }
 
+/// The image archives beside the manifests at `commit:path` (names as in
+/// [`super::archives_in`]), each written once to `work/archives/<blob>` and
+/// identified by its blob id.
+async fn archives_at(
+    dir: &Path,
+    work: &Path,
+    commit: &str,
+    path: &str,
+) -> Result<Vec<(PathBuf, String)>, GitError> {
+    let object = format!("{commit}:{path}");
+    let kind = git(dir, &["cat-file", "-t", &object]).await?;
+    if String::from_utf8_lossy(&kind).trim() != "tree" {
+        return Ok(Vec::new());
+    }
+    let out = git(dir, &["ls-tree", "-z", &object]).await?;
+    let mut found = Vec::new();
+    for rec in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let rec = String::from_utf8_lossy(rec);
+        let Some((meta, name)) = rec.split_once('\t') else {
+            continue;
+        };
+        let fields: Vec<&str> = meta.split_whitespace().collect();
+        let [_mode, "blob", sha] = fields.as_slice() else {
+            continue;
+        };
+        let is_archive = [".tar", ".tar.gz", ".tgz", ".tar.zst"]
+            .iter()
+            .any(|s| name.ends_with(s));
+        if name.starts_with('.') || !is_archive {
+            continue;
+        }
+        let target = work.join("archives").join(sha);
+        if !target.is_file() {
+            let bytes = git(dir, &["cat-file", "blob", sha]).await?;
+            let io = |e: std::io::Error| {
+                GitError::Content(format!("{name}: writing {}: {e}", target.display()))
+            };
+            std::fs::create_dir_all(work.join("archives")).map_err(io)?;
+            let tmp = target.with_extension("partial");
+            std::fs::write(&tmp, bytes).map_err(io)?;
+            std::fs::rename(&tmp, &target).map_err(io)?;
+        }
+        found.push((target, sha.to_string()));
+    }
+    Ok(found)
+}
+
 /// One poll: ask where the ref points, fetch and offer it if it moved.
 async fn poll(
     work: &Path,
@@ -251,7 +298,16 @@ async fn poll(
     };
     match read_files(&dir, &commit, &spec.clean_path()).await {
         Ok(files) => {
-            tracker.offer(files, what, commit, None).await;
+            let archives = match archives_at(&dir, work, &commit, &spec.clean_path()).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracker.refuse(&what.describe(), &e.to_string());
+                    return Ok(());
+                }
+            };
+            if tracker.load_archives(&archives, &what.describe()).await {
+                tracker.offer(files, what, commit, None).await;
+            }
         }
         Err(GitError::Content(msg)) => tracker.refuse(&what.describe(), &msg),
         Err(e) => {

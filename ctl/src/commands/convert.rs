@@ -19,10 +19,15 @@ use crate::compose::{self, NoteKind, Options};
 pub struct Convert {
     /// The Compose file (its `.env` and relative paths are read from its directory).
     file: PathBuf,
-    /// Where to write: a directory (the manifest is DIR/PROJECT.toml) or `-`
-    /// for stdout (the default). (`-o` is berthctl's output format.)
-    #[arg(long = "out", value_name = "DIR|-", default_value = "-")]
+    /// Where to write: a directory (the manifest is DIR/PROJECT.toml), a
+    /// file ending in `.toml`, or `-` for stdout (the default). An existing
+    /// manifest is not overwritten without --force. (`-o` is berthctl's
+    /// output format.)
+    #[arg(long = "out", value_name = "DIR|FILE.toml|-", default_value = "-")]
     out: String,
+    /// Overwrite an existing manifest at --out.
+    #[arg(long)]
+    force: bool,
     /// Fail (exit 1, nothing written) when a key cannot be converted.
     #[arg(long)]
     strict: bool,
@@ -71,17 +76,29 @@ pub fn run(cli: &Cli, args: &Convert) -> Result<ExitCode> {
         eprintln!("berthctl: {unsupported} key(s) cannot be converted (--strict): nothing written");
         return Ok(ExitCode::FAILURE);
     }
-    if cli.json() {
-        return Ok(ExitCode::SUCCESS);
-    }
     if args.out == "-" {
-        outln!("{}", converted.toml.trim_end());
+        if !cli.json() {
+            outln!("{}", converted.toml.trim_end());
+        }
     } else {
-        let dir = PathBuf::from(&args.out);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(&name);
+        let path = if args.out.ends_with(".toml") {
+            PathBuf::from(&args.out)
+        } else {
+            let dir = PathBuf::from(&args.out);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.join(&name)
+        };
+        if path.exists() && !args.force {
+            anyhow::bail!(
+                "{} exists: not overwritten (--force to replace it)",
+                path.display()
+            );
+        }
         std::fs::write(&path, &converted.toml)
             .with_context(|| format!("writing {}", path.display()))?;
+        if cli.json() {
+            return Ok(ExitCode::SUCCESS);
+        }
         eprintln!(
             "{}: {} service(s) converted to {} ({} note(s), {unsupported} not converted)",
             args.file.display(),

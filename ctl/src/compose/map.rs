@@ -127,6 +127,32 @@ const ADVICE: &[(&str, &str)] = &[
     ("links", "every service reaches every other by its service name in Berth; links are not needed"),
 ];
 
+/// Keys whose interpolated value Compose casts to a number or a boolean.
+pub(super) const TYPED_KEYS: &[&str] = &[
+    "replicas",
+    "scale",
+    "retries",
+    "read_only",
+    "init",
+    "privileged",
+    "tty",
+    "stdin_open",
+    "disable",
+    "cpus",
+    "pids_limit",
+    "pids",
+    "parallelism",
+    "max_attempts",
+    "published",
+    "target",
+    "size",
+    "external",
+    "required",
+    "restart",
+    "max_failure_ratio",
+    "nocopy",
+];
+
 /// Keys the mapping reads.
 const MAPPED: &[&str] = &[
     "image",
@@ -311,7 +337,15 @@ pub(super) fn convert(
         if !theirs.is_empty() && !theirs.iter().any(|p| profiles.contains(p)) {
             continue;
         }
-        let berth = service_name(&name);
+        let mut berth = service_name(&name);
+        if active.values().any(|b| *b == berth) {
+            let base = berth.clone();
+            let mut n = 2;
+            while active.values().any(|b| *b == berth) {
+                berth = format!("{base}-{n}");
+                n += 1;
+            }
+        }
         if berth != name {
             ctx.note(
                 &format!("services.{name}"),
@@ -376,7 +410,7 @@ fn volume_name(volumes: &Mapping, name: &str) -> String {
 
 /// Brings the forms `docker-compose-types` cannot read into ones it can:
 /// numbers where it wants strings, keys it does not know (read here first).
-fn normalize_service(raw: &mut Value) -> BTreeMap<&'static str, Value> {
+fn normalize_service(raw: &mut Value, optional: &mut Vec<String>) -> BTreeMap<&'static str, Value> {
     let mut taken = BTreeMap::new();
     let Some(m) = raw.as_mapping_mut() else {
         return taken;
@@ -386,9 +420,59 @@ fn normalize_service(raw: &mut Value) -> BTreeMap<&'static str, Value> {
             *v = Value::String(n.to_string());
         }
     };
+    // A single string where Compose also takes a list.
+    for key in [
+        "cap_add",
+        "cap_drop",
+        "security_opt",
+        "expose",
+        "env_file",
+        "profiles",
+    ] {
+        if let Some(v @ Value::String(_)) = m.get_mut(key) {
+            *v = Value::Sequence(vec![v.clone()]);
+        }
+    }
     if let Some(Value::Sequence(ports)) = m.get_mut("ports") {
         for p in ports.iter_mut() {
             to_string(p);
+        }
+        // Short and long forms in one list: the long ones written short.
+        if ports.iter().any(Value::is_string) && ports.iter().any(Value::is_mapping) {
+            for p in ports.iter_mut() {
+                if let Some(lm) = p.as_mapping() {
+                    let f = |k: &str| lm.get(k).map(value_text).filter(|s| !s.is_empty());
+                    let mut short = String::new();
+                    if let Some(ip) = f("host_ip") {
+                        short.push_str(&if ip.contains(':') {
+                            format!("[{ip}]:")
+                        } else {
+                            format!("{ip}:")
+                        });
+                    }
+                    if let Some(p) = f("published") {
+                        short.push_str(&format!("{p}:"));
+                    } else if !short.is_empty() {
+                        short.push(':');
+                    }
+                    short.push_str(&f("target").unwrap_or_default());
+                    if let Some(proto) = f("protocol") {
+                        short.push_str(&format!("/{proto}"));
+                    }
+                    *p = Value::String(short);
+                }
+            }
+        }
+    }
+    if let Some(Value::Sequence(secrets)) = m.get_mut("secrets") {
+        if secrets.iter().any(Value::is_string) && secrets.iter().any(Value::is_mapping) {
+            for x in secrets.iter_mut() {
+                if let Value::String(name) = x {
+                    let mut lm = Mapping::new();
+                    lm.insert("source".into(), Value::String(name.clone()));
+                    *x = Value::Mapping(lm);
+                }
+            }
         }
     }
     if let Some(Value::Sequence(ex)) = m.get_mut("expose") {
@@ -406,7 +490,12 @@ fn normalize_service(raw: &mut Value) -> BTreeMap<&'static str, Value> {
         let mut keep = Vec::new();
         for f in files.drain(..) {
             match f.get("path").and_then(Value::as_str) {
-                Some(p) => keep.push(Value::String(p.to_string())),
+                Some(p) => {
+                    if f.get("required").and_then(Value::as_bool) == Some(false) {
+                        optional.push(p.to_string());
+                    }
+                    keep.push(Value::String(p.to_string()))
+                }
                 None => keep.push(f),
             }
         }
@@ -598,7 +687,12 @@ fn convert_service(
         ctx.note(&key(&k), NoteKind::Unsupported, advice);
     }
     let mut norm = raw.clone();
-    let taken = normalize_service(&mut norm);
+    if let Some(nm) = norm.as_mapping_mut() {
+        // Noted above; the typed parse reads only what is mapped.
+        nm.retain(|k, _| MAPPED.contains(&key_text(k).as_str()));
+    }
+    let mut optional_env_files = Vec::new();
+    let taken = normalize_service(&mut norm, &mut optional_env_files);
     let svc: dc::Service = serde_yaml::from_value(norm)
         .map_err(|e| ctx.shape(&base, format!("not a Compose service: {e}")))?;
     let mut out = Out::default();
@@ -728,8 +822,21 @@ fn convert_service(
             dc::StringOrList::Simple(s) => vec![s.clone()],
             dc::StringOrList::List(v) => v.clone(),
         };
-        let paths: Vec<String> = list.iter().map(|p| ctx.host_path(p)).collect();
-        if paths.len() == 1 {
+        let mut paths = Vec::new();
+        for p in &list {
+            let abs = ctx.host_path(p);
+            if optional_env_files.contains(p) && !Path::new(&abs).is_file() {
+                ctx.note(
+                    &key("env_file"),
+                    NoteKind::Changed,
+                    format!("{abs} does not exist and is `required: false`: left out"),
+                );
+                continue;
+            }
+            paths.push(abs);
+        }
+        if paths.is_empty() {
+        } else if paths.len() == 1 {
             out.set("env_file", q(&paths[0]));
         } else {
             for p in &paths {
@@ -827,9 +934,20 @@ fn convert_service(
     }
     if let Some(p) = &svc.pull_policy {
         match p {
-            dc::PullPolicy::Always => out.table(format!("[service.{}.pull]\npolicy = \"always\"\n", k(&active[name]))),
+            dc::PullPolicy::Always => out.table(format!(
+                "[service.{}.pull]\npolicy = \"always\"\n",
+                k(&active[name])
+            )),
             dc::PullPolicy::Missing => {}
-            dc::PullPolicy::Never | dc::PullPolicy::Build => ctx.note(&key("pull_policy"), NoteKind::Unsupported, "Berth pulls what is missing (load an image with `berthctl load` for hosts without a registry)"),
+            dc::PullPolicy::Never => out.table(format!(
+                "[service.{}.pull]\npolicy = \"never\"\n",
+                k(&active[name])
+            )),
+            dc::PullPolicy::Build => ctx.note(
+                &key("pull_policy"),
+                NoteKind::Unsupported,
+                "Berth builds nothing: build and push (or `berthctl load`) the image",
+            ),
         }
     }
 
@@ -917,6 +1035,9 @@ fn convert_service(
                 let k2 = key(&format!("ports.{i}"));
                 match parse_short_port(p) {
                     Ok((mut v, random)) => {
+                        for p in &mut v {
+                            p.at = k2.clone();
+                        }
                         if random {
                             ctx.note(&k2, NoteKind::Changed, "Compose publishes it on a random host port; Berth publishes fixed host ports only: kept as a port other services reach by name (add a host port to publish it)");
                         }
@@ -958,6 +1079,7 @@ fn convert_service(
                     ctx.note(&k2, NoteKind::Changed, "Compose publishes it on a random host port; Berth publishes fixed host ports only: kept as a port other services reach by name");
                 }
                 ports.push(PortOut {
+                    at: k2.clone(),
                     container: p.target,
                     host,
                     host_ip: p.host_ip.clone(),
@@ -977,6 +1099,7 @@ fn convert_service(
                         .any(|p| p.container == c && p.protocol == proto)
                     {
                         ports.push(PortOut {
+                            at: key(&format!("expose.{i}")),
                             container: c,
                             host: None,
                             host_ip: None,
@@ -996,7 +1119,7 @@ fn convert_service(
         let v6 = p.host_ip.as_deref().is_some_and(|ip| ip.contains(':'));
         if v6 {
             ctx.note(
-                &key("ports"),
+                &p.at,
                 NoteKind::Unsupported,
                 format!(
                     "port {}: Berth publishes on IPv4 addresses only (host_ip {})",
@@ -1125,8 +1248,8 @@ fn convert_service(
         if h.disable || test.is_none() {
             ctx.note(
                 &key("healthcheck"),
-                NoteKind::Changed,
-                "no health check written: Berth then uses the image's HEALTHCHECK if it has one",
+                NoteKind::Unsupported,
+                "Berth cannot switch off an image's HEALTHCHECK: without a check here it uses the image's, if it has one (write a check that always passes, e.g. exec = [\"true\"], for Compose's behaviour)",
             );
         } else if let Some(test) = test {
             let mut t = format!(
@@ -1178,13 +1301,20 @@ fn convert_service(
                 .map(|r| match r.split(':').next().unwrap_or("") {
                     "no" => ("never", "restart"),
                     "on-failure" => ("on-failure", "restart"),
-                    "always" | "unless-stopped" => ("always", "restart"),
+                    "always" => ("always", "restart"),
+                    "unless-stopped" => ("always", "restart-unless-stopped"),
                     _ => ("", "restart"),
                 })
         });
     match restart {
         Some(("", _)) => ctx.note(&key("restart"), NoteKind::Unsupported, "not one of no, always, on-failure, unless-stopped"),
         Some((policy, from)) => {
+            let from = if from == "restart-unless-stopped" {
+                ctx.note(&key("restart"), NoteKind::Changed, "unless-stopped is `always` in Berth: a replica stopped by hand is replaced (stop a service by removing it from the manifest)");
+                "restart"
+            } else {
+                from
+            };
             if svc.restart.as_deref().is_some_and(|r| r.starts_with("on-failure:"))
                 || svc.deploy.as_ref().and_then(|d| d.restart_policy.as_ref()).is_some_and(|r| r.max_attempts.is_some() || r.delay.is_some() || r.window.is_some())
             {
@@ -1296,6 +1426,8 @@ fn value_text(v: &Value) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PortOut {
+    /// Where it is written (`ports.N` or `expose.N`).
+    at: String,
     container: u16,
     host: Option<u16>,
     host_ip: Option<String>,
@@ -1360,6 +1492,7 @@ fn parse_short_port(s: &str) -> Result<(Vec<PortOut>, bool), String> {
             Some((a, _)) => Some(a + i),
         };
         out.push(PortOut {
+            at: String::new(),
             container: crange.0 + i,
             host,
             host_ip: ip.clone().filter(|ip| !ip.is_empty()),
@@ -1550,6 +1683,7 @@ mod tests {
     fn every_short_port_form() {
         let p = |s: &str| parse_short_port(s).unwrap();
         let one = |c, h: Option<u16>, ip: Option<&str>, proto: &str| PortOut {
+            at: String::new(),
             container: c,
             host: h,
             host_ip: ip.map(String::from),

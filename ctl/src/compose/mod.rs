@@ -18,10 +18,10 @@ pub use positions::Positions;
 /// [`Note`]s instead).
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{file}:{line}:{column}: not a Compose file: {message}")]
     Yaml {
@@ -30,13 +30,13 @@ pub enum ComposeError {
         column: usize,
         message: String,
     },
-    #[error("{file}:{line}:{column}: {key}: {source}")]
+    #[error("{file}:{line}:{column}: {key}: {error}")]
     Interpolate {
         file: String,
         line: usize,
         column: usize,
         key: String,
-        source: InterpolateError,
+        error: InterpolateError,
     },
     #[error("{file}:{line}:{column}: {key}: {message}")]
     Shape {
@@ -109,9 +109,15 @@ pub struct Converted {
 /// Converts the Compose file at `path` (its `.env` and relative paths are
 /// read from its directory).
 pub fn convert_file(path: &Path, opts: &Options) -> Result<Converted, ComposeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ComposeError::Read {
+    let read = if path.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    let text = read.map_err(|error| ComposeError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     let dir = path
         .parent()
@@ -122,7 +128,25 @@ pub fn convert_file(path: &Path, opts: &Options) -> Result<Converted, ComposeErr
         Ok(t) => parse_dotenv(&t),
         Err(_) => BTreeMap::new(),
     };
-    convert_str(&path.display().to_string(), &text, &dir, &dotenv, opts)
+    let mut converted = convert_str(&path.display().to_string(), &text, &dir, &dotenv, opts)?;
+    for name in [
+        "compose.override.yaml",
+        "compose.override.yml",
+        "docker-compose.override.yml",
+        "docker-compose.override.yaml",
+    ] {
+        if path.as_os_str() != "-" && dir.join(name).is_file() {
+            converted.notes.insert(0, Note {
+                file: path.display().to_string(),
+                line: 1,
+                column: 1,
+                key: name.into(),
+                kind: NoteKind::Unsupported,
+                message: format!("{name} beside this file is not merged (Compose merges it by default): merge it into this file first, or convert it on its own"),
+            });
+        }
+    }
+    Ok(converted)
 }
 
 /// Converts Compose `text` (named `file` in notes), with relative paths
@@ -134,14 +158,17 @@ pub fn convert_str(
     dotenv: &BTreeMap<String, String>,
     opts: &Options,
 ) -> Result<Converted, ComposeError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let positions = Positions::of(text);
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| ComposeError::Yaml {
-            file: file.into(),
-            line: e.location().map_or(1, |l| l.line()),
-            column: e.location().map_or(1, |l| l.column()),
-            message: e.to_string(),
-        })?;
+    let yaml_err = |e: serde_yaml::Error| ComposeError::Yaml {
+        file: file.into(),
+        line: e.location().map_or(1, |l| l.line()),
+        column: e.location().map_or(1, |l| l.column()),
+        message: e.to_string(),
+    };
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(yaml_err)?;
+    // `<<: *base` merge keys, as Compose applies them.
+    value.apply_merge().map_err(yaml_err)?;
     let mut vars = dotenv.clone();
     vars.extend(opts.env.clone());
     let mut unset = Vec::new();
@@ -225,18 +252,29 @@ fn interpolate_value(
             format!("{path}.{k}")
         }
     };
+    let mut retyped = None;
     match v {
         Value::String(s) => {
-            *s = interpolate(s, vars, unset).map_err(|source| {
+            let had_variable = s.contains('$');
+            *s = interpolate(s, vars, unset).map_err(|error| {
                 let (line, column) = positions.at(path);
                 ComposeError::Interpolate {
                     file: file.into(),
                     line,
                     column,
                     key: path.into(),
-                    source,
+                    error,
                 }
             })?;
+            // Compose casts interpolated values of typed keys after
+            // interpolation (`replicas: ${N:-2}`, `read_only: ${RO:-true}`).
+            if had_variable && map::TYPED_KEYS.contains(&path.rsplit('.').next().unwrap_or("")) {
+                if let Ok(typed @ (Value::Number(_) | Value::Bool(_))) =
+                    serde_yaml::from_str::<Value>(s)
+                {
+                    retyped = Some(typed);
+                }
+            }
             // Where each unset variable is first used, for its note.
             while unset_at.len() < unset.len() {
                 unset_at.push(path.to_string());
@@ -269,6 +307,9 @@ fn interpolate_value(
             interpolate_value(&mut t.value, path, vars, unset, unset_at, file, positions)?;
         }
         _ => {}
+    }
+    if let Some(t) = retyped {
+        *v = t;
     }
     Ok(())
 }
@@ -474,7 +515,10 @@ mod tests {
         assert!(m.services["seeded"].depends_on.is_empty());
         assert_eq!(
             notes_at(&c, NoteKind::Unsupported),
-            [(36, 7, "services.seeded.depends_on.migrate".to_string())]
+            [
+                (26, 5, "services.web.healthcheck".to_string()),
+                (36, 7, "services.seeded.depends_on.migrate".to_string())
+            ]
         );
     }
 
@@ -583,7 +627,7 @@ mod tests {
         // The IPv6 address is the one thing not converted.
         assert_eq!(
             notes_at(&c, NoteKind::Unsupported),
-            [(5, 5, "services.app.ports".to_string())]
+            [(14, 9, "services.app.ports.8".to_string())]
         );
     }
 
@@ -667,5 +711,70 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("c.yaml:"), "{e}");
+    }
+
+    #[test]
+    fn what_real_compose_files_do_converts() {
+        // Merge keys, mixed short/long lists, interpolated numbers and
+        // booleans, keys Berth has no equivalent for, and two names that
+        // become the same DNS label (found by trying it as a user would).
+        let text = r#"
+x-base: &base
+  image: busybox:1.36
+  restart: always
+services:
+  a:
+    <<: *base
+    deploy:
+      replicas: ${REPL:-2}
+    read_only: ${RO:-true}
+    ports:
+      - "80:80"
+      - target: 81
+        published: 8081
+        host_ip: 127.0.0.1
+    dns: 1.1.1.1
+    configs: [app]
+    platform: linux/amd64
+    pull_policy: never
+    healthcheck:
+      disable: true
+  my_db:
+    image: postgres:16
+  my-db:
+    image: postgres:16
+"#;
+        let opts = Options::default();
+        let c = convert_str("c.yaml", text, Path::new("/srv"), &BTreeMap::new(), &opts).unwrap();
+        let m = berth_core::manifest::Manifest::from_str_named("out.toml", &c.toml)
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
+        assert_eq!(c.services, ["a", "my-db", "my-db-2"]);
+        let a = &m.services["a"];
+        assert_eq!(a.replicas, 2);
+        assert!(a.readonly_rootfs);
+        assert_eq!(
+            a.restart.policy,
+            RestartPolicy::Always,
+            "from the merge key"
+        );
+        assert_eq!(a.pull.policy, berth_core::manifest::PullPolicy::Never);
+        let ports: Vec<(u16, Option<u16>)> =
+            a.ports.iter().map(|p| (p.container, p.host)).collect();
+        assert_eq!(ports, [(80, Some(80)), (81, Some(8081))]);
+        assert_eq!(a.ports[1].host_ip.to_string(), "127.0.0.1");
+        let unsupported: Vec<String> = c
+            .notes
+            .iter()
+            .filter(|n| n.kind == NoteKind::Unsupported)
+            .map(|n| n.key.clone())
+            .collect();
+        for k in [
+            "services.a.dns",
+            "services.a.configs",
+            "services.a.platform",
+            "services.a.healthcheck",
+        ] {
+            assert!(unsupported.iter().any(|u| u == k), "{k} in {unsupported:?}");
+        }
     }
 }

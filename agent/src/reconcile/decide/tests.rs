@@ -198,10 +198,34 @@ fn steady_state_table() {
             vec![],
         ),
         (
-            "retiring replicas do not count",
+            "a retiring replica is not a replica (it only holds a surge slot)",
             intent(),
             vec![r("a", true, Ready), r("b", true, Retiring)],
             vec![Action::Start],
+        ),
+        (
+            "scale up while scaled-down replicas drain: only the surge room starts",
+            Intent {
+                replicas: 3,
+                ..intent()
+            },
+            vec![
+                r("a", true, Ready),
+                r("b", true, Retiring),
+                r("c", true, Retiring),
+            ],
+            vec![Action::Start],
+        ),
+        (
+            "scale up while more drain than the surge allows: wait",
+            Intent {
+                replicas: 2,
+                max_surge: 0,
+                max_unavailable: 1,
+                ..intent()
+            },
+            vec![r("a", true, Ready), r("b", true, Retiring)],
+            vec![],
         ),
     ];
     for (name, intent, replicas, want) in cases {
@@ -252,6 +276,66 @@ fn start_first_rollout_never_drops_below_desired_ready() {
         }
     }
     panic!("rollout did not converge: {replicas:?}");
+}
+
+/// The same rollout where a retired replica keeps running for a pass
+/// (drain, stop) before it is gone: it still counts against
+/// `replicas + max_surge`, so what runs never exceeds 3 (issue 15: the
+/// chaos test sampled 4).
+#[test]
+fn start_first_rollout_counts_draining_replicas_against_surge() {
+    for max_unavailable in [0, 1] {
+        let intent = Intent {
+            max_unavailable,
+            ..intent()
+        };
+        let mut replicas = vec![r("o1", false, Ready), r("o2", false, Ready)];
+        let mut next = 0;
+        let mut converged = false;
+        for _step in 0..30 {
+            let running = replicas.len();
+            assert!(running <= 3, "surge exceeded: {replicas:?}");
+            let d = decide(&intent, &replicas);
+            if d.converged {
+                assert!(replicas.iter().all(|x| x.current && x.phase == Ready));
+                converged = true;
+                break;
+            }
+            // Retired last pass: gone now. Retired this pass: still running.
+            replicas.retain(|x| x.phase != Retiring);
+            for x in replicas.iter_mut() {
+                if x.phase == Starting {
+                    x.phase = Ready;
+                }
+            }
+            for a in d.actions {
+                match a {
+                    Action::Start => {
+                        next += 1;
+                        replicas.push(r(&format!("n{next}"), true, Starting));
+                    }
+                    Action::Retire { id, .. } => replicas
+                        .iter_mut()
+                        .filter(|x| x.id == id)
+                        .for_each(|x| x.phase = Retiring),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(replicas.len() <= 3, "surge exceeded: {replicas:?}");
+        }
+        assert!(converged, "max_unavailable {max_unavailable}: {replicas:?}");
+    }
+    // One step of it: a new replica ready, an old one draining, one old
+    // ready: the draining one holds the surge slot, nothing starts.
+    let d = decide(
+        &intent(),
+        &[
+            r("n1", true, Ready),
+            r("o1", false, Retiring),
+            r("o2", false, Ready),
+        ],
+    );
+    assert_eq!(d.actions, vec![]);
 }
 
 #[test]
