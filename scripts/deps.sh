@@ -8,7 +8,8 @@ PKGS=(docker-registry busybox-static skopeo umoci prometheus haproxy wrk runc
       apache2-utils iproute2 nftables git curl libseccomp-dev pkg-config util-linux
       man-db groff-base systemd build-essential
       qemu-system-x86 cpio binutils  # the VM test tier (scripts/vm-test.sh)
-      docker.io)  # `docker save` archives for tests/archives.rs (a private dockerd)
+      docker.io  # `docker save` archives for tests/archives.rs (a private dockerd)
+      protobuf-compiler etcd-server)  # etcd-client builds its protos; fleet tests run etcd
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -41,6 +41,9 @@ pub enum ConfigError {
     InsecureWithoutToken,
     #[error("{0}")]
     TlsFlags(&'static str),
+    /// The `--fleet-*` flags do not fit together.
+    #[error("{0}")]
+    Fleet(&'static str),
     #[error("cannot read token file {path}: {source}")]
     TokenRead {
         path: PathBuf,
@@ -130,6 +133,33 @@ pub struct ConfigLayer {
     /// Run `userns = "auto"` services in the host's user namespace when the
     /// kernel cannot give them their own (default: they fail to start).
     pub userns_fallback: Option<bool>,
+    /// etcd endpoints of the fleet this agent joins (`http://H:P`, `https://H:P`).
+    pub fleet_etcd: Option<Vec<String>>,
+    /// The fleet's name (its key prefix in etcd).
+    pub fleet: Option<String>,
+    /// This host's rollout group (default `default`).
+    pub fleet_group: Option<String>,
+    /// This host's id in the fleet (default: the hostname).
+    pub fleet_host: Option<String>,
+    /// etcd user (with `fleet_etcd_password_file`).
+    pub fleet_etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    pub fleet_etcd_password_file: Option<PathBuf>,
+    /// PEM CA certificates that sign etcd's server certificate.
+    pub fleet_etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (mTLS).
+    pub fleet_etcd_cert: Option<PathBuf>,
+    /// PEM private key of `fleet_etcd_cert`.
+    pub fleet_etcd_key: Option<PathBuf>,
+    /// Rollout policy defaults; a manifest's `[fleet]` table wins.
+    pub fleet_max_parallel: Option<u32>,
+    pub fleet_groups: Option<Vec<String>>,
+    pub fleet_bake: Option<String>,
+    pub fleet_auto_revert: Option<bool>,
+    /// How often the host record, slot and halts are checked, e.g. `"2s"`.
+    pub fleet_interval: Option<String>,
+    /// TTL of the agent's etcd lease, e.g. `"10s"`.
+    pub fleet_lease_ttl: Option<String>,
 }
 
 impl ConfigLayer {
@@ -187,6 +217,23 @@ impl ConfigLayer {
             dns_upstream: over.dns_upstream.or(self.dns_upstream),
             userns_range: over.userns_range.or(self.userns_range),
             userns_fallback: over.userns_fallback.or(self.userns_fallback),
+            fleet_etcd: over.fleet_etcd.or(self.fleet_etcd),
+            fleet: over.fleet.or(self.fleet),
+            fleet_group: over.fleet_group.or(self.fleet_group),
+            fleet_host: over.fleet_host.or(self.fleet_host),
+            fleet_etcd_user: over.fleet_etcd_user.or(self.fleet_etcd_user),
+            fleet_etcd_password_file: over
+                .fleet_etcd_password_file
+                .or(self.fleet_etcd_password_file),
+            fleet_etcd_ca: over.fleet_etcd_ca.or(self.fleet_etcd_ca),
+            fleet_etcd_cert: over.fleet_etcd_cert.or(self.fleet_etcd_cert),
+            fleet_etcd_key: over.fleet_etcd_key.or(self.fleet_etcd_key),
+            fleet_max_parallel: over.fleet_max_parallel.or(self.fleet_max_parallel),
+            fleet_groups: over.fleet_groups.or(self.fleet_groups),
+            fleet_bake: over.fleet_bake.or(self.fleet_bake),
+            fleet_auto_revert: over.fleet_auto_revert.or(self.fleet_auto_revert),
+            fleet_interval: over.fleet_interval.or(self.fleet_interval),
+            fleet_lease_ttl: over.fleet_lease_ttl.or(self.fleet_lease_ttl),
         }
     }
 }
@@ -225,11 +272,15 @@ pub struct AgentConfig {
     pub userns_pool: crate::runtime::userns::Pool,
     /// See [`ConfigLayer::userns_fallback`].
     pub userns_fallback: bool,
+    /// The fleet this agent joins (`--fleet-etcd`); `None`: a lone host,
+    /// manifests apply as they come.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl AgentConfig {
     /// Validates a merged layer, filling in SPEC's defaults.
     pub fn from_layer(layer: ConfigLayer) -> Result<AgentConfig, ConfigError> {
+        let fleet = crate::fleet::FleetConfig::from_layer(&layer)?;
         let state_dir = layer.state_dir.unwrap_or_else(|| "/var/lib/berth".into());
         let run_dir = layer.run_dir.unwrap_or_else(|| "/run/berth".into());
         let api_texts = layer.api.unwrap_or_default();
@@ -420,6 +471,7 @@ impl AgentConfig {
             dns_upstream,
             userns_pool,
             userns_fallback: layer.userns_fallback.unwrap_or(false),
+            fleet,
         })
     }
 }

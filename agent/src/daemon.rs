@@ -374,6 +374,12 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     // The manifest source applies its current content before the agent
     // reports ready (bounded, so an unreachable remote does not block it).
     let (sources_stop, sources_rx) = tokio::sync::watch::channel(false);
+    // The fleet membership (record, slot, halts) runs beside the source,
+    // whose new manifests pass its gate.
+    let fleet_task = agent
+        .fleet
+        .as_ref()
+        .map(|_| tokio::spawn(crate::fleet::run(agent.clone(), sources_stop.subscribe())));
     let source = crate::sources::spawn(agent.clone(), sources_rx);
     let source_task = match source {
         Some(mut running) => {
@@ -485,6 +491,10 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let _ = dns_stop.send(true);
     dns_task.abort();
     disk_task.abort();
+    if let Some(task) = fleet_task {
+        // Leaving revokes the lease: the record and any slot go at once.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    }
     if tokio::time::timeout(std::time::Duration::from_secs(5), reconciler)
         .await
         .is_err()

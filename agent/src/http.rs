@@ -78,6 +78,7 @@ pub fn status_of(e: &AgentError) -> (StatusCode, &'static str) {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
         AgentError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        AgentError::FleetWait(_) => (StatusCode::CONFLICT, "fleet_wait"),
         AgentError::ManagedBySource(_) => (StatusCode::CONFLICT, "managed_by_source"),
         AgentError::WouldRemove(_) => (StatusCode::CONFLICT, "would_remove"),
         AgentError::ImageResolve { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "image_unresolvable"),
@@ -229,6 +230,9 @@ pub fn api_router(agent: Arc<Agent>, listener: Listener, token: Option<String>) 
         .route("/v1/volumes", get(get_volumes))
         .route("/v1/volumes/{name}", delete(delete_volume))
         .route("/v1/drain", put(put_drain).get(get_drain))
+        .route("/v1/fleet", get(get_fleet))
+        .route("/v1/fleet/pause", post(post_fleet_pause))
+        .route("/v1/fleet/resume", post(post_fleet_resume))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -716,6 +720,45 @@ async fn put_drain(State(ctx): State<Ctx>, body: Body) -> Result<Response, ApiEr
     })?;
     ctx.agent.set_draining(req.on);
     Ok(Json(serde_json::json!({ "draining": ctx.agent.is_draining() })).into_response())
+}
+
+/// The agent's fleet, or 404 when it is in none.
+fn fleet_of(ctx: &Ctx) -> Result<Arc<crate::fleet::Fleet>, ApiError> {
+    ctx.agent.fleet.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this agent is in no fleet (start berthd with --fleet-etcd and --fleet)",
+        )
+    })
+}
+
+/// `GET /v1/fleet`: every host of the fleet, its slots and halts.
+async fn get_fleet(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    let fleet = fleet_of(&ctx)?;
+    Ok(Json(fleet.fleet_status(&ctx.agent).await).into_response())
+}
+
+async fn fleet_pause(ctx: Ctx, on: bool) -> Result<Response, ApiError> {
+    let fleet = fleet_of(&ctx)?;
+    fleet.set_paused(&ctx.agent, on).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fleet_unreachable",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(fleet.fleet_status(&ctx.agent).await).into_response())
+}
+
+/// `POST /v1/fleet/pause`: no host of the fleet takes a new slot.
+async fn post_fleet_pause(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    fleet_pause(ctx, true).await
+}
+
+/// `POST /v1/fleet/resume`: clears the pause and every halted manifest.
+async fn post_fleet_resume(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    fleet_pause(ctx, false).await
 }
 
 async fn get_drain(State(ctx): State<Ctx>) -> Response {

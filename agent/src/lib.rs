@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dns;
 pub mod events;
 pub mod exec_stream;
+pub mod fleet;
 pub mod health;
 pub mod http;
 pub mod idranges;

@@ -33,6 +33,10 @@
 //! | `process_*` | | | the agent's own CPU, memory, fds, start time (the prometheus crate's process collector) |
 //! | `berth_dns_server_up` | gauge | | 1 while berth-dns (service discovery) serves the bridge gateway, checked every 2 s |
 //! | `berth_dns_server_starts_total` | counter | reason | berth-dns processes started: missing (none ran), replaced (binary or arguments changed) |
+//! | `berth_fleet_etcd_up` | gauge | | 1 while the fleet's etcd answers (only with `--fleet-etcd`) |
+//! | `berth_fleet_slots_held` | gauge | | rollout slots of the fleet this host holds now (0 or 1) |
+//! | `berth_fleet_gated_waiting_seconds` | gauge | | how long the manifest waiting for a fleet slot has waited (0: none waits) |
+//! | `berth_fleet_halts_total` | counter | | manifests this host halted for the fleet (its rollout failed) |
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -69,6 +73,10 @@ pub struct Metrics {
     pub last_reconcile_success: IntGauge,
     pub dns_server_up: IntGauge,
     pub dns_server_starts: IntCounterVec,
+    pub fleet_etcd_up: IntGauge,
+    pub fleet_slots_held: IntGauge,
+    pub fleet_gated_waiting_seconds: IntGauge,
+    pub fleet_halts: IntCounter,
 }
 
 /// The `kind` label of `berth_drift_total`.
@@ -284,6 +292,26 @@ impl Metrics {
         for reason in ["missing", "replaced"] {
             dns_server_starts.with_label_values(&[reason]);
         }
+        let fleet_etcd_up = gauge(
+            "berth_fleet_etcd_up",
+            "1 while the fleet's etcd answers (only with --fleet-etcd).",
+        );
+        let fleet_slots_held = gauge(
+            "berth_fleet_slots_held",
+            "Rollout slots of the fleet this host holds now.",
+        );
+        let fleet_gated_waiting_seconds = gauge(
+            "berth_fleet_gated_waiting_seconds",
+            "How long the manifest waiting for a fleet slot has waited (0: none waits).",
+        );
+        let fleet_halts = IntCounter::new(
+            "berth_fleet_halts_total",
+            "Manifests this host halted for the fleet (its rollout failed).",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(fleet_halts.clone()))
+            .expect("register");
         // Pre-create the bounded label sets so the series exist from the start.
         for source in SOURCE_KINDS {
             manifest_apply_errors.with_label_values(&[source]);
@@ -317,6 +345,10 @@ impl Metrics {
             last_reconcile_success,
             dns_server_up,
             dns_server_starts,
+            fleet_etcd_up,
+            fleet_slots_held,
+            fleet_gated_waiting_seconds,
+            fleet_halts,
         }
     }
 
@@ -490,7 +522,7 @@ impl Metrics {
     /// this registry's, the process collector's and the scrape-time ones.
     pub fn declared_names(&self) -> std::collections::BTreeSet<String> {
         use prometheus::core::Collector;
-        let fields: [&dyn Collector; 26] = [
+        let fields: [&dyn Collector; 30] = [
             &self.build_info,
             &self.manifest_apply_errors,
             &self.revisions_applied,
@@ -517,6 +549,10 @@ impl Metrics {
             &self.last_reconcile_success,
             &self.dns_server_up,
             &self.dns_server_starts,
+            &self.fleet_etcd_up,
+            &self.fleet_slots_held,
+            &self.fleet_gated_waiting_seconds,
+            &self.fleet_halts,
         ];
         let mut names: std::collections::BTreeSet<String> = fields
             .iter()

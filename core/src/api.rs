@@ -98,6 +98,9 @@ pub struct StatusResponse {
     /// (deleted, corrupt, unopenable) or missed records; `null` otherwise.
     #[serde(default)]
     pub rebuilt: Option<StateRebuild>,
+    /// This agent's part in its fleet (only with `--fleet-etcd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetAgentStatus>,
 }
 
 /// What berthd rebuilt at start from what the kernel and the disk still
@@ -285,4 +288,117 @@ pub struct VolumeView {
     /// `IMAGE:PATH` the volume was seeded from, if the image had content there.
     #[serde(default)]
     pub seeded_from: Option<String>,
+}
+
+/// One host's record in a fleet's etcd (`/berth/fleet/<fleet>/hosts/<host>`,
+/// JSON, bound to the agent's lease): what it runs and how that is going.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FleetHostRecord {
+    /// The host id (`--fleet-host`, default the hostname).
+    pub host: String,
+    /// The rollout group (`--fleet-group`).
+    pub group: String,
+    /// The current revision's number.
+    #[serde(default)]
+    pub revision: Option<u64>,
+    /// The fleet hash of the current revision's manifest (what gating compares).
+    #[serde(default)]
+    pub manifest_hash: Option<String>,
+    /// The current revision's state (`complete`, `rolling-out`, ...).
+    #[serde(default)]
+    pub state: Option<RevisionState>,
+    /// Service → image digest it runs.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
+    /// Ready replicas over all services.
+    #[serde(default)]
+    pub ready: u32,
+    /// Desired replicas over all services.
+    #[serde(default)]
+    pub desired: u32,
+    /// The revision is complete and every replica is ready.
+    #[serde(default)]
+    pub healthy: bool,
+    /// Unix time (milliseconds) since which the host is healthy on
+    /// `manifest_hash` (for the groups' bake).
+    #[serde(default)]
+    pub healthy_since_ms: Option<u64>,
+    #[serde(default)]
+    pub draining: bool,
+    /// The berthd version.
+    #[serde(default)]
+    pub agent_version: String,
+    /// The last error of a service, or of the source.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Why a new manifest waits for the fleet, if one does.
+    #[serde(default)]
+    pub pending: Option<String>,
+}
+
+/// A manifest halted for the fleet (`/berth/fleet/<fleet>/halted/<hash>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetHalt {
+    /// The fleet hash of the halted manifest.
+    pub hash: String,
+    /// The host whose rollout failed.
+    pub host: String,
+    pub reason: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
+/// One host as `GET /v1/fleet` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetHostView {
+    #[serde(flatten)]
+    pub record: FleetHostRecord,
+    /// The host holds a rollout slot now.
+    pub slot_held: bool,
+    /// The host waits in the slot queue (position from 1), when it does.
+    #[serde(default)]
+    pub queue_position: Option<usize>,
+}
+
+/// Answer to `GET /v1/fleet` (`berthctl fleet status -o json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// The fleet's name (`--fleet`).
+    pub fleet: String,
+    /// This agent's host id.
+    pub host: String,
+    /// Whether etcd answered just now; when false the rest is this agent's
+    /// last view and `error` says why.
+    pub reachable: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The whole fleet is paused (`berthctl fleet pause`): no slot is granted.
+    pub paused: bool,
+    /// The rollout policy in force for this agent.
+    pub max_parallel: u32,
+    pub groups: Vec<String>,
+    /// The bake time, e.g. `3s`.
+    pub bake: String,
+    pub auto_revert: bool,
+    /// Every live host, by host id.
+    pub hosts: Vec<FleetHostView>,
+    /// Halted manifests.
+    pub halted: Vec<FleetHalt>,
+}
+
+/// This agent's part in a fleet, in `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAgentStatus {
+    pub fleet: String,
+    pub host: String,
+    pub group: String,
+    /// etcd answered the last request.
+    pub reachable: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Holding a rollout slot now.
+    pub slot_held: bool,
+    /// Why the newest manifest waits for the fleet, if it does.
+    #[serde(default)]
+    pub pending: Option<String>,
 }

@@ -167,6 +167,20 @@ event_kinds! {
     SourceUnreachable = "source-unreachable",
     /// The manifest source offered a manifest that was refused.
     SourceRefused = "source-refused",
+    /// A new manifest waits for the fleet (a slot, an earlier group's bake, a halt, a pause).
+    FleetWaiting = "fleet-waiting",
+    /// This host took a rollout slot of the fleet.
+    FleetSlotAcquired = "fleet-slot-acquired",
+    /// This host's rollout completed and passed probation: its slot is free.
+    FleetSlotReleased = "fleet-slot-released",
+    /// A rollout failed here: its manifest is halted for the whole fleet.
+    FleetHalted = "fleet-halted",
+    /// A manifest this host completed was halted: rolled back (`auto_revert`).
+    FleetReverted = "fleet-reverted",
+    /// The fleet's etcd cannot be reached: no gated rollout starts.
+    FleetUnreachable = "fleet-unreachable",
+    /// The fleet's etcd answers again.
+    FleetReachable = "fleet-reachable",
 }
 
 impl std::fmt::Display for EventKind {

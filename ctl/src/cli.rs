@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    apply, completions, convert, diff, drain, events, exec, inspect, load, logs, man_pages, pull,
-    restart, rollback, save, top, validate, volumes,
+    apply, completions, convert, diff, drain, events, exec, fleet, inspect, load, logs, man_pages,
+    pull, restart, rollback, save, top, validate, volumes,
 };
 
 /// The whole command line: global flags and one command.
@@ -117,4 +117,6 @@ pub enum Command {
     Volumes(volumes::Volumes),
     /// Take this host out of (on) or back into (off) load balancer rotation.
     Drain(drain::Drain),
+    /// The fleet this agent is in (berthd --fleet-etcd): status, pause, resume.
+    Fleet(fleet::Fleet),
 }

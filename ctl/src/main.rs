@@ -22,8 +22,8 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 use crate::commands::{
-    apply, completions, convert, diff, drain, events, exec, gc, history, images, inspect, load,
-    logs, man_pages, pull, restart, rollback, save, status, top, validate, volumes,
+    apply, completions, convert, diff, drain, events, exec, fleet, gc, history, images, inspect,
+    load, logs, man_pages, pull, restart, rollback, save, status, top, validate, volumes,
 };
 
 fn main() -> ExitCode {
@@ -72,5 +72,6 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Gc => gc::run(cli).await,
         Command::Volumes(args) => volumes::run(cli, args).await,
         Command::Drain(args) => drain::run(cli, args).await,
+        Command::Fleet(args) => fleet::run(cli, args).await,
     }
 }

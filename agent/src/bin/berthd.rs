@@ -142,6 +142,72 @@ struct Flags {
     /// failing them.
     #[arg(long)]
     userns_fallback: bool,
+    /// Join a fleet whose rollouts are coordinated on these etcd endpoints
+    /// (http(s)://HOST:PORT, comma-separated): new manifests wait for a slot.
+    #[arg(long, value_name = "URL[,URL...]")]
+    fleet_etcd: Option<String>,
+    /// The fleet's name (its keys live under /berth/fleet/NAME/ in etcd).
+    #[arg(long, value_name = "NAME")]
+    fleet: Option<String>,
+    /// This host's rollout group.
+    #[arg(
+        long,
+        value_name = "GROUP",
+        help = "This host's rollout group [default: default]"
+    )]
+    fleet_group: Option<String>,
+    /// This host's id in the fleet.
+    #[arg(
+        long,
+        value_name = "ID",
+        help = "This host's id in the fleet [default: the hostname]"
+    )]
+    fleet_host: Option<String>,
+    /// etcd user (with --fleet-etcd-password-file).
+    #[arg(long, value_name = "USER")]
+    fleet_etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, value_name = "FILE")]
+    fleet_etcd_password_file: Option<PathBuf>,
+    /// PEM CA certificates that sign etcd's server certificate (https endpoints).
+    #[arg(long, value_name = "FILE")]
+    fleet_etcd_ca: Option<PathBuf>,
+    /// PEM client certificate presented to etcd (mTLS).
+    #[arg(long, value_name = "FILE")]
+    fleet_etcd_cert: Option<PathBuf>,
+    /// PEM private key of --fleet-etcd-cert.
+    #[arg(long, value_name = "FILE")]
+    fleet_etcd_key: Option<PathBuf>,
+    /// Most hosts rolling out at once (a manifest's [fleet] max_parallel wins).
+    #[arg(
+        long,
+        value_name = "N",
+        help = "Most hosts rolling out at once [default: 1]"
+    )]
+    fleet_max_parallel: Option<u32>,
+    /// Groups in rollout order, comma-separated (a manifest's [fleet] groups wins).
+    #[arg(long, value_name = "G1,G2,...")]
+    fleet_groups: Option<String>,
+    /// How long a group stays healthy on a new manifest before the next starts.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        help = "Bake time between groups [default: 0s]"
+    )]
+    fleet_bake: Option<String>,
+    /// Roll back a completed manifest the fleet later halted.
+    #[arg(long)]
+    fleet_auto_revert: bool,
+    /// How often the host record, slot and halts are checked.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        help = "Fleet check interval [default: 2s]"
+    )]
+    fleet_interval: Option<String>,
+    /// TTL of the agent's etcd lease (a gone host's record and slot outlive it by this).
+    #[arg(long, value_name = "DURATION", help = "etcd lease TTL [default: 10s]")]
+    fleet_lease_ttl: Option<String>,
 }
 
 /// Writes berthd's man page (roff, section 8) to stdout.
@@ -220,6 +286,21 @@ fn main() -> ExitCode {
             dns_upstream: (!flags.dns_upstream.is_empty()).then_some(flags.dns_upstream),
             userns_range: flags.userns_range,
             userns_fallback: flags.userns_fallback.then_some(true),
+            fleet_etcd: flags.fleet_etcd.map(|e| vec![e]),
+            fleet: flags.fleet,
+            fleet_group: flags.fleet_group,
+            fleet_host: flags.fleet_host,
+            fleet_etcd_user: flags.fleet_etcd_user,
+            fleet_etcd_password_file: flags.fleet_etcd_password_file,
+            fleet_etcd_ca: flags.fleet_etcd_ca,
+            fleet_etcd_cert: flags.fleet_etcd_cert,
+            fleet_etcd_key: flags.fleet_etcd_key,
+            fleet_max_parallel: flags.fleet_max_parallel,
+            fleet_groups: flags.fleet_groups.map(|g| vec![g]),
+            fleet_bake: flags.fleet_bake,
+            fleet_auto_revert: flags.fleet_auto_revert.then_some(true),
+            fleet_interval: flags.fleet_interval,
+            fleet_lease_ttl: flags.fleet_lease_ttl,
         }))
     });
     let config = match config {

@@ -279,7 +279,20 @@ impl Agent {
         if !problems.is_empty() {
             return Err(refuse(problems));
         }
-        let mut resp = self
+        // In a fleet a new manifest is recorded only with a rollout slot.
+        let gated = match (&self.fleet, dry_run || !source.gated()) {
+            (Some(fleet), false) => {
+                let hash = crate::fleet::fleet_hash(&manifest);
+                let current = crate::fleet::current_hash(self);
+                fleet
+                    .gate(self, &hash, current.as_deref(), manifest.fleet.as_ref())
+                    .await
+                    .map_err(AgentError::FleetWait)?;
+                Some((fleet, hash))
+            }
+            _ => None,
+        };
+        let recorded = self
             .record(
                 files,
                 &manifest,
@@ -289,7 +302,18 @@ impl Agent {
                 RecordFlags { dry_run, prune },
                 Restarts::Carry,
             )
-            .await?;
+            .await;
+        if let Some((fleet, hash)) = gated {
+            fleet.applied(
+                &hash,
+                recorded
+                    .as_ref()
+                    .ok()
+                    .filter(|r| !r.unchanged)
+                    .and_then(|r| r.revision),
+            );
+        }
+        let mut resp = recorded?;
         self.note_image_volumes(&manifest, &digests, &mut resp);
         Ok(resp)
     }

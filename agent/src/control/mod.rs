@@ -57,6 +57,10 @@ pub enum AgentError {
     /// The request is valid but the object is not in a state to serve it.
     #[error("{0}")]
     Conflict(String),
+    /// The agent is in a fleet and the manifest waits for it (a slot, an
+    /// earlier group's bake, a halt, a pause, etcd): not recorded.
+    #[error("not applied yet: {0}")]
+    FleetWait(String),
     #[error("this agent's manifest is managed by {0}: change the source instead (apply --dry-run and diff still work)")]
     ManagedBySource(String),
     /// The manifest drops services the current revision runs and the caller
@@ -168,6 +172,15 @@ pub enum ApplySource {
 }
 
 impl ApplySource {
+    /// Whether a manifest from here passes the fleet's gate: new manifests
+    /// (API, sources) do; the agent's own re-records and rollbacks do not.
+    pub fn gated(&self) -> bool {
+        matches!(
+            self,
+            ApplySource::Api | ApplySource::File(_) | ApplySource::Url(_) | ApplySource::Git { .. }
+        )
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             ApplySource::Api | ApplySource::Rollback(_) | ApplySource::Restart(_) => "api",
@@ -228,6 +241,8 @@ pub struct Agent {
     pub live: std::sync::Mutex<Live>,
     /// The services' user-namespace id ranges (persisted).
     pub id_ranges: crate::idranges::IdRanges,
+    /// The fleet this agent is in (`--fleet-etcd`), whose gate new manifests pass.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Whether this kernel can run services in their own user namespace
     /// (`Err`: why not), probed once at start.
     pub userns_support: Result<(), String>,
@@ -284,6 +299,10 @@ impl Agent {
         }
         let agent = Agent {
             id_ranges,
+            fleet: config
+                .fleet
+                .clone()
+                .map(|c| Arc::new(crate::fleet::Fleet::new(c))),
             userns_support,
             managed_source: config.source.as_ref().map(|s| s.describe()),
             source_error: std::sync::Mutex::new(None),

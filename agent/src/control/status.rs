@@ -48,6 +48,7 @@ impl Agent {
             services,
             source_error: self.source_error(),
             rebuilt: self.rebuilt.get().cloned(),
+            fleet: self.fleet.as_ref().map(|f| f.agent_status()),
         })
     }
 

@@ -203,7 +203,10 @@ pub async fn run(
                 }
                 src.sync().await;
             }
-            _ = ticker.tick() => src.sync().await,
+            _ = ticker.tick() => {
+                src.sync().await;
+                src.tracker.retry_pending().await;
+            }
         }
     }
     tracing::debug!("manifest watcher stopped");

@@ -337,6 +337,7 @@ pub async fn run(
             Ok(()) => tracker.fetch_ok(),
             Err(e) => tracker.fetch_failed(e.to_string()),
         }
+        tracker.retry_pending().await;
         if let Some(done) = first_sync.take() {
             let _ = done.send(());
         }

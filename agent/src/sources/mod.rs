@@ -159,6 +159,18 @@ pub enum Outcome {
     Unchanged,
     /// Invalid (or unstorable): not applied, the error is in `status`.
     Refused,
+    /// Waits for the fleet (`--fleet-etcd`): offered again every poll until
+    /// it is applied or a newer version replaces it.
+    Pending,
+}
+
+/// A version offered but waiting for the fleet's gate.
+#[derive(Debug, Clone)]
+struct PendingOffer {
+    files: SourceFiles,
+    source: ApplySource,
+    version: String,
+    etag: Option<String>,
 }
 
 /// The bookkeeping every source shares: refusals and fetch errors surfaced in
@@ -171,6 +183,10 @@ pub(crate) struct Tracker {
     location: String,
     refused: Option<String>,
     fetch_error: Option<String>,
+    /// The newest version, waiting for the fleet.
+    pending: Option<PendingOffer>,
+    /// `offer` ran since the last `retry_pending`.
+    offered: bool,
 }
 
 impl Tracker {
@@ -181,7 +197,22 @@ impl Tracker {
             location,
             refused: None,
             fetch_error: None,
+            pending: None,
+            offered: false,
         }
+    }
+
+    /// Offers the version waiting for the fleet again, unless a version was
+    /// offered since the last call (it replaced the waiting one). Sources
+    /// call this once per poll.
+    pub(crate) async fn retry_pending(&mut self) -> Option<Outcome> {
+        if std::mem::take(&mut self.offered) {
+            return None;
+        }
+        let p = self.pending.take()?;
+        let outcome = self.offer(p.files, p.source, p.version, p.etag).await;
+        self.offered = false;
+        Some(outcome)
     }
 
     /// The persisted state, if it belongs to this configuration and its
@@ -305,8 +336,21 @@ impl Tracker {
             self.refuse(&what, &render_manifest_error(&e));
             return Outcome::Refused;
         }
-        let resp: ApplyResponse = match self.agent.apply(files, source, false).await {
+        self.offered = true;
+        self.pending = None;
+        let resp: ApplyResponse = match self.agent.apply(files.clone(), source.clone(), false).await
+        {
             Ok(r) => r,
+            Err(crate::control::AgentError::FleetWait(reason)) => {
+                tracing::debug!(source = %what, %reason, "manifest waits for the fleet");
+                self.pending = Some(PendingOffer {
+                    files,
+                    source,
+                    version,
+                    etag,
+                });
+                return Outcome::Pending;
+            }
             Err(e) => {
                 // Validation passed, so this is a storage failure; apply counted it.
                 self.agent.emit(

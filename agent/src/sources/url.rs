@@ -136,6 +136,7 @@ pub async fn run(
                 etag = tag;
             }
         }
+        tracker.retry_pending().await;
         if let Some(done) = first_sync.take() {
             let _ = done.send(());
         }

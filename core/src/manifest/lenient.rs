@@ -9,13 +9,14 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
-use super::wire::WireService;
+use super::wire::{WireFleet, WireService};
 
 /// The keys a table may hold, by dotted path (`*` = any service name, `[]` =
 /// every entry of an array of tables). `None` for free-form maps (env, sysctls).
 fn allowed(path: &str) -> Option<&'static [&'static str]> {
     Some(match path {
-        "" => &["service"],
+        "" => &["service", "fleet"],
+        "fleet" => &["max_parallel", "groups", "bake", "auto_revert"],
         "service.*" => &[
             "image",
             "replicas",
@@ -97,6 +98,8 @@ pub(crate) fn did_you_mean<'a>(wrong: &str, candidates: &[&'a str]) -> Option<&'
 /// the problems met on the way, unlocated by file (the caller adds it).
 pub(super) struct Read {
     pub services: Vec<(Spanned<String>, WireService)>,
+    /// The `[fleet]` table, with the span of its header's value.
+    pub fleet: Option<(Range<usize>, WireFleet)>,
     /// (span, dotted key, message)
     pub problems: Vec<(Range<usize>, String, String)>,
 }
@@ -105,6 +108,7 @@ pub(super) struct Read {
 pub(super) fn read(text: &str) -> Read {
     let mut out = Read {
         services: Vec::new(),
+        fleet: None,
         problems: Vec::new(),
     };
     let (root, errors) = DeTable::parse_recoverable(text);
@@ -122,6 +126,26 @@ pub(super) fn read(text: &str) -> Read {
     }
     let mut root = root.into_inner();
     prune_unknown(&mut root, "", "", &mut out.problems);
+    if let Some(fleet) = root.get("fleet") {
+        let span = fleet.span();
+        if let DeValue::Table(t) = fleet.get_ref() {
+            let de = Deserializer::from(Spanned::new(span.clone(), t.clone()));
+            match serde::Deserialize::deserialize(de) {
+                Ok(w) => out.fleet = Some((span, w)),
+                Err(e) => out.problems.push((
+                    e.span().unwrap_or(span),
+                    "fleet".into(),
+                    plain_types(e.message().trim()),
+                )),
+            }
+        } else {
+            out.problems.push((
+                span,
+                "fleet".into(),
+                "`fleet` must be a table ([fleet])".into(),
+            ));
+        }
+    }
     let Some(services) = root.get_mut("service") else {
         return out;
     };

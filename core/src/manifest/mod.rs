@@ -30,6 +30,51 @@ pub const MAX_REPLICAS: u32 = 100;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Manifest {
     pub services: BTreeMap<String, Service>,
+    /// The `[fleet]` table: how a fleet of agents following this manifest
+    /// rolls it out (docs/fleet.md). Absent from the identity hash when unset,
+    /// so manifests without it hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetPolicy>,
+}
+
+/// The `[fleet]` table as written: each key optional, the agent's
+/// `--fleet-*` configuration fills what it leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FleetPolicy {
+    /// Most hosts rolling out at once (1..=10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// Groups in rollout order, e.g. `["canary", "default"]`: a host of a
+    /// later group starts only once every host of the earlier ones runs the
+    /// new manifest, ready, for `bake`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// How long a group must stay ready on the new manifest before the next
+    /// group may start (0s..=24h).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "option_duration_text"
+    )]
+    pub bake: Option<Duration>,
+    /// Hosts that completed a manifest later halted roll back to their last
+    /// complete revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_revert: Option<bool>,
+}
+
+/// Most hosts a `[fleet]` may roll at once.
+pub const MAX_FLEET_PARALLEL: u32 = 10_000;
+
+/// Whether `name` may name a fleet group (or a fleet, or a host): 1-63 of
+/// `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn valid_fleet_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// One service, validated, with defaults filled in.

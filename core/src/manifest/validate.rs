@@ -120,6 +120,7 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
     let mut published: Vec<(Port, String, String)> = Vec::new();
     let mut depends: Vec<(String, Vec<(String, Location)>)> = Vec::new();
     let mut writers: BTreeMap<String, Vec<VolumeUse>> = BTreeMap::new();
+    let mut fleet: Option<(FleetPolicy, String)> = None;
 
     for (file, text) in files {
         let mut ctx = FileCtx {
@@ -130,6 +131,17 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
         let read = super::lenient::read(text);
         for (span, key, message) in read.problems {
             ctx.at(span, key, message);
+        }
+        if let Some((span, wf)) = &read.fleet {
+            if let Some((_, first)) = &fleet {
+                ctx.at(
+                    span.clone(),
+                    "fleet",
+                    format!("[fleet] is defined in both {first} and {file}"),
+                );
+            } else {
+                fleet = Some((validate_fleet(&mut ctx, wf), file.clone()));
+            }
         }
         {
             {
@@ -243,9 +255,75 @@ pub(super) fn validate_sources(files: &SourceFiles) -> Result<Manifest, Manifest
     }
     problems.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     if problems.is_empty() {
-        Ok(Manifest { services })
+        Ok(Manifest {
+            services,
+            fleet: fleet.map(|(f, _)| f),
+        })
     } else {
         Err(ManifestError::Invalid(problems))
+    }
+}
+
+/// The `[fleet]` table: `max_parallel` 1..=10000, `groups` distinct valid
+/// names, `bake` 0s..=24h.
+fn validate_fleet(ctx: &mut FileCtx<'_>, w: &WireFleet) -> FleetPolicy {
+    let max_parallel = w
+        .max_parallel
+        .as_ref()
+        .and_then(|m| match u32::try_from(*m.get_ref()) {
+            Ok(n) if (1..=MAX_FLEET_PARALLEL).contains(&n) => Some(n),
+            _ => {
+                ctx.at(
+                    m.span(),
+                    "fleet.max_parallel",
+                    format!("{} is outside 1-{MAX_FLEET_PARALLEL}", m.get_ref()),
+                );
+                None
+            }
+        });
+    let groups = w.groups.as_ref().map(|g| {
+        let mut out: Vec<String> = Vec::new();
+        if g.get_ref().is_empty() {
+            ctx.at(g.span(), "fleet.groups", "list at least one group");
+        }
+        for (i, name) in g.get_ref().iter().enumerate() {
+            let key = format!("fleet.groups[{i}]");
+            if !valid_fleet_name(name.get_ref()) {
+                ctx.at(
+                    name.span(),
+                    key,
+                    format!(
+                        "`{}` is not a group name (1-63 of A-Z a-z 0-9 . _ -)",
+                        name.get_ref()
+                    ),
+                );
+            } else if out.contains(name.get_ref()) {
+                ctx.at(
+                    name.span(),
+                    key,
+                    format!("group `{}` is listed twice", name.get_ref()),
+                );
+            } else {
+                out.push(name.get_ref().clone());
+            }
+        }
+        out
+    });
+    let bake = w.bake.as_ref().map(|b| {
+        duration_or(
+            ctx,
+            Some(b),
+            "fleet.bake",
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_secs(24 * 3600),
+        )
+    });
+    FleetPolicy {
+        max_parallel,
+        groups,
+        bake,
+        auto_revert: w.auto_revert,
     }
 }
 

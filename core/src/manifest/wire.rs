@@ -40,6 +40,16 @@ pub(super) struct WireService {
     pub pull: Option<WirePull>,
 }
 
+/// The `[fleet]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WireFleet {
+    pub max_parallel: Option<Spanned<i64>>,
+    pub groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub bake: Option<Spanned<String>>,
+    pub auto_revert: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct WireResources {

@@ -22,6 +22,7 @@ pub mod diff;
 pub mod drain;
 pub mod events;
 pub mod exec;
+pub mod fleet;
 pub mod gc;
 pub mod history;
 pub mod images;

@@ -85,6 +85,30 @@ fn print_status(s: &StatusResponse) {
             outln!("  {p}");
         }
     }
+    if let Some(f) = &s.fleet {
+        outln!(
+            "fleet {} as {} (group {}): {}{}",
+            f.fleet,
+            f.host,
+            f.group,
+            if f.reachable {
+                "etcd reachable".to_string()
+            } else {
+                format!(
+                    "etcd UNREACHABLE, no new rollout starts ({})",
+                    f.error.as_deref().unwrap_or("no answer yet")
+                )
+            },
+            if f.slot_held {
+                ", holding a rollout slot"
+            } else {
+                ""
+            }
+        );
+        if let Some(p) = &f.pending {
+            outln!("pending manifest: {p}");
+        }
+    }
     let mut rows = vec![[
         "SERVICE".to_string(),
         "READY".into(),

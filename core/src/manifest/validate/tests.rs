@@ -850,3 +850,62 @@ fn userns_is_auto_by_default_host_on_request_and_anything_else_is_refused() {
         "`hots` is not \"auto\" or \"host\" (did you mean `host`?)",
     );
 }
+
+#[test]
+fn fleet_table_parses_and_its_mistakes_are_located() {
+    let m = ok(&format!(
+        "{}[fleet]\nmax_parallel = 2\ngroups = [\"canary\", \"default\"]\nbake = \"3s\"\nauto_revert = true\n",
+        svc("")
+    ));
+    let f = m.fleet.expect("fleet table");
+    assert_eq!(f.max_parallel, Some(2));
+    assert_eq!(
+        f.groups.as_deref(),
+        Some(&["canary".to_string(), "default".to_string()][..])
+    );
+    assert_eq!(f.bake, Some(Duration::from_secs(3)));
+    assert_eq!(f.auto_revert, Some(true));
+    assert_eq!(ok(&svc("")).fleet, None, "no [fleet]: none");
+    // The service takes lines 1-3 (svc ends with a blank line), [fleet] line 4.
+    let cases = [
+        ("max_parallel = 0", "fleet.max_parallel", "outside 1-10000"),
+        (
+            "max_parallel = 10001",
+            "fleet.max_parallel",
+            "outside 1-10000",
+        ),
+        ("groups = []", "fleet.groups", "at least one group"),
+        ("groups = [\"a b\"]", "fleet.groups[0]", "not a group name"),
+        ("groups = [\"x\", \"x\"]", "fleet.groups[1]", "listed twice"),
+        ("bake = \"25h\"", "fleet.bake", "outside"),
+        ("bake = \"soon\"", "fleet.bake", ""),
+        (
+            "max_paralel = 1",
+            "fleet.max_paralel",
+            "did you mean `max_parallel`",
+        ),
+        ("auto_revert = \"yes\"", "fleet", "true or false"),
+    ];
+    for (body, key, needle) in cases {
+        bad(&format!("{}[fleet]\n{body}\n", svc("")), key, 5, needle);
+    }
+    let two: SourceFiles = [
+        (
+            "a.toml".to_string(),
+            format!("{}[fleet]\nmax_parallel = 1\n", svc("")),
+        ),
+        (
+            "b.toml".to_string(),
+            "[fleet]\nmax_parallel = 2\n".to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let err = Manifest::from_sources(&two).expect_err("two [fleet] tables");
+    assert!(
+        err.problems().iter().any(|p| p.file == "b.toml"
+            && p.key == "fleet"
+            && p.message.contains("both a.toml and b.toml")),
+        "{err}"
+    );
+}

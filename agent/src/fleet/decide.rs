@@ -1,0 +1,511 @@
+//! The fleet's rollout decisions as pure functions over a snapshot of its
+//! etcd keys: may this host queue for a slot of a new manifest or must it
+//! wait (paused, halted, an earlier group not yet baked), and does its place
+//! in the queue grant it a slot. Executing them (etcd I/O) is in `etcd`.
+
+use std::time::Duration;
+
+use berth_core::api::{FleetHalt, FleetHostRecord};
+
+/// The rollout policy in force: the manifest's `[fleet]` over the agent's
+/// configuration over the defaults (1 host at once, no groups, no bake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Most hosts holding a slot at once (>= 1).
+    pub max_parallel: u32,
+    /// Groups in rollout order; a group not listed comes after every listed one.
+    pub groups: Vec<String>,
+    /// How long every host of an earlier group must have been healthy on the
+    /// new manifest before a later group may queue.
+    pub bake: Duration,
+    /// Hosts that completed a manifest later halted roll back.
+    pub auto_revert: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_parallel: 1,
+            groups: Vec::new(),
+            bake: Duration::ZERO,
+            auto_revert: false,
+        }
+    }
+}
+
+impl Policy {
+    /// A group's place in the rollout order (unlisted groups last).
+    pub fn rank(&self, group: &str) -> usize {
+        self.groups
+            .iter()
+            .position(|g| g == group)
+            .unwrap_or(self.groups.len())
+    }
+}
+
+/// A host waiting for (or holding) a slot: its key under `queue/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub host: String,
+    /// The manifest hash it queued for.
+    pub hash: String,
+    /// The key's etcd create revision: the queue's order.
+    pub create_revision: i64,
+}
+
+/// The fleet's keys as read at one etcd revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub hosts: Vec<FleetHostRecord>,
+    /// Any order; [`slot`] sorts by create revision.
+    pub queue: Vec<QueueEntry>,
+    pub halted: Vec<FleetHalt>,
+    pub paused: bool,
+}
+
+/// Why a host may not queue for a manifest yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// `berthctl fleet pause`.
+    Paused,
+    /// The manifest failed on `host`.
+    Halted { host: String, reason: String },
+    /// A host of an earlier group is not yet on the manifest, healthy, for
+    /// the bake time.
+    EarlierGroup {
+        group: String,
+        host: String,
+        why: String,
+    },
+    /// In the queue behind `position - 1` hosts; `holders` have the slots.
+    Queued {
+        position: usize,
+        holders: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wait::Paused => write!(f, "the fleet is paused (berthctl fleet resume)"),
+            Wait::Halted { host, reason } => write!(
+                f,
+                "halted: the rollout failed on {host}: {reason} (berthctl fleet resume, or commit a fix)"
+            ),
+            Wait::EarlierGroup { group, host, why } => {
+                write!(f, "waiting for group {group}: host {host} {why}")
+            }
+            Wait::Queued { position, holders } => write!(
+                f,
+                "queued for a rollout slot (position {position}; held by {})",
+                if holders.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    holders.join(", ")
+                }
+            ),
+        }
+    }
+}
+
+/// May `group`'s host queue for a slot to roll out `hash` at `now_ms` (Unix
+/// milliseconds)? A host already in the queue for `hash` keeps its place
+/// (it passed this check when it joined).
+pub fn may_queue(
+    snap: &Snapshot,
+    me: &str,
+    group: &str,
+    hash: &str,
+    policy: &Policy,
+    now_ms: u64,
+) -> Result<(), Wait> {
+    if snap.paused {
+        return Err(Wait::Paused);
+    }
+    if let Some(h) = snap.halted.iter().find(|h| h.hash == hash) {
+        return Err(Wait::Halted {
+            host: h.host.clone(),
+            reason: h.reason.clone(),
+        });
+    }
+    if snap.queue.iter().any(|q| q.host == me && q.hash == hash) {
+        return Ok(());
+    }
+    let mine = policy.rank(group);
+    let bake_ms = policy.bake.as_millis() as u64;
+    let mut earlier: Vec<&FleetHostRecord> = snap
+        .hosts
+        .iter()
+        .filter(|h| h.host != me && policy.rank(&h.group) < mine)
+        .collect();
+    earlier.sort_by(|a, b| (policy.rank(&a.group), &a.host).cmp(&(policy.rank(&b.group), &b.host)));
+    for h in earlier {
+        let why = if h.manifest_hash.as_deref() != Some(hash) {
+            Some("is not on this manifest yet".to_string())
+        } else if !h.healthy {
+            Some(format!("is not healthy ({}/{} ready)", h.ready, h.desired))
+        } else {
+            let since = h.healthy_since_ms.unwrap_or(now_ms);
+            let baked = now_ms.saturating_sub(since);
+            (baked < bake_ms).then(|| {
+                format!(
+                    "has baked {:.1}s of {:.1}s",
+                    baked as f64 / 1000.0,
+                    bake_ms as f64 / 1000.0
+                )
+            })
+        };
+        if let Some(why) = why {
+            return Err(Wait::EarlierGroup {
+                group: h.group.clone(),
+                host: h.host.clone(),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `me`'s queue entry is among the first `max_parallel` by create
+/// revision (a counting semaphore: ties cannot happen, etcd revisions are
+/// unique per write). `Err` when it waits, or is not queued at all
+/// (position 0).
+pub fn slot(queue: &[QueueEntry], me: &str, max_parallel: u32) -> Result<(), Wait> {
+    let mut q: Vec<&QueueEntry> = queue.iter().collect();
+    q.sort_by_key(|e| e.create_revision);
+    let n = max_parallel.max(1) as usize;
+    let holders: Vec<String> = q.iter().take(n).map(|e| e.host.clone()).collect();
+    match q.iter().position(|e| e.host == me) {
+        Some(i) if i < n => Ok(()),
+        Some(i) => Err(Wait::Queued {
+            position: i + 1,
+            holders,
+        }),
+        None => Err(Wait::Queued {
+            position: 0,
+            holders,
+        }),
+    }
+}
+
+/// Whether the slot held for a revision may be released: it completed and
+/// has stayed complete (every replica ready) for `probation`.
+pub fn may_release(complete_for: Option<Duration>, probation: Duration) -> bool {
+    complete_for.is_some_and(|d| d >= probation)
+}
+
+/// What to do with the slot held for revision `n`, from that revision's
+/// state (`None`: it was never recorded), whether it is still the current
+/// revision, and how long it has been complete with every replica ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotNext {
+    /// Still rolling out, or on probation.
+    Hold,
+    /// Done (or nothing to do): free the slot.
+    Release(String),
+    /// The rollout failed: halt its manifest for the fleet, then free the slot.
+    Halt,
+}
+
+/// See [`SlotNext`].
+pub fn slot_next(
+    n: u64,
+    state: Option<berth_core::vocab::RevisionState>,
+    current: bool,
+    complete_for: Option<Duration>,
+    probation: Duration,
+) -> SlotNext {
+    use berth_core::vocab::RevisionState as S;
+    match state {
+        None => SlotNext::Release("nothing was recorded".into()),
+        Some(S::Failed | S::RolledBack) => SlotNext::Halt,
+        Some(S::Superseded) => SlotNext::Release(format!("revision {n} superseded")),
+        Some(S::Applied | S::RollingOut) => SlotNext::Hold,
+        Some(S::Complete) if !current => SlotNext::Release(format!("revision {n} complete")),
+        Some(S::Complete) if may_release(complete_for, probation) => {
+            SlotNext::Release(format!("revision {n} complete and past probation"))
+        }
+        Some(S::Complete) => SlotNext::Hold,
+    }
+}
+
+/// The revision `auto_revert` restores on a host whose current manifest was
+/// halted: the newest complete one of another manifest. `revisions` are
+/// (number, state, fleet hash), oldest first.
+pub fn revert_target(
+    revisions: &[(u64, berth_core::vocab::RevisionState, String)],
+    halted: &str,
+) -> Option<u64> {
+    revisions
+        .iter()
+        .rev()
+        .find(|(_, state, hash)| {
+            *state == berth_core::vocab::RevisionState::Complete && hash != halted
+        })
+        .map(|(n, _, _)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, group: &str, hash: &str, healthy: bool, since: u64) -> FleetHostRecord {
+        FleetHostRecord {
+            host: name.into(),
+            group: group.into(),
+            manifest_hash: Some(hash.into()),
+            healthy,
+            healthy_since_ms: healthy.then_some(since),
+            ready: u32::from(healthy),
+            desired: 1,
+            ..Default::default()
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            max_parallel: 1,
+            groups: vec!["canary".into(), "default".into()],
+            bake: Duration::from_secs(3),
+            auto_revert: false,
+        }
+    }
+
+    fn q(host: &str, hash: &str, rev: i64) -> QueueEntry {
+        QueueEntry {
+            host: host.into(),
+            hash: hash.into(),
+            create_revision: rev,
+        }
+    }
+
+    #[test]
+    fn who_may_queue() {
+        let now = 100_000;
+        let fleet = |canary: FleetHostRecord| Snapshot {
+            hosts: vec![
+                canary,
+                host("d1", "default", "old", true, 0),
+                host("d2", "default", "old", true, 0),
+            ],
+            ..Default::default()
+        };
+        let halted = Snapshot {
+            halted: vec![FleetHalt {
+                hash: "new".into(),
+                host: "c1".into(),
+                reason: "web: unhealthy".into(),
+                time: "t".into(),
+            }],
+            ..fleet(host("c1", "canary", "old", true, 0))
+        };
+        let paused = Snapshot {
+            paused: true,
+            ..fleet(host("c1", "canary", "new", true, 0))
+        };
+        let queued_before = Snapshot {
+            queue: vec![q("d1", "new", 7)],
+            ..fleet(host("c1", "canary", "old", true, 0))
+        };
+        type Case<'a> = (&'a str, Snapshot, &'a str, &'a str, Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "the canary goes first",
+                fleet(host("c1", "canary", "old", true, 0)),
+                "c1",
+                "canary",
+                Ok(()),
+            ),
+            (
+                "default waits for the canary to take it",
+                fleet(host("c1", "canary", "old", true, 0)),
+                "d1",
+                "default",
+                Err("host c1 is not on this manifest yet"),
+            ),
+            (
+                "default waits while the canary is unhealthy",
+                fleet(host("c1", "canary", "new", false, 0)),
+                "d1",
+                "default",
+                Err("not healthy (0/1 ready)"),
+            ),
+            (
+                "default waits for the bake",
+                fleet(host("c1", "canary", "new", true, now - 1_000)),
+                "d1",
+                "default",
+                Err("has baked 1.0s of 3.0s"),
+            ),
+            (
+                "baked: default may queue",
+                fleet(host("c1", "canary", "new", true, now - 3_000)),
+                "d1",
+                "default",
+                Ok(()),
+            ),
+            (
+                "an unlisted group comes after default",
+                fleet(host("c1", "canary", "new", true, now - 3_000)),
+                "x1",
+                "batch",
+                Err("waiting for group default: host d1"),
+            ),
+            (
+                "a halted manifest is not started",
+                halted.clone(),
+                "c1",
+                "canary",
+                Err("halted: the rollout failed on c1: web: unhealthy"),
+            ),
+            (
+                "halted for the default hosts too",
+                halted,
+                "d1",
+                "default",
+                Err("halted"),
+            ),
+            (
+                "paused: nobody queues",
+                paused,
+                "d1",
+                "default",
+                Err("paused"),
+            ),
+            (
+                "already queued keeps its place",
+                queued_before,
+                "d1",
+                "default",
+                Ok(()),
+            ),
+        ];
+        for (name, snap, me, group, want) in cases {
+            let got = may_queue(&snap, me, group, "new", &policy(), now).map_err(|w| w.to_string());
+            match (want, got) {
+                (Ok(()), Ok(())) => {}
+                (Err(needle), Err(got)) => {
+                    assert!(got.contains(needle), "{name}: {got:?} lacks {needle:?}")
+                }
+                (want, got) => panic!("{name}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn slots_go_to_the_first_max_parallel_by_create_revision() {
+        let queue = vec![q("c", "h", 30), q("a", "h", 10), q("b", "h", 20)];
+        let cases = [
+            ("a", 1, Ok(())),
+            ("b", 1, Err("position 2; held by a")),
+            ("c", 1, Err("position 3; held by a")),
+            ("b", 2, Ok(())),
+            ("c", 2, Err("position 3; held by a, b")),
+            ("c", 3, Ok(())),
+            ("z", 3, Err("position 0")),
+            ("a", 0, Ok(())),
+        ];
+        for (me, n, want) in cases {
+            let got = slot(&queue, me, n).map_err(|w| w.to_string());
+            match (want, got) {
+                (Ok(()), Ok(())) => {}
+                (Err(needle), Err(got)) => {
+                    assert!(got.contains(needle), "{me}/{n}: {got:?} lacks {needle:?}")
+                }
+                (want, got) => panic!("{me}/{n}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn release_after_probation() {
+        let p = Duration::from_secs(2);
+        assert!(!may_release(None, p), "not complete");
+        assert!(
+            !may_release(Some(Duration::from_secs(1)), p),
+            "on probation"
+        );
+        assert!(may_release(Some(p), p));
+        assert!(may_release(Some(Duration::ZERO), Duration::ZERO));
+    }
+
+    #[test]
+    fn what_a_held_slot_does() {
+        use berth_core::vocab::RevisionState::*;
+        let p = Duration::from_secs(1);
+        let s = Some(Duration::from_secs(2));
+        let cases = [
+            (
+                None,
+                true,
+                None,
+                SlotNext::Release("nothing was recorded".into()),
+            ),
+            (Some(Applied), true, None, SlotNext::Hold),
+            (Some(RollingOut), true, None, SlotNext::Hold),
+            (Some(Complete), true, Some(Duration::ZERO), SlotNext::Hold),
+            (Some(Complete), true, None, SlotNext::Hold),
+            (
+                Some(Complete),
+                true,
+                s,
+                SlotNext::Release("revision 7 complete and past probation".into()),
+            ),
+            (
+                Some(Complete),
+                false,
+                None,
+                SlotNext::Release("revision 7 complete".into()),
+            ),
+            (Some(Failed), true, None, SlotNext::Halt),
+            (Some(RolledBack), false, None, SlotNext::Halt),
+            (
+                Some(Superseded),
+                false,
+                None,
+                SlotNext::Release("revision 7 superseded".into()),
+            ),
+        ];
+        for (state, current, complete_for, want) in cases {
+            assert_eq!(
+                slot_next(7, state, current, complete_for, p),
+                want,
+                "{state:?} {current}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_revert_restores_the_newest_complete_revision_of_another_manifest() {
+        use berth_core::vocab::RevisionState::*;
+        let r = |n, s, h: &str| (n, s, h.to_string());
+        let revs = [
+            r(1, Complete, "a"),
+            r(2, Complete, "b"),
+            r(3, Failed, "c"),
+            r(4, Complete, "b"),
+            r(5, Complete, "x"),
+        ];
+        assert_eq!(revert_target(&revs, "x"), Some(4));
+        assert_eq!(
+            revert_target(&revs, "b"),
+            Some(5),
+            "the halted hash is skipped, not older ones"
+        );
+        assert_eq!(
+            revert_target(&revs[..1], "a"),
+            None,
+            "nothing else to restore"
+        );
+        assert_eq!(revert_target(&[], "a"), None);
+    }
+
+    #[test]
+    fn unlisted_groups_rank_last() {
+        let p = policy();
+        assert_eq!(p.rank("canary"), 0);
+        assert_eq!(p.rank("default"), 1);
+        assert_eq!(p.rank("other"), 2);
+        assert_eq!(Policy::default().rank("any"), 0);
+    }
+}

@@ -1,0 +1,239 @@
+//! The fleet's etcd keys and the requests on them (the decisions are in
+//! `decide`). Layout under `/berth/fleet/<fleet>/`: `hosts/<host>` (JSON
+//! record), `queue/<host>` (the manifest hash; its create revision orders the
+//! slot queue), `halted/<hash>` (JSON [`FleetHalt`]), `paused`. Host and
+//! queue keys are bound to the agent's lease, so they vanish with it.
+
+use std::time::Duration;
+
+use berth_core::api::{FleetHalt, FleetHostRecord};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+
+use super::decide::{QueueEntry, Snapshot};
+use super::{FleetConfig, FleetError};
+
+/// A connection to the fleet's etcd with this agent's lease.
+#[derive(Clone)]
+pub struct Conn {
+    client: Client,
+    /// The lease host and queue keys are bound to.
+    pub lease: i64,
+    prefix: String,
+    host: String,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("lease", &self.lease)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn err(what: &'static str) -> impl FnOnce(etcd_client::Error) -> FleetError {
+    move |source| FleetError::Etcd { what, source }
+}
+
+/// The options every connection uses: short timeouts (an unreachable etcd
+/// must not stall the agent), credentials and TLS when configured.
+pub(super) fn options(config: &FleetConfig) -> Result<ConnectOptions, FleetError> {
+    let timeout = config.interval.max(Duration::from_millis(500)) * 2;
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
+    if let Some((user, password)) = &config.auth {
+        o = o.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &config.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| FleetError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let mut t = etcd_client::TlsOptions::new();
+        if let Some(ca) = &tls.ca {
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            t = t.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        o = o.with_tls(t);
+    }
+    Ok(o)
+}
+
+impl Conn {
+    /// Connects and grants a lease of the configured TTL.
+    pub async fn open(config: &FleetConfig) -> Result<Conn, FleetError> {
+        let mut client = Client::connect(&config.endpoints, Some(options(config)?))
+            .await
+            .map_err(err("connecting"))?;
+        let ttl = config.lease_ttl.as_secs().max(2) as i64;
+        let lease = client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(err("granting a lease"))?
+            .id();
+        Ok(Conn {
+            client,
+            lease,
+            prefix: prefix(&config.name),
+            host: config.host.clone(),
+        })
+    }
+
+    /// Renews the lease once; `Ok(false)` when etcd says it expired.
+    pub async fn keep_alive(&mut self) -> Result<bool, FleetError> {
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_keep_alive(self.lease)
+            .await
+            .map_err(err("renewing the lease"))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(err("renewing the lease"))?;
+        match stream.message().await.map_err(err("renewing the lease"))? {
+            Some(r) => Ok(r.ttl() > 0),
+            None => Err(FleetError::Closed),
+        }
+    }
+
+    /// Revokes the lease: this host's record and queue place go at once.
+    pub async fn revoke(mut self) -> Result<(), FleetError> {
+        self.client
+            .lease_revoke(self.lease)
+            .await
+            .map_err(err("revoking the lease"))?;
+        Ok(())
+    }
+
+    /// Reads every key of the fleet at one revision.
+    pub async fn snapshot(&mut self) -> Result<Snapshot, FleetError> {
+        let resp = self
+            .client
+            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(err("reading the fleet"))?;
+        let mut snap = Snapshot::default();
+        for kv in resp.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            let Some(rest) = key.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if rest == "paused" {
+                snap.paused = true;
+            } else if let Some(host) = rest.strip_prefix("hosts/") {
+                match serde_json::from_slice::<FleetHostRecord>(kv.value()) {
+                    Ok(r) => snap.hosts.push(r),
+                    Err(e) => tracing::warn!(host, error = %e, "unreadable fleet host record"),
+                }
+            } else if let Some(host) = rest.strip_prefix("queue/") {
+                snap.queue.push(QueueEntry {
+                    host: host.to_string(),
+                    hash: String::from_utf8_lossy(kv.value()).into_owned(),
+                    create_revision: kv.create_revision(),
+                });
+            } else if rest.starts_with("halted/") {
+                match serde_json::from_slice::<FleetHalt>(kv.value()) {
+                    Ok(h) => snap.halted.push(h),
+                    Err(e) => tracing::warn!(key, error = %e, "unreadable fleet halt"),
+                }
+            }
+        }
+        snap.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        snap.halted.sort_by(|a, b| a.time.cmp(&b.time));
+        Ok(snap)
+    }
+
+    /// Writes this host's record, bound to the lease.
+    pub async fn put_record(&mut self, record: &FleetHostRecord) -> Result<(), FleetError> {
+        let value = serde_json::to_vec(record).map_err(FleetError::Json)?;
+        self.client
+            .put(
+                format!("{}hosts/{}", self.prefix, self.host),
+                value,
+                Some(PutOptions::new().with_lease(self.lease)),
+            )
+            .await
+            .map_err(err("writing the host record"))?;
+        Ok(())
+    }
+
+    /// Joins the slot queue for `hash`, bound to the lease. An entry already
+    /// there keeps its create revision (its place); only its hash changes.
+    pub async fn enqueue(&mut self, hash: &str) -> Result<(), FleetError> {
+        let key = format!("{}queue/{}", self.prefix, self.host);
+        let put = TxnOp::put(
+            key.clone(),
+            hash,
+            Some(PutOptions::new().with_lease(self.lease)),
+        );
+        // Create, or update in place with the same lease (a put keeps the
+        // create revision); a key of an expired lease is gone already.
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([put.clone()])
+            .or_else([put]);
+        self.client
+            .txn(txn)
+            .await
+            .map_err(err("joining the slot queue"))?;
+        Ok(())
+    }
+
+    /// Leaves the slot queue (releases the slot if held).
+    pub async fn dequeue(&mut self) -> Result<(), FleetError> {
+        self.client
+            .delete(format!("{}queue/{}", self.prefix, self.host), None)
+            .await
+            .map_err(err("leaving the slot queue"))?;
+        Ok(())
+    }
+
+    /// Marks `halt.hash` halted unless it already is (the first failure's
+    /// host and reason stay). Not lease-bound: it outlives the host.
+    pub async fn halt(&mut self, halt: &FleetHalt) -> Result<(), FleetError> {
+        let key = format!("{}halted/{}", self.prefix, halt.hash);
+        let value = serde_json::to_vec(halt).map_err(FleetError::Json)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        self.client
+            .txn(txn)
+            .await
+            .map_err(err("halting the manifest"))?;
+        Ok(())
+    }
+
+    /// Pauses the whole fleet (`on`) or clears the pause and every halt.
+    pub async fn set_paused(&mut self, on: bool) -> Result<(), FleetError> {
+        let key = format!("{}paused", self.prefix);
+        if on {
+            self.client
+                .put(key, self.host.clone(), None)
+                .await
+                .map_err(err("pausing the fleet"))?;
+        } else {
+            let txn = Txn::new().and_then([
+                TxnOp::delete(key, None),
+                TxnOp::delete(
+                    format!("{}halted/", self.prefix),
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                ),
+            ]);
+            self.client
+                .txn(txn)
+                .await
+                .map_err(err("resuming the fleet"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The key prefix of fleet `name`.
+pub fn prefix(name: &str) -> String {
+    format!("/berth/fleet/{name}/")
+}
