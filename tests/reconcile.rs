@@ -684,6 +684,10 @@ fn a_never_healthy_replica_is_replaced_with_growing_delays_up_to_the_max() {
         r#"
 [service.web]
 image = "{image}"
+# httpd as PID 1 ignores SIGTERM: without a short stop timeout each retired
+# replica runs its full 10 s, and while it stops it counts against
+# replicas + max_surge, so the gaps would measure stops, not the backoff.
+stop_timeout = "200ms"
 [[service.web.volumes]]
 host = "{}"
 target = "/flag"
