@@ -23,15 +23,6 @@ fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The running container of `service`.
-fn running(agent: &Agent, service: &str) -> Option<String> {
-    agent
-        .containers()
-        .into_iter()
-        .find(|c| c["service"] == service && c["state"] == "running")
-        .and_then(|c| c["id"].as_str().map(String::from))
-}
-
 /// Flips one byte in the middle of the biggest blob of an OCI layout tar
 /// (a layer), rewriting the tar.
 fn tamper(src: &Path, dst: &Path) -> String {
@@ -258,7 +249,7 @@ fn archives_from_skopeo_and_docker_load_and_run_without_a_registry() {
     );
     agent.apply_wait("m.toml", &text, "60s").ok();
     for s in ["oci", "dock"] {
-        agent.wait_for(30, &format!("{s} running"), |ag| running(ag, s));
+        agent.wait_for(30, &format!("{s} running"), |ag| ag.running_id(s));
     }
 
     // save then load: the same digest, under the name it was saved with.
@@ -309,7 +300,7 @@ fn a_manifest_directory_ships_the_archive_of_its_image() {
     agent.extra_args = vec!["--manifests".into(), dir.display().to_string()];
     agent.spawn();
     agent.wait_for(60, "app running from the shipped archive", |ag| {
-        running(ag, "app")
+        ag.running_id("app")
     });
     let images = agent.ctl(&["-o", "json", "images"]).ok().stdout;
     assert!(images.contains("docker.io/shop/busybox:1"), "{images}");
@@ -366,7 +357,7 @@ fn a_git_source_ships_the_archive_of_its_image() {
     .collect();
     agent.spawn();
     agent.wait_for(60, "app running from the archive in git", |ag| {
-        running(ag, "app")
+        ag.running_id("app")
     });
     agent.remove_all_containers();
 }

@@ -81,12 +81,7 @@ fn the_converted_compose_stack_runs_as_compose_describes() {
         .to_string();
 
     // cache: read-only root, writable tmpfs at /srv.
-    let cache = agent.wait_for(10, "cache running", |ag| {
-        ag.containers()
-            .into_iter()
-            .find(|c| c["service"] == "cache" && c["state"] == "running")
-            .and_then(|c| c["id"].as_str().map(String::from))
-    });
+    let cache = agent.wait_for(10, "cache running", |ag| ag.running_id("cache"));
     let r = agent.exec(
         &cache,
         &["sh", "-c", "touch /x 2>&1; touch /srv/ok && echo srv-ok"],

@@ -10,15 +10,6 @@ use std::os::unix::fs::MetadataExt;
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::*;
 
-/// The running container of `service`, by id.
-fn running(agent: &Agent, service: &str) -> Option<String> {
-    agent
-        .containers()
-        .into_iter()
-        .find(|c| c["service"] == service && c["state"] == "running")
-        .and_then(|c| c["id"].as_str().map(String::from))
-}
-
 /// (inside start, host start, length) of the container's uid_map, and the
 /// inode of /bin/busybox in it, read by an exec'd shell.
 fn probe(agent: &Agent, id: &str) -> ((u64, u64, u64), u64) {
@@ -69,7 +60,7 @@ userns = "host"
     agent.apply_wait("m.toml", &text, "60s").ok();
     let ids: Vec<String> = ["a", "b", "h"]
         .iter()
-        .map(|s| agent.wait_for(30, &format!("{s} running"), |ag| running(ag, s)))
+        .map(|s| agent.wait_for(30, &format!("{s} running"), |ag| ag.running_id(s)))
         .collect();
     let (ma, ia) = probe(&agent, &ids[0]);
     let (mb, ib) = probe(&agent, &ids[1]);
@@ -115,7 +106,7 @@ userns = "host"
         .ctl(&["restart", "a", "--wait", "--timeout", "60s"])
         .ok();
     let new_a = agent.wait_for(30, "a replaced", |ag| {
-        running(ag, "a").filter(|id| *id != ids[0])
+        ag.running_id("a").filter(|id| *id != ids[0])
     });
     let (ma2, _) = probe(&agent, &new_a);
     assert_eq!(ma2, ma);
@@ -199,6 +190,6 @@ fn a_state_dir_that_cannot_be_idmapped_is_found_at_start_and_named() {
         "{err}"
     );
     assert!(err.contains("--userns-fallback"), "{err}");
-    assert!(running(&agent, "a").is_none());
+    assert!(agent.running_id("a").is_none());
     agent.remove_all_containers();
 }

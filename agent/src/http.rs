@@ -803,23 +803,6 @@ impl Drop for RequestFile {
     }
 }
 
-/// Streams an open file as a response body.
-fn file_body(f: tokio::fs::File) -> Body {
-    let chunks = futures_util::stream::unfold(f, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 1 << 16];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    Body::from_stream(chunks)
-}
-
 /// `POST /v1/images/load[?tag=REF]`: the body is an image archive (OCI
 /// layout or `docker save` tar, optionally gzip/zstd), written to the state
 /// dir's `tmp/` (507 when it and its unpacked copy would not fit above the
@@ -903,7 +886,7 @@ async fn get_save(
                 rec.digest.to_string(),
             ),
         ],
-        file_body(f),
+        crate::image::archive::file_body(f),
     )
         .into_response())
 }

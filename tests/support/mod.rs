@@ -520,6 +520,14 @@ impl Agent {
         r.json().as_array().cloned().unwrap_or_default()
     }
 
+    /// The id of a running container of `service`, if any.
+    pub fn running_id(&self, service: &str) -> Option<String> {
+        self.containers()
+            .into_iter()
+            .find(|c| c["service"] == service && c["state"] == "running")
+            .and_then(|c| c["id"].as_str().map(String::from))
+    }
+
     /// Polls `check` until it returns Some or `secs` pass (then panics with
     /// `what`, the status and the agent log).
     pub fn wait_for<T>(

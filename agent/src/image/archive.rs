@@ -498,19 +498,7 @@ async fn serve_path(
                 return not_found();
             };
             let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let chunks = futures_util::stream::unfold(file, |mut f| async move {
-                use tokio::io::AsyncReadExt;
-                let mut buf = vec![0u8; 1 << 16];
-                match f.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
-                    }
-                    Err(e) => Some((Err(e), f)),
-                }
-            });
-            let body = axum::body::Body::from_stream(chunks);
+            let body = file_body(file);
             (
                 [
                     (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -522,6 +510,24 @@ async fn serve_path(
         }
         _ => not_found(),
     }
+}
+
+/// An open file streamed as an HTTP body in 64 KiB chunks (the archive
+/// server's blobs, and `save`'s answer).
+pub fn file_body(f: tokio::fs::File) -> axum::body::Body {
+    let chunks = futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 16];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 /// `path` as a relative path inside an archive root, or `None` when it is

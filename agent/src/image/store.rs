@@ -19,7 +19,7 @@ use super::unpack::UnpackLimits;
 use crate::content::{Begin, ContentError, ContentStore};
 use crate::launch::ImageRunConfig;
 use crate::metrics::Metrics;
-use crate::registry::{Layer, LayerCompression, RegistryClient, RegistryError};
+use crate::registry::{Layer, LayerCompression, PulledImage, RegistryClient, RegistryError};
 use crate::state::{decode, encode, StateError};
 
 /// Most layers an image may have (Docker's overlay2 allows 127 lowers).
@@ -410,12 +410,7 @@ impl ImageStore {
             .registry
             .metadata_from_store(&inner.content, image, top)?;
         let name = image.to_string();
-        let run = ImageRunConfig::from_config_json(&pulled.config_json).map_err(|e| {
-            ImageError::InvalidConfig {
-                image: name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let run = run_config(&name, &pulled)?;
         let diff_ids: Vec<Digest> = pulled.layers.iter().map(|l| l.diff_id.clone()).collect();
         let pulled_at = std::fs::metadata(inner.content.path(&pulled.config_digest))
             .and_then(|m| m.modified())
@@ -426,30 +421,14 @@ impl ImageStore {
                     .ok()
             })
             .unwrap_or_else(crate::now_rfc3339);
-        let rec = ImageRecord {
-            reference: name,
-            digest: pulled.digest.clone(),
-            manifest_digest: pulled.manifest_digest.clone(),
-            config_digest: pulled.config_digest.clone(),
-            layers: pulled
-                .layers
-                .iter()
-                .zip(chain_ids(&diff_ids))
-                .map(|(l, chain_id)| LayerRecord {
-                    digest: l.digest.clone(),
-                    diff_id: l.diff_id.clone(),
-                    chain_id,
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect(),
+        let rec = record_of(
+            name,
+            &pulled,
             run,
-            os: pulled.config.os().to_string(),
-            architecture: pulled.config.architecture().to_string(),
-            size: pulled.layers.iter().map(|l| l.size).sum(),
-            pulled_at: pulled_at.clone(),
-            last_used: crate::now_rfc3339(),
-        };
+            chain_ids(&diff_ids),
+            pulled_at,
+            crate::now_rfc3339(),
+        );
         self.put(&rec)?;
         Ok(rec)
     }
@@ -523,12 +502,7 @@ impl ImageStore {
         }
         // Read before any layer is fetched: a config Berth cannot run is
         // refused without downloading the image.
-        let run = ImageRunConfig::from_config_json(&pulled.config_json).map_err(|e| {
-            ImageError::InvalidConfig {
-                image: name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let run = run_config(&name, &pulled)?;
         let diff_ids: Vec<Digest> = pulled.layers.iter().map(|l| l.diff_id.clone()).collect();
         let chains = chain_ids(&diff_ids);
         let need: u64 = pulled
@@ -582,30 +556,7 @@ impl ImageStore {
             .store_manifests(&inner.content, image, manifests)
             .await?;
         let now = crate::now_rfc3339();
-        let rec = ImageRecord {
-            reference: image.to_string(),
-            digest: pulled.digest.clone(),
-            manifest_digest: pulled.manifest_digest.clone(),
-            config_digest: pulled.config_digest.clone(),
-            layers: pulled
-                .layers
-                .iter()
-                .zip(chains)
-                .map(|(l, chain_id)| LayerRecord {
-                    digest: l.digest.clone(),
-                    diff_id: l.diff_id.clone(),
-                    chain_id,
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect(),
-            run,
-            os: pulled.config.os().to_string(),
-            architecture: pulled.config.architecture().to_string(),
-            size: pulled.layers.iter().map(|l| l.size).sum(),
-            pulled_at: now.clone(),
-            last_used: now,
-        };
+        let rec = record_of(image.to_string(), &pulled, run, chains, now.clone(), now);
         self.put(&rec)?;
         Ok((rec, fetched_bytes))
     }
@@ -903,6 +854,51 @@ impl Drop for TmpGuard {
                 tracing::error!(error = %e, "could not remove an abandoned snapshot");
             }
         }
+    }
+}
+
+/// The run config of a pulled image's config blob; [`ImageError::InvalidConfig`]
+/// names `image` when Berth cannot run it.
+fn run_config(image: &str, pulled: &PulledImage) -> Result<ImageRunConfig, ImageError> {
+    ImageRunConfig::from_config_json(&pulled.config_json).map_err(|e| ImageError::InvalidConfig {
+        image: image.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The record of `pulled` under `reference` (a pull's, or one rebuilt from
+/// the content store); `chains` are its layers' chain ids, bottom first.
+fn record_of(
+    reference: String,
+    pulled: &PulledImage,
+    run: ImageRunConfig,
+    chains: Vec<Digest>,
+    pulled_at: String,
+    last_used: String,
+) -> ImageRecord {
+    ImageRecord {
+        reference,
+        digest: pulled.digest.clone(),
+        manifest_digest: pulled.manifest_digest.clone(),
+        config_digest: pulled.config_digest.clone(),
+        layers: pulled
+            .layers
+            .iter()
+            .zip(chains)
+            .map(|(l, chain_id)| LayerRecord {
+                digest: l.digest.clone(),
+                diff_id: l.diff_id.clone(),
+                chain_id,
+                size: l.size,
+                media_type: l.media_type.clone(),
+            })
+            .collect(),
+        run,
+        os: pulled.config.os().to_string(),
+        architecture: pulled.config.architecture().to_string(),
+        size: pulled.layers.iter().map(|l| l.size).sum(),
+        pulled_at,
+        last_used,
     }
 }
 

@@ -221,7 +221,7 @@ async fn read_files(dir: &Path, commit: &str, path: &str) -> Result<SourceFiles,
 }
 
 /// The image archives beside the manifests at `commit:path` (names as in
-/// [`super::archives_in`]), each written once to `work/archives/<blob>` and
+/// [`super::is_archive_name`]), each written once to `work/archives/<blob>` and
 /// identified by its blob id.
 async fn archives_at(
     dir: &Path,
@@ -245,10 +245,7 @@ async fn archives_at(
         let [_mode, "blob", sha] = fields.as_slice() else {
             continue;
         };
-        let is_archive = [".tar", ".tar.gz", ".tgz", ".tar.zst"]
-            .iter()
-            .any(|s| name.ends_with(s));
-        if name.starts_with('.') || !is_archive {
+        if !super::is_archive_name(name) {
             continue;
         }
         let target = work.join("archives").join(sha);

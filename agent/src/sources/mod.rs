@@ -36,6 +36,15 @@ pub enum SourceError {
     Db { key: String, source: sled::Error },
 }
 
+/// Whether a file beside the manifests is an image archive to load: not
+/// hidden, and named `*.tar`, `*.tar.gz`, `*.tgz` or `*.tar.zst`.
+pub fn is_archive_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && [".tar", ".tar.gz", ".tgz", ".tar.zst"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
 /// Image archives shipped in a manifest directory for hosts without a
 /// registry: its `*.tar`, `*.tar.gz`, `*.tgz` and `*.tar.zst` files, sorted,
 /// each with an identity (size and modification time) that changes when the
@@ -48,10 +57,7 @@ pub fn archives_in(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let is_archive = [".tar", ".tar.gz", ".tgz", ".tar.zst"]
-                .iter()
-                .any(|s| name.ends_with(s));
-            if name.starts_with('.') || !is_archive {
+            if !is_archive_name(&name) {
                 return None;
             }
             let m = e.metadata().ok().filter(|m| m.is_file())?;
