@@ -309,21 +309,6 @@ fn a_manifest_directory_ships_the_archive_of_its_image() {
     agent.remove_all_containers();
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    sh(Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args));
-}
-
 #[test]
 fn a_git_source_ships_the_archive_of_its_image() {
     berth_agent::require_root!();
