@@ -12,9 +12,17 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# A 10.x.y.0/24 with no route on this host yet.
+# A 10.x.y.0/24 with no route on this host yet; `free_subnet 20` (or any
+# prefix < 24) gives a 10.x.0.0/PREFIX whose whole 10.x.0.0/16 has no route.
 free_subnet() {
-  local x y
+  local x y prefix=${1:-24}
+  if [ "$prefix" -lt 24 ]; then
+    for _ in $(seq 50); do
+      x=$((200 + RANDOM % 50))
+      if ! ip route | grep -q "^10\.$x\."; then echo "10.$x.0.0/$prefix"; return; fi
+    done
+    echo "no free 10.x.0.0/16 found" >&2; return 1
+  fi
   for _ in $(seq 50); do
     x=$((200 + RANDOM % 50)); y=$((RANDOM % 250))
     if ! ip route | grep -q "^10\.$x\.$y\."; then echo "10.$x.$y.0/24"; return; fi
@@ -56,7 +64,7 @@ build_image() {
 start_berthd() {
   HTTP_PORT=$(free_port)
   BRIDGE="b${TAG}$$"; BRIDGE=${BRIDGE:0:15}
-  SUBNET=$(free_subnet)
+  SUBNET=$(free_subnet "${SUBNET_PREFIX:-24}")
   CGPARENT="berth-bench-$TAG-$$"
   export BERTH_AGENT="unix:$WORK/run/berth.sock"
   SOCK="$WORK/run/berth.sock"

@@ -39,7 +39,71 @@ pub(super) enum StartResult {
     Failed(StartFailure, String),
 }
 
+/// How many replicas of one service a pass starts at once. Each start waits
+/// mostly on the kernel and on its monitor (namespaces, veth, overlay,
+/// exec), so a few in flight fill the gaps; more only queue on the host's
+/// netlink socket.
+pub(super) const START_CONCURRENCY: usize = 4;
+
 impl Reconciler {
+    /// Starts `n` replicas of `spec` (the run of `Start` actions of one
+    /// decision) and returns each start's result in order, stopping after
+    /// the first one that did not start. The first start goes alone (ports,
+    /// image, config checks: a `NotYet` or failure ends it as before); the
+    /// rest [`START_CONCURRENCY`] at a time, except for a service with
+    /// volumes (a named volume is created and seeded by its first start).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn start_batch(
+        &mut self,
+        rec: &RevisionRecord,
+        svc: &Service,
+        spec: &ContainerSpec,
+        image: &ImageRef,
+        image_record: &mut Option<ImageRecord>,
+        implicit_volumes: Option<bool>,
+        n: usize,
+    ) -> Vec<StartResult> {
+        let config_known = implicit_volumes.is_some();
+        let first = self
+            .start(rec, svc, spec, image, image_record, config_known)
+            .await;
+        let together = spec.volumes.is_empty() && implicit_volumes == Some(false);
+        let mut out = vec![first];
+        let img = match (&out[0], image_record.as_ref()) {
+            (StartResult::Started, Some(img)) if n > 1 => img.clone(),
+            _ => return out,
+        };
+        if !together {
+            for _ in 1..n {
+                let r = self
+                    .start(rec, svc, spec, image, image_record, config_known)
+                    .await;
+                let started = matches!(r, StartResult::Started);
+                out.push(r);
+                if !started {
+                    break;
+                }
+            }
+            return out;
+        }
+        let agent = self.agent.clone();
+        let mut left = n - 1;
+        while left > 0 {
+            let k = left.min(START_CONCURRENCY);
+            left -= k;
+            let results = futures_util::future::join_all(
+                (0..k).map(|_| start_reported(&agent, rec, svc, spec, image, &img)),
+            )
+            .await;
+            let all_started = results.iter().all(|r| matches!(r, StartResult::Started));
+            out.extend(results);
+            if !all_started {
+                break;
+            }
+        }
+        out
+    }
+
     /// Starts one replica of `spec`: its host ports bound first (one that
     /// cannot be is the start's failure, as Docker refuses such a
     /// container), then its image (pulled in the background when missing).
@@ -71,18 +135,7 @@ impl Reconciler {
         let Some(img) = image_record.as_ref() else {
             return StartResult::NotYet;
         };
-        match start_replica(&agent, rec, svc, spec, image, img).await {
-            Ok(()) => StartResult::Started,
-            Err(e) => {
-                let message = format!("starting a replica: {e}");
-                agent.emit(
-                    EventKind::ContainerStartFailed,
-                    Some(&svc.name),
-                    message.clone(),
-                );
-                StartResult::Failed(StartFailure::Start, message)
-            }
-        }
+        start_reported(&agent, rec, svc, spec, image, img).await
     }
 
     /// The image record of a pinned image, pulling it in the background when
@@ -531,6 +584,29 @@ pub(super) fn note_waiting(agent: &Agent, svc: &Service, waiting: Option<&str>) 
 /// A fresh container id: `<service>-<12 hex>`.
 fn new_id(service: &str) -> String {
     format!("{service}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+/// [`start_replica`], its failure announced as an event.
+async fn start_reported(
+    agent: &Arc<Agent>,
+    rec: &RevisionRecord,
+    svc: &Service,
+    spec: &ContainerSpec,
+    image: &ImageRef,
+    img: &ImageRecord,
+) -> StartResult {
+    match start_replica(agent, rec, svc, spec, image, img).await {
+        Ok(()) => StartResult::Started,
+        Err(e) => {
+            let message = format!("starting a replica: {e}");
+            agent.emit(
+                EventKind::ContainerStartFailed,
+                Some(&svc.name),
+                message.clone(),
+            );
+            StartResult::Failed(StartFailure::Start, message)
+        }
+    }
 }
 
 /// Starts one replica of `spec` from `img`: its process from the image

@@ -153,16 +153,21 @@ pub(super) fn sync_ports(agent: &Agent, service: &str, spec_ports: &[berth_core:
         for hp in spec_ports.iter().filter_map(HostPort::of) {
             ports.entry(hp).or_default();
         }
+        let ready: std::collections::BTreeSet<&str> =
+            l.ready_ids.iter().map(String::as_str).collect();
         for id in &l.members {
+            let (Some(ip), Some(own)) = (live.addresses.get(id), live.ports.get(id)) else {
+                continue;
+            };
+            if own.is_empty() {
+                continue;
+            }
             let state = if live.retiring.contains_key(id) {
                 Some(EndpointState::Draining)
-            } else if l.ready_ids.contains(id) {
+            } else if ready.contains(id.as_str()) {
                 Some(EndpointState::Ready)
             } else {
                 None
-            };
-            let (Some(ip), Some(own)) = (live.addresses.get(id), live.ports.get(id)) else {
-                continue;
             };
             for p in own {
                 let Some(hp) = HostPort::of(p) else { continue };

@@ -194,9 +194,10 @@ impl Reconciler {
         self.stop_unsupervised(&mut containers).await;
         self.remove_abandoned(&mut containers, SystemTime::now())
             .await;
-        self.memo
-            .specs
-            .retain(|id, _| containers.iter().any(|c| &c.id == id));
+        // A set, not a scan per entry: with a thousand containers the scan
+        // was a million comparisons per pass.
+        let listed: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        self.memo.specs.retain(|id, _| listed.contains(id.as_str()));
         for c in &containers {
             if !self.memo.specs.contains_key(&c.id) {
                 self.memo.specs.insert(c.id.clone(), stored_spec(&c.labels));
@@ -515,22 +516,41 @@ impl Reconciler {
             // it stops anything, a waiting service starts at once when let.
             image_record = self.ensure_image(rec, svc, &image);
         }
-        for action in decision.actions.clone() {
+        let actions = decision.actions.clone();
+        let mut i = 0;
+        'actions: while i < actions.len() {
+            let action = actions[i].clone();
+            i += 1;
             match action {
                 Action::Start => {
-                    let started = self
-                        .start(
+                    // This start and the ones right after it go as one batch.
+                    let mut n = 1;
+                    while matches!(actions.get(i), Some(Action::Start)) {
+                        n += 1;
+                        i += 1;
+                    }
+                    let implicit_volumes = implicit.as_ref().map(|v| !v.is_empty());
+                    let results = self
+                        .start_batch(
                             rec,
                             svc,
                             spec,
                             &image,
                             &mut image_record,
-                            implicit.is_some(),
+                            implicit_volumes,
+                            n,
                         )
                         .await;
-                    let (why, message) = match started {
+                    // The first start that did not happen decides, as one at a time did.
+                    let Some(failed) = results
+                        .into_iter()
+                        .find(|r| !matches!(r, StartResult::Started))
+                    else {
+                        continue;
+                    };
+                    let (why, message) = match failed {
                         StartResult::Started => continue,
-                        StartResult::NotYet => break,
+                        StartResult::NotYet => break 'actions,
                         StartResult::Failed(why, message) => (why, message),
                     };
                     match policy::after_start_failure(why, decision.rolling_out, complete) {
@@ -547,7 +567,7 @@ impl Reconciler {
                             set_last_error(&agent, &svc.name, message, rec.info.number);
                         }
                     }
-                    break;
+                    break 'actions;
                 }
                 Action::Retire { id, reason } => self.retire(
                     &svc.name,

@@ -55,6 +55,7 @@ impl Runtime {
 
     /// Undoes everything create may have made; collects every failure.
     pub(super) fn teardown(&self, id: &str, dir: &Path) -> Result<(), RuntimeError> {
+        self.forget(id);
         let mut failures = Vec::new();
         match self.cgroup(id) {
             Ok(cg) => {

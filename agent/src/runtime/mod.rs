@@ -147,7 +147,8 @@ pub enum RuntimeError {
     },
 }
 
-/// The container runtime. Cheap to create; all state is on disk.
+/// The container runtime. Cheap to create; all state is on disk (what it
+/// remembers in memory is only a cache of files written once).
 ///
 /// CVE-2019-5736 (`/proc/self/exe` overwrite): the monitor — and so the init it
 /// forks — is exec'd from a read-only bind mount of the agent binary that is
@@ -159,6 +160,9 @@ pub enum RuntimeError {
 pub struct Runtime {
     paths: RuntimePaths,
     hierarchy: Option<Hierarchy>,
+    /// What never changes about a container once written, shared by clones
+    /// (see [`state::Cache`]); the files stay the truth.
+    cache: std::sync::Arc<std::sync::Mutex<state::Cache>>,
 }
 
 impl Runtime {
@@ -166,6 +170,7 @@ impl Runtime {
         Runtime {
             paths,
             hierarchy: Hierarchy::detect(),
+            cache: Default::default(),
         }
     }
 

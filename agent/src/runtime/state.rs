@@ -1,9 +1,13 @@
 //! What the runtime reads back about containers, all from disk and /proc so
 //! a fresh [`Runtime`] re-adopts what an earlier agent started: a container's
 //! state (`exit.json`, `state.json`, the PID 1's start time), its info, the
-//! list of all containers, its log files and its cgroup stats.
+//! list of all containers, its log files and its cgroup stats. A [`Cache`]
+//! keeps what was written once (config, start state) and pidfds of running
+//! processes, so listing many running containers reads no file again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -107,19 +111,115 @@ pub(super) fn alive(pid: i32, start: u64) -> bool {
     pid > 0 && proc_start(pid) == Some(start)
 }
 
+/// What a [`Runtime`] (and its clones) remembers between reads, so that a
+/// list of a thousand running containers does not parse a thousand
+/// `config.json`s and read two `/proc/<pid>/stat` each (the reconciler
+/// lists every pass): each container's parsed `config.json` (written once
+/// at create; re-read if its inode, size or mtime changed), and for a
+/// running container its `state.json` (written once at start) with pidfds
+/// of its PID 1 and monitor — a pidfd never names another process and
+/// turns readable when its process exits, so "still running" is two polls.
+/// Entries go on teardown and when a list no longer sees the container.
+#[derive(Debug, Default)]
+pub(super) struct Cache {
+    configs: HashMap<String, CachedConfig>,
+    running: HashMap<String, Watched>,
+}
+
+/// The parts of a `config.json` a [`ContainerInfo`] carries.
+#[derive(Debug)]
+struct CachedConfig {
+    /// Inode, size, mtime (s, ns) of the file parsed.
+    key: (u64, u64, i64, i64),
+    name: String,
+    labels: BTreeMap<String, String>,
+    created_at: SystemTime,
+}
+
+/// A running container's start state and pidfds of its PID 1 and monitor.
+#[derive(Debug)]
+struct Watched {
+    /// Inode, size, mtime (s, ns) of the `state.json` that `st` came from.
+    key: (u64, u64, i64, i64),
+    st: StateFile,
+    pid: OwnedFd,
+    monitor: OwnedFd,
+}
+
+/// Whether the process of `pidfd` has exited (a poll that cannot tell says yes:
+/// the caller then reads the files, as without a pidfd).
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+}
+
+fn file_key(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec())
+}
+
 impl Runtime {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops what the cache holds of container `id` (it is being removed).
+    pub(super) fn forget(&self, id: &str) {
+        let mut cache = self.cache();
+        cache.configs.remove(id);
+        cache.running.remove(id);
+    }
+
     /// Reads the container's info from disk (re-adoption after a restart is just this).
     pub fn info(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
         let dir = self.container_dir(id);
-        if !config::valid_id(id) || !dir.is_dir() {
+        if !config::valid_id(id) {
             return Err(RuntimeError::NotFound { id: id.into() });
         }
-        let cfg = config::read_disk_config(id, &dir.join("config.json"))?;
+        let path = dir.join("config.json");
+        let (name, labels, created_at) = match std::fs::metadata(&path) {
+            Ok(meta) => {
+                let key = file_key(&meta);
+                let cached = self
+                    .cache()
+                    .configs
+                    .get(id)
+                    .filter(|c| c.key == key)
+                    .map(|c| (c.name.clone(), c.labels.clone(), c.created_at));
+                match cached {
+                    Some(c) => c,
+                    None => {
+                        let cfg = config::read_disk_config(id, &path)?;
+                        let c = CachedConfig {
+                            key,
+                            name: cfg.container.name,
+                            labels: cfg.container.labels,
+                            created_at: config::ms_to_time(cfg.created_at_ms),
+                        };
+                        let out = (c.name.clone(), c.labels.clone(), c.created_at);
+                        self.cache().configs.insert(id.to_string(), c);
+                        out
+                    }
+                }
+            }
+            Err(_) => {
+                if !dir.is_dir() {
+                    return Err(RuntimeError::NotFound { id: id.into() });
+                }
+                // Names the file and why it cannot be read.
+                let cfg = config::read_disk_config(id, &path)?;
+                (
+                    cfg.container.name,
+                    cfg.container.labels,
+                    config::ms_to_time(cfg.created_at_ms),
+                )
+            }
+        };
         Ok(ContainerInfo {
             id: id.into(),
-            name: cfg.container.name,
-            labels: cfg.container.labels,
-            created_at: config::ms_to_time(cfg.created_at_ms),
+            name,
+            labels,
+            created_at,
             state: self.state(id),
             dir,
         })
@@ -144,11 +244,13 @@ impl Runtime {
             Err(e) => return Err(Self::io("*", "listing", &dir)(e)),
         };
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             if !config::valid_id(&id) {
                 continue;
             }
+            seen.insert(id.clone());
             match self.info(&id) {
                 Ok(info) => out.push(info),
                 // A directory without config.json is a create that died half-way.
@@ -170,7 +272,53 @@ impl Runtime {
                 .cmp(&b.created_at)
                 .then_with(|| a.id.cmp(&b.id))
         });
+        let mut cache = self.cache();
+        cache.configs.retain(|id, _| seen.contains(id));
+        cache.running.retain(|id, _| seen.contains(id));
         Ok(out)
+    }
+
+    /// The state of a container the cache watches, while both its
+    /// processes run and its `state.json` is the one read (`None`: not
+    /// watched, or something changed: read the files).
+    fn watched_state(&self, id: &str, dir: &Path) -> Option<ContainerState> {
+        let mut cache = self.cache();
+        let w = cache.running.get(id)?;
+        let same_file =
+            std::fs::metadata(dir.join("state.json")).is_ok_and(|m| file_key(&m) == w.key);
+        if !same_file || has_exited(&w.pid) || has_exited(&w.monitor) {
+            cache.running.remove(id);
+            return None;
+        }
+        Some(ContainerState::Running {
+            pid: w.st.pid,
+            started_at: config::ms_to_time(w.st.started_at_ms),
+        })
+    }
+
+    /// Starts watching a container found running: pidfds of its PID 1 and
+    /// monitor, kept only if both are still the processes `st` names after
+    /// opening (so neither can be a recycled pid). Without pidfds (old
+    /// kernel, no fds left) nothing is kept and the files are read each time.
+    fn watch(&self, id: &str, dir: &Path, st: &StateFile) {
+        use crate::sys::process::pidfd_open;
+        let Ok(meta) = std::fs::metadata(dir.join("state.json")) else {
+            return;
+        };
+        let (Ok(pid), Ok(monitor)) = (pidfd_open(st.pid), pidfd_open(st.monitor_pid)) else {
+            return;
+        };
+        if alive(st.pid, st.pid_start) && alive(st.monitor_pid, st.monitor_start) {
+            self.cache().running.insert(
+                id.to_string(),
+                Watched {
+                    key: file_key(&meta),
+                    st: *st,
+                    pid,
+                    monitor,
+                },
+            );
+        }
     }
 
     /// The container's state from `exit.json`, `state.json` and /proc (pid + start time).
@@ -178,6 +326,9 @@ impl Runtime {
         let dir = self.container_dir(id);
         if !config::valid_id(id) || !dir.is_dir() {
             return ContainerState::NotFound;
+        }
+        if let Some(state) = self.watched_state(id, &dir) {
+            return state;
         }
         let exited = || {
             config::read_json::<ExitFile>(id, &dir.join("exit.json"))
@@ -202,6 +353,7 @@ impl Runtime {
                         started_at: config::ms_to_time(st.started_at_ms),
                     };
                 }
+                self.watch(id, &dir, &st);
                 return ContainerState::Running {
                     pid: st.pid,
                     started_at: config::ms_to_time(st.started_at_ms),
@@ -331,6 +483,104 @@ mod tests {
             rt.state(id),
             ContainerState::Exited { code: 137, .. }
         ));
+    }
+
+    fn test_runtime(tmp: &Path) -> Runtime {
+        Runtime::new(super::super::RuntimePaths::new(
+            tmp.join("state"),
+            tmp.join("run"),
+            "berth-test",
+            "/nonexistent",
+        ))
+    }
+
+    fn write_config(rt: &Runtime, id: &str, name: &str) {
+        let dir = rt.container_dir(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut container = super::super::ContainerConfig::new(id, vec![], vec!["true".into()]);
+        container.name = name.into();
+        let disk = config::DiskConfig {
+            version: config::CONFIG_VERSION,
+            container,
+            cgroup_parent: "berth-test".into(),
+            created_at_ms: 1_000,
+            seccomp_profile: None,
+        };
+        config::write_json(id, &dir.join("config.json"), &disk).unwrap();
+    }
+
+    /// The cached config is the file's: a rewritten `config.json` is read
+    /// again, and a container whose directory is gone leaves the cache.
+    #[test]
+    fn info_follows_the_config_file_and_a_list_forgets_the_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = test_runtime(tmp.path());
+        write_config(&rt, "web-1", "first");
+        write_config(&rt, "web-2", "other");
+        assert_eq!(rt.info("web-1").unwrap().name, "first");
+        assert_eq!(rt.info("web-1").unwrap().name, "first");
+        write_config(&rt, "web-1", "second");
+        assert_eq!(rt.info("web-1").unwrap().name, "second");
+        assert_eq!(rt.list().unwrap().len(), 2);
+        assert_eq!(rt.cache().configs.len(), 2);
+        std::fs::remove_dir_all(rt.container_dir("web-2")).unwrap();
+        assert!(matches!(
+            rt.info("web-2"),
+            Err(RuntimeError::NotFound { .. })
+        ));
+        let listed: Vec<String> = rt.list().unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(listed, ["web-1"]);
+        assert_eq!(rt.cache().configs.len(), 1, "web-2 is forgotten");
+        // A directory whose config.json is unreadable still lists (half-created).
+        std::fs::remove_file(rt.container_dir("web-1").join("config.json")).unwrap();
+        assert!(matches!(rt.info("web-1"), Err(RuntimeError::Config(_))));
+    }
+
+    /// A running container is watched through pidfds; once its PID 1 exits
+    /// the files are read again (its exit.json), and the watch is dropped.
+    #[test]
+    fn a_watched_container_reads_exited_once_its_process_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = test_runtime(tmp.path());
+        let id = "web-1";
+        write_config(&rt, id, "web");
+        let dir = rt.container_dir(id);
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let st = StateFile {
+            pid,
+            pid_start: proc_start(pid).unwrap(),
+            monitor_pid: me,
+            monitor_start: proc_start(me).unwrap(),
+            started_at_ms: 1_000,
+        };
+        config::write_json(id, &dir.join("state.json"), &st).unwrap();
+        assert!(matches!(rt.state(id), ContainerState::Running { pid: p, .. } if p == pid));
+        assert!(
+            rt.cache().running.contains_key(id),
+            "watched once seen running"
+        );
+        assert!(matches!(rt.state(id), ContainerState::Running { pid: p, .. } if p == pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let exit = ExitFile {
+            code: 137,
+            signal: Some(9),
+            oom_killed: false,
+            finished_at_ms: 2_000,
+        };
+        config::write_json(id, &dir.join("exit.json"), &exit).unwrap();
+        assert!(matches!(
+            rt.state(id),
+            ContainerState::Exited { code: 137, .. }
+        ));
+        assert!(!rt.cache().running.contains_key(id), "the watch is dropped");
+        rt.forget(id);
+        assert!(rt.cache().configs.is_empty());
     }
 
     #[test]
