@@ -213,7 +213,8 @@ if start_dockerd "$WORK"; then
   $DOCKER network create -o "com.docker.network.bridge.name=bdens$$" --subnet "$DNET" densnet >/dev/null
   $DOCKER pull -q "$IMG" >/dev/null
   for n in $PEERS; do docker_count "$n"; done
-  $DOCKER network rm densnet >/dev/null
+  # `docker rm -f` returns before the endpoints are gone; bounded retry.
+  for _ in $(seq 50); do $DOCKER network rm densnet >/dev/null 2>&1 && break; sleep 0.2; done
   DOCKER_VERSION=$($DOCKER version --format '{{.Server.Version}}')
   stop_dockerd
 else
@@ -236,7 +237,9 @@ row() { # title key [per-container] [digits]
     if [ -n "${3:-}" ] && [ -n "$v" ]; then v=$(per "$v" "$(count_of "$c")" "${4:-1}"); fi
     line="$line ${v:-—} |"
   done
-  if [ -n "$LAST_PEER" ] && [ -n "${R[$FIRST,$2]:-}" ] && [ -n "${R[$LAST_PEER,$2]:-}" ]; then
+  # Totals over different counts are not compared; their per-container rows are.
+  if [ -n "$LAST_PEER" ] && [ -n "${R[$FIRST,$2]:-}" ] && [ -n "${R[$LAST_PEER,$2]:-}" ] &&
+    { [ -n "${3:-}" ] || { [ "$2" != up ] && [ "$2" != rm ]; }; }; then
     local a=${R[$FIRST,$2]} b=${R[$LAST_PEER,$2]}
     if [ -n "${3:-}" ]; then a=$(per "$a" "$(count_of "$FIRST")" 4); b=$(per "$b" "$(count_of "$LAST_PEER")" 4); fi
     line="$line $(python3 -c "print('%.2f×' % ($a / $b) if $b else '—')") |"
