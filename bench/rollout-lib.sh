@@ -87,7 +87,7 @@ stop_berthd() {
     for _ in $(seq $((wait_s * 10))); do
       [ -z "$(ls -A "$WORK/state/containers" 2>/dev/null)" ] && break; sleep 0.1
     done
-    local left; left=$(ls -A "$WORK/state/containers" 2>/dev/null | wc -l)
+    local left; left=$(ls -A "$WORK/state/containers" 2>/dev/null | wc -l || true)
     [ "$left" = 0 ] || echo "WARNING: $left containers still in $WORK/state/containers" >&2
     kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null || true
   fi

@@ -6,7 +6,7 @@
 # tables to bench/RESULTS.md.
 #
 #   bash bench/scaling.sh     [SERVICES="10 100 500" REPLICAS="1 10 100" CONCURRENCY="1,4,16"
-#                              LAYERS="1 8 64" PULL_MIB=64 RUNS=3 IDLE=10 STARTS=64 OUT=file]
+#                              LAYERS="1 8 64" PULL_MIB=64 RUNS=3 IDLE=10 STARTS=64 CURVES="1 2 3 4" OUT=file]
 #
 # 1. no-op reconcile pass vs services (a manifest holds at most 500): one berthd, SERVICES services × 1
 #    replica (busybox sleep, SIGKILL stop) applied in turn (each apply adds
@@ -34,6 +34,8 @@ PULL_MIB=${PULL_MIB:-64}
 RUNS=${RUNS:-3}
 IDLE=${IDLE:-10}
 STARTS=${STARTS:-64}
+CURVES=${CURVES:-"1 2 3 4"}   # which of the four curves to measure
+want() { [[ " $CURVES " == *" $1 "* ]]; }
 OUT=${OUT:-bench/RESULTS.md}
 TAG=sc
 SUBNET_PREFIX=20
@@ -82,12 +84,11 @@ service_toml() { # name replicas
   printf '[service.%s]\nimage = "%s"\nreplicas = %d\ncommand = ["/bin/busybox", "sleep", "36000"]\nstop_signal = "SIGKILL"\n\n' "$1" "$IMG" "$2"
 }
 # curve TITLE XLABEL YLABEL "x y" lines on stdin → markdown table + exponent line
-curve() {
-  python3 - "$@" <<'PY'
+# (the program is an argument: stdin carries the points)
+CURVE_PY=$(cat <<'PY'
 import sys, math
 title, xl, yl = sys.argv[1:4]
 pts = [tuple(map(float, l.split()[:2])) for l in sys.stdin if l.strip()]
-extra = {}
 n = len(pts)
 lx = [math.log(x) for x, _ in pts]; ly = [math.log(max(y, 1e-9)) for _, y in pts]
 mx, my = sum(lx) / n, sum(ly) / n
@@ -101,7 +102,8 @@ flag = "**SUPERLINEAR**" if k > 1.15 else "linear or better"
 print()
 print("%s: growth exponent k = %.2f (%s)" % (title, k, flag))
 PY
-}
+)
+curve() { python3 -c "$CURVE_PY" "$@"; }
 RAW=$WORK/raw; mkdir -p "$RAW"
 printf '# nothing\n' > "$WORK/empty.toml"
 
@@ -111,6 +113,7 @@ D1=$(build_image bench/sleep:1 "scaling")
 IMG="$REG/bench/sleep@$D1"
 
 # ---- 1. no-op pass vs services ---------------------------------------------
+if want 1; then
 echo "== 1. no-op reconcile pass vs services ($SERVICES)"
 start_berthd
 "$BIN/berthctl" pull "$IMG" >/dev/null
@@ -132,8 +135,14 @@ for n in $SERVICES; do
 done
 "$BIN/berthctl" apply --prune -f "$WORK/empty.toml" >/dev/null
 wait_empty 300
+stop_berthd 60
+rm -rf "$WORK/state" "$WORK/run"
+fi
 
 # ---- 2. apply → all ready vs replicas ----------------------------------------
+if want 2; then
+start_berthd
+"$BIN/berthctl" pull "$IMG" >/dev/null
 echo "== 2. apply → all ready vs replicas ($REPLICAS), $RUNS runs each"
 : > "$RAW/ready"
 for r in $REPLICAS; do
@@ -153,15 +162,19 @@ for r in $REPLICAS; do
 done
 stop_berthd 60
 rm -rf "$WORK/state" "$WORK/run"
+fi
 
 # ---- 3. start throughput vs concurrency --------------------------------------
+if want 3; then
 echo "== 3. start throughput vs concurrent starts ($CONCURRENCY), $STARTS containers each"
 "$BIN/bench-start" rootfs --dir "$WORK/rootfs"
 "$BIN/bench-scale" starts --rootfs "$WORK/rootfs" --monitor "$BIN/berth-monitor" \
   --state "$WORK/rt" --count "$STARTS" --concurrency "$CONCURRENCY" | tee "$RAW/starts"
 rm -rf "$WORK/rt"
+fi
 
 # ---- 4. pull time vs layer count ---------------------------------------------
+if want 4; then
 echo "== 4. pull vs layer count ($LAYERS) at $PULL_MIB MiB, $RUNS runs each"
 layered_image() { # layers → pushes bench/l$layers:1, prints digest
   local k=$1 d="$WORK/img-l$1" i per
@@ -197,17 +210,20 @@ for run in $(seq "$RUNS"); do
 done
 : > "$RAW/pull"
 for k in $LAYERS; do echo "$k $(median < "$RAW/pull-$k")" >> "$RAW/pull"; done
+fi
 
 # ---- report ------------------------------------------------------------------
-C1=$(curve "no-op pass vs services" "services (1 replica each)" "mean no-op pass, ms" < "$RAW/pass")
-C2=$(curve "apply → ready vs replicas" "replicas of one service" "apply → all ready, ms (median of $RUNS)" < "$RAW/ready")
-C3=$(awk '{print $1, $3}' "$RAW/starts" | curve "one start's latency vs concurrent starts" "concurrent starts" "p50 of one start, ms")
-C3T=$(awk '{print $1, $2}' "$RAW/starts" | curve "start throughput vs concurrent starts" "concurrent starts" "starts/s")
-C4=$(curve "pull vs layer count" "layers (same $PULL_MIB MiB total)" "berthctl pull, ms (median of $RUNS)" < "$RAW/pull")
+NOT_RUN="not measured (CURVES=\"$CURVES\")"
+C1=$NOT_RUN C2=$NOT_RUN C3=$NOT_RUN C3T="" C4=$NOT_RUN
+want 1 && C1=$(curve "no-op pass vs services" "services (1 replica each)" "mean no-op pass, ms" < "$RAW/pass")
+want 2 && C2=$(curve "apply → ready vs replicas" "replicas of one service" "apply → all ready, ms (median of $RUNS)" < "$RAW/ready")
+want 3 && C3=$(awk '{print $1, $3}' "$RAW/starts" | curve "one start's latency vs concurrent starts" "concurrent starts" "p50 of one start, ms")
+want 3 && C3T=$(awk '{print $1, $2}' "$RAW/starts" | curve "start throughput vs concurrent starts" "concurrent starts" "starts/s")
+want 4 && C4=$(curve "pull vs layer count" "layers (same $PULL_MIB MiB total)" "berthctl pull, ms (median of $RUNS)" < "$RAW/pull")
 
 SECTION="## Scaling curves
 
-\`bash bench/scaling.sh\` (SERVICES=\"$SERVICES\" REPLICAS=\"$REPLICAS\" CONCURRENCY=$CONCURRENCY LAYERS=\"$LAYERS\" PULL_MIB=$PULL_MIB RUNS=$RUNS IDLE=$IDLE STARTS=$STARTS)
+\`bash bench/scaling.sh\` (CURVES=\"$CURVES\" SERVICES=\"$SERVICES\" REPLICAS=\"$REPLICAS\" CONCURRENCY=$CONCURRENCY LAYERS=\"$LAYERS\" PULL_MIB=$PULL_MIB RUNS=$RUNS IDLE=$IDLE STARTS=$STARTS)
 on $(date -u '+%Y-%m-%d %H:%M') UTC — $(nproc) cores, $(uname -r), release build $(git rev-parse --short HEAD).
 Exponent k: least-squares slope of log y on log x (y ∝ x^k); k > 1.15 is flagged superlinear.
 
