@@ -17,41 +17,76 @@ use std::time::{Duration, Instant};
 use berth_e2e::registry::{ImageBuilder, TestRegistry};
 use berth_e2e::*;
 
-/// A single-member etcd on loopback, killed on drop.
+/// One etcd member on loopback (Debian's etcd-server), its data in a temp
+/// dir, killed on drop. Clients speak `scheme` on `client`; `/health` is
+/// plain HTTP on `metrics` (also when the client port is TLS).
 struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    name: String,
     client: u16,
     peer: u16,
+    metrics: u16,
+    /// `--initial-cluster`.
+    cluster: String,
+    scheme: &'static str,
+    /// Extra flags (TLS).
+    extra: Vec<String>,
 }
 
 impl Etcd {
+    /// A single-member etcd on plain HTTP, started and healthy.
     fn start() -> Etcd {
-        let mut e = Etcd {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            client: free_port(),
-            peer: free_port(),
-        };
+        let mut e = Etcd::new("t", "http", &[]);
+        e.cluster = format!("t={}", e.peer_url());
         e.spawn();
         e
     }
 
+    /// A member not started yet; `cluster` is filled in by the caller.
+    fn new(name: &str, scheme: &'static str, extra: &[String]) -> Etcd {
+        Etcd {
+            child: None,
+            dir: tempfile::Builder::new()
+                .prefix("berth-etcd-")
+                .tempdir()
+                .unwrap(),
+            name: name.to_string(),
+            client: free_port(),
+            peer: free_port(),
+            metrics: free_port(),
+            cluster: String::new(),
+            scheme,
+            extra: extra.to_vec(),
+        }
+    }
+
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
     }
 
     /// Starts etcd on the same data dir and ports; waits for /health.
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_healthy();
+    }
+
+    /// Starts etcd on the same data dir and ports without waiting (the
+    /// members of a new cluster wait for each other).
+    fn launch(&mut self) {
         let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let peer = self.peer_url();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
         let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
                 "--listen-client-urls",
@@ -65,23 +100,44 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", self.metrics),
+            ])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-cluster-token", "berth-test"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("etcd (apt package etcd-server) must be installed");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = http_tcp(self.client, "GET", "/health", &[], b"") {
+            if let Ok(r) = http_tcp(self.metrics, "GET", "/health", &[], b"") {
                 if r.status == 200 && r.text().contains("true") {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "etcd not healthy in 20s");
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("etcd {} exited with {status}:\n{}", self.name, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd {} not healthy in 20s:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
     fn stop(&mut self) {
@@ -485,4 +541,233 @@ fn apply_is_gated_by_a_pause_and_a_dead_host_leaves_the_fleet_after_its_lease() 
     let out = lone.ctl(&["fleet", "status"]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("in no fleet"), "{}", out.stderr);
+}
+
+/// Three etcd members on loopback (static `--initial-cluster`), healthy.
+fn etcd_cluster() -> Vec<Etcd> {
+    let mut members: Vec<Etcd> = (0..3)
+        .map(|i| Etcd::new(&format!("m{i}"), "http", &[]))
+        .collect();
+    let cluster = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    for m in &mut members {
+        m.cluster = cluster.clone();
+        m.launch();
+    }
+    for m in &mut members {
+        m.wait_healthy();
+    }
+    members
+}
+
+/// The index of the member that is the cluster's leader now.
+async fn leader(members: &[Etcd]) -> usize {
+    for (i, m) in members.iter().enumerate() {
+        let mut c = etcd_client::Client::connect([m.url()], None).await.unwrap();
+        let s = c.status().await.unwrap();
+        if s.header().map(|h| h.member_id()) == Some(s.leader()) {
+            return i;
+        }
+    }
+    panic!("no member says it leads");
+}
+
+/// What one contender saw.
+#[derive(Debug, Default)]
+struct Contended {
+    grants: usize,
+    /// etcd requests that failed (and were retried).
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// Counts of slot holders over all contenders.
+#[derive(Debug, Default)]
+struct Holders {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+    grants: std::sync::atomic::AtomicUsize,
+    /// Grants that made more than `max_parallel` holders at once.
+    over: std::sync::atomic::AtomicUsize,
+}
+
+/// Retries an etcd request until it succeeds (a contender, like an agent,
+/// tries again after a failed request), counting the failures.
+macro_rules! retry {
+    ($seen:expr, $call:expr) => {
+        loop {
+            match $call.await {
+                Ok(v) => break v,
+                Err(e) => {
+                    $seen.errors += 1;
+                    $seen.first_error.get_or_insert_with(|| e.to_string());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+}
+
+/// One in-process host: joins the queue of the fleet's counting semaphore
+/// with the agent's own requests (`fleet::etcd::Conn`), waits until
+/// `fleet::decide::slot` grants it, holds the slot `hold`, releases it;
+/// `rounds` times. Its lease is renewed every second meanwhile.
+async fn contend(
+    config: berth_agent::fleet::FleetConfig,
+    rounds: usize,
+    hold: Duration,
+    holders: std::sync::Arc<Holders>,
+) -> Contended {
+    use berth_agent::fleet::{decide, etcd::Conn};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut seen = Contended::default();
+    let max = config.policy.max_parallel.unwrap();
+    let mut conn = retry!(seen, Conn::open(&config));
+    let mut renew = conn.clone();
+    let keeper = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = renew.keep_alive().await;
+        }
+    });
+    for round in 0..rounds {
+        let hash = format!("manifest-{round}");
+        retry!(seen, conn.enqueue(&hash));
+        loop {
+            let snap = retry!(seen, conn.snapshot());
+            if decide::slot(&snap.queue, &config.host, max).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let now = holders.now.fetch_add(1, SeqCst) + 1;
+        holders.max.fetch_max(now, SeqCst);
+        holders.grants.fetch_add(1, SeqCst);
+        if now > max as usize {
+            holders.over.fetch_add(1, SeqCst);
+        }
+        seen.grants += 1;
+        tokio::time::sleep(hold).await;
+        // Out of the critical section before the release is visible.
+        holders.now.fetch_sub(1, SeqCst);
+        retry!(seen, conn.dequeue());
+    }
+    keeper.abort();
+    let _ = conn.revoke().await;
+    seen
+}
+
+#[test]
+fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const HOSTS: usize = 12;
+    const ROUNDS: usize = 3;
+    const MAX_PARALLEL: u32 = 2;
+    let started = Instant::now();
+    let mut members = etcd_cluster();
+    let endpoints: Vec<String> = members.iter().map(Etcd::url).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let holders = std::sync::Arc::new(Holders::default());
+    let tasks: Vec<_> = (0..HOSTS)
+        .map(|i| {
+            let config = berth_agent::fleet::FleetConfig {
+                endpoints: endpoints.clone(),
+                name: "race".into(),
+                group: "default".into(),
+                host: format!("h{i:02}"),
+                auth: None,
+                tls: None,
+                policy: berth_core::manifest::FleetPolicy {
+                    max_parallel: Some(MAX_PARALLEL),
+                    ..Default::default()
+                },
+                interval: Duration::from_millis(500),
+                lease_ttl: Duration::from_secs(5),
+            };
+            rt.spawn(contend(
+                config,
+                ROUNDS,
+                Duration::from_millis(60),
+                holders.clone(),
+            ))
+        })
+        .collect();
+    // A third of the grants in, the leader is killed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holders.grants.load(SeqCst) < HOSTS * ROUNDS / 3 {
+        assert!(Instant::now() < deadline, "too few grants before the kill");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed = rt.block_on(leader(&members));
+    members[killed].stop();
+    let at_kill = holders.grants.load(SeqCst);
+    let killed_at = Instant::now();
+    let results: Vec<Contended> = rt.block_on(async {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(
+                tokio::time::timeout(Duration::from_secs(60), t)
+                    .await
+                    .expect("a contender was not served within 60s")
+                    .unwrap(),
+            );
+        }
+        out
+    });
+    let after_kill = killed_at.elapsed();
+    let grants: usize = results.iter().map(|r| r.grants).sum();
+    let errors: usize = results.iter().map(|r| r.errors).sum();
+    let first_error = results.iter().find_map(|r| r.first_error.clone());
+    println!(
+        "etcd cluster: {HOSTS} hosts x {ROUNDS} rounds, max_parallel {MAX_PARALLEL}: {grants} grants \
+         ({at_kill} before member m{killed}, the leader, was killed; the rest in {:.1}s after), \
+         most holders at once {}, over the limit {}, failed etcd requests {errors} (first: {first_error:?}), \
+         total {:.1}s",
+        after_kill.as_secs_f64(),
+        holders.max.load(SeqCst),
+        holders.over.load(SeqCst),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        holders.over.load(SeqCst),
+        0,
+        "a slot was granted twice: more than {MAX_PARALLEL} holders at once"
+    );
+    assert_eq!(
+        holders.max.load(SeqCst),
+        MAX_PARALLEL as usize,
+        "the hosts contended (both slots were in use at once)"
+    );
+    assert_eq!(grants, HOSTS * ROUNDS, "every host was served every round");
+    assert!(
+        grants - at_kill >= HOSTS,
+        "the remaining members kept serving: {} grants after the kill",
+        grants - at_kill
+    );
+    // The two members left agree the queue is empty.
+    let left: Vec<String> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != killed)
+        .map(|(_, m)| m.url())
+        .collect();
+    let keys = rt.block_on(async {
+        let mut c = etcd_client::Client::connect(left, None).await.unwrap();
+        c.get(
+            "/berth/fleet/race/queue/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .kvs()
+        .len()
+    });
+    assert_eq!(keys, 0, "every slot was released");
 }
