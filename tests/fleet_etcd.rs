@@ -771,3 +771,151 @@ fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies()
     });
     assert_eq!(keys, 0, "every slot was released");
 }
+
+/// etcd with TLS client certificates and authentication: root, and a
+/// `berth` user whose role may read and write `/berth/fleet/secure/` only.
+fn secure_etcd(pki: &berth_e2e::pki::TestPki) -> Etcd {
+    let extra: Vec<String> = [
+        ("--cert-file", "server"),
+        ("--key-file", "server-key"),
+        ("--trusted-ca-file", "client-ca"),
+    ]
+    .iter()
+    .flat_map(|(flag, name)| [flag.to_string(), pki.arg(name)])
+    .chain(["--client-cert-auth".to_string()])
+    .collect();
+    let mut e = Etcd::new("s", "https", &extra);
+    e.cluster = format!("s={}", e.peer_url());
+    e.spawn();
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(
+            std::fs::read(pki.path("ca")).unwrap(),
+        ))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(pki.path("client")).unwrap(),
+            std::fs::read(pki.path("client-key")).unwrap(),
+        ));
+    let url = e.url();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut c = etcd_client::Client::connect(
+                [url],
+                Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+            )
+            .await
+            .unwrap();
+            c.role_add("root").await.unwrap();
+            c.user_add("root", "root-secret", None).await.unwrap();
+            c.user_grant_role("root", "root").await.unwrap();
+            c.role_add("berth").await.unwrap();
+            c.role_grant_permission(
+                "berth",
+                etcd_client::Permission::read_write("/berth/fleet/secure/").with_prefix(),
+            )
+            .await
+            .unwrap();
+            c.user_add("berth", "fleet-secret", None).await.unwrap();
+            c.user_grant_role("berth", "berth").await.unwrap();
+            c.auth_enable().await.unwrap();
+        });
+    e
+}
+
+/// An agent joining fleet `secure` over TLS as etcd user `berth`.
+fn secure_host(
+    name: &str,
+    etcd: &Etcd,
+    pki: &berth_e2e::pki::TestPki,
+    password: &str,
+    client_cert: bool,
+) -> Agent {
+    let mut a = Agent::create(&[]);
+    let pw = a.dir.path().join("etcd-password");
+    std::fs::write(&pw, format!("{password}\n")).unwrap();
+    let mut args = vec![
+        "--fleet-etcd".to_string(),
+        etcd.url(),
+        "--fleet".into(),
+        "secure".into(),
+        "--fleet-host".into(),
+        name.into(),
+        "--fleet-interval".into(),
+        "200ms".into(),
+        "--fleet-etcd-ca".into(),
+        pki.arg("ca"),
+        "--fleet-etcd-user".into(),
+        "berth".into(),
+        "--fleet-etcd-password-file".into(),
+        pw.display().to_string(),
+    ];
+    if client_cert {
+        args.extend([
+            "--fleet-etcd-cert".into(),
+            pki.arg("client"),
+            "--fleet-etcd-key".into(),
+            pki.arg("client-key"),
+        ]);
+    }
+    a.extra_args = args;
+    a.spawn();
+    a
+}
+
+#[test]
+fn agents_join_an_etcd_with_client_certificates_and_auth_and_say_why_they_cannot() {
+    berth_agent::require_root!();
+    let started = Instant::now();
+    let pki = berth_e2e::pki::TestPki::new();
+    let etcd = secure_etcd(&pki);
+    let good = secure_host("s1", &etcd, &pki, "fleet-secret", true);
+    let wrong_password = secure_host("s2", &etcd, &pki, "not-the-password", true);
+    let no_cert = secure_host("s3", &etcd, &pki, "fleet-secret", false);
+
+    // The agent with the client certificate and the right password is in
+    // the fleet (its record was written under the role's prefix).
+    good.wait_for(15, "s1 in the fleet", |a| {
+        (hosts(a) == ["s1"]).then_some(())
+    });
+    let f = fleet_status(&good);
+    assert_eq!(f["reachable"], true, "{f}");
+    assert_eq!(good.status_json()["fleet"]["reachable"], true);
+    assert_eq!(metric(&good, "berth_fleet_etcd_up"), 1.0);
+
+    // The others keep running and say why etcd refuses them, in status,
+    // events and `fleet status`; neither appears in the fleet.
+    for (a, name, why) in [
+        (&wrong_password, "s2", "authentication failed"),
+        (&no_cert, "s3", "without a client certificate"),
+    ] {
+        let s = a.wait_for(15, "etcd's refusal in status", |a| {
+            let s = a.status_json();
+            (s["fleet"]["reachable"] == false
+                && s["fleet"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.to_lowercase().contains(why)))
+            .then_some(s)
+        });
+        println!("{name}: status.fleet.error: {}", s["fleet"]["error"]);
+        let unreachable = events(a, "fleet-unreachable");
+        println!("{name}: events: {unreachable:?}");
+        assert!(
+            unreachable
+                .iter()
+                .any(|e| e["message"].as_str().unwrap().to_lowercase().contains(why)),
+            "{name}: the fleet-unreachable event says why: {unreachable:?}"
+        );
+        let text = a.ctl(&["fleet", "status"]).ok().stdout;
+        assert!(
+            text.contains("etcd unreachable") && text.to_lowercase().contains(why),
+            "{name}: {text}"
+        );
+        assert_eq!(metric(a, "berth_fleet_etcd_up"), 0.0);
+        assert_eq!(a.http("GET", "/readyz").status, 200, "{name} still runs");
+    }
+    assert_eq!(hosts(&good), ["s1"], "only the authenticated host joined");
+    println!(
+        "etcd with TLS client certificates and auth: 3 agents checked in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -35,6 +35,40 @@ fn err(what: &'static str) -> impl FnOnce(etcd_client::Error) -> FleetError {
     move |source| FleetError::Etcd { what, source }
 }
 
+/// What an etcd request's failure says to an operator: etcd's own message
+/// (`etcdserver: authentication failed, …`) instead of the gRPC wrapping,
+/// and for a transport failure its innermost cause (a TLS alert, a refused
+/// connection), with a hint when etcd refused the client certificate.
+pub fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => with_cause(s.message().to_string(), s.source()),
+        etcd_client::Error::TransportError(t) => with_cause("transport error".into(), t.source()),
+        other => with_cause(other.to_string(), None),
+    }
+}
+
+/// `text`, then the innermost error of `source`'s chain unless `text` says
+/// it already, then the client-certificate hint.
+fn with_cause(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut innermost = None;
+    while let Some(s) = source {
+        innermost = Some(s);
+        source = s.source();
+    }
+    if let Some(cause) = innermost.map(|c| c.to_string()) {
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    if text.contains("BadCertificate") || text.contains("CertificateRequired") {
+        text.push_str(
+            " (etcd refused this agent's client certificate or got none: --fleet-etcd-cert, --fleet-etcd-key)",
+        );
+    }
+    text
+}
+
 /// The options every connection uses: short timeouts (an unreachable etcd
 /// must not stall the agent), credentials and TLS when configured.
 pub(super) fn options(config: &FleetConfig) -> Result<ConnectOptions, FleetError> {
@@ -67,9 +101,16 @@ pub(super) fn options(config: &FleetConfig) -> Result<ConnectOptions, FleetError
 impl Conn {
     /// Connects and grants a lease of the configured TTL.
     pub async fn open(config: &FleetConfig) -> Result<Conn, FleetError> {
+        // etcd with --client-cert-auth drops a TLS connection without a
+        // client certificate after the handshake, often before it could say
+        // why: the error then names what is missing.
+        let what = match &config.tls {
+            Some(t) if t.cert.is_none() => "connecting over TLS without a client certificate",
+            _ => "connecting",
+        };
         let mut client = Client::connect(&config.endpoints, Some(options(config)?))
             .await
-            .map_err(err("connecting"))?;
+            .map_err(err(what))?;
         let ttl = config.lease_ttl.as_secs().max(2) as i64;
         let lease = client
             .lease_grant(ttl, None)
@@ -236,4 +277,72 @@ impl Conn {
 /// The key prefix of fleet `name`.
 pub fn prefix(name: &str) -> String {
     format!("/berth/fleet/{name}/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with an optional cause, like tonic's and hyper's.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_etcd_failure_names_its_innermost_cause() {
+        let alert = Layer(
+            "transport",
+            Some(Box::new(Layer(
+                "connection error",
+                Some(Box::new(Layer(
+                    "received fatal alert: BadCertificate",
+                    None,
+                ))),
+            ))),
+        );
+        let refused = Layer(
+            "transport",
+            Some(Box::new(Layer("Connection refused (os error 111)", None))),
+        );
+        let cases: [(&str, Option<&(dyn std::error::Error + 'static)>, &str); 4] = [
+            (
+                "etcdserver: authentication failed, invalid user ID or password",
+                None,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                "transport error",
+                Some(&alert),
+                "transport error: received fatal alert: BadCertificate (etcd refused this agent's client certificate or got none: --fleet-etcd-cert, --fleet-etcd-key)",
+            ),
+            (
+                "transport error",
+                Some(&refused),
+                "transport error: Connection refused (os error 111)",
+            ),
+            (
+                "Timeout expired",
+                Some(&Layer("Timeout expired", None)),
+                "Timeout expired",
+            ),
+        ];
+        for (text, source, want) in cases {
+            assert_eq!(with_cause(text.to_string(), source), want);
+        }
+        assert_eq!(
+            describe(&etcd_client::Error::InvalidArgs("x".into())),
+            "invalid arguments: x"
+        );
+    }
 }
