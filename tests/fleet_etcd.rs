@@ -1,19 +1,28 @@
 //! End to end: an etcd-gated fleet on one machine. A real `etcd` (Debian's
 //! etcd-server) on loopback ports with its data in a temp dir; three agents as
-//! three hosts (own state/run dirs, bridges, subnets, cgroup parents) follow
-//! one local bare git repository: `c` in group `canary`, `d1` and `d2` in
-//! `default`, `max_parallel = 1`, `bake = 3s`. Shown: a new image rolls the
-//! canary first and the default hosts after the bake, never two hosts at once
-//! (from the agents' slot events); an image that never becomes healthy fails
-//! on the canary, halts the fleet, and the default hosts never start it;
-//! `fleet resume` plus a fixed commit rolls on; with etcd stopped nothing new
-//! starts, status says so, and the pending rollout proceeds once etcd is back.
+//! three hosts (own state/run dirs, bridges, subnets, cgroup parents, each
+//! publishing on its own loopback address with `--publish-ip`) follow one
+//! local bare git repository: `c` in group `canary`, `d1` and `d2` in
+//! `default`, `max_parallel = 1`, `bake = 3s`, a real HAProxy in front.
+//! Shown: a new image rolls the canary first and the default hosts after the
+//! bake, never two hosts at once (from the agents' slot events), with zero
+//! failed requests through HAProxy under load; an image that never becomes
+//! healthy fails on the canary, halts the fleet, and the default hosts never
+//! start it; `fleet resume` plus a fixed commit rolls on; with `auto_revert`
+//! a manifest that fails on d2 only (its port is taken there) is halted and
+//! the hosts that completed it return to the previous digest; with etcd
+//! stopped nothing new starts, status says so, and the pending rollout
+//! proceeds once etcd is back. Also: a three-member etcd cluster losing its
+//! leader never grants a slot twice (12 in-process hosts on the agent's own
+//! etcd requests); TLS client certificates and etcd auth.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_e2e::haproxy::Haproxy;
+use berth_e2e::load::{get, Load};
 use berth_e2e::registry::{ImageBuilder, TestRegistry};
 use berth_e2e::*;
 
@@ -157,11 +166,19 @@ impl Drop for Etcd {
 /// The fleet's manifest with `image`: one health-checked replica, a short
 /// probation, and the fleet policy of the test.
 fn manifest(image: &str) -> String {
-    format!(
+    manifest_on(image, &[], "")
+}
+
+/// [`manifest`] publishing container port 8080 on each host port of
+/// `ports` (each host binds them on its `--publish-ip`), with `policy`
+/// lines added to `[fleet]`.
+fn manifest_on(image: &str, ports: &[u16], policy: &str) -> String {
+    let mut text = format!(
         r#"[fleet]
 max_parallel = 1
 groups = ["canary", "default"]
 bake = "3s"
+{policy}
 
 [service.web]
 image = "{image}"
@@ -174,19 +191,30 @@ retries = 2
 probation = "1s"
 drain = "200ms"
 "#
-    )
+    );
+    for port in ports {
+        text.push_str(&format!(
+            "\n[[service.web.ports]]\ncontainer = 8080\nhost = {port}\n"
+        ));
+    }
+    text
 }
 
-fn commit(work: &Path, image: &str, message: &str) -> String {
-    std::fs::write(work.join("manifests/web.toml"), manifest(image)).unwrap();
+/// Commits and pushes `text` as the fleet's manifest; the commit id.
+fn commit(work: &Path, text: &str, message: &str) -> String {
+    std::fs::write(work.join("manifests/web.toml"), text).unwrap();
     git(work, &["add", "-A"]);
     git(work, &["commit", "-q", "-m", message]);
     git(work, &["push", "-q", "origin", "main"]);
     git(work, &["rev-parse", "HEAD"])
 }
 
-fn host(name: &str, group: &str, repo: &str, etcd: &str) -> Agent {
+/// A fleet host following `repo`; its published ports bind `ip` (each host
+/// of this machine its own loopback address, as each real host its own).
+fn host(name: &str, group: &str, repo: &str, etcd: &str, ip: &str) -> Agent {
     Agent::start_with(&[
+        "--publish-ip",
+        ip,
         "--git",
         repo,
         "--git-path",
@@ -294,6 +322,7 @@ fn slots(a: &Agent) -> Vec<(f64, f64)> {
 #[test]
 fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() {
     berth_agent::require_root!();
+    let started = Instant::now();
     let mut etcd = Etcd::start();
     let reg = TestRegistry::start().unwrap();
     let v1 = push_web_image(&reg, "shop/web:1", "v1");
@@ -317,11 +346,15 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
     git(&bare, &["init", "-q", "--bare"]);
     git(&work, &["init", "-q"]);
     git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    commit(&work, &v1, "v1");
+    // The published port: the same on every host, each host binding it on
+    // its own address (c 127.0.0.2, d1 127.0.0.3, d2 127.0.0.4).
+    let web = free_port();
+    let ips = [("c", "127.0.0.2"), ("d1", "127.0.0.3"), ("d2", "127.0.0.4")];
+    commit(&work, &manifest_on(&v1, &[web], ""), "v1");
     let repo = format!("file://{}", bare.display());
-    let c = host("c", "canary", &repo, &etcd.url());
-    let d1 = host("d1", "default", &repo, &etcd.url());
-    let d2 = host("d2", "default", &repo, &etcd.url());
+    let c = host("c", "canary", &repo, &etcd.url(), ips[0].1);
+    let d1 = host("d1", "default", &repo, &etcd.url(), ips[1].1);
+    let d2 = host("d2", "default", &repo, &etcd.url(), ips[2].1);
     let all = [&c, &d1, &d2];
     for a in all {
         a.wait_for(60, "v1 on every host", |a| runs(a, &v1).then_some(()));
@@ -330,12 +363,49 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
     let f = fleet_status(&c);
     assert_eq!(f["hosts"].as_array().unwrap().len(), 3, "{f}");
 
-    // 1. A new image: canary first, the default hosts after the bake, one at a time.
-    let v2_commit = commit(&work, &v2, "v2");
+    // HAProxy balances the published port over the three hosts, checking
+    // each agent's readiness endpoint (docs/fleet.md).
+    let frontend = free_port();
+    let servers: Vec<(&str, std::net::SocketAddr, u16)> = ips
+        .iter()
+        .zip(all)
+        .map(|((name, ip), a)| (*name, format!("{ip}:{web}").parse().unwrap(), a.http_port))
+        .collect();
+    let lb = Haproxy::start(frontend, &servers);
+    for (name, _) in ips {
+        lb.wait_state(name, "UP");
+    }
+    assert_eq!(get(frontend, "/index.html").unwrap().trim(), "v1");
+
+    // 1. A new image under load through HAProxy: canary first, the default
+    // hosts after the bake, one at a time, no failed request.
+    let load = Load::start(frontend, 4, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(300));
+    let rollout = Instant::now();
+    let v2_commit = commit(&work, &manifest_on(&v2, &[web], ""), "v2");
     for a in all {
         a.wait_for(60, "v2 on every host", |a| runs(a, &v2).then_some(()));
     }
     wait_slots_free(&c);
+    let rolled = rollout.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, bodies, errors) = load.finish();
+    println!(
+        "fleet rollout v1 -> v2 on 3 hosts behind HAProxy: {:.1}s, {ok} requests served, {failed} failed, bodies {bodies:?}",
+        rolled.as_secs_f64()
+    );
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed through HAProxy during the fleet rollout: {errors:?}"
+    );
+    assert!(ok > 100, "too little load: {ok}");
+    assert!(
+        bodies.contains(&"v1".to_string()) && bodies.contains(&"v2".to_string()),
+        "{bodies:?}"
+    );
+    for _ in 0..6 {
+        assert_eq!(get(frontend, "/index.html").unwrap().trim(), "v2");
+    }
     let canary_done = events(&c, "revision-complete").last().map(at).unwrap();
     let mut windows: Vec<(&str, f64, f64)> = Vec::new();
     for (name, a) in [("c", &c), ("d1", &d1), ("d2", &d2)] {
@@ -369,7 +439,7 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
 
     // 2. An image that never becomes healthy: the canary fails and rolls
     // back, the fleet is halted, the default hosts never start it.
-    let bad_commit = commit(&work, &bad, "bad");
+    let bad_commit = commit(&work, &manifest_on(&bad, &[web], ""), "bad");
     c.wait_for(60, "the canary to halt the manifest", |a| {
         (!events(a, "fleet-halted").is_empty()).then_some(())
     });
@@ -405,7 +475,7 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
     // `fleet resume` and a fixed commit: the fleet rolls on.
     d1.ctl(&["fleet", "resume"]).ok();
     assert!(fleet_status(&c)["halted"].as_array().unwrap().is_empty());
-    commit(&work, &v3, "fixed");
+    commit(&work, &manifest_on(&v3, &[web], ""), "fixed");
     for a in all {
         a.wait_for(60, "v3 on every host", |a| runs(a, &v3).then_some(()));
     }
@@ -415,8 +485,74 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
             "a default host started the halted manifest"
         );
     }
+    wait_slots_free(&c);
 
-    // 3. etcd stopped: what runs keeps running, nothing new starts, status
+    // 3. auto_revert: a manifest that works on c (and d1) but fails on d2,
+    // where its second port is already taken on d2's address. d2 fails it
+    // and halts it; the hosts that had completed it go back to v3.
+    let reverting = Instant::now();
+    let digests = |a: &Agent| -> serde_json::Value {
+        let f = fleet_status(a);
+        let me = f["host"].clone();
+        f["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == me)
+            .unwrap()["digests"]
+            .clone()
+    };
+    let v3_digests: Vec<serde_json::Value> = all.iter().map(|a| digests(a)).collect();
+    let taken = free_port();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.4", taken)).unwrap();
+    let revert_commit = commit(
+        &work,
+        &manifest_on(&v2, &[web, taken], "auto_revert = true"),
+        "v2 with a second port",
+    );
+    let f = c.wait_for(60, "d2 to halt the manifest", |a| {
+        let f = fleet_status(a);
+        (f["halted"].as_array().unwrap().len() == 1).then_some(f)
+    });
+    let halt = &f["halted"][0];
+    assert_eq!(halt["host"], "d2", "{f}");
+    let reason = halt["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("127.0.0.4:{taken}")),
+        "the halt says why: {reason}"
+    );
+    let mut reverted = Vec::new();
+    for (i, (name, a)) in [("c", &c), ("d1", &d1)].into_iter().enumerate() {
+        if !sources(a).contains(&format!("git:{revert_commit}")) {
+            assert_ne!(name, "c", "the canary rolled it out first");
+            continue; // d2 took its slot first: d1 never started it.
+        }
+        let e = a.wait_for(30, "the completed host reverted", |a| {
+            events(a, "fleet-reverted").pop()
+        });
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains("halted by d2") && message.contains(&format!("127.0.0.4:{taken}")),
+            "{message}"
+        );
+        a.wait_for(30, "v3 again", |a| runs(a, &v3).then_some(()));
+        assert_eq!(digests(a), v3_digests[i], "{name} is back on v3's digest");
+        reverted.push(name);
+    }
+    d2.wait_for(30, "d2 rolled back to v3", |a| runs(a, &v3).then_some(()));
+    assert_eq!(digests(&d2), v3_digests[2]);
+    let text = d1.ctl(&["fleet", "status"]).ok().stdout;
+    assert!(
+        text.contains("HALTED MANIFEST") && text.contains(&format!("127.0.0.4:{taken}")),
+        "{text}"
+    );
+    println!(
+        "auto_revert: halted by d2 ({reason}); reverted to v3: {reverted:?}; {:.1}s",
+        reverting.elapsed().as_secs_f64()
+    );
+    wait_slots_free(&c);
+
+    // 4. etcd stopped: what runs keeps running, nothing new starts, status
     // and metrics say so; etcd back: the pending rollout proceeds.
     etcd.stop();
     for a in all {
@@ -424,7 +560,7 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
             (a.status_json()["fleet"]["reachable"] == false).then_some(())
         });
     }
-    let v1_again = commit(&work, &v1, "back to v1");
+    let v1_again = commit(&work, &manifest_on(&v1, &[web], ""), "back to v1");
     std::thread::sleep(Duration::from_secs(3));
     for a in all {
         assert!(
@@ -456,6 +592,10 @@ fn an_etcd_gated_fleet_rolls_canary_first_halts_on_failure_and_waits_out_etcd() 
     }
     wait_slots_free(&c);
     assert!(slots(&d1).len() >= 4 && slots(&d2).len() >= 4);
+    println!(
+        "etcd-gated fleet of 3 hosts: every step in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// An agent in the fleet without a manifest source (`berthctl apply` is gated).
