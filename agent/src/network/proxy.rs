@@ -201,6 +201,8 @@ struct Shared {
     table: RwLock<Table>,
     next: AtomicUsize,
     refused: AtomicU64,
+    /// Times a held port went from some Ready endpoint to none.
+    unserved: AtomicU64,
 }
 
 impl Shared {
@@ -494,6 +496,17 @@ impl PortProxy {
             for e in held.values().flatten() {
                 counters.entry(e.id.clone()).or_default();
             }
+            let ready_count = |eps: &[Endpoint]| {
+                eps.iter()
+                    .filter(|e| e.state == EndpointState::Ready)
+                    .count()
+            };
+            let lost = held.iter().any(|(hp, eps)| {
+                ready_count(eps) == 0 && t.ports.get(hp).is_some_and(|was| ready_count(was) > 0)
+            });
+            if lost {
+                entry.shared.unserved.fetch_add(1, Ordering::Relaxed);
+            }
             t.counters = counters;
             t.ports = held.into_iter().collect();
         }
@@ -627,6 +640,17 @@ impl PortProxy {
         self.services()
             .get(service)
             .map(|s| s.shared.refused.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Times one of `service`'s held ports lost its last Ready endpoint
+    /// (from then until a replica is Ready again its connections are
+    /// refused): a crash of the only replica counts, a start-first rollout
+    /// never should.
+    pub fn unserved(&self, service: &str) -> u64 {
+        self.services()
+            .get(service)
+            .map(|s| s.shared.unserved.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
 }
