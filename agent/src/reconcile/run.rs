@@ -509,17 +509,6 @@ impl Reconciler {
             );
         }
         note_waiting(&agent, svc, decision.waiting.as_deref());
-        // Retiring a replica re-points the ports at the Ready ones at once:
-        // they must include the replicas this pass found Ready (the one that
-        // just passed its check), or a lone replacement left a moment with
-        // no Ready endpoint, whose connections were reset.
-        if decision
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Retire { .. }))
-        {
-            update_ready(&agent, svc, list, now, None);
-        }
         let mut image_record: Option<ImageRecord> = None;
         if decision.rolling_out || decision.waiting.is_some() {
             // Pull ahead: a stop-first rollout learns of a bad image before
