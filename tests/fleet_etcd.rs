@@ -800,6 +800,28 @@ async fn contend(
     seen
 }
 
+/// The fleet configuration of an in-process host of fleet `race`.
+fn host_config(
+    endpoints: &[String],
+    host: &str,
+    max_parallel: u32,
+) -> berth_agent::fleet::FleetConfig {
+    berth_agent::fleet::FleetConfig {
+        endpoints: endpoints.to_vec(),
+        name: "race".into(),
+        group: "default".into(),
+        host: host.into(),
+        auth: None,
+        tls: None,
+        policy: berth_core::manifest::FleetPolicy {
+            max_parallel: Some(max_parallel),
+            ..Default::default()
+        },
+        interval: Duration::from_millis(500),
+        lease_ttl: Duration::from_secs(5),
+    }
+}
+
 #[test]
 fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -817,20 +839,7 @@ fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies()
     let holders = std::sync::Arc::new(Holders::default());
     let tasks: Vec<_> = (0..HOSTS)
         .map(|i| {
-            let config = berth_agent::fleet::FleetConfig {
-                endpoints: endpoints.clone(),
-                name: "race".into(),
-                group: "default".into(),
-                host: format!("h{i:02}"),
-                auth: None,
-                tls: None,
-                policy: berth_core::manifest::FleetPolicy {
-                    max_parallel: Some(MAX_PARALLEL),
-                    ..Default::default()
-                },
-                interval: Duration::from_millis(500),
-                lease_ttl: Duration::from_secs(5),
-            };
+            let config = host_config(&endpoints, &format!("h{i:02}"), MAX_PARALLEL);
             rt.spawn(contend(
                 config,
                 ROUNDS,
@@ -845,6 +854,12 @@ fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies()
         assert!(Instant::now() < deadline, "too few grants before the kill");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // A connection made while all three members ran, like an agent's.
+    let mut observer = rt
+        .block_on(berth_agent::fleet::etcd::Conn::open(&host_config(
+            &endpoints, "observer", 1,
+        )))
+        .unwrap();
     let killed = rt.block_on(leader(&members));
     members[killed].stop();
     let at_kill = holders.grants.load(SeqCst);
@@ -862,6 +877,16 @@ fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies()
         out
     });
     let after_kill = killed_at.elapsed();
+    // Once the cluster settled, that connection's requests keep succeeding
+    // although the client still spreads them over the dead member too.
+    let failed_reads: Vec<String> = (0..40)
+        .filter_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            rt.block_on(observer.snapshot())
+                .err()
+                .map(|e| e.to_string())
+        })
+        .collect();
     let grants: usize = results.iter().map(|r| r.grants).sum();
     let errors: usize = results.iter().map(|r| r.errors).sum();
     let first_error = results.iter().find_map(|r| r.first_error.clone());
@@ -869,10 +894,11 @@ fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies()
         "etcd cluster: {HOSTS} hosts x {ROUNDS} rounds, max_parallel {MAX_PARALLEL}: {grants} grants \
          ({at_kill} before member m{killed}, the leader, was killed; the rest in {:.1}s after), \
          most holders at once {}, over the limit {}, failed etcd requests {errors} (first: {first_error:?}), \
-         total {:.1}s",
+         reads failed afterwards on a connection made before the kill {}/40, total {:.1}s",
         after_kill.as_secs_f64(),
         holders.max.load(SeqCst),
         holders.over.load(SeqCst),
+        failed_reads.len(),
         started.elapsed().as_secs_f64()
     );
     assert_eq!(
@@ -886,6 +912,10 @@ fn a_three_member_etcd_cluster_never_grants_a_slot_twice_while_its_leader_dies()
         "the hosts contended (both slots were in use at once)"
     );
     assert_eq!(grants, HOSTS * ROUNDS, "every host was served every round");
+    assert!(
+        failed_reads.len() <= 1,
+        "an agent's connection keeps failing with one member of three down: {failed_reads:?}"
+    );
     assert!(
         grants - at_kill >= HOSTS,
         "the remaining members kept serving: {} grants after the kill",
