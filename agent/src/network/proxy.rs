@@ -67,6 +67,17 @@ impl HostPort {
         }
     }
 
+    /// [`HostPort::of`], with `default_ip` (the agent's `--publish-ip`) for
+    /// a port the manifest publishes on every address.
+    pub fn on(p: &Port, default_ip: Ipv4Addr) -> Option<HostPort> {
+        HostPort::of(p).map(|mut hp| {
+            if hp.ip.is_unspecified() {
+                hp.ip = default_ip;
+            }
+            hp
+        })
+    }
+
     /// Whether two bindings cannot coexist: same protocol and port, and the
     /// same address or either one every address.
     pub fn overlaps(&self, other: &HostPort) -> bool {
@@ -274,6 +285,8 @@ pub struct PortProxy {
     /// The kernel fast path, when enabled: new connections go to a Ready
     /// replica by DNAT, the listener gets the rest.
     dnat: Option<Arc<Dnat>>,
+    /// Where a port published on every address binds (`--publish-ip`).
+    default_ip: Ipv4Addr,
 }
 
 impl Default for PortProxy {
@@ -295,7 +308,22 @@ impl PortProxy {
             handle,
             services: Arc::new(Mutex::new(HashMap::new())),
             dnat: None,
+            default_ip: Ipv4Addr::UNSPECIFIED,
         }
+    }
+
+    /// Ports the manifest publishes on every address bind `ip` instead
+    /// (`--publish-ip`; `0.0.0.0` keeps every address).
+    pub fn with_default_ip(self, ip: Ipv4Addr) -> PortProxy {
+        PortProxy {
+            default_ip: ip,
+            ..self
+        }
+    }
+
+    /// Where the manifest port `p` is bound on this host (see [`HostPort::on`]).
+    pub fn host_port(&self, p: &Port) -> Option<HostPort> {
+        HostPort::on(p, self.default_ip)
     }
 
     /// A proxy on `handle` with the nftables DNAT fast path in front of it
@@ -689,4 +717,41 @@ async fn proxy_conn(mut client: TcpStream, shared: Arc<Shared>, port: HostPort) 
     };
     let _ = backend.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_on_every_address_binds_the_publish_ip() {
+        let port = |ip: &str, host: Option<u16>| Port {
+            container: 80,
+            host,
+            host_ip: ip.parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let lo2: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let cases = [
+            // (manifest host_ip, host port, --publish-ip, bound)
+            (
+                "0.0.0.0",
+                Some(8080),
+                Ipv4Addr::UNSPECIFIED,
+                Some("0.0.0.0"),
+            ),
+            ("0.0.0.0", Some(8080), lo2, Some("127.0.0.2")),
+            ("127.0.0.1", Some(8080), lo2, Some("127.0.0.1")),
+            ("0.0.0.0", None, lo2, None),
+            ("::1", Some(8080), lo2, None),
+        ];
+        for (ip, host, default, want) in cases {
+            let got = HostPort::on(&port(ip, host), default).map(|hp| hp.ip.to_string());
+            assert_eq!(got.as_deref(), want, "{ip} {host:?} {default}");
+        }
+        assert_eq!(
+            HostPort::on(&port("0.0.0.0", Some(8080)), lo2).map(|hp| hp.port),
+            Some(8080)
+        );
+    }
 }
