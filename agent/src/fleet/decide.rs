@@ -1,8 +1,12 @@
 //! The fleet's rollout decisions as pure functions over a snapshot of its
 //! etcd keys: may this host queue for a slot of a new manifest or must it
 //! wait (paused, halted, an earlier group not yet baked), and does its place
-//! in the queue grant it a slot. Executing them (etcd I/O) is in `etcd`.
+//! in the queue grant it a slot. [`Cache`] is the watched part of the keys
+//! (queue, halts, pause) kept current from etcd's watch events, so a waiting
+//! host learns of a freed slot or a halt without polling. Executing the
+//! decisions (etcd I/O) is in `etcd`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use berth_core::api::{FleetHalt, FleetHostRecord};
@@ -76,6 +80,8 @@ pub enum Wait {
         group: String,
         host: String,
         why: String,
+        /// When only the bake time is missing: how much of it is left.
+        ready_in: Option<Duration>,
     },
     /// In the queue behind `position - 1` hosts; `holders` have the slots.
     Queued {
@@ -92,7 +98,9 @@ impl std::fmt::Display for Wait {
                 f,
                 "halted: the rollout failed on {host}: {reason} (berthctl fleet resume, or commit a fix)"
             ),
-            Wait::EarlierGroup { group, host, why } => {
+            Wait::EarlierGroup {
+                group, host, why, ..
+            } => {
                 write!(f, "waiting for group {group}: host {host} {why}")
             }
             Wait::Queued { position, holders } => write!(
@@ -139,6 +147,9 @@ pub fn may_queue(
         .filter(|h| h.host != me && policy.rank(&h.group) < mine)
         .collect();
     earlier.sort_by(|a, b| (policy.rank(&a.group), &a.host).cmp(&(policy.rank(&b.group), &b.host)));
+    // The first host not ready names the wait; while every earlier host is
+    // only short of bake time, the wait ends when the last of them baked.
+    let mut baking: Option<(&FleetHostRecord, u64, u64)> = None;
     for h in earlier {
         let why = if h.manifest_hash.as_deref() != Some(hash) {
             Some("is not on this manifest yet".to_string())
@@ -147,23 +158,33 @@ pub fn may_queue(
         } else {
             let since = h.healthy_since_ms.unwrap_or(now_ms);
             let baked = now_ms.saturating_sub(since);
-            (baked < bake_ms).then(|| {
-                format!(
-                    "has baked {:.1}s of {:.1}s",
-                    baked as f64 / 1000.0,
-                    bake_ms as f64 / 1000.0
-                )
-            })
+            if baked < bake_ms && baking.is_none_or(|(_, b, _)| baked < b) {
+                baking = Some((h, baked, bake_ms - baked));
+            }
+            None
         };
         if let Some(why) = why {
             return Err(Wait::EarlierGroup {
                 group: h.group.clone(),
                 host: h.host.clone(),
                 why,
+                ready_in: None,
             });
         }
     }
-    Ok(())
+    match baking {
+        None => Ok(()),
+        Some((h, baked, left)) => Err(Wait::EarlierGroup {
+            group: h.group.clone(),
+            host: h.host.clone(),
+            why: format!(
+                "has baked {:.1}s of {:.1}s",
+                baked as f64 / 1000.0,
+                bake_ms as f64 / 1000.0
+            ),
+            ready_in: Some(Duration::from_millis(left)),
+        }),
+    }
 }
 
 /// Whether `me`'s queue entry is among the first `max_parallel` by create
@@ -243,6 +264,158 @@ pub fn revert_target(
             *state == berth_core::vocab::RevisionState::Complete && hash != halted
         })
         .map(|(n, _, _)| *n)
+}
+
+/// One change to a watched key, relative to the fleet's prefix
+/// (`queue/<host>`, `halted/<hash>`, `paused`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        create_revision: i64,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// The watched keys of the fleet as one host knows them: the slot queue's
+/// order (create revisions), this host's own entry, the halts and the pause.
+/// Built from one read at a revision, then kept current by applying the
+/// watch's events in order ([`Cache::apply`]). Only this host's entry keeps
+/// its hash: the others' matter only by their place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cache {
+    me: String,
+    /// The etcd revision the cache reflects.
+    pub revision: i64,
+    /// Queue entries by create revision.
+    by_rev: BTreeMap<i64, String>,
+    by_host: HashMap<String, i64>,
+    /// This host's queue entry: (create revision, hash).
+    mine: Option<(i64, String)>,
+    pub halted: BTreeMap<String, FleetHalt>,
+    pub paused: bool,
+}
+
+/// What the cache says about a manifest `hash` this host wants to roll out,
+/// without asking etcd (a freed slot or a halt changes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub paused: bool,
+    /// The halt of `hash`, if any.
+    pub halted: Option<FleetHalt>,
+    /// This host is in the queue for `hash`.
+    pub queued: bool,
+    /// ... and among the first `max_parallel` by create revision.
+    pub slot: bool,
+}
+
+impl Cache {
+    /// An empty cache for host `me` at `revision`.
+    pub fn new(me: &str, revision: i64) -> Cache {
+        Cache {
+            me: me.to_string(),
+            revision,
+            ..Default::default()
+        }
+    }
+
+    /// Applies one change made at etcd revision `revision` (changes must come
+    /// in revision order, as a read then a watch from the next revision
+    /// deliver them). Unknown keys and unreadable halts are skipped.
+    pub fn apply(&mut self, revision: i64, change: Change) {
+        self.revision = self.revision.max(revision);
+        match change {
+            Change::Put {
+                key,
+                value,
+                create_revision,
+            } => {
+                if key == "paused" {
+                    self.paused = true;
+                } else if let Some(host) = key.strip_prefix("queue/") {
+                    // An update in place keeps the create revision (the place).
+                    if let Some(old) = self.by_host.insert(host.to_string(), create_revision) {
+                        self.by_rev.remove(&old);
+                    }
+                    self.by_rev.insert(create_revision, host.to_string());
+                    if host == self.me {
+                        let hash = String::from_utf8_lossy(&value).into_owned();
+                        self.mine = Some((create_revision, hash));
+                    }
+                } else if let Some(hash) = key.strip_prefix("halted/") {
+                    match serde_json::from_slice::<FleetHalt>(&value) {
+                        Ok(h) => {
+                            self.halted.insert(hash.to_string(), h);
+                        }
+                        Err(e) => tracing::warn!(key, error = %e, "unreadable fleet halt"),
+                    }
+                }
+            }
+            Change::Delete { key } => {
+                if key == "paused" {
+                    self.paused = false;
+                } else if let Some(host) = key.strip_prefix("queue/") {
+                    if let Some(old) = self.by_host.remove(host) {
+                        self.by_rev.remove(&old);
+                    }
+                    if host == self.me {
+                        self.mine = None;
+                    }
+                } else if let Some(hash) = key.strip_prefix("halted/") {
+                    self.halted.remove(hash);
+                }
+            }
+        }
+    }
+
+    /// This host's queue entry: (create revision, hash).
+    pub fn mine(&self) -> Option<(i64, &str)> {
+        self.mine.as_ref().map(|(r, h)| (*r, h.as_str()))
+    }
+
+    /// How many entries are ahead of create revision `rev`, counting at
+    /// most `limit` (the answer to "is it among the first K" costs K steps,
+    /// not the queue's length).
+    pub fn ahead_of(&self, rev: i64, limit: usize) -> usize {
+        self.by_rev.range(..rev).take(limit).count()
+    }
+
+    /// The hosts holding the first `n` places.
+    pub fn holders(&self, n: usize) -> Vec<String> {
+        self.by_rev.values().take(n).cloned().collect()
+    }
+
+    /// The queue's length.
+    pub fn queued(&self) -> usize {
+        self.by_rev.len()
+    }
+
+    /// See [`View`].
+    pub fn view(&self, hash: &str, max_parallel: u32) -> View {
+        let k = max_parallel.max(1) as usize;
+        let queued = self.mine.as_ref().is_some_and(|(_, h)| h == hash);
+        let slot = queued
+            && self
+                .mine
+                .as_ref()
+                .is_some_and(|(r, _)| self.ahead_of(*r, k) < k);
+        View {
+            paused: self.paused,
+            halted: self.halted.get(hash).cloned(),
+            queued,
+            slot,
+        }
+    }
+
+    /// The halts, oldest first.
+    pub fn halts(&self) -> Vec<FleetHalt> {
+        let mut h: Vec<FleetHalt> = self.halted.values().cloned().collect();
+        h.sort_by(|a, b| a.time.cmp(&b.time));
+        h
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +671,194 @@ mod tests {
             "nothing else to restore"
         );
         assert_eq!(revert_target(&[], "a"), None);
+    }
+
+    fn put(key: &str, value: &str, create_revision: i64) -> Change {
+        Change::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            create_revision,
+        }
+    }
+
+    fn del(key: &str) -> Change {
+        Change::Delete { key: key.into() }
+    }
+
+    #[test]
+    fn the_cache_follows_the_watch() {
+        let halt = |hash: &str| {
+            serde_json::to_string(&FleetHalt {
+                hash: hash.into(),
+                host: "c1".into(),
+                reason: "web: unhealthy".into(),
+                time: "t".into(),
+            })
+            .expect("json")
+        };
+        let mut c = Cache::new("me", 5);
+        let idle = View {
+            paused: false,
+            halted: None,
+            queued: false,
+            slot: false,
+        };
+        let steps: Vec<(Change, View)> = vec![
+            // Two hosts ahead of me, max_parallel 2: I wait.
+            (put("queue/a", "new", 6), idle.clone()),
+            (put("queue/b", "new", 7), idle),
+            (
+                put("queue/me", "new", 8),
+                View {
+                    paused: false,
+                    halted: None,
+                    queued: true,
+                    slot: false,
+                },
+            ),
+            // b updates its hash in place: it keeps its place.
+            (
+                put("queue/b", "other", 7),
+                View {
+                    paused: false,
+                    halted: None,
+                    queued: true,
+                    slot: false,
+                },
+            ),
+            // a leaves: I am second, with max_parallel 2 that is a slot.
+            (
+                del("queue/a"),
+                View {
+                    paused: false,
+                    halted: None,
+                    queued: true,
+                    slot: true,
+                },
+            ),
+            // a late joiner is behind me.
+            (
+                put("queue/z", "new", 9),
+                View {
+                    paused: false,
+                    halted: None,
+                    queued: true,
+                    slot: true,
+                },
+            ),
+            (
+                put("paused", "ops", 10),
+                View {
+                    paused: true,
+                    halted: None,
+                    queued: true,
+                    slot: true,
+                },
+            ),
+            (
+                del("paused"),
+                View {
+                    paused: false,
+                    halted: None,
+                    queued: true,
+                    slot: true,
+                },
+            ),
+            (
+                put("halted/new", &halt("new"), 11),
+                View {
+                    paused: false,
+                    halted: Some(serde_json::from_str(&halt("new")).expect("halt")),
+                    queued: true,
+                    slot: true,
+                },
+            ),
+            (
+                put("halted/junk", "{not json", 12),
+                View {
+                    paused: false,
+                    halted: Some(serde_json::from_str(&halt("new")).expect("halt")),
+                    queued: true,
+                    slot: true,
+                },
+            ),
+            (
+                del("halted/new"),
+                View {
+                    paused: false,
+                    halted: None,
+                    queued: true,
+                    slot: true,
+                },
+            ),
+            (
+                del("queue/me"),
+                View {
+                    paused: false,
+                    halted: None,
+                    queued: false,
+                    slot: false,
+                },
+            ),
+        ];
+        for (i, (change, want)) in steps.into_iter().enumerate() {
+            let rev = 6 + i as i64;
+            c.apply(rev, change.clone());
+            assert_eq!(c.view("new", 2), want, "step {i}: {change:?}");
+            assert_eq!(c.revision, rev);
+        }
+        assert_eq!(c.holders(5), ["b", "z"]);
+        assert_eq!(c.queued(), 2);
+        assert!(c.halts().is_empty(), "the unreadable halt is skipped");
+    }
+
+    #[test]
+    fn a_place_is_counted_up_to_the_limit() {
+        let mut c = Cache::new("me", 0);
+        for i in 0..100 {
+            c.apply(i + 1, put(&format!("queue/h{i}"), "x", i + 1));
+        }
+        c.apply(101, put("queue/me", "x", 101));
+        assert_eq!(c.ahead_of(101, 50), 50, "stops at the limit");
+        assert_eq!(c.ahead_of(101, 1000), 100);
+        assert_eq!(c.ahead_of(1, 50), 0);
+        assert!(!c.view("x", 100).slot, "100 ahead of 100 slots");
+        assert!(c.view("x", 101).slot);
+        assert!(!c.view("y", 101).queued, "queued for another hash");
+        assert_eq!(c.mine(), Some((101, "x")));
+    }
+
+    #[test]
+    fn the_bake_wait_says_when_it_ends() {
+        let now = 100_000;
+        let snap = Snapshot {
+            hosts: vec![
+                host("c1", "canary", "new", true, now - 2_500),
+                host("c2", "canary", "new", true, now - 1_000),
+            ],
+            ..Default::default()
+        };
+        match may_queue(&snap, "d1", "default", "new", &policy(), now) {
+            Err(Wait::EarlierGroup { host, ready_in, .. }) => {
+                assert_eq!(host, "c2", "the host that baked least");
+                assert_eq!(ready_in, Some(Duration::from_millis(2_000)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let unhealthy = Snapshot {
+            hosts: vec![
+                host("c1", "canary", "new", true, now - 1_000),
+                host("c2", "canary", "new", false, 0),
+            ],
+            ..Default::default()
+        };
+        match may_queue(&unhealthy, "d1", "default", "new", &policy(), now) {
+            Err(Wait::EarlierGroup { host, ready_in, .. }) => {
+                assert_eq!(host, "c2", "not healthy wins over baking");
+                assert_eq!(ready_in, None, "no end in sight");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
