@@ -31,7 +31,7 @@ pub struct Conn {
 /// What [`Conn::confirm`] read at one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmed {
-    /// Queue entries created before this host's.
+    /// Queue entries created before this host's (at most the limit asked).
     pub ahead: usize,
     pub paused: bool,
     pub halted: Option<FleetHalt>,
@@ -235,10 +235,13 @@ impl Conn {
     /// `create_revision` holds a slot for `hash`: how many entries are ahead
     /// of it, the pause and `hash`'s halt. The watched cache says when to
     /// ask; this read is what the grant rests on.
+    /// At most `limit` entries ahead are counted (etcd's count ignores the
+    /// create-revision filter, so the keys are fetched: at most `limit`).
     pub async fn confirm(
         &mut self,
         hash: &str,
         create_revision: i64,
+        limit: usize,
     ) -> Result<Confirmed, FleetError> {
         let queue = format!("{}queue/", self.prefix);
         let txn = Txn::new().and_then([
@@ -247,8 +250,9 @@ impl Conn {
                 Some(
                     GetOptions::new()
                         .with_range(prefix_end(&queue))
-                        .with_count_only()
-                        .with_max_create_revision(create_revision - 1),
+                        .with_keys_only()
+                        .with_max_create_revision(create_revision - 1)
+                        .with_limit(limit.max(1) as i64),
                 ),
             ),
             TxnOp::get(
@@ -264,11 +268,12 @@ impl Conn {
             .map_err(err("checking the slot queue"))?;
         let ops = resp.op_responses();
         let count = |i: usize| get_response(ops.get(i)).map(|g| g.count()).unwrap_or(0);
+        let ahead = get_response(ops.get(0)).map_or(0, |g| g.kvs().len());
         let halted = get_response(ops.get(2))
             .and_then(|g| g.kvs().first())
             .and_then(|kv| serde_json::from_slice::<FleetHalt>(kv.value()).ok());
         Ok(Confirmed {
-            ahead: count(0).max(0) as usize,
+            ahead,
             paused: count(1) > 0,
             halted,
         })

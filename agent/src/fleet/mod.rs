@@ -679,11 +679,30 @@ impl Fleet {
         let deadline = tokio::time::Instant::now() + max;
         let mut rx = self.changed.subscribe();
         loop {
-            let seen = self.state().seen.clone();
+            let (seen, waiting) = {
+                let s = self.state();
+                (s.seen.clone(), s.pending.is_some())
+            };
             let Some(seen) = seen else {
-                // Nothing waits, or etcd did not answer: the caller's poll.
-                tokio::time::sleep_until(deadline).await;
-                return false;
+                if !waiting {
+                    tokio::time::sleep_until(deadline).await;
+                    return false;
+                }
+                // etcd did not answer at the last gate: retry when the
+                // watch is back (or at the caller's poll).
+                tokio::select! {
+                    r = rx.changed() => {
+                        if r.is_err() {
+                            tokio::time::sleep_until(deadline).await;
+                            return false;
+                        }
+                        if self.watched().cache.is_some() {
+                            return true;
+                        }
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return false,
+                }
             };
             let held = self.state().slot.as_ref().map(|s| s.hash.clone());
             match self.view(&seen.hash, seen.max_parallel) {
@@ -793,7 +812,7 @@ impl Fleet {
                 .unwrap_or(k);
             return Ok(Err(queued(ahead)));
         }
-        let c = conn.confirm(hash, rev).await?;
+        let c = conn.confirm(hash, rev, k).await?;
         if c.paused || c.halted.is_some() {
             conn.dequeue().await?;
             return Ok(Err(match &c.halted {
