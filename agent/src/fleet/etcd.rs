@@ -268,7 +268,7 @@ impl Conn {
             .map_err(err("checking the slot queue"))?;
         let ops = resp.op_responses();
         let count = |i: usize| get_response(ops.get(i)).map(|g| g.count()).unwrap_or(0);
-        let ahead = get_response(ops.get(0)).map_or(0, |g| g.kvs().len());
+        let ahead = get_response(ops.first()).map_or(0, |g| g.kvs().len());
         let halted = get_response(ops.get(2))
             .and_then(|g| g.kvs().first())
             .and_then(|kv| serde_json::from_slice::<FleetHalt>(kv.value()).ok());

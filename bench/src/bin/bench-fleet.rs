@@ -178,8 +178,11 @@ impl FakeHost {
     fn record(&self, hash: &str) -> u64 {
         let mut revs = self.revs();
         let number = revs.len() as u64 + 1;
+        // As berthd: only a revision still in progress becomes superseded.
         if let Some(prev) = revs.last_mut() {
-            prev.state = RevisionState::Superseded;
+            if let Some(s) = prev.state.when_superseded() {
+                prev.state = s;
+            }
         }
         revs.push(Rev {
             number,
@@ -618,6 +621,25 @@ async fn run(a: RunArgs) -> Result<Figures> {
         None => 0,
     };
     eprintln!("halt: seen by {halt_seen}/{} hosts, {halt_s:?} s", a.hosts);
+    for m in members
+        .iter()
+        .filter(|m| m.host.times().halt_seen.is_none())
+        .take(5)
+    {
+        let st = m.fleet.agent_status();
+        eprintln!(
+            "  {} did not see it: revisions {:?}, slot {}, pending {:?}, halts known {}",
+            m.name,
+            m.host
+                .revisions()
+                .iter()
+                .map(|r| (r.0, r.1, &r.2[..6]))
+                .collect::<Vec<_>>(),
+            st.slot_held,
+            st.pending,
+            m.fleet.known_halts().len()
+        );
+    }
 
     // Leave: every host revokes its lease.
     let _ = stop_tx.send(true);
