@@ -6,7 +6,7 @@
 //! host learns of a freed slot or a halt without polling. Executing the
 //! decisions (etcd I/O) is in `etcd`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_core::api::{FleetHalt, FleetHostRecord};
@@ -280,21 +280,24 @@ pub enum Change {
     },
 }
 
-/// The watched keys of the fleet as one host knows them: the slot queue's
-/// order (create revisions), this host's own entry, the halts and the pause.
-/// Built from one read at a revision, then kept current by applying the
-/// watch's events in order ([`Cache::apply`]). Only this host's entry keeps
-/// its hash: the others' matter only by their place.
+/// What one host knows of the fleet's watched keys: the halts and the pause
+/// (every host watches them), its own queue entry, and — only while it waits
+/// near the front of the queue — the entries ahead of it. Entries behind a
+/// host never matter to it, and a host far back does not watch the queue at
+/// all (it asks at the fleet interval), so a queue change reaches at most
+/// the hosts near the front: O(N·K) watch events per rollout, not O(N²).
+/// Built from reads at a revision, then kept current by applying the
+/// watches' events in order ([`Cache::apply`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cache {
     me: String,
     /// The etcd revision the cache reflects.
     pub revision: i64,
-    /// Queue entries by create revision.
-    by_rev: BTreeMap<i64, String>,
-    by_host: HashMap<String, i64>,
     /// This host's queue entry: (create revision, hash).
     mine: Option<(i64, String)>,
+    /// The hosts whose entries are ahead of this host's, oldest first,
+    /// while watched.
+    ahead: Option<Vec<String>>,
     pub halted: BTreeMap<String, FleetHalt>,
     pub paused: bool,
 }
@@ -308,8 +311,41 @@ pub struct View {
     pub halted: Option<FleetHalt>,
     /// This host is in the queue for `hash`.
     pub queued: bool,
-    /// ... and among the first `max_parallel` by create revision.
+    /// The entries ahead of it are watched.
+    pub watching: bool,
+    /// ... and fewer than `max_parallel` are left: its turn came.
     pub slot: bool,
+}
+
+/// Where a queued host that is not yet granted stands, from the entries
+/// ahead of it that [`etcd`](super::etcd) read (at most `limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Fewer than `max_parallel` ahead: it holds a slot.
+    Slot,
+    /// Known to be among the first `limit`: watch the entries ahead.
+    Near,
+    /// `limit` or more ahead: ask again at the fleet interval.
+    Far,
+}
+
+/// How many entries ahead a waiting host reads (and watches, once it is
+/// that close): 4 × `max_parallel`, so the queue cannot move past a host
+/// between two of its reads unless a whole slot generation (K hosts) rolls
+/// out in a quarter of the fleet interval.
+pub fn near_limit(max_parallel: u32) -> usize {
+    4 * max_parallel.max(1) as usize
+}
+
+/// See [`Place`]; `ahead` is how many entries etcd returned (capped at `limit`).
+pub fn place(ahead: usize, max_parallel: u32, limit: usize) -> Place {
+    if ahead < max_parallel.max(1) as usize {
+        Place::Slot
+    } else if ahead < limit {
+        Place::Near
+    } else {
+        Place::Far
+    }
 }
 
 impl Cache {
@@ -324,27 +360,14 @@ impl Cache {
 
     /// Applies one change made at etcd revision `revision` (changes must come
     /// in revision order, as a read then a watch from the next revision
-    /// deliver them). Unknown keys and unreadable halts are skipped.
+    /// deliver them). Unknown keys and unreadable halts are skipped; queue
+    /// puts are ignored (an entry created later is behind this host).
     pub fn apply(&mut self, revision: i64, change: Change) {
         self.revision = self.revision.max(revision);
         match change {
-            Change::Put {
-                key,
-                value,
-                create_revision,
-            } => {
+            Change::Put { key, value, .. } => {
                 if key == "paused" {
                     self.paused = true;
-                } else if let Some(host) = key.strip_prefix("queue/") {
-                    // An update in place keeps the create revision (the place).
-                    if let Some(old) = self.by_host.insert(host.to_string(), create_revision) {
-                        self.by_rev.remove(&old);
-                    }
-                    self.by_rev.insert(create_revision, host.to_string());
-                    if host == self.me {
-                        let hash = String::from_utf8_lossy(&value).into_owned();
-                        self.mine = Some((create_revision, hash));
-                    }
                 } else if let Some(hash) = key.strip_prefix("halted/") {
                     match serde_json::from_slice::<FleetHalt>(&value) {
                         Ok(h) => {
@@ -358,11 +381,12 @@ impl Cache {
                 if key == "paused" {
                     self.paused = false;
                 } else if let Some(host) = key.strip_prefix("queue/") {
-                    if let Some(old) = self.by_host.remove(host) {
-                        self.by_rev.remove(&old);
+                    if let Some(ahead) = self.ahead.as_mut() {
+                        ahead.retain(|h| h != host);
                     }
                     if host == self.me {
                         self.mine = None;
+                        self.ahead = None;
                     }
                 } else if let Some(hash) = key.strip_prefix("halted/") {
                     self.halted.remove(hash);
@@ -371,42 +395,48 @@ impl Cache {
         }
     }
 
+    /// This host's queue entry: (create revision, hash); `None` after it
+    /// left the queue.
+    pub fn set_mine(&mut self, mine: Option<(i64, String)>) {
+        if mine.is_none() {
+            self.ahead = None;
+        }
+        self.mine = mine;
+    }
+
     /// This host's queue entry: (create revision, hash).
     pub fn mine(&self) -> Option<(i64, &str)> {
         self.mine.as_ref().map(|(r, h)| (*r, h.as_str()))
     }
 
-    /// How many entries are ahead of create revision `rev`, counting at
-    /// most `limit` (the answer to "is it among the first K" costs K steps,
-    /// not the queue's length).
-    pub fn ahead_of(&self, rev: i64, limit: usize) -> usize {
-        self.by_rev.range(..rev).take(limit).count()
+    /// The entries ahead as read at `revision` (a watch of the queue's
+    /// deletions from the next revision keeps them); `None`: not watched.
+    pub fn set_ahead(&mut self, revision: i64, ahead: Option<Vec<String>>) {
+        self.revision = self.revision.max(revision);
+        self.ahead = ahead;
     }
 
-    /// The hosts holding the first `n` places.
-    pub fn holders(&self, n: usize) -> Vec<String> {
-        self.by_rev.values().take(n).cloned().collect()
+    /// How many entries are ahead, while watched.
+    pub fn ahead(&self) -> Option<usize> {
+        self.ahead.as_ref().map(Vec::len)
     }
 
-    /// The queue's length.
-    pub fn queued(&self) -> usize {
-        self.by_rev.len()
+    /// The first `n` hosts ahead (the slot holders, with `n` = K), while
+    /// watched.
+    pub fn first(&self, n: usize) -> Vec<String> {
+        self.ahead.iter().flatten().take(n).cloned().collect()
     }
 
     /// See [`View`].
     pub fn view(&self, hash: &str, max_parallel: u32) -> View {
-        let k = max_parallel.max(1) as usize;
         let queued = self.mine.as_ref().is_some_and(|(_, h)| h == hash);
-        let slot = queued
-            && self
-                .mine
-                .as_ref()
-                .is_some_and(|(r, _)| self.ahead_of(*r, k) < k);
+        let ahead = self.ahead();
         View {
             paused: self.paused,
             halted: self.halted.get(hash).cloned(),
             queued,
-            slot,
+            watching: queued && ahead.is_some(),
+            slot: queued && ahead.is_some_and(|a| a < max_parallel.max(1) as usize),
         }
     }
 
@@ -696,136 +726,82 @@ mod tests {
             })
             .expect("json")
         };
-        let mut c = Cache::new("me", 5);
-        let idle = View {
-            paused: false,
-            halted: None,
-            queued: false,
-            slot: false,
+        let v = |paused, halted: bool, queued, watching, slot| View {
+            paused,
+            halted: halted.then(|| serde_json::from_str(&halt("new")).expect("halt")),
+            queued,
+            watching,
+            slot,
         };
+        let mut c = Cache::new("me", 5);
+        assert_eq!(c.view("new", 2), v(false, false, false, false, false));
+        c.set_mine(Some((8, "new".into())));
+        assert_eq!(
+            c.view("new", 2),
+            v(false, false, true, false, false),
+            "queued, not watching: no slot from the cache"
+        );
+        assert!(!c.view("other", 2).queued, "queued for another hash");
+        c.set_ahead(9, Some(vec!["a".into(), "b".into(), "x".into()]));
+        assert_eq!(c.ahead(), Some(3));
+        assert_eq!(c.first(2), ["a", "b"]);
         let steps: Vec<(Change, View)> = vec![
-            // Two hosts ahead of me, max_parallel 2: I wait.
-            (put("queue/a", "new", 6), idle.clone()),
-            (put("queue/b", "new", 7), idle),
+            // A put in the queue is someone behind (or a hash update).
             (
-                put("queue/me", "new", 8),
-                View {
-                    paused: false,
-                    halted: None,
-                    queued: true,
-                    slot: false,
-                },
+                put("queue/z", "new", 10),
+                v(false, false, true, true, false),
             ),
-            // b updates its hash in place: it keeps its place.
-            (
-                put("queue/b", "other", 7),
-                View {
-                    paused: false,
-                    halted: None,
-                    queued: true,
-                    slot: false,
-                },
-            ),
-            // a leaves: I am second, with max_parallel 2 that is a slot.
-            (
-                del("queue/a"),
-                View {
-                    paused: false,
-                    halted: None,
-                    queued: true,
-                    slot: true,
-                },
-            ),
-            // a late joiner is behind me.
-            (
-                put("queue/z", "new", 9),
-                View {
-                    paused: false,
-                    halted: None,
-                    queued: true,
-                    slot: true,
-                },
-            ),
-            (
-                put("paused", "ops", 10),
-                View {
-                    paused: true,
-                    halted: None,
-                    queued: true,
-                    slot: true,
-                },
-            ),
-            (
-                del("paused"),
-                View {
-                    paused: false,
-                    halted: None,
-                    queued: true,
-                    slot: true,
-                },
-            ),
+            (del("queue/z"), v(false, false, true, true, false)),
+            (del("queue/a"), v(false, false, true, true, false)),
+            // Two ahead, max_parallel 2: still waiting; one ahead: a slot.
+            (del("queue/x"), v(false, false, true, true, true)),
+            (put("paused", "ops", 10), v(true, false, true, true, true)),
+            (del("paused"), v(false, false, true, true, true)),
             (
                 put("halted/new", &halt("new"), 11),
-                View {
-                    paused: false,
-                    halted: Some(serde_json::from_str(&halt("new")).expect("halt")),
-                    queued: true,
-                    slot: true,
-                },
+                v(false, true, true, true, true),
             ),
             (
                 put("halted/junk", "{not json", 12),
-                View {
-                    paused: false,
-                    halted: Some(serde_json::from_str(&halt("new")).expect("halt")),
-                    queued: true,
-                    slot: true,
-                },
+                v(false, true, true, true, true),
             ),
-            (
-                del("halted/new"),
-                View {
-                    paused: false,
-                    halted: None,
-                    queued: true,
-                    slot: true,
-                },
-            ),
-            (
-                del("queue/me"),
-                View {
-                    paused: false,
-                    halted: None,
-                    queued: false,
-                    slot: false,
-                },
-            ),
+            (del("halted/new"), v(false, false, true, true, true)),
+            // My own entry gone (lease expired): not queued, nothing watched.
+            (del("queue/me"), v(false, false, false, false, false)),
         ];
         for (i, (change, want)) in steps.into_iter().enumerate() {
-            let rev = 6 + i as i64;
+            let rev = 10 + i as i64;
             c.apply(rev, change.clone());
             assert_eq!(c.view("new", 2), want, "step {i}: {change:?}");
             assert_eq!(c.revision, rev);
         }
-        assert_eq!(c.holders(5), ["b", "z"]);
-        assert_eq!(c.queued(), 2);
+        assert_eq!(c.mine(), None);
+        assert_eq!(c.ahead(), None);
         assert!(c.halts().is_empty(), "the unreadable halt is skipped");
     }
 
     #[test]
-    fn a_place_is_counted_up_to_the_limit() {
-        let mut c = Cache::new("me", 0);
-        for i in 0..100 {
-            c.apply(i + 1, put(&format!("queue/h{i}"), "x", i + 1));
+    fn a_waiting_host_watches_only_near_the_front() {
+        assert_eq!(near_limit(50), 200);
+        assert_eq!(near_limit(0), 4);
+        let cases = [
+            (0, 50, Place::Slot),
+            (49, 50, Place::Slot),
+            (50, 50, Place::Near),
+            (199, 50, Place::Near),
+            (200, 50, Place::Far),
+            (0, 1, Place::Slot),
+            (1, 1, Place::Near),
+            (4, 1, Place::Far),
+        ];
+        for (ahead, k, want) in cases {
+            assert_eq!(place(ahead, k, near_limit(k)), want, "{ahead} ahead, K={k}");
         }
-        c.apply(101, put("queue/me", "x", 101));
-        assert_eq!(c.ahead_of(101, 50), 50, "stops at the limit");
-        assert_eq!(c.ahead_of(101, 1000), 100);
-        assert_eq!(c.ahead_of(1, 50), 0);
-        assert!(!c.view("x", 100).slot, "100 ahead of 100 slots");
-        assert!(c.view("x", 101).slot);
-        assert!(!c.view("y", 101).queued, "queued for another hash");
-        assert_eq!(c.mine(), Some((101, "x")));
+        let mut c = Cache::new("me", 0);
+        c.set_mine(Some((3, "x".into())));
+        c.set_ahead(4, Some(vec!["a".into()]));
+        c.set_mine(None);
+        assert_eq!(c.ahead(), None, "leaving the queue stops the watch");
     }
 
     #[test]

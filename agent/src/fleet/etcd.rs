@@ -4,14 +4,15 @@
 //! `queue/<host>` (the manifest hash; its create revision orders the slot
 //! queue), `halted/<hash>` (JSON [`FleetHalt`]), `paused`. Host and queue
 //! keys are bound to the agent's lease, so they vanish with it. Each agent
-//! watches `halted/`, `paused` and `queue/` ([`Conn::watch`]).
+//! watches `halted/` and `paused` ([`Conn::watch`]), and the queue's
+//! deletions only while it waits near the front ([`Conn::watch_queue`]).
 
 use std::time::Duration;
 
 use berth_core::api::{FleetHalt, FleetHostRecord};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
 
 use super::decide::{Cache, Change, QueueEntry, Snapshot};
@@ -31,8 +32,11 @@ pub struct Conn {
 /// What [`Conn::confirm`] read at one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmed {
-    /// Queue entries created before this host's (at most the limit asked).
-    pub ahead: usize,
+    /// The etcd revision of the read.
+    pub revision: i64,
+    /// The hosts of the queue entries created before this host's, oldest
+    /// first (at most the limit asked).
+    pub ahead: Vec<String>,
     pub paused: bool,
     pub halted: Option<FleetHalt>,
 }
@@ -235,8 +239,8 @@ impl Conn {
     /// `create_revision` holds a slot for `hash`: how many entries are ahead
     /// of it, the pause and `hash`'s halt. The watched cache says when to
     /// ask; this read is what the grant rests on.
-    /// At most `limit` entries ahead are counted (etcd's count ignores the
-    /// create-revision filter, so the keys are fetched: at most `limit`).
+    /// At most `limit` entries ahead are read, keys only (etcd's count
+    /// ignores the create-revision filter, so the keys are fetched).
     pub async fn confirm(
         &mut self,
         hash: &str,
@@ -252,6 +256,7 @@ impl Conn {
                         .with_range(prefix_end(&queue))
                         .with_keys_only()
                         .with_max_create_revision(create_revision - 1)
+                        .with_sort(SortTarget::Create, SortOrder::Ascend)
                         .with_limit(limit.max(1) as i64),
                 ),
             ),
@@ -268,11 +273,19 @@ impl Conn {
             .map_err(err("checking the slot queue"))?;
         let ops = resp.op_responses();
         let count = |i: usize| get_response(ops.get(i)).map(|g| g.count()).unwrap_or(0);
-        let ahead = get_response(ops.first()).map_or(0, |g| g.kvs().len());
+        let ahead = get_response(ops.first())
+            .map(|g| {
+                g.kvs()
+                    .iter()
+                    .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&queue).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         let halted = get_response(ops.get(2))
             .and_then(|g| g.kvs().first())
             .and_then(|kv| serde_json::from_slice::<FleetHalt>(kv.value()).ok());
         Ok(Confirmed {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
             ahead,
             paused: count(1) > 0,
             halted,
@@ -313,28 +326,24 @@ impl Conn {
         Ok(out)
     }
 
-    /// Reads `halted/`, `paused` and `queue/` at one revision into a
-    /// [`Cache`] and opens a watch on them from the next revision; apply its
-    /// events with [`changes`].
+    /// Reads `halted/` and `paused` at one revision into a [`Cache`] and
+    /// opens a watch on them from the next revision; apply its events with
+    /// [`changes`].
     pub async fn watch(&mut self) -> Result<(Cache, WatchStream), FleetError> {
         let halted = format!("{}halted/", self.prefix);
         let paused = format!("{}paused", self.prefix);
-        let queue_end = prefix_end(&format!("{}queue/", self.prefix));
         let txn = Txn::new().and_then([
             TxnOp::get(
                 halted.clone(),
                 Some(GetOptions::new().with_range(prefix_end(&halted))),
             ),
-            TxnOp::get(
-                paused.clone(),
-                Some(GetOptions::new().with_range(queue_end.clone())),
-            ),
+            TxnOp::get(paused.clone(), None),
         ]);
         let resp = self
             .client
             .txn(txn)
             .await
-            .map_err(err("reading the fleet's queue"))?;
+            .map_err(err("reading the fleet's halts"))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut cache = Cache::new(&self.host, revision);
         for op in resp.op_responses() {
@@ -369,14 +378,7 @@ impl Conn {
             .await
             .map_err(err("watching the fleet"))?;
         stream
-            .watch(
-                paused,
-                Some(
-                    WatchOptions::new()
-                        .with_range(queue_end)
-                        .with_start_revision(from),
-                ),
-            )
+            .watch(paused, Some(WatchOptions::new().with_start_revision(from)))
             .await
             .map_err(err("watching the fleet"))?;
         Ok((cache, stream))
@@ -428,6 +430,24 @@ impl Conn {
                 .map_err(err("resuming the fleet"))?;
         }
         Ok(())
+    }
+
+    /// Watches the queue's deletions from revision `from` (a waiting host
+    /// near the front: an entry ahead of it leaving moves it up).
+    pub async fn watch_queue(&mut self, from: i64) -> Result<WatchStream, FleetError> {
+        let queue = format!("{}queue/", self.prefix);
+        self.client
+            .watch(
+                queue.clone(),
+                Some(
+                    WatchOptions::new()
+                        .with_range(prefix_end(&queue))
+                        .with_start_revision(from)
+                        .with_filters([WatchFilterType::NoPut]),
+                ),
+            )
+            .await
+            .map_err(err("watching the slot queue"))
     }
 }
 

@@ -380,6 +380,8 @@ struct State {
 struct Watched {
     cache: Option<decide::Cache>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The watch of the queue's deletions, while waiting near its front.
+    queue_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// This agent's membership of its fleet.
@@ -457,6 +459,9 @@ impl Fleet {
         if let Some(old) = w.task.take() {
             old.abort();
         }
+        if let Some(old) = w.queue_task.take() {
+            old.abort();
+        }
         w.cache = Some(cache);
         w.task = Some(tokio::spawn(async move {
             let lock = || watched.lock().unwrap_or_else(|p| p.into_inner());
@@ -473,18 +478,13 @@ impl Fleet {
                 if changes.is_empty() {
                     continue;
                 }
-                let halt_changed = changes
-                    .iter()
-                    .any(|(_, c)| !matches!(c, decide::Change::Put { key, .. } | decide::Change::Delete { key } if key.starts_with("queue/")));
                 if let Some(cache) = lock().cache.as_mut() {
                     for (rev, change) in changes {
                         cache.apply(rev, change);
                     }
                 }
                 changed.send_modify(|n| *n += 1);
-                if halt_changed {
-                    halts.send_modify(|n| *n += 1);
-                }
+                halts.send_modify(|n| *n += 1);
             }
             lock().cache = None;
             changed.send_modify(|n| *n += 1);
@@ -501,6 +501,73 @@ impl Fleet {
             .cache
             .as_ref()
             .map(|c| c.view(hash, max_parallel))
+    }
+
+    /// Watches the queue's deletions from after `revision`, with `ahead` the
+    /// entries ahead of this host read at `revision`.
+    async fn watch_queue(
+        &self,
+        conn: &mut Conn,
+        revision: i64,
+        ahead: Vec<String>,
+    ) -> Result<(), FleetError> {
+        let mut stream = conn.watch_queue(revision + 1).await?;
+        let prefix = conn.key_prefix().to_string();
+        let watched = self.watched.clone();
+        let changed = self.changed.clone();
+        let mut w = self.watched();
+        let Some(cache) = w.cache.as_mut() else {
+            return Ok(());
+        };
+        cache.set_ahead(revision, Some(ahead));
+        if let Some(old) = w.queue_task.take() {
+            old.abort();
+        }
+        w.queue_task = Some(tokio::spawn(async move {
+            let lock = || watched.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let changes = match stream.message().await {
+                    Ok(Some(resp)) => etcd::changes(&prefix, &resp),
+                    Ok(None) | Err(_) => None,
+                };
+                let Some(changes) = changes else { break };
+                if changes.is_empty() {
+                    continue;
+                }
+                if let Some(cache) = lock().cache.as_mut() {
+                    for (rev, change) in changes {
+                        cache.apply(rev, change);
+                    }
+                }
+                changed.send_modify(|n| *n += 1);
+            }
+            if let Some(cache) = lock().cache.as_mut() {
+                cache.set_ahead(0, None);
+            }
+            changed.send_modify(|n| *n += 1);
+        }));
+        Ok(())
+    }
+
+    /// Stops watching the queue (granted, left it, or far from its front).
+    fn stop_queue_watch(&self) {
+        let mut w = self.watched();
+        if let Some(task) = w.queue_task.take() {
+            task.abort();
+        }
+        if let Some(cache) = w.cache.as_mut() {
+            cache.set_ahead(0, None);
+        }
+    }
+
+    /// Leaves the slot queue (releases the slot if held).
+    async fn dequeue(&self, conn: &mut Conn) -> Result<(), FleetError> {
+        conn.dequeue().await?;
+        self.stop_queue_watch();
+        if let Some(cache) = self.watched().cache.as_mut() {
+            cache.set_mine(None);
+        }
+        Ok(())
     }
 
     /// Records whether etcd answered; events and the metric on a change.
@@ -614,7 +681,7 @@ impl Fleet {
         }
         let result = self.try_gate(hash, &policy).await;
         match result {
-            Ok(Ok(())) => {
+            Ok((Ok(()), _)) => {
                 self.reached(host, Ok(()));
                 self.set_pending(host, None);
                 self.state().slot = Some(Slot {
@@ -633,16 +700,10 @@ impl Fleet {
                 );
                 Ok(())
             }
-            Ok(Err(wait)) => {
+            Ok((Err(wait), retry)) => {
                 self.reached(host, Ok(()));
                 let reason = wait.to_string();
                 self.set_pending(host, Some((hash, reason.clone())));
-                let retry = match &wait {
-                    decide::Wait::EarlierGroup { ready_in, .. } => {
-                        Some(ready_in.map_or(self.config.interval, |d| d.min(self.config.interval)))
-                    }
-                    _ => None,
-                };
                 self.remember(hash, policy.max_parallel, retry);
                 Err(reason)
             }
@@ -727,11 +788,13 @@ impl Fleet {
         }
     }
 
+    /// The gate's etcd round: `Ok` with the slot, or why it waits and when
+    /// to ask again unless the watched keys say so first (`None`: they will).
     async fn try_gate(
         &self,
         hash: &str,
         policy: &Policy,
-    ) -> Result<Result<(), decide::Wait>, FleetError> {
+    ) -> Result<(Result<(), decide::Wait>, Option<Duration>), FleetError> {
         let mut conn = self.conn().await?;
         let me = &self.config.host;
         let k = policy.max_parallel.max(1) as usize;
@@ -757,9 +820,9 @@ impl Fleet {
         };
         if let Some(wait) = stop {
             if mine.is_some() {
-                conn.dequeue().await?;
+                self.dequeue(&mut conn).await?;
             }
-            return Ok(Err(wait));
+            return Ok((Err(wait), None));
         }
         let rev = match mine.filter(|(_, h)| h == hash) {
             // Already queued for it: it keeps its place.
@@ -781,49 +844,67 @@ impl Fleet {
                         .and_then(|c| c.mine())
                         .is_some()
                     {
-                        conn.dequeue().await?;
+                        self.dequeue(&mut conn).await?;
                     }
-                    return Ok(Err(wait));
+                    let retry = match &wait {
+                        decide::Wait::EarlierGroup { ready_in, .. } => Some(
+                            ready_in.map_or(self.config.interval, |d| d.min(self.config.interval)),
+                        ),
+                        _ => None,
+                    };
+                    return Ok((Err(wait), retry));
                 }
-                conn.enqueue(hash).await?
+                self.stop_queue_watch();
+                let rev = conn.enqueue(hash).await?;
+                if let Some(c) = self.watched().cache.as_mut() {
+                    c.set_mine(Some((rev, hash.to_string())));
+                }
+                rev
             }
         };
-        // The cache may not have the newest entries yet: when it already
-        // counts `k` ahead, they are ahead for sure; otherwise etcd decides.
-        let queued = |ahead: usize| {
+        // Watching the entries ahead: they decide until fewer than K are left.
+        let cached = {
             let w = self.watched();
-            decide::Wait::Queued {
-                position: ahead + 1,
-                holders: w.cache.as_ref().map(|c| c.holders(k)).unwrap_or_default(),
-            }
-        };
-        let cached_ahead = self
-            .watched()
-            .cache
-            .as_ref()
-            .map(|c| c.ahead_of(rev, k))
-            .unwrap_or(0);
-        if cached_ahead >= k {
-            let ahead = self
-                .watched()
-                .cache
+            w.cache
                 .as_ref()
-                .map(|c| c.ahead_of(rev, usize::MAX))
-                .unwrap_or(k);
-            return Ok(Err(queued(ahead)));
+                .and_then(|c| c.ahead().map(|a| (a, c.first(k))))
+        };
+        if let Some((ahead, holders)) = cached.clone().filter(|(a, _)| *a >= k) {
+            let wait = decide::Wait::Queued {
+                position: ahead + 1,
+                holders,
+            };
+            return Ok((Err(wait), None));
         }
-        let c = conn.confirm(hash, rev, k).await?;
+        let limit = decide::near_limit(policy.max_parallel);
+        let c = conn.confirm(hash, rev, limit).await?;
         if c.paused || c.halted.is_some() {
-            conn.dequeue().await?;
-            return Ok(Err(match &c.halted {
+            self.dequeue(&mut conn).await?;
+            let wait = match &c.halted {
                 Some(h) => halted_wait(h),
                 None => decide::Wait::Paused,
-            }));
+            };
+            return Ok((Err(wait), None));
         }
-        if c.ahead < k {
-            Ok(Ok(()))
-        } else {
-            Ok(Err(queued(c.ahead)))
+        let queued = decide::Wait::Queued {
+            position: c.ahead.len() + 1,
+            holders: c.ahead.iter().take(k).cloned().collect(),
+        };
+        match decide::place(c.ahead.len(), policy.max_parallel, limit) {
+            decide::Place::Slot => {
+                self.stop_queue_watch();
+                Ok((Ok(()), None))
+            }
+            decide::Place::Near => {
+                if cached.is_none() {
+                    self.watch_queue(&mut conn, c.revision, c.ahead).await?;
+                }
+                Ok((Err(queued), None))
+            }
+            decide::Place::Far => {
+                self.stop_queue_watch();
+                Ok((Err(queued), Some(self.config.interval)))
+            }
         }
     }
 
@@ -1078,7 +1159,7 @@ impl Fleet {
         match next {
             Next::Wait => {}
             Next::Release(why) => {
-                conn.dequeue().await?;
+                self.dequeue(conn).await?;
                 self.state().slot = None;
                 self.changed.send_modify(|n| *n += 1);
                 host.metrics().fleet_slots_held.set(0);
@@ -1095,7 +1176,7 @@ impl Fleet {
                     time: crate::now_rfc3339(),
                 };
                 conn.halt(&halt).await?;
-                conn.dequeue().await?;
+                self.dequeue(conn).await?;
                 self.state().slot = None;
                 self.changed.send_modify(|n| *n += 1);
                 host.metrics().fleet_slots_held.set(0);
@@ -1170,8 +1251,11 @@ impl Fleet {
     /// Leaves the fleet: stops the watch and revokes the lease (record and
     /// queue place go now, not after the TTL).
     pub async fn leave(&self) {
-        if let Some(task) = self.watched().task.take() {
-            task.abort();
+        {
+            let mut w = self.watched();
+            for task in [w.task.take(), w.queue_task.take()].into_iter().flatten() {
+                task.abort();
+            }
         }
         if let Some(c) = self.conn.lock().await.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.revoke()).await;
