@@ -28,7 +28,7 @@ pub use host::{FleetHost, HostRevision, Observation};
 /// Why a fleet request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("etcd: {what}: {source}")]
+    #[error("etcd: {what}: {}", etcd::describe(source))]
     Etcd {
         what: &'static str,
         source: etcd_client::Error,
