@@ -1068,6 +1068,25 @@ impl Fleet {
                 tracing::warn!(lease = conn.lease, "fleet lease expired: joining again");
                 *self.conn.lock().await = None;
                 conn = self.conn().await?;
+                // The expired lease took this host's queue entry with it, so
+                // other hosts may already have been granted its slot. The
+                // rollout here cannot be taken back: join the queue again
+                // (at the back: hosts that queue later count it) and say so.
+                let held = self.state().slot.as_ref().map(|s| s.hash.clone());
+                if let Some(hash) = held {
+                    conn.enqueue(&hash).await?;
+                    host.emit(
+                        EventKind::FleetUnreachable,
+                        format!(
+                            "fleet {}: the etcd lease expired while this host held a slot for manifest {}; \
+                             its rollout goes on and it queued again, but until it releases the slot \
+                             the fleet may roll one host more than max_parallel (a --fleet-lease-ttl \
+                             longer than the longest etcd outage prevents this)",
+                            self.config.name,
+                            short(&hash)
+                        ),
+                    );
+                }
             }
             self.state().renewed = Some((conn.lease, Instant::now()));
         }
