@@ -5,10 +5,10 @@
 # of log y against log x); k > 1.15 is flagged SUPERLINEAR. Appends the
 # tables to bench/RESULTS.md.
 #
-#   bash bench/scaling.sh     [SERVICES="10 100 500" REPLICAS="1 10 100" CONCURRENCY="1,4,16"
+#   bash bench/scaling.sh     [SERVICES="10 100 1000" REPLICAS="1 10 100" CONCURRENCY="1,4,16"
 #                              LAYERS="1 8 64" PULL_MIB=64 RUNS=3 IDLE=10 STARTS=64 CURVES="1 2 3 4" OUT=file]
 #
-# 1. no-op reconcile pass vs services (a manifest holds at most 500): one berthd, SERVICES services × 1
+# 1. no-op reconcile pass vs services (a manifest holds at most 1000): one berthd, SERVICES services × 1
 #    replica (busybox sleep, SIGKILL stop) applied in turn (each apply adds
 #    services), all ready, 3 s settle, then the mean pass (Δsum/Δcount of
 #    berth_reconcile_duration_seconds) over IDLE s.
@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scaling.sh: run as root" >&2; exit 1; }
-SERVICES=${SERVICES:-"10 100 500"}
+SERVICES=${SERVICES:-"10 100 1000"}
 REPLICAS=${REPLICAS:-"1 10 100"}
 CONCURRENCY=${CONCURRENCY:-"1,4,16"}
 LAYERS=${LAYERS:-"1 8 64"}
