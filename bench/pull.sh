@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # bench/pull.sh — cold pull of a ≈150 MB, 6-layer image with ~15k files from
-# a registry on 127.0.0.1: Berth beside `docker pull` and `podman pull`.
+# a registry on 127.0.0.1: Berth beside `docker pull` and `podman pull`, and
+# beside this machine's lower bound (bench-pull-bound: download, sha256,
+# gunzip and extraction each timed alone at full parallelism; the slowest).
 # Run as root from anywhere. Env: RUNS (5), OUT (a markdown file to append the
 # tables to), UNPACK_DIAG=1 (also run the per-layer unpack diagnostic),
 # LAYERS (space-separated host dirs, one layer each), BENCH_FS (loop | host,
@@ -117,9 +119,13 @@ else
     PEER_ARGS+=(--unavailable "podman pull=$err")
 fi
 
+log "lower bound: each stage alone, all layers in parallel"
+"$REL/bench-pull-bound" --registry "$REGISTRY" --repo bench/big --tag 1 \
+    --work "$STORES/bound" --rounds "$RUNS" --bound-out "$WORK/bound" "${OUT_ARGS[@]}"
+
 log "pull benchmark: $RUNS cold pulls per case"
 mkdir -p "$STORES/berth"
-"$REL/bench-pull" --image "$REGISTRY/bench/big:1" --runs "$RUNS" \
+"$REL/bench-pull" --image "$REGISTRY/bench/big:1" --runs "$RUNS" --bound "$(cat "$WORK/bound")" \
     --berthd "$REL/berthd" --berthctl "$REL/berthctl" --work "$STORES/berth" \
     "${PEER_ARGS[@]}" "${OUT_ARGS[@]}"
 

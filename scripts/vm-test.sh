@@ -88,7 +88,6 @@ printf 'root:x:0:\nnogroup:x:65534:\n' > "$ROOT/etc/group"
 printf '127.0.0.1 localhost\n' > "$ROOT/etc/hosts"
 printf 'nameserver 127.0.0.1\n' > "$ROOT/etc/resolv.conf"
 echo "$BOOT_TIMEOUT" > "$ROOT/etc/berth-vm/timeout"
-[ -z "${BERTH_VM_STRICT_ROLLOUT:-}" ] || touch "$ROOT/etc/berth-vm/strict-rollout"
 install -m 755 scripts/vm/init.sh "$ROOT/init"
 install -m 755 scripts/vm/driver.sh "$ROOT/driver.sh"
 

@@ -503,7 +503,7 @@ fn events_survive_kill9_and_filter_by_service_kind_and_since() {
 }
 
 /// The observability kit under deploy/: the alert rules pass `promtool check
-/// rules`, and every `berth_*` / `process_*` metric the rules and the Grafana
+/// rules` and the fleet's scrape config `promtool check config`, and every `berth_*` / `process_*` metric the rules and the Grafana
 /// dashboard use is one berthd declares (other names — `up`, node_exporter's —
 /// come from elsewhere); the running agent exports the process metrics.
 #[test]
@@ -511,17 +511,23 @@ fn alert_rules_and_dashboard_use_only_exported_metrics() {
     berth_agent::require_root!();
     let deploy = workspace_root().join("deploy");
     let rules = deploy.join("prometheus/berth-alerts.yml");
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The rules, and the fleet's scrape config (docs/fleet.md) that loads them.
+    for (what, file) in [
+        ("rules", rules.clone()),
+        ("config", deploy.join("prometheus/prometheus.yml")),
+    ] {
+        let out = Command::new("promtool")
+            .args(["check", what])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check {what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let dashboard = std::fs::read_to_string(deploy.join("grafana/berth-dashboard.json")).unwrap();
     let _: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
     let text = std::fs::read_to_string(&rules).unwrap() + &dashboard;

@@ -5,114 +5,12 @@
 //! through HAProxy: zero failed requests. The pattern is docs/fleet.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use berth_e2e::haproxy::Haproxy;
 use berth_e2e::load::{get, Load};
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::*;
-
-struct Haproxy {
-    child: Child,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Haproxy {
-    fn start(frontend: u16, hosts: &[(&str, u16, u16)]) -> Haproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("admin.sock");
-        let mut servers = String::new();
-        for (name, traffic, check) in hosts {
-            servers.push_str(&format!(
-                "    server {name} 127.0.0.1:{traffic} check port {check}\n"
-            ));
-        }
-        let cfg = format!(
-            r#"global
-    maxconn 2000
-    stats socket {sock} mode 600 level admin
-defaults
-    mode http
-    option http-server-close
-    option redispatch
-    retries 2
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout check 1s
-    default-server inter 200ms fall 2 rise 2
-frontend web
-    bind 127.0.0.1:{frontend}
-    default_backend web
-backend web
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /v1/services/web/ready ver HTTP/1.1 hdr Host berth
-    http-check expect status 200
-{servers}"#,
-            sock = socket.display()
-        );
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let child = Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (apt package haproxy) must be installed");
-        Haproxy {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    /// (status, current sessions) of a server, from the runtime API.
-    fn server(&self, name: &str) -> Option<(String, u64)> {
-        let mut s = UnixStream::connect(&self.socket).ok()?;
-        s.write_all(b"show stat\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        out.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.len() > 17 && f[0] == "web" && f[1] == name)
-                .then(|| (f[17].to_string(), f[4].parse().unwrap_or(0)))
-        })
-    }
-
-    fn wait_state(&self, name: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.server(name).is_some_and(|(s, _)| s == want) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("haproxy never saw {name} {want}: {:?}", self.server(name));
-    }
-
-    fn wait_idle(&self, name: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.server(name).is_some_and(|(_, n)| n == 0) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{name} never became idle");
-    }
-}
 
 fn manifest(image: &str, host_port: u16) -> String {
     format!(
@@ -160,8 +58,8 @@ fn a_new_digest_rolls_host_by_host_behind_haproxy_without_a_failed_request() {
     let lb = Haproxy::start(
         frontend,
         &[
-            ("hostA", port_a, a.http_port),
-            ("hostB", port_b, b.http_port),
+            ("hostA", ([127, 0, 0, 1], port_a).into(), a.http_port),
+            ("hostB", ([127, 0, 0, 1], port_b).into(), b.http_port),
         ],
     );
     lb.wait_state("hostA", "UP");

@@ -121,6 +121,10 @@ pub struct ConfigLayer {
     /// GC above 90% used), e.g. `"10s"`.
     pub disk_check_interval: Option<String>,
     pub registry_config: Option<PathBuf>,
+    /// The host address a published port binds when the manifest names
+    /// none (`host_ip` left out, or `0.0.0.0`); default every address.
+    /// Docker's `dockerd --ip`.
+    pub publish_ip: Option<String>,
     pub subnet: Option<String>,
     pub bridge: Option<String>,
     pub cgroup_parent: Option<String>,
@@ -211,6 +215,7 @@ impl ConfigLayer {
             manifest_poll_interval: over.manifest_poll_interval.or(self.manifest_poll_interval),
             disk_check_interval: over.disk_check_interval.or(self.disk_check_interval),
             registry_config: over.registry_config.or(self.registry_config),
+            publish_ip: over.publish_ip.or(self.publish_ip),
             subnet: over.subnet.or(self.subnet),
             bridge: over.bridge.or(self.bridge),
             cgroup_parent: over.cgroup_parent.or(self.cgroup_parent),
@@ -263,6 +268,8 @@ pub struct AgentConfig {
     /// `$HOME/.docker/config.json`. The binary reads the environment
     /// ([`docker_config_from_env`]); the agent only this field.
     pub docker_config: Option<PathBuf>,
+    /// See [`ConfigLayer::publish_ip`]; `0.0.0.0` by default.
+    pub publish_ip: std::net::Ipv4Addr,
     pub subnet: (std::net::Ipv4Addr, u8),
     pub bridge: String,
     pub cgroup_parent: String,
@@ -407,6 +414,14 @@ impl AgentConfig {
                 })
             }
         };
+        let publish_ip = match layer.publish_ip {
+            None => std::net::Ipv4Addr::UNSPECIFIED,
+            Some(text) => text.parse().map_err(|_| ConfigError::Invalid {
+                what: "--publish-ip",
+                value: text,
+                why: "an IPv4 address of this host, like 192.0.2.11",
+            })?,
+        };
         let cgroup_parent = layer.cgroup_parent.unwrap_or_else(|| "berth".into());
         if cgroup_parent.is_empty()
             || cgroup_parent
@@ -465,6 +480,7 @@ impl AgentConfig {
             disk_check_interval,
             registry_config: layer.registry_config,
             docker_config: None,
+            publish_ip,
             subnet,
             bridge,
             cgroup_parent,
@@ -648,6 +664,27 @@ mod tests {
             git.source.unwrap().describe(),
             "--git /srv/repo.git (ref main, path manifests/)"
         );
+    }
+
+    #[test]
+    fn publish_ip_is_an_ipv4_address() {
+        let c = AgentConfig::from_layer(ConfigLayer {
+            publish_ip: Some("192.0.2.11".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.publish_ip, std::net::Ipv4Addr::new(192, 0, 2, 11));
+        let default = AgentConfig::from_layer(ConfigLayer::default()).unwrap();
+        assert!(default.publish_ip.is_unspecified(), "every address");
+        for bad in ["::1", "host.example", "192.0.2.300"] {
+            let e = AgentConfig::from_layer(ConfigLayer {
+                publish_ip: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("--publish-ip") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -188,6 +188,7 @@ pub fn build_agent(
     } else {
         PortProxy::new()
     };
+    let proxy = proxy.with_default_ip(config.publish_ip);
     let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
         dir: config.run_dir.join("dns"),
         exe: crate::dns::DnsConfig::default_exe(),

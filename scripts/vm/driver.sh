@@ -153,13 +153,7 @@ read total lost < /tmp/loop.out
 echo "vm-figure rollout: $total requests during the rollout, $lost failed"
 [ -s /tmp/loop.err ] && sed 's/^/vm-figure rollout failure: /' /tmp/loop.err
 check rollout-requests-made [ "$total" -gt 0 ]
-# Known issue (docs/testing.md): now and then one request is reset during the
-# switch; reported on every run, fatal with BERTH_VM_STRICT_ROLLOUT=1 until fixed.
-if [ -e /etc/berth-vm/strict-rollout ] || [ "$lost" = 0 ]; then
-  check rollout-lost-none [ "$lost" = 0 ]
-else
-  echo "vm-known-issue rollout-lost-none: $lost of $total requests failed (not fatal without BERTH_VM_STRICT_ROLLOUT=1)"
-fi
+check rollout-lost-none [ "$lost" = 0 ]
 check web-serves-v2 served v2
 WEB2=$(container_of web)
 check old-cgroup-removed wait_for 20 sh -c "[ ! -e $PARENT/$WEB ] && [ ! -e $PARENT/$WEB.monitor ]"

@@ -5,6 +5,7 @@
 
 pub mod disk;
 pub mod dns;
+pub mod haproxy;
 pub mod load;
 pub mod pki;
 pub mod proxy;

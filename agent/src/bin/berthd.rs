@@ -104,6 +104,14 @@ struct Flags {
     /// Registry credentials, mirrors and plain-http registries (TOML).
     #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
+    /// The host address published ports bind when the manifest gives no
+    /// host_ip (Docker's `dockerd --ip`).
+    #[arg(
+        long,
+        value_name = "IP",
+        help = "Host address of published ports whose manifest gives no host_ip [default: 0.0.0.0, every address]"
+    )]
+    publish_ip: Option<String>,
     /// Container addresses come from this IPv4 subnet.
     #[arg(
         long,
@@ -280,6 +288,7 @@ fn main() -> ExitCode {
             manifest_poll_interval: flags.manifest_poll_interval,
             disk_check_interval: flags.disk_check_interval,
             registry_config: flags.registry_config,
+            publish_ip: flags.publish_ip,
             subnet: flags.subnet,
             bridge: flags.bridge,
             cgroup_parent: flags.cgroup_parent,

@@ -75,7 +75,12 @@ impl Agent {
             ip,
             ports: spec
                 .as_ref()
-                .map(|s| s.ports.iter().map(port_text).collect())
+                .map(|s| {
+                    s.ports
+                        .iter()
+                        .map(|p| port_text(p, self.proxy.host_port(p)))
+                        .collect()
+                })
                 .unwrap_or_default(),
             exposed_ports: c
                 .labels
@@ -500,11 +505,16 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A port as `docker ps` shows it: `127.0.0.1:8080->80/tcp`, or `80/tcp` for
-/// a port only other containers use.
-pub fn port_text(p: &berth_core::manifest::Port) -> String {
-    match p.host {
-        Some(h) => format!("{}:{h}->{}/{}", p.host_ip, p.container, p.protocol),
-        None => format!("{}/{}", p.container, p.protocol),
+/// a port only other containers use; `bound` is where this host binds it
+/// (the manifest's address, or `--publish-ip`).
+pub fn port_text(
+    p: &berth_core::manifest::Port,
+    bound: Option<crate::network::proxy::HostPort>,
+) -> String {
+    match (p.host, bound) {
+        (Some(h), Some(b)) => format!("{}:{h}->{}/{}", b.ip, p.container, p.protocol),
+        (Some(h), None) => format!("{}:{h}->{}/{}", p.host_ip, p.container, p.protocol),
+        (None, _) => format!("{}/{}", p.container, p.protocol),
     }
 }
 

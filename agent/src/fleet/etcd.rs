@@ -31,8 +31,87 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// How many times a request etcd never received is sent again.
+const RESENDS: usize = 6;
+
+/// Whether a request failed before reaching etcd: the member the client
+/// picked refused the connection (it is down). The client spreads requests
+/// over every endpoint and keeps picking a dead member's for a share of them,
+/// so such a request is sent again, most likely to a member that answers;
+/// nothing was done, so resending any request is safe.
+pub fn unsent(e: &etcd_client::Error) -> bool {
+    use std::error::Error as _;
+    match e {
+        etcd_client::Error::IoError(io) => refused(Some(io)),
+        etcd_client::Error::GRpcStatus(s) => refused(s.source()),
+        etcd_client::Error::TransportError(t) => refused(t.source()),
+        _ => false,
+    }
+}
+
+/// Whether `source`'s chain has a refused connection.
+fn refused(mut source: Option<&(dyn std::error::Error + 'static)>) -> bool {
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Evaluates `$call` (an etcd request, awaited) again while it fails
+/// [`unsent`], at most [`RESENDS`] more times.
+macro_rules! resend {
+    ($call:expr) => {{
+        let mut resent = 0;
+        loop {
+            match $call {
+                Err(e) if resent < RESENDS && unsent(&e) => resent += 1,
+                r => break r,
+            }
+        }
+    }};
+}
+
 fn err(what: &'static str) -> impl FnOnce(etcd_client::Error) -> FleetError {
     move |source| FleetError::Etcd { what, source }
+}
+
+/// What an etcd request's failure says to an operator: etcd's own message
+/// (`etcdserver: authentication failed, …`) instead of the gRPC wrapping,
+/// and for a transport failure its innermost cause (a TLS alert, a refused
+/// connection), with a hint when etcd refused the client certificate.
+pub fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => with_cause(s.message().to_string(), s.source()),
+        etcd_client::Error::TransportError(t) => with_cause("transport error".into(), t.source()),
+        other => with_cause(other.to_string(), None),
+    }
+}
+
+/// `text`, then the innermost error of `source`'s chain unless `text` says
+/// it already, then the client-certificate hint.
+fn with_cause(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut innermost = None;
+    while let Some(s) = source {
+        innermost = Some(s);
+        source = s.source();
+    }
+    if let Some(cause) = innermost.map(|c| c.to_string()) {
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    if text.contains("BadCertificate") || text.contains("CertificateRequired") {
+        text.push_str(
+            " (etcd refused this agent's client certificate or got none: --fleet-etcd-cert, --fleet-etcd-key)",
+        );
+    }
+    text
 }
 
 /// The options every connection uses: short timeouts (an unreachable etcd
@@ -67,13 +146,18 @@ pub(super) fn options(config: &FleetConfig) -> Result<ConnectOptions, FleetError
 impl Conn {
     /// Connects and grants a lease of the configured TTL.
     pub async fn open(config: &FleetConfig) -> Result<Conn, FleetError> {
+        // etcd with --client-cert-auth drops a TLS connection without a
+        // client certificate after the handshake, often before it could say
+        // why: the error then names what is missing.
+        let what = match &config.tls {
+            Some(t) if t.cert.is_none() => "connecting over TLS without a client certificate",
+            _ => "connecting",
+        };
         let mut client = Client::connect(&config.endpoints, Some(options(config)?))
             .await
-            .map_err(err("connecting"))?;
+            .map_err(err(what))?;
         let ttl = config.lease_ttl.as_secs().max(2) as i64;
-        let lease = client
-            .lease_grant(ttl, None)
-            .await
+        let lease = resend!(client.lease_grant(ttl, None).await)
             .map_err(err("granting a lease"))?
             .id();
         Ok(Conn {
@@ -86,10 +170,7 @@ impl Conn {
 
     /// Renews the lease once; `Ok(false)` when etcd says it expired.
     pub async fn keep_alive(&mut self) -> Result<bool, FleetError> {
-        let (mut keeper, mut stream) = self
-            .client
-            .lease_keep_alive(self.lease)
-            .await
+        let (mut keeper, mut stream) = resend!(self.client.lease_keep_alive(self.lease).await)
             .map_err(err("renewing the lease"))?;
         keeper
             .keep_alive()
@@ -103,20 +184,18 @@ impl Conn {
 
     /// Revokes the lease: this host's record and queue place go at once.
     pub async fn revoke(mut self) -> Result<(), FleetError> {
-        self.client
-            .lease_revoke(self.lease)
-            .await
-            .map_err(err("revoking the lease"))?;
+        resend!(self.client.lease_revoke(self.lease).await).map_err(err("revoking the lease"))?;
         Ok(())
     }
 
     /// Reads every key of the fleet at one revision.
     pub async fn snapshot(&mut self) -> Result<Snapshot, FleetError> {
-        let resp = self
-            .client
-            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(err("reading the fleet"))?;
+        let resp = resend!(
+            self.client
+                .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+                .await
+        )
+        .map_err(err("reading the fleet"))?;
         let mut snap = Snapshot::default();
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
@@ -151,14 +230,16 @@ impl Conn {
     /// Writes this host's record, bound to the lease.
     pub async fn put_record(&mut self, record: &FleetHostRecord) -> Result<(), FleetError> {
         let value = serde_json::to_vec(record).map_err(FleetError::Json)?;
-        self.client
-            .put(
-                format!("{}hosts/{}", self.prefix, self.host),
-                value,
-                Some(PutOptions::new().with_lease(self.lease)),
-            )
-            .await
-            .map_err(err("writing the host record"))?;
+        resend!(
+            self.client
+                .put(
+                    format!("{}hosts/{}", self.prefix, self.host),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )
+                .await
+        )
+        .map_err(err("writing the host record"))?;
         Ok(())
     }
 
@@ -177,19 +258,18 @@ impl Conn {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([put.clone()])
             .or_else([put]);
-        self.client
-            .txn(txn)
-            .await
-            .map_err(err("joining the slot queue"))?;
+        resend!(self.client.txn(txn.clone()).await).map_err(err("joining the slot queue"))?;
         Ok(())
     }
 
     /// Leaves the slot queue (releases the slot if held).
     pub async fn dequeue(&mut self) -> Result<(), FleetError> {
-        self.client
-            .delete(format!("{}queue/{}", self.prefix, self.host), None)
-            .await
-            .map_err(err("leaving the slot queue"))?;
+        resend!(
+            self.client
+                .delete(format!("{}queue/{}", self.prefix, self.host), None)
+                .await
+        )
+        .map_err(err("leaving the slot queue"))?;
         Ok(())
     }
 
@@ -201,10 +281,7 @@ impl Conn {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        self.client
-            .txn(txn)
-            .await
-            .map_err(err("halting the manifest"))?;
+        resend!(self.client.txn(txn.clone()).await).map_err(err("halting the manifest"))?;
         Ok(())
     }
 
@@ -212,9 +289,7 @@ impl Conn {
     pub async fn set_paused(&mut self, on: bool) -> Result<(), FleetError> {
         let key = format!("{}paused", self.prefix);
         if on {
-            self.client
-                .put(key, self.host.clone(), None)
-                .await
+            resend!(self.client.put(key.clone(), self.host.clone(), None).await)
                 .map_err(err("pausing the fleet"))?;
         } else {
             let txn = Txn::new().and_then([
@@ -224,10 +299,7 @@ impl Conn {
                     Some(etcd_client::DeleteOptions::new().with_prefix()),
                 ),
             ]);
-            self.client
-                .txn(txn)
-                .await
-                .map_err(err("resuming the fleet"))?;
+            resend!(self.client.txn(txn.clone()).await).map_err(err("resuming the fleet"))?;
         }
         Ok(())
     }
@@ -236,4 +308,111 @@ impl Conn {
 /// The key prefix of fleet `name`.
 pub fn prefix(name: &str) -> String {
     format!("/berth/fleet/{name}/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with an optional cause, like tonic's and hyper's.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    /// An error whose cause is any error (an `io::Error` here).
+    #[derive(Debug)]
+    struct Over(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+    impl std::fmt::Display for Over {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport")
+        }
+    }
+
+    impl std::error::Error for Over {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(self.0.as_ref())
+        }
+    }
+
+    #[test]
+    fn only_a_refused_connection_is_resent() {
+        use std::io::{Error, ErrorKind};
+        let refused_deep = Over(Box::new(Over(Box::new(Error::from(
+            ErrorKind::ConnectionRefused,
+        )))));
+        let timed_out = Over(Box::new(Error::from(ErrorKind::TimedOut)));
+        assert!(refused(Some(&refused_deep)));
+        assert!(
+            !refused(Some(&timed_out)),
+            "a timeout may have reached etcd"
+        );
+        assert!(!refused(Some(&Layer(
+            "Connection refused, said as text",
+            None
+        ))));
+        assert!(!refused(None));
+        assert!(unsent(&etcd_client::Error::IoError(Error::from(
+            ErrorKind::ConnectionRefused
+        ))));
+        assert!(!unsent(&etcd_client::Error::InvalidArgs("x".into())));
+    }
+
+    #[test]
+    fn an_etcd_failure_names_its_innermost_cause() {
+        let alert = Layer(
+            "transport",
+            Some(Box::new(Layer(
+                "connection error",
+                Some(Box::new(Layer(
+                    "received fatal alert: BadCertificate",
+                    None,
+                ))),
+            ))),
+        );
+        let refused = Layer(
+            "transport",
+            Some(Box::new(Layer("Connection refused (os error 111)", None))),
+        );
+        let cases: [(&str, Option<&(dyn std::error::Error + 'static)>, &str); 4] = [
+            (
+                "etcdserver: authentication failed, invalid user ID or password",
+                None,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                "transport error",
+                Some(&alert),
+                "transport error: received fatal alert: BadCertificate (etcd refused this agent's client certificate or got none: --fleet-etcd-cert, --fleet-etcd-key)",
+            ),
+            (
+                "transport error",
+                Some(&refused),
+                "transport error: Connection refused (os error 111)",
+            ),
+            (
+                "Timeout expired",
+                Some(&Layer("Timeout expired", None)),
+                "Timeout expired",
+            ),
+        ];
+        for (text, source, want) in cases {
+            assert_eq!(with_cause(text.to_string(), source), want);
+        }
+        assert_eq!(
+            describe(&etcd_client::Error::InvalidArgs("x".into())),
+            "invalid arguments: x"
+        );
+    }
 }

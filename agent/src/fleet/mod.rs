@@ -26,7 +26,7 @@ use etcd::Conn;
 /// Why a fleet request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("etcd: {what}: {source}")]
+    #[error("etcd: {what}: {}", etcd::describe(source))]
     Etcd {
         what: &'static str,
         source: etcd_client::Error,

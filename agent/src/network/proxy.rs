@@ -67,6 +67,17 @@ impl HostPort {
         }
     }
 
+    /// [`HostPort::of`], with `default_ip` (the agent's `--publish-ip`) for
+    /// a port the manifest publishes on every address.
+    pub fn on(p: &Port, default_ip: Ipv4Addr) -> Option<HostPort> {
+        HostPort::of(p).map(|mut hp| {
+            if hp.ip.is_unspecified() {
+                hp.ip = default_ip;
+            }
+            hp
+        })
+    }
+
     /// Whether two bindings cannot coexist: same protocol and port, and the
     /// same address or either one every address.
     pub fn overlaps(&self, other: &HostPort) -> bool {
@@ -190,6 +201,8 @@ struct Shared {
     table: RwLock<Table>,
     next: AtomicUsize,
     refused: AtomicU64,
+    /// Times a held port went from some Ready endpoint to none.
+    unserved: AtomicU64,
 }
 
 impl Shared {
@@ -272,6 +285,8 @@ pub struct PortProxy {
     /// The kernel fast path, when enabled: new connections go to a Ready
     /// replica by DNAT, the listener gets the rest.
     dnat: Option<Arc<Dnat>>,
+    /// Where a port published on every address binds (`--publish-ip`).
+    default_ip: Ipv4Addr,
 }
 
 impl Default for PortProxy {
@@ -293,7 +308,22 @@ impl PortProxy {
             handle,
             services: Arc::new(Mutex::new(HashMap::new())),
             dnat: None,
+            default_ip: Ipv4Addr::UNSPECIFIED,
         }
+    }
+
+    /// Ports the manifest publishes on every address bind `ip` instead
+    /// (`--publish-ip`; `0.0.0.0` keeps every address).
+    pub fn with_default_ip(self, ip: Ipv4Addr) -> PortProxy {
+        PortProxy {
+            default_ip: ip,
+            ..self
+        }
+    }
+
+    /// Where the manifest port `p` is bound on this host (see [`HostPort::on`]).
+    pub fn host_port(&self, p: &Port) -> Option<HostPort> {
+        HostPort::on(p, self.default_ip)
     }
 
     /// A proxy on `handle` with the nftables DNAT fast path in front of it
@@ -466,6 +496,17 @@ impl PortProxy {
             for e in held.values().flatten() {
                 counters.entry(e.id.clone()).or_default();
             }
+            let ready_count = |eps: &[Endpoint]| {
+                eps.iter()
+                    .filter(|e| e.state == EndpointState::Ready)
+                    .count()
+            };
+            let lost = held.iter().any(|(hp, eps)| {
+                ready_count(eps) == 0 && t.ports.get(hp).is_some_and(|was| ready_count(was) > 0)
+            });
+            if lost {
+                entry.shared.unserved.fetch_add(1, Ordering::Relaxed);
+            }
             t.counters = counters;
             t.ports = held.into_iter().collect();
         }
@@ -601,6 +642,17 @@ impl PortProxy {
             .map(|s| s.shared.refused.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
+
+    /// Times one of `service`'s held ports lost its last Ready endpoint
+    /// (from then until a replica is Ready again its connections are
+    /// refused): a crash of the only replica counts, a start-first rollout
+    /// never should.
+    pub fn unserved(&self, service: &str) -> u64 {
+        self.services()
+            .get(service)
+            .map(|s| s.shared.unserved.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
 }
 
 async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>, port: HostPort) {
@@ -665,4 +717,41 @@ async fn proxy_conn(mut client: TcpStream, shared: Arc<Shared>, port: HostPort) 
     };
     let _ = backend.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_on_every_address_binds_the_publish_ip() {
+        let port = |ip: &str, host: Option<u16>| Port {
+            container: 80,
+            host,
+            host_ip: ip.parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let lo2: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let cases = [
+            // (manifest host_ip, host port, --publish-ip, bound)
+            (
+                "0.0.0.0",
+                Some(8080),
+                Ipv4Addr::UNSPECIFIED,
+                Some("0.0.0.0"),
+            ),
+            ("0.0.0.0", Some(8080), lo2, Some("127.0.0.2")),
+            ("127.0.0.1", Some(8080), lo2, Some("127.0.0.1")),
+            ("0.0.0.0", None, lo2, None),
+            ("::1", Some(8080), lo2, None),
+        ];
+        for (ip, host, default, want) in cases {
+            let got = HostPort::on(&port(ip, host), default).map(|hp| hp.ip.to_string());
+            assert_eq!(got.as_deref(), want, "{ip} {host:?} {default}");
+        }
+        assert_eq!(
+            HostPort::on(&port("0.0.0.0", Some(8080)), lo2).map(|hp| hp.port),
+            Some(8080)
+        );
+    }
 }

@@ -25,7 +25,6 @@ use crate::labels::{
     LABEL_EXPOSED_PORTS, LABEL_IMAGE, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC, LABEL_VOLUMES,
 };
 use crate::metrics::Drift;
-use crate::network::HostPort;
 use crate::runtime::{ContainerConfig, ContainerInfo, ContainerState, Mount, User};
 use crate::state::RevisionRecord;
 
@@ -54,7 +53,11 @@ impl Reconciler {
         config_known: bool,
     ) -> StartResult {
         let agent = self.agent.clone();
-        let ports: Vec<_> = spec.ports.iter().filter_map(HostPort::of).collect();
+        let ports: Vec<_> = spec
+            .ports
+            .iter()
+            .filter_map(|p| agent.proxy.host_port(p))
+            .collect();
         if let Err(e) = agent.proxy.publish(&svc.name, &ports) {
             let message = e.to_string();
             agent.emit(EventKind::PortFailed, Some(&svc.name), message.clone());

@@ -150,7 +150,7 @@ pub(super) fn sync_ports(agent: &Agent, service: &str, spec_ports: &[berth_core:
         };
         l.spec_ports = spec_ports.to_vec();
         let mut ports: BTreeMap<HostPort, Vec<Endpoint>> = BTreeMap::new();
-        for hp in spec_ports.iter().filter_map(HostPort::of) {
+        for hp in spec_ports.iter().filter_map(|p| agent.proxy.host_port(p)) {
             ports.entry(hp).or_default();
         }
         for id in &l.members {
@@ -165,7 +165,9 @@ pub(super) fn sync_ports(agent: &Agent, service: &str, spec_ports: &[berth_core:
                 continue;
             };
             for p in own {
-                let Some(hp) = HostPort::of(p) else { continue };
+                let Some(hp) = agent.proxy.host_port(p) else {
+                    continue;
+                };
                 let eps = ports.entry(hp).or_default();
                 if let Some(state) = state {
                     eps.push(Endpoint {

@@ -515,6 +515,21 @@ impl Reconciler {
             // it stops anything, a waiting service starts at once when let.
             image_record = self.ensure_image(rec, svc, &image);
         }
+        let updated = replicas
+            .iter()
+            .filter(|r| r.current && r.phase.running())
+            .count() as u32;
+        if decision
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Retire { .. }))
+        {
+            // A retirement takes its replica off the published ports at
+            // once; the replicas this pass found Ready must be on them by
+            // then, or for the rest of the pass the port has no Ready
+            // replica and its connections are reset.
+            update_ready(&agent, svc, list, now, Some(updated));
+        }
         for action in decision.actions.clone() {
             match action {
                 Action::Start => {
@@ -566,10 +581,6 @@ impl Reconciler {
                 }
             }
         }
-        let updated = replicas
-            .iter()
-            .filter(|r| r.current && r.phase.running())
-            .count() as u32;
         update_ready(&agent, svc, list, now, Some(updated));
         // The ports come from this pass's revision: no re-read and re-parse
         // of the whole manifest per service (that made a no-op pass O(services²)).

@@ -529,3 +529,36 @@ async fn status_counts_updated_replicas_as_they_start() {
     );
     assert!(web.replicas_ready <= web.replicas_updated, "{web:?}");
 }
+
+#[tokio::test]
+async fn a_start_first_rollout_never_leaves_its_published_port_without_a_ready_replica() {
+    let mut h = Harness::new();
+    // A free port: the proxy binds it (no root needed above 1024).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ports = format!("ports = [{{ container = 80, host = {port} }}]");
+    let with_port = |v: &str| {
+        web(1, &format!(r#"V = "{v}""#), "")
+            .replace("replicas = 1", &format!("replicas = 1\n{ports}"))
+    };
+    h.apply(&with_port("1")).await;
+    h.until("v1 ready", |h| h.ready("web") == 1).await;
+    assert_eq!(h.agent.proxy.unserved("web"), 0, "v1 came up without a gap");
+    let rev = h.apply(&with_port("2")).await;
+    h.until("v2 complete and v1 gone", |h| {
+        h.state(rev) == RevisionState::Complete && h.running_env("web", "V") == ["2"]
+    })
+    .await;
+    // The old replica is taken out of service only once the new one takes
+    // the port: from its retirement on, a connection would otherwise find
+    // no Ready replica and be reset (seen in the VM tier as curl exit 56).
+    assert_eq!(
+        h.agent.proxy.unserved("web"),
+        0,
+        "the port lost its last Ready replica during the rollout; endpoints: {:?}",
+        h.agent.proxy.stats("web")
+    );
+}
