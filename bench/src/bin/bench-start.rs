@@ -253,7 +253,7 @@ const STAGES: &[(&str, &[&str], &str)] = &[
         "runtime.seccomp",
     ),
     (
-        "monitor spawn: ro bind mount + exec",
+        "monitor spawn: exec (from the read-only clone)",
         &["runtime.cgroup", "runtime.seccomp"],
         "monitor.main",
     ),
