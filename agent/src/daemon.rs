@@ -377,10 +377,13 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let (sources_stop, sources_rx) = tokio::sync::watch::channel(false);
     // The fleet membership (record, slot, halts) runs beside the source,
     // whose new manifests pass its gate.
-    let fleet_task = agent
-        .fleet
-        .as_ref()
-        .map(|_| tokio::spawn(crate::fleet::run(agent.clone(), sources_stop.subscribe())));
+    let fleet_task = agent.fleet.clone().map(|fleet| {
+        tokio::spawn(crate::fleet::run(
+            fleet,
+            agent.clone(),
+            sources_stop.subscribe(),
+        ))
+    });
     let source = crate::sources::spawn(agent.clone(), sources_rx);
     let source_task = match source {
         Some(mut running) => {

@@ -736,19 +736,19 @@ fn fleet_of(ctx: &Ctx) -> Result<Arc<crate::fleet::Fleet>, ApiError> {
 /// `GET /v1/fleet`: every host of the fleet, its slots and halts.
 async fn get_fleet(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     let fleet = fleet_of(&ctx)?;
-    Ok(Json(fleet.fleet_status(&ctx.agent).await).into_response())
+    Ok(Json(fleet.fleet_status(&*ctx.agent).await).into_response())
 }
 
 async fn fleet_pause(ctx: Ctx, on: bool) -> Result<Response, ApiError> {
     let fleet = fleet_of(&ctx)?;
-    fleet.set_paused(&ctx.agent, on).await.map_err(|e| {
+    fleet.set_paused(&*ctx.agent, on).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "fleet_unreachable",
             e.to_string(),
         )
     })?;
-    Ok(Json(fleet.fleet_status(&ctx.agent).await).into_response())
+    Ok(Json(fleet.fleet_status(&*ctx.agent).await).into_response())
 }
 
 /// `POST /v1/fleet/pause`: no host of the fleet takes a new slot.

@@ -397,6 +397,17 @@ impl Agent {
     pub fn emit(&self, kind: EventKind, service: Option<&str>, message: String) {
         self.metrics.count_event(kind);
         self.events.emit(kind, service, None, message);
+        self.nudge_fleet(kind);
+    }
+
+    /// A host event (a rollout ended, health changed) may change the fleet
+    /// record or free the slot: the fleet loop looks at once.
+    fn nudge_fleet(&self, kind: EventKind) {
+        if let Some(fleet) = &self.fleet {
+            if !kind.as_str().starts_with("fleet-") {
+                fleet.nudge();
+            }
+        }
     }
 
     /// Emits an event about one container.
@@ -404,5 +415,6 @@ impl Agent {
         self.metrics.count_event(kind);
         self.events
             .emit(kind, Some(service), Some(container), message);
+        self.nudge_fleet(kind);
     }
 }

@@ -1,8 +1,12 @@
 //! The fleet's rollout decisions as pure functions over a snapshot of its
 //! etcd keys: may this host queue for a slot of a new manifest or must it
 //! wait (paused, halted, an earlier group not yet baked), and does its place
-//! in the queue grant it a slot. Executing them (etcd I/O) is in `etcd`.
+//! in the queue grant it a slot. [`Cache`] is the watched part of the keys
+//! (queue, halts, pause) kept current from etcd's watch events, so a waiting
+//! host learns of a freed slot or a halt without polling. Executing the
+//! decisions (etcd I/O) is in `etcd`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_core::api::{FleetHalt, FleetHostRecord};
@@ -76,6 +80,8 @@ pub enum Wait {
         group: String,
         host: String,
         why: String,
+        /// When only the bake time is missing: how much of it is left.
+        ready_in: Option<Duration>,
     },
     /// In the queue behind `position - 1` hosts; `holders` have the slots.
     Queued {
@@ -92,7 +98,9 @@ impl std::fmt::Display for Wait {
                 f,
                 "halted: the rollout failed on {host}: {reason} (berthctl fleet resume, or commit a fix)"
             ),
-            Wait::EarlierGroup { group, host, why } => {
+            Wait::EarlierGroup {
+                group, host, why, ..
+            } => {
                 write!(f, "waiting for group {group}: host {host} {why}")
             }
             Wait::Queued { position, holders } => write!(
@@ -139,6 +147,9 @@ pub fn may_queue(
         .filter(|h| h.host != me && policy.rank(&h.group) < mine)
         .collect();
     earlier.sort_by(|a, b| (policy.rank(&a.group), &a.host).cmp(&(policy.rank(&b.group), &b.host)));
+    // The first host not ready names the wait; while every earlier host is
+    // only short of bake time, the wait ends when the last of them baked.
+    let mut baking: Option<(&FleetHostRecord, u64, u64)> = None;
     for h in earlier {
         let why = if h.manifest_hash.as_deref() != Some(hash) {
             Some("is not on this manifest yet".to_string())
@@ -147,23 +158,33 @@ pub fn may_queue(
         } else {
             let since = h.healthy_since_ms.unwrap_or(now_ms);
             let baked = now_ms.saturating_sub(since);
-            (baked < bake_ms).then(|| {
-                format!(
-                    "has baked {:.1}s of {:.1}s",
-                    baked as f64 / 1000.0,
-                    bake_ms as f64 / 1000.0
-                )
-            })
+            if baked < bake_ms && baking.is_none_or(|(_, b, _)| baked < b) {
+                baking = Some((h, baked, bake_ms - baked));
+            }
+            None
         };
         if let Some(why) = why {
             return Err(Wait::EarlierGroup {
                 group: h.group.clone(),
                 host: h.host.clone(),
                 why,
+                ready_in: None,
             });
         }
     }
-    Ok(())
+    match baking {
+        None => Ok(()),
+        Some((h, baked, left)) => Err(Wait::EarlierGroup {
+            group: h.group.clone(),
+            host: h.host.clone(),
+            why: format!(
+                "has baked {:.1}s of {:.1}s",
+                baked as f64 / 1000.0,
+                bake_ms as f64 / 1000.0
+            ),
+            ready_in: Some(Duration::from_millis(left)),
+        }),
+    }
 }
 
 /// Whether `me`'s queue entry is among the first `max_parallel` by create
@@ -243,6 +264,188 @@ pub fn revert_target(
             *state == berth_core::vocab::RevisionState::Complete && hash != halted
         })
         .map(|(n, _, _)| *n)
+}
+
+/// One change to a watched key, relative to the fleet's prefix
+/// (`queue/<host>`, `halted/<hash>`, `paused`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        create_revision: i64,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// What one host knows of the fleet's watched keys: the halts and the pause
+/// (every host watches them), its own queue entry, and — only while it waits
+/// near the front of the queue — the entries ahead of it. Entries behind a
+/// host never matter to it, and a host far back does not watch the queue at
+/// all (it asks at the fleet interval), so a queue change reaches at most
+/// the hosts near the front: O(N·K) watch events per rollout, not O(N²).
+/// Built from reads at a revision, then kept current by applying the
+/// watches' events in order ([`Cache::apply`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cache {
+    me: String,
+    /// The etcd revision the cache reflects.
+    pub revision: i64,
+    /// This host's queue entry: (create revision, hash).
+    mine: Option<(i64, String)>,
+    /// The hosts whose entries are ahead of this host's, oldest first,
+    /// while watched.
+    ahead: Option<Vec<String>>,
+    pub halted: BTreeMap<String, FleetHalt>,
+    pub paused: bool,
+}
+
+/// What the cache says about a manifest `hash` this host wants to roll out,
+/// without asking etcd (a freed slot or a halt changes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub paused: bool,
+    /// The halt of `hash`, if any.
+    pub halted: Option<FleetHalt>,
+    /// This host is in the queue for `hash`.
+    pub queued: bool,
+    /// The entries ahead of it are watched.
+    pub watching: bool,
+    /// ... and fewer than `max_parallel` are left: its turn came.
+    pub slot: bool,
+}
+
+/// Where a queued host that is not yet granted stands, from the entries
+/// ahead of it that [`etcd`](super::etcd) read (at most `limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Fewer than `max_parallel` ahead: it holds a slot.
+    Slot,
+    /// Known to be among the first `limit`: watch the entries ahead.
+    Near,
+    /// `limit` or more ahead: ask again at the fleet interval.
+    Far,
+}
+
+/// How many entries ahead a waiting host reads (and watches, once it is
+/// that close): 4 × `max_parallel`, so the queue cannot move past a host
+/// between two of its reads unless a whole slot generation (K hosts) rolls
+/// out in a quarter of the fleet interval.
+pub fn near_limit(max_parallel: u32) -> usize {
+    4 * max_parallel.max(1) as usize
+}
+
+/// See [`Place`]; `ahead` is how many entries etcd returned (capped at `limit`).
+pub fn place(ahead: usize, max_parallel: u32, limit: usize) -> Place {
+    if ahead < max_parallel.max(1) as usize {
+        Place::Slot
+    } else if ahead < limit {
+        Place::Near
+    } else {
+        Place::Far
+    }
+}
+
+impl Cache {
+    /// An empty cache for host `me` at `revision`.
+    pub fn new(me: &str, revision: i64) -> Cache {
+        Cache {
+            me: me.to_string(),
+            revision,
+            ..Default::default()
+        }
+    }
+
+    /// Applies one change made at etcd revision `revision` (changes must come
+    /// in revision order, as a read then a watch from the next revision
+    /// deliver them). Unknown keys and unreadable halts are skipped; queue
+    /// puts are ignored (an entry created later is behind this host).
+    pub fn apply(&mut self, revision: i64, change: Change) {
+        self.revision = self.revision.max(revision);
+        match change {
+            Change::Put { key, value, .. } => {
+                if key == "paused" {
+                    self.paused = true;
+                } else if let Some(hash) = key.strip_prefix("halted/") {
+                    match serde_json::from_slice::<FleetHalt>(&value) {
+                        Ok(h) => {
+                            self.halted.insert(hash.to_string(), h);
+                        }
+                        Err(e) => tracing::warn!(key, error = %e, "unreadable fleet halt"),
+                    }
+                }
+            }
+            Change::Delete { key } => {
+                if key == "paused" {
+                    self.paused = false;
+                } else if let Some(host) = key.strip_prefix("queue/") {
+                    if let Some(ahead) = self.ahead.as_mut() {
+                        ahead.retain(|h| h != host);
+                    }
+                    if host == self.me {
+                        self.mine = None;
+                        self.ahead = None;
+                    }
+                } else if let Some(hash) = key.strip_prefix("halted/") {
+                    self.halted.remove(hash);
+                }
+            }
+        }
+    }
+
+    /// This host's queue entry: (create revision, hash); `None` after it
+    /// left the queue.
+    pub fn set_mine(&mut self, mine: Option<(i64, String)>) {
+        if mine.is_none() {
+            self.ahead = None;
+        }
+        self.mine = mine;
+    }
+
+    /// This host's queue entry: (create revision, hash).
+    pub fn mine(&self) -> Option<(i64, &str)> {
+        self.mine.as_ref().map(|(r, h)| (*r, h.as_str()))
+    }
+
+    /// The entries ahead as read at `revision` (a watch of the queue's
+    /// deletions from the next revision keeps them); `None`: not watched.
+    pub fn set_ahead(&mut self, revision: i64, ahead: Option<Vec<String>>) {
+        self.revision = self.revision.max(revision);
+        self.ahead = ahead;
+    }
+
+    /// How many entries are ahead, while watched.
+    pub fn ahead(&self) -> Option<usize> {
+        self.ahead.as_ref().map(Vec::len)
+    }
+
+    /// The first `n` hosts ahead (the slot holders, with `n` = K), while
+    /// watched.
+    pub fn first(&self, n: usize) -> Vec<String> {
+        self.ahead.iter().flatten().take(n).cloned().collect()
+    }
+
+    /// See [`View`].
+    pub fn view(&self, hash: &str, max_parallel: u32) -> View {
+        let queued = self.mine.as_ref().is_some_and(|(_, h)| h == hash);
+        let ahead = self.ahead();
+        View {
+            paused: self.paused,
+            halted: self.halted.get(hash).cloned(),
+            queued,
+            watching: queued && ahead.is_some(),
+            slot: queued && ahead.is_some_and(|a| a < max_parallel.max(1) as usize),
+        }
+    }
+
+    /// The halts, oldest first.
+    pub fn halts(&self) -> Vec<FleetHalt> {
+        let mut h: Vec<FleetHalt> = self.halted.values().cloned().collect();
+        h.sort_by(|a, b| a.time.cmp(&b.time));
+        h
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +701,140 @@ mod tests {
             "nothing else to restore"
         );
         assert_eq!(revert_target(&[], "a"), None);
+    }
+
+    fn put(key: &str, value: &str, create_revision: i64) -> Change {
+        Change::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            create_revision,
+        }
+    }
+
+    fn del(key: &str) -> Change {
+        Change::Delete { key: key.into() }
+    }
+
+    #[test]
+    fn the_cache_follows_the_watch() {
+        let halt = |hash: &str| {
+            serde_json::to_string(&FleetHalt {
+                hash: hash.into(),
+                host: "c1".into(),
+                reason: "web: unhealthy".into(),
+                time: "t".into(),
+            })
+            .expect("json")
+        };
+        let v = |paused, halted: bool, queued, watching, slot| View {
+            paused,
+            halted: halted.then(|| serde_json::from_str(&halt("new")).expect("halt")),
+            queued,
+            watching,
+            slot,
+        };
+        let mut c = Cache::new("me", 5);
+        assert_eq!(c.view("new", 2), v(false, false, false, false, false));
+        c.set_mine(Some((8, "new".into())));
+        assert_eq!(
+            c.view("new", 2),
+            v(false, false, true, false, false),
+            "queued, not watching: no slot from the cache"
+        );
+        assert!(!c.view("other", 2).queued, "queued for another hash");
+        c.set_ahead(9, Some(vec!["a".into(), "b".into(), "x".into()]));
+        assert_eq!(c.ahead(), Some(3));
+        assert_eq!(c.first(2), ["a", "b"]);
+        let steps: Vec<(Change, View)> = vec![
+            // A put in the queue is someone behind (or a hash update).
+            (
+                put("queue/z", "new", 10),
+                v(false, false, true, true, false),
+            ),
+            (del("queue/z"), v(false, false, true, true, false)),
+            (del("queue/a"), v(false, false, true, true, false)),
+            // Two ahead, max_parallel 2: still waiting; one ahead: a slot.
+            (del("queue/x"), v(false, false, true, true, true)),
+            (put("paused", "ops", 10), v(true, false, true, true, true)),
+            (del("paused"), v(false, false, true, true, true)),
+            (
+                put("halted/new", &halt("new"), 11),
+                v(false, true, true, true, true),
+            ),
+            (
+                put("halted/junk", "{not json", 12),
+                v(false, true, true, true, true),
+            ),
+            (del("halted/new"), v(false, false, true, true, true)),
+            // My own entry gone (lease expired): not queued, nothing watched.
+            (del("queue/me"), v(false, false, false, false, false)),
+        ];
+        for (i, (change, want)) in steps.into_iter().enumerate() {
+            let rev = 10 + i as i64;
+            c.apply(rev, change.clone());
+            assert_eq!(c.view("new", 2), want, "step {i}: {change:?}");
+            assert_eq!(c.revision, rev);
+        }
+        assert_eq!(c.mine(), None);
+        assert_eq!(c.ahead(), None);
+        assert!(c.halts().is_empty(), "the unreadable halt is skipped");
+    }
+
+    #[test]
+    fn a_waiting_host_watches_only_near_the_front() {
+        assert_eq!(near_limit(50), 200);
+        assert_eq!(near_limit(0), 4);
+        let cases = [
+            (0, 50, Place::Slot),
+            (49, 50, Place::Slot),
+            (50, 50, Place::Near),
+            (199, 50, Place::Near),
+            (200, 50, Place::Far),
+            (0, 1, Place::Slot),
+            (1, 1, Place::Near),
+            (4, 1, Place::Far),
+        ];
+        for (ahead, k, want) in cases {
+            assert_eq!(place(ahead, k, near_limit(k)), want, "{ahead} ahead, K={k}");
+        }
+        let mut c = Cache::new("me", 0);
+        c.set_mine(Some((3, "x".into())));
+        c.set_ahead(4, Some(vec!["a".into()]));
+        c.set_mine(None);
+        assert_eq!(c.ahead(), None, "leaving the queue stops the watch");
+    }
+
+    #[test]
+    fn the_bake_wait_says_when_it_ends() {
+        let now = 100_000;
+        let snap = Snapshot {
+            hosts: vec![
+                host("c1", "canary", "new", true, now - 2_500),
+                host("c2", "canary", "new", true, now - 1_000),
+            ],
+            ..Default::default()
+        };
+        match may_queue(&snap, "d1", "default", "new", &policy(), now) {
+            Err(Wait::EarlierGroup { host, ready_in, .. }) => {
+                assert_eq!(host, "c2", "the host that baked least");
+                assert_eq!(ready_in, Some(Duration::from_millis(2_000)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let unhealthy = Snapshot {
+            hosts: vec![
+                host("c1", "canary", "new", true, now - 1_000),
+                host("c2", "canary", "new", false, 0),
+            ],
+            ..Default::default()
+        };
+        match may_queue(&unhealthy, "d1", "default", "new", &policy(), now) {
+            Err(Wait::EarlierGroup { host, ready_in, .. }) => {
+                assert_eq!(host, "c2", "not healthy wins over baking");
+                assert_eq!(ready_in, None, "no end in sight");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

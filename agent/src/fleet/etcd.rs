@@ -1,15 +1,22 @@
 //! The fleet's etcd keys and the requests on them (the decisions are in
-//! `decide`). Layout under `/berth/fleet/<fleet>/`: `hosts/<host>` (JSON
-//! record), `queue/<host>` (the manifest hash; its create revision orders the
-//! slot queue), `halted/<hash>` (JSON [`FleetHalt`]), `paused`. Host and
-//! queue keys are bound to the agent's lease, so they vanish with it.
+//! `decide`). Layout under `/berth/fleet/<fleet>/`: `hosts/<group>/<host>`
+//! (JSON record; by group, so a host reads only the earlier groups'),
+//! `queue/<host>` (the manifest hash; its create revision orders the slot
+//! queue), `halted/<hash>` (JSON [`FleetHalt`]), `paused`. Host and queue
+//! keys are bound to the agent's lease, so they vanish with it. Each agent
+//! watches `halted/` and `paused` ([`Conn::watch`]), and the queue's
+//! deletions only while it waits near the front ([`Conn::watch_queue`]).
 
 use std::time::Duration;
 
 use berth_core::api::{FleetHalt, FleetHostRecord};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
+};
 
-use super::decide::{QueueEntry, Snapshot};
+use super::decide::{Cache, Change, QueueEntry, Snapshot};
+
 use super::{FleetConfig, FleetError};
 
 /// A connection to the fleet's etcd with this agent's lease.
@@ -20,6 +27,35 @@ pub struct Conn {
     pub lease: i64,
     prefix: String,
     host: String,
+    group: String,
+}
+
+/// What [`Conn::confirm`] read at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The etcd revision of the read.
+    pub revision: i64,
+    /// The hosts of the queue entries created before this host's, oldest
+    /// first (at most the limit asked).
+    pub ahead: Vec<String>,
+    pub paused: bool,
+    pub halted: Option<FleetHalt>,
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1; // prefixes here end in '/' or a name character
+    }
+    end
+}
+
+fn get_response(op: Option<&TxnOpResponse>) -> Option<&etcd_client::GetResponse> {
+    match op {
+        Some(TxnOpResponse::Get(g)) => Some(g),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -165,7 +201,13 @@ impl Conn {
             lease,
             prefix: prefix(&config.name),
             host: config.host.clone(),
+            group: config.group.clone(),
         })
+    }
+
+    /// The fleet's key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Renews the lease once; `Ok(false)` when etcd says it expired.
@@ -233,7 +275,7 @@ impl Conn {
         resend!(
             self.client
                 .put(
-                    format!("{}hosts/{}", self.prefix, self.host),
+                    format!("{}hosts/{}/{}", self.prefix, self.group, self.host),
                     value.clone(),
                     Some(PutOptions::new().with_lease(self.lease)),
                 )
@@ -245,7 +287,8 @@ impl Conn {
 
     /// Joins the slot queue for `hash`, bound to the lease. An entry already
     /// there keeps its create revision (its place); only its hash changes.
-    pub async fn enqueue(&mut self, hash: &str) -> Result<(), FleetError> {
+    /// Returns the entry's create revision.
+    pub async fn enqueue(&mut self, hash: &str) -> Result<i64, FleetError> {
         let key = format!("{}queue/{}", self.prefix, self.host);
         let put = TxnOp::put(
             key.clone(),
@@ -254,12 +297,180 @@ impl Conn {
         );
         // Create, or update in place with the same lease (a put keeps the
         // create revision); a key of an expired lease is gone already.
+        let get = TxnOp::get(key.clone(), None);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([put.clone()])
-            .or_else([put]);
-        resend!(self.client.txn(txn.clone()).await).map_err(err("joining the slot queue"))?;
-        Ok(())
+            .and_then([put.clone(), get.clone()])
+            .or_else([put, get]);
+        let resp =
+            resend!(self.client.txn(txn.clone()).await).map_err(err("joining the slot queue"))?;
+        let ops = resp.op_responses();
+        get_response(ops.get(1))
+            .and_then(|g| g.kvs().first())
+            .map(|kv| kv.create_revision())
+            .ok_or(FleetError::Etcd {
+                what: "joining the slot queue",
+                source: etcd_client::Error::InvalidArgs("no queue entry after the put".into()),
+            })
+    }
+
+    /// Reads, at one revision, what decides whether the entry created at
+    /// `create_revision` holds a slot for `hash`: how many entries are ahead
+    /// of it, the pause and `hash`'s halt. The watched cache says when to
+    /// ask; this read is what the grant rests on.
+    /// At most `limit` entries ahead are read, keys only (etcd's count
+    /// ignores the create-revision filter, so the keys are fetched).
+    pub async fn confirm(
+        &mut self,
+        hash: &str,
+        create_revision: i64,
+        limit: usize,
+    ) -> Result<Confirmed, FleetError> {
+        let queue = format!("{}queue/", self.prefix);
+        let txn = Txn::new().and_then([
+            TxnOp::get(
+                queue.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_range(prefix_end(&queue))
+                        .with_keys_only()
+                        .with_max_create_revision(create_revision - 1)
+                        .with_sort(SortTarget::Create, SortOrder::Ascend)
+                        .with_limit(limit.max(1) as i64),
+                ),
+            ),
+            TxnOp::get(
+                format!("{}paused", self.prefix),
+                Some(GetOptions::new().with_count_only()),
+            ),
+            TxnOp::get(format!("{}halted/{hash}", self.prefix), None),
+        ]);
+        let resp =
+            resend!(self.client.txn(txn.clone()).await).map_err(err("checking the slot queue"))?;
+        let ops = resp.op_responses();
+        let count = |i: usize| get_response(ops.get(i)).map(|g| g.count()).unwrap_or(0);
+        let ahead = get_response(ops.first())
+            .map(|g| {
+                g.kvs()
+                    .iter()
+                    .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&queue).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let halted = get_response(ops.get(2))
+            .and_then(|g| g.kvs().first())
+            .and_then(|kv| serde_json::from_slice::<FleetHalt>(kv.value()).ok());
+        Ok(Confirmed {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ahead,
+            paused: count(1) > 0,
+            halted,
+        })
+    }
+
+    /// The records of the hosts in `groups` (one read).
+    pub async fn records(&mut self, groups: &[String]) -> Result<Vec<FleetHostRecord>, FleetError> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ops: Vec<TxnOp> = groups
+            .iter()
+            .map(|g| {
+                let p = format!("{}hosts/{g}/", self.prefix);
+                TxnOp::get(
+                    p.clone(),
+                    Some(GetOptions::new().with_range(prefix_end(&p))),
+                )
+            })
+            .collect();
+        let txn = Txn::new().and_then(ops);
+        let resp = resend!(self.client.txn(txn.clone()).await)
+            .map_err(err("reading the earlier groups"))?;
+        let mut out = Vec::new();
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                for kv in g.kvs() {
+                    match serde_json::from_slice::<FleetHostRecord>(kv.value()) {
+                        Ok(r) => out.push(r),
+                        Err(e) => tracing::warn!(error = %e, "unreadable fleet host record"),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `halted/` and `paused` at one revision into a [`Cache`] and
+    /// opens a watch on them from the next revision; apply its events with
+    /// [`changes`].
+    pub async fn watch(&mut self) -> Result<(Cache, WatchStream), FleetError> {
+        let halted = format!("{}halted/", self.prefix);
+        let paused = format!("{}paused", self.prefix);
+        let txn = Txn::new().and_then([
+            TxnOp::get(
+                halted.clone(),
+                Some(GetOptions::new().with_range(prefix_end(&halted))),
+            ),
+            TxnOp::get(paused.clone(), None),
+        ]);
+        let resp = resend!(self.client.txn(txn.clone()).await)
+            .map_err(err("reading the fleet's halts"))?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut cache = Cache::new(&self.host, revision);
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                for kv in g.kvs() {
+                    let Some(key) = kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix))
+                    else {
+                        continue;
+                    };
+                    cache.apply(
+                        revision,
+                        Change::Put {
+                            key: key.to_string(),
+                            value: kv.value().to_vec(),
+                            create_revision: kv.create_revision(),
+                        },
+                    );
+                }
+            }
+        }
+        let from = revision + 1;
+        let mut stream = self
+            .client
+            .watch(
+                halted.clone(),
+                Some(
+                    WatchOptions::new()
+                        .with_range(prefix_end(&halted))
+                        .with_start_revision(from),
+                ),
+            )
+            .await
+            .map_err(err("watching the fleet"))?;
+        stream
+            .watch(paused, Some(WatchOptions::new().with_start_revision(from)))
+            .await
+            .map_err(err("watching the fleet"))?;
+        Ok((cache, stream))
+    }
+
+    /// Watches the queue's deletions from revision `from` (a waiting host
+    /// near the front: an entry ahead of it leaving moves it up).
+    pub async fn watch_queue(&mut self, from: i64) -> Result<WatchStream, FleetError> {
+        let queue = format!("{}queue/", self.prefix);
+        self.client
+            .watch(
+                queue.clone(),
+                Some(
+                    WatchOptions::new()
+                        .with_range(prefix_end(&queue))
+                        .with_start_revision(from)
+                        .with_filters([WatchFilterType::NoPut]),
+                ),
+            )
+            .await
+            .map_err(err("watching the slot queue"))
     }
 
     /// Leaves the slot queue (releases the slot if held).
@@ -303,6 +514,33 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// The changes of one watch response, keys relative to `prefix`, with the
+/// revision each was made at; `None` when the watch was canceled (compacted
+/// past its start: read again).
+pub fn changes(prefix: &str, resp: &etcd_client::WatchResponse) -> Option<Vec<(i64, Change)>> {
+    if resp.canceled() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let Some(key) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix)) else {
+            continue;
+        };
+        let key = key.to_string();
+        let change = match ev.event_type() {
+            EventType::Put => Change::Put {
+                key,
+                value: kv.value().to_vec(),
+                create_revision: kv.create_revision(),
+            },
+            EventType::Delete => Change::Delete { key },
+        };
+        out.push((kv.mod_revision(), change));
+    }
+    Some(out)
 }
 
 /// The key prefix of fleet `name`.

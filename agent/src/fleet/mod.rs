@@ -7,6 +7,7 @@
 
 pub mod decide;
 pub mod etcd;
+pub mod host;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -19,9 +20,10 @@ use berth_core::vocab::{EventKind, RevisionState};
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, ConfigLayer};
-use crate::control::{manifest_identity, Agent, ApplySource};
+use crate::control::manifest_identity;
 use decide::{Policy, Snapshot};
 use etcd::Conn;
+pub use host::{FleetHost, HostRevision, Observation};
 
 /// Why a fleet request failed.
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +343,18 @@ struct Slot {
     complete_since: Option<Instant>,
 }
 
+/// What a waiting manifest saw at its last gate: the wait is retried when
+/// this changes (a freed slot, a halt, the pause, the slot held here), or at
+/// `retry_at` (an earlier group's records are read, not watched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    hash: String,
+    max_parallel: u32,
+    view: decide::View,
+    held: Option<String>,
+    retry_at: Option<Instant>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     reachable: Option<bool>,
@@ -350,12 +364,24 @@ struct State {
     slot: Option<Slot>,
     /// The record last written, and under which lease.
     written: Option<(FleetHostRecord, i64, Instant)>,
+    /// When the lease was last renewed, and which.
+    renewed: Option<(i64, Instant)>,
     /// Since when this host is healthy on which hash.
     healthy_since: Option<(String, u64)>,
     /// Hashes already reverted here (`auto_revert` acts once per hash).
     reverted: BTreeSet<String>,
-    /// The last snapshot read (for status while etcd is away).
+    /// The last full snapshot read (for status while etcd is away).
     snapshot: Snapshot,
+    seen: Option<Seen>,
+}
+
+/// The watched keys and whether the watch feeding them is alive.
+#[derive(Debug, Default)]
+struct Watched {
+    cache: Option<decide::Cache>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The watch of the queue's deletions, while waiting near its front.
+    queue_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// This agent's membership of its fleet.
@@ -364,6 +390,13 @@ pub struct Fleet {
     pub config: FleetConfig,
     conn: tokio::sync::Mutex<Option<Conn>>,
     state: std::sync::Mutex<State>,
+    watched: Arc<std::sync::Mutex<Watched>>,
+    /// Bumped on every watch event and when the watch ends.
+    changed: Arc<watch::Sender<u64>>,
+    /// Bumped when a halt or the pause changes (the membership loop reacts).
+    halts: Arc<watch::Sender<u64>>,
+    /// The host changed (a rollout completed or failed): tick now.
+    nudge: tokio::sync::Notify,
 }
 
 impl Fleet {
@@ -372,6 +405,10 @@ impl Fleet {
             config,
             conn: tokio::sync::Mutex::new(None),
             state: std::sync::Mutex::new(State::default()),
+            watched: Arc::new(std::sync::Mutex::new(Watched::default())),
+            changed: Arc::new(watch::channel(0).0),
+            halts: Arc::new(watch::channel(0).0),
+            nudge: tokio::sync::Notify::new(),
         }
     }
 
@@ -379,20 +416,162 @@ impl Fleet {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The connection, opened (with a new lease) if there is none.
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the membership loop the host changed (berthd: any non-fleet
+    /// event), so a finished rollout releases its slot without waiting for
+    /// the next round.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// The connection, opened (with a new lease) if there is none, with the
+    /// watch on the queue, halts and pause running.
     async fn conn(&self) -> Result<Conn, FleetError> {
         let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+        let mut c = match guard.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c = Conn::open(&self.config).await?;
+                tracing::info!(fleet = %self.config.name, lease = c.lease, "joined the fleet's etcd");
+                *guard = Some(c.clone());
+                c
+            }
+        };
+        if self.watched().cache.is_none() {
+            self.start_watch(&mut c).await?;
         }
-        let c = Conn::open(&self.config).await?;
-        tracing::info!(fleet = %self.config.name, lease = c.lease, "joined the fleet's etcd");
-        *guard = Some(c.clone());
         Ok(c)
     }
 
+    /// Reads the watched keys and follows them: a task applies the watch's
+    /// events to the cache; when the watch ends the cache is dropped (the
+    /// next request reads and watches again).
+    async fn start_watch(&self, conn: &mut Conn) -> Result<(), FleetError> {
+        let (cache, mut stream) = conn.watch().await?;
+        let prefix = conn.key_prefix().to_string();
+        let watched = self.watched.clone();
+        let changed = self.changed.clone();
+        let halts = self.halts.clone();
+        let mut w = self.watched();
+        if let Some(old) = w.task.take() {
+            old.abort();
+        }
+        if let Some(old) = w.queue_task.take() {
+            old.abort();
+        }
+        w.cache = Some(cache);
+        w.task = Some(tokio::spawn(async move {
+            let lock = || watched.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let changes = match stream.message().await {
+                    Ok(Some(resp)) => etcd::changes(&prefix, &resp),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fleet watch ended");
+                        None
+                    }
+                };
+                let Some(changes) = changes else { break };
+                if changes.is_empty() {
+                    continue;
+                }
+                if let Some(cache) = lock().cache.as_mut() {
+                    for (rev, change) in changes {
+                        cache.apply(rev, change);
+                    }
+                }
+                changed.send_modify(|n| *n += 1);
+                halts.send_modify(|n| *n += 1);
+            }
+            lock().cache = None;
+            changed.send_modify(|n| *n += 1);
+        }));
+        drop(w);
+        self.changed.send_modify(|n| *n += 1);
+        self.halts.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// The cached view of `hash` (`None`: no live watch).
+    fn view(&self, hash: &str, max_parallel: u32) -> Option<decide::View> {
+        self.watched()
+            .cache
+            .as_ref()
+            .map(|c| c.view(hash, max_parallel))
+    }
+
+    /// Watches the queue's deletions from after `revision`, with `ahead` the
+    /// entries ahead of this host read at `revision`.
+    async fn watch_queue(
+        &self,
+        conn: &mut Conn,
+        revision: i64,
+        ahead: Vec<String>,
+    ) -> Result<(), FleetError> {
+        let mut stream = conn.watch_queue(revision + 1).await?;
+        let prefix = conn.key_prefix().to_string();
+        let watched = self.watched.clone();
+        let changed = self.changed.clone();
+        let mut w = self.watched();
+        let Some(cache) = w.cache.as_mut() else {
+            return Ok(());
+        };
+        cache.set_ahead(revision, Some(ahead));
+        if let Some(old) = w.queue_task.take() {
+            old.abort();
+        }
+        w.queue_task = Some(tokio::spawn(async move {
+            let lock = || watched.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let changes = match stream.message().await {
+                    Ok(Some(resp)) => etcd::changes(&prefix, &resp),
+                    Ok(None) | Err(_) => None,
+                };
+                let Some(changes) = changes else { break };
+                if changes.is_empty() {
+                    continue;
+                }
+                if let Some(cache) = lock().cache.as_mut() {
+                    for (rev, change) in changes {
+                        cache.apply(rev, change);
+                    }
+                }
+                changed.send_modify(|n| *n += 1);
+            }
+            if let Some(cache) = lock().cache.as_mut() {
+                cache.set_ahead(0, None);
+            }
+            changed.send_modify(|n| *n += 1);
+        }));
+        Ok(())
+    }
+
+    /// Stops watching the queue (granted, left it, or far from its front).
+    fn stop_queue_watch(&self) {
+        let mut w = self.watched();
+        if let Some(task) = w.queue_task.take() {
+            task.abort();
+        }
+        if let Some(cache) = w.cache.as_mut() {
+            cache.set_ahead(0, None);
+        }
+    }
+
+    /// Leaves the slot queue (releases the slot if held).
+    async fn dequeue(&self, conn: &mut Conn) -> Result<(), FleetError> {
+        conn.dequeue().await?;
+        self.stop_queue_watch();
+        if let Some(cache) = self.watched().cache.as_mut() {
+            cache.set_mine(None);
+        }
+        Ok(())
+    }
+
     /// Records whether etcd answered; events and the metric on a change.
-    fn reached(&self, agent: &Agent, result: Result<(), &FleetError>) {
+    fn reached<H: FleetHost + ?Sized>(&self, host: &H, result: Result<(), &FleetError>) {
         let (was, now) = {
             let mut s = self.state();
             let was = s.reachable;
@@ -400,24 +579,21 @@ impl Fleet {
             s.error = result.err().map(|e| e.to_string());
             (was, s.reachable)
         };
-        agent
-            .metrics
+        host.metrics()
             .fleet_etcd_up
             .set(i64::from(now == Some(true)));
         match (was, result) {
             (Some(false), Ok(())) => {
                 tracing::info!("fleet etcd reachable again");
-                agent.emit(
+                host.emit(
                     EventKind::FleetReachable,
-                    None,
                     format!("fleet {}: etcd answers again", self.config.name),
                 );
             }
             (Some(true) | None, Err(e)) => {
                 tracing::warn!(error = %e, "fleet etcd unreachable");
-                agent.emit(
+                host.emit(
                     EventKind::FleetUnreachable,
-                    None,
                     format!(
                         "fleet {}: etcd unreachable, no gated rollout starts: {e}",
                         self.config.name
@@ -430,12 +606,13 @@ impl Fleet {
 
     /// Sets (or clears) why the newest manifest waits; an event once per
     /// distinct reason.
-    fn set_pending(&self, agent: &Agent, pending: Option<(&str, String)>) {
+    fn set_pending<H: FleetHost + ?Sized>(&self, host: &H, pending: Option<(&str, String)>) {
         let changed = {
             let mut s = self.state();
             match pending {
                 None => {
                     s.pending = None;
+                    s.seen = None;
                     None
                 }
                 Some((hash, reason)) => {
@@ -463,31 +640,30 @@ impl Fleet {
             .as_ref()
             .map(|p| p.2.elapsed().as_secs() as i64)
             .unwrap_or(0);
-        agent.metrics.fleet_gated_waiting_seconds.set(waited);
+        host.metrics().fleet_gated_waiting_seconds.set(waited);
         if let Some(reason) = changed {
-            agent.emit(
-                EventKind::FleetWaiting,
-                None,
-                format!("manifest waits: {reason}"),
-            );
+            host.emit(EventKind::FleetWaiting, format!("manifest waits: {reason}"));
         }
     }
 
     /// The gate before a new manifest is recorded: `Ok` when this host holds
     /// a slot for `hash` (or `hash` is what it runs: nothing to gate), `Err`
-    /// with why it waits. Never blocks beyond one round of etcd requests.
-    pub async fn gate(
+    /// with why it waits. Never blocks beyond one round of etcd requests; a
+    /// host waiting in the queue decides from its watched cache and asks
+    /// etcd only when the cache says a slot is free.
+    pub async fn gate<H: FleetHost + ?Sized>(
         &self,
-        agent: &Agent,
+        host: &H,
         hash: &str,
         current: Option<&str>,
         manifest_policy: Option<&FleetPolicy>,
     ) -> Result<(), String> {
         if current == Some(hash) {
-            self.set_pending(agent, None);
+            self.set_pending(host, None);
             return Ok(());
         }
         let held = self.state().slot.as_ref().map(|s| s.hash.clone());
+        let policy = self.config.policy(manifest_policy);
         match held {
             Some(h) if h == hash => return Ok(()),
             // One rollout per host at a time: the slot stays with the one in
@@ -497,26 +673,25 @@ impl Fleet {
                     "manifest {} is still rolling out here; the new one waits for it",
                     short(&h)
                 );
-                self.set_pending(agent, Some((hash, reason.clone())));
+                self.set_pending(host, Some((hash, reason.clone())));
+                self.remember(hash, policy.max_parallel, None);
                 return Err(reason);
             }
             None => {}
         }
-        let policy = self.config.policy(manifest_policy);
         let result = self.try_gate(hash, &policy).await;
         match result {
-            Ok(Ok(())) => {
-                self.reached(agent, Ok(()));
-                self.set_pending(agent, None);
+            Ok((Ok(()), _)) => {
+                self.reached(host, Ok(()));
+                self.set_pending(host, None);
                 self.state().slot = Some(Slot {
                     hash: hash.to_string(),
                     revision: None,
                     complete_since: None,
                 });
-                agent.metrics.fleet_slots_held.set(1);
-                agent.emit(
+                host.metrics().fleet_slots_held.set(1);
+                host.emit(
                     EventKind::FleetSlotAcquired,
-                    None,
                     format!(
                         "fleet {}: slot taken for manifest {}",
                         self.config.name,
@@ -525,43 +700,212 @@ impl Fleet {
                 );
                 Ok(())
             }
-            Ok(Err(wait)) => {
-                self.reached(agent, Ok(()));
+            Ok((Err(wait), retry)) => {
+                self.reached(host, Ok(()));
                 let reason = wait.to_string();
-                self.set_pending(agent, Some((hash, reason.clone())));
+                self.set_pending(host, Some((hash, reason.clone())));
+                self.remember(hash, policy.max_parallel, retry);
                 Err(reason)
             }
             Err(e) => {
-                self.reached(agent, Err(&e));
+                self.reached(host, Err(&e));
                 let reason = format!("etcd unreachable, no new rollout starts: {e}");
-                self.set_pending(agent, Some((hash, reason.clone())));
+                self.set_pending(host, Some((hash, reason.clone())));
+                self.remember(hash, policy.max_parallel, Some(self.config.interval));
                 Err(reason)
             }
         }
     }
 
+    /// Notes what the waiting `hash` saw, for [`Fleet::wait_for_change`].
+    fn remember(&self, hash: &str, max_parallel: u32, retry_in: Option<Duration>) {
+        let view = self.view(hash, max_parallel);
+        let mut s = self.state();
+        s.seen = view.map(|view| Seen {
+            hash: hash.to_string(),
+            max_parallel,
+            view,
+            held: s.slot.as_ref().map(|sl| sl.hash.clone()),
+            retry_at: retry_in.map(|d| Instant::now() + d),
+        });
+    }
+
+    /// Waits (at most `max`) until the manifest that waits at the gate may
+    /// get further: the watched queue frees a slot for it, a halt or the
+    /// pause changes, the slot held here is released, or an earlier group's
+    /// bake time is up. `true` when the gate is worth asking again; `false`
+    /// after `max`. The manifest sources (and the fleet benchmark) retry the
+    /// gate on `true` instead of waiting for their next poll.
+    pub async fn wait_for_change(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        let mut rx = self.changed.subscribe();
+        loop {
+            let (seen, waiting) = {
+                let s = self.state();
+                (s.seen.clone(), s.pending.is_some())
+            };
+            let Some(seen) = seen else {
+                if !waiting {
+                    tokio::time::sleep_until(deadline).await;
+                    return false;
+                }
+                // etcd did not answer at the last gate: retry when the
+                // watch is back (or at the caller's poll).
+                tokio::select! {
+                    r = rx.changed() => {
+                        if r.is_err() {
+                            tokio::time::sleep_until(deadline).await;
+                            return false;
+                        }
+                        if self.watched().cache.is_some() {
+                            return true;
+                        }
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return false,
+                }
+            };
+            let held = self.state().slot.as_ref().map(|s| s.hash.clone());
+            match self.view(&seen.hash, seen.max_parallel) {
+                // A view that said "slot" when etcd said no waits for
+                // the cache to catch up (a change), not in a loop.
+                Some(v) if v != seen.view => return true,
+                None => return true, // the watch ended: the gate reads again
+                Some(_) if held != seen.held => return true,
+                Some(_) => {}
+            }
+            let until = match seen.retry_at {
+                Some(at) if at <= Instant::now() => return true,
+                Some(at) => deadline.min(tokio::time::Instant::from_std(at)),
+                None => deadline,
+            };
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { tokio::time::sleep_until(deadline).await; return false },
+                _ = tokio::time::sleep_until(until) => {
+                    if until == deadline { return false }
+                }
+            }
+        }
+    }
+
+    /// The gate's etcd round: `Ok` with the slot, or why it waits and when
+    /// to ask again unless the watched keys say so first (`None`: they will).
     async fn try_gate(
         &self,
         hash: &str,
         policy: &Policy,
-    ) -> Result<Result<(), decide::Wait>, FleetError> {
+    ) -> Result<(Result<(), decide::Wait>, Option<Duration>), FleetError> {
         let mut conn = self.conn().await?;
-        let snap = conn.snapshot().await?;
         let me = &self.config.host;
-        let decision = decide::may_queue(&snap, me, &self.config.group, hash, policy, now_ms());
-        self.state().snapshot = snap.clone();
-        if let Err(wait) = decision {
-            // A host that may not queue keeps no place it could block others with.
-            if snap.queue.iter().any(|q| &q.host == me) {
-                conn.dequeue().await?;
+        let k = policy.max_parallel.max(1) as usize;
+        let (view, mine) = {
+            let w = self.watched();
+            let Some(cache) = w.cache.as_ref() else {
+                return Err(FleetError::Closed);
+            };
+            (
+                cache.view(hash, policy.max_parallel),
+                cache.mine().map(|(r, h)| (r, h.to_string())),
+            )
+        };
+        let halted_wait = |halt: &FleetHalt| decide::Wait::Halted {
+            host: halt.host.clone(),
+            reason: halt.reason.clone(),
+        };
+        // A host that may not queue keeps no place it could block others with.
+        let stop = if view.paused {
+            Some(decide::Wait::Paused)
+        } else {
+            view.halted.as_ref().map(halted_wait)
+        };
+        if let Some(wait) = stop {
+            if mine.is_some() {
+                self.dequeue(&mut conn).await?;
             }
-            return Ok(Err(wait));
+            return Ok((Err(wait), None));
         }
-        conn.enqueue(hash).await?;
-        let snap = conn.snapshot().await?;
-        let slot = decide::slot(&snap.queue, me, policy.max_parallel);
-        self.state().snapshot = snap;
-        Ok(slot)
+        let rev = match mine.filter(|(_, h)| h == hash) {
+            // Already queued for it: it keeps its place.
+            Some((rev, _)) => rev,
+            None => {
+                let mine_rank = policy.rank(&self.config.group);
+                let earlier: Vec<String> = policy.groups.iter().take(mine_rank).cloned().collect();
+                let snap = Snapshot {
+                    hosts: conn.records(&earlier).await?,
+                    ..Default::default()
+                };
+                let decision =
+                    decide::may_queue(&snap, me, &self.config.group, hash, policy, now_ms());
+                if let Err(wait) = decision {
+                    if self
+                        .watched()
+                        .cache
+                        .as_ref()
+                        .and_then(|c| c.mine())
+                        .is_some()
+                    {
+                        self.dequeue(&mut conn).await?;
+                    }
+                    let retry = match &wait {
+                        decide::Wait::EarlierGroup { ready_in, .. } => Some(
+                            ready_in.map_or(self.config.interval, |d| d.min(self.config.interval)),
+                        ),
+                        _ => None,
+                    };
+                    return Ok((Err(wait), retry));
+                }
+                self.stop_queue_watch();
+                let rev = conn.enqueue(hash).await?;
+                if let Some(c) = self.watched().cache.as_mut() {
+                    c.set_mine(Some((rev, hash.to_string())));
+                }
+                rev
+            }
+        };
+        // Watching the entries ahead: they decide until fewer than K are left.
+        let cached = {
+            let w = self.watched();
+            w.cache
+                .as_ref()
+                .and_then(|c| c.ahead().map(|a| (a, c.first(k))))
+        };
+        if let Some((ahead, holders)) = cached.clone().filter(|(a, _)| *a >= k) {
+            let wait = decide::Wait::Queued {
+                position: ahead + 1,
+                holders,
+            };
+            return Ok((Err(wait), None));
+        }
+        let limit = decide::near_limit(policy.max_parallel);
+        let c = conn.confirm(hash, rev, limit).await?;
+        if c.paused || c.halted.is_some() {
+            self.dequeue(&mut conn).await?;
+            let wait = match &c.halted {
+                Some(h) => halted_wait(h),
+                None => decide::Wait::Paused,
+            };
+            return Ok((Err(wait), None));
+        }
+        let queued = decide::Wait::Queued {
+            position: c.ahead.len() + 1,
+            holders: c.ahead.iter().take(k).cloned().collect(),
+        };
+        match decide::place(c.ahead.len(), policy.max_parallel, limit) {
+            decide::Place::Slot => {
+                self.stop_queue_watch();
+                Ok((Ok(()), None))
+            }
+            decide::Place::Near => {
+                if cached.is_none() {
+                    self.watch_queue(&mut conn, c.revision, c.ahead).await?;
+                }
+                Ok((Err(queued), None))
+            }
+            decide::Place::Far => {
+                self.stop_queue_watch();
+                Ok((Err(queued), Some(self.config.interval)))
+            }
+        }
     }
 
     /// After the gated apply: the revision it recorded (`None`: nothing was
@@ -571,6 +915,8 @@ impl Fleet {
         if let Some(slot) = s.slot.as_mut().filter(|sl| sl.hash == hash) {
             slot.revision = revision.or(Some(0));
         }
+        drop(s);
+        self.nudge();
     }
 
     /// This agent's part in the fleet, for `status`.
@@ -587,27 +933,36 @@ impl Fleet {
         }
     }
 
+    /// The halts this host knows of (from its watch), oldest first.
+    pub fn known_halts(&self) -> Vec<FleetHalt> {
+        self.watched()
+            .cache
+            .as_ref()
+            .map(|c| c.halts())
+            .unwrap_or_default()
+    }
+
     /// The whole fleet as etcd has it now (or as last seen, when it does
     /// not answer).
-    pub async fn fleet_status(&self, agent: &Agent) -> FleetStatus {
+    pub async fn fleet_status<H: FleetHost + ?Sized>(&self, host: &H) -> FleetStatus {
         let fresh = match self.conn().await {
             Ok(mut c) => c.snapshot().await,
             Err(e) => Err(e),
         };
         let (snap, reachable, error) = match fresh {
             Ok(snap) => {
-                self.reached(agent, Ok(()));
+                self.reached(host, Ok(()));
                 self.state().snapshot = snap.clone();
                 (snap, true, None)
             }
             Err(e) => {
-                self.reached(agent, Err(&e));
+                self.reached(host, Err(&e));
                 (self.state().snapshot.clone(), false, Some(e.to_string()))
             }
         };
         let policy = self
             .config
-            .policy(current_manifest(agent).and_then(|m| m.fleet).as_ref());
+            .policy(host.observe().latest.and_then(|r| r.policy).as_ref());
         let mut queue = snap.queue.clone();
         queue.sort_by_key(|q| q.create_revision);
         let n = policy.max_parallel.max(1) as usize;
@@ -639,14 +994,17 @@ impl Fleet {
     }
 
     /// `berthctl fleet pause` (`on`) / `resume` (clears the pause and every halt).
-    pub async fn set_paused(&self, agent: &Agent, on: bool) -> Result<(), FleetError> {
+    pub async fn set_paused<H: FleetHost + ?Sized>(
+        &self,
+        host: &H,
+        on: bool,
+    ) -> Result<(), FleetError> {
         let mut conn = self.conn().await?;
         let r = conn.set_paused(on).await;
-        self.reached(agent, r.as_ref().map(|_| ()));
+        self.reached(host, r.as_ref().map(|_| ()));
         r?;
-        agent.emit(
+        host.emit(
             EventKind::FleetWaiting,
-            None,
             if on {
                 format!("fleet {} paused by {}", self.config.name, self.config.host)
             } else {
@@ -656,29 +1014,12 @@ impl Fleet {
         Ok(())
     }
 
-    /// This host's record from the agent's store and live state.
-    fn record(&self, agent: &Agent) -> FleetHostRecord {
-        let latest = agent.store().latest_revision().ok().flatten();
-        let manifest = latest
-            .as_ref()
-            .and_then(|r| Agent::desired_of(r).ok())
-            .map(|(m, _)| m);
-        let hash = manifest.as_ref().map(fleet_hash);
-        let (mut ready, mut desired, mut all_ready, mut last_error) = (0, 0, true, None);
-        if let Some(m) = &manifest {
-            let live = agent.live();
-            for s in m.services.values() {
-                let l = live.services.get(&s.name).cloned().unwrap_or_default();
-                ready += l.ready.min(s.replicas);
-                desired += s.replicas;
-                all_ready &= l.ready >= s.replicas;
-                if last_error.is_none() {
-                    last_error = l.last_error.clone();
-                }
-            }
-        }
-        let state = latest.as_ref().map(|r| r.info.state);
-        let healthy = state == Some(RevisionState::Complete) && all_ready;
+    /// This host's record from what the host observes.
+    fn record<H: FleetHost + ?Sized>(&self, host: &H, obs: &Observation) -> FleetHostRecord {
+        let latest = obs.latest.as_ref();
+        let hash = latest.and_then(|r| r.hash.clone());
+        let state = latest.map(|r| r.state);
+        let healthy = state == Some(RevisionState::Complete) && obs.all_ready;
         let since = {
             let mut s = self.state();
             match (&hash, healthy) {
@@ -697,38 +1038,78 @@ impl Fleet {
         FleetHostRecord {
             host: self.config.host.clone(),
             group: self.config.group.clone(),
-            revision: latest.as_ref().map(|r| r.info.number),
+            revision: latest.map(|r| r.number),
             manifest_hash: hash,
             state,
-            digests: latest.map(|r| r.info.digests).unwrap_or_default(),
-            ready,
-            desired,
+            digests: latest.map(|r| r.digests.clone()).unwrap_or_default(),
+            ready: obs.ready,
+            desired: obs.desired,
             healthy,
             healthy_since_ms: since,
-            draining: agent.is_draining(),
+            draining: host.draining(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            last_error: last_error.or_else(|| agent.source_error()),
+            last_error: obs.last_error.clone().or_else(|| host.source_error()),
             pending: self.state().pending.as_ref().map(|p| p.1.clone()),
         }
     }
 
-    /// One round: renew the lease, release or halt the held slot, write the
-    /// record if it changed, revert a halted manifest (`auto_revert`).
-    async fn tick(&self, agent: &Agent) -> Result<(), FleetError> {
+    /// One round: renew the lease (every third of its TTL), write the record
+    /// if it changed, release or halt the held slot, revert a halted
+    /// manifest (`auto_revert`). Halts come from the watch, not a read.
+    async fn tick<H: FleetHost + ?Sized>(&self, host: &H) -> Result<(), FleetError> {
         let mut conn = self.conn().await?;
-        if !conn.keep_alive().await? {
-            tracing::warn!(lease = conn.lease, "fleet lease expired: joining again");
-            *self.conn.lock().await = None;
-            conn = self.conn().await?;
+        let renew_every = (self.config.lease_ttl / 3).max(Duration::from_millis(500));
+        let due = self
+            .state()
+            .renewed
+            .is_none_or(|(lease, at)| lease != conn.lease || at.elapsed() >= renew_every);
+        if due {
+            if !conn.keep_alive().await? {
+                tracing::warn!(lease = conn.lease, "fleet lease expired: joining again");
+                *self.conn.lock().await = None;
+                conn = self.conn().await?;
+                // The expired lease took this host's queue entry with it, so
+                // other hosts may already have been granted its slot. The
+                // rollout here cannot be taken back: join the queue again
+                // (at the back: hosts that queue later count it) and say so.
+                let held = self.state().slot.as_ref().map(|s| s.hash.clone());
+                if let Some(hash) = held {
+                    conn.enqueue(&hash).await?;
+                    host.emit(
+                        EventKind::FleetUnreachable,
+                        format!(
+                            "fleet {}: the etcd lease expired while this host held a slot for manifest {}; \
+                             its rollout goes on and it queued again, but until it releases the slot \
+                             the fleet may roll one host more than max_parallel (a --fleet-lease-ttl \
+                             longer than the longest etcd outage prevents this)",
+                            self.config.name,
+                            short(&hash)
+                        ),
+                    );
+                }
+            }
+            self.state().renewed = Some((conn.lease, Instant::now()));
         }
-        self.check_slot(agent, &mut conn).await?;
-        let record = self.record(agent);
+        let obs = host.observe();
+        let record = self.record(host, &obs);
         let due = {
             let s = self.state();
             match &s.written {
                 None => true,
                 Some((r, lease, at)) => {
-                    *lease != conn.lease || (*r != record && at.elapsed() >= self.config.interval)
+                    // What others decide on goes out at once; the rest at
+                    // most once per interval.
+                    let decisive = (&r.manifest_hash, r.revision, r.state, r.healthy, r.draining)
+                        != (
+                            &record.manifest_hash,
+                            record.revision,
+                            record.state,
+                            record.healthy,
+                            record.draining,
+                        );
+                    *lease != conn.lease
+                        || decisive
+                        || (*r != record && at.elapsed() >= self.config.interval)
                 }
             }
         };
@@ -736,12 +1117,11 @@ impl Fleet {
             conn.put_record(&record).await?;
             self.state().written = Some((record.clone(), conn.lease, Instant::now()));
         }
-        let snap = conn.snapshot().await?;
-        self.state().snapshot = snap.clone();
-        self.maybe_revert(agent, &record, &snap).await;
+        self.check_slot(host, &mut conn, &obs).await?;
+        let halts = self.known_halts();
+        self.maybe_revert(host, &record, &obs, &halts).await;
         if let Some(p) = &self.state().pending {
-            agent
-                .metrics
+            host.metrics()
                 .fleet_gated_waiting_seconds
                 .set(p.2.elapsed().as_secs() as i64);
         }
@@ -750,23 +1130,23 @@ impl Fleet {
 
     /// Releases the slot once its revision completed and passed probation;
     /// halts its manifest for the fleet if the revision failed.
-    async fn check_slot(&self, agent: &Agent, conn: &mut Conn) -> Result<(), FleetError> {
+    async fn check_slot<H: FleetHost + ?Sized>(
+        &self,
+        host: &H,
+        conn: &mut Conn,
+        obs: &Observation,
+    ) -> Result<(), FleetError> {
         let Some(slot) = self.state().slot.clone() else {
             return Ok(());
         };
         let Some(n) = slot.revision else {
             return Ok(()); // the gated apply is still recording
         };
-        let rec = agent.store().revision(n).ok().flatten();
-        let current = agent
-            .store()
-            .latest_revision()
-            .ok()
-            .flatten()
-            .is_some_and(|l| l.info.number == n);
-        let state = rec.as_ref().map(|r| r.info.state);
+        let rec = host.revision(n);
+        let current = obs.latest.as_ref().is_some_and(|l| l.number == n);
+        let state = rec.as_ref().map(|r| r.state);
         let complete_for = if state == Some(RevisionState::Complete) && current {
-            let healthy = self.record(agent).healthy;
+            let healthy = self.record(host, obs).healthy;
             let mut s = self.state();
             match s.slot.as_mut() {
                 Some(sl) if healthy => {
@@ -781,11 +1161,7 @@ impl Fleet {
         } else {
             None
         };
-        let probation = rec
-            .as_ref()
-            .and_then(|r| Agent::desired_of(r).ok())
-            .and_then(|(m, _)| m.services.values().map(|s| s.update.probation).max())
-            .unwrap_or_default();
+        let probation = rec.as_ref().map(|r| r.probation).unwrap_or_default();
         enum Next {
             Wait,
             Release(String),
@@ -794,23 +1170,20 @@ impl Fleet {
         let next = match decide::slot_next(n, state, current, complete_for, probation) {
             decide::SlotNext::Hold => Next::Wait,
             decide::SlotNext::Release(why) => Next::Release(why),
-            decide::SlotNext::Halt => Next::Halt({
-                let live = agent.live();
-                live.services
-                    .values()
-                    .find_map(|l| l.last_error.clone())
-                    .unwrap_or_else(|| format!("revision {n} failed"))
-            }),
+            decide::SlotNext::Halt => Next::Halt(
+                host.any_error()
+                    .unwrap_or_else(|| format!("revision {n} failed")),
+            ),
         };
         match next {
             Next::Wait => {}
             Next::Release(why) => {
-                conn.dequeue().await?;
+                self.dequeue(conn).await?;
                 self.state().slot = None;
-                agent.metrics.fleet_slots_held.set(0);
-                agent.emit(
+                self.changed.send_modify(|n| *n += 1);
+                host.metrics().fleet_slots_held.set(0);
+                host.emit(
                     EventKind::FleetSlotReleased,
-                    None,
                     format!("fleet {}: slot released: {why}", self.config.name),
                 );
             }
@@ -822,22 +1195,21 @@ impl Fleet {
                     time: crate::now_rfc3339(),
                 };
                 conn.halt(&halt).await?;
-                conn.dequeue().await?;
+                self.dequeue(conn).await?;
                 self.state().slot = None;
-                agent.metrics.fleet_slots_held.set(0);
-                agent.metrics.fleet_halts.inc();
-                agent.emit(
+                self.changed.send_modify(|n| *n += 1);
+                host.metrics().fleet_slots_held.set(0);
+                host.metrics().fleet_halts.inc();
+                host.emit(
                     EventKind::FleetHalted,
-                    None,
                     format!(
                         "fleet {}: manifest {} halted: revision {n} failed here: {reason}",
                         self.config.name,
                         short(&slot.hash)
                     ),
                 );
-                agent.emit(
+                host.emit(
                     EventKind::FleetSlotReleased,
-                    None,
                     format!(
                         "fleet {}: slot released: revision {n} failed",
                         self.config.name
@@ -850,11 +1222,17 @@ impl Fleet {
 
     /// With `auto_revert`, a host that completed a manifest another host
     /// later halted restores its newest complete revision of another manifest.
-    async fn maybe_revert(&self, agent: &Agent, record: &FleetHostRecord, snap: &Snapshot) {
+    async fn maybe_revert<H: FleetHost + ?Sized>(
+        &self,
+        host: &H,
+        record: &FleetHostRecord,
+        obs: &Observation,
+        halts: &[FleetHalt],
+    ) {
         let Some(hash) = &record.manifest_hash else {
             return;
         };
-        let Some(halt) = snap.halted.iter().find(|h| &h.hash == hash) else {
+        let Some(halt) = halts.iter().find(|h| &h.hash == hash) else {
             return;
         };
         if record.state != Some(RevisionState::Complete) || self.state().reverted.contains(hash) {
@@ -862,86 +1240,79 @@ impl Fleet {
         }
         let policy = self
             .config
-            .policy(current_manifest(agent).and_then(|m| m.fleet).as_ref());
+            .policy(obs.latest.as_ref().and_then(|r| r.policy.as_ref()));
         if !policy.auto_revert {
             return;
         }
-        let Ok(revisions) = agent.store().revisions() else {
-            return;
-        };
-        let summary: Vec<(u64, RevisionState, String)> = revisions
-            .iter()
-            .map(|r| {
-                let h = Agent::desired_of(r)
-                    .map(|(m, _)| fleet_hash(&m))
-                    .unwrap_or_default();
-                (r.info.number, r.info.state, h)
-            })
-            .collect();
+        let summary = host.revisions();
         self.state().reverted.insert(hash.clone());
-        let previous = decide::revert_target(&summary, hash)
-            .and_then(|n| revisions.iter().find(|r| r.info.number == n));
-        let Some(prev) = previous else {
+        let Some(previous) = decide::revert_target(&summary, hash) else {
             tracing::warn!("auto_revert: no earlier complete revision to restore");
             return;
         };
-        match agent
-            .restore(prev, ApplySource::Rollback(prev.info.number))
-            .await
-        {
-            Ok(resp) => agent.emit(
+        match host.restore(previous).await {
+            Ok(revision) => host.emit(
                 EventKind::FleetReverted,
-                None,
                 format!(
                     "fleet {}: manifest {} halted by {} ({}): restored revision {} as revision {}",
                     self.config.name,
                     short(hash),
                     halt.host,
                     halt.reason,
-                    prev.info.number,
-                    resp.revision.unwrap_or(0)
+                    previous,
+                    revision.unwrap_or(0)
                 ),
             ),
             Err(e) => tracing::warn!(error = %e, "auto_revert failed"),
         }
     }
 
-    /// Leaves the fleet: revokes the lease (record and queue place go now,
-    /// not after the TTL).
-    async fn leave(&self) {
+    /// Leaves the fleet: stops the watch and revokes the lease (record and
+    /// queue place go now, not after the TTL).
+    pub async fn leave(&self) {
+        {
+            let mut w = self.watched();
+            for task in [w.task.take(), w.queue_task.take()].into_iter().flatten() {
+                task.abort();
+            }
+        }
         if let Some(c) = self.conn.lock().await.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.revoke()).await;
         }
     }
 }
 
-/// The current revision's manifest, if any.
-fn current_manifest(agent: &Agent) -> Option<Manifest> {
-    let latest = agent.store().latest_revision().ok().flatten()?;
-    Agent::desired_of(&latest).ok().map(|(m, _)| m)
-}
-
 /// The fleet hash of the current revision's manifest.
-pub fn current_hash(agent: &Agent) -> Option<String> {
-    current_manifest(agent).as_ref().map(fleet_hash)
+pub fn current_hash<H: FleetHost + ?Sized>(host: &H) -> Option<String> {
+    host.observe().latest.and_then(|r| r.hash)
 }
 
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
-/// Runs the fleet membership until `shutdown`: a tick every `interval`.
-pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
-    let Some(fleet) = agent.fleet.clone() else {
-        return;
-    };
+/// Runs the fleet membership of `host` until `shutdown`: a round every
+/// `interval`, and at once when the host changes ([`Fleet::nudge`]) or a
+/// halt or the pause changes.
+pub async fn run<H: FleetHost + ?Sized>(
+    fleet: Arc<Fleet>,
+    host: Arc<H>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     tracing::info!(fleet = %fleet.config.name, host = %fleet.config.host, group = %fleet.config.group,
         endpoints = ?fleet.config.endpoints, "fleet membership on etcd");
+    let mut halts = fleet.halts.subscribe();
     loop {
-        let r = fleet.tick(&agent).await;
-        fleet.reached(&agent, r.as_ref().map(|_| ()));
-        if crate::sources::sleep_or_stop(fleet.config.interval, &mut shutdown).await {
+        let r = fleet.tick(&*host).await;
+        fleet.reached(&*host, r.as_ref().map(|_| ()));
+        if *shutdown.borrow() {
             break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(fleet.config.interval) => {}
+            _ = fleet.nudge.notified() => {}
+            r = halts.changed() => if r.is_err() { break },
+            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
         }
     }
     fleet.leave().await;

@@ -207,6 +207,9 @@ pub async fn run(
                 src.sync().await;
                 src.tracker.retry_pending().await;
             }
+            _ = src.tracker.fleet_changed() => {
+                src.tracker.retry_pending().await;
+            }
         }
     }
     tracing::debug!("manifest watcher stopped");

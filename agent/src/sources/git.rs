@@ -13,7 +13,7 @@ use berth_core::manifest::{SourceFiles, MAX_FILES, MAX_FILE_BYTES};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{oneshot, watch};
 
-use super::{sleep_or_stop, Tracker};
+use super::{sleep_retrying, Tracker};
 use crate::control::{Agent, ApplySource};
 use crate::state::{private_dir, StateError};
 
@@ -338,7 +338,7 @@ pub async fn run(
         if let Some(done) = first_sync.take() {
             let _ = done.send(());
         }
-        if sleep_or_stop(interval, &mut shutdown).await {
+        if sleep_retrying(&mut tracker, interval, &mut shutdown).await {
             break;
         }
     }

@@ -132,6 +132,27 @@ pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bo
     }
 }
 
+/// Sleeps for `d` like [`sleep_or_stop`], but offers the version waiting
+/// for the fleet again whenever the fleet says it may get further (a slot
+/// freed, a halt or pause changed: `Fleet::wait_for_change`), so a waiting
+/// host starts its rollout when its turn comes, not at its next poll.
+pub(crate) async fn sleep_retrying(
+    tracker: &mut Tracker,
+    d: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::select! {
+            stop = sleep_or_stop(left, shutdown) => return stop,
+            _ = tracker.fleet_changed() => {
+                tracker.retry_pending().await;
+            }
+        }
+    }
+}
+
 /// sha256 of the files (names and texts), the version of a file or URL source.
 pub fn content_hash(files: &SourceFiles) -> String {
     let mut h = Sha256::new();
@@ -219,6 +240,17 @@ impl Tracker {
         let outcome = self.offer(p.files, p.source, p.version, p.etag).await;
         self.offered = false;
         Some(outcome)
+    }
+
+    /// Resolves when the fleet says the version waiting for its gate may get
+    /// further; never without a fleet or a waiting version.
+    pub(crate) async fn fleet_changed(&self) {
+        match (&self.agent.fleet, &self.pending) {
+            (Some(fleet), Some(_)) => {
+                while !fleet.wait_for_change(Duration::from_secs(3600)).await {}
+            }
+            _ => std::future::pending().await,
+        }
     }
 
     /// The persisted state, if it belongs to this configuration and its

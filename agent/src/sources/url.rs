@@ -11,7 +11,7 @@ use reqwest::header::{ETAG, IF_NONE_MATCH};
 use reqwest::StatusCode;
 use tokio::sync::{oneshot, watch};
 
-use super::{content_hash, sleep_or_stop, Tracker};
+use super::{content_hash, sleep_retrying, Tracker};
 use crate::control::{Agent, ApplySource};
 
 /// Longest one request may take.
@@ -140,7 +140,7 @@ pub async fn run(
         if let Some(done) = first_sync.take() {
             let _ = done.send(());
         }
-        if sleep_or_stop(interval, &mut shutdown).await {
+        if sleep_retrying(&mut tracker, interval, &mut shutdown).await {
             break;
         }
     }

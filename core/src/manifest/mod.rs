@@ -22,7 +22,7 @@ pub const MAX_FILES: usize = 256;
 /// Largest manifest file accepted.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Most services one manifest may define.
-pub const MAX_SERVICES: usize = 500;
+pub const MAX_SERVICES: usize = 1000;
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: u32 = 100;
 
