@@ -1,7 +1,36 @@
 # shellcheck shell=bash
-# Shared by bench/start.sh and bench/pull.sh: packages, build, a private
-# dockerd, podman flags, and cleanup of everything the benchmarks start.
-# Sourced, not run.
+# The one benchmark harness: every script under bench/ sources this file
+# (rollout-lib.sh too). Sourced, not run. Functions (names are stable):
+#
+#   log MSG...                 a "[bench] MSG" line on stderr
+#   need_root                  exits unless run as root
+#   ensure_pkgs BIN:PKG...     apt-get installs the packages whose binary is missing
+#   build                      release build of berthd, berth-monitor, berthctl and the
+#                              bench binaries into $REL (CARGO_TARGET_DIR is honoured;
+#                              NO_BUILD=1 uses what is there)
+#   snapshot_cgroups           remembers which of $CGROUP_NAMES exist, so that
+#   remove_new_cgroups         removes only those the run created (children first)
+#   start_dockerd WORK [FLAGS...]
+#                              the one private dockerd of every benchmark: its own
+#                              socket ($DOCKER_SOCK, default /run/berth-bench-docker-PID.sock),
+#                              data root, exec root and pidfile under WORK/docker, no
+#                              iptables/ip6tables/masquerading/default bridge, overlay2,
+#                              containers under cgroup $DOCKER_CG (default
+#                              berth-bench-docker-PID); FLAGS are added (e.g.
+#                              --insecure-registry 127.0.0.1:PORT). Sets DOCKER (CLI
+#                              prefix with -H), DOCKERD_PID, DOCKER_SOCK and exports
+#                              DOCKER_HOST (plain `docker` and docker-compose reach it).
+#                              On failure: DOCKER_ERR says why, nothing is left, returns 1.
+#   stop_dockerd               removes its containers and images, stops it, kills its
+#                              containerd and shims, unmounts what it left under WORK/docker,
+#                              removes its cgroups and socket (idempotent)
+#   podman_prefix WORK         podman command with its storage under WORK
+#   cleanup_podman             removes podman's containers and images ($PODMAN)
+#   unmount_under DIR          lazily unmounts everything at or below DIR, deepest first
+#   snapshot_podman_cache / remove_podman_cache
+#                              podman's host-global cache files, removed if the run made them
+#
+# Variables: BENCH_DIR, ROOT (the repository), REL (release binaries), CGROUP_NAMES.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
@@ -36,6 +65,10 @@ ensure_pkgs() {
 }
 
 build() {
+    if [ "${NO_BUILD:-0}" = 1 ]; then
+        log "NO_BUILD=1: using the binaries in $REL as they are"
+        return 0
+    fi
     log "cargo build --release (berthd, berth-monitor, berthctl, bench)"
     (cd "$ROOT" && cargo build --release -q -p berth-agent --bins -p berth-ctl -p berth-bench)
 }
@@ -59,13 +92,12 @@ remove_new_cgroups() {
     done
 }
 
-# start_dockerd WORK [dockerd flags...] — a private dockerd on its own socket,
-# data and exec roots under WORK. Sets DOCKER (CLI prefix) and DOCKERD_PID;
-# on failure sets DOCKER_ERR and returns 1.
+# start_dockerd WORK [dockerd flags...] — see the top of this file.
 start_dockerd() {
     local work=$1
     shift
-    DOCKER_SOCK=/run/berth-bench-docker-$$.sock
+    DOCKER_SOCK=${DOCKER_SOCK:-/run/berth-bench-docker-$$.sock}
+    DOCKER_CG=${DOCKER_CG:-berth-bench-docker-$$}
     DOCKERD_DIR=$work/docker
     mkdir -p "$DOCKERD_DIR"
     local cli=/usr/bin/docker
@@ -73,11 +105,12 @@ start_dockerd() {
     dockerd --host "unix://$DOCKER_SOCK" \
         --data-root "$DOCKERD_DIR/data" --exec-root "$DOCKERD_DIR/exec" \
         --pidfile "$DOCKERD_DIR/dockerd.pid" \
-        --iptables=false --ip-masq=false --bridge=none \
-        --storage-driver overlay2 "$@" \
+        --iptables=false --ip6tables=false --ip-masq=false --bridge=none \
+        --storage-driver overlay2 --cgroup-parent "$DOCKER_CG" "$@" \
         >"$DOCKERD_DIR/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
     DOCKER="$cli -H unix://$DOCKER_SOCK"
+    export DOCKER_HOST="unix://$DOCKER_SOCK"
     local i
     for i in $(seq 1 60); do
         if $DOCKER info >/dev/null 2>&1; then
@@ -117,7 +150,13 @@ stop_dockerd() {
     for p in $(pgrep -f -- "$DOCKERD_DIR" 2>/dev/null || true); do
         kill -KILL "$p" 2>/dev/null || true
     done
+    unmount_under "$DOCKERD_DIR"
+    local d
+    for d in /sys/fs/cgroup/*/"$DOCKER_CG" /sys/fs/cgroup/"$DOCKER_CG"; do
+        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
     rm -f "$DOCKER_SOCK"
+    unset DOCKER_HOST
     DOCKERD_PID=
 }
 

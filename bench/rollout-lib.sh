@@ -1,8 +1,13 @@
-# Shared by bench/rollout.sh and bench/reconcile.sh (sourced, not run):
+# Shared by bench/rollout.sh and bench/reconcile.sh (sourced, not run), on
+# top of bench/lib.sh (the one harness: packages, build, the private dockerd):
 # a throw-away registry on 127.0.0.1, busybox images built with umoci and
 # pushed with skopeo, a release berthd on temp dirs with its own bridge,
-# subnet and cgroup parent, and a cleanup that leaves nothing behind.
-# The caller sets WORK (a fresh temp dir) and TAG (short, unique, [a-z0-9]).
+# subnet and cgroup parent, compose on lib.sh's dockerd, and a cleanup that
+# leaves nothing behind. The caller sets WORK (a fresh temp dir) and TAG
+# (short, unique, [a-z0-9]).
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BIN=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release}
 
@@ -121,43 +126,26 @@ print("%.0f %.0f %.0f %.0f" % (statistics.median(v), min(v), p(0.9), max(v)))'
 
 # The peer (dockerd, Compose v1 from Debian) and a current release build.
 install_peer_and_build() {
-  if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >/dev/null
-  fi
-  cargo build --release -q -p berth-agent --bins -p berth-ctl
+  ensure_pkgs dockerd:docker.io docker-compose:docker-compose
+  build
 }
 
-# start_compose_dockerd [dockerd flags...] — a private dockerd on DOCKER_SOCK with its
-# data under WORK and its containers under cgroup DOCKER_CG. Sets DOCKERD_PID
-# and DOCKER_HOST; COMPOSE_NOTE says why the peer cannot run (empty if it can).
+# start_compose_dockerd [dockerd flags...] — lib.sh's private dockerd (data
+# under WORK, containers under cgroup DOCKER_CG, DOCKER_HOST exported) for
+# docker-compose; COMPOSE_NOTE says why the peer cannot run (empty if it can).
 start_compose_dockerd() {
   COMPOSE_NOTE=""
-  mkdir -p "$WORK/docker-data" "$WORK/docker-exec"
-  dockerd --host "unix://$DOCKER_SOCK" --data-root "$WORK/docker-data" --exec-root "$WORK/docker-exec" \
-    --pidfile "$WORK/docker.pid" --iptables=false --ip6tables=false --bridge=none --ip-masq=false \
-    --cgroup-parent "$DOCKER_CG" "$@" >"$WORK/dockerd.log" 2>&1 &
-  DOCKERD_PID=$!
-  export DOCKER_HOST="unix://$DOCKER_SOCK"
-  for _ in $(seq 150); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
-  if ! docker version >/dev/null 2>&1; then
-    COMPOSE_NOTE="dockerd did not start: $(tail -5 "$WORK/dockerd.log")"
+  if ! start_dockerd "$WORK" "$@"; then
+    COMPOSE_NOTE="$DOCKER_ERR"
   elif ! command -v docker-compose >/dev/null; then
     COMPOSE_NOTE="docker-compose not installed (apt-get install docker-compose)"
   fi
 }
 
-# stop_compose_dockerd PROJECT STOP_TIMEOUT — takes the compose project down, stops
-# dockerd, and removes what it left: mounts under WORK, its cgroups, the socket.
+# stop_compose_dockerd PROJECT STOP_TIMEOUT — takes the compose project down,
+# then lib.sh's stop_dockerd (containers, images, mounts, cgroups, socket).
 stop_compose_dockerd() {
   [ -n "${DOCKERD_PID:-}" ] || return 0
   docker-compose -p "$1" -f "$WORK/compose.yml" down -t "$2" >/dev/null 2>&1
-  kill "$DOCKERD_PID" 2>/dev/null
-  for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$DOCKERD_PID" 2>/dev/null
-  wait "$DOCKERD_PID" 2>/dev/null
-  # anything dockerd/containerd left mounted under our dirs
-  grep -E " ($WORK)/docker" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m"; done
-  rmdir /sys/fs/cgroup/*/"$DOCKER_CG"/* /sys/fs/cgroup/*/"$DOCKER_CG" /sys/fs/cgroup/"$DOCKER_CG" 2>/dev/null
-  rm -f "$DOCKER_SOCK"
+  stop_dockerd
 }

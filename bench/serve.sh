@@ -32,16 +32,7 @@ DOCKERD_PID=
 cleanup() {
   set +e
   stop_berthd 60
-  if [ -n "$DOCKERD_PID" ]; then
-    docker-compose -p berthserve -f "$WORK/compose.yml" down -t 1 >/dev/null 2>&1
-    kill "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$DOCKERD_PID" 2>/dev/null
-    wait "$DOCKERD_PID" 2>/dev/null
-    grep -E " ($WORK)/docker" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m"; done
-    rmdir /sys/fs/cgroup/*/"$DOCKER_CG"/* /sys/fs/cgroup/*/"$DOCKER_CG" /sys/fs/cgroup/"$DOCKER_CG" 2>/dev/null
-    rm -f "$DOCKER_SOCK"
-  fi
+  stop_compose_dockerd berthserve 1
   ip link del "$DOCKER_BRIDGE" 2>/dev/null
   stop_registry
   rm -rf "$WORK"
@@ -101,19 +92,9 @@ SUB=$(free_subnet)
 ip link add "$DOCKER_BRIDGE" type bridge
 ip addr add "${SUB%.0/24}.1/24" dev "$DOCKER_BRIDGE"
 ip link set "$DOCKER_BRIDGE" up
-mkdir -p "$WORK/docker-data" "$WORK/docker-exec"
-dockerd --host "unix://$DOCKER_SOCK" --data-root "$WORK/docker-data" --exec-root "$WORK/docker-exec" \
-  --pidfile "$WORK/docker.pid" --iptables=false --ip6tables=false --ip-masq=false \
-  --bridge "$DOCKER_BRIDGE" --cgroup-parent "$DOCKER_CG" --insecure-registry "$REG" \
-  >"$WORK/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-export DOCKER_HOST="unix://$DOCKER_SOCK"
-for _ in $(seq 150); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
-if ! docker version >/dev/null 2>&1; then
-  COMPOSE_NOTE="dockerd did not start: $(tail -5 "$WORK/dockerd.log")"
-elif ! command -v docker-compose >/dev/null; then
-  COMPOSE_NOTE="docker-compose not installed"
-fi
+# lib.sh's private dockerd (the one harness); the later --bridge replaces its
+# default --bridge=none, so docker-proxy publishes the port on our bridge.
+start_compose_dockerd --bridge "$DOCKER_BRIDGE" --insecure-registry "$REG"
 C_PORT=$(free_port)
 cat > "$WORK/compose.yml" <<YML
 version: "2.4"

@@ -4,7 +4,7 @@
 //! cgroup with its limits, then the monitor, whose one-line report says
 //! whether the workload was exec'd. A failure undoes everything made.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::Stdio;
 
@@ -12,6 +12,7 @@ use super::cgroups::Limits;
 use super::config::{self, ContainerConfig, DiskConfig};
 use super::monitor::MonitorReport;
 use super::seccomp::{Profile, Seccomp};
+use super::stages::Stamps;
 use super::{ContainerInfo, Runtime, RuntimeError};
 
 impl Runtime {
@@ -32,8 +33,15 @@ impl Runtime {
             }
             Err(e) => return Err(Self::io(id, "creating", &dir)(e)),
         }
-        match self.create_inner(cfg, &dir) {
-            Ok(()) => Ok(self.info(id)?),
+        let mut stamps = super::stages::Stamps::new(self.paths.trace_stages);
+        stamps.stamp("runtime.create");
+        match self.create_inner(cfg, &dir, &mut stamps) {
+            Ok(()) => {
+                let info = self.info(id)?;
+                stamps.stamp("runtime.info");
+                stamps.flush_into(&dir);
+                Ok(info)
+            }
             Err(error) => match self.teardown(id, &dir) {
                 Ok(()) => Err(error),
                 Err(cleanup) => Err(RuntimeError::CreateFailed {
@@ -45,7 +53,12 @@ impl Runtime {
         }
     }
 
-    fn create_inner(&self, cfg: &ContainerConfig, dir: &Path) -> Result<(), RuntimeError> {
+    fn create_inner(
+        &self,
+        cfg: &ContainerConfig,
+        dir: &Path,
+        stamps: &mut Stamps,
+    ) -> Result<(), RuntimeError> {
         let id = cfg.id.as_str();
         set_mode(dir, 0o700).map_err(Self::io(id, "chmod", dir))?;
         for sub in ["upper", "work", "merged", "logs"] {
@@ -90,14 +103,26 @@ impl Runtime {
             seccomp_profile,
         };
         config::write_json(id, &dir.join("config.json"), &disk)?;
+        stamps.stamp("runtime.files");
         let cgroup = self.cgroup(id)?;
         cgroup.create(&Limits {
             memory_bytes: cfg.memory_bytes,
             millicpus: cfg.millicpus,
             pids: cfg.pids,
         })?;
+        stamps.stamp("runtime.cgroup");
+        // Compiled once per profile and capability set, handed to the monitor.
+        let filter = self
+            .seccomp
+            .encoded_for(&disk)
+            .map_err(|e| RuntimeError::Start {
+                id: id.into(),
+                step: "seccomp".into(),
+                message: e.to_string(),
+            })?;
+        stamps.stamp("runtime.seccomp");
 
-        let report = self.spawn_monitor(id, dir)?;
+        let report = self.spawn_monitor(id, dir, &filter, stamps)?;
         match report {
             MonitorReport { state: Some(_), .. } => Ok(()),
             MonitorReport { error: Some(e), .. } => Err(RuntimeError::Start {
@@ -113,8 +138,16 @@ impl Runtime {
     }
 
     /// Starts `monitor_exe monitor_args... <dir>` from a read-only bind mount of
-    /// the executable (detached once exec'd) and reads its one-line report.
-    fn spawn_monitor(&self, id: &str, dir: &Path) -> Result<MonitorReport, RuntimeError> {
+    /// the executable (detached once exec'd), writes the compiled seccomp
+    /// `filter` ([`super::seccomp::Filter::encode`]) to its stdin and reads its
+    /// one-line report.
+    fn spawn_monitor(
+        &self,
+        id: &str,
+        dir: &Path,
+        filter: &[u8],
+        stamps: &mut Stamps,
+    ) -> Result<MonitorReport, RuntimeError> {
         let log = dir.join("monitor.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -128,14 +161,20 @@ impl Runtime {
             id,
             &dir.join("monitor.exe"),
             &args,
-            Stdio::piped(),
-            stderr.into(),
+            (Stdio::piped(), Stdio::piped(), stderr.into()),
             |source| RuntimeError::SpawnMonitor {
                 id: id.into(),
                 exe: self.paths.monitor_exe.clone(),
                 source,
             },
         )?;
+        stamps.stamp("runtime.spawned");
+        // Less than a pipe's buffer (~13 KiB for the default profile), and
+        // the monitor reads it all before it writes anything: no deadlock.
+        // A monitor that died early shows in its report, read below.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(filter);
+        }
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
             stdout.read_to_string(&mut out).map_err(Self::io(
@@ -145,6 +184,7 @@ impl Runtime {
             ))?;
         }
         let _ = child.wait();
+        stamps.stamp("runtime.report");
         serde_json::from_str(out.trim()).map_err(|_| {
             let log = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
             RuntimeError::MonitorProtocol {

@@ -4,14 +4,14 @@
 //! the directory); `teardown` is also how a failed create is undone.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::mount::MntFlags;
 
 use super::cgroups::MonitorCgroup;
 use super::config::{self, StateFile};
 use super::crilog::LogFile;
-use super::state::alive;
+use super::stages::Stamps;
 use super::{ContainerInfo, ContainerState, Runtime, RuntimeError};
 
 impl Runtime {
@@ -33,6 +33,7 @@ impl Runtime {
         if !config::valid_id(id) || !dir.is_dir() {
             return Err(RuntimeError::NotFound { id: id.into() });
         }
+        let mut stamps = Stamps::new(self.paths.trace_stages);
         if let ContainerState::Running { .. } | ContainerState::MonitorLost { .. } = self.state(id)
         {
             match self.stop(id, Some(libc::SIGKILL), Some(Duration::ZERO)) {
@@ -41,20 +42,41 @@ impl Runtime {
             }
         }
         // The monitor writes into the directory until it exits.
+        stamps.stamp("remove.state");
         if let Ok(Some(st)) = config::read_json::<StateFile>(id, &dir.join("state.json")) {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while alive(st.monitor_pid, st.monitor_start) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            super::wait::monitor_exited(&st, Duration::from_secs(5));
         }
+        stamps.stamp("remove.monitor");
         if let (Ok(info), Ok(files)) = (self.info(id), self.logs(id)) {
             keep_logs(&info, &files);
         }
-        self.teardown(id, &dir)
+        stamps.stamp("remove.logs");
+        let result = self.teardown_traced(id, &dir, &mut stamps);
+        if stamps.on() {
+            // The directory is gone: beside it, for the benchmark to collect.
+            let _ = std::fs::create_dir_all(&self.paths.run_dir);
+            stamps.flush_into_file(&self.removal_stages(id));
+        }
+        result
+    }
+
+    /// Where [`Runtime::remove`] leaves its stage stamps when tracing
+    /// (`<run_dir>/<id>.stages`; see [`super::stages`]); the reader deletes it.
+    pub fn removal_stages(&self, id: &str) -> std::path::PathBuf {
+        self.paths.run_dir.join(format!("{id}.stages"))
     }
 
     /// Undoes everything create may have made; collects every failure.
     pub(super) fn teardown(&self, id: &str, dir: &Path) -> Result<(), RuntimeError> {
+        self.teardown_traced(id, dir, &mut Stamps::new(false))
+    }
+
+    fn teardown_traced(
+        &self,
+        id: &str,
+        dir: &Path,
+        stamps: &mut Stamps,
+    ) -> Result<(), RuntimeError> {
         self.forget(id);
         let mut failures = Vec::new();
         match self.cgroup(id) {
@@ -67,20 +89,24 @@ impl Runtime {
             Err(RuntimeError::NoCgroups { .. }) => {}
             Err(e) => failures.push(e.to_string()),
         }
+        stamps.stamp("remove.cgroup");
         let monitor = MonitorCgroup::detect(&self.paths.cgroup_parent, id);
         if let Err(e) = monitor.remove(Duration::from_secs(5)) {
             failures.push(e.to_string());
         }
+        stamps.stamp("remove.monitor-cgroup");
         for m in mounts_under(dir) {
             if let Err(e) = nix::mount::umount2(&m, MntFlags::MNT_DETACH) {
                 failures.push(format!("unmounting {}: {e}", m.display()));
             }
         }
+        stamps.stamp("remove.mounts");
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => failures.push(format!("removing {}: {e}", dir.display())),
         }
+        stamps.stamp("remove.dir");
         if failures.is_empty() {
             Ok(())
         } else {

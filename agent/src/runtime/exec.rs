@@ -418,14 +418,17 @@ impl Runtime {
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError> {
         let (argv, exe) = self.exec_argv(id, args, Some(timeout), Mode::Capture)?;
-        let child =
-            self.spawn_from_ro_mount(id, &exe, &argv, Stdio::piped(), Stdio::piped(), |source| {
-                RuntimeError::Exec {
-                    id: id.into(),
-                    step: "starting the exec helper".into(),
-                    message: source.to_string(),
-                }
-            })?;
+        let child = self.spawn_from_ro_mount(
+            id,
+            &exe,
+            &argv,
+            (Stdio::null(), Stdio::piped(), Stdio::piped()),
+            |source| RuntimeError::Exec {
+                id: id.into(),
+                step: "starting the exec helper".into(),
+                message: source.to_string(),
+            },
+        )?;
         let out = child.wait_with_output().map_err(|e| RuntimeError::Exec {
             id: id.into(),
             step: "waiting for the exec helper".into(),
@@ -481,9 +484,12 @@ impl Runtime {
             id,
             &exe,
             &argv,
-            Stdio::from(OwnedFd::from(theirs)),
-            // Nothing but a panic ends up here: keep it in the agent's log.
-            Stdio::inherit(),
+            (
+                Stdio::null(),
+                Stdio::from(OwnedFd::from(theirs)),
+                // Nothing but a panic ends up here: keep it in the agent's log.
+                Stdio::inherit(),
+            ),
             io_err("starting the exec helper"),
         )?;
         let first = fdpass::recv_fds(control.as_fd(), 4);
@@ -560,6 +566,8 @@ impl Runtime {
 pub fn exec_main(args: &[String]) -> ! {
     // Nothing may ptrace us or open our /proc entries while we run agent code.
     let _ = nix::sys::prctl::set_dumpable(false);
+    // Exec'd through /proc/self/fd/N, the kernel named us "N".
+    let _ = nix::sys::prctl::set_name(c"berth-exec");
     // Always run to the end (bounded by the timeout) so the cleanup happens even
     // when the agent's terminal or process group is signalled.
     let _ = sysproc::ignore_signals(&[

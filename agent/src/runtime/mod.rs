@@ -5,7 +5,7 @@
 //! container has a small monitor process (see [`monitor`]) as parent of its PID 1.
 //! [`Runtime`]'s verbs live one per file, as in youki's libcontainer: `create`
 //! (create and start), `stop`, `delete` (remove), `exec`, `state` (state, info,
-//! list, logs, stats); `spawn` starts their helper processes.
+//! list, logs, stats), `wait`; `spawn` starts their helper processes.
 //! See docs/runtime.md for the design, including the CVE-2019-5736 mitigation.
 
 pub mod capabilities;
@@ -23,11 +23,13 @@ pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 mod spawn;
+pub mod stages;
 mod state;
 mod stop;
 pub mod syscall;
 pub mod sysctl;
 pub mod userns;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +64,9 @@ pub struct RuntimePaths {
     /// Arguments `monitor_exe` runs an exec helper with, before
     /// `<dir> <timeout-ms> -- <command>…`; normally `["__exec"]`.
     pub exec_args: Vec<String>,
+    /// Record stage timestamps of every start in `<dir>/stages` (see
+    /// [`stages`]); off by default (benchmarks turn it on).
+    pub trace_stages: bool,
 }
 
 impl RuntimePaths {
@@ -79,6 +84,7 @@ impl RuntimePaths {
             monitor_exe: monitor_exe.into(),
             monitor_args: vec![MONITOR_SUBCOMMAND.into()],
             exec_args: vec![EXEC_SUBCOMMAND.into()],
+            trace_stages: false,
         }
     }
 }
@@ -163,6 +169,11 @@ pub struct Runtime {
     /// What never changes about a container once written, shared by clones
     /// (see [`state::Cache`]); the files stay the truth.
     cache: std::sync::Arc<std::sync::Mutex<state::Cache>>,
+    /// Seccomp filters compiled by this agent, shared by its clones.
+    seccomp: std::sync::Arc<seccomp::FilterCache>,
+    /// The detached read-only clone of `monitor_exe` helpers are exec'd
+    /// from (made at the first start; `None`: this kernel has no `open_tree`).
+    exe_clone: std::sync::Arc<std::sync::OnceLock<Option<std::os::fd::OwnedFd>>>,
 }
 
 impl Runtime {
@@ -171,6 +182,8 @@ impl Runtime {
             paths,
             hierarchy: Hierarchy::detect(),
             cache: Default::default(),
+            seccomp: Default::default(),
+            exe_clone: Default::default(),
         }
     }
 

@@ -25,6 +25,7 @@ use super::crilog::{self, LineSplitter, Stream};
 use super::namespaces::Namespaces;
 use super::process::{self, InitFailure, InitFds};
 use super::seccomp;
+use super::stages::{self, Stamps};
 use crate::sys::process::{self as sysproc, Forked};
 
 /// Number of log files kept per container (the live one plus `.1`).
@@ -78,6 +79,17 @@ pub fn monitor_main(args: &[String]) -> ! {
         eprintln!("{}", MonitorError::Usage);
         std::process::exit(2)
     };
+    let mut stamps = Stamps::from_env();
+    stamps.stamp("monitor.main");
+    // Exec'd through /proc/self/fd/N (see spawn.rs), the kernel named us "N".
+    let _ = nix::sys::prctl::set_name(c"berth-monitor");
+    // The seccomp filter the agent compiled (and caches), on stdin; nothing
+    // there: compile it here.
+    let received = {
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes);
+        seccomp::Filter::decode(&bytes)
+    };
     // Survive the agent's terminal, session and signals aimed at its group.
     let _ = sysproc::ignore_signals(&[
         Signal::SIGHUP,
@@ -103,7 +115,17 @@ pub fn monitor_main(args: &[String]) -> ! {
             std::process::exit(1)
         }
     }
-    let code = match run(Path::new(dir)) {
+    stamps.stamp("monitor.forked");
+    let result = received
+        .map_err(|source| MonitorError::Seccomp {
+            id: Path::new(dir)
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source,
+        })
+        .and_then(|filter| run(Path::new(dir), filter, stamps));
+    let code = match result {
         Ok(()) => 0,
         Err(e) => {
             // Before the report this reaches the agent; afterwards only monitor.log.
@@ -140,7 +162,11 @@ fn detach_stdio() {
     }
 }
 
-fn run(dir: &Path) -> Result<(), MonitorError> {
+fn run(
+    dir: &Path,
+    received: Option<seccomp::Filter>,
+    mut stamps: Stamps,
+) -> Result<(), MonitorError> {
     let id_hint = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -154,9 +180,17 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let hierarchy =
         Hierarchy::detect().ok_or_else(|| MonitorError::NoCgroups { id: id.clone() })?;
     let cgroup = Cgroup::new(hierarchy, &cfg.cgroup_parent, &id);
+    stamps.stamp("monitor.config");
     // Leave the agent's cgroup (its unit) before the container exists, so
     // stopping or killing the agent's unit leaves the monitor and its logs alone.
     MonitorCgroup::detect(&cfg.cgroup_parent, &id).enter(std::process::id() as i32)?;
+    stamps.stamp("monitor.cgroup");
+    // The trace file, for the init too (close-on-exec).
+    let stages = if stamps.on() {
+        stages::open_append(dir).ok().map(OwnedFd::from)
+    } else {
+        None
+    };
 
     let cloexec = OFlag::O_CLOEXEC;
     let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
@@ -164,11 +198,16 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
     let (rep_r, rep_w) = nix::unistd::pipe2(cloexec).map_err(sys("pipe"))?;
 
-    // Compiled here so the init only has to install it, right before execve.
-    let filter = seccomp::compile_for(&cfg).map_err(|source| MonitorError::Seccomp {
-        id: id.clone(),
-        source,
-    })?;
+    // Compiled before the fork (by the agent, or here) so the init only has
+    // to install it, right before execve.
+    let filter = match received {
+        Some(filter) => filter,
+        None => seccomp::compile_for(&cfg).map_err(|source| MonitorError::Seccomp {
+            id: id.clone(),
+            source,
+        })?,
+    };
+    stamps.stamp("monitor.seccomp");
     Namespaces::default().enter_pid_for_children(&id)?;
     let child = match sysproc::fork_single_threaded().map_err(|source| MonitorError::Io {
         id: id.clone(),
@@ -177,6 +216,8 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     })? {
         Forked::Child => {
             drop((out_r, err_r, go_w, rep_r));
+            stamps.clear();
+            stamps.stamp("init.start");
             process::init_main(
                 dir,
                 &cfg,
@@ -185,12 +226,15 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
                     report: rep_w,
                     stdout: out_w,
                     stderr: err_w,
+                    stages,
                 },
                 &filter,
+                stamps,
             )
         }
         Forked::Parent(child) => child,
     };
+    stamps.stamp("monitor.fork");
     drop((out_w, err_w, go_r, rep_w, filter));
 
     if let Err(e) = cgroup.add_pid(child.as_raw()) {
@@ -200,8 +244,10 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
     }
     nix::unistd::write(&go_w, b"g").map_err(sys("release init"))?;
     drop(go_w);
+    stamps.stamp("monitor.released");
 
     let failure = read_to_end(rep_r);
+    stamps.stamp("monitor.exec-seen");
     if !failure.is_empty() {
         let _ = waitpid(child, None);
         let error =
@@ -226,6 +272,10 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
         started_at_ms: config::now_ms(),
     };
     config::write_json(&id, &dir.join("state.json"), &state)?;
+    stamps.stamp("monitor.state");
+    if let Some(fd) = &stages {
+        stamps.flush_to(fd);
+    }
     report(&MonitorReport {
         state: Some(state),
         error: None,
@@ -239,6 +289,7 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
         [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
         RotatingLog::open(dir.join("logs").join(LOG_NAME), log_max),
     );
+    stamps.stamp("monitor.exit-seen");
 
     // Raw statuses: nix's WaitStatus fails on a death by a real-time signal.
     let exit = loop {
@@ -255,6 +306,7 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
             }
         }
     };
+    stamps.stamp("monitor.reaped");
     let exit = ExitFile {
         code: exit.0,
         signal: exit.1,
@@ -262,6 +314,10 @@ fn run(dir: &Path) -> Result<(), MonitorError> {
         finished_at_ms: config::now_ms(),
     };
     config::write_json(&id, &dir.join("exit.json"), &exit)?;
+    stamps.stamp("monitor.exit-json");
+    if let Some(fd) = &stages {
+        stamps.flush_to(fd);
+    }
     Ok(())
 }
 

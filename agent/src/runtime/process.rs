@@ -19,6 +19,7 @@ use super::config::DiskConfig;
 use super::namespaces::{NamespaceError, Namespaces};
 use super::rootfs::{RootfsError, RootfsPlan};
 use super::seccomp::Filter;
+use super::stages::Stamps;
 use super::syscall::RealSys;
 use super::sysctl::{self, SysctlError};
 use crate::sys::process::{self as sysproc, Forked};
@@ -112,20 +113,30 @@ pub struct InitFds {
     pub report: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// `<dir>/stages` when tracing ([`super::stages`]); written right before `execve`.
+    pub stages: Option<OwnedFd>,
 }
 
 /// Runs the init in the forked child; never returns. `filter` (compiled by the
 /// monitor before the fork) is installed right before `execve`. With
 /// `init = true` the init forks the workload after building the rootfs and
-/// stays PID 1 itself (see [`super::init`]).
-pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds, filter: &Filter) -> ! {
+/// stays PID 1 itself (see [`super::init`]). `stamps` records the stages
+/// when tracing.
+pub fn init_main(
+    dir: &Path,
+    cfg: &DiskConfig,
+    fds: InitFds,
+    filter: &Filter,
+    mut stamps: Stamps,
+) -> ! {
     let InitFds {
         go,
         report,
         stdout,
         stderr,
+        stages,
     } = fds;
-    let prepared = prepare(dir, cfg, &go, &stdout, &stderr);
+    let prepared = prepare(dir, cfg, &go, &stdout, &stderr, &mut stamps);
     // stdout/stderr are fds 1 and 2 by now; nothing else is needed but `report`.
     drop((go, stdout, stderr));
     let forked = prepared.and_then(|()| {
@@ -136,21 +147,25 @@ pub fn init_main(dir: &Path, cfg: &DiskConfig, fds: InitFds, filter: &Filter) ->
         }
     });
     let err = match forked {
-        Ok(Forked::Child) => match exec_workload(cfg, filter) {
+        Ok(Forked::Child) => match exec_workload(cfg, filter, &mut stamps, stages) {
             Ok(never) => match never {},
             Err(e) => e,
         },
-        Ok(Forked::Parent(workload)) => match super::init::become_init(cfg, filter) {
-            Ok(()) => {
-                // The workload holds the other copy: EOF once it has exec'd.
-                drop(report);
-                sysproc::exit_now(super::init::supervise(workload.as_raw()))
+        Ok(Forked::Parent(workload)) => {
+            // PID 1 keeps no host file open.
+            drop(stages);
+            match super::init::become_init(cfg, filter) {
+                Ok(()) => {
+                    // The workload holds the other copy: EOF once it has exec'd.
+                    drop(report);
+                    sysproc::exit_now(super::init::supervise(workload.as_raw()))
+                }
+                Err(e) => {
+                    let _ = sysproc::send_signal(workload.as_raw(), libc::SIGKILL);
+                    e
+                }
             }
-            Err(e) => {
-                let _ = sysproc::send_signal(workload.as_raw(), libc::SIGKILL);
-                e
-            }
-        },
+        }
         Err(e) => e,
     };
     let failure = InitFailure {
@@ -203,6 +218,7 @@ fn prepare(
     go: &OwnedFd,
     stdout: &OwnedFd,
     stderr: &OwnedFd,
+    stamps: &mut Stamps,
 ) -> Result<(), ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
@@ -214,29 +230,37 @@ fn prepare(
     if nix::unistd::read(go, &mut byte).map_err(setup("wait for monitor"))? != 1 {
         return Err(ProcessError::MonitorGone { id: id.into() });
     }
+    stamps.stamp("init.go");
 
     // Made while this process still sees the host's /proc.
     let userns = match c.userns {
         Some(range) => Some(super::userns::create(id, range)?),
         None => None,
     };
+    stamps.stamp("init.userns");
     if let Some(netns) = &c.netns {
         Namespaces::join_net(id, netns)?;
     }
     Namespaces::for_netns(c.netns.as_deref()).enter_in_init(id, &c.name)?;
+    stamps.stamp("init.namespaces");
     // In the container's net/ipc/uts namespaces now; the rootfs's /proc/sys
     // will be read-only, so through the host's /proc (which shows ours).
     sysctl::apply(id, Path::new("/proc/sys"), &sysctl::plan(&c.sysctls))?;
+    stamps.stamp("init.sysctl");
     match &userns {
         Some(ns) => {
             let (lowers, mounts) =
                 super::userns::idmap_sources(id, dir, &c.lowerdirs, &c.mounts, ns)?;
+            stamps.stamp("init.idmap");
             let mut plan = rootfs_plan(dir, cfg);
             plan.lowerdirs = &lowers;
             plan.mounts = &mounts;
-            crate::runtime::rootfs::setup(&mut RealSys, &plan)?;
+            crate::runtime::rootfs::setup_traced(&mut RealSys, &plan, stamps)?;
         }
-        None => crate::runtime::rootfs::setup(&mut RealSys, &rootfs_plan(dir, cfg))?,
+        None => {
+            stamps.stamp("init.idmap");
+            crate::runtime::rootfs::setup_traced(&mut RealSys, &rootfs_plan(dir, cfg), stamps)?
+        }
     }
 
     let null = nix::fcntl::open(
@@ -248,6 +272,7 @@ fn prepare(
     nix::unistd::dup2_stdin(null.as_fd()).map_err(setup("stdin"))?;
     nix::unistd::dup2_stdout(stdout.as_fd()).map_err(setup("stdout"))?;
     nix::unistd::dup2_stderr(stderr.as_fd()).map_err(setup("stderr"))?;
+    stamps.stamp("init.stdio");
     // Last: from here on this process has capabilities only over its own
     // user namespace, which owns none of the others.
     if let Some(ns) = &userns {
@@ -257,12 +282,19 @@ fn prepare(
 }
 
 /// The rest, in the process that becomes the workload: user, capabilities,
-/// `no_new_privs`, default signals, fds, seccomp, `execve`.
-fn exec_workload(cfg: &DiskConfig, filter: &Filter) -> Result<Infallible, ProcessError> {
+/// `no_new_privs`, default signals, fds, seccomp, `execve`; the stamps go to
+/// `stages` (when tracing) right before `execve`.
+fn exec_workload(
+    cfg: &DiskConfig,
+    filter: &Filter,
+    stamps: &mut Stamps,
+    stages: Option<OwnedFd>,
+) -> Result<Infallible, ProcessError> {
     let c = &cfg.container;
     let id = c.id.as_str();
     let setup = |step| setup_error(id, step);
     set_identity_and_caps(cfg)?;
+    stamps.stamp("init.identity");
     let exe = find_executable(cfg)?;
     nix::sys::prctl::set_no_new_privs().map_err(setup("no_new_privs"))?;
     sysproc::reset_signals().map_err(|e| ProcessError::Setup {
@@ -288,12 +320,17 @@ fn exec_workload(cfg: &DiskConfig, filter: &Filter) -> Result<Infallible, Proces
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
     let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    stamps.stamp("init.exec-prep");
     // Last: from here on the denied syscalls fail, and nothing but execve follows.
     filter.apply().map_err(|e| ProcessError::Setup {
         id: id.into(),
         step: "seccomp",
         source: e.errno(),
     })?;
+    stamps.stamp("init.seccomp");
+    if let Some(fd) = stages {
+        stamps.flush_to(&fd);
+    }
     let source = match nix::unistd::execve(&path, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},

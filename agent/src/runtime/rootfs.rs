@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 
 use super::config::{Mount, MountKind};
+use super::stages::Stamps;
 use super::syscall::{Create, Resolved, Sys};
 
 /// Paths masked with `/dev/null` (files) or a read-only tmpfs (directories), as Docker does.
@@ -325,6 +326,16 @@ fn overlay_options(plan: &RootfsPlan<'_>) -> Result<String, RootfsError> {
 /// /proc to show the right pids, as a member of the container's pid namespace).
 /// On return the process's root and cwd are the container's.
 pub fn setup(sys: &mut dyn Sys, plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
+    setup_traced(sys, plan, &mut Stamps::new(false))
+}
+
+/// [`setup`], stamping `init.overlay`, `init.mounts` (everything before
+/// `pivot_root`) and `init.pivot_root` (see [`super::stages`]).
+pub fn setup_traced(
+    sys: &mut dyn Sys,
+    plan: &RootfsPlan<'_>,
+    stamps: &mut Stamps,
+) -> Result<(), RootfsError> {
     let mut c = Ctx { sys, plan };
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
@@ -351,6 +362,7 @@ pub fn setup(sys: &mut dyn Sys, plan: &RootfsPlan<'_>) -> Result<(), RootfsError
         MsFlags::MS_NODEV,
         Some(&opts),
     )?;
+    stamps.stamp("init.overlay");
 
     // 3. Kernel filesystems.
     c.mount_fs("/proc", "proc", nosuid_nodev_noexec, None)?;
@@ -497,6 +509,7 @@ pub fn setup(sys: &mut dyn Sys, plan: &RootfsPlan<'_>) -> Result<(), RootfsError
     // 8. The working directory exists before the root may become read-only.
     let cwd = plan.cwd.display().to_string();
     drop(c.resolve(&cwd, Create::Dir)?);
+    stamps.stamp("init.mounts");
 
     // 9. pivot_root (never chroot) and detach the old root.
     c.sys
@@ -523,7 +536,9 @@ pub fn setup(sys: &mut dyn Sys, plan: &RootfsPlan<'_>) -> Result<(), RootfsError
         step: "chdir",
         path: plan.cwd.into(),
         source,
-    })
+    })?;
+    stamps.stamp("init.pivot_root");
+    Ok(())
 }
 
 #[cfg(test)]

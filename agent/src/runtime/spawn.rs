@@ -1,8 +1,13 @@
 //! Starting the runtime's helper processes (the monitor, the exec helper)
-//! from a read-only bind mount of the agent binary that is lazily detached
-//! once they have exec'd, so no process a container can reach has a writable
-//! `/proc/<pid>/exe` (CVE-2019-5736, see docs/runtime.md).
+//! from a read-only mount of the agent binary that nothing can reach, so no
+//! process a container can reach has a writable `/proc/<pid>/exe`
+//! (CVE-2019-5736, see docs/runtime.md): a detached read-only clone of the
+//! binary's mount made once per runtime (`open_tree` + `mount_setattr`,
+//! Linux 5.12+) and exec'd through `/proc/self/fd/N`; on older kernels a
+//! read-only bind mount per start, lazily detached once the process has exec'd.
 
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -10,19 +15,75 @@ use nix::mount::{MntFlags, MsFlags};
 
 use super::{Runtime, RuntimeError};
 
+/// The detached read-only clone of `exe`'s mount (its root is the file), or
+/// `None` when this kernel cannot make one.
+pub(super) fn detached_ro_clone(exe: &Path) -> Option<OwnedFd> {
+    let tree = crate::sys::mount::open_tree_clone(exe).ok()?;
+    let ro = crate::sys::mount::ATTR_RDONLY
+        | crate::sys::mount::ATTR_NOSUID
+        | crate::sys::mount::ATTR_NODEV;
+    crate::sys::mount::mount_setattr(std::os::fd::AsFd::as_fd(&tree), ro, 0, false).ok()?;
+    Some(tree)
+}
+
 impl Runtime {
-    /// Runs `monitor_exe args...` (stdin `/dev/null`, `stdout` and `stderr` as
-    /// given, empty env)
-    /// from a read-only bind mount of it at `exe` that is lazily detached and
-    /// removed as soon as the process has exec'd: its `/proc/<pid>/exe` then
-    /// names a read-only mount nothing else can reach (CVE-2019-5736).
+    /// Runs `monitor_exe args...` (`stdio`: stdin, stdout and stderr; empty
+    /// env but [`super::stages::ENV`] when tracing; `argv[0]` is
+    /// `monitor_exe`) from a read-only mount nothing else can reach, so its
+    /// `/proc/<pid>/exe` names a read-only mount (CVE-2019-5736): the
+    /// runtime's detached clone ([`detached_ro_clone`], no mount call per
+    /// start), or else a bind mount of it at `exe` that is lazily detached
+    /// and removed as soon as the process has exec'd.
     pub(super) fn spawn_from_ro_mount(
         &self,
         id: &str,
         exe: &Path,
         args: &[std::ffi::OsString],
-        stdout: Stdio,
-        stderr: Stdio,
+        stdio: (Stdio, Stdio, Stdio),
+        spawn_err: impl FnOnce(std::io::Error) -> RuntimeError,
+    ) -> Result<std::process::Child, RuntimeError> {
+        let clone = self
+            .exe_clone
+            .get_or_init(|| detached_ro_clone(&self.paths.monitor_exe));
+        match clone {
+            Some(fd) => {
+                // Resolved by the kernel before close-on-exec fds are closed.
+                let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                self.helper_command(&path, args, stdio)
+                    .spawn()
+                    .map_err(spawn_err)
+            }
+            None => self.spawn_from_bind_mount(id, exe, args, stdio, spawn_err),
+        }
+    }
+
+    /// The command of a helper process: `program args…` with `stdio`, an
+    /// empty environment (but [`super::stages::ENV`] when tracing) and
+    /// `monitor_exe` as `argv[0]`.
+    fn helper_command(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[std::ffi::OsString],
+        (stdin, stdout, stderr): (Stdio, Stdio, Stdio),
+    ) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg0(&self.paths.monitor_exe)
+            .args(args)
+            .env_clear()
+            .envs(self.paths.trace_stages.then_some((super::stages::ENV, "1")))
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        cmd
+    }
+
+    /// [`Runtime::spawn_from_ro_mount`] on kernels without `open_tree`.
+    fn spawn_from_bind_mount(
+        &self,
+        id: &str,
+        exe: &Path,
+        args: &[std::ffi::OsString],
+        stdio: (Stdio, Stdio, Stdio),
         spawn_err: impl FnOnce(std::io::Error) -> RuntimeError,
     ) -> Result<std::process::Child, RuntimeError> {
         std::fs::write(exe, b"").map_err(Self::io(id, "creating", exe))?;
@@ -55,12 +116,7 @@ impl Runtime {
         let spawned = nix::mount::mount(None::<&str>, exe, None::<&str>, ro, None::<&str>)
             .map_err(mount_err("remounting read-only", exe))
             .and_then(|()| {
-                Command::new(exe)
-                    .args(args)
-                    .env_clear()
-                    .stdin(Stdio::null())
-                    .stdout(stdout)
-                    .stderr(stderr)
+                self.helper_command(exe, args, stdio)
                     .spawn()
                     .map_err(spawn_err)
             });

@@ -145,8 +145,16 @@ impl Runtime {
         }
     }
 
+    /// The exit within `timeout` (`None`: still running): notified by
+    /// [`Runtime::wait`]; when the monitor went away without a record,
+    /// whatever [`Runtime::state`] says within the rest of `timeout`.
     fn wait_exit(&self, id: &str, timeout: Duration) -> Option<Result<ExitInfo, RuntimeError>> {
         let deadline = Instant::now() + timeout;
+        match self.wait(id, timeout) {
+            Ok(Some(exit)) => return Some(Ok(exit)),
+            Ok(None) => return None,
+            Err(_) => {}
+        }
         loop {
             match self.state(id) {
                 ContainerState::Exited {

@@ -50,6 +50,8 @@ pub enum SeccompError {
     Capability(#[from] CapabilityError),
     #[error("seccomp: config.json names the profile {} but does not hold it", .0.display())]
     MissingProfile(PathBuf),
+    #[error("seccomp: the compiled programs from the agent are malformed: {0}")]
+    Decode(&'static str),
 }
 
 impl SeccompError {
@@ -114,6 +116,159 @@ impl Filter {
     pub fn programs(&self) -> impl Iterator<Item = (&str, &BpfProgram)> {
         self.programs.iter().map(|(e, p)| (e.as_str(), p))
     }
+
+    /// The programs as bytes, for the monitor's stdin ([`Filter::decode`]):
+    /// [`WIRE_MAGIC`], then per program its name and instructions, each
+    /// length a little-endian `u32`, each instruction `code` (u16), `jt`,
+    /// `jf` (u8) and `k` (u32), little endian. No program: unconfined.
+    pub fn encode(&self) -> Vec<u8> {
+        let len: usize = self
+            .programs
+            .iter()
+            .map(|(n, p)| 8 + n.len() + 8 * p.len())
+            .sum();
+        let mut out = Vec::with_capacity(WIRE_MAGIC.len() + 4 + len);
+        out.extend_from_slice(WIRE_MAGIC);
+        out.extend_from_slice(&(self.programs.len() as u32).to_le_bytes());
+        for (name, bpf) in &self.programs {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(bpf.len() as u32).to_le_bytes());
+            for i in bpf {
+                out.extend_from_slice(&i.code.to_le_bytes());
+                out.push(i.jt);
+                out.push(i.jf);
+                out.extend_from_slice(&i.k.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Reads [`Filter::encode`]'s bytes back. `Ok(None)` for no bytes at all
+    /// (nothing was sent: compile it yourself); at most 16 programs of at
+    /// most `BPF_MAXINSNS` (4096) instructions each.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Filter>, SeccompError> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let mut r = Reader(
+            bytes
+                .strip_prefix(WIRE_MAGIC)
+                .ok_or(SeccompError::Decode("no magic"))?,
+        );
+        let count = r.u32()?;
+        if count > 16 {
+            return Err(SeccompError::Decode("more than 16 programs"));
+        }
+        let mut programs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name_len = r.u32()?;
+            if name_len > 256 {
+                return Err(SeccompError::Decode("program name over 256 bytes"));
+            }
+            let name = String::from_utf8(r.take(name_len)?.to_vec())
+                .map_err(|_| SeccompError::Decode("program name is not UTF-8"))?;
+            let n = r.u32()?;
+            if n == 0 || n > 4096 {
+                return Err(SeccompError::Decode("program length not in 1..=4096"));
+            }
+            let bpf = r
+                .take(8 * n)?
+                .chunks_exact(8)
+                .map(|c| seccompiler::sock_filter {
+                    code: u16::from_le_bytes([c[0], c[1]]),
+                    jt: c[2],
+                    jf: c[3],
+                    k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                })
+                .collect();
+            programs.push((name, bpf));
+        }
+        if !r.0.is_empty() {
+            return Err(SeccompError::Decode("trailing bytes"));
+        }
+        Ok(Some(Filter { programs }))
+    }
+}
+
+/// The rest of the bytes [`Filter::decode`] reads.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SeccompError> {
+        if self.0.len() < n {
+            return Err(SeccompError::Decode("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<usize, SeccompError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+}
+
+/// First bytes of [`Filter::encode`]'s format.
+pub const WIRE_MAGIC: &[u8] = b"berth-seccomp-1\n";
+
+/// Compiled filters by what they are compiled from (profile, capability
+/// set), so an agent compiles each profile once rather than at every start
+/// (Docker's default profile: ~1600 instructions). Holds at most
+/// [`FilterCache::MAX`] entries (emptied when full).
+#[derive(Debug, Default)]
+pub struct FilterCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>>,
+}
+
+impl FilterCache {
+    /// Entries kept before the cache is emptied.
+    pub const MAX: usize = 64;
+
+    /// The encoded filter ([`Filter::encode`]) of the container `cfg`
+    /// describes, compiled on first use.
+    pub fn encoded_for(&self, cfg: &DiskConfig) -> Result<std::sync::Arc<Vec<u8>>, SeccompError> {
+        let key = cache_key(cfg)?;
+        if let Some(hit) = self.lock().get(&key) {
+            return Ok(hit.clone());
+        }
+        let bytes = std::sync::Arc::new(compile_for(cfg)?.encode());
+        let mut map = self.lock();
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(key, bytes.clone());
+        Ok(bytes)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>> {
+        // A panic while holding it cannot leave a half-made entry: use it.
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What a filter depends on: the profile (default, unconfined, or the JSON
+/// profile's content) and the capability set it is resolved for. The kernel
+/// version is the same for the agent's lifetime.
+fn cache_key(cfg: &DiskConfig) -> Result<String, SeccompError> {
+    let c = &cfg.container;
+    let mut caps: Vec<String> = super::capabilities::effective(&c.cap_add, &c.cap_drop)?
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    caps.sort();
+    let profile = match &c.seccomp {
+        Seccomp::Default => "default".to_string(),
+        Seccomp::Unconfined => "unconfined".to_string(),
+        Seccomp::Profile { .. } => serde_json::to_string(&profile_of(cfg)?)
+            .map_err(|_| SeccompError::Decode("profile does not serialize"))?,
+    };
+    Ok(format!("{} {profile}", caps.join(",")))
 }
 
 /// The native architecture the programs are checked against.
@@ -696,5 +851,99 @@ mod tests {
         );
         let e = apply(seccompiler::Error::EmptyFilter);
         assert_eq!(e.errno(), nix::Error::EINVAL);
+    }
+
+    #[test]
+    fn the_programs_the_agent_sends_arrive_unchanged() {
+        let f = default_filter(&[]);
+        let back = Filter::decode(&f.encode()).unwrap().unwrap();
+        let names = |f: &Filter| {
+            f.programs()
+                .map(|(n, p)| (n.to_string(), p.len()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&back), names(&f));
+        for ((_, a), (_, b)) in f.programs().zip(back.programs()) {
+            let raw = |p: &BpfProgram| {
+                p.iter()
+                    .map(|i| (i.code, i.jt, i.jf, i.k))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(raw(a), raw(b));
+        }
+        // Same answers as the original, for one allowed and one denied call.
+        assert_eq!(call(&back, nr("read"), 0), RET_ALLOW);
+        assert_eq!(call(&back, nr("keyctl"), 0), EPERM);
+        // Unconfined: no program; nothing sent: compile yourself.
+        let none = compile(None, &target(&[])).unwrap();
+        assert_eq!(
+            Filter::decode(&none.encode())
+                .unwrap()
+                .unwrap()
+                .programs()
+                .count(),
+            0
+        );
+        assert!(Filter::decode(b"").unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_programs_are_refused_not_installed() {
+        let good = default_filter(&[]).encode();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut too_many = WIRE_MAGIC.to_vec();
+        too_many.extend_from_slice(&17u32.to_le_bytes());
+        let cases: [(&[u8], &str); 4] = [
+            (b"not the magic", "no magic"),
+            (&good[..good.len() - 3], "truncated"),
+            (&trailing, "trailing bytes"),
+            (&too_many, "more than 16"),
+        ];
+        for (bytes, want) in cases {
+            let e = Filter::decode(bytes).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_cache_compiles_each_profile_and_capability_set_once() {
+        use super::super::config::{DiskConfig, CONFIG_VERSION};
+        let disk = |cap_add: &[&str], seccomp: Seccomp| {
+            let mut c = super::super::ContainerConfig::new(
+                "c1",
+                vec!["/l".into()],
+                vec!["/bin/true".into()],
+            );
+            c.cap_add = cap_add.iter().map(|s| s.to_string()).collect();
+            c.seccomp = seccomp;
+            DiskConfig {
+                version: CONFIG_VERSION,
+                container: c,
+                cgroup_parent: "berth".into(),
+                created_at_ms: 0,
+                seccomp_profile: None,
+            }
+        };
+        let cache = FilterCache::default();
+        let a = cache.encoded_for(&disk(&[], Seccomp::Default)).unwrap();
+        let again = cache.encoded_for(&disk(&[], Seccomp::Default)).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &again),
+            "a second start compiles nothing"
+        );
+        let admin = cache
+            .encoded_for(&disk(&["SYS_ADMIN"], Seccomp::Default))
+            .unwrap();
+        assert_ne!(a, admin, "CAP_SYS_ADMIN allows mount & co.: another filter");
+        let open = cache.encoded_for(&disk(&[], Seccomp::Unconfined)).unwrap();
+        assert_eq!(
+            Filter::decode(&open).unwrap().unwrap().programs().count(),
+            0
+        );
+        assert_eq!(
+            *a,
+            compile_for(&disk(&[], Seccomp::Default)).unwrap().encode()
+        );
     }
 }
