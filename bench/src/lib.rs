@@ -431,6 +431,16 @@ pub fn emit(out: Option<&Path>, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// `GET url` with an `Accept` header from a registry on loopback (the
+/// benchmarks' image helpers); the body, or an error naming the URL and status.
+pub fn registry_get(url: &str, accept: &str) -> Result<Vec<u8>> {
+    let r = berth_e2e::registry::http_request("GET", url, &[("Accept", accept)], &[])?;
+    if r.status != 200 {
+        bail!("GET {url}: HTTP {}", r.status);
+    }
+    Ok(r.body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_bench::{emit, fmt_dur, run_quiet, table, Samples};
-use berth_e2e::registry::http_request;
+use berth_bench::{emit, fmt_dur, registry_get, run_quiet, table, Samples};
 use clap::Parser;
 use sha2::Digest as _;
 
@@ -39,14 +38,6 @@ struct Cli {
     bound_out: Option<PathBuf>,
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-fn get(url: &str, accept: &str) -> Result<Vec<u8>> {
-    let r = http_request("GET", url, &[("Accept", accept)], &[])?;
-    if r.status != 200 {
-        bail!("GET {url}: HTTP {}", r.status);
-    }
-    Ok(r.body)
 }
 
 /// Runs `f` on every item at once, one thread each; the wall time.
@@ -85,7 +76,7 @@ fn main() -> Result<()> {
     let a = Cli::parse();
     std::fs::create_dir_all(&a.work)?;
     let base = format!("http://{}/v2/{}", a.registry, a.repo);
-    let manifest: serde_json::Value = serde_json::from_slice(&get(
+    let manifest: serde_json::Value = serde_json::from_slice(&registry_get(
         &format!("{base}/manifests/{}", a.tag),
         "application/vnd.oci.image.manifest.v1+json",
     )?)?;
@@ -106,7 +97,8 @@ fn main() -> Result<()> {
     let mut blobs = Vec::new();
     for _ in 0..a.rounds {
         let (d, got) = parallel(&layers, |digest| {
-            get(&format!("{base}/blobs/{digest}"), "*/*").with_context(|| format!("layer {digest}"))
+            registry_get(&format!("{base}/blobs/{digest}"), "*/*")
+                .with_context(|| format!("layer {digest}"))
         });
         download.times.push(d);
         blobs = got.into_iter().collect::<Result<Vec<_>>>()?;

@@ -7,13 +7,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use berth_agent::image::layer::apply_blob_file;
 use berth_agent::image::unpack::UnpackLimits;
 use berth_agent::registry::LayerCompression;
-use berth_bench::{emit, fmt_dur, ratio, run_quiet, table, Samples};
+use berth_bench::{emit, fmt_dur, ratio, registry_get, run_quiet, table, Samples};
 use berth_core::image_ref::Digest;
-use berth_e2e::registry::http_request;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -35,24 +34,16 @@ struct Cli {
     out: Option<PathBuf>,
 }
 
-fn get(url: &str, accept: &str) -> Result<Vec<u8>> {
-    let r = http_request("GET", url, &[("Accept", accept)], &[])?;
-    if r.status != 200 {
-        bail!("GET {url}: HTTP {}", r.status);
-    }
-    Ok(r.body)
-}
-
 fn main() -> Result<()> {
     let a = Cli::parse();
     std::fs::create_dir_all(&a.work)?;
     let base = format!("http://{}/v2/{}", a.registry, a.repo);
-    let manifest: serde_json::Value = serde_json::from_slice(&get(
+    let manifest: serde_json::Value = serde_json::from_slice(&registry_get(
         &format!("{base}/manifests/{}", a.tag),
         "application/vnd.oci.image.manifest.v1+json",
     )?)?;
     let cfg_digest = manifest["config"]["digest"].as_str().context("no config")?;
-    let config: serde_json::Value = serde_json::from_slice(&get(
+    let config: serde_json::Value = serde_json::from_slice(&registry_get(
         &format!("{base}/blobs/{cfg_digest}"),
         "application/octet-stream",
     )?)?;
@@ -82,7 +73,10 @@ fn main() -> Result<()> {
     tar_total.times = vec![Default::default(); a.rounds];
     for (i, ((digest, size), diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
         let blob = tmp.path().join(format!("layer-{i}.tar.gz"));
-        std::fs::write(&blob, get(&format!("{base}/blobs/{digest}"), "*/*")?)?;
+        std::fs::write(
+            &blob,
+            registry_get(&format!("{base}/blobs/{digest}"), "*/*")?,
+        )?;
         let (mut berth, mut tar) = (Samples::new("berth"), Samples::new("tar"));
         let mut entries = 0;
         for round in 0..a.rounds {
