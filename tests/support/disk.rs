@@ -105,23 +105,30 @@ impl Filler {
     }
 
     /// Grows the filler again (the space freed meanwhile is taken back).
+    /// The filesystem is synced first and the fill repeated once: ext4
+    /// reserves blocks for data not yet written back (delayed allocation)
+    /// and frees the unused part of that reservation at writeback, so a
+    /// fill measured before it would leave a few blocks free a moment later.
     pub fn top_up(&self, leave: u64) {
-        let free = free_bytes(self.0.parent().unwrap());
-        let have = std::fs::metadata(&self.0).map(|m| m.len()).unwrap_or(0);
-        if free > leave {
-            let len = have + (free - leave);
+        for _ in 0..2 {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.0)
                 .unwrap();
-            // fallocate(2): blocks really allocated, no data written.
-            let _ = nix::fcntl::fallocate(
-                &f,
-                nix::fcntl::FallocateFlags::empty(),
-                have as i64,
-                (len - have) as i64,
-            );
+            let _ = nix::unistd::syncfs(&f);
+            let free = free_bytes(self.0.parent().unwrap());
+            let have = std::fs::metadata(&self.0).map(|m| m.len()).unwrap_or(0);
+            if free > leave {
+                let len = have + (free - leave);
+                // fallocate(2): blocks really allocated, no data written.
+                let _ = nix::fcntl::fallocate(
+                    &f,
+                    nix::fcntl::FallocateFlags::empty(),
+                    have as i64,
+                    (len - have) as i64,
+                );
+            }
         }
     }
 
