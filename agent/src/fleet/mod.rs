@@ -417,7 +417,7 @@ impl Fleet {
     }
 
     fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
-        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.watched)
     }
 
     /// Tells the membership loop the host changed (berthd: any non-fleet
@@ -450,7 +450,7 @@ impl Fleet {
     /// events to the cache; when the watch ends the cache is dropped (the
     /// next request reads and watches again).
     async fn start_watch(&self, conn: &mut Conn) -> Result<(), FleetError> {
-        let (cache, mut stream) = conn.watch().await?;
+        let (cache, stream) = conn.watch().await?;
         let prefix = conn.key_prefix().to_string();
         let watched = self.watched.clone();
         let changed = self.changed.clone();
@@ -464,29 +464,12 @@ impl Fleet {
         }
         w.cache = Some(cache);
         w.task = Some(tokio::spawn(async move {
-            let lock = || watched.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                let changes = match stream.message().await {
-                    Ok(Some(resp)) => etcd::changes(&prefix, &resp),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "fleet watch ended");
-                        None
-                    }
-                };
-                let Some(changes) = changes else { break };
-                if changes.is_empty() {
-                    continue;
-                }
-                if let Some(cache) = lock().cache.as_mut() {
-                    for (rev, change) in changes {
-                        cache.apply(rev, change);
-                    }
-                }
+            follow(stream, &prefix, &watched, || {
                 changed.send_modify(|n| *n += 1);
                 halts.send_modify(|n| *n += 1);
-            }
-            lock().cache = None;
+            })
+            .await;
+            lock(&watched).cache = None;
             changed.send_modify(|n| *n += 1);
         }));
         drop(w);
@@ -511,7 +494,7 @@ impl Fleet {
         revision: i64,
         ahead: Vec<String>,
     ) -> Result<(), FleetError> {
-        let mut stream = conn.watch_queue(revision + 1).await?;
+        let stream = conn.watch_queue(revision + 1).await?;
         let prefix = conn.key_prefix().to_string();
         let watched = self.watched.clone();
         let changed = self.changed.clone();
@@ -524,24 +507,11 @@ impl Fleet {
             old.abort();
         }
         w.queue_task = Some(tokio::spawn(async move {
-            let lock = || watched.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                let changes = match stream.message().await {
-                    Ok(Some(resp)) => etcd::changes(&prefix, &resp),
-                    Ok(None) | Err(_) => None,
-                };
-                let Some(changes) = changes else { break };
-                if changes.is_empty() {
-                    continue;
-                }
-                if let Some(cache) = lock().cache.as_mut() {
-                    for (rev, change) in changes {
-                        cache.apply(rev, change);
-                    }
-                }
-                changed.send_modify(|n| *n += 1);
-            }
-            if let Some(cache) = lock().cache.as_mut() {
+            follow(stream, &prefix, &watched, || {
+                changed.send_modify(|n| *n += 1)
+            })
+            .await;
+            if let Some(cache) = lock(&watched).cache.as_mut() {
                 cache.set_ahead(0, None);
             }
             changed.send_modify(|n| *n += 1);
@@ -1285,6 +1255,40 @@ impl Fleet {
 /// The fleet hash of the current revision's manifest.
 pub fn current_hash<H: FleetHost + ?Sized>(host: &H) -> Option<String> {
     host.observe().latest.and_then(|r| r.hash)
+}
+
+fn lock(watched: &std::sync::Mutex<Watched>) -> std::sync::MutexGuard<'_, Watched> {
+    watched.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies a watch's events to the watched cache until the stream ends (or
+/// fails), calling `notify` after each batch of changes.
+async fn follow(
+    mut stream: etcd_client::WatchStream,
+    prefix: &str,
+    watched: &std::sync::Mutex<Watched>,
+    notify: impl Fn(),
+) {
+    loop {
+        let changes = match stream.message().await {
+            Ok(Some(resp)) => etcd::changes(prefix, &resp),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "fleet watch ended");
+                None
+            }
+        };
+        let Some(changes) = changes else { break };
+        if changes.is_empty() {
+            continue;
+        }
+        if let Some(cache) = lock(watched).cache.as_mut() {
+            for (rev, change) in changes {
+                cache.apply(rev, change);
+            }
+        }
+        notify();
+    }
 }
 
 fn short(hash: &str) -> &str {
