@@ -574,6 +574,16 @@ fn stored_media_type(bytes: &[u8]) -> String {
     }
 }
 
+/// An image index whose chosen entry is itself an index (Berth follows one
+/// level, as Docker does).
+fn nested_index(image: &ImageRef, child: Digest) -> RegistryError {
+    RegistryError::InvalidManifest {
+        image: image.to_string(),
+        digest: child,
+        reason: "an index entry points at another index".into(),
+    }
+}
+
 fn parse_digest(image: &ImageRef, raw: &str, context: &str) -> Result<Digest, RegistryError> {
     raw.parse::<Digest>().map_err(|e| RegistryError::BadDigest {
         image: image.to_string(),
@@ -1431,13 +1441,7 @@ impl RegistryClient {
                     &stored_media_type(&child_bytes),
                 )? {
                     Manifest::Image(m) => (child, m),
-                    Manifest::Index(_) => {
-                        return Err(RegistryError::InvalidManifest {
-                            image: image.to_string(),
-                            digest: child,
-                            reason: "an index entry points at another index".into(),
-                        })
-                    }
+                    Manifest::Index(_) => return Err(nested_index(image, child)),
                 }
             }
         };
@@ -1481,13 +1485,7 @@ impl RegistryClient {
                 manifests.push((child.clone(), child_bytes.clone()));
                 match Manifest::parse(image, &child, &child_bytes, &child_type)? {
                     Manifest::Image(m) => (child, m),
-                    Manifest::Index(_) => {
-                        return Err(RegistryError::InvalidManifest {
-                            image: image.to_string(),
-                            digest: child,
-                            reason: "an index entry points at another index".into(),
-                        })
-                    }
+                    Manifest::Index(_) => return Err(nested_index(image, child)),
                 }
             }
         };
