@@ -15,8 +15,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
 
+use crate::sys::openat2::openat2;
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{
     fchmod, fchmodat, fstatat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags,
     FileStat, Mode, SFlag, UtimensatFlags,

@@ -319,18 +319,18 @@ fn resolve_once(
     } else {
         rel
     };
-    match nix::fcntl::openat2(root_fd.as_fd(), &rel, how()) {
+    match crate::sys::openat2::openat2(root_fd.as_fd(), &rel, how()) {
         Ok(fd) => return finish(fd).map(Step::Done),
         Err(Errno::ENOENT) if create != Create::No => {}
         Err(e) => return Err(e),
     }
     // Walk and create what is missing.
-    let mut cur = nix::fcntl::openat2(root_fd.as_fd(), ".", how())?;
+    let mut cur = crate::sys::openat2::openat2(root_fd.as_fd(), ".", how())?;
     let mut prefix = PathBuf::new();
     for (i, comp) in comps.iter().enumerate() {
         prefix.push(comp);
         let last = i + 1 == comps.len();
-        match nix::fcntl::openat2(root_fd.as_fd(), &prefix, how()) {
+        match crate::sys::openat2::openat2(root_fd.as_fd(), &prefix, how()) {
             Ok(fd) => {
                 cur = fd;
                 continue;
@@ -377,7 +377,7 @@ fn resolve_once(
                 Err(e) => return Err(e),
             }
         }
-        cur = nix::fcntl::openat2(root_fd.as_fd(), &prefix, how())?;
+        cur = crate::sys::openat2::openat2(root_fd.as_fd(), &prefix, how())?;
     }
     finish(cur).map(Step::Done)
 }

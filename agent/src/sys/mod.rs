@@ -8,5 +8,6 @@ pub mod fdpass;
 pub mod mount;
 pub mod net;
 pub mod netlink;
+pub mod openat2;
 pub mod process;
 pub mod tty;

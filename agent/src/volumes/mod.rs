@@ -465,7 +465,8 @@ fn created_of(data: &Path) -> String {
 /// the root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and what
 /// vanished or changed kind meanwhile is skipped.
 pub fn disk_usage(dir: &Path) -> Result<u64, VolumeError> {
-    use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+    use crate::sys::openat2::openat2;
+    use nix::fcntl::{OpenHow, ResolveFlag};
     let root = nix::fcntl::open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
