@@ -103,14 +103,13 @@ impl std::fmt::Display for Wait {
             } => {
                 write!(f, "waiting for group {group}: host {host} {why}")
             }
+            Wait::Queued { position, holders } if holders.is_empty() => {
+                write!(f, "queued for a rollout slot (position {position})")
+            }
             Wait::Queued { position, holders } => write!(
                 f,
                 "queued for a rollout slot (position {position}; held by {})",
-                if holders.is_empty() {
-                    "nobody".to_string()
-                } else {
-                    holders.join(", ")
-                }
+                holders.join(", ")
             ),
         }
     }

@@ -2,7 +2,9 @@
 //! `decide`). Layout under `/berth/fleet/<fleet>/`: `hosts/<group>/<host>`
 //! (JSON record; by group, so a host reads only the earlier groups'),
 //! `queue/<host>` (the manifest hash; its create revision orders the slot
-//! queue), `halted/<hash>` (JSON [`FleetHalt`]), `paused`. Host and queue
+//! queue), `order/<create revision, 20 digits>/<host>` (a copy of the queue
+//! in key order, so a far host counts its place from the index alone),
+//! `halted/<hash>` (JSON [`FleetHalt`]), `paused`. Host, queue and order
 //! keys are bound to the agent's lease, so they vanish with it. Each agent
 //! watches `halted/` and `paused` ([`Conn::watch`]), and the queue's
 //! deletions only while it waits near the front ([`Conn::watch_queue`]).
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use berth_core::api::{FleetHalt, FleetHostRecord};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
 
 use super::decide::{Cache, Change, QueueEntry, Snapshot};
@@ -40,6 +42,12 @@ pub struct Confirmed {
     pub ahead: Vec<String>,
     pub paused: bool,
     pub halted: Option<FleetHalt>,
+}
+
+/// The order key of the queue entry of `host` created at `create_revision`:
+/// zero-padded, so order keys sort as the queue does.
+fn order_key(prefix: &str, create_revision: i64, host: &str) -> String {
+    format!("{prefix}order/{create_revision:020}/{host}")
 }
 
 /// The first key after every key starting with `prefix`.
@@ -305,13 +313,27 @@ impl Conn {
         let resp =
             resend!(self.client.txn(txn.clone()).await).map_err(err("joining the slot queue"))?;
         let ops = resp.op_responses();
-        get_response(ops.get(1))
+        let rev = get_response(ops.get(1))
             .and_then(|g| g.kvs().first())
             .map(|kv| kv.create_revision())
             .ok_or(FleetError::Etcd {
                 what: "joining the slot queue",
                 source: etcd_client::Error::InvalidArgs("no queue entry after the put".into()),
-            })
+            })?;
+        // The order key is written after the entry exists (its name needs the
+        // create revision); until then the entry is missing from the hint
+        // only, never from `confirm`, which grants.
+        resend!(
+            self.client
+                .put(
+                    order_key(&self.prefix, rev, &self.host),
+                    "",
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )
+                .await
+        )
+        .map_err(err("joining the slot queue"))?;
+        Ok(rev)
     }
 
     /// Reads, at one revision, what decides whether the entry created at
@@ -473,15 +495,49 @@ impl Conn {
             .map_err(err("watching the slot queue"))
     }
 
-    /// Leaves the slot queue (releases the slot if held).
+    /// Leaves the slot queue (releases the slot if held), entry then order key.
     pub async fn dequeue(&mut self) -> Result<(), FleetError> {
-        resend!(
+        let resp = resend!(
             self.client
-                .delete(format!("{}queue/{}", self.prefix, self.host), None)
+                .delete(
+                    format!("{}queue/{}", self.prefix, self.host),
+                    Some(DeleteOptions::new().with_prev_key()),
+                )
                 .await
         )
         .map_err(err("leaving the slot queue"))?;
+        for kv in resp.prev_kvs() {
+            let key = order_key(&self.prefix, kv.create_revision(), &self.host);
+            resend!(self.client.delete(key.clone(), None).await)
+                .map_err(err("leaving the slot queue"))?;
+        }
         Ok(())
+    }
+
+    /// About how many queue entries are ahead of the one created at
+    /// `create_revision`: a count of the order keys below its own, from
+    /// etcd's index only (no values read, no sort), served by the member
+    /// asked (serializable). A hint that tells a host far back to wait; it
+    /// misses entries whose order key is not yet written, so a slot is only
+    /// ever granted on [`Conn::confirm`].
+    pub async fn ahead_hint(&mut self, create_revision: i64) -> Result<usize, FleetError> {
+        let start = format!("{}order/", self.prefix);
+        let end = order_key(&self.prefix, create_revision, "");
+        let resp = resend!(
+            self.client
+                .get(
+                    start.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_count_only()
+                            .with_serializable(),
+                    ),
+                )
+                .await
+        )
+        .map_err(err("counting the slot queue"))?;
+        Ok(usize::try_from(resp.count()).unwrap_or(usize::MAX))
     }
 
     /// Marks `halt.hash` halted unless it already is (the first failure's

@@ -847,6 +847,17 @@ impl Fleet {
             return Ok((Err(wait), None));
         }
         let limit = decide::near_limit(policy.max_parallel);
+        if cached.is_none() {
+            // Far back, the index count says so without reading the queue.
+            let hint = conn.ahead_hint(rev).await?;
+            if decide::place(hint, policy.max_parallel, limit) == decide::Place::Far {
+                let wait = decide::Wait::Queued {
+                    position: hint + 1,
+                    holders: Vec::new(),
+                };
+                return Ok((Err(wait), Some(self.config.interval)));
+            }
+        }
         let c = conn.confirm(hash, rev, limit).await?;
         if c.paused || c.halted.is_some() {
             self.dequeue(&mut conn).await?;
