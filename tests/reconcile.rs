@@ -333,6 +333,65 @@ fn a_container_killed_by_hand_comes_back() {
     );
 }
 
+/// Converged and idle, the agent passes only every IDLE_RESYNC (5 s); a
+/// replica without a health check that is killed right after such a pass
+/// is seen failing within 2.5 s only because its pidfd woke the loop.
+#[test]
+fn an_idle_agent_sees_an_unchecked_replica_exit_at_once() {
+    berth_agent::require_root!();
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    let manifest = format!("[service.web]\nimage = \"{image}\"\n");
+    agent.apply_text("m.toml", &manifest).ok();
+    agent.wait_for(30, "web 1/1", |a| web_ready(a, "web", 1));
+    let pid = agent
+        .containers()
+        .into_iter()
+        .find(|c| c["service"] == "web")
+        .and_then(|c| c["pid"].as_i64())
+        .unwrap();
+    let passes = |a: &Agent| {
+        a.http("GET", "/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_reconcile_duration_seconds_count "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Two passes 4 s or more apart: the agent is idle.
+    let mut last = (passes(&agent), std::time::Instant::now());
+    agent.wait_for(30, "an idle pass", |a| {
+        let n = passes(a);
+        if n == last.0 {
+            return None;
+        }
+        let gap = last.1.elapsed();
+        last = (n, std::time::Instant::now());
+        (gap >= std::time::Duration::from_secs(4)).then_some(())
+    });
+    // Seconds into the UTC day, as `time_of` reads event times.
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 86_400.0;
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let seen = agent.wait_for(30, "the exit seen", |a| {
+        event_times(a, "container-failed", "web").first().copied()
+    });
+    assert!(
+        (0.0..2.5).contains(&(seen - killed_at)),
+        "the exit was seen {:.2} s after the kill",
+        seen - killed_at
+    );
+    agent.wait_for(30, "a new replica", |a| web_ready(a, "web", 1));
+}
+
 #[test]
 fn rollback_runs_the_exact_digest_of_revision_1() {
     berth_agent::require_root!();

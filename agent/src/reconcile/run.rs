@@ -29,10 +29,18 @@ use crate::metrics::Drift;
 use crate::runtime::{ContainerInfo, ContainerState};
 use crate::state::RevisionRecord;
 
-/// The longest the loop sleeps without a pass. Container exits are seen by
-/// the next pass (the runtime does not announce them), so this bounds how
-/// late an exit is noticed; every other deadline wakes the loop on time.
+/// The longest the loop sleeps without a pass while anything is in motion
+/// (a rollout, a replica not yet ready, a drain): a replica without a
+/// health check turns ready by running past [`MIN_READY_RUN`], which only a
+/// pass sees. Every other deadline wakes the loop on time.
 pub const RESYNC: Duration = Duration::from_millis(500);
+/// The longest the loop sleeps once everything is converged and every
+/// running container's exit is watched through pidfds (an exit, a health
+/// change, an apply or a finished task wakes it at once), so an idle agent
+/// with a thousand containers lists them every few seconds, not twice a
+/// second. It bounds how late a change made behind the agent's back (a
+/// container directory removed by hand) is seen.
+pub const IDLE_RESYNC: Duration = Duration::from_secs(5);
 /// How often `pull.policy = "always"` re-resolves tags.
 pub const ALWAYS_CHECK: Duration = Duration::from_secs(30);
 pub use super::policy::MIN_READY_RUN;
@@ -67,6 +75,8 @@ pub struct Reconciler {
     /// What never changes for a revision number or a container id, kept so
     /// a no-op pass does not parse it again (see [`Memo`]).
     memo: Memo,
+    /// The last pass found every service converged and nothing draining.
+    settled: bool,
 }
 
 /// Parsed forms of immutable inputs: a revision's manifest and desired
@@ -112,6 +122,7 @@ pub async fn run_loop(
 ) {
     let mut first_pass = Some(first_pass);
     let mut reconciler = Reconciler::new(agent.clone());
+    agent.runtime.watch_exits();
     loop {
         let started = Instant::now();
         let next = match reconciler.pass().await {
@@ -142,14 +153,37 @@ pub async fn run_loop(
         if let Some(tx) = first_pass.take() {
             let _ = tx.send(());
         }
+        for pidfd in agent.runtime.take_exit_fds() {
+            tokio::spawn(wake_on_exit(Arc::downgrade(&agent), pidfd));
+        }
+        let resync = if reconciler.settled && agent.runtime.all_running_watched() {
+            IDLE_RESYNC
+        } else {
+            RESYNC
+        };
         let sleep = next
             .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(RESYNC)
-            .min(RESYNC);
+            .unwrap_or(resync)
+            .min(resync);
         tokio::select! {
             _ = agent.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Wakes the loop when the process of `pidfd` exits (it turns readable);
+/// ends then, or at once if the fd cannot be registered (the loop's resync
+/// is then short: the container counts as unwatched only if the runtime
+/// holds no pidfd for it, so this is the rare case of a full reactor).
+async fn wake_on_exit(agent: std::sync::Weak<Agent>, pidfd: std::os::fd::OwnedFd) {
+    let Ok(fd) = crate::sys::tty::register_async(pidfd) else {
+        return;
+    };
+    if fd.readable().await.is_ok() {
+        if let Some(agent) = agent.upgrade() {
+            agent.wake.notify_one();
         }
     }
 }
@@ -171,6 +205,7 @@ impl Reconciler {
             reporter,
             reports,
             memo: Memo::default(),
+            settled: false,
         }
     }
 
@@ -184,6 +219,7 @@ impl Reconciler {
     /// loop also runs one when woken, and every [`RESYNC`]).
     pub async fn pass(&mut self) -> Result<Option<Instant>, AgentError> {
         self.apply_reports();
+        self.settled = false;
         let agent = self.agent.clone();
         let Some(rec) = agent.store().latest_revision()? else {
             return Ok(None);
@@ -292,6 +328,7 @@ impl Reconciler {
             .prune(&manifest.services.keys().map(String::as_str).collect());
         publish_dns(&agent, manifest, &containers, now);
         self.advance_revision(&rec, all_converged)?;
+        self.settled = all_converged && agent.live().retiring.is_empty();
         Ok(next)
     }
 

@@ -3,7 +3,8 @@
 //! state (`exit.json`, `state.json`, the PID 1's start time), its info, the
 //! list of all containers, its log files and its cgroup stats. A [`Cache`]
 //! keeps what was written once (config, start state) and pidfds of running
-//! processes, so listing many running containers reads no file again.
+//! processes, so listing many running containers reads no file again; the
+//! agent may take copies of those pidfds to wake when a process exits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -124,6 +125,12 @@ pub(super) fn alive(pid: i32, start: u64) -> bool {
 pub(super) struct Cache {
     configs: HashMap<String, CachedConfig>,
     running: HashMap<String, Watched>,
+    /// Copies of newly watched pidfds not yet taken
+    /// ([`Runtime::take_exit_fds`]); `None` until asked for
+    /// ([`Runtime::watch_exits`]), so nothing piles up unread.
+    exit_fds: Option<Vec<OwnedFd>>,
+    /// Running containers the last list could not watch (no pidfd).
+    unwatched: usize,
 }
 
 /// The parts of a `config.json` a [`ContainerInfo`] carries.
@@ -275,7 +282,36 @@ impl Runtime {
         let mut cache = self.cache();
         cache.configs.retain(|id, _| seen.contains(id));
         cache.running.retain(|id, _| seen.contains(id));
+        cache.unwatched = out
+            .iter()
+            .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+            .filter(|c| !cache.running.contains_key(&c.id))
+            .count();
         Ok(out)
+    }
+
+    /// From now on, keep a copy of each pidfd the cache starts watching
+    /// (PID 1 and monitor of each running container) for
+    /// [`Runtime::take_exit_fds`].
+    pub fn watch_exits(&self) {
+        self.cache().exit_fds.get_or_insert_with(Vec::new);
+    }
+
+    /// The pidfds watched since the last call (after [`Runtime::watch_exits`]):
+    /// each turns readable when its process exits, which the agent waits for
+    /// to reconcile at once instead of at its next resync.
+    pub fn take_exit_fds(&self) -> Vec<OwnedFd> {
+        self.cache()
+            .exit_fds
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Whether every container the last [`Runtime::list`] saw running is
+    /// watched through pidfds (so its exit can be waited for, not polled).
+    pub fn all_running_watched(&self) -> bool {
+        self.cache().unwatched == 0
     }
 
     /// The state of a container the cache watches, while both its
@@ -309,7 +345,11 @@ impl Runtime {
             return;
         };
         if alive(st.pid, st.pid_start) && alive(st.monitor_pid, st.monitor_start) {
-            self.cache().running.insert(
+            let mut cache = self.cache();
+            if let Some(fds) = cache.exit_fds.as_mut() {
+                fds.extend([pid.try_clone(), monitor.try_clone()].into_iter().flatten());
+            }
+            cache.running.insert(
                 id.to_string(),
                 Watched {
                     key: file_key(&meta),

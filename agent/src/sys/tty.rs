@@ -2,15 +2,16 @@
 //! controlling terminal of the calling session (`TIOCSCTTY`) and reading or
 //! setting a terminal's window size (`TIOCGWINSZ`/`TIOCSWINSZ`, which makes
 //! the kernel send SIGWINCH to the terminal's foreground process group); and
-//! registering a pty master with tokio's reactor.
+//! registering a pty master (or a pidfd) with tokio's reactor.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 
-/// Registers `fd` (a non-blocking descriptor such as a pty master) with the
-/// current tokio reactor for readable and writable readiness.
+/// Registers `fd` (a non-blocking descriptor such as a pty master, or a
+/// pidfd, which only turns readable) with the current tokio reactor for
+/// readable and writable readiness.
 pub fn register_async(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is a valid, open descriptor that stays open and
     // keeps its number until it is dropped, which happens only when the
