@@ -246,17 +246,10 @@ mod tests {
     /// may still be locked for a moment by sled's flusher thread: reopening
     /// waits for it (up to 5 s), as a restarted agent would.
     fn tree(dir: &std::path::Path) -> sled::Tree {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match sled::open(dir) {
-                Ok(db) => return db.open_tree(TREE).unwrap(),
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("opening {}: {e}", dir.display()),
-            }
-        }
+        crate::state::open_db(dir)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
+            .open_tree(TREE)
+            .unwrap()
     }
 
     #[test]

@@ -576,7 +576,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// A database whose lock another instance holds is waited for up to
 /// [`LOCK_WAIT`] (sled closes its files on a background thread after the
 /// last handle is dropped), then reported as [`is_lock_error`].
-fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+pub(crate) fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match open_db_once(path) {

@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn round_robin_release_and_reuse() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::state::open_db(dir.path()).unwrap();
         let ipam = Ipam::open(db.open_tree("net").unwrap(), net()).unwrap();
         assert_eq!(ipam.allocate("a").unwrap(), ip(2));
         assert_eq!(ipam.allocate("b").unwrap(), ip(3));
@@ -211,7 +211,7 @@ mod tests {
     fn no_duplicates_across_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::state::open_db(dir.path()).unwrap();
             let ipam = Ipam::open(db.open_tree("net").unwrap(), net()).unwrap();
             ipam.allocate("a").unwrap();
             ipam.allocate("b").unwrap();
@@ -219,7 +219,7 @@ mod tests {
             ipam.release("a").unwrap();
             // No explicit flush here: allocate/release flush before returning.
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::state::open_db(dir.path()).unwrap();
         let ipam = Ipam::open(db.open_tree("net").unwrap(), net()).unwrap();
         assert_eq!(ipam.get("b"), Some(ip(3)));
         assert_eq!(ipam.get("c"), Some(ip(4)));
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn adopted_addresses_are_never_handed_out_again() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::state::open_db(dir.path()).unwrap();
         let tree = db.open_tree("net").unwrap();
         let ipam = Ipam::open(tree.clone(), net()).unwrap();
         ipam.adopt("a", ip(2)).unwrap();
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn duplicate_records_on_disk_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::state::open_db(dir.path()).unwrap();
         let tree = db.open_tree("net").unwrap();
         for id in ["x", "y"] {
             tree.insert(id, state::encode(TREE, &IpRecord { ip: ip(2) }).unwrap())
