@@ -241,9 +241,17 @@ impl Reconciler {
         }
         let now = SystemTime::now();
         let clock = Instant::now();
-        let mut by_service: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+        // Each service's containers as a slice of the list, not a copy (a
+        // container's labels carry its whole spec): a stable sort by service
+        // keeps each service's containers oldest first.
+        containers.sort_by(|a, b| {
+            a.labels
+                .get(LABEL_SERVICE)
+                .cmp(&b.labels.get(LABEL_SERVICE))
+        });
+        let mut by_service: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
         let mut state_counts: BTreeMap<&'static str, i64> = BTreeMap::new();
-        for c in &containers {
+        for (i, c) in containers.iter().enumerate() {
             let state = match c.state {
                 ContainerState::Running { .. } => "running",
                 ContainerState::Exited { .. } => "exited",
@@ -252,9 +260,15 @@ impl Reconciler {
             };
             *state_counts.entry(state).or_default() += 1;
             if let Some(s) = c.labels.get(LABEL_SERVICE) {
-                by_service.entry(s.clone()).or_default().push(c.clone());
+                match by_service.get_mut(s.as_str()) {
+                    Some(range) => range.end = i + 1,
+                    None => {
+                        by_service.insert(s.clone(), i..i + 1);
+                    }
+                }
             }
         }
+        let containers = containers;
         agent.metrics.containers_by_state(&state_counts);
         forget_gone(&agent, &containers);
         self.check_tags(&rec, manifest, clock);
@@ -267,10 +281,12 @@ impl Reconciler {
             .zip(desired.iter())
             .zip(parsed.canonical.iter())
         {
-            let list = by_service.remove(&svc.name).unwrap_or_default();
+            let list = by_service
+                .remove(&svc.name)
+                .map_or(&[][..], |range| &containers[range]);
             if rec.halted.contains(&svc.name) {
                 all_converged = false;
-                update_ready(&agent, svc, &list, now, None);
+                update_ready(&agent, svc, list, now, None);
                 // What runs keeps its ports; the halted spec's are not held.
                 sync_ports(&agent, &svc.name, &[]);
                 continue;
@@ -281,7 +297,7 @@ impl Reconciler {
                     manifest,
                     svc,
                     (&want.spec, canonical),
-                    &list,
+                    list,
                     now,
                     clock,
                 )
@@ -291,8 +307,8 @@ impl Reconciler {
         }
         // Containers of services no revision wants. While any is still there
         // (draining included), the revision has not rolled out.
-        for (service, list) in by_service {
-            for c in list {
+        for (service, range) in by_service {
+            for c in &containers[range] {
                 all_converged = false;
                 let retiring = agent.live().retiring.contains_key(&c.id);
                 // A service a revision removed goes as planned; only a
@@ -746,11 +762,15 @@ fn observe_replicas(
     list.iter()
         .filter_map(|c| {
             let phase = phase_of(agent, c, svc, now)?;
+            let parsed;
             let stored = match specs.get(&c.id) {
-                Some(s) => s.clone(),
-                None => stored_spec(&c.labels),
+                Some(s) => s.as_ref(),
+                None => {
+                    parsed = stored_spec(&c.labels);
+                    parsed.as_ref()
+                }
             };
-            let current = super::decide::is_current(stored.as_ref(), spec);
+            let current = super::decide::is_current(stored, spec);
             let probe = agent
                 .live()
                 .health

@@ -184,8 +184,10 @@ impl Runtime {
             return Err(RuntimeError::NotFound { id: id.into() });
         }
         let path = dir.join("config.json");
+        let mut dir_known = false;
         let (name, labels, created_at) = match std::fs::metadata(&path) {
             Ok(meta) => {
+                dir_known = true;
                 let key = file_key(&meta);
                 let cached = self
                     .cache()
@@ -227,7 +229,11 @@ impl Runtime {
             name,
             labels,
             created_at,
-            state: self.state(id),
+            state: if dir_known {
+                self.state_in(id, &dir)
+            } else {
+                self.state(id)
+            },
             dir,
         })
     }
@@ -367,7 +373,13 @@ impl Runtime {
         if !config::valid_id(id) || !dir.is_dir() {
             return ContainerState::NotFound;
         }
-        if let Some(state) = self.watched_state(id, &dir) {
+        self.state_in(id, &dir)
+    }
+
+    /// [`Runtime::state`] of container `id` whose directory `dir` is known
+    /// to exist (one path lookup fewer per container of a list).
+    fn state_in(&self, id: &str, dir: &Path) -> ContainerState {
+        if let Some(state) = self.watched_state(id, dir) {
             return state;
         }
         let exited = || {
@@ -393,7 +405,7 @@ impl Runtime {
                         started_at: config::ms_to_time(st.started_at_ms),
                     };
                 }
-                self.watch(id, &dir, &st);
+                self.watch(id, dir, &st);
                 return ContainerState::Running {
                     pid: st.pid,
                     started_at: config::ms_to_time(st.started_at_ms),
