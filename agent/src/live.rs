@@ -53,6 +53,9 @@ pub struct ServiceLive {
     pub spec_ports: Vec<berth_core::manifest::Port>,
     /// Host ports of this service that are not published, with why.
     pub unpublished: Vec<String>,
+    /// (desired, ready) as last exported to the metrics (`None`: its series
+    /// are not made yet), so an unchanged service costs no label lookups.
+    pub exported: Option<(u32, u32)>,
 }
 
 /// A replica's health as the checks see it.

@@ -117,10 +117,14 @@ pub(super) fn update_ready(
     }
     l.ready_ids = ready_ids;
     l.members = members.iter().map(|c| c.id.clone()).collect();
+    let export = l.exported != Some((svc.replicas, ready));
+    l.exported = Some((svc.replicas, ready));
     drop(live);
-    agent
-        .metrics
-        .service_replicas(&svc.name, svc.replicas, ready);
+    if export {
+        agent
+            .metrics
+            .service_replicas(&svc.name, svc.replicas, ready);
+    }
     ready
 }
 

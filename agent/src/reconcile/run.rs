@@ -791,6 +791,11 @@ fn observe_replicas(
 /// ready once its name resolves too, while berth-dns serves (an nginx with
 /// `proxy_pass http://app` exits if `app` does not resolve yet).
 fn dependencies(agent: &Agent, svc: &Service, manifest: &Manifest) -> Vec<Dependency> {
+    if svc.depends_on.is_empty() {
+        // Asking whether berth-dns serves reads its /proc entry: not once
+        // per service per pass for nothing.
+        return Vec::new();
+    }
     let dns_serves = agent.dns.nameserver().is_some();
     svc.depends_on
         .iter()
