@@ -77,6 +77,9 @@ pub struct Reconciler {
     memo: Memo,
     /// The last pass found every service converged and nothing draining.
     settled: bool,
+    /// Whether berth-dns serves, asked once per pass (it reads its /proc
+    /// entry; asked per service it was a third of an idle pass at 1000).
+    dns_serves: bool,
 }
 
 /// Parsed forms of immutable inputs: a revision's manifest and desired
@@ -206,6 +209,7 @@ impl Reconciler {
             reports,
             memo: Memo::default(),
             settled: false,
+            dns_serves: false,
         }
     }
 
@@ -220,6 +224,7 @@ impl Reconciler {
     pub async fn pass(&mut self) -> Result<Option<Instant>, AgentError> {
         self.apply_reports();
         self.settled = false;
+        self.dns_serves = self.agent.dns.nameserver().is_some();
         let agent = self.agent.clone();
         let Some(rec) = agent.store().latest_revision()? else {
             return Ok(None);
@@ -520,7 +525,7 @@ impl Reconciler {
             Some(v) if !v.is_empty() => berth_core::manifest::UpdateStrategy::StopFirst,
             _ => svc.update.strategy,
         };
-        let depends_on = dependencies(&agent, svc, manifest);
+        let depends_on = dependencies(&agent, svc, manifest, self.dns_serves);
         let complete = rec.info.state == RevisionState::Complete;
         let tracker = self.tracker(&svc.name);
         let ready = replicas
@@ -790,13 +795,12 @@ fn observe_replicas(
 /// The readiness of the services `svc` depends on. A dependency counts as
 /// ready once its name resolves too, while berth-dns serves (an nginx with
 /// `proxy_pass http://app` exits if `app` does not resolve yet).
-fn dependencies(agent: &Agent, svc: &Service, manifest: &Manifest) -> Vec<Dependency> {
-    if svc.depends_on.is_empty() {
-        // Asking whether berth-dns serves reads its /proc entry: not once
-        // per service per pass for nothing.
-        return Vec::new();
-    }
-    let dns_serves = agent.dns.nameserver().is_some();
+fn dependencies(
+    agent: &Agent,
+    svc: &Service,
+    manifest: &Manifest,
+    dns_serves: bool,
+) -> Vec<Dependency> {
     svc.depends_on
         .iter()
         .map(|d| {
