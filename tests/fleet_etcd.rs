@@ -282,13 +282,8 @@ fn fleet_status(a: &Agent) -> serde_json::Value {
 }
 
 fn metric(a: &Agent, name: &str) -> f64 {
-    let text = a.http("GET", "/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+    a.metric(name)
         .unwrap_or_else(|| panic!("no {name} in metrics"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Waits until no host holds a slot (the last rollout passed probation).

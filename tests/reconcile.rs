@@ -352,12 +352,8 @@ fn an_idle_agent_sees_an_unchecked_replica_exit_at_once() {
         .and_then(|c| c["pid"].as_i64())
         .unwrap();
     let passes = |a: &Agent| {
-        a.http("GET", "/metrics")
-            .text()
-            .lines()
-            .find_map(|l| l.strip_prefix("berth_reconcile_duration_seconds_count "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        a.metric("berth_reconcile_duration_seconds_count")
+            .unwrap_or(0.0) as u64
     };
     // Two passes 4 s or more apart: the agent is idle.
     let mut last = (passes(&agent), std::time::Instant::now());

@@ -200,11 +200,9 @@ fn events(agent: &Agent) -> Vec<serde_json::Value> {
 
 /// `berth_reconcile_duration_seconds_count`: reconcile passes so far.
 fn passes(agent: &Agent) -> u64 {
-    let text = agent.http("GET", "/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("berth_reconcile_duration_seconds_count "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    agent
+        .metric("berth_reconcile_duration_seconds_count")
+        .unwrap_or(0.0) as u64
 }
 
 /// `release`'s berthd on fresh dirs with the manifest applied and converged.

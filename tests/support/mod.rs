@@ -273,6 +273,15 @@ impl Agent {
         http_unix(&self.socket(), method, path, headers, body).unwrap()
     }
 
+    /// The value of one series of `GET /metrics`, named as exposed (with its
+    /// labels: `berth_x_total{service="web"}`); `None` when it is not there.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.http("GET", "/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// A raw request on the read-only listener.
     pub fn http(&self, method: &str, path: &str) -> HttpReply {
         http_tcp(self.http_port, method, path, &[], b"").unwrap()
