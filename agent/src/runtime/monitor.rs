@@ -403,20 +403,45 @@ impl RotatingLog {
         self.pending.clear();
     }
 
+    /// Moves the live file to `<path>.1` (older ones one step on) and
+    /// starts an empty one, so that `<path>` never stops existing: an empty
+    /// file is renamed over `<path>.1` and then exchanged with the live file
+    /// (`renameat2(RENAME_EXCHANGE)`), each step atomic. Where that cannot
+    /// be done (a full disk, a filesystem without exchange), the live file
+    /// is renamed away and recreated.
     fn rotate(&mut self) {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
         self.file = None;
-        for i in (1..LOG_FILES).rev() {
-            let from = if i == 1 {
-                self.path.clone()
-            } else {
-                rotated(&self.path, i - 1)
-            };
-            let _ = std::fs::rename(from, rotated(&self.path, i));
+        for i in (2..LOG_FILES).rev() {
+            let _ = std::fs::rename(rotated(&self.path, i - 1), rotated(&self.path, i));
+        }
+        let first = rotated(&self.path, 1);
+        let fresh = staged(&first);
+        let swapped = std::fs::File::create(&fresh).is_ok()
+            && std::fs::rename(&fresh, &first).is_ok()
+            && renameat2(
+                AT_FDCWD,
+                &self.path,
+                AT_FDCWD,
+                &first,
+                RenameFlags::RENAME_EXCHANGE,
+            )
+            .is_ok();
+        if !swapped {
+            let _ = std::fs::remove_file(&fresh);
+            let _ = std::fs::rename(&self.path, &first);
         }
         let pending = std::mem::take(&mut self.pending);
         *self = RotatingLog::open(self.path.clone(), self.max);
         self.pending = pending;
     }
+}
+
+/// `<path>.new`: where a file is made before it is renamed into place.
+fn staged(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".new");
+    PathBuf::from(s)
 }
 
 /// `<path>.<n>`.
@@ -549,6 +574,49 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&p).unwrap(),
             "gggggggggggggggg\nh\n"
+        );
+    }
+
+    /// `tail -F`, `berthctl logs -f` or a listing at any moment finds the
+    /// live file: a rotation never leaves its name missing.
+    #[test]
+    fn the_live_file_exists_throughout_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("container.log");
+        let mut log = RotatingLog::open(p.clone(), 8);
+        log.push(b"first\n");
+        log.flush();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (p, done) = (p.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut missing = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    missing += usize::from(!p.exists());
+                }
+                missing
+            })
+        };
+        for i in 0..3000 {
+            log.push(format!("line {i:03}\n").as_bytes());
+            log.flush();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            watcher.join().unwrap(),
+            0,
+            "times the live file was missing"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["container.log", "container.log.1"]);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "line 2999\n");
+        assert_eq!(
+            std::fs::read_to_string(rotated(&p, 1)).unwrap(),
+            "line 2998\n"
         );
     }
 
