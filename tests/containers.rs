@@ -190,3 +190,61 @@ fn top_shows_cpu_memory_and_pids_per_container() {
     assert!(table.contains("/ 67.1 MB"), "{table}");
     agent.remove_all_containers();
 }
+
+/// `Max open files` of a process, (soft, hard), from `/proc/PID/limits`.
+fn open_files_limit(pid: u64) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+/// Started from a shell with the usual soft limit of 1024 open files, the
+/// agent (about four descriptors per container) raises its own to the hard
+/// limit, and its containers get what they get under the systemd unit.
+#[test]
+fn an_agent_started_with_a_low_open_file_limit_raises_it() {
+    berth_agent::require_root!();
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // This test binary's processes (and the berthd it starts) get 1024.
+    setrlimit(Resource::RLIMIT_NOFILE, 1024, hard).unwrap();
+    let reg = TestRegistry::start().unwrap();
+    let image = push_web_image(&reg, "shop/web:1", "v1");
+    let agent = Agent::start();
+    // An unlimited hard limit caps the soft one at fs.nr_open.
+    let (want_soft, want_hard) = if hard == nix::sys::resource::RLIM_INFINITY {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap();
+        (nr_open.trim().to_string(), "unlimited".to_string())
+    } else {
+        (hard.to_string(), hard.to_string())
+    };
+    let (soft, agent_hard) = open_files_limit(u64::from(agent.pid()));
+    assert_eq!(
+        (soft.as_str(), agent_hard.as_str()),
+        (want_soft.as_str(), want_hard.as_str()),
+        "berthd's soft limit was not raised"
+    );
+    assert!(
+        agent.log().contains("raised the open-file limit"),
+        "{}",
+        agent.log()
+    );
+    agent
+        .apply_text(
+            "m.toml",
+            &format!("[service.idle]\nimage = \"{image}\"\nentrypoint = [\"/bin/busybox\", \"sleep\", \"3600\"]\n"),
+        )
+        .ok();
+    let pid = agent.wait_for(30, "running", |a| {
+        a.containers()
+            .into_iter()
+            .find(|c| c["state"] == "running")
+            .and_then(|c| c["pid"].as_u64())
+    });
+    assert_eq!(open_files_limit(pid), (soft.clone(), agent_hard));
+    agent.remove_all_containers();
+}

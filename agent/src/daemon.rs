@@ -261,6 +261,13 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         Some(tls) if has_tcp => Some(crate::tls::server_config(tls)?),
         _ => None,
     };
+    match crate::sys::limits::raise_open_files() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "raised the open-file limit (RLIMIT_NOFILE)")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
+    }
     let _lock = lock_state_dir(&config.state_dir)?;
     private_dir(&config.run_dir)?;
     let (store, report) = Store::open(&config.state_dir)?;

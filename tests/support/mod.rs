@@ -225,6 +225,11 @@ impl Agent {
         }
     }
 
+    /// The running berthd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// `kill -9` the agent (containers and state must survive it).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -5,6 +5,7 @@
 
 pub mod bpf;
 pub mod fdpass;
+pub mod limits;
 pub mod mount;
 pub mod net;
 pub mod netlink;
