@@ -619,7 +619,7 @@ fn hosts(a: &Agent) -> Vec<String> {
 }
 
 #[test]
-fn apply_is_gated_by_a_pause_and_a_dead_host_leaves_the_fleet_after_its_lease() {
+fn apply_is_gated_by_a_pause_host_ids_are_claimed_and_a_dead_host_leaves_after_its_lease() {
     berth_agent::require_root!();
     let etcd = Etcd::start();
     let reg = TestRegistry::start().unwrap();
@@ -657,6 +657,37 @@ fn apply_is_gated_by_a_pause_and_a_dead_host_leaves_the_fleet_after_its_lease() 
     });
     assert_eq!(slots(&a).len(), 1);
     assert_eq!(metric(&a, "berth_fleet_slots_held"), 0.0);
+
+    // A second agent with a's host id (its own state dir) is refused while
+    // a lives, says why, and never shows up as a second row.
+    let dup = api_host("a", &etcd.url());
+    let refused = dup.wait_for(10, "the duplicate refused", |d| {
+        d.status_json()["fleet"]["error"]
+            .as_str()
+            .filter(|e| e.contains("held by another agent"))
+            .map(str::to_string)
+    });
+    assert!(refused.contains("--fleet-host"), "{refused}");
+    let out = dup.ctl(&["fleet", "status"]);
+    assert!(
+        out.stdout.contains("held by another agent")
+            || out.stderr.contains("held by another agent"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(hosts(&a), ["a", "b"]);
+    assert!(a.status_json()["fleet"]["error"].is_null());
+    drop(dup);
+
+    // A host killed and restarted at once, on its own state, takes its
+    // claim over without waiting for the old lease.
+    b.kill9();
+    b.spawn();
+    b.wait_for(5, "b back in the fleet", |b| {
+        let s = b.status_json();
+        (s["fleet"]["reachable"] == true && s["fleet"]["error"].is_null()).then_some(())
+    });
 
     // A host killed without leaving disappears once its lease expires (3s).
     b.kill9();
@@ -814,6 +845,7 @@ fn host_config(
         },
         interval: Duration::from_millis(500),
         lease_ttl: Duration::from_secs(5),
+        instance: host.into(),
     }
 }
 

@@ -93,7 +93,7 @@ pub fn status_of(e: &AgentError) -> (StatusCode, &'static str) {
             }
             _ => INTERNAL,
         },
-        AgentError::SaveIo { .. } => INTERNAL,
+        AgentError::SaveIo { .. } | AgentError::Fleet(_) => INTERNAL,
         AgentError::Image(inner) => match inner.as_ref() {
             ImageError::Registry(r) if r.kind() == "not_found" => {
                 (StatusCode::NOT_FOUND, "image_error")

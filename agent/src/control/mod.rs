@@ -84,6 +84,8 @@ pub enum AgentError {
     Image(#[from] Box<ImageError>),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// A stored revision's manifest no longer validates (a newer manifest
     /// rule, or a damaged store).
     #[error("internal error: revision {number} no longer parses: {source}")]
@@ -297,12 +299,16 @@ impl Agent {
                 tracing::warn!(%why, "user namespaces unavailable: userns = \"auto\" services will fail to start (set userns = \"host\" or pass --userns-fallback)");
             }
         }
+        let fleet = match config.fleet.clone() {
+            Some(mut c) => {
+                c.instance = crate::fleet::instance_id(&config.state_dir)?;
+                Some(c)
+            }
+            None => None,
+        };
         let agent = Agent {
             id_ranges,
-            fleet: config
-                .fleet
-                .clone()
-                .map(|c| Arc::new(crate::fleet::Fleet::new(c))),
+            fleet: fleet.map(|c| Arc::new(crate::fleet::Fleet::new(c))),
             userns_support,
             managed_source: config.source.as_ref().map(|s| s.describe()),
             source_error: std::sync::Mutex::new(None),

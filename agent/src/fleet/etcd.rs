@@ -4,7 +4,8 @@
 //! `queue/<host>` (the manifest hash; its create revision orders the slot
 //! queue), `order/<create revision, 20 digits>/<host>` (a copy of the queue
 //! in key order, so a far host counts its place from the index alone),
-//! `halted/<hash>` (JSON [`FleetHalt`]), `paused`. Host, queue and order
+//! `halted/<hash>` (JSON [`FleetHalt`]), `paused`, `claims/<host>` (the
+//! agent instance that holds the host id). Host, queue, order and claim
 //! keys are bound to the agent's lease, so they vanish with it. Each agent
 //! watches `halted/` and `paused` ([`Conn::watch`]), and the queue's
 //! deletions only while it waits near the front ([`Conn::watch_queue`]).
@@ -204,12 +205,60 @@ impl Conn {
         let lease = resend!(client.lease_grant(ttl, None).await)
             .map_err(err("granting a lease"))?
             .id();
-        Ok(Conn {
+        let conn = Conn {
             client,
             lease,
             prefix: prefix(&config.name),
             host: config.host.clone(),
             group: config.group.clone(),
+        };
+        if !config.instance.is_empty() {
+            if let Err(e) = conn.clone().claim(&config.name, &config.instance).await {
+                // Its keys would never be written: let etcd drop it now.
+                let mut c = conn.client.clone();
+                let _ = c.lease_revoke(conn.lease).await;
+                return Err(e);
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Claims this host id for `instance` under the lease: `claims/<host>`
+    /// is created, or taken over when it already names `instance` (this
+    /// agent, restarted before its old lease expired). Another instance's
+    /// claim refuses with [`FleetError::HostTaken`].
+    async fn claim(mut self, fleet: &str, instance: &str) -> Result<(), FleetError> {
+        let key = format!("{}claims/{}", self.prefix, self.host);
+        let put = TxnOp::put(
+            key.clone(),
+            instance,
+            Some(PutOptions::new().with_lease(self.lease)),
+        );
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([put.clone()])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp =
+            resend!(self.client.txn(txn.clone()).await).map_err(err("claiming the host id"))?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let holder = get_response(resp.op_responses().first())
+            .and_then(|g| g.kvs().first())
+            .map(|kv| kv.value().to_vec());
+        if holder.as_deref() == Some(instance.as_bytes()) {
+            let take_over = Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, instance)])
+                .and_then([put]);
+            let resp = resend!(self.client.txn(take_over.clone()).await)
+                .map_err(err("claiming the host id"))?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(FleetError::HostTaken {
+            fleet: fleet.to_string(),
+            host: self.host.clone(),
         })
     }
 

@@ -10,7 +10,7 @@ pub mod etcd;
 pub mod host;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,16 @@ pub enum FleetError {
     },
     #[error("fleet record JSON: {0}")]
     Json(serde_json::Error),
+    #[error(
+        "fleet {fleet}: host id {host:?} is held by another agent (its claim lasts as long as \
+         that agent's etcd lease); give every agent its own --fleet-host"
+    )]
+    HostTaken { fleet: String, host: String },
+    #[error("cannot keep this agent's fleet instance id in {path}: {source}")]
+    Instance {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// TLS towards etcd: the CA that signs its certificate, and this agent's
@@ -71,6 +81,36 @@ pub struct FleetConfig {
     pub interval: Duration,
     /// The lease's TTL: how long a gone agent's record and slot outlive it.
     pub lease_ttl: Duration,
+    /// Which agent this is, beyond its host id: [`instance_id`] of its state
+    /// dir. The host id is claimed for it in etcd, so a second agent with
+    /// the same `--fleet-host` is refused while an agent restarted on the
+    /// same state takes its claim over. Empty claims nothing (set by the
+    /// agent, not by the flags).
+    pub instance: String,
+}
+
+/// This agent's fleet instance id: 32 hex digits kept in
+/// `<state_dir>/fleet-instance`, created on first use (written whole, then
+/// renamed into place). It survives restarts and a lost state database.
+pub fn instance_id(state_dir: &Path) -> Result<String, FleetError> {
+    let path = state_dir.join("fleet-instance");
+    let fail = |source| FleetError::Instance {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() == 32 && s.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Ok(s.trim().to_string())
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let tmp = state_dir.join("fleet-instance.new");
+    std::fs::write(&tmp, format!("{id}\n")).map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)?;
+    Ok(id)
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -85,6 +125,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("policy", &self.policy)
             .field("interval", &self.interval)
             .field("lease_ttl", &self.lease_ttl)
+            .field("instance", &self.instance)
             .finish()
     }
 }
@@ -294,6 +335,7 @@ impl FleetConfig {
                 Duration::from_millis(50),
                 "a duration of at least 50ms, like \"2s\"",
             )?,
+            instance: String::new(),
             lease_ttl: duration(
                 "--fleet-lease-ttl",
                 layer.fleet_lease_ttl.as_ref(),
@@ -558,6 +600,13 @@ impl Fleet {
                 host.emit(
                     EventKind::FleetReachable,
                     format!("fleet {}: etcd answers again", self.config.name),
+                );
+            }
+            (Some(true) | None, Err(e @ FleetError::HostTaken { .. })) => {
+                tracing::error!(error = %e, "fleet host id taken");
+                host.emit(
+                    EventKind::FleetUnreachable,
+                    format!("{e}; no gated rollout starts until it is free"),
                 );
             }
             (Some(true) | None, Err(e)) => {
@@ -1336,6 +1385,22 @@ pub async fn run<H: FleetHost + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = instance_id(dir.path()).unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(instance_id(dir.path()).unwrap(), id);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(instance_id(other.path()).unwrap(), id);
+        // A damaged file gets a new id rather than stopping the agent.
+        std::fs::write(dir.path().join("fleet-instance"), "half").unwrap();
+        let new = instance_id(dir.path()).unwrap();
+        assert_ne!(new, id);
+        assert_eq!(instance_id(dir.path()).unwrap(), new);
+    }
 
     fn layer(pairs: &str) -> ConfigLayer {
         toml::from_str(pairs).expect("layer")

@@ -465,6 +465,7 @@ async fn run(a: RunArgs) -> Result<Figures> {
             policy: policy.clone(),
             interval: Duration::from_millis(a.interval_ms),
             lease_ttl: Duration::from_secs(a.lease_ttl_s),
+            instance: name.clone(),
         };
         let fleet = Arc::new(Fleet::new(config));
         let host = Arc::new(FakeHost::new(metrics.clone(), &old));
