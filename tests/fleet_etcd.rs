@@ -658,6 +658,45 @@ fn apply_is_gated_by_a_pause_host_ids_are_claimed_and_a_dead_host_leaves_after_i
     assert_eq!(slots(&a).len(), 1);
     assert_eq!(metric(&a, "berth_fleet_slots_held"), 0.0);
 
+    // max_parallel = 1. While a rolls v2, b's apply is refused and queued;
+    // b never applies again. a's next apply (`--wait` asks again every
+    // second) waits for a's own rollout, then behind b's entry, which is
+    // given up once nobody asked for it for 5 s: it cannot block the fleet.
+    let v2 = push_web_image(&reg, "shop/web:2", "v2");
+    let v3 = push_web_image(&reg, "shop/web:3", "v3");
+    a.apply_text("web.toml", &manifest(&v2)).ok();
+    let queued = b.apply_text("web.toml", &manifest(&v2));
+    assert_ne!(queued.code, 0, "{}", queued.stdout);
+    assert!(
+        queued.stderr.contains("not applied yet"),
+        "{}",
+        queued.stderr
+    );
+    let waited = a.apply_wait("web.toml", &manifest(&v3), "60s").ok();
+    assert!(
+        waited.stderr.contains("asking again until --timeout"),
+        "{}",
+        waited.stderr
+    );
+    assert!(runs(&a, &v3));
+    let given_up = b.wait_for(10, "b's apply given up", |b| {
+        events(b, "fleet-waiting").into_iter().find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no longer waits")
+        })
+    });
+    assert!(
+        given_up["message"]
+            .as_str()
+            .unwrap()
+            .contains("left the slot queue"),
+        "{given_up}"
+    );
+    assert!(b.status_json()["fleet"]["pending"].is_null());
+    assert!(!runs(&b, &v2), "b recorded a manifest nobody applied again");
+
     // A second agent with a's host id (its own state dir) is refused while
     // a lives, says why, and never shows up as a second row.
     let dup = api_host("a", &etcd.url());

@@ -285,7 +285,13 @@ impl Agent {
                 let hash = crate::fleet::fleet_hash(&manifest);
                 let current = crate::fleet::current_hash(self);
                 fleet
-                    .gate(self, &hash, current.as_deref(), manifest.fleet.as_ref())
+                    .gate(
+                        self,
+                        &hash,
+                        current.as_deref(),
+                        manifest.fleet.as_ref(),
+                        !matches!(source, ApplySource::Api),
+                    )
                     .await
                     .map_err(AgentError::FleetWait)?;
                 Some((fleet, hash))

@@ -328,6 +328,22 @@ pub enum Place {
     Far,
 }
 
+/// How long a manifest applied through the API keeps waiting (its place in
+/// the slot queue, its pending reason) without being applied again:
+/// 10 × the fleet interval, at least 5 s. `berthctl apply --wait` asks
+/// every second; a manifest source retries by itself and keeps it as long
+/// as it waits.
+pub fn unasked_hold(interval: Duration) -> Duration {
+    (interval * 10).max(Duration::from_secs(5))
+}
+
+/// Whether a waiting manifest is given up: nothing retries it (an API
+/// apply) and it was not asked again for `hold`. Once its turn came, an
+/// entry kept for nobody would block every host behind it.
+pub fn given_up(retried: bool, since_asked: Duration, hold: Duration) -> bool {
+    !retried && since_asked >= hold
+}
+
 /// How many entries ahead a waiting host reads (and watches, once it is
 /// that close): 4 × `max_parallel`, so the queue cannot move past a host
 /// between two of its reads unless a whole slot generation (K hosts) rolls
@@ -450,6 +466,27 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_apply_not_asked_again_is_given_up_a_source_never() {
+        let s = Duration::from_secs;
+        assert_eq!(unasked_hold(Duration::from_millis(200)), s(5));
+        assert_eq!(unasked_hold(s(2)), s(20));
+        let cases = [
+            // (retried by a source, since last asked, hold) → given up
+            ((false, s(4), s(5)), false),
+            ((false, s(5), s(5)), true),
+            ((false, s(60), s(20)), true),
+            ((true, s(3600), s(20)), false),
+        ];
+        for ((retried, since, hold), want) in cases {
+            assert_eq!(
+                given_up(retried, since, hold),
+                want,
+                "{retried} {since:?} {hold:?}"
+            );
+        }
+    }
 
     fn host(name: &str, group: &str, hash: &str, healthy: bool, since: u64) -> FleetHostRecord {
         FleetHostRecord {

@@ -415,6 +415,9 @@ struct State {
     /// The last full snapshot read (for status while etcd is away).
     snapshot: Snapshot,
     seen: Option<Seen>,
+    /// The manifest the gate was last asked about, when, and whether its
+    /// source retries it by itself (see [`decide::given_up`]).
+    asked: Option<(String, Instant, bool)>,
 }
 
 /// The watched keys and whether the watch feeding them is alive.
@@ -582,6 +585,56 @@ impl Fleet {
         Ok(())
     }
 
+    /// A manifest applied through the API and not applied again within
+    /// [`decide::unasked_hold`] stops waiting: it leaves the slot queue (so
+    /// its turn cannot block the hosts behind it) and its pending reason
+    /// goes.
+    async fn give_up_unasked<H: FleetHost + ?Sized>(
+        &self,
+        host: &H,
+        conn: &mut Conn,
+    ) -> Result<(), FleetError> {
+        let hold = decide::unasked_hold(self.config.interval);
+        let stale = {
+            let s = self.state();
+            match (&s.asked, &s.pending, &s.slot) {
+                (Some((hash, at, retried)), Some((pending, _, _)), None) if pending == hash => {
+                    decide::given_up(*retried, at.elapsed(), hold).then(|| hash.clone())
+                }
+                _ => None,
+            }
+        };
+        let Some(hash) = stale else { return Ok(()) };
+        let queued = self
+            .watched()
+            .cache
+            .as_ref()
+            .and_then(|c| c.mine())
+            .is_some_and(|(_, h)| h == hash);
+        if queued {
+            self.dequeue(conn).await?;
+            self.changed.send_modify(|n| *n += 1);
+        }
+        self.state().asked = None;
+        self.set_pending(host, None);
+        host.emit(
+            EventKind::FleetWaiting,
+            format!(
+                "fleet {}: manifest {} no longer waits: it was not applied again within {} s{} \
+                 (`berthctl apply --wait` asks until a slot is granted)",
+                self.config.name,
+                short(&hash),
+                hold.as_secs(),
+                if queued {
+                    " and left the slot queue"
+                } else {
+                    ""
+                },
+            ),
+        );
+        Ok(())
+    }
+
     /// Records whether etcd answered; events and the metric on a change.
     fn reached<H: FleetHost + ?Sized>(&self, host: &H, result: Result<(), &FleetError>) {
         let (was, now) = {
@@ -676,7 +729,9 @@ impl Fleet {
         hash: &str,
         current: Option<&str>,
         manifest_policy: Option<&FleetPolicy>,
+        retried: bool,
     ) -> Result<(), String> {
+        self.state().asked = Some((hash.to_string(), Instant::now(), retried));
         if current == Some(hash) {
             self.set_pending(host, None);
             return Ok(());
@@ -1148,6 +1203,7 @@ impl Fleet {
             self.state().written = Some((record.clone(), conn.lease, Instant::now()));
         }
         self.check_slot(host, &mut conn, &obs).await?;
+        self.give_up_unasked(host, &mut conn).await?;
         let halts = self.known_halts();
         self.maybe_revert(host, &record, &obs, &halts).await;
         if let Some(p) = &self.state().pending {

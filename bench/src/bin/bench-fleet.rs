@@ -335,7 +335,7 @@ async fn source(
             continue;
         };
         match fleet
-            .gate(&*host, &t.hash, Some(current.hash.as_str()), None)
+            .gate(&*host, &t.hash, Some(current.hash.as_str()), None, true)
             .await
         {
             Ok(()) => {

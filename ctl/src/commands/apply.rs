@@ -26,22 +26,48 @@ pub struct Apply {
     /// out (without it, apply refuses and names them; on a terminal it asks).
     #[arg(long)]
     prune: bool,
-    /// Follow the rollout until it completes or fails (non-zero exit on failure).
+    /// Follow the rollout until it completes or fails (non-zero exit on
+    /// failure); on a fleet agent, first wait for a rollout slot.
     #[arg(long)]
     wait: bool,
-    /// With --wait: give up after this long.
+    /// With --wait: give up after this long (the slot wait included).
     #[arg(long, default_value = "5m")]
     timeout: String,
 }
 
-/// Applies, then with `--wait` follows the rollout.
+/// How often `apply --wait` asks a fleet agent again while the manifest
+/// waits for a rollout slot (the agent keeps the host's place in the slot
+/// queue only while it is asked).
+const FLEET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies, then with `--wait` follows the rollout. With `--wait`, a fleet
+/// agent's `fleet_wait` refusal is not final: the apply is sent again every
+/// [`FLEET_RETRY`] (each new reason printed once) until a slot is granted or
+/// `--timeout` runs out, which then covers the rollout too.
 pub async fn run(cli: &Cli, args: &Apply) -> Result<ExitCode> {
-    let code = apply(cli, &args.path, args.dry_run, args.prune).await?;
+    let limit = parse_timeout(&args.timeout)?;
+    let deadline = tokio::time::Instant::now() + limit;
+    let retry = args.wait && !args.dry_run;
+    let code = apply(
+        cli,
+        &args.path,
+        args.dry_run,
+        args.prune,
+        retry.then_some(deadline),
+    )
+    .await?;
     if code != ExitCode::SUCCESS || args.dry_run || !args.wait {
         return Ok(code);
     }
-    let limit = parse_timeout(&args.timeout)?;
-    crate::wait::wait_for_rollout(&client(cli)?, limit, cli.json()).await
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    crate::wait::wait_for_rollout(&client(cli)?, left, cli.json()).await
+}
+
+/// The error code of an agent's refusal (`fleet_wait`, `would_remove`, …).
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|e| e.error.code)
 }
 
 /// The services a `would_remove` refusal names, if `body` is one.
@@ -72,15 +98,40 @@ fn confirm_removal(services: &[String]) -> bool {
     matches!(line.trim(), "y" | "Y" | "yes")
 }
 
-async fn apply(cli: &Cli, path: &Path, dry_run: bool, prune: bool) -> Result<ExitCode> {
+/// Sends the manifest and prints the answer. With `fleet_retry`, a
+/// `fleet_wait` refusal is retried until that deadline.
+async fn apply(
+    cli: &Cli,
+    path: &Path,
+    dry_run: bool,
+    mut prune: bool,
+    fleet_retry: Option<tokio::time::Instant>,
+) -> Result<ExitCode> {
     let files = read_manifest(path)?;
     let mut reply = put_manifest(cli, &files, dry_run, prune).await?;
     if reply.status.as_u16() == 409 && !cli.json() && path != Path::new("-") {
         if let Some(services) = would_remove(&reply.body) {
             if confirm_removal(&services) {
-                reply = put_manifest(cli, &files, dry_run, true).await?;
+                prune = true;
+                reply = put_manifest(cli, &files, dry_run, prune).await?;
             }
         }
+    }
+    let mut said = String::new();
+    while let Some(deadline) = fleet_retry {
+        if reply.status.as_u16() != 409
+            || error_code(&reply.body).as_deref() != Some("fleet_wait")
+            || tokio::time::Instant::now() + FLEET_RETRY > deadline
+        {
+            break;
+        }
+        let reason = error_text(&reply.body);
+        if reason != said && !cli.json() {
+            eprintln!("{reason} (asking again until --timeout)");
+        }
+        said = reason;
+        tokio::time::sleep(FLEET_RETRY).await;
+        reply = put_manifest(cli, &files, dry_run, prune).await?;
     }
     if !reply.status.is_success() {
         if cli.json() {
