@@ -1146,6 +1146,11 @@ fn agents_join_an_etcd_with_client_certificates_and_auth_and_say_why_they_cannot
             text.contains("etcd unreachable") && text.to_lowercase().contains(why),
             "{name}: {text}"
         );
+        // Which etcd refused: the endpoints as configured.
+        assert!(
+            text.contains(&format!("etcd at {}", etcd.url())),
+            "{name}: {text}"
+        );
         assert_eq!(metric(a, "berth_fleet_etcd_up"), 0.0);
         assert_eq!(a.http("GET", "/readyz").status, 200, "{name} still runs");
     }

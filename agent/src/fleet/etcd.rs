@@ -10,6 +10,7 @@
 //! watches `halted/` and `paused` ([`Conn::watch`]), and the queue's
 //! deletions only while it waits near the front ([`Conn::watch_queue`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::api::{FleetHalt, FleetHostRecord};
@@ -26,6 +27,8 @@ use super::{FleetConfig, FleetError};
 #[derive(Clone)]
 pub struct Conn {
     client: Client,
+    /// The endpoints as configured, comma-separated: errors name them.
+    endpoints: Arc<str>,
     /// The lease host and queue keys are bound to.
     pub lease: i64,
     prefix: String,
@@ -121,8 +124,14 @@ macro_rules! resend {
     }};
 }
 
-fn err(what: &'static str) -> impl FnOnce(etcd_client::Error) -> FleetError {
-    move |source| FleetError::Etcd { what, source }
+/// The error of request `what` to the etcd at `endpoints`.
+fn err(endpoints: &Arc<str>, what: &'static str) -> impl FnOnce(etcd_client::Error) -> FleetError {
+    let endpoints = endpoints.clone();
+    move |source| FleetError::Etcd {
+        what,
+        endpoints,
+        source,
+    }
 }
 
 /// What an etcd request's failure says to an operator: etcd's own message
@@ -198,15 +207,17 @@ impl Conn {
             Some(t) if t.cert.is_none() => "connecting over TLS without a client certificate",
             _ => "connecting",
         };
+        let endpoints: Arc<str> = config.endpoints.join(",").into();
         let mut client = Client::connect(&config.endpoints, Some(options(config)?))
             .await
-            .map_err(err(what))?;
+            .map_err(err(&endpoints, what))?;
         let ttl = config.lease_ttl.as_secs().max(2) as i64;
         let lease = resend!(client.lease_grant(ttl, None).await)
-            .map_err(err("granting a lease"))?
+            .map_err(err(&endpoints, "granting a lease"))?
             .id();
         let conn = Conn {
             client,
+            endpoints,
             lease,
             prefix: prefix(&config.name),
             host: config.host.clone(),
@@ -238,8 +249,8 @@ impl Conn {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([put.clone()])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let resp =
-            resend!(self.client.txn(txn.clone()).await).map_err(err("claiming the host id"))?;
+        let resp = resend!(self.client.txn(txn.clone()).await)
+            .map_err(err(&self.endpoints, "claiming the host id"))?;
         if resp.succeeded() {
             return Ok(());
         }
@@ -251,7 +262,7 @@ impl Conn {
                 .when([Compare::value(key.clone(), CompareOp::Equal, instance)])
                 .and_then([put]);
             let resp = resend!(self.client.txn(take_over.clone()).await)
-                .map_err(err("claiming the host id"))?;
+                .map_err(err(&self.endpoints, "claiming the host id"))?;
             if resp.succeeded() {
                 return Ok(());
             }
@@ -270,12 +281,16 @@ impl Conn {
     /// Renews the lease once; `Ok(false)` when etcd says it expired.
     pub async fn keep_alive(&mut self) -> Result<bool, FleetError> {
         let (mut keeper, mut stream) = resend!(self.client.lease_keep_alive(self.lease).await)
-            .map_err(err("renewing the lease"))?;
+            .map_err(err(&self.endpoints, "renewing the lease"))?;
         keeper
             .keep_alive()
             .await
-            .map_err(err("renewing the lease"))?;
-        match stream.message().await.map_err(err("renewing the lease"))? {
+            .map_err(err(&self.endpoints, "renewing the lease"))?;
+        match stream
+            .message()
+            .await
+            .map_err(err(&self.endpoints, "renewing the lease"))?
+        {
             Some(r) => Ok(r.ttl() > 0),
             None => Err(FleetError::Closed),
         }
@@ -283,7 +298,8 @@ impl Conn {
 
     /// Revokes the lease: this host's record and queue place go at once.
     pub async fn revoke(mut self) -> Result<(), FleetError> {
-        resend!(self.client.lease_revoke(self.lease).await).map_err(err("revoking the lease"))?;
+        resend!(self.client.lease_revoke(self.lease).await)
+            .map_err(err(&self.endpoints, "revoking the lease"))?;
         Ok(())
     }
 
@@ -294,7 +310,7 @@ impl Conn {
                 .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
                 .await
         )
-        .map_err(err("reading the fleet"))?;
+        .map_err(err(&self.endpoints, "reading the fleet"))?;
         let mut snap = Snapshot::default();
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
@@ -338,7 +354,7 @@ impl Conn {
                 )
                 .await
         )
-        .map_err(err("writing the host record"))?;
+        .map_err(err(&self.endpoints, "writing the host record"))?;
         Ok(())
     }
 
@@ -359,14 +375,15 @@ impl Conn {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([put.clone(), get.clone()])
             .or_else([put, get]);
-        let resp =
-            resend!(self.client.txn(txn.clone()).await).map_err(err("joining the slot queue"))?;
+        let resp = resend!(self.client.txn(txn.clone()).await)
+            .map_err(err(&self.endpoints, "joining the slot queue"))?;
         let ops = resp.op_responses();
         let rev = get_response(ops.get(1))
             .and_then(|g| g.kvs().first())
             .map(|kv| kv.create_revision())
             .ok_or(FleetError::Etcd {
                 what: "joining the slot queue",
+                endpoints: self.endpoints.clone(),
                 source: etcd_client::Error::InvalidArgs("no queue entry after the put".into()),
             })?;
         // The order key is written after the entry exists (its name needs the
@@ -381,7 +398,7 @@ impl Conn {
                 )
                 .await
         )
-        .map_err(err("joining the slot queue"))?;
+        .map_err(err(&self.endpoints, "joining the slot queue"))?;
         Ok(rev)
     }
 
@@ -416,8 +433,8 @@ impl Conn {
             ),
             TxnOp::get(format!("{}halted/{hash}", self.prefix), None),
         ]);
-        let resp =
-            resend!(self.client.txn(txn.clone()).await).map_err(err("checking the slot queue"))?;
+        let resp = resend!(self.client.txn(txn.clone()).await)
+            .map_err(err(&self.endpoints, "checking the slot queue"))?;
         let ops = resp.op_responses();
         let count = |i: usize| get_response(ops.get(i)).map(|g| g.count()).unwrap_or(0);
         let ahead = get_response(ops.first())
@@ -456,7 +473,7 @@ impl Conn {
             .collect();
         let txn = Txn::new().and_then(ops);
         let resp = resend!(self.client.txn(txn.clone()).await)
-            .map_err(err("reading the earlier groups"))?;
+            .map_err(err(&self.endpoints, "reading the earlier groups"))?;
         let mut out = Vec::new();
         for op in resp.op_responses() {
             if let TxnOpResponse::Get(g) = op {
@@ -485,7 +502,7 @@ impl Conn {
             TxnOp::get(paused.clone(), None),
         ]);
         let resp = resend!(self.client.txn(txn.clone()).await)
-            .map_err(err("reading the fleet's halts"))?;
+            .map_err(err(&self.endpoints, "reading the fleet's halts"))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut cache = Cache::new(&self.host, revision);
         for op in resp.op_responses() {
@@ -518,11 +535,11 @@ impl Conn {
                 ),
             )
             .await
-            .map_err(err("watching the fleet"))?;
+            .map_err(err(&self.endpoints, "watching the fleet"))?;
         stream
             .watch(paused, Some(WatchOptions::new().with_start_revision(from)))
             .await
-            .map_err(err("watching the fleet"))?;
+            .map_err(err(&self.endpoints, "watching the fleet"))?;
         Ok((cache, stream))
     }
 
@@ -541,7 +558,7 @@ impl Conn {
                 ),
             )
             .await
-            .map_err(err("watching the slot queue"))
+            .map_err(err(&self.endpoints, "watching the slot queue"))
     }
 
     /// Leaves the slot queue (releases the slot if held), entry then order key.
@@ -554,11 +571,11 @@ impl Conn {
                 )
                 .await
         )
-        .map_err(err("leaving the slot queue"))?;
+        .map_err(err(&self.endpoints, "leaving the slot queue"))?;
         for kv in resp.prev_kvs() {
             let key = order_key(&self.prefix, kv.create_revision(), &self.host);
             resend!(self.client.delete(key.clone(), None).await)
-                .map_err(err("leaving the slot queue"))?;
+                .map_err(err(&self.endpoints, "leaving the slot queue"))?;
         }
         Ok(())
     }
@@ -585,7 +602,7 @@ impl Conn {
                 )
                 .await
         )
-        .map_err(err("counting the slot queue"))?;
+        .map_err(err(&self.endpoints, "counting the slot queue"))?;
         Ok(usize::try_from(resp.count()).unwrap_or(usize::MAX))
     }
 
@@ -597,7 +614,8 @@ impl Conn {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        resend!(self.client.txn(txn.clone()).await).map_err(err("halting the manifest"))?;
+        resend!(self.client.txn(txn.clone()).await)
+            .map_err(err(&self.endpoints, "halting the manifest"))?;
         Ok(())
     }
 
@@ -606,7 +624,7 @@ impl Conn {
         let key = format!("{}paused", self.prefix);
         if on {
             resend!(self.client.put(key.clone(), self.host.clone(), None).await)
-                .map_err(err("pausing the fleet"))?;
+                .map_err(err(&self.endpoints, "pausing the fleet"))?;
         } else {
             let txn = Txn::new().and_then([
                 TxnOp::delete(key, None),
@@ -615,7 +633,8 @@ impl Conn {
                     Some(etcd_client::DeleteOptions::new().with_prefix()),
                 ),
             ]);
-            resend!(self.client.txn(txn.clone()).await).map_err(err("resuming the fleet"))?;
+            resend!(self.client.txn(txn.clone()).await)
+                .map_err(err(&self.endpoints, "resuming the fleet"))?;
         }
         Ok(())
     }

@@ -28,9 +28,11 @@ pub use host::{FleetHost, HostRevision, Observation};
 /// Why a fleet request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("etcd: {what}: {}", etcd::describe(source))]
+    #[error("etcd at {endpoints}: {what}: {}", etcd::describe(source))]
     Etcd {
         what: &'static str,
+        /// The configured endpoints, comma-separated.
+        endpoints: std::sync::Arc<str>,
         source: etcd_client::Error,
     },
     #[error("etcd: the lease keep-alive stream closed")]
