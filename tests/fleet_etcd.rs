@@ -257,12 +257,7 @@ fn events(a: &Agent, kind: &str) -> Vec<serde_json::Value> {
 
 /// An event's time as Unix seconds.
 fn at(e: &serde_json::Value) -> f64 {
-    let t = time::OffsetDateTime::parse(
-        e["time"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
-    t.unix_timestamp_nanos() as f64 / 1e9
+    unix_seconds(e["time"].as_str().unwrap())
 }
 
 fn sources(a: &Agent) -> Vec<String> {

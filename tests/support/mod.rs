@@ -781,3 +781,10 @@ pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// An RFC 3339 time (events, records) as seconds since the Unix epoch.
+pub fn unix_seconds(rfc3339: &str) -> f64 {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339:?} is not RFC 3339: {e}"));
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
