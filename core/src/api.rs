@@ -372,6 +372,11 @@ pub struct FleetStatus {
     pub reachable: bool,
     #[serde(default)]
     pub error: Option<String>,
+    /// When the hosts, halts and pause shown were read from etcd (RFC 3339
+    /// UTC): now when `reachable`, else the last answer; `None` when etcd
+    /// never answered this agent.
+    #[serde(default)]
+    pub read_at: Option<String>,
     /// The whole fleet is paused (`berthctl fleet pause`): no slot is granted.
     pub paused: bool,
     /// The rollout policy in force for this agent.

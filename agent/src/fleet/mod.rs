@@ -414,8 +414,10 @@ struct State {
     healthy_since: Option<(String, u64)>,
     /// Hashes already reverted here (`auto_revert` acts once per hash).
     reverted: BTreeSet<String>,
-    /// The last full snapshot read (for status while etcd is away).
+    /// The last full snapshot read (for status while etcd is away), and
+    /// when (RFC 3339).
     snapshot: Snapshot,
+    snapshot_at: Option<String>,
     seen: Option<Seen>,
     /// The manifest the gate was last asked about, when, and whether its
     /// source retries it by itself (see [`decide::given_up`]).
@@ -1039,7 +1041,9 @@ impl Fleet {
         let (snap, reachable, error) = match fresh {
             Ok(snap) => {
                 self.reached(host, Ok(()));
-                self.state().snapshot = snap.clone();
+                let mut s = self.state();
+                s.snapshot = snap.clone();
+                s.snapshot_at = Some(crate::now_rfc3339());
                 (snap, true, None)
             }
             Err(e) => {
@@ -1047,6 +1051,7 @@ impl Fleet {
                 (self.state().snapshot.clone(), false, Some(e.to_string()))
             }
         };
+        let read_at = self.state().snapshot_at.clone();
         let policy = self
             .config
             .policy(host.observe().latest.and_then(|r| r.policy).as_ref());
@@ -1070,6 +1075,7 @@ impl Fleet {
             host: self.config.host.clone(),
             reachable,
             error,
+            read_at,
             paused: snap.paused,
             max_parallel: policy.max_parallel,
             groups: policy.groups,

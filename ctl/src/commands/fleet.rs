@@ -78,8 +78,12 @@ fn print(f: &FleetStatus) {
         if f.paused { ", PAUSED" } else { "" }
     );
     if !f.reachable {
+        let view = match &f.read_at {
+            Some(at) => format!("showing the last view, read at {at}"),
+            None => "no view yet".to_string(),
+        };
         outln!(
-            "etcd unreachable ({}): showing the last view; no gated rollout starts",
+            "etcd unreachable ({}): {view}; no gated rollout starts",
             f.error.as_deref().unwrap_or("no answer")
         );
     }
