@@ -175,6 +175,14 @@ struct Sampler {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Whether `pid` is a live process now (not gone, not a zombie).
+fn still_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
 impl Sampler {
     fn start(rt: Runtime) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
@@ -185,13 +193,20 @@ impl Sampler {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 if let Ok(list) = rt.list() {
+                    // A list reads one container after another: an old
+                    // replica read before it stopped and its replacement
+                    // read after it started were never running together.
+                    // Only those still running once the list is done were
+                    // all running at one instant.
                     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
                     for c in &list {
                         n.lock().unwrap().insert(c.id.clone());
-                        if let (ContainerState::Running { .. }, Some(svc)) =
+                        if let (ContainerState::Running { pid, .. }, Some(svc)) =
                             (&c.state, c.labels.get(LABEL_SERVICE))
                         {
-                            *counts.entry(svc.clone()).or_default() += 1;
+                            if still_running(*pid) {
+                                *counts.entry(svc.clone()).or_default() += 1;
+                            }
                         }
                     }
                     let mut max = m.lock().unwrap();
@@ -643,7 +658,37 @@ fn random_kills_of_berthd_converge_without_surge_loss_or_orphans() {
 /// Nothing of any container is left: directories, mounts, cgroups (every
 /// hierarchy), veths, network namespaces, nftables rules, blobs no image
 /// references.
+/// Waits (at most 10 s) until the veths of `ids` are gone and, with
+/// `bridge_empty`, nothing is left on the bridge: the kernel deletes a veth
+/// when the last reference to its namespace goes, in a work queue, after
+/// the removal returned.
+fn settle_links<'a>(
+    agent: &Agent,
+    ids: impl IntoIterator<Item = &'a String> + Clone,
+    bridge_empty: bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let net = Path::new("/sys/class/net");
+    loop {
+        let veth_left = ids.clone().into_iter().any(|id| {
+            net.join(berth_agent::network::veth_name(&agent.bridge(), id))
+                .exists()
+        });
+        let ports_left = bridge_empty
+            && std::fs::read_dir(net.join(agent.bridge()).join("brif"))
+                .into_iter()
+                .flatten()
+                .next()
+                .is_some();
+        if !(veth_left || ports_left) || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn assert_no_orphans(agent: &Agent, seen: &BTreeSet<String>) {
+    settle_links(agent, seen, true);
     let mut problems = Vec::new();
     // Container directories.
     let dir = agent.state_dir().join("containers");
@@ -815,6 +860,7 @@ fn live_process(pid: i32) -> bool {
 /// Nothing of container `id` is left: its directory, mounts, cgroups (the
 /// container's and its monitor's, every hierarchy), veth and netns pin.
 fn assert_container_gone(agent: &Agent, id: &str) {
+    settle_links(agent, [&id.to_string()], false);
     let mut left = Vec::new();
     let dir = agent.state_dir().join("containers").join(id);
     if dir.exists() {

@@ -125,8 +125,8 @@ fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
             c["id"]
         );
     }
-    // ...and the job exits while nobody watches.
-    std::thread::sleep(Duration::from_millis(2500));
+    // ...and the job (`sleep 2; exit 7`) exits while nobody watches.
+    std::thread::sleep(Duration::from_millis(4000));
     agent.spawn();
     let after: Vec<String> = service_containers(&agent, "web")
         .iter()
@@ -143,8 +143,10 @@ fn containers_outlive_the_agent_and_are_readopted_with_their_exit_codes() {
         got, want,
         "the new agent must re-adopt the same containers, not replace them"
     );
-    let job = service_containers(&agent, "job");
-    assert_eq!(job[0]["state"], "exited");
+    let job = agent.wait_for(10, "the job seen exited", |a| {
+        let job = service_containers(a, "job");
+        (job.len() == 1 && job[0]["state"] == "exited").then_some(job)
+    });
     assert_eq!(job[0]["exit_code"], 7, "{job:?}");
     // Still re-adopted, still the same, a little later.
     std::thread::sleep(Duration::from_millis(1500));

@@ -534,9 +534,11 @@ fn exec_it_runs_an_interactive_shell_on_a_pty() {
 
     // ^C is a byte: the remote terminal turns it into SIGINT for the
     // foreground job, and the shell lives on.
-    pty.type_in(b"sleep 100\n");
-    pty.wait_for("sleep 100\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    // (The job prints S2 once it runs as the foreground job; the echo of
+    // the typed line alone would not prove that.)
+    pty.type_in(b"sh -c 'echo S$((1+1)); exec sleep 100'\n");
+    pty.wait_for("S2\r\n");
+    std::thread::sleep(Duration::from_millis(100));
     pty.type_in(b"\x03");
     pty.type_in(b"echo rc=$?\n");
     let out = pty.wait_for("rc=130\r\n");

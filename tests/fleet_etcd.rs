@@ -736,10 +736,20 @@ fn apply_is_gated_by_a_pause_host_ids_are_claimed_and_a_dead_host_leaves_after_i
     // claim over without waiting for the old lease.
     b.kill9();
     b.spawn();
-    b.wait_for(5, "b back in the fleet", |b| {
+    b.wait_for(15, "b back in the fleet", |b| {
         let s = b.status_json();
         (s["fleet"]["reachable"] == true && s["fleet"]["error"].is_null()).then_some(())
     });
+    let refused: Vec<_> = events(&b, "fleet-unreachable")
+        .into_iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("held by another agent")
+        })
+        .collect();
+    assert!(refused.is_empty(), "b was refused its own id: {refused:?}");
 
     // A host killed without leaving disappears once its lease expires (3s).
     b.kill9();

@@ -45,32 +45,21 @@ fn sigint_manifest(image: &str, marker: &str, extra: &str) -> String {
     )
 }
 
-/// Applies `text` and returns how long the replica running before took from
-/// being taken out of service to being gone, once its replacement is ready.
+/// Applies `text` and returns how long the replica running before took to
+/// be gone: its replacement's start and readiness, then its stop (the old
+/// one is draining only for an instant with `drain = "0s"`, too short to
+/// time on a loaded machine).
 fn replace_and_time_the_stop(agent: &Agent, text: &str) -> Duration {
     let old = container_of(agent, "pg").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
+    let t0 = Instant::now();
     agent.apply_text("m.toml", text).ok();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut retiring_since = None;
-    loop {
-        let list = agent.containers();
-        let old_view = list.iter().find(|c| c["id"] == old.as_str());
-        match (old_view, retiring_since) {
-            (Some(c), None) if c["health"] == "draining" => retiring_since = Some(Instant::now()),
-            (None, Some(t)) => return t.elapsed(),
-            (None, None) => panic!("{old} went away without being seen retiring: {list:?}"),
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{old} was not replaced within 30s: {list:?}\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    agent.wait_for(30, "the old replica replaced", |a| {
+        (!a.containers().iter().any(|c| c["id"] == old.as_str())).then_some(())
+    });
+    t0.elapsed()
 }
 
 #[test]
@@ -98,8 +87,8 @@ fn the_image_stop_signal_stops_a_replica_at_once_and_the_manifest_wins() {
     agent.spawn();
     let took = replace_and_time_the_stop(&agent, &sigint_manifest(&image, "2", ""));
     assert!(
-        took < Duration::from_secs(2),
-        "with SIGINT the replica exits at once; it took {took:?} (SIGTERM is ignored: 10s)"
+        took < Duration::from_secs(7),
+        "with SIGINT the replica exits at once; replacing it took {took:?} (SIGTERM is ignored: 10s)"
     );
     agent.wait_for(30, "pg 1/1 again", |a| {
         (a.ready_of("pg") == (1, 1)).then_some(())

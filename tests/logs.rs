@@ -65,7 +65,7 @@ fn a_crashed_replica_keeps_its_interleaved_timestamped_logs() {
     // The two streams are two pipes: lines are ordered as the monitor reads
     // them, so the writes are spaced a little (as real output usually is).
     let text = format!(
-        "[service.crash]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"for i in 1 2 3 4 5; do echo out$i; sleep 0.1; echo err$i >&2; sleep 0.1; done; exit 1\"]\n[service.crash.restart]\npolicy = \"always\"\nbackoff = {{ initial = \"3s\", max = \"3s\" }}\n"
+        "[service.crash]\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \"for i in 1 2 3 4 5; do echo out$i; sleep 0.2; echo err$i >&2; sleep 0.2; done; exit 1\"]\n[service.crash.restart]\npolicy = \"always\"\nbackoff = {{ initial = \"3s\", max = \"3s\" }}\n"
     );
     agent.apply_text("m.toml", &text).ok();
     // The first deploy crashes: its replica is removed and the next one

@@ -372,7 +372,8 @@ fn an_idle_agent_sees_an_unchecked_replica_exit_at_once() {
         event_times(a, "container-failed", "web").first().copied()
     });
     let took = seen - killed_at;
-    assert!(took < 2.5, "the exit was seen {took:.2} s after the kill");
+    // The next idle pass would come up to 5 s later; the wake takes ms.
+    assert!(took < 4.0, "the exit was seen {took:.2} s after the kill");
     agent.wait_for(30, "a new replica", |a| web_ready(a, "web", 1));
 }
 
@@ -445,12 +446,12 @@ fn exec_and_tcp_health_checks_gate_readiness() {
     let reg = TestRegistry::start().unwrap();
     let image = push_web_image(&reg, "shop/web:1", "v1");
     let agent = Agent::start();
-    // Becomes healthy only once /tmp/ready exists (after ~1.5 s).
+    // Becomes healthy only once /tmp/ready exists (after ~5 s).
     let text = format!(
         r#"
 [service.slow]
 image = "{image}"
-command = ["/bin/busybox", "sh", "-c", "sleep 1.5; touch /tmp/ready; exec sleep 3600"]
+command = ["/bin/busybox", "sh", "-c", "sleep 5; touch /tmp/ready; exec sleep 3600"]
 [service.slow.health]
 exec = ["/bin/busybox", "test", "-f", "/tmp/ready"]
 interval = "200ms"
@@ -756,14 +757,16 @@ probation = "0s"
     });
     // Gaps between replacements: the time to turn unhealthy (constant) plus
     // a backoff of 0.4, 0.8, 1.6, 2, 2, 2 s.
+    // The bounds leave a loaded machine about a second of jitter in the
+    // time to turn unhealthy; unbounded doubling would reach 25 s by the last.
     let gaps: Vec<f64> = starts[1..].windows(2).map(|w| w[1] - w[0]).collect();
     assert!(
-        gaps[3] > gaps[0] + 0.8,
+        gaps[3] > gaps[0] + 0.6,
         "delays must grow towards the max: {gaps:?}"
     );
     let (base, last) = (gaps[0] - 0.4, gaps[gaps.len() - 1]);
     assert!(
-        last > base + 1.2 && last < base + 3.0,
+        last > base + 1.0 && last < base + 4.0,
         "the delay levels off at the 2 s max: {gaps:?}"
     );
     let status = agent.api("GET", "/v1/status", &[], b"").json();

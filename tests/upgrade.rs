@@ -262,10 +262,11 @@ fn containers_of_the_previous_release_are_adopted_without_replacement() {
         converged(a)
     });
     // Several passes later nothing moved either (a replacement would start
-    // a new container, stop an old one or record a revision).
+    // a new container, stop an old one or record a revision). An idle agent
+    // passes every 5 s (`IDLE_RESYNC`).
     let start = passes(&agent);
-    agent.wait_for(30, "6 more reconcile passes", |a| {
-        (passes(a) >= start + 6).then_some(())
+    agent.wait_for(40, "3 more reconcile passes", |a| {
+        (passes(a) >= start + 3).then_some(())
     });
     let later = agent.wait_for(10, "still converged", converged);
     assert_eq!(

@@ -150,6 +150,7 @@ drain = "0s"
     });
     let took = t0.elapsed();
     eprintln!("stop of an init container through the agent: {took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Well under the 10 s SIGKILL (apply, a pass and the removal included).
+    assert!(took < Duration::from_secs(6), "{took:?}");
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }

@@ -66,6 +66,10 @@ pub struct ArchivedFile {
     pub stream: Stream,
 }
 
+/// How long a reader waits for an archive whose files are still being
+/// moved in (a rename each; a copy across filesystems).
+pub const ARCHIVING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One archived container as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archived {
@@ -85,6 +89,18 @@ impl Archived {
                 stream: f.stream,
             })
             .collect()
+    }
+
+    /// Every line of its files. An archive is written metadata first, then
+    /// its files are moved in: one caught in between (a replica removed just
+    /// now) is waited for, up to [`ARCHIVING_WAIT`], rather than read empty.
+    pub fn read_all(&self) -> Vec<Entry> {
+        let files = self.files();
+        let deadline = std::time::Instant::now() + ARCHIVING_WAIT;
+        while !files.iter().all(|f| f.path.exists()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        read_all(&files)
     }
 
     /// Bytes of its log files and metadata on disk.
@@ -783,6 +799,32 @@ mod tests {
                 finished_at: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5),
             },
         }
+    }
+
+    /// `logs --previous` right as a replica is removed: the metadata is
+    /// there, its file not moved in yet. The reader waits for it instead of
+    /// showing nothing.
+    #[test]
+    fn an_archive_caught_before_its_files_moved_in_is_read_whole() {
+        let state = tempfile::tempdir().unwrap();
+        let archive = LogArchive::new(state.path().join("logs"), 2, 1 << 20);
+        let c = info(state.path(), "web-1", "web");
+        let live = c.dir.join("logs/container.log");
+        write_records(&live, &[(1, Stream::Stdout, false, "last words")]);
+        archive
+            .archive(&c, &crate::runtime::Runtime::logs_in(&c.dir))
+            .unwrap();
+        // Back to the moment between the metadata and the move.
+        let moved = state.path().join("logs/web/web-1.log");
+        let aside = state.path().join("aside.log");
+        std::fs::rename(&moved, &aside).unwrap();
+        let mover = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::fs::rename(&aside, &moved).unwrap();
+        });
+        let newest = archive.list("web").remove(0);
+        assert_eq!(lines(&newest.read_all()), ["last words"]);
+        mover.join().unwrap();
     }
 
     #[test]

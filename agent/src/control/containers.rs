@@ -235,7 +235,7 @@ impl Agent {
                 match found {
                     Ok(Some(a)) => {
                         let mut out = Vec::new();
-                        let entries = blocking(move || logs::read_all(&a.files())).await?;
+                        let entries = blocking(move || a.read_all()).await?;
                         logs::render(&logs::select(entries, &q), q.timestamps, &mut out);
                         Ok(LogsReply {
                             head: out,
@@ -263,16 +263,12 @@ impl Agent {
         let archive = self.log_archive.clone();
         if req.previous {
             let svc = service.clone();
-            let entries = blocking(move || {
-                archive
-                    .list(&svc)
-                    .first()
-                    .map(|a| logs::read_all(&a.files()))
-            })
-            .await?
-            .ok_or_else(|| AgentError::NotFound {
-                what: format!("an exited or replaced replica of service `{service}`"),
-            })?;
+            let entries =
+                blocking(move || archive.list(&svc).first().map(logs::Archived::read_all))
+                    .await?
+                    .ok_or_else(|| AgentError::NotFound {
+                        what: format!("an exited or replaced replica of service `{service}`"),
+                    })?;
             let mut out = Vec::new();
             logs::render(&logs::select(entries, &q), q.timestamps, &mut out);
             return Ok(LogsReply {
@@ -299,7 +295,7 @@ impl Agent {
             let mut fallback = None;
             if head.is_empty() {
                 if let Some(a) = archive.list(&svc).into_iter().next() {
-                    head = logs::select(logs::read_all(&a.files()), &q);
+                    head = logs::select(a.read_all(), &q);
                     fallback = Some(a.meta.id);
                 }
             }
@@ -482,7 +478,7 @@ impl LogFollow {
             for a in archive.list(&service) {
                 let at = crilog::parse_time(&a.meta.archived_at).unwrap_or(0);
                 if at >= started && !seen.contains(&a.meta.id) {
-                    out.push(logs::read_all(&a.files()));
+                    out.push(a.read_all());
                     archived_ids.push(a.meta.id);
                 }
             }

@@ -629,9 +629,9 @@ mod tests {
         let writer = std::thread::spawn(move || {
             for i in 1..=3 {
                 nix::unistd::write(&out_w, format!("out{i}\n").as_bytes()).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(30));
+                std::thread::sleep(std::time::Duration::from_millis(100));
                 nix::unistd::write(&err_w, format!("err{i}\n").as_bytes()).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(30));
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
             nix::unistd::write(&out_w, b"unterminated").unwrap();
         });
