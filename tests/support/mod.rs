@@ -46,13 +46,30 @@ pub fn berthctl_bin() -> PathBuf {
     bin_dir().join("berthctl")
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free port (TCP and UDP, on every address), taken from below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default): a port the kernel picks for an outgoing connection could be
+/// taken again by one between this call and the bind it is for (an agent
+/// started, an etcd restarted). Never the same port twice in one test
+/// binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if given.contains(&port) {
+            continue;
+        }
+        let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok();
+        if free {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 after 1000 tries");
 }
 
 /// A running `berthd` on its own temp dirs.
