@@ -52,7 +52,7 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
-    timeout check 1s
+    timeout check 3s
     default-server inter 200ms fall 2 rise 2
 frontend web
     bind 127.0.0.1:{frontend}
