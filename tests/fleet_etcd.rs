@@ -681,7 +681,10 @@ fn apply_is_gated_by_a_pause_host_ids_are_claimed_and_a_dead_host_leaves_after_i
     let queued = b.apply_text("web.toml", &manifest(&v2));
     assert_ne!(queued.code, 0, "{}", queued.stdout);
     assert!(
-        queued.stderr.contains("not applied yet"),
+        queued.stderr.contains("not applied yet")
+            && queued
+                .stderr
+                .contains("hint: nothing applies it later by itself"),
         "{}",
         queued.stderr
     );
@@ -720,13 +723,17 @@ fn apply_is_gated_by_a_pause_host_ids_are_claimed_and_a_dead_host_leaves_after_i
             .map(str::to_string)
     });
     assert!(refused.contains("--fleet-host"), "{refused}");
-    let out = dup.ctl(&["fleet", "status"]);
+    // etcd answered: not an outage, in any view.
+    assert_eq!(dup.status_json()["fleet"]["reachable"], true);
+    assert_eq!(metric(&dup, "berth_fleet_etcd_up"), 1.0);
+    assert!(events(&dup, "fleet-unreachable").is_empty());
+    assert_eq!(events(&dup, "fleet-host-taken").len(), 1);
+    let text = dup.ctl(&["status"]).ok().stdout;
+    assert!(text.contains("NOT JOINED"), "{text}");
+    let text = dup.ctl(&["fleet", "status"]).ok().stdout;
     assert!(
-        out.stdout.contains("held by another agent")
-            || out.stderr.contains("held by another agent"),
-        "{}{}",
-        out.stdout,
-        out.stderr
+        text.contains("not in the fleet") && text.contains("held by another agent"),
+        "{text}"
     );
     assert_eq!(hosts(&a), ["a", "b"]);
     assert!(a.status_json()["fleet"]["error"].is_null());

@@ -179,8 +179,11 @@ event_kinds! {
     FleetReverted = "fleet-reverted",
     /// The fleet's etcd cannot be reached: no gated rollout starts.
     FleetUnreachable = "fleet-unreachable",
-    /// The fleet's etcd answers again.
+    /// The fleet's etcd answers again (or this host's id is free again).
     FleetReachable = "fleet-reachable",
+    /// Another agent holds this host's id (`--fleet-host`): this agent stays
+    /// out of the fleet, and no gated rollout starts, until the id is free.
+    FleetHostTaken = "fleet-host-taken",
 }
 
 impl std::fmt::Display for EventKind {

@@ -330,11 +330,17 @@ pub enum Place {
 
 /// How long a manifest applied through the API keeps waiting (its place in
 /// the slot queue, its pending reason) without being applied again:
-/// 10 × the fleet interval, at least 5 s. `berthctl apply --wait` asks
-/// every second; a manifest source retries by itself and keeps it as long
-/// as it waits.
-pub fn unasked_hold(interval: Duration) -> Duration {
-    (interval * 10).max(Duration::from_secs(5))
+/// 10 × the fleet interval, at least 5 s; once its turn has come
+/// (`at_front`: fewer than K entries ahead, so it holds a slot nobody
+/// takes) 3 s, at least the interval. `berthctl apply --wait` asks every
+/// second; a manifest source retries by itself and keeps it as long as it
+/// waits.
+pub fn unasked_hold(interval: Duration, at_front: bool) -> Duration {
+    if at_front {
+        interval.max(Duration::from_secs(3))
+    } else {
+        (interval * 10).max(Duration::from_secs(5))
+    }
 }
 
 /// Whether a waiting manifest is given up: nothing retries it (an API
@@ -470,8 +476,11 @@ mod tests {
     #[test]
     fn an_api_apply_not_asked_again_is_given_up_a_source_never() {
         let s = Duration::from_secs;
-        assert_eq!(unasked_hold(Duration::from_millis(200)), s(5));
-        assert_eq!(unasked_hold(s(2)), s(20));
+        assert_eq!(unasked_hold(Duration::from_millis(200), false), s(5));
+        assert_eq!(unasked_hold(s(2), false), s(20));
+        // Its turn came: the slot it holds for nobody goes soon.
+        assert_eq!(unasked_hold(Duration::from_millis(200), true), s(3));
+        assert_eq!(unasked_hold(s(5), true), s(5));
         let cases = [
             // (retried by a source, since last asked, hold) → given up
             ((false, s(4), s(5)), false),

@@ -414,6 +414,8 @@ struct State {
     healthy_since: Option<(String, u64)>,
     /// Hashes already reverted here (`auto_revert` acts once per hash).
     reverted: BTreeSet<String>,
+    /// Another agent holds this host's id (see [`FleetError::HostTaken`]).
+    taken: bool,
     /// The last full snapshot read (for status while etcd is away), and
     /// when (RFC 3339).
     snapshot: Snapshot,
@@ -590,31 +592,44 @@ impl Fleet {
     }
 
     /// A manifest applied through the API and not applied again within
-    /// [`decide::unasked_hold`] stops waiting: it leaves the slot queue (so
-    /// its turn cannot block the hosts behind it) and its pending reason
+    /// [`decide::unasked_hold`] (3 s once its turn has come) stops waiting:
+    /// it leaves the slot queue, so a turn nobody takes holds up the hosts
+    /// behind it for one membership round at most, and its pending reason
     /// goes.
     async fn give_up_unasked<H: FleetHost + ?Sized>(
         &self,
         host: &H,
         conn: &mut Conn,
     ) -> Result<(), FleetError> {
-        let hold = decide::unasked_hold(self.config.interval);
+        let k = self
+            .state()
+            .seen
+            .as_ref()
+            .map(|s| s.max_parallel.max(1) as usize);
+        let (mine, ahead) = {
+            let w = self.watched();
+            let c = w.cache.as_ref();
+            (
+                c.and_then(|c| c.mine()).map(|(_, h)| h.to_string()),
+                c.and_then(decide::Cache::ahead),
+            )
+        };
         let stale = {
             let s = self.state();
             match (&s.asked, &s.pending, &s.slot) {
                 (Some((hash, at, retried)), Some((pending, _, _)), None) if pending == hash => {
-                    decide::given_up(*retried, at.elapsed(), hold).then(|| hash.clone())
+                    let queued = mine.as_deref() == Some(hash.as_str());
+                    let at_front = queued && ahead.zip(k).is_some_and(|(a, k)| a < k);
+                    let hold = decide::unasked_hold(self.config.interval, at_front);
+                    decide::given_up(*retried, at.elapsed(), hold)
+                        .then(|| (hash.clone(), queued, at_front, hold))
                 }
                 _ => None,
             }
         };
-        let Some(hash) = stale else { return Ok(()) };
-        let queued = self
-            .watched()
-            .cache
-            .as_ref()
-            .and_then(|c| c.mine())
-            .is_some_and(|(_, h)| h == hash);
+        let Some((hash, queued, at_front, hold)) = stale else {
+            return Ok(());
+        };
         if queued {
             self.dequeue(conn).await?;
             self.changed.send_modify(|n| *n += 1);
@@ -624,10 +639,15 @@ impl Fleet {
         host.emit(
             EventKind::FleetWaiting,
             format!(
-                "fleet {}: manifest {} no longer waits: it was not applied again within {} s{} \
+                "fleet {}: manifest {} no longer waits: {} not applied again within {} s{} \
                  (`berthctl apply --wait` asks until a slot is granted)",
                 self.config.name,
                 short(&hash),
+                if at_front {
+                    "its turn came and it was"
+                } else {
+                    "it was"
+                },
                 hold.as_secs(),
                 if queued {
                     " and left the slot queue"
@@ -639,34 +659,48 @@ impl Fleet {
         Ok(())
     }
 
-    /// Records whether etcd answered; events and the metric on a change.
+    /// Records whether etcd answered; events and the metric on a change. A
+    /// host id held by another agent is an answer, not an outage: etcd is
+    /// up, this agent is kept out ([`EventKind::FleetHostTaken`]).
     fn reached<H: FleetHost + ?Sized>(&self, host: &H, result: Result<(), &FleetError>) {
-        let (was, now) = {
+        let taken = matches!(result, Err(FleetError::HostTaken { .. }));
+        let (was, now, was_taken) = {
             let mut s = self.state();
             let was = s.reachable;
-            s.reachable = Some(result.is_ok());
+            let was_taken = s.taken;
+            s.reachable = Some(result.is_ok() || taken);
+            s.taken = taken;
             s.error = result.err().map(|e| e.to_string());
-            (was, s.reachable)
+            (was, s.reachable, was_taken)
         };
         host.metrics()
             .fleet_etcd_up
             .set(i64::from(now == Some(true)));
-        match (was, result) {
-            (Some(false), Ok(())) => {
+        match result {
+            Err(e @ FleetError::HostTaken { .. }) if !was_taken => {
+                tracing::error!(error = %e, "fleet host id taken");
+                host.emit(
+                    EventKind::FleetHostTaken,
+                    format!("{e}; no gated rollout starts until it is free"),
+                );
+            }
+            Ok(()) if was_taken => {
+                host.emit(
+                    EventKind::FleetReachable,
+                    format!(
+                        "fleet {}: joined as host {:?}: its id is free now",
+                        self.config.name, self.config.host
+                    ),
+                );
+            }
+            Ok(()) if was == Some(false) => {
                 tracing::info!("fleet etcd reachable again");
                 host.emit(
                     EventKind::FleetReachable,
                     format!("fleet {}: etcd answers again", self.config.name),
                 );
             }
-            (Some(true) | None, Err(e @ FleetError::HostTaken { .. })) => {
-                tracing::error!(error = %e, "fleet host id taken");
-                host.emit(
-                    EventKind::FleetUnreachable,
-                    format!("{e}; no gated rollout starts until it is free"),
-                );
-            }
-            (Some(true) | None, Err(e)) => {
+            Err(e) if !taken && was != Some(false) => {
                 tracing::warn!(error = %e, "fleet etcd unreachable");
                 host.emit(
                     EventKind::FleetUnreachable,
@@ -787,7 +821,10 @@ impl Fleet {
             }
             Err(e) => {
                 self.reached(host, Err(&e));
-                let reason = format!("etcd unreachable, no new rollout starts: {e}");
+                let reason = match &e {
+                    FleetError::HostTaken { .. } => format!("{e}; no new rollout starts"),
+                    _ => format!("etcd unreachable, no new rollout starts: {e}"),
+                };
                 self.set_pending(host, Some((hash, reason.clone())));
                 self.remember(hash, policy.max_parallel, Some(self.config.interval));
                 Err(reason)
@@ -1048,7 +1085,12 @@ impl Fleet {
             }
             Err(e) => {
                 self.reached(host, Err(&e));
-                (self.state().snapshot.clone(), false, Some(e.to_string()))
+                let reachable = matches!(e, FleetError::HostTaken { .. });
+                (
+                    self.state().snapshot.clone(),
+                    reachable,
+                    Some(e.to_string()),
+                )
             }
         };
         let read_at = self.state().snapshot_at.clone();

@@ -138,6 +138,16 @@ async fn apply(
             outln!("{}", String::from_utf8_lossy(&reply.body));
         } else {
             eprintln!("{}", error_text(&reply.body));
+            if fleet_retry.is_none()
+                && !dry_run
+                && error_code(&reply.body).as_deref() == Some("fleet_wait")
+            {
+                eprintln!(
+                    "hint: nothing applies it later by itself; the host keeps its place in the \
+                     fleet's queue only while the apply is repeated: `berthctl apply --wait` \
+                     repeats it until a slot is granted"
+                );
+            }
         }
         return Ok(ExitCode::FAILURE);
     }

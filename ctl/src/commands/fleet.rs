@@ -77,6 +77,9 @@ fn print(f: &FleetStatus) {
         f.auto_revert,
         if f.paused { ", PAUSED" } else { "" }
     );
+    if let (true, Some(e)) = (f.reachable, &f.error) {
+        outln!("not in the fleet ({e}); no gated rollout starts");
+    }
     if !f.reachable {
         let view = match &f.read_at {
             Some(at) => format!("showing the last view, read at {at}"),

@@ -91,7 +91,9 @@ fn print_status(s: &StatusResponse) {
             f.fleet,
             f.host,
             f.group,
-            if f.reachable {
+            if let (true, Some(e)) = (f.reachable, &f.error) {
+                format!("NOT JOINED, no new rollout starts ({e})")
+            } else if f.reachable {
                 "etcd reachable".to_string()
             } else {
                 format!(
