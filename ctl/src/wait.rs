@@ -122,7 +122,8 @@ impl Display {
             for l in &lines {
                 let _ = writeln!(err, "{l}");
             }
-        } else {
+        } else if !lines.is_empty() {
+            // (Nothing left to show — an empty manifest — prints no line.)
             let _ = writeln!(err, "revision {target}: {}", lines.join(", "));
         }
         self.last = lines;
