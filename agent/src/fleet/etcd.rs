@@ -225,9 +225,13 @@ impl Conn {
         };
         if !config.instance.is_empty() {
             if let Err(e) = conn.clone().claim(&config.name, &config.instance).await {
-                // Its keys would never be written: let etcd drop it now.
+                // Its keys would never be written: let etcd drop it now
+                // (else it expires by itself after the TTL).
                 let mut c = conn.client.clone();
-                let _ = c.lease_revoke(conn.lease).await;
+                if let Err(revoke) = c.lease_revoke(conn.lease).await {
+                    tracing::warn!(lease = conn.lease, error = %describe(&revoke),
+                        "cannot revoke the lease of a refused claim; it expires after its TTL");
+                }
                 return Err(e);
             }
         }
