@@ -33,6 +33,9 @@ pub struct ServiceLive {
     pub ready: u32,
     /// Replicas of the desired spec, alive and not retiring.
     pub updated: u32,
+    /// The revision `updated` was counted against: until a pass has seen a
+    /// newly recorded revision, its count is the previous one's.
+    pub updated_revision: u64,
     /// Ids of ready replicas (the proxy and readiness endpoint use them).
     pub ready_ids: Vec<String>,
     pub restarts: u64,

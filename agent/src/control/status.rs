@@ -31,7 +31,12 @@ impl Agent {
                     digest: rec.info.digests.get(&s.name).cloned(),
                     replicas_desired: s.replicas,
                     replicas_ready: l.ready,
-                    replicas_updated: l.updated,
+                    // Counted against an older revision: none is of this one yet.
+                    replicas_updated: if l.updated_revision == rec.info.number {
+                        l.updated
+                    } else {
+                        0
+                    },
                     restarts: l.restarts,
                     last_error: l.last_error,
                 });

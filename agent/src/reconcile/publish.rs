@@ -77,13 +77,14 @@ pub(super) fn publish_dns(
 }
 
 /// Counts ready replicas of a service (any spec, not retiring) for status,
-/// metrics and the readiness endpoint.
+/// metrics and the readiness endpoint; `updated` is the pass's count of
+/// replicas of the desired spec and the revision it was counted against.
 pub(super) fn update_ready(
     agent: &Agent,
     svc: &Service,
     list: &[ContainerInfo],
     now: SystemTime,
-    updated: Option<u32>,
+    updated: Option<(u32, u64)>,
 ) -> u32 {
     let ready_ids: Vec<String> = list
         .iter()
@@ -110,10 +111,11 @@ pub(super) fn update_ready(
     let l = live.services.entry(svc.name.clone()).or_default();
     l.desired = svc.replicas;
     l.ready = ready;
-    if let Some(updated) = updated {
+    if let Some((updated, revision)) = updated {
         // With `ready`, under the same lock: status never shows more ready
         // replicas than updated ones of a pass.
         l.updated = updated;
+        l.updated_revision = revision;
     }
     l.ready_ids = ready_ids;
     l.members = members.iter().map(|c| c.id.clone()).collect();

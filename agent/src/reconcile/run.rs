@@ -587,7 +587,7 @@ impl Reconciler {
             // once; the replicas this pass found Ready must be on them by
             // then, or for the rest of the pass the port has no Ready
             // replica and its connections are reset.
-            update_ready(&agent, svc, list, now, Some(updated));
+            update_ready(&agent, svc, list, now, Some((updated, rec.info.number)));
         }
         let actions = decision.actions.clone();
         let mut i = 0;
@@ -659,7 +659,7 @@ impl Reconciler {
                 }
             }
         }
-        update_ready(&agent, svc, list, now, Some(updated));
+        update_ready(&agent, svc, list, now, Some((updated, rec.info.number)));
         // The ports come from this pass's revision: no re-read and re-parse
         // of the whole manifest per service (that made a no-op pass O(services²)).
         sync_ports(&agent, &svc.name, &spec.ports);

@@ -530,6 +530,21 @@ async fn status_counts_updated_replicas_as_they_start() {
     assert!(web.replicas_ready <= web.replicas_updated, "{web:?}");
 }
 
+/// `apply --wait` showed `1/1 updated`, then `0/1`: right after a new
+/// revision is recorded, the count of the last pass (against the old one)
+/// was shown as the new one's.
+#[tokio::test]
+async fn a_new_revision_counts_no_updated_replica_before_a_pass_has_seen_it() {
+    let mut h = Harness::new();
+    h.apply(&web(1, r#"V = "1""#, "")).await;
+    h.reconciler.pass().await.unwrap();
+    h.reconciler.pass().await.unwrap();
+    assert_eq!(h.agent.status().unwrap().services[0].replicas_updated, 1);
+    h.apply(&web(1, r#"V = "2""#, "")).await;
+    let web = h.agent.status().unwrap().services[0].clone();
+    assert_eq!(web.replicas_updated, 0, "{web:?}");
+}
+
 #[tokio::test]
 async fn a_start_first_rollout_never_leaves_its_published_port_without_a_ready_replica() {
     let mut h = Harness::new();
