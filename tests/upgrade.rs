@@ -549,6 +549,7 @@ fn check_fixture(dir: &Path) -> FixtureCheck {
             image_failed: None,
             depends_on: Vec::new(),
             on_probation: false,
+            retiring_unreported: false,
         };
         let d = decide(&intent, &replicas);
         if !d.actions.is_empty() || !d.converged || d.rolling_out {

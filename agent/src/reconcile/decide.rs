@@ -37,6 +37,10 @@ pub struct Intent {
     /// replica failing now fails that rollout (rolled back) instead of
     /// being restarted.
     pub on_probation: bool,
+    /// A replica of this service retired by a task that has removed it but
+    /// not reported yet: gone from the list, it still counts as retiring,
+    /// so a stop-first start waits for the report (and its event).
+    pub retiring_unreported: bool,
 }
 
 /// A service this one depends on, as observed on this host.
@@ -190,7 +194,8 @@ pub fn decide(intent: &Intent, replicas: &[Replica]) -> Decision {
         .filter(|r| !r.current && r.phase.running())
         .count();
     let rolling_out = old_running > 0;
-    let retiring_exists = replicas.iter().any(|r| r.phase == Phase::Retiring);
+    let retiring_exists =
+        intent.retiring_unreported || replicas.iter().any(|r| r.phase == Phase::Retiring);
     d.rolling_out = rolling_out;
 
     // Exits and health failures first.

@@ -80,6 +80,9 @@ pub struct Reconciler {
     /// Whether berth-dns serves, asked once per pass (it reads its /proc
     /// entry; asked per service it was a third of an idle pass at 1000).
     dns_serves: bool,
+    /// Services with a replica a retire task removed after this pass read
+    /// the list but has not reported yet (see `Intent::retiring_unreported`).
+    retiring_unreported: BTreeSet<String>,
 }
 
 /// Parsed forms of immutable inputs: a revision's manifest and desired
@@ -210,6 +213,7 @@ impl Reconciler {
             memo: Memo::default(),
             settled: false,
             dns_serves: false,
+            retiring_unreported: BTreeSet::new(),
         }
     }
 
@@ -222,7 +226,6 @@ impl Reconciler {
     /// the next pass is due at the latest for a deadline of its own (the
     /// loop also runs one when woken, and every [`RESYNC`]).
     pub async fn pass(&mut self) -> Result<Option<Instant>, AgentError> {
-        self.apply_reports();
         self.settled = false;
         self.dns_serves = self.agent.dns.nameserver().is_some();
         let agent = self.agent.clone();
@@ -232,6 +235,22 @@ impl Reconciler {
         let parsed = self.desired_of(&rec)?;
         let (manifest, desired) = (&parsed.manifest, &parsed.desired);
         let mut containers = agent.list_containers().await?;
+        // Reports are applied after the list is read: a replica reported
+        // removed is dropped from it, and a retire task that removed its
+        // replica but has not reported yet leaves its service retiring for
+        // this pass (a stop-first start waits, and events keep their order).
+        let gone = self.apply_reports();
+        containers.retain(|c| !gone.contains(&c.id));
+        self.retiring_unreported = {
+            let ids: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+            agent
+                .live()
+                .retiring
+                .iter()
+                .filter(|(id, _)| !ids.contains(id.as_str()))
+                .map(|(_, service)| service.clone())
+                .collect()
+        };
         self.stop_unsupervised(&mut containers).await;
         self.remove_abandoned(&mut containers, SystemTime::now())
             .await;
@@ -424,8 +443,10 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Applies what spawned tasks reported since the last pass.
-    fn apply_reports(&mut self) {
+    /// Applies what spawned tasks reported since the last pass. Returns the
+    /// ids of the replicas they removed.
+    fn apply_reports(&mut self) -> BTreeSet<String> {
+        let mut gone = BTreeSet::new();
         while let Ok(report) = self.reports.try_recv() {
             match report {
                 Report::Retired {
@@ -434,6 +455,9 @@ impl Reconciler {
                     reason,
                     result,
                 } => {
+                    if result.is_ok() {
+                        gone.insert(id.clone());
+                    }
                     self.removed(&service, &id, reason, result);
                     self.agent.live().retiring.remove(&id);
                     super::publish::sync_proxy(&self.agent, &service);
@@ -446,6 +470,7 @@ impl Reconciler {
                 } => self.pulled(&service, &image, revision, result),
             }
         }
+        gone
     }
 
     /// Records a background pull's result: its retry backoff or permanent
@@ -527,6 +552,7 @@ impl Reconciler {
         };
         let depends_on = dependencies(&agent, svc, manifest, self.dns_serves);
         let complete = rec.info.state == RevisionState::Complete;
+        let retiring_unreported = self.retiring_unreported.contains(&svc.name);
         let tracker = self.tracker(&svc.name);
         let ready = replicas
             .iter()
@@ -558,6 +584,7 @@ impl Reconciler {
                 .map(str::to_string),
             depends_on,
             on_probation: tracker.on_probation(clock),
+            retiring_unreported,
         };
         let decision = decide(&intent, &replicas);
         if decision.rolling_out && tracker.rollout_in_progress(clock) {

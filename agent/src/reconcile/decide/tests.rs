@@ -17,6 +17,7 @@ fn intent() -> Intent {
         image_failed: None,
         depends_on: vec![],
         on_probation: false,
+        retiring_unreported: false,
     }
 }
 
@@ -352,6 +353,12 @@ fn stop_first_retires_before_starting() {
     // While the old one is still retiring, nothing new starts.
     let d = decide(&intent, &[r("o1", false, Retiring)]);
     assert_eq!(d.actions, vec![]);
+    // Removed by its task, its report not in yet: still retiring.
+    let unreported = Intent {
+        retiring_unreported: true,
+        ..intent.clone()
+    };
+    assert_eq!(decide(&unreported, &[]).actions, vec![]);
     let d = decide(&intent, &[]);
     assert_eq!(d.actions, vec![Action::Start]);
 }
