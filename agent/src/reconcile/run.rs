@@ -241,22 +241,19 @@ impl Reconciler {
         // this pass (a stop-first start waits, and events keep their order).
         let gone = self.apply_reports();
         containers.retain(|c| !gone.contains(&c.id));
-        self.retiring_unreported = {
-            let ids: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-            agent
-                .live()
-                .retiring
-                .iter()
-                .filter(|(id, _)| !ids.contains(id.as_str()))
-                .map(|(_, service)| service.clone())
-                .collect()
-        };
         self.stop_unsupervised(&mut containers).await;
         self.remove_abandoned(&mut containers, SystemTime::now())
             .await;
         // A set, not a scan per entry: with a thousand containers the scan
         // was a million comparisons per pass.
         let listed: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        self.retiring_unreported = agent
+            .live()
+            .retiring
+            .iter()
+            .filter(|(id, _)| !listed.contains(id.as_str()))
+            .map(|(_, service)| service.clone())
+            .collect();
         self.memo.specs.retain(|id, _| listed.contains(id.as_str()));
         for c in &containers {
             if !self.memo.specs.contains_key(&c.id) {
