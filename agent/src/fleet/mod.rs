@@ -1075,25 +1075,25 @@ impl Fleet {
             Ok(mut c) => c.snapshot().await,
             Err(e) => Err(e),
         };
-        let (snap, reachable, error) = match fresh {
+        match fresh {
             Ok(snap) => {
                 self.reached(host, Ok(()));
                 let mut s = self.state();
-                s.snapshot = snap.clone();
+                s.snapshot = snap;
                 s.snapshot_at = Some(crate::now_rfc3339());
-                (snap, true, None)
             }
-            Err(e) => {
-                self.reached(host, Err(&e));
-                let reachable = matches!(e, FleetError::HostTaken { .. });
-                (
-                    self.state().snapshot.clone(),
-                    reachable,
-                    Some(e.to_string()),
-                )
-            }
+            Err(e) => self.reached(host, Err(&e)),
+        }
+        // As `reached` recorded it (a host id held elsewhere is an answer).
+        let (snap, reachable, error, read_at) = {
+            let s = self.state();
+            (
+                s.snapshot.clone(),
+                s.reachable == Some(true),
+                s.error.clone(),
+                s.snapshot_at.clone(),
+            )
         };
-        let read_at = self.state().snapshot_at.clone();
         let policy = self
             .config
             .policy(host.observe().latest.and_then(|r| r.policy).as_ref());
