@@ -362,8 +362,13 @@ fn wait_says_rolled_out_only_once_removed_services_are_gone() {
     );
     // Its veth and mounts are gone too, not only the container (the kernel
     // deletes a veth with its namespace, a moment later).
+    agent.settle_links([&worker_id], false);
     let veth = berth_agent::network::veth_name(&agent.bridge(), &worker_id);
-    veth_gone(&agent, &veth);
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&veth),
+        "veth {veth} of the removed worker remains"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&worker_id),
@@ -388,10 +393,10 @@ fn wait_says_rolled_out_only_once_removed_services_are_gone() {
         out.stdout
     );
     assert!(agent.containers().is_empty());
-    veth_gone(
-        &agent,
-        &berth_agent::network::veth_name(&agent.bridge(), &web_id),
-    );
+    agent.settle_links([&web_id], false);
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let veth = berth_agent::network::veth_name(&agent.bridge(), &web_id);
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&veth));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&web_id), "mounts of {web_id} remain");
     // The worker (sleep as PID 1 ignores SIGTERM, so it is killed after its
@@ -484,13 +489,4 @@ fn rollback_wait_follows_the_rollout_back() {
     let revs = agent.api("GET", "/v1/revisions", &[], b"").json();
     assert_eq!(revs[2]["state"], "complete");
     assert_eq!(revs[2]["source"], "rollback:1");
-}
-
-/// Waits (at most 10 s) for the kernel to delete `veth`.
-fn veth_gone(agent: &Agent, veth: &str) {
-    agent.wait_for(
-        10,
-        &format!("veth {veth} of a removed container gone"),
-        |_| (!std::path::Path::new("/sys/class/net").join(veth).exists()).then_some(()),
-    );
 }

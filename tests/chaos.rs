@@ -658,37 +658,8 @@ fn random_kills_of_berthd_converge_without_surge_loss_or_orphans() {
 /// Nothing of any container is left: directories, mounts, cgroups (every
 /// hierarchy), veths, network namespaces, nftables rules, blobs no image
 /// references.
-/// Waits (at most 10 s) until the veths of `ids` are gone and, with
-/// `bridge_empty`, nothing is left on the bridge: the kernel deletes a veth
-/// when the last reference to its namespace goes, in a work queue, after
-/// the removal returned.
-fn settle_links<'a>(
-    agent: &Agent,
-    ids: impl IntoIterator<Item = &'a String> + Clone,
-    bridge_empty: bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let net = Path::new("/sys/class/net");
-    loop {
-        let veth_left = ids.clone().into_iter().any(|id| {
-            net.join(berth_agent::network::veth_name(&agent.bridge(), id))
-                .exists()
-        });
-        let ports_left = bridge_empty
-            && std::fs::read_dir(net.join(agent.bridge()).join("brif"))
-                .into_iter()
-                .flatten()
-                .next()
-                .is_some();
-        if !(veth_left || ports_left) || Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn assert_no_orphans(agent: &Agent, seen: &BTreeSet<String>) {
-    settle_links(agent, seen, true);
+    agent.settle_links(seen, true);
     let mut problems = Vec::new();
     // Container directories.
     let dir = agent.state_dir().join("containers");
@@ -860,7 +831,7 @@ fn live_process(pid: i32) -> bool {
 /// Nothing of container `id` is left: its directory, mounts, cgroups (the
 /// container's and its monitor's, every hierarchy), veth and netns pin.
 fn assert_container_gone(agent: &Agent, id: &str) {
-    settle_links(agent, [&id.to_string()], false);
+    agent.settle_links([&id.to_string()], false);
     let mut left = Vec::new();
     let dir = agent.state_dir().join("containers").join(id);
     if dir.exists() {

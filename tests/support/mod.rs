@@ -805,3 +805,35 @@ pub fn unix_seconds(rfc3339: &str) -> f64 {
         .unwrap_or_else(|e| panic!("{rfc3339:?} is not RFC 3339: {e}"));
     t.unix_timestamp_nanos() as f64 / 1e9
 }
+
+impl Agent {
+    /// Waits (at most 10 s) until the veths of the containers `ids` are
+    /// gone and, with `bridge_empty`, nothing is left on the bridge: the
+    /// kernel deletes a veth when the last reference to its namespace goes,
+    /// in a work queue, after the removal returned. Returns either way; the
+    /// caller asserts what is left.
+    pub fn settle_links<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String> + Clone,
+        bridge_empty: bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let net = Path::new("/sys/class/net");
+        loop {
+            let veth_left = ids.clone().into_iter().any(|id| {
+                net.join(berth_agent::network::veth_name(&self.bridge(), id))
+                    .exists()
+            });
+            let ports_left = bridge_empty
+                && std::fs::read_dir(net.join(self.bridge()).join("brif"))
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .is_some();
+            if !(veth_left || ports_left) || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
