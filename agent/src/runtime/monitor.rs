@@ -439,16 +439,19 @@ impl RotatingLog {
 
 /// `<path>.new`: where a file is made before it is renamed into place.
 fn staged(path: &Path) -> PathBuf {
+    suffixed(path, "new")
+}
+
+/// `<path>.<suffix>`.
+fn suffixed(path: &Path, suffix: impl std::fmt::Display) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
-    s.push(".new");
+    s.push(format!(".{suffix}"));
     PathBuf::from(s)
 }
 
 /// `<path>.<n>`.
 pub fn rotated(path: &Path, n: u32) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
+    suffixed(path, n)
 }
 
 /// Writes each pipe's lines into `log` as CRI records, in the order they are
